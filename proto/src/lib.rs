@@ -1,0 +1,16 @@
+//! The `lockstep.v1` wire protocol, generated from `proto/lockstep/v1` at
+//! build time. Only generated code and the reflection descriptor live here;
+//! conversions to domain types belong to the crates that own those types.
+
+#![allow(clippy::all)]
+
+pub mod v1 {
+    tonic::include_proto!("lockstep.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every lockstep.v1 file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_v1_descriptor.bin"));
+
+/// The wire protocol version this build speaks (`Hello.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
