@@ -1,1 +1,12 @@
-//! placeholder
+//! The Lockstep coordinator: assigns global transaction ids, drives every
+//! transaction on every host, replays after failures and fails loudly on
+//! any mismatch.
+//!
+//! - `core`: the sans-IO pipeline and transaction state machine.
+//! - `ledger`: the replicated record of every transaction (pure data).
+//! - `raft`: the openraft group whose state machine is the ledger.
+//! - `wire`: conversions between `lockstep.v1` messages and core types.
+//! - `service`: the async shell: gRPC services and the core driver.
+
+pub mod core;
+pub mod ledger;

@@ -141,11 +141,11 @@ impl fmt::Display for Difference {
         match self {
             Difference::OnlyExpected { endpoint, expected } => write!(
                 f,
-                "endpoint {endpoint:?} present on the expected side only: expected {expected}, actual nothing"
+                "endpoint {endpoint:?} present on one side only (expected side): expected {expected}, actual nothing"
             ),
             Difference::OnlyActual { endpoint, actual } => write!(
                 f,
-                "endpoint {endpoint:?} present on the actual side only: expected nothing, actual {actual}"
+                "endpoint {endpoint:?} present on one side only (actual side): expected nothing, actual {actual}"
             ),
             Difference::Differs { endpoint, expected, actual } => {
                 let what = match (expected.count == actual.count, expected.hash == actual.hash) {

@@ -1,0 +1,849 @@
+//! The coordinator core: the pipeline and transaction state machine as a
+//! pure function `state + event -> (state, actions)`.
+//!
+//! Deterministic and sans-IO, in the manner of quinn-proto: no sockets, no
+//! tokio, no clock. Time comes in as `now_ms` with every event; the shell
+//! (`service.rs`) turns gRPC streams and raft commits into `Event`s and runs
+//! the returned `Action`s in one place. Every (phase, event) pair has an
+//! explicit outcome in `handle`: an event that has no business in a phase is
+//! a protocol error that fails the pipeline loudly, never silence (DESIGN
+//! invariant 7). The transition table as built is in docs/ARCHITECTURE.md.
+
+mod types;
+mod verify;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use lockstep_journal::Aggregate;
+
+pub use types::*;
+
+use crate::ledger::{HostTxnRecord, LedgerState, TxnStatus};
+
+/// Commit policy and limits, all in the units their names end with.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub cluster_id: String,
+    /// Hosts of a new cluster (written to the ledger by `Init`).
+    pub hosts: Vec<HostId>,
+    /// Prepare a live transaction once it has been open this long.
+    pub commit_interval_ms: u64,
+    /// ... or once any host has run this many steps in it.
+    pub txn_steps_max: u64,
+    /// ... or once the hosts ingested this many records in it.
+    pub txn_records_max: u64,
+    /// Take a checkpoint after every this many commits (0 = only on request).
+    pub checkpoint_every_txns: u64,
+    /// A host that sends nothing (reports or heartbeats) for this long is
+    /// treated as lost while the pipeline is active.
+    pub report_deadline_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            cluster_id: "lockstep-dev".into(),
+            hosts: vec!["host-0".into(), "host-1".into()],
+            commit_interval_ms: 200,
+            txn_steps_max: 1000,
+            txn_records_max: 1_000_000,
+            checkpoint_every_txns: 20,
+            report_deadline_ms: 5000,
+        }
+    }
+}
+
+/// Where the transaction of a running pipeline is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Txn {
+    /// `Begin(tid)` proposed to the ledger, not yet durable.
+    Beginning { tid: Tid },
+    /// Hosts run steps in `tid`. `mode` is `Replay` for the open last
+    /// transaction while its journaled steps are re-run (invariant 4).
+    Open { tid: Tid, mode: Mode, opened_ms: u64 },
+    /// `Prepare(tid)` sent; waiting for every host's `Prepared`. Steps
+    /// already under way may still report.
+    Preparing { tid: Tid, mode: Mode },
+    /// `Commit(tid)` proposed to the ledger, not yet durable.
+    Committing { tid: Tid, checkpoint_after: bool },
+    /// `Checkpoint(tid)` sent with no transaction open; waiting for every
+    /// host's `CheckpointDone`.
+    Checkpointing { tid: Tid },
+    /// `CheckpointComplete(tid)` proposed to the ledger.
+    RecordingCheckpoint { tid: Tid },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for every member host to say Hello.
+    Joining,
+    /// Everyone is here; `NewEpoch(epoch)` proposed.
+    Bumping { epoch: Epoch },
+    /// `Restore(checkpoint)` sent; waiting for every host's `Restored`.
+    Restoring { checkpoint: Tid },
+    /// Re-running committed transaction `tid`; `queue` holds the committed
+    /// tids still to replay after it.
+    Replaying { tid: Tid, queue: VecDeque<Tid> },
+    Running(Txn),
+    Failed(Diagnosis),
+    Stopped { reason: String },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Joining | Phase::Bumping { .. } => "Joining",
+            Phase::Restoring { .. } => "Restoring",
+            Phase::Replaying { .. } => "Replaying",
+            Phase::Running(_) => "Running",
+            Phase::Failed(_) => "Failed",
+            Phase::Stopped { .. } => "Stopped",
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        !matches!(self, Phase::Joining | Phase::Failed(_) | Phase::Stopped { .. })
+    }
+}
+
+/// Per-host progress in the current transaction.
+#[derive(Clone, Debug, Default)]
+pub struct HostProgress {
+    pub steps: u64,
+    /// Steps run live (after replay of the open transaction, or plain live).
+    pub live_steps: u64,
+    /// Last step reported in this transaction (0 = none).
+    pub last_step: u64,
+    pub records: u64,
+    pub sum: Aggregate,
+    pub prepared: Option<PreparedReport>,
+}
+
+/// What the coordinator knows about one member host.
+#[derive(Clone, Debug, Default)]
+pub struct HostSlot {
+    pub conn: Option<ConnId>,
+    pub hello: Option<Hello>,
+    pub last_heard_ms: u64,
+    pub last_step: u64,
+    pub last_committed: Tid,
+    pub txn: HostProgress,
+    /// Acknowledgement of the current phase's broadcast (Restored or
+    /// CheckpointDone).
+    pub acked: bool,
+}
+
+pub struct Core {
+    cfg: CoreConfig,
+    ledger: LedgerState,
+    phase: Phase,
+    hosts: BTreeMap<HostId, HostSlot>,
+    commits_since_checkpoint: u64,
+    checkpoint_requested: bool,
+    now_ms: u64,
+}
+
+impl Core {
+    /// A core over the ledger as recovered from disk. Proposes `Init` if the
+    /// ledger is new.
+    pub fn new(cfg: CoreConfig, ledger: LedgerState) -> Result<(Core, Vec<Action>), String> {
+        let mut actions = Vec::new();
+        if ledger.is_initialised() {
+            if ledger.cluster_id != cfg.cluster_id {
+                return Err(format!(
+                    "the ledger in this data directory belongs to cluster {:?}, but this coordinator was started for \
+                     cluster {:?}; start it with --cluster-id {:?} or point --data-dir at this cluster's ledger",
+                    ledger.cluster_id, cfg.cluster_id, ledger.cluster_id
+                ));
+            }
+        } else {
+            if cfg.hosts.is_empty() {
+                return Err("a new cluster needs at least one host (--hosts)".into());
+            }
+            actions.push(Action::Propose(LedgerEntry::Init {
+                cluster_id: cfg.cluster_id.clone(),
+                hosts: cfg.hosts.clone(),
+            }));
+        }
+        let members = if ledger.is_initialised() { ledger.hosts.clone() } else { cfg.hosts.clone() };
+        let hosts = members.into_iter().map(|h| (h, HostSlot::default())).collect();
+        Ok((
+            Core { cfg, ledger, phase: Phase::Joining, hosts, commits_since_checkpoint: 0, checkpoint_requested: false, now_ms: 0 },
+            actions,
+        ))
+    }
+
+    // ------------------------------------------------------------ getters
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+    pub fn ledger(&self) -> &LedgerState {
+        &self.ledger
+    }
+    pub fn hosts(&self) -> &BTreeMap<HostId, HostSlot> {
+        &self.hosts
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.ledger.epoch
+    }
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The one place that decides what an event means in the current phase.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut out = Vec::new();
+        if let Some(host) = event_host(&event) {
+            if let Some(slot) = self.hosts.get_mut(host) {
+                slot.last_heard_ms = self.now_ms;
+            }
+        }
+        match event {
+            Event::Hello { conn, hello } => self.on_hello(conn, hello, &mut out),
+            Event::Disconnected { conn, host, reason } => self.on_disconnected(conn, &host, reason, &mut out),
+            Event::Heartbeat { .. } => {}
+            Event::Step { host, report } => self.on_step(&host, report, &mut out),
+            Event::Prepared { host, report } => self.on_prepared(&host, report, &mut out),
+            Event::Committed { host, tid } => self.on_committed(&host, tid, &mut out),
+            Event::CheckpointDone { host, tid } => self.on_checkpoint_done(&host, tid, &mut out),
+            Event::Restored { host, checkpoint } => self.on_restored(&host, checkpoint, &mut out),
+            Event::HostError { host, kind, message, tid } => self.on_host_error(&host, kind, message, tid, &mut out),
+            Event::Applied { entry, result } => self.on_applied(entry, result, &mut out),
+            Event::ProposeFailed { entry, error } => {
+                let d = Diagnosis {
+                    summary: format!("the ledger could not record {}: {error}", entry_name(&entry)),
+                    hint: "check the coordinator's data directory (disk full? permissions?) and its log, then Resume".into(),
+                    ..Default::default()
+                };
+                self.fail(d, &mut out);
+            }
+            Event::Tick => self.on_tick(&mut out),
+            Event::AdminCheckpoint => self.checkpoint_requested = true,
+            Event::AdminStop { reason } => self.on_admin_stop(reason, &mut out),
+            Event::AdminResume => self.on_admin_resume(&mut out),
+        }
+        out
+    }
+
+    // ------------------------------------------------------------ handlers
+
+    fn on_hello(&mut self, conn: ConnId, hello: Hello, out: &mut Vec<Action>) {
+        if let Err(error) = self.validate_hello(&hello) {
+            out.push(Action::Reject { conn, error });
+            return;
+        }
+        let host = hello.host_id.clone();
+        let slot = self.hosts.get_mut(&host).expect("validated membership");
+        if let Some(old) = slot.conn.replace(conn) {
+            out.push(Action::Drop { conn: old, host: host.clone(), why: "replaced by a newer stream of the same host".into() });
+        }
+        slot.hello = Some(hello);
+        slot.last_heard_ms = self.now_ms;
+        slot.last_step = slot.hello.as_ref().map(|h| h.last_step).unwrap_or(0);
+        out.push(Action::Accept { conn, host: host.clone() });
+        out.push(Action::Notice(Notice::HostJoined { host: host.clone() }));
+        match &self.phase {
+            // A host (re)joining an active pipeline means its previous stream
+            // died: everything it was doing is gone, recover all hosts.
+            p if p.is_active() => self.lose_host(&host, "it reconnected with a new stream".into(), out),
+            Phase::Joining => self.try_start_recovery(out),
+            Phase::Failed(_) | Phase::Stopped { .. } => {}
+            _ => unreachable!("is_active covers every other phase"),
+        }
+    }
+
+    fn on_disconnected(&mut self, conn: ConnId, host: &str, reason: String, out: &mut Vec<Action>) {
+        let Some(slot) = self.hosts.get_mut(host) else { return };
+        if slot.conn != Some(conn) {
+            return; // an older stream that was already replaced
+        }
+        slot.conn = None;
+        self.lose_host(host, reason, out);
+    }
+
+    /// Fail closed: a lost host never lets the open transaction commit. The
+    /// pipeline goes back to Joining and recovers once every host is back.
+    fn lose_host(&mut self, host: &str, why: String, out: &mut Vec<Action>) {
+        out.push(Action::Notice(Notice::HostLost { host: host.to_owned(), why: why.clone() }));
+        match &self.phase {
+            Phase::Failed(_) | Phase::Stopped { .. } | Phase::Joining => {}
+            Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_) => {
+                self.set_phase(Phase::Joining, format!("host {host} lost: {why}"), out);
+                self.broadcast(Cmd::Stop { reason: format!("host {host} lost; recovering") }, out);
+                self.try_start_recovery(out);
+            }
+        }
+    }
+
+    fn on_step(&mut self, host: &str, r: StepReport, out: &mut Vec<Action>) {
+        let Some(slot) = self.hosts.get(host) else { return self.unknown_host(host, out) };
+        // (tid, replay steps allowed, live steps allowed) in this phase.
+        let expected = match &self.phase {
+            Phase::Replaying { tid, .. } => Some((*tid, true, false)),
+            Phase::Running(Txn::Open { tid, mode, .. }) | Phase::Running(Txn::Preparing { tid, mode }) => {
+                Some((*tid, *mode == Mode::Replay, true))
+            }
+            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {
+                // In-flight steps of a transaction already abandoned: the
+                // host was told to Stop; its report decides nothing.
+                return;
+            }
+            Phase::Restoring { .. }
+            | Phase::Running(Txn::Beginning { .. })
+            | Phase::Running(Txn::Committing { .. })
+            | Phase::Running(Txn::Checkpointing { .. })
+            | Phase::Running(Txn::RecordingCheckpoint { .. }) => None,
+        };
+        let Some((tid, replay_ok, live_ok)) = expected else {
+            return self.protocol_error(host, Some(r.tid), Some(r.step),
+                format!("step reported while the coordinator has no open transaction ({})", self.describe()), out);
+        };
+        if r.tid != tid {
+            return self.protocol_error(host, Some(r.tid), Some(r.step),
+                format!("step reported for tid {} while tid {tid} is open", r.tid), out);
+        }
+        let state_ok = match (r.mode, r.state) {
+            (Mode::Replay, HostTxnState::OpenReplay) => replay_ok && slot.txn.live_steps == 0,
+            (Mode::Live, HostTxnState::OpenLive) => live_ok,
+            _ => false,
+        };
+        if !state_ok {
+            return self.protocol_error(host, Some(r.tid), Some(r.step),
+                format!("host reports state {:?} in mode {:?}, coordinator expects {}", r.state, r.mode, self.describe()), out);
+        }
+        // Steps are numbered per host and strictly increase (invariant 8);
+        // replayed steps keep their journaled numbers, new live steps follow
+        // the host's last journaled step.
+        let floor = if r.mode == Mode::Live { slot.last_step.max(slot.txn.last_step) } else { slot.txn.last_step };
+        if r.step <= floor {
+            return self.protocol_error(host, Some(r.tid), Some(r.step),
+                format!("step numbers must strictly increase; previous step was {floor}"), out);
+        }
+        if r.mode == Mode::Replay {
+            if let Some(d) = verify::replayed_step(host, &r) {
+                return self.fail(d, out);
+            }
+        }
+        let slot = self.hosts.get_mut(host).expect("checked above");
+        slot.last_step = slot.last_step.max(r.step);
+        let p = &mut slot.txn;
+        p.last_step = r.step;
+        p.steps += 1;
+        if r.mode == Mode::Live {
+            p.live_steps += 1;
+        }
+        p.records += r.checksums.0.values().map(|c| c.count).sum::<u64>();
+        p.sum.merge(&r.checksums);
+    }
+
+    fn on_prepared(&mut self, host: &str, r: PreparedReport, out: &mut Vec<Action>) {
+        if !self.hosts.contains_key(host) {
+            return self.unknown_host(host, out);
+        }
+        let tid = match &self.phase {
+            Phase::Replaying { tid, .. } | Phase::Running(Txn::Preparing { tid, .. }) => *tid,
+            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => return,
+            Phase::Restoring { .. } | Phase::Running(_) => {
+                return self.protocol_error(host, Some(r.tid), None,
+                    format!("Prepared arrived but no Prepare is outstanding ({})", self.describe()), out);
+            }
+        };
+        if r.tid != tid {
+            return self.protocol_error(host, Some(r.tid), None, format!("Prepared for tid {} while preparing tid {tid}", r.tid), out);
+        }
+        let slot = &self.hosts[host];
+        if slot.txn.prepared.is_some() {
+            return self.protocol_error(host, Some(tid), None, "Prepared twice for the same tid".into(), out);
+        }
+        // The prepare must account for exactly the steps this host reported.
+        if let Some(d) = verify::prepared_matches_steps(host, &slot.txn, &r) {
+            return self.fail(d, out);
+        }
+        if matches!(self.phase, Phase::Replaying { .. }) {
+            let journal = slot.hello.as_ref().and_then(|h| h.journal.iter().find(|j| j.tid == tid));
+            let ledger = self.ledger.txn(tid).and_then(|t| t.hosts.get(host));
+            if let Some(d) = verify::replayed_txn(host, &r, journal, ledger) {
+                return self.fail(d, out);
+            }
+        }
+        self.hosts.get_mut(host).expect("checked").txn.prepared = Some(r);
+        if self.hosts.values().all(|s| s.txn.prepared.is_some()) {
+            self.all_prepared(tid, out);
+        }
+    }
+
+    fn all_prepared(&mut self, tid: Tid, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Replaying { queue, .. } => {
+                // Already committed in the ledger: commit on the hosts at
+                // exactly the recorded boundary, and move to the next one.
+                let queue = std::mem::take(queue);
+                let records = self.txn_records();
+                out.push(Action::Notice(Notice::Committed { tid, replayed: true, records }));
+                self.advance_replay(Some(tid), queue, out);
+            }
+            Phase::Running(Txn::Preparing { .. }) => {
+                self.commits_since_checkpoint += 1;
+                let checkpoint_after = self.checkpoint_requested
+                    || (self.cfg.checkpoint_every_txns > 0 && self.commits_since_checkpoint >= self.cfg.checkpoint_every_txns);
+                let hosts = self
+                    .hosts
+                    .iter()
+                    .map(|(h, s)| {
+                        let p = s.txn.prepared.as_ref().expect("all prepared");
+                        (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest))
+                    })
+                    .collect();
+                let begin_next = (!checkpoint_after).then(|| self.ledger.tid_high_water + 1);
+                out.push(Action::Propose(LedgerEntry::Commit { tid, hosts, begin_next }));
+                self.phase = Phase::Running(Txn::Committing { tid, checkpoint_after });
+            }
+            _ => unreachable!("all_prepared is only called while preparing"),
+        }
+    }
+
+    fn on_committed(&mut self, host: &str, tid: Tid, out: &mut Vec<Action>) {
+        let Some(slot) = self.hosts.get(host) else { return self.unknown_host(host, out) };
+        let last = slot.last_committed;
+        if tid <= last {
+            return self.protocol_error(host, Some(tid), None,
+                format!("Committed tids must increase; this host already committed {last}"), out);
+        }
+        if tid > self.ledger.last_committed {
+            return self.protocol_error(host, Some(tid), None,
+                format!("host committed tid {tid} but the ledger's last commit is {}", self.ledger.last_committed), out);
+        }
+        self.hosts.get_mut(host).expect("checked").last_committed = tid;
+    }
+
+    fn on_checkpoint_done(&mut self, host: &str, tid: Tid, out: &mut Vec<Action>) {
+        if !self.hosts.contains_key(host) {
+            return self.unknown_host(host, out);
+        }
+        match &self.phase {
+            Phase::Running(Txn::Checkpointing { tid: want }) if *want == tid => {
+                self.hosts.get_mut(host).expect("checked").acked = true;
+                if self.hosts.values().all(|s| s.acked) {
+                    out.push(Action::Propose(LedgerEntry::CheckpointComplete { tid }));
+                    self.phase = Phase::Running(Txn::RecordingCheckpoint { tid });
+                }
+            }
+            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {}
+            _ => self.protocol_error(host, Some(tid), None, format!("CheckpointDone({tid}) unexpected ({})", self.describe()), out),
+        }
+    }
+
+    fn on_restored(&mut self, host: &str, checkpoint: Tid, out: &mut Vec<Action>) {
+        if !self.hosts.contains_key(host) {
+            return self.unknown_host(host, out);
+        }
+        match &self.phase {
+            Phase::Restoring { checkpoint: want } if *want == checkpoint => {
+                self.hosts.get_mut(host).expect("checked").acked = true;
+                if self.hosts.values().all(|s| s.acked) {
+                    let queue: VecDeque<Tid> = self
+                        .ledger
+                        .txns
+                        .values()
+                        .filter(|t| t.tid > checkpoint && t.status == TxnStatus::Committed)
+                        .map(|t| t.tid)
+                        .collect();
+                    let open_tid = self.ledger.open_txn().map(|t| t.tid);
+                    out.push(Action::Notice(Notice::Recovering {
+                        epoch: self.ledger.epoch,
+                        checkpoint,
+                        replay_tids: queue.iter().copied().collect(),
+                        open_tid,
+                    }));
+                    self.advance_replay(None, queue, out);
+                }
+            }
+            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {}
+            _ => self.protocol_error(host, None, None, format!("Restored({checkpoint}) unexpected ({})", self.describe()), out),
+        }
+    }
+
+    fn on_host_error(&mut self, host: &str, kind: String, message: String, tid: Tid, out: &mut Vec<Action>) {
+        if !self.hosts.contains_key(host) {
+            return self.unknown_host(host, out);
+        }
+        let hint = match kind.as_str() {
+            "stale_epoch" => "the host has seen a newer coordinator epoch than this ledger: another coordinator group \
+                              drives it, or this ledger was restored from an old copy; check --coordinator and --data-dir",
+            "journal" => "the host's journal is damaged or belongs elsewhere; read the host's log for the file and offset",
+            _ => "read the host's log around this time",
+        };
+        self.fail(
+            Diagnosis {
+                summary: format!("host {host} reported a {kind} error: {message}"),
+                host: Some(host.to_owned()),
+                tid: (tid != 0).then_some(tid),
+                hint: hint.into(),
+                ..Default::default()
+            },
+            out,
+        );
+    }
+
+    fn on_applied(&mut self, entry: LedgerEntry, result: Result<(), LedgerError>, out: &mut Vec<Action>) {
+        if let Err(e) = result {
+            // The core only proposes entries it believes valid: a rejection
+            // is a bug (or a second coordinator writing the same ledger).
+            return self.fail(
+                Diagnosis {
+                    summary: format!("the ledger rejected {}: {e}", entry_name(&entry)),
+                    hint: "this is a coordinator bug or two coordinators share one ledger; keep the data directory and report it".into(),
+                    ..Default::default()
+                },
+                out,
+            );
+        }
+        if let Err(e) = self.ledger.apply(&entry) {
+            unreachable!("the shell applied {entry:?} to the replicated ledger, so the core's copy must accept it: {e}");
+        }
+        match (&self.phase, &entry) {
+            (Phase::Bumping { epoch }, LedgerEntry::NewEpoch { epoch: e }) if epoch == e => self.restore(out),
+            (Phase::Running(Txn::Beginning { tid }), LedgerEntry::Begin { tid: t }) if tid == t => {
+                let tid = *tid;
+                self.broadcast(Cmd::Start { tid, mode: Mode::Live }, out);
+                self.open(tid, Mode::Live);
+            }
+            (Phase::Running(Txn::Committing { tid, checkpoint_after }), LedgerEntry::Commit { tid: t, begin_next, .. })
+                if tid == t =>
+            {
+                let (tid, checkpoint_after) = (*tid, *checkpoint_after);
+                let records = self.txn_records();
+                out.push(Action::Notice(Notice::Committed { tid, replayed: false, records }));
+                if checkpoint_after {
+                    self.broadcast(Cmd::Commit { tid, next: None }, out);
+                    self.broadcast(Cmd::Checkpoint { tid }, out);
+                    for s in self.hosts.values_mut() {
+                        s.acked = false;
+                    }
+                    self.phase = Phase::Running(Txn::Checkpointing { tid });
+                } else {
+                    let next = begin_next.expect("proposed with begin_next when no checkpoint follows");
+                    self.broadcast(Cmd::Commit { tid, next: Some((next, Mode::Live)) }, out);
+                    self.open(next, Mode::Live);
+                }
+            }
+            (Phase::Running(Txn::RecordingCheckpoint { tid }), LedgerEntry::CheckpointComplete { tid: t }) if tid == t => {
+                let tid = *tid;
+                self.checkpoint_requested = false;
+                self.commits_since_checkpoint = 0;
+                out.push(Action::Notice(Notice::CheckpointComplete { tid }));
+                self.broadcast(Cmd::CheckpointComplete { tid }, out);
+                self.begin_next(out);
+            }
+            // Everything else only updates the ledger view: the Init entry,
+            // a Fail record, or an entry proposed before the pipeline moved
+            // on (e.g. a Commit that lands after a host was lost; recovery
+            // replays it).
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Action>) {
+        // Report deadlines, only while the pipeline waits on hosts.
+        if self.phase.is_active() {
+            let late: Vec<(HostId, ConnId)> = self
+                .hosts
+                .iter()
+                .filter_map(|(h, s)| {
+                    let conn = s.conn?;
+                    (self.now_ms.saturating_sub(s.last_heard_ms) > self.cfg.report_deadline_ms).then(|| (h.clone(), conn))
+                })
+                .collect();
+            for (host, conn) in late {
+                let why = format!("no report or heartbeat for over {} ms", self.cfg.report_deadline_ms);
+                out.push(Action::Drop { conn, host: host.clone(), why: why.clone() });
+                self.hosts.get_mut(&host).expect("listed").conn = None;
+                self.lose_host(&host, why, out);
+            }
+        }
+        if let Phase::Running(Txn::Open { tid, opened_ms, mode }) = self.phase {
+            let steps_max = self.hosts.values().map(|s| s.txn.steps).max().unwrap_or(0);
+            let due = self.now_ms.saturating_sub(opened_ms) >= self.cfg.commit_interval_ms
+                || steps_max >= self.cfg.txn_steps_max
+                || self.txn_records() >= self.cfg.txn_records_max;
+            if due {
+                self.broadcast(Cmd::Prepare { tid }, out);
+                self.phase = Phase::Running(Txn::Preparing { tid, mode });
+            }
+        }
+    }
+
+    fn on_admin_stop(&mut self, reason: String, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Stopped { .. }) {
+            return;
+        }
+        self.broadcast(Cmd::Stop { reason: format!("operator: {reason}") }, out);
+        self.set_phase(Phase::Stopped { reason: reason.clone() }, format!("operator asked: {reason}"), out);
+    }
+
+    fn on_admin_resume(&mut self, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Failed(_) | Phase::Stopped { .. }) {
+            self.set_phase(Phase::Joining, "operator resumed".into(), out);
+            self.try_start_recovery(out);
+        }
+    }
+
+    // --------------------------------------------------------- transitions
+
+    /// Once every member host is connected, validate their journals against
+    /// the ledger (invariant 6) and start a new epoch.
+    fn try_start_recovery(&mut self, out: &mut Vec<Action>) {
+        if self.phase != Phase::Joining || !self.ledger.is_initialised() {
+            return;
+        }
+        if self.hosts.values().any(|s| s.conn.is_none()) {
+            return;
+        }
+        let checkpoint = match self.recovery_checkpoint() {
+            Ok(c) => c,
+            Err(d) => return self.fail(d, out),
+        };
+        for (host, slot) in &self.hosts {
+            let hello = slot.hello.as_ref().expect("connected hosts said hello");
+            if let Some(d) = verify::journal_against_ledger(host, hello, &self.ledger, checkpoint) {
+                return self.fail(d, out);
+            }
+        }
+        let epoch = self.ledger.epoch + 1;
+        out.push(Action::Propose(LedgerEntry::NewEpoch { epoch }));
+        self.set_phase(Phase::Bumping { epoch }, "every host joined".into(), out);
+    }
+
+    /// The newest checkpoint the ledger recorded complete that every host
+    /// still holds.
+    fn recovery_checkpoint(&self) -> Result<Tid, Diagnosis> {
+        let held = |c: Tid| {
+            c == 0 || self.hosts.values().all(|s| s.hello.as_ref().is_some_and(|h| h.checkpoints.contains(&c)))
+        };
+        let newest = self.ledger.checkpoints.iter().rev().copied().find(|c| held(*c)).unwrap_or(0);
+        // Restoring the empty state needs every transaction since tid 1.
+        let oldest_kept = self.ledger.txns.keys().next().copied();
+        if newest == 0 && oldest_kept.is_some_and(|t| t > 1) {
+            let missing: Vec<String> = self
+                .hosts
+                .iter()
+                .filter(|(_, s)| !s.hello.as_ref().is_some_and(|h| h.checkpoints.contains(&self.ledger.newest_checkpoint())))
+                .map(|(h, _)| h.clone())
+                .collect();
+            return Err(Diagnosis {
+                summary: "no complete checkpoint is held by every host, and the ledger no longer has the history to replay from the start".into(),
+                host: missing.first().cloned(),
+                expected: Some(format!("checkpoint {} on hosts {:?}", self.ledger.newest_checkpoint(), missing)),
+                actual: Some("missing".into()),
+                hint: "restore the missing host's data volume (its checkpoints directory); do not start it on an empty volume".into(),
+                ..Default::default()
+            });
+        }
+        Ok(newest)
+    }
+
+    fn restore(&mut self, out: &mut Vec<Action>) {
+        let checkpoint = match self.recovery_checkpoint() {
+            Ok(c) => c,
+            Err(d) => return self.fail(d, out),
+        };
+        for s in self.hosts.values_mut() {
+            s.acked = false;
+            s.txn = HostProgress::default();
+            // Replay re-commits tids after the checkpoint on every host.
+            s.last_committed = checkpoint;
+        }
+        self.broadcast(Cmd::Restore { checkpoint }, out);
+        self.set_phase(Phase::Restoring { checkpoint }, format!("epoch {} begins", self.ledger.epoch), out);
+    }
+
+    /// Replays the next committed tid, or hands over to the open last
+    /// transaction, or begins a fresh one. `committed` is the tid whose
+    /// replay just finished (its hosts-side Commit is sent here,
+    /// piggy-backing the next Start).
+    fn advance_replay(&mut self, committed: Option<Tid>, mut queue: VecDeque<Tid>, out: &mut Vec<Action>) {
+        for s in self.hosts.values_mut() {
+            s.txn = HostProgress::default();
+        }
+        if let Some(next) = queue.pop_front() {
+            self.send_commit_then(committed, Some((next, Mode::Replay)), out);
+            self.broadcast(Cmd::Prepare { tid: next }, out);
+            self.set_phase_quiet(Phase::Replaying { tid: next, queue });
+            return;
+        }
+        // Invariant 4: the last transaction may have been begun but never
+        // committed (crash mid-transaction). Hosts re-run what they journaled
+        // under it (Start{Replay}) and, having no Prepare yet, continue it
+        // live; it then commits normally.
+        if let Some(open) = self.ledger.open_txn().map(|t| t.tid) {
+            self.send_commit_then(committed, Some((open, Mode::Replay)), out);
+            self.open(open, Mode::Replay);
+            self.note_phase("Running", format!("replay done; open tid {open} continues"), out);
+            return;
+        }
+        self.send_commit_then(committed, None, out);
+        self.note_phase("Running", "replay done".into(), out);
+        self.begin_next(out);
+    }
+
+    fn send_commit_then(&mut self, committed: Option<Tid>, next: Option<(Tid, Mode)>, out: &mut Vec<Action>) {
+        match (committed, next) {
+            (Some(tid), next) => self.broadcast(Cmd::Commit { tid, next }, out),
+            (None, Some((tid, mode))) => self.broadcast(Cmd::Start { tid, mode }, out),
+            (None, None) => {}
+        }
+    }
+
+    fn begin_next(&mut self, out: &mut Vec<Action>) {
+        let tid = self.ledger.tid_high_water + 1;
+        out.push(Action::Propose(LedgerEntry::Begin { tid }));
+        self.phase = Phase::Running(Txn::Beginning { tid });
+    }
+
+    fn open(&mut self, tid: Tid, mode: Mode) {
+        for s in self.hosts.values_mut() {
+            s.txn = HostProgress::default();
+        }
+        self.phase = Phase::Running(Txn::Open { tid, mode, opened_ms: self.now_ms });
+    }
+
+    fn fail(&mut self, d: Diagnosis, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Failed(_)) {
+            return;
+        }
+        // Record the failure durably when it concerns a transaction the
+        // ledger still has open.
+        if let Some(open) = self.ledger.open_txn() {
+            if d.tid == Some(open.tid) {
+                out.push(Action::Propose(LedgerEntry::Fail { tid: open.tid, diagnosis: d.to_string() }));
+            }
+        }
+        self.broadcast(Cmd::Stop { reason: format!("pipeline failed: {}", d.summary) }, out);
+        out.push(Action::Notice(Notice::Failed(d.clone())));
+        let why = d.summary.clone();
+        self.set_phase(Phase::Failed(d), why, out);
+    }
+
+    fn protocol_error(&mut self, host: &str, tid: Option<Tid>, step: Option<u64>, what: String, out: &mut Vec<Action>) {
+        self.fail(
+            Diagnosis {
+                summary: format!("protocol violation by host {host}: {what}"),
+                host: Some(host.to_owned()),
+                tid,
+                step,
+                hint: "host agent and coordinator disagree on the protocol; check that both run the same version, and keep both logs"
+                    .into(),
+                ..Default::default()
+            },
+            out,
+        );
+    }
+
+    fn unknown_host(&mut self, host: &str, _out: &mut [Action]) {
+        // Streams are only accepted for member hosts, so reports from an
+        // unknown host cannot reach the core; the shell rejects them.
+        debug_assert!(false, "report from unknown host {host} reached the core");
+    }
+
+    fn broadcast(&self, cmd: Cmd, out: &mut Vec<Action>) {
+        for (host, slot) in &self.hosts {
+            if slot.conn.is_some() {
+                out.push(Action::Send { host: host.clone(), epoch: self.ledger.epoch, cmd: cmd.clone() });
+            }
+        }
+    }
+
+    fn set_phase(&mut self, to: Phase, why: String, out: &mut Vec<Action>) {
+        let from = self.phase.name().to_string();
+        let to_name = to.name().to_string();
+        self.phase = to;
+        if from != to_name {
+            out.push(Action::Notice(Notice::PipelineState { from, to: to_name, why }));
+        }
+    }
+
+    fn set_phase_quiet(&mut self, to: Phase) {
+        self.phase = to;
+    }
+
+    fn note_phase(&self, to: &str, why: String, out: &mut Vec<Action>) {
+        out.push(Action::Notice(Notice::PipelineState { from: "Replaying".into(), to: to.into(), why }));
+    }
+
+    // ---------------------------------------------------------- inspection
+
+    fn validate_hello(&self, h: &Hello) -> Result<(), String> {
+        if h.protocol_version != lockstep_proto::PROTOCOL_VERSION {
+            return Err(format!(
+                "host {} speaks protocol version {}, this coordinator speaks {}; run matching releases",
+                h.host_id,
+                h.protocol_version,
+                lockstep_proto::PROTOCOL_VERSION
+            ));
+        }
+        let cluster = if self.ledger.is_initialised() { &self.ledger.cluster_id } else { &self.cfg.cluster_id };
+        if &h.cluster_id != cluster {
+            return Err(format!(
+                "host {} belongs to cluster {:?}, this coordinator runs cluster {cluster:?}; check the host's --cluster-id \
+                 and --coordinator",
+                h.host_id, h.cluster_id
+            ));
+        }
+        if !self.hosts.contains_key(&h.host_id) {
+            return Err(format!(
+                "unknown host id {:?}: members of cluster {cluster:?} are {:?}; check the host's --host-id",
+                h.host_id,
+                self.hosts.keys().collect::<Vec<_>>()
+            ));
+        }
+        if h.highest_epoch > self.ledger.epoch {
+            return Err(format!(
+                "host {} has seen epoch {}, newer than this ledger's epoch {}: this ledger is older than the pipeline \
+                 (restored from an old copy, or another coordinator drives this host); point --data-dir at the current ledger",
+                h.host_id, h.highest_epoch, self.ledger.epoch
+            ));
+        }
+        Ok(())
+    }
+
+    fn txn_records(&self) -> u64 {
+        self.hosts.values().map(|s| s.txn.records).sum()
+    }
+
+    /// Short description of where the pipeline is, for error messages.
+    pub fn describe(&self) -> String {
+        match &self.phase {
+            Phase::Running(t) => format!("Running, {t:?}"),
+            p => format!("{p:?}"),
+        }
+    }
+}
+
+fn event_host(e: &Event) -> Option<&str> {
+    match e {
+        Event::Step { host, .. }
+        | Event::Prepared { host, .. }
+        | Event::Committed { host, .. }
+        | Event::CheckpointDone { host, .. }
+        | Event::Restored { host, .. }
+        | Event::HostError { host, .. }
+        | Event::Heartbeat { host } => Some(host),
+        _ => None,
+    }
+}
+
+fn entry_name(e: &LedgerEntry) -> String {
+    match e {
+        LedgerEntry::Init { cluster_id, .. } => format!("Init({cluster_id})"),
+        LedgerEntry::NewEpoch { epoch } => format!("NewEpoch({epoch})"),
+        LedgerEntry::Begin { tid } => format!("Begin({tid})"),
+        LedgerEntry::Commit { tid, .. } => format!("Commit({tid})"),
+        LedgerEntry::Fail { tid, .. } => format!("Fail({tid})"),
+        LedgerEntry::CheckpointComplete { tid } => format!("CheckpointComplete({tid})"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,479 @@
+//! Flow tests of the core: set a state by driving real events, call one
+//! handler, assert the exact actions (openraft's engine-test style).
+
+use super::*;
+use lockstep_journal::{Checksum, EndpointChecksums};
+
+pub(crate) struct Harness {
+    pub core: Core,
+    /// The "replicated" ledger: proposals are applied here first, exactly as
+    /// the raft state machine does, and the outcome fed back to the core.
+    pub shadow: LedgerState,
+    pub now: u64,
+    pub next_conn: ConnId,
+    pub conns: BTreeMap<HostId, ConnId>,
+    pub sent: Vec<(HostId, Cmd)>,
+    pub notices: Vec<Notice>,
+}
+
+pub(crate) fn agg(pairs: &[(&str, u64, u64)]) -> Aggregate {
+    pairs.iter().map(|(e, c, h)| (e.to_string(), Checksum { count: *c, hash: *h })).collect::<EndpointChecksums>()
+}
+
+pub(crate) fn cfg() -> CoreConfig {
+    CoreConfig {
+        cluster_id: "c1".into(),
+        hosts: vec!["h0".into(), "h1".into()],
+        commit_interval_ms: 100,
+        txn_steps_max: 1000,
+        txn_records_max: 1_000_000,
+        checkpoint_every_txns: 0,
+        report_deadline_ms: 1000,
+    }
+}
+
+impl Harness {
+    pub fn new(cfg: CoreConfig, ledger: LedgerState) -> Harness {
+        let shadow = ledger.clone();
+        let (core, actions) = Core::new(cfg, ledger).expect("core");
+        let mut h = Harness {
+            core,
+            shadow,
+            now: 0,
+            next_conn: 1,
+            conns: BTreeMap::new(),
+            sent: vec![],
+            notices: vec![],
+        };
+        h.run(actions);
+        h
+    }
+
+    /// Executes actions like the shell would; proposals are applied at once.
+    pub fn run(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let mut all = Vec::new();
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match &a {
+                Action::Propose(entry) => {
+                    let result = self.shadow.apply(entry);
+                    let more = self.core.handle(self.now, Event::Applied { entry: entry.clone(), result });
+                    queue.extend(more);
+                }
+                Action::Send { host, cmd, epoch } => {
+                    assert_eq!(*epoch, self.shadow.epoch, "commands carry the ledger's epoch");
+                    self.sent.push((host.clone(), cmd.clone()));
+                }
+                Action::Notice(n) => self.notices.push(n.clone()),
+                _ => {}
+            }
+            all.push(a);
+        }
+        all
+    }
+
+    pub fn ev(&mut self, e: Event) -> Vec<Action> {
+        let a = self.core.handle(self.now, e);
+        self.run(a)
+    }
+
+    pub fn take_sent(&mut self) -> Vec<(HostId, Cmd)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    pub fn hello(&mut self, host: &str, journal: Vec<JournalTid>, checkpoints: Vec<Tid>) -> Vec<Action> {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(host.into(), conn);
+        let last_step = journal.iter().map(|j| j.last_step).max().unwrap_or(0);
+        self.ev(Event::Hello {
+            conn,
+            hello: Hello {
+                protocol_version: lockstep_proto::PROTOCOL_VERSION,
+                host_id: host.into(),
+                cluster_id: "c1".into(),
+                highest_epoch: self.shadow.epoch,
+                checkpoints,
+                journal,
+                last_step,
+                ingest_addr: String::new(),
+            },
+        })
+    }
+
+    pub fn step(&mut self, host: &str, tid: Tid, step: u64, a: Aggregate, journaled: Option<Aggregate>) -> Vec<Action> {
+        let (mode, state) =
+            if journaled.is_some() { (Mode::Replay, HostTxnState::OpenReplay) } else { (Mode::Live, HostTxnState::OpenLive) };
+        self.ev(Event::Step {
+            host: host.into(),
+            report: StepReport { tid, step, checksums: a, journaled, state, mode },
+        })
+    }
+
+    pub fn prepared(&mut self, host: &str, tid: Tid, steps: u64, a: Aggregate, digest: u64) -> Vec<Action> {
+        self.ev(Event::Prepared {
+            host: host.into(),
+            report: PreparedReport { tid, steps, aggregate: a, output_digest: digest, output_count: 0 },
+        })
+    }
+
+    pub fn restored_all(&mut self, checkpoint: Tid) {
+        for h in ["h0", "h1"] {
+            self.ev(Event::Restored { host: h.into(), checkpoint });
+        }
+    }
+
+    pub fn failure(&self) -> Option<&Diagnosis> {
+        match self.core.phase() {
+            Phase::Failed(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A fresh cluster brought to Running with tid 1 open.
+    pub fn running() -> Harness {
+        let mut h = Harness::new(cfg(), LedgerState::default());
+        h.hello("h0", vec![], vec![]);
+        h.hello("h1", vec![], vec![]);
+        h.restored_all(0);
+        h
+    }
+}
+
+fn cmds_for(sent: &[(HostId, Cmd)], host: &str) -> Vec<Cmd> {
+    sent.iter().filter(|(h, _)| h == host).map(|(_, c)| c.clone()).collect()
+}
+
+#[test]
+fn fresh_cluster_initialises_bumps_epoch_restores_empty_state_and_begins_tid_1() {
+    let mut h = Harness::new(cfg(), LedgerState::default());
+    assert!(h.shadow.is_initialised());
+    h.hello("h0", vec![], vec![]);
+    assert_eq!(h.core.phase(), &Phase::Joining, "waits for every host");
+    h.hello("h1", vec![], vec![]);
+    assert_eq!(h.shadow.epoch, 1);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Restore { checkpoint: 0 }]);
+    h.restored_all(0);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Start { tid: 1, mode: Mode::Live }]);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 1, mode: Mode::Live, .. })));
+}
+
+#[test]
+fn live_transaction_commits_after_interval_and_piggybacks_next_start() {
+    let mut h = Harness::running();
+    h.take_sent();
+    h.step("h0", 1, 1, agg(&[("gen", 3, 30)]), None);
+    h.step("h0", 1, 2, agg(&[("gen", 1, 5)]), None);
+    h.step("h1", 1, 1, agg(&[("gen", 2, 7)]), None);
+    h.ev(Event::Tick);
+    assert!(h.take_sent().is_empty(), "not due before the commit interval");
+    h.now = 100;
+    h.ev(Event::Tick);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Prepare { tid: 1 }]);
+    // A step already under way when Prepare arrived still counts.
+    h.step("h1", 1, 2, agg(&[("gen", 1, 1)]), None);
+    h.prepared("h0", 1, 2, agg(&[("gen", 4, 35)]), 9);
+    assert!(h.take_sent().is_empty(), "no commit before every host prepared");
+    h.prepared("h1", 1, 2, agg(&[("gen", 3, 8)]), 10);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Commit { tid: 1, next: Some((2, Mode::Live)) }]);
+    let rec = h.shadow.txn(1).unwrap();
+    assert_eq!(rec.status, TxnStatus::Committed);
+    assert_eq!(rec.hosts["h0"].output_digest, 9);
+    assert_eq!(rec.hosts["h1"].aggregate(), agg(&[("gen", 3, 8)]));
+    assert_eq!(h.shadow.open_txn().map(|t| t.tid), Some(2));
+}
+
+#[test]
+fn prepared_aggregate_must_equal_the_sum_of_step_reports() {
+    let mut h = Harness::running();
+    h.step("h0", 1, 1, agg(&[("gen", 3, 30)]), None);
+    h.now = 100;
+    h.ev(Event::Tick);
+    h.prepared("h0", 1, 1, agg(&[("gen", 3, 31)]), 0);
+    let d = h.failure().expect("failed");
+    assert_eq!(d.host.as_deref(), Some("h0"));
+    assert_eq!(d.tid, Some(1));
+    assert_eq!(d.endpoint.as_deref(), Some("gen"));
+    assert!(h.shadow.txn(1).unwrap().failure.is_some(), "failure recorded in the ledger");
+}
+
+#[test]
+fn step_for_the_wrong_tid_fails_the_pipeline() {
+    let mut h = Harness::running();
+    h.step("h1", 7, 1, agg(&[]), None);
+    let d = h.failure().expect("failed");
+    assert!(d.summary.contains("tid 7"), "{d}");
+    assert!(h.take_sent().iter().any(|(_, c)| matches!(c, Cmd::Stop { .. })));
+}
+
+#[test]
+fn lost_host_never_lets_the_open_transaction_commit() {
+    let mut h = Harness::running();
+    h.step("h0", 1, 1, agg(&[("gen", 1, 1)]), None);
+    h.now = 100;
+    h.ev(Event::Tick);
+    h.prepared("h0", 1, 1, agg(&[("gen", 1, 1)]), 0);
+    let conn = h.conns["h1"];
+    h.ev(Event::Disconnected { conn, host: "h1".into(), reason: "stream reset".into() });
+    assert_eq!(h.core.phase(), &Phase::Joining);
+    assert_eq!(h.shadow.txn(1).unwrap().status, TxnStatus::Begun, "fail closed: no commit");
+    // The late Prepared of the lost transaction decides nothing.
+    h.prepared("h1", 1, 0, agg(&[]), 0);
+    assert_eq!(h.shadow.txn(1).unwrap().status, TxnStatus::Begun);
+    // The host comes back: new epoch, restore, replay the open tid.
+    h.take_sent();
+    h.hello("h1", vec![], vec![]);
+    assert_eq!(h.shadow.epoch, 2);
+    h.restored_all(0);
+    assert_eq!(cmds_for(&h.take_sent(), "h0").last(), Some(&Cmd::Start { tid: 1, mode: Mode::Replay }));
+}
+
+#[test]
+fn missed_report_deadline_drops_the_host_and_recovers() {
+    let mut h = Harness::running();
+    h.now = 500;
+    h.ev(Event::Heartbeat { host: "h0".into() });
+    h.now = 1200;
+    let actions = h.ev(Event::Tick);
+    assert!(actions.iter().any(|a| matches!(a, Action::Drop { host, .. } if host == "h1")));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Drop { host, .. } if host == "h0")));
+    assert_eq!(h.core.phase(), &Phase::Joining);
+}
+
+/// A ledger with tids 1 and 2 committed and 3 open, and each host's journal.
+fn recorded() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
+    let mut l = LedgerState::default();
+    l.apply(&LedgerEntry::Init { cluster_id: "c1".into(), hosts: vec!["h0".into(), "h1".into()] }).unwrap();
+    l.apply(&LedgerEntry::NewEpoch { epoch: 1 }).unwrap();
+    l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
+    let rec = |steps, a: &Aggregate, d| HostTxnRecord::new(steps, a, d);
+    let h0_1 = agg(&[("gen", 2, 20)]);
+    let h1_1 = agg(&[("gen", 1, 10)]);
+    l.apply(&LedgerEntry::Commit {
+        tid: 1,
+        hosts: [("h0".to_string(), rec(2, &h0_1, 100)), ("h1".to_string(), rec(1, &h1_1, 101))].into(),
+        begin_next: Some(2),
+    })
+    .unwrap();
+    let empty = agg(&[]);
+    l.apply(&LedgerEntry::Commit {
+        tid: 2,
+        hosts: [("h0".to_string(), rec(0, &empty, 0)), ("h1".to_string(), rec(1, &h1_1, 102))].into(),
+        begin_next: Some(3),
+    })
+    .unwrap();
+    let j = |tid, first, steps, a: &Aggregate| JournalTid {
+        tid,
+        first_step: first,
+        last_step: first + steps - 1,
+        steps,
+        aggregate: a.clone(),
+        committed: true,
+    };
+    let h0 = vec![j(1, 1, 2, &h0_1), j(3, 3, 1, &agg(&[("gen", 5, 5)]))];
+    let h1 = vec![j(1, 1, 1, &h1_1), j(2, 2, 1, &h1_1)];
+    (l, h0, h1)
+}
+
+#[test]
+fn replay_drives_each_committed_tid_then_continues_the_open_one() {
+    let (l, j0, j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    assert_eq!(h.shadow.epoch, 2);
+    h.restored_all(0);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h0"),
+        vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start { tid: 1, mode: Mode::Replay }, Cmd::Prepare { tid: 1 }]
+    );
+    let a = agg(&[("gen", 2, 20)]);
+    h.step("h0", 1, 1, agg(&[("gen", 1, 5)]), Some(agg(&[("gen", 1, 5)])));
+    h.step("h0", 1, 2, agg(&[("gen", 1, 15)]), Some(agg(&[("gen", 1, 15)])));
+    h.prepared("h0", 1, 2, a, 100);
+    h.step("h1", 1, 1, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
+    h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 101);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h0"),
+        vec![Cmd::Commit { tid: 1, next: Some((2, Mode::Replay)) }, Cmd::Prepare { tid: 2 }]
+    );
+    h.prepared("h0", 2, 0, agg(&[]), 0);
+    h.step("h1", 2, 2, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
+    h.prepared("h1", 2, 1, agg(&[("gen", 1, 10)]), 102);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: Some((3, Mode::Replay)) }]);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 3, mode: Mode::Replay, .. })));
+    assert_eq!(h.shadow.epoch, 2);
+    assert_eq!(h.shadow.last_committed, 2, "replay writes no new commits");
+    // Open tid 3: replayed step, then live steps, then a normal commit.
+    h.step("h0", 3, 3, agg(&[("gen", 5, 5)]), Some(agg(&[("gen", 5, 5)])));
+    h.step("h0", 3, 4, agg(&[("gen", 1, 1)]), None);
+    h.step("h1", 3, 3, agg(&[("gen", 1, 1)]), None);
+    h.now = 1000;
+    h.ev(Event::Heartbeat { host: "h0".into() });
+    h.ev(Event::Heartbeat { host: "h1".into() });
+    h.ev(Event::Tick);
+    h.prepared("h0", 3, 2, agg(&[("gen", 6, 6)]), 7);
+    h.prepared("h1", 3, 1, agg(&[("gen", 1, 1)]), 8);
+    assert_eq!(h.shadow.txn(3).unwrap().status, TxnStatus::Committed);
+    assert!(h.failure().is_none());
+}
+
+#[test]
+fn divergent_replay_is_caught_at_the_first_divergent_step_with_a_precise_diagnosis() {
+    let (l, j0, j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    h.step("h0", 1, 1, agg(&[("gen", 1, 5)]), Some(agg(&[("gen", 1, 5)])));
+    h.step("h0", 1, 2, agg(&[("gen", 1, 16)]), Some(agg(&[("gen", 1, 15)])));
+    let d = h.failure().expect("failed").clone();
+    assert_eq!(d.host.as_deref(), Some("h0"));
+    assert_eq!(d.tid, Some(1));
+    assert_eq!(d.step, Some(2));
+    assert_eq!(d.endpoint.as_deref(), Some("gen"));
+    assert!(d.expected.unwrap().contains("hash 0x000000000000000f"));
+    assert!(d.summary.contains("hash differs"), "{}", d.summary);
+}
+
+#[test]
+fn replayed_output_digest_must_match_the_ledger() {
+    let (l, j0, j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    h.step("h1", 1, 1, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
+    h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 999);
+    let d = h.failure().expect("failed");
+    assert_eq!((d.host.as_deref(), d.tid), (Some("h1"), Some(1)));
+    assert!(d.summary.contains("output digest"), "{d}");
+}
+
+#[test]
+fn endpoint_present_on_one_side_only_is_named() {
+    let (l, j0, j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    h.step("h1", 1, 1, agg(&[("gen", 1, 10), ("push", 1, 1)]), Some(agg(&[("gen", 1, 10)])));
+    let d = h.failure().expect("failed");
+    assert_eq!(d.endpoint.as_deref(), Some("push"));
+    assert!(d.summary.contains("one side only"), "{d}");
+}
+
+#[test]
+fn journal_naming_a_tid_the_ledger_never_began_fails_at_startup() {
+    let (l, mut j0, j1) = recorded();
+    j0.push(JournalTid { tid: 9, first_step: 7, last_step: 7, steps: 1, aggregate: agg(&[]), committed: false });
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    let d = h.failure().expect("failed");
+    assert_eq!((d.host.as_deref(), d.tid), (Some("h0"), Some(9)));
+    assert!(d.summary.contains("never began"));
+}
+
+#[test]
+fn journal_lacking_a_committed_tid_fails_at_startup() {
+    let (l, j0, mut j1) = recorded();
+    j1.remove(1);
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    let d = h.failure().expect("failed");
+    assert_eq!((d.host.as_deref(), d.tid), (Some("h1"), Some(2)));
+    assert!(d.summary.contains("lacks tid 2"));
+}
+
+#[test]
+fn hellos_from_strangers_are_rejected_with_a_clear_error() {
+    let mut h = Harness::new(cfg(), LedgerState::default());
+    let mut hello = Hello {
+        protocol_version: lockstep_proto::PROTOCOL_VERSION,
+        host_id: "h9".into(),
+        cluster_id: "c1".into(),
+        highest_epoch: 0,
+        checkpoints: vec![],
+        journal: vec![],
+        last_step: 0,
+        ingest_addr: String::new(),
+    };
+    let reject = |a: Vec<Action>| match &a[..] {
+        [Action::Reject { error, .. }] => error.clone(),
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    assert!(reject(h.ev(Event::Hello { conn: 1, hello: hello.clone() })).contains("unknown host id \"h9\""));
+    hello.host_id = "h0".into();
+    hello.cluster_id = "other".into();
+    assert!(reject(h.ev(Event::Hello { conn: 2, hello: hello.clone() })).contains("belongs to cluster \"other\""));
+    hello.cluster_id = "c1".into();
+    hello.highest_epoch = 5;
+    assert!(reject(h.ev(Event::Hello { conn: 3, hello: hello.clone() })).contains("epoch 5"));
+    hello.highest_epoch = 0;
+    hello.protocol_version = 99;
+    assert!(reject(h.ev(Event::Hello { conn: 4, hello })).contains("protocol version 99"));
+}
+
+#[test]
+fn checkpoint_happens_between_transactions_and_is_recorded_when_every_host_confirms() {
+    let mut h = Harness::running();
+    h.ev(Event::AdminCheckpoint);
+    h.now = 100;
+    h.ev(Event::Tick);
+    h.prepared("h0", 1, 0, agg(&[]), 0);
+    h.prepared("h1", 1, 0, agg(&[]), 0);
+    let sent = cmds_for(&h.take_sent(), "h0");
+    assert_eq!(sent[sent.len() - 2..], [Cmd::Commit { tid: 1, next: None }, Cmd::Checkpoint { tid: 1 }]);
+    assert_eq!(h.shadow.open_txn(), None, "no transaction open during a checkpoint");
+    h.ev(Event::CheckpointDone { host: "h0".into(), tid: 1 });
+    assert!(h.shadow.checkpoints.is_empty());
+    h.ev(Event::CheckpointDone { host: "h1".into(), tid: 1 });
+    assert_eq!(h.shadow.checkpoints, vec![1]);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h1"),
+        vec![Cmd::CheckpointComplete { tid: 1 }, Cmd::Start { tid: 2, mode: Mode::Live }]
+    );
+}
+
+#[test]
+fn tids_never_go_backwards_across_recoveries() {
+    let mut h = Harness::running();
+    let mut seen = vec![];
+    for round in 0..5 {
+        let tid = match h.core.phase() {
+            Phase::Running(Txn::Open { tid, .. }) => *tid,
+            p => panic!("round {round}: {p:?}"),
+        };
+        seen.push(tid);
+        h.now += 100;
+        h.ev(Event::Heartbeat { host: "h0".into() });
+        h.ev(Event::Heartbeat { host: "h1".into() });
+        h.ev(Event::Tick);
+        h.prepared("h0", tid, 0, agg(&[]), 0);
+        h.prepared("h1", tid, 0, agg(&[]), 0);
+        // Lose a host after every commit; recovery continues the open tid.
+        let conn = h.conns["h0"];
+        h.ev(Event::Disconnected { conn, host: "h0".into(), reason: "kill".into() });
+        h.hello("h0", h_journal(&h, "h0"), vec![]);
+        h.restored_all(0);
+        // Replay of committed tids: every host prepares empty.
+        while let Phase::Replaying { tid, .. } = h.core.phase().clone() {
+            h.prepared("h0", tid, 0, agg(&[]), 0);
+            h.prepared("h1", tid, 0, agg(&[]), 0);
+        }
+        assert!(h.failure().is_none(), "{:?}", h.failure());
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+}
+
+fn h_journal(h: &Harness, _host: &str) -> Vec<JournalTid> {
+    // Empty steps: commit markers only, as a host with no input would have.
+    h.shadow
+        .txns
+        .values()
+        .filter(|t| t.status == TxnStatus::Committed)
+        .map(|t| JournalTid { tid: t.tid, first_step: 0, last_step: 0, steps: 0, aggregate: agg(&[]), committed: true })
+        .collect()
+}

@@ -1,0 +1,175 @@
+//! Plain-data inputs and outputs of the coordinator core: what hosts report,
+//! what the core asks the shell to do, and the failure diagnosis.
+
+use std::fmt;
+
+use lockstep_journal::Aggregate;
+
+pub use crate::ledger::{Epoch, HostId, LedgerEntry, LedgerError, Tid};
+
+/// Identifies one host stream; a reconnecting host gets a new one.
+pub type ConnId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Replay,
+}
+
+/// A host's own transaction state, as it reports it with every step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostTxnState {
+    Unspecified,
+    Idle,
+    OpenLive,
+    OpenReplay,
+    Prepared,
+}
+
+/// What a host's journal holds for one tid (from its Hello).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalTid {
+    pub tid: Tid,
+    pub first_step: u64,
+    pub last_step: u64,
+    pub steps: u64,
+    pub aggregate: Aggregate,
+    pub committed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub host_id: HostId,
+    pub cluster_id: String,
+    pub highest_epoch: Epoch,
+    pub checkpoints: Vec<Tid>,
+    pub journal: Vec<JournalTid>,
+    pub last_step: u64,
+    pub ingest_addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    pub tid: Tid,
+    pub step: u64,
+    pub checksums: Aggregate,
+    /// During replay: what the journal recorded for this step.
+    pub journaled: Option<Aggregate>,
+    pub state: HostTxnState,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedReport {
+    pub tid: Tid,
+    pub steps: u64,
+    pub aggregate: Aggregate,
+    pub output_digest: u64,
+    pub output_count: u64,
+}
+
+/// Everything that can happen to the core. Time comes with every call.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A stream opened and sent its Hello.
+    Hello { conn: ConnId, hello: Hello },
+    /// A stream ended (or the shell dropped it).
+    Disconnected { conn: ConnId, host: HostId, reason: String },
+    Step { host: HostId, report: StepReport },
+    Prepared { host: HostId, report: PreparedReport },
+    Committed { host: HostId, tid: Tid },
+    CheckpointDone { host: HostId, tid: Tid },
+    Restored { host: HostId, checkpoint: Tid },
+    HostError { host: HostId, kind: String, message: String, tid: Tid },
+    Heartbeat { host: HostId },
+    /// A proposed ledger entry was committed and applied (or rejected by the
+    /// ledger's rules, identically on every replica).
+    Applied { entry: LedgerEntry, result: Result<(), LedgerError> },
+    /// The replicated log did not accept the proposal (I/O, not leader).
+    ProposeFailed { entry: LedgerEntry, error: String },
+    /// Timers: the shell calls this periodically.
+    Tick,
+    AdminCheckpoint,
+    AdminStop { reason: String },
+    AdminResume,
+}
+
+/// A command for one host; the shell numbers it and stamps the epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cmd {
+    Start { tid: Tid, mode: Mode },
+    Prepare { tid: Tid },
+    Commit { tid: Tid, next: Option<(Tid, Mode)> },
+    Checkpoint { tid: Tid },
+    CheckpointComplete { tid: Tid },
+    Restore { checkpoint: Tid },
+    Stop { reason: String },
+}
+
+/// Things worth telling operators (logs, progress output, event stream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    PipelineState { from: String, to: String, why: String },
+    HostJoined { host: HostId },
+    HostLost { host: HostId, why: String },
+    Committed { tid: Tid, replayed: bool, records: u64 },
+    CheckpointComplete { tid: Tid },
+    Recovering { epoch: Epoch, checkpoint: Tid, replay_tids: Vec<Tid>, open_tid: Option<Tid> },
+    Failed(Diagnosis),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send { host: HostId, epoch: Epoch, cmd: Cmd },
+    /// Accept a stream as `host`; the shell answers with Welcome.
+    Accept { conn: ConnId, host: HostId },
+    /// Refuse a stream with this error (the shell closes it with a status).
+    Reject { conn: ConnId, error: String },
+    /// Close a host's current stream (it missed its deadline, or a newer
+    /// stream of the same host replaced it).
+    Drop { conn: ConnId, host: HostId, why: String },
+    Propose(LedgerEntry),
+    Notice(Notice),
+}
+
+/// A precise, operator-actionable description of why the pipeline stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub summary: String,
+    pub host: Option<HostId>,
+    pub tid: Option<Tid>,
+    pub step: Option<u64>,
+    pub endpoint: Option<String>,
+    pub expected: Option<String>,
+    pub actual: Option<String>,
+    pub hint: String,
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.summary)?;
+        if let Some(h) = &self.host {
+            write!(f, "; host {h}")?;
+        }
+        if let Some(t) = self.tid {
+            write!(f, "; tid {t}")?;
+        }
+        if let Some(s) = self.step {
+            write!(f, "; step {s}")?;
+        }
+        if let Some(e) = &self.endpoint {
+            write!(f, "; endpoint {e:?}")?;
+        }
+        if let Some(e) = &self.expected {
+            write!(f, "; expected {e}")?;
+        }
+        if let Some(a) = &self.actual {
+            write!(f, "; actual {a}")?;
+        }
+        if !self.hint.is_empty() {
+            write!(f, ". What to do: {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
