@@ -1,0 +1,341 @@
+//! Reading a journal directory: a cursor that streams frames across
+//! segments up to a durable bound (bounded memory: one buffered file and one
+//! record body), the step-chain check, and the iterators and summary built
+//! on them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_err, JournalError, Result};
+use crate::format::{self, Frame, FrameReader, HeaderRead, SegmentHeader};
+use crate::{pb, Aggregate, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
+
+/// Read buffer per open segment: big enough that sequential replay is
+/// dominated by the disk, not by syscalls.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// Checks a header against the segment it should be.
+pub(crate) fn check_header(header: &SegmentHeader, path: &Path, seq: u64, ident: &JournalIdent) -> Result<()> {
+    if header.ident != *ident {
+        return Err(JournalError::ForeignJournal {
+            path: path.to_owned(),
+            expected_cluster: ident.cluster_id.clone(),
+            expected_host: ident.host_id.clone(),
+            found_cluster: header.ident.cluster_id.clone(),
+            found_host: header.ident.host_id.clone(),
+        });
+    }
+    if header.segment != seq {
+        return Err(JournalError::SegmentNumberMismatch { path: path.to_owned(), expected: seq, found: header.segment });
+    }
+    Ok(())
+}
+
+/// The step chain: each step record names the step record before it as its
+/// `prev_step`, step numbers grow, and tids never go backwards. The first
+/// step seen is accepted as it is (after GC its predecessor is gone).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Chain {
+    /// (step, tid) of the last step record seen.
+    pub last: Option<(u64, u64)>,
+}
+
+impl Chain {
+    /// At the start of a segment: its header's `step_before` must be the
+    /// last step seen so far; if nothing was seen, it seeds the chain.
+    pub fn at_segment_start(&mut self, path: &Path, header: &SegmentHeader) -> Result<()> {
+        match self.last {
+            None => self.last = Some((header.step_before, 0)),
+            Some((last_step, _)) if last_step != header.step_before => {
+                return Err(JournalError::StepOrder {
+                    path: path.to_owned(),
+                    offset: 24,
+                    what: "segment header's step_before must equal the last step before this segment",
+                    expected: last_step.to_string(),
+                    found: header.step_before.to_string(),
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    pub fn check(&mut self, path: &Path, offset: u64, step: u64, prev_step: u64, tid: u64) -> Result<()> {
+        let order = |what, expected: String, found: u64| JournalError::StepOrder {
+            path: path.to_owned(),
+            offset,
+            what,
+            expected,
+            found: found.to_string(),
+        };
+        if step <= prev_step {
+            return Err(order("step number must exceed its previous step", format!("> {prev_step}"), step));
+        }
+        if let Some((last_step, last_tid)) = self.last {
+            if prev_step != last_step {
+                return Err(JournalError::StepGap { path: path.to_owned(), offset, step, expected: last_step, found: prev_step });
+            }
+            if tid < last_tid {
+                return Err(order("tid went backwards", format!(">= {last_tid}"), tid));
+            }
+        }
+        self.last = Some((step, tid));
+        Ok(())
+    }
+}
+
+/// Which part of the journal a reader may see: segments `first..=last`,
+/// and in `last` only bytes before `last_end` (the durable end).
+#[derive(Clone, Debug)]
+pub(crate) struct Span {
+    pub dir: PathBuf,
+    pub ident: JournalIdent,
+    pub first: u64,
+    pub last: u64,
+    pub last_end: u64,
+}
+
+/// Streams frames across segments.
+pub(crate) struct Cursor {
+    span: Span,
+    /// Next segment to open.
+    next_seg: u64,
+    /// Offset to start at in the next segment opened (0 = after header).
+    start_offset: u64,
+    current: Option<(u64, PathBuf, FrameReader<BufReader<File>>)>,
+    /// The step chain of what this cursor read; callers check step records
+    /// against it, the cursor checks segment anchors.
+    pub chain: Chain,
+}
+
+impl Cursor {
+    pub fn new(span: Span, from: Position) -> Result<Cursor> {
+        let (next_seg, start_offset) = if from == Position::default() { (span.first, 0) } else { (from.segment, from.offset) };
+        let past_end = from.segment == span.last && from.offset > span.last_end;
+        if next_seg < span.first || next_seg > span.last || past_end {
+            return Err(JournalError::PositionOutOfRange {
+                segment: from.segment,
+                offset: from.offset,
+                first: span.first,
+                last: span.last,
+            });
+        }
+        Ok(Cursor { span, next_seg, start_offset, current: None, chain: Chain::default() })
+    }
+
+    pub fn path(&self) -> &Path {
+        match &self.current {
+            Some((_, path, _)) => path,
+            None => &self.span.dir,
+        }
+    }
+
+    /// Checks a step record just read against the chain.
+    pub fn check_step(&mut self, offset: u64, step: u64, prev_step: u64, tid: u64) -> Result<()> {
+        let path = match &self.current {
+            Some((_, path, _)) => path.as_path(),
+            None => self.span.dir.as_path(),
+        };
+        self.chain.check(path, offset, step, prev_step, tid)
+    }
+
+    /// Body of the frame `advance` last returned.
+    pub fn body(&self) -> &[u8] {
+        match &self.current {
+            Some((_, _, frames)) => frames.body(),
+            None => &[],
+        }
+    }
+
+    fn open_segment(&mut self, seq: u64) -> Result<(PathBuf, FrameReader<BufReader<File>>)> {
+        let path = self.span.dir.join(format::segment_file_name(seq));
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let file_bytes = file.metadata().map_err(io_err(&path))?.len();
+        let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        let header = match format::read_header(&mut r, &path, file_bytes)? {
+            HeaderRead::Ok(h) => h,
+            HeaderRead::Torn { available } => {
+                return Err(JournalError::Truncated {
+                    path,
+                    offset: 0,
+                    expected: format::HEADER_BYTES_MIN as u64,
+                    found: available,
+                    where_: " (segment header of a segment already validated at open)",
+                })
+            }
+        };
+        check_header(&header, &path, seq, &self.span.ident)?;
+        if self.start_offset <= header.header_bytes {
+            // Starting at the segment's first record: its anchor applies.
+            self.chain.at_segment_start(&path, &header)?;
+        }
+        let end = if seq == self.span.last { self.span.last_end } else { file_bytes };
+        let mut offset = header.header_bytes;
+        if self.start_offset > offset {
+            offset = self.start_offset;
+            if offset > end {
+                return Err(JournalError::PositionOutOfRange { segment: seq, offset, first: self.span.first, last: self.span.last });
+            }
+            r.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+        }
+        self.start_offset = 0;
+        Ok((path, FrameReader::new(r, offset, end)))
+    }
+
+    /// Moves to the next frame and returns its position; `None` at the end.
+    pub fn advance(&mut self) -> Result<Option<Position>> {
+        loop {
+            if self.current.is_none() {
+                if self.next_seg > self.span.last {
+                    return Ok(None);
+                }
+                let seq = self.next_seg;
+                let (path, frames) = self.open_segment(seq)?;
+                self.current = Some((seq, path, frames));
+                self.next_seg += 1;
+            }
+            let Some((seq, path, frames)) = &mut self.current else { unreachable!("set above") };
+            match frames.next_frame().map_err(io_err(path.as_path()))? {
+                Frame::Record { offset } => return Ok(Some(Position { segment: *seq, offset })),
+                Frame::End => self.current = None,
+                Frame::Torn(torn) => {
+                    return Err(torn.into_error(path, " (inside the durable part of the journal)"));
+                }
+            }
+        }
+    }
+}
+
+/// Every record from a position, fully decoded, chain-checked.
+pub struct RecordIter {
+    cursor: Cursor,
+    done: bool,
+}
+
+impl RecordIter {
+    pub(crate) fn new(cursor: Cursor) -> Self {
+        RecordIter { cursor, done: false }
+    }
+
+    fn next_record(&mut self) -> Result<Option<(Position, pb::JournalRecord)>> {
+        let Some(pos) = self.cursor.advance()? else { return Ok(None) };
+        let record = format::decode_record(self.cursor.body()).map_err(|reason| JournalError::Undecodable {
+            path: self.cursor.path().to_owned(),
+            offset: pos.offset,
+            reason,
+        })?;
+        if let Some(pb::journal_record::Kind::Step(s)) = &record.kind {
+            self.cursor.check_step(pos.offset, s.step, s.prev_step, s.tid)?;
+        }
+        Ok(Some((pos, record)))
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<(Position, pb::JournalRecord)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                // One error ends the stream: nothing after damage is trusted.
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The step records of one tid, in order. Stops at the first step record of
+/// a later tid (tids never go backwards along the chain).
+pub struct StepsIter {
+    records: Option<RecordIter>,
+    tid: u64,
+}
+
+impl StepsIter {
+    pub(crate) fn new(records: Option<RecordIter>, tid: u64) -> Self {
+        StepsIter { records, tid }
+    }
+}
+
+impl Iterator for StepsIter {
+    type Item = Result<pb::StepRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let records = self.records.as_mut()?;
+        loop {
+            match records.next()? {
+                Err(e) => return Some(Err(e)),
+                Ok((_, pb::JournalRecord { kind: Some(pb::journal_record::Kind::Step(step)) })) => {
+                    if step.tid == self.tid {
+                        return Some(Ok(step));
+                    }
+                    if step.tid > self.tid {
+                        records.done = true;
+                        return None;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Streams the span with light decoding and builds the summary.
+pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
+    let mut cursor = Cursor::new(span, Position::default())?;
+    let mut tids: BTreeMap<u64, TidSummary> = BTreeMap::new();
+    let mut checkpoints = Vec::new();
+    let mut last_step = 0u64;
+    let blank = |tid| TidSummary {
+        tid,
+        first_step: 0,
+        last_step: 0,
+        steps: 0,
+        aggregate: Aggregate::new(),
+        committed: false,
+    };
+    while let Some(pos) = cursor.advance()? {
+        let kind = format::decode_light(cursor.body()).map_err(|reason| JournalError::Undecodable {
+            path: cursor.path().to_owned(),
+            offset: pos.offset,
+            reason,
+        })?;
+        match kind {
+            format::light::Kind::Step(s) => {
+                cursor.check_step(pos.offset, s.step, s.prev_step, s.tid)?;
+                last_step = s.step;
+                if s.tid > after_tid {
+                    let t = tids.entry(s.tid).or_insert_with(|| blank(s.tid));
+                    if t.steps == 0 {
+                        t.first_step = s.step;
+                    }
+                    t.last_step = s.step;
+                    t.steps += 1;
+                    for e in &s.endpoints {
+                        t.aggregate.add(&e.endpoint, Checksum { count: e.count, hash: e.hash });
+                    }
+                }
+            }
+            format::light::Kind::Commit(c) => {
+                if c.tid > after_tid {
+                    tids.entry(c.tid).or_insert_with(|| blank(c.tid)).committed = true;
+                }
+            }
+            format::light::Kind::Checkpoint(c) => checkpoints.push((c.tid, c.location)),
+        }
+    }
+    // Stable: equal tids keep journal order.
+    checkpoints.sort_by_key(|(tid, _)| *tid);
+    Ok(JournalSummary { tids: tids.into_values().collect(), checkpoints, last_step })
+}

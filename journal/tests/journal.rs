@@ -1,0 +1,320 @@
+//! Behaviour of the journal through its public API: round trips, recovery,
+//! typed errors for damaged directories, GC, and the chain check.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use lockstep_journal::format::{self, segment_file_name};
+use lockstep_journal::pb::{self, journal_record::Kind};
+use lockstep_journal::{Checksum, Journal, JournalError, JournalIdent, JournalOptions, Position};
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(segment_file_name(seq))
+}
+
+fn read_all(j: &Journal) -> Vec<(Position, pb::JournalRecord)> {
+    j.read_from(Position::default()).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+/// Appends steps 1..=n, two per tid, commit markers after each tid.
+fn fill(j: &Journal, n: u64, payload_bytes: usize) -> Vec<(Position, pb::JournalRecord)> {
+    let mut out = Vec::new();
+    for s in 1..=n {
+        let tid = (s + 1) / 2;
+        let r = step(s, s - 1, tid, payload_bytes);
+        out.push((j.append(&r).unwrap(), r));
+        if s % 2 == 0 {
+            let c = commit(tid);
+            out.push((j.append(&c).unwrap(), c));
+        }
+    }
+    out
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = {
+        let (j, report) = Journal::open(dir.path(), ident(), small_segments(4096)).unwrap();
+        assert_eq!(report.records, 0);
+        assert_eq!(j.last_step(), 0);
+        let w = fill(&j, 40, 300);
+        assert_eq!(read_all(&j), w);
+        assert_eq!(j.last_step(), 40);
+        assert!(j.segments().1 > 1, "small segments roll");
+        w
+    };
+    let (j, report) = Journal::open(dir.path(), ident(), small_segments(4096)).unwrap();
+    assert_eq!(report.records, written.len() as u64);
+    assert_eq!(report.torn_tail_bytes, 0);
+    assert_eq!(report.last_step, 40);
+    assert_eq!(read_all(&j), written);
+    // Appends continue the chain after reopen.
+    j.append(&step(41, 40, 21, 10)).unwrap();
+    // read_from a middle position yields the suffix.
+    let (mid, _) = written[17].clone();
+    let suffix: Vec<_> = j.read_from(mid).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(suffix.len(), written.len() - 17 + 1);
+    assert_eq!(suffix[0], written[17]);
+}
+
+#[test]
+fn summarize_and_steps_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), small_segments(2048)).unwrap();
+    fill(&j, 10, 100);
+    j.append(&checkpoint(3)).unwrap();
+    j.append(&step(11, 10, 6, 5)).unwrap(); // tid 6 is open
+    let summary = j.summarize(2).unwrap();
+    let tids: Vec<u64> = summary.tids.iter().map(|t| t.tid).collect();
+    assert_eq!(tids, vec![3, 4, 5, 6]);
+    let t3 = &summary.tids[0];
+    assert_eq!((t3.first_step, t3.last_step, t3.steps, t3.committed), (5, 6, 2, true));
+    let mut expect = Checksum::default();
+    for s in [5u64, 6] {
+        expect.merge(Checksum { count: 1 + s % 3, hash: s.wrapping_mul(0x9e37_79b9_7f4a_7c15) });
+    }
+    assert_eq!(t3.aggregate.get("in"), Some(expect));
+    assert!(!summary.tids[3].committed);
+    assert_eq!(summary.checkpoints, vec![(3, "checkpoints/3".to_string())]);
+    assert_eq!(summary.last_step, 11);
+
+    let steps: Vec<u64> = j.steps_of(4).unwrap().map(|r| r.unwrap().step).collect();
+    assert_eq!(steps, vec![7, 8]);
+    let mut n = 0;
+    for r in j.steps_of(6).unwrap() {
+        let s = r.unwrap();
+        assert_eq!(s, match step(11, 10, 6, 5).kind { Some(Kind::Step(s)) => s, _ => unreachable!() });
+        n += 1;
+    }
+    assert_eq!(n, 1);
+    assert_eq!(j.steps_of(99).unwrap().count(), 0);
+}
+
+#[test]
+fn append_async_and_concurrent_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), small_segments(64 << 10)).unwrap();
+    let j = std::sync::Arc::new(j);
+    let p = block_on(j.append_async(step(1, 0, 1, 10))).unwrap();
+    assert_eq!(p.segment, 1);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || (0..50).map(|i| j.append(&commit(1000 + t * 100 + i)).unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut positions: Vec<Position> = threads.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 400);
+    assert_eq!(read_all(&j).len(), 401);
+}
+
+#[test]
+fn append_rejects_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = JournalOptions { record_bytes_max: 1000, ..JournalOptions::default() };
+    let (j, _) = Journal::open(dir.path(), ident(), opts).unwrap();
+    j.append(&step(1, 0, 1, 10)).unwrap();
+    let err = j.append(&step(3, 2, 1, 10)).unwrap_err();
+    assert!(matches!(err, JournalError::AppendOutOfOrder { step: 3, expected: 1, found: 2 }), "{err}");
+    let err = j.append(&step(2, 1, 0, 10)).unwrap_err();
+    assert!(matches!(err, JournalError::AppendInvalid { .. }), "{err}");
+    let err = j.append(&step(2, 1, 1, 2000)).unwrap_err();
+    assert!(matches!(err, JournalError::RecordTooLarge { .. }), "{err}");
+    let err = j.append(&pb::JournalRecord { kind: None }).unwrap_err();
+    assert!(matches!(err, JournalError::AppendInvalid { .. }), "{err}");
+    // The journal is still fine.
+    j.append(&step(2, 1, 1, 10)).unwrap();
+    assert_eq!(j.last_step(), 2);
+}
+
+#[test]
+fn first_step_of_a_new_journal_names_step_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    let err = j.append(&step(5, 4, 1, 1)).unwrap_err();
+    assert!(matches!(err, JournalError::AppendOutOfOrder { expected: 0, .. }), "{err}");
+}
+
+#[test]
+fn foreign_journal_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap());
+    let other = JournalIdent { cluster_id: "cluster-a".into(), host_id: "host-7".into() };
+    let err = Journal::open(dir.path(), other, JournalOptions::default()).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, JournalError::ForeignJournal { .. }));
+    assert!(msg.contains("host-0") && msg.contains("host-7") && msg.contains("--data-dir"), "{msg}");
+    assert!(msg.contains(&segment_file_name(1)), "{msg}");
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap());
+    let path = seg_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+    fs::write(&path, bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().unwrap();
+    assert!(matches!(err, JournalError::UnsupportedVersion { found: 7, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("version 7") && msg.contains("[1]") && msg.contains("offset 8"), "{msg}");
+}
+
+#[test]
+fn missing_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = Journal::open(dir.path(), ident(), small_segments(1024)).unwrap();
+        fill(&j, 20, 200);
+        assert!(j.segments().1 >= 4);
+    }
+    fs::remove_file(seg_path(dir.path(), 2)).unwrap();
+    let err = Journal::open(dir.path(), ident(), small_segments(1024)).err().unwrap();
+    assert!(matches!(err, JournalError::MissingSegment { expected: 2, found: 3, .. }), "{err}");
+}
+
+#[test]
+fn bad_crc_in_a_sealed_segment_is_a_hard_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = Journal::open(dir.path(), ident(), small_segments(1024)).unwrap();
+        fill(&j, 20, 200);
+    }
+    let path = seg_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() - 5; // inside the last record of a sealed segment
+    bytes[at] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), small_segments(1024)).err().unwrap();
+    assert!(matches!(err, JournalError::BadCrc { .. }), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn corruption_followed_by_valid_records_in_last_segment_is_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_offset;
+    {
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        let w = fill(&j, 6, 50);
+        first_offset = w[1].0.offset;
+    }
+    let path = seg_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[first_offset as usize + 10] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().unwrap();
+    match &err {
+        JournalError::BadCrc { offset, .. } => assert_eq!(*offset, first_offset),
+        other => panic!("expected BadCrc, got {other}"),
+    }
+    assert!(err.to_string().contains("not a torn tail"), "{err}");
+}
+
+#[test]
+fn torn_tail_is_truncated_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = {
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        fill(&j, 5, 100)
+    };
+    let path = seg_path(dir.path(), 1);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    let last_frame = written.last().unwrap().0.offset;
+    assert_eq!(report.torn_tail_bytes, len - 3 - last_frame);
+    assert_eq!(read_all(&j), written[..written.len() - 1]);
+    // The journal continues after the cut.
+    j.append(&commit(3)).unwrap();
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!(report.torn_tail_bytes, 0);
+    assert_eq!(read_all(&j).len(), written.len());
+}
+
+#[test]
+fn step_gap_on_disk_is_a_typed_error() {
+    // Write a segment by hand (the writer refuses to create a gap).
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = format::encode_header(1, 0, &ident());
+    for r in [step(1, 0, 1, 4), step(2, 1, 1, 4), step(4, 3, 2, 4)] {
+        bytes.extend(format::encode_frame(&r));
+    }
+    let gap_offset = bytes.len() - format::encode_frame(&step(4, 3, 2, 4)).len();
+    fs::write(seg_path(dir.path(), 1), bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().unwrap();
+    match &err {
+        JournalError::StepGap { offset, step: 4, expected: 2, found: 3, .. } => assert_eq!(*offset, gap_offset as u64),
+        other => panic!("expected StepGap, got {other}"),
+    }
+}
+
+#[test]
+fn gc_deletes_whole_segments_before_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(1024);
+    let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+    fill(&j, 30, 200);
+    let cp = j.append(&checkpoint(15)).unwrap();
+    for s in 31..=40 {
+        j.append(&step(s, s - 1, 16 + s, 200)).unwrap();
+    }
+    let before = j.segments();
+    assert!(matches!(j.gc_before_checkpoint(99), Err(JournalError::CheckpointNotFound { tid: 99 })));
+    let deleted = j.gc_before_checkpoint(15).unwrap();
+    assert_eq!(deleted as u64, cp.segment - before.0);
+    assert_eq!(j.segments(), (cp.segment, before.1));
+    assert!(!seg_path(dir.path(), 1).exists());
+    // Idempotent.
+    assert_eq!(j.gc_before_checkpoint(15).unwrap(), 0);
+    let after: Vec<_> = read_all(&j);
+    assert_eq!(after[0].0.segment, cp.segment);
+    assert_eq!(j.steps_of(56).unwrap().count(), 1);
+    let summary = j.summarize(0).unwrap();
+    assert_eq!(summary.last_step, 40);
+    drop(j);
+    // Reopen: the sequence starts later; last_step survives even if GC
+    // removed every step before the anchor.
+    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+    assert_eq!(report.last_step, 40);
+    assert_eq!(j.segments().0, cp.segment);
+    j.append(&step(41, 40, 60, 1)).unwrap();
+}
+
+#[test]
+fn crash_in_the_middle_of_gc_leaves_a_readable_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(1024);
+    {
+        let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+        fill(&j, 30, 200);
+        j.append(&checkpoint(15)).unwrap();
+    }
+    // As if GC deleted segment 1 and crashed before deleting 2.
+    fs::remove_file(seg_path(dir.path(), 1)).unwrap();
+    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+    assert_eq!(j.segments().0, 2);
+    assert_eq!(report.last_step, 30);
+    assert!(j.gc_before_checkpoint(15).unwrap() > 0);
+    assert!(!read_all(&j).is_empty());
+}
+
+#[test]
+fn stray_tmp_segment_is_removed_and_foreign_names_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap());
+    fs::write(dir.path().join(format!("{}.tmp", segment_file_name(2))), b"LKST").unwrap();
+    drop(Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap());
+    assert!(!dir.path().join(format!("{}.tmp", segment_file_name(2))).exists());
+    fs::write(dir.path().join("7.seg"), b"").unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().unwrap();
+    assert!(matches!(err, JournalError::BadSegmentName { .. }), "{err}");
+}
