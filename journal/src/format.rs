@@ -13,7 +13,10 @@
 //!                                (0 = none): anchors the step chain, so it
 //!                                stays checkable after older segments are
 //!                                collected
-//!  32  cluster_id       u16 length + UTF-8 bytes
+//!  32  prev_segment_bytes u64    final length of the previous segment
+//!                                (0 = none): a sealed segment cut at a
+//!                                record boundary is still detected
+//!  40  cluster_id       u16 length + UTF-8 bytes
 //!      host_id          u16 length + UTF-8 bytes
 //!      header_crc       u32      CRC32C of every header byte before it
 //! record frame:
@@ -41,7 +44,7 @@ pub const FORMAT_VERSIONS_READ: &[u32] = &[1];
 
 /// Longest cluster or host id a header can hold.
 pub const IDENT_BYTES_MAX: usize = 1024;
-const HEADER_FIXED_BYTES: usize = 8 + 4 + 4 + 8 + 8;
+const HEADER_FIXED_BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8;
 /// Smallest and largest possible v1 header (empty / longest ids).
 pub const HEADER_BYTES_MIN: usize = HEADER_FIXED_BYTES + 2 + 2 + 4;
 pub const HEADER_BYTES_MAX: usize = HEADER_BYTES_MIN + 2 * IDENT_BYTES_MAX;
@@ -74,12 +77,14 @@ pub struct SegmentHeader {
     pub segment: u64,
     /// Last step journaled before this segment's first record (0 = none).
     pub step_before: u64,
+    /// Final length of the previous segment (0 = none).
+    pub prev_segment_bytes: u64,
     pub ident: JournalIdent,
     /// Encoded size: records start at this offset.
     pub header_bytes: u64,
 }
 
-pub fn encode_header(segment: u64, step_before: u64, ident: &JournalIdent) -> Vec<u8> {
+pub fn encode_header(segment: u64, step_before: u64, prev_segment_bytes: u64, ident: &JournalIdent) -> Vec<u8> {
     assert!(ident.cluster_id.len() <= IDENT_BYTES_MAX && ident.host_id.len() <= IDENT_BYTES_MAX);
     let total = HEADER_BYTES_MIN + ident.cluster_id.len() + ident.host_id.len();
     let mut out = Vec::with_capacity(total);
@@ -88,6 +93,7 @@ pub fn encode_header(segment: u64, step_before: u64, ident: &JournalIdent) -> Ve
     out.extend_from_slice(&(total as u32).to_le_bytes());
     out.extend_from_slice(&segment.to_le_bytes());
     out.extend_from_slice(&step_before.to_le_bytes());
+    out.extend_from_slice(&prev_segment_bytes.to_le_bytes());
     for id in [&ident.cluster_id, &ident.host_id] {
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id.as_bytes());
@@ -158,7 +164,8 @@ pub fn read_header(r: &mut impl Read, path: &Path, file_bytes: u64) -> Result<He
     }
     let segment = u64::from_le_bytes(le8(&buf[16..24]));
     let step_before = u64::from_le_bytes(le8(&buf[24..32]));
-    let mut at = 32usize;
+    let prev_segment_bytes = u64::from_le_bytes(le8(&buf[32..40]));
+    let mut at = 40usize;
     let mut ids = [String::new(), String::new()];
     for (i, id) in ids.iter_mut().enumerate() {
         let what = if i == 0 { "cluster id" } else { "host id" };
@@ -192,6 +199,7 @@ pub fn read_header(r: &mut impl Read, path: &Path, file_bytes: u64) -> Result<He
         format_version: version,
         segment,
         step_before,
+        prev_segment_bytes,
         ident: JournalIdent { cluster_id, host_id },
         header_bytes: header_bytes as u64,
     }))
@@ -483,24 +491,66 @@ pub fn scan_segment<R: Read>(
     on_header: &mut dyn FnMut(&SegmentHeader) -> Result<()>,
     on_record: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<Scan> {
-    let header = match read_header(&mut r, path, file_bytes)? {
-        HeaderRead::Ok(h) => {
-            on_header(&h)?;
-            h
-        }
-        HeaderRead::Torn { available } => {
-            if last {
+    if file_bytes <= HEADER_BYTES_MAX as u64 {
+        // A file this small may end inside its header. Read it whole so a
+        // short header can be judged by the torn-tail rule: it is torn
+        // only if nothing valid follows (a damaged length field claiming a
+        // longer header must not pass as a torn tail).
+        let mut all = Vec::with_capacity(file_bytes as usize);
+        (&mut r).take(file_bytes).read_to_end(&mut all).map_err(|e| JournalError::Io { path: path.to_owned(), source: e })?;
+        let header = match read_header(&mut all.as_slice(), path, file_bytes)? {
+            HeaderRead::Ok(h) => h,
+            HeaderRead::Torn { available } => {
+                if !last {
+                    return Err(JournalError::Truncated {
+                        path: path.to_owned(),
+                        offset: 0,
+                        expected: HEADER_BYTES_MIN as u64,
+                        found: available,
+                        where_: " (segment header, not the last segment)",
+                    });
+                }
+                if let Some(at) = find_valid_frame_after(&all) {
+                    return Err(JournalError::BadHeader {
+                        path: path.to_owned(),
+                        offset: 12,
+                        expected: "a header length within the file".into(),
+                        found: format!("a header running past the end of the file, with a valid record at offset {at}"),
+                    });
+                }
                 return Ok(Scan::TornHeader { available });
             }
+        };
+        let body = &all[header.header_bytes as usize..];
+        return scan_frames(body, header, path, file_bytes, last, on_header, on_record);
+    }
+    let header = match read_header(&mut r, path, file_bytes)? {
+        HeaderRead::Ok(h) => h,
+        // read_header bounds the header length by HEADER_BYTES_MAX, so a
+        // file longer than that always holds a whole header.
+        HeaderRead::Torn { available } => {
             return Err(JournalError::Truncated {
                 path: path.to_owned(),
                 offset: 0,
-                expected: HEADER_BYTES_MIN as u64,
+                expected: HEADER_BYTES_MAX as u64,
                 found: available,
-                where_: " (segment header, not the last segment)",
-            });
+                where_: " (segment header)",
+            })
         }
     };
+    scan_frames(r, header, path, file_bytes, last, on_header, on_record)
+}
+
+fn scan_frames<R: Read>(
+    r: R,
+    header: SegmentHeader,
+    path: &Path,
+    file_bytes: u64,
+    last: bool,
+    on_header: &mut dyn FnMut(&SegmentHeader) -> Result<()>,
+    on_record: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<Scan> {
+    on_header(&header)?;
     let io = |e| JournalError::Io { path: path.to_owned(), source: e };
     let mut frames = FrameReader::new(r, header.header_bytes, file_bytes);
     let mut records = 0u64;

@@ -62,6 +62,8 @@
 
 pub mod checksum;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod format;
 mod open;
 mod read;

@@ -109,6 +109,9 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
     let mut tid_first = BTreeMap::new();
     // (seq, valid end, header bytes) of the last segment that survives.
     let mut tail_seg: Option<(u64, u64, u64)> = None;
+    // Path and length of the previous segment, to check the next header's
+    // record of it.
+    let mut prev: Option<(std::path::PathBuf, u64)> = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let last = i + 1 == seqs.len();
         let path = dir.join(format::segment_file_name(seq));
@@ -121,6 +124,17 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
         let mut on_header = |h: &format::SegmentHeader| {
             check_header(h, &path, seq, ident)?;
             header_bytes = h.header_bytes;
+            if let Some((prev_path, prev_bytes)) = &prev {
+                if h.prev_segment_bytes != *prev_bytes {
+                    return Err(JournalError::Truncated {
+                        path: prev_path.clone(),
+                        offset: *prev_bytes,
+                        expected: h.prev_segment_bytes,
+                        found: *prev_bytes,
+                        where_: " (the segment's length differs from what the next segment's header records)",
+                    });
+                }
+            }
             chain_cell.borrow_mut().at_segment_start(&path, h)
         };
         let mut on_record = |offset: u64, body: &[u8]| -> Result<()> {
@@ -155,7 +169,8 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
                 sync_dir(dir)?;
                 report.torn_tail_bytes += available;
                 let step_before = chain.last.map_or(0, |(s, _)| s);
-                let (_, hb) = create_segment(dir, seq, step_before, ident)?;
+                let prev_bytes = prev.as_ref().map_or(0, |(_, b)| *b);
+                let (_, hb) = create_segment(dir, seq, step_before, prev_bytes, ident)?;
                 tail_seg = Some((seq, hb, hb));
             }
             Scan::Ok { valid_end, tail, .. } => {
@@ -176,11 +191,12 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
                 tail_seg = Some((seq, valid_end, header_bytes));
             }
         }
+        prev = Some((path, file_bytes));
     }
     let (active, end, header_bytes) = match tail_seg {
         Some(t) => t,
         None => {
-            let (_, hb) = create_segment(dir, 1, 0, ident)?;
+            let (_, hb) = create_segment(dir, 1, 0, 0, ident)?;
             (1, hb, hb)
         }
     };

@@ -119,10 +119,16 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Creates segment `seq` crash-safely: header written and synced under a
 /// temporary name, renamed into place, directory synced. So a segment file
 /// with the final name always has a complete header.
-pub(crate) fn create_segment(dir: &Path, seq: u64, step_before: u64, ident: &JournalIdent) -> Result<(File, u64)> {
+pub(crate) fn create_segment(
+    dir: &Path,
+    seq: u64,
+    step_before: u64,
+    prev_segment_bytes: u64,
+    ident: &JournalIdent,
+) -> Result<(File, u64)> {
     let path = dir.join(format::segment_file_name(seq));
     let tmp = dir.join(format!("{}.tmp", format::segment_file_name(seq)));
-    let header = format::encode_header(seq, step_before, ident);
+    let header = format::encode_header(seq, step_before, prev_segment_bytes, ident);
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io_err(&tmp))?;
     file.write_all(&header).map_err(io_err(&tmp))?;
     file.sync_all().map_err(io_err(&tmp))?;
@@ -303,7 +309,7 @@ impl Writer {
 
     fn roll(&mut self) -> Result<()> {
         let seq = self.segment + 1;
-        let (file, header_bytes) = create_segment(&self.shared.dir, seq, self.last.0, &self.shared.ident)?;
+        let (file, header_bytes) = create_segment(&self.shared.dir, seq, self.last.0, self.size, &self.shared.ident)?;
         self.file = file;
         self.path = self.shared.dir.join(format::segment_file_name(seq));
         self.segment = seq;

@@ -244,7 +244,7 @@ fn torn_tail_is_truncated_and_counted() {
 fn step_gap_on_disk_is_a_typed_error() {
     // Write a segment by hand (the writer refuses to create a gap).
     let dir = tempfile::tempdir().unwrap();
-    let mut bytes = format::encode_header(1, 0, &ident());
+    let mut bytes = format::encode_header(1, 0, 0, &ident());
     for r in [step(1, 0, 1, 4), step(2, 1, 1, 4), step(4, 3, 2, 4)] {
         bytes.extend(format::encode_frame(&r));
     }

@@ -1,0 +1,63 @@
+//! Failure injection inside the crate: a failed write (disk full) or a
+//! failed fdatasync must reach every waiting appender, poison the journal,
+//! and leave it readable up to the last durable record.
+
+use std::sync::atomic::Ordering;
+
+use crate::pb::{self, journal_record::Kind};
+use crate::{Journal, JournalError, JournalIdent, JournalOptions, Position};
+
+fn ident() -> JournalIdent {
+    JournalIdent { cluster_id: "c".into(), host_id: "h".into() }
+}
+
+fn commit(tid: u64) -> pb::JournalRecord {
+    pb::JournalRecord { kind: Some(Kind::Commit(pb::CommitMarker { tid, epoch: 1 })) }
+}
+
+fn read_count(j: &Journal) -> usize {
+    j.read_from(Position::default()).unwrap().map(|r| r.unwrap()).count()
+}
+
+#[test]
+fn failed_fsync_poisons_and_reads_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    j.append(&commit(1)).unwrap();
+    j.append(&commit(2)).unwrap();
+    j.faults().fail_next_sync.store(true, Ordering::SeqCst);
+    let err = j.append(&commit(3)).unwrap_err();
+    assert!(matches!(err, JournalError::Io { .. }), "{err}");
+    let err = j.append(&commit(4)).unwrap_err();
+    assert!(matches!(err, JournalError::Poisoned { .. }), "{err}");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    // Readers see exactly the durable records.
+    assert_eq!(read_count(&j), 2);
+    assert_eq!(j.summarize(0).unwrap().tids.len(), 2);
+}
+
+#[test]
+fn disk_full_reaches_every_waiting_appender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    let j = std::sync::Arc::new(j);
+    j.append(&commit(1)).unwrap();
+    j.faults().fail_next_write.store(true, Ordering::SeqCst);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let j = j.clone();
+            std::thread::spawn(move || j.append(&commit(10 + i)))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Whichever batch met the failure got the I/O error; all later ones are
+    // refused as poisoned; nothing succeeded after the failure.
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    assert!(results.iter().any(|r| matches!(r, Err(JournalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull)));
+    assert_eq!(read_count(&j), 1);
+    drop(j);
+    // Reopen recovers: the journal accepts appends again.
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!(report.records, 1);
+    j.append(&commit(2)).unwrap();
+}
