@@ -10,3 +10,4 @@
 
 pub mod core;
 pub mod ledger;
+pub mod wire;

@@ -1,0 +1,178 @@
+//! Conversions between `lockstep.v1` wire messages and the core's domain
+//! types, in one place. Malformed input (unknown enum values, a report with
+//! no body) becomes a typed error, never a panic.
+
+use lockstep_journal::{Aggregate, Checksum, EndpointChecksums};
+use lockstep_proto::v1 as pb;
+
+use crate::core::{Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, StepReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("report #{seq} has no body")]
+    Empty { seq: u64 },
+    #[error("report #{seq}: unknown {what} value {value}")]
+    BadEnum { seq: u64, what: &'static str, value: i32 },
+    #[error("report #{seq} is a second Hello on the same stream")]
+    SecondHello { seq: u64 },
+    #[error("endpoint {endpoint:?} appears twice in one checksum list")]
+    DuplicateEndpoint { endpoint: String },
+}
+
+pub fn aggregate_from(list: &[pb::EndpointChecksum]) -> Result<Aggregate, WireError> {
+    let mut out = EndpointChecksums::new();
+    for c in list {
+        if out.0.insert(c.endpoint.clone(), Checksum { count: c.count, hash: c.hash }).is_some() {
+            return Err(WireError::DuplicateEndpoint { endpoint: c.endpoint.clone() });
+        }
+    }
+    Ok(out)
+}
+
+pub fn aggregate_to(a: &Aggregate) -> Vec<pb::EndpointChecksum> {
+    a.0.iter().map(|(e, c)| pb::EndpointChecksum { endpoint: e.clone(), count: c.count, hash: c.hash }).collect()
+}
+
+pub fn hello_from(h: pb::Hello) -> Result<Hello, WireError> {
+    let journal = h
+        .journal
+        .into_iter()
+        .map(|j| {
+            Ok(JournalTid {
+                tid: j.tid,
+                first_step: j.first_step,
+                last_step: j.last_step,
+                steps: j.steps,
+                aggregate: aggregate_from(&j.aggregate)?,
+                committed: j.committed,
+            })
+        })
+        .collect::<Result<_, WireError>>()?;
+    Ok(Hello {
+        protocol_version: h.protocol_version,
+        host_id: h.host_id,
+        cluster_id: h.cluster_id,
+        highest_epoch: h.highest_epoch,
+        checkpoints: h.checkpoints,
+        journal,
+        last_step: h.last_step,
+        ingest_addr: h.ingest_addr,
+    })
+}
+
+fn mode_from(seq: u64, v: i32) -> Result<Mode, WireError> {
+    match pb::TxnMode::try_from(v) {
+        Ok(pb::TxnMode::Live) => Ok(Mode::Live),
+        Ok(pb::TxnMode::Replay) => Ok(Mode::Replay),
+        _ => Err(WireError::BadEnum { seq, what: "TxnMode", value: v }),
+    }
+}
+
+fn state_from(seq: u64, v: i32) -> Result<HostTxnState, WireError> {
+    Ok(match pb::HostTxnState::try_from(v) {
+        Ok(pb::HostTxnState::Idle) => HostTxnState::Idle,
+        Ok(pb::HostTxnState::OpenLive) => HostTxnState::OpenLive,
+        Ok(pb::HostTxnState::OpenReplay) => HostTxnState::OpenReplay,
+        Ok(pb::HostTxnState::Prepared) => HostTxnState::Prepared,
+        Ok(pb::HostTxnState::Unspecified) => HostTxnState::Unspecified,
+        Err(_) => return Err(WireError::BadEnum { seq, what: "HostTxnState", value: v }),
+    })
+}
+
+/// A report after the Hello, as a core event for `host`.
+pub fn report_to_event(host: &HostId, r: pb::HostReport) -> Result<Event, WireError> {
+    use pb::host_report::Report;
+    let seq = r.seq;
+    let host = host.clone();
+    Ok(match r.report.ok_or(WireError::Empty { seq })? {
+        Report::Hello(_) => return Err(WireError::SecondHello { seq }),
+        Report::StepDone(s) => Event::Step {
+            host,
+            report: StepReport {
+                tid: s.tid,
+                step: s.step,
+                checksums: aggregate_from(&s.checksums)?,
+                journaled: if mode_from(seq, s.mode)? == Mode::Replay { Some(aggregate_from(&s.journaled)?) } else { None },
+                state: state_from(seq, s.state)?,
+                mode: mode_from(seq, s.mode)?,
+            },
+        },
+        Report::Prepared(p) => Event::Prepared {
+            host,
+            report: PreparedReport {
+                tid: p.tid,
+                steps: p.steps,
+                aggregate: aggregate_from(&p.aggregate)?,
+                output_digest: p.output_digest,
+                output_count: p.output_count,
+            },
+        },
+        Report::Committed(c) => Event::Committed { host, tid: c.tid },
+        Report::CheckpointDone(c) => Event::CheckpointDone { host, tid: c.tid },
+        Report::Restored(r) => Event::Restored { host, checkpoint: r.checkpoint_tid },
+        Report::Error(e) => Event::HostError { host, kind: e.kind, message: e.message, tid: e.tid },
+        Report::Heartbeat(_) => Event::Heartbeat { host },
+    })
+}
+
+fn mode_to(m: Mode) -> i32 {
+    match m {
+        Mode::Live => pb::TxnMode::Live as i32,
+        Mode::Replay => pb::TxnMode::Replay as i32,
+    }
+}
+
+pub fn command_to(seq: u64, epoch: u64, cmd: &Cmd) -> pb::Command {
+    use pb::command::Command as C;
+    let command = match cmd {
+        Cmd::Start { tid, mode } => C::Start(pb::Start { tid: *tid, mode: mode_to(*mode) }),
+        Cmd::Prepare { tid } => C::Prepare(pb::Prepare { tid: *tid }),
+        Cmd::Commit { tid, next } => C::Commit(pb::Commit {
+            tid: *tid,
+            next: next.map(|(tid, mode)| pb::Start { tid, mode: mode_to(mode) }),
+        }),
+        Cmd::Checkpoint { tid } => C::Checkpoint(pb::Checkpoint { tid: *tid }),
+        Cmd::CheckpointComplete { tid } => C::CheckpointComplete(pb::CheckpointComplete { tid: *tid }),
+        Cmd::Restore { checkpoint } => C::Restore(pb::Restore { checkpoint_tid: *checkpoint }),
+        Cmd::Stop { reason } => C::Stop(pb::Stop { reason: reason.clone() }),
+    };
+    pb::Command { seq, epoch, command: Some(command) }
+}
+
+pub fn failure_to(d: Option<&Diagnosis>) -> pb::Failure {
+    match d {
+        None => pb::Failure::default(),
+        Some(d) => pb::Failure {
+            failed: true,
+            summary: d.to_string(),
+            host_id: d.host.clone().unwrap_or_default(),
+            tid: d.tid.unwrap_or(0),
+            step: d.step.unwrap_or(0),
+            endpoint: d.endpoint.clone().unwrap_or_default(),
+            expected: d.expected.clone().unwrap_or_default(),
+            actual: d.actual.clone().unwrap_or_default(),
+            hint: d.hint.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_reports_are_typed_errors() {
+        let host = "h0".to_string();
+        assert!(matches!(report_to_event(&host, pb::HostReport { seq: 3, report: None }), Err(WireError::Empty { seq: 3 })));
+        let bad_mode = pb::HostReport {
+            seq: 4,
+            report: Some(pb::host_report::Report::StepDone(pb::StepDone { mode: 42, ..Default::default() })),
+        };
+        assert!(matches!(report_to_event(&host, bad_mode), Err(WireError::BadEnum { what: "TxnMode", .. })));
+        let dup = vec![
+            pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
+            pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
+        ];
+        assert!(aggregate_from(&dup).is_err());
+    }
+}
