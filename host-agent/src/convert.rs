@@ -1,0 +1,169 @@
+//! Conversions between the wire/journal protobuf types and the host agent's
+//! domain types, all in one place. Decoding is total: a malformed command
+//! becomes an error string (the core turns it into a protocol error), never
+//! a panic.
+
+use crate::core::{Command, Mode, Report};
+use crate::engine::{EndpointInput, GeneratorRef, Payload, StepInput};
+use lockstep_journal::{pb, Checksum, EndpointChecksums};
+use lockstep_proto::v1;
+
+/// Decodes a command body; `Err` names what is missing or unknown.
+pub fn command_from_proto(cmd: Option<v1::command::Command>) -> Result<Command, String> {
+    use v1::command::Command as C;
+    Ok(match cmd.ok_or("the command has no body (empty oneof)")? {
+        C::Welcome(w) => Command::Welcome { coordinator_id: w.coordinator_id },
+        C::Start(s) => Command::Start { tid: s.tid, mode: mode_from_proto(s.mode)? },
+        C::Prepare(p) => Command::Prepare { tid: p.tid },
+        C::Commit(c) => Command::Commit {
+            tid: c.tid,
+            next: match c.next {
+                Some(s) => Some((s.tid, mode_from_proto(s.mode)?)),
+                None => None,
+            },
+        },
+        C::Checkpoint(c) => Command::Checkpoint { tid: c.tid },
+        C::CheckpointComplete(c) => Command::CheckpointComplete { tid: c.tid },
+        C::Restore(r) => Command::Restore { checkpoint_tid: r.checkpoint_tid },
+        C::Stop(s) => Command::Stop { reason: s.reason },
+    })
+}
+
+fn mode_from_proto(mode: i32) -> Result<Mode, String> {
+    match v1::TxnMode::try_from(mode) {
+        Ok(v1::TxnMode::Live) => Ok(Mode::Live),
+        Ok(v1::TxnMode::Replay) => Ok(Mode::Replay),
+        Ok(v1::TxnMode::Unspecified) => Err("transaction mode is TXN_MODE_UNSPECIFIED".into()),
+        Err(_) => Err(format!("unknown transaction mode {mode}")),
+    }
+}
+
+pub fn mode_to_proto(mode: Mode) -> v1::TxnMode {
+    match mode {
+        Mode::Live => v1::TxnMode::Live,
+        Mode::Replay => v1::TxnMode::Replay,
+    }
+}
+
+pub fn checksums_to_proto(c: &EndpointChecksums) -> Vec<v1::EndpointChecksum> {
+    c.0.iter()
+        .map(|(endpoint, c)| v1::EndpointChecksum { endpoint: endpoint.clone(), count: c.count, hash: c.hash })
+        .collect()
+}
+
+/// A core report on the wire (the seq is added by the sender).
+pub fn report_to_proto(report: Report) -> v1::host_report::Report {
+    use v1::host_report::Report as R;
+    match report {
+        Report::StepDone { tid, step, checksums, journaled, mode } => R::StepDone(v1::StepDone {
+            tid,
+            step,
+            checksums: checksums_to_proto(&checksums),
+            journaled: journaled.as_ref().map(checksums_to_proto).unwrap_or_default(),
+            state: match mode {
+                Mode::Live => v1::HostTxnState::OpenLive,
+                Mode::Replay => v1::HostTxnState::OpenReplay,
+            } as i32,
+            mode: mode_to_proto(mode) as i32,
+        }),
+        Report::Committed { tid } => R::Committed(v1::Committed { tid }),
+        Report::CheckpointDone { tid } => R::CheckpointDone(v1::CheckpointDone { tid }),
+        Report::Restored { checkpoint_tid } => R::Restored(v1::Restored { checkpoint_tid }),
+        Report::Error { kind, tid, message } => {
+            R::Error(v1::HostError { kind: kind.as_str().to_string(), message, tid })
+        }
+    }
+}
+
+pub fn tid_summary_to_proto(s: &lockstep_journal::TidSummary) -> v1::TidSummary {
+    v1::TidSummary {
+        tid: s.tid,
+        first_step: s.first_step,
+        last_step: s.last_step,
+        steps: s.steps,
+        aggregate: checksums_to_proto(&s.aggregate),
+        committed: s.committed,
+    }
+}
+
+/// A step's input as journaled.
+pub fn step_input_to_pb(input: &StepInput) -> Vec<pb::EndpointInput> {
+    input
+        .endpoints
+        .iter()
+        .map(|e| pb::EndpointInput {
+            endpoint: e.endpoint.clone(),
+            count: e.checksum.count,
+            hash: e.checksum.hash,
+            payload: Some(match &e.payload {
+                Payload::Value(bytes) => pb::endpoint_input::Payload::Value(bytes.clone()),
+                Payload::Reference(r) => pb::endpoint_input::Payload::Reference(pb::GeneratorRef {
+                    seed: r.seed,
+                    offset: r.offset,
+                    count: r.count,
+                }),
+            }),
+        })
+        .collect()
+}
+
+/// A journaled step's input, back to the engine's form.
+pub fn step_input_from_pb(endpoints: &[pb::EndpointInput]) -> Result<StepInput, String> {
+    let mut out = StepInput::default();
+    for e in endpoints {
+        let payload = match &e.payload {
+            Some(pb::endpoint_input::Payload::Value(bytes)) => Payload::Value(bytes.clone()),
+            Some(pb::endpoint_input::Payload::Reference(r)) => {
+                Payload::Reference(GeneratorRef { seed: r.seed, offset: r.offset, count: r.count })
+            }
+            None => return Err(format!("endpoint {:?} has neither a value nor a reference payload", e.endpoint)),
+        };
+        out.endpoints.push(EndpointInput {
+            endpoint: e.endpoint.clone(),
+            checksum: Checksum { count: e.count, hash: e.hash },
+            payload,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_commands_are_errors_not_panics() {
+        assert!(command_from_proto(None).is_err());
+        let start = |mode| Some(v1::command::Command::Start(v1::Start { tid: 1, mode }));
+        assert!(command_from_proto(start(0)).unwrap_err().contains("UNSPECIFIED"));
+        assert!(command_from_proto(start(99)).unwrap_err().contains("unknown"));
+        assert_eq!(command_from_proto(start(2)).unwrap(), Command::Start { tid: 1, mode: Mode::Replay });
+        let commit = Some(v1::command::Command::Commit(v1::Commit {
+            tid: 1,
+            next: Some(v1::Start { tid: 2, mode: 7 }),
+        }));
+        assert!(command_from_proto(commit).is_err());
+    }
+
+    #[test]
+    fn step_input_round_trips_through_the_journal_form() {
+        let input = StepInput {
+            endpoints: vec![
+                EndpointInput {
+                    endpoint: "generator".into(),
+                    checksum: Checksum { count: 3, hash: 9 },
+                    payload: Payload::Reference(GeneratorRef { seed: 1, offset: 10, count: 3 }),
+                },
+                EndpointInput {
+                    endpoint: "push".into(),
+                    checksum: Checksum { count: 1, hash: 4 },
+                    payload: Payload::Value(vec![1, 2, 3]),
+                },
+            ],
+        };
+        assert_eq!(step_input_from_pb(&step_input_to_pb(&input)).unwrap(), input);
+        let mut broken = step_input_to_pb(&input);
+        broken[0].payload = None;
+        assert!(step_input_from_pb(&broken).unwrap_err().contains("generator"));
+    }
+}

@@ -1,0 +1,546 @@
+//! The host agent's transaction state machine: pure, deterministic, sans-IO.
+//!
+//! `HostCore` owns the host's transaction state, the fencing epoch and the
+//! per-stream command sequence check. It does no I/O, reads no clock and
+//! knows nothing of tokio or tonic: the runtime (`runtime.rs`) feeds it
+//! `Event`s (a command arrived, a step finished, the journaled steps of a
+//! replayed tid ran out, an action failed, the stream opened or closed) and
+//! executes the `Action`s it returns, in order, in one `match`. If an action
+//! fails, the runtime skips the rest of that list and feeds back
+//! `Event::ActionFailed`, so a report that depends on an fsync is never sent
+//! when the fsync failed.
+//!
+//! Whether the runtime should run another engine step is not an event but a
+//! question: `next_step()` answers it from the state alone. The runtime runs
+//! each step to completion (journal append, engine step) before it looks at
+//! the next command, so from the core's point of view a step is atomic, and
+//! "finish the current step, start no new one" (Prepare) needs no extra
+//! state.
+//!
+//! Transition table (`T` = the open tid; `C` = last committed tid since the
+//! last restore; `O` = highest tid opened since the last restore). Stream
+//! checks come first: a command seq gap, or any command before `Welcome`, is
+//! a protocol error that also drops the stream; a stale epoch is rejected
+//! with `stale_epoch`; a higher epoch is persisted (`PersistEpoch`) before
+//! the command is acted on, whether or not it is legal in the current state.
+//!
+//! | state | event | next state | actions |
+//! |---|---|---|---|
+//! | any | `Stop` | Stopped | `AbandonTxn` if a txn is open |
+//! | any | `CheckpointComplete{K}` | unchanged | `CheckpointComplete{K}` |
+//! | Stopped, Idle | `Restore{K}` | Idle (C = O = K) | `Restore{K}`, report `Restored{K}` |
+//! | Idle | `Start{T > O, Live}` | OpenLive{T} | `OpenTxn{T, Live}` |
+//! | Idle | `Start{T > O, Replay}` | OpenReplay{T, no prepare} | `OpenTxn{T, Replay}` |
+//! | Idle | `Checkpoint{C}` | Idle | `Checkpoint{C}`, report `CheckpointDone{C}` |
+//! | OpenLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
+//! | OpenLive{T} | step of T finished (live) | OpenLive{T} | report `StepDone` |
+//! | OpenReplay{T, p} | step of T finished (replayed) | unchanged | report `StepDone` (with journaled) |
+//! | OpenReplay{T, no} | `Prepare{T}` | OpenReplay{T, yes} | — (the journaled steps still run) |
+//! | OpenReplay{T, yes} | journaled steps exhausted | Prepared{T} | `Prepare{T}` |
+//! | OpenReplay{T, no} | exhausted, journal has T's commit marker | ReplayDrained{T} | — (waits for Prepare) |
+//! | OpenReplay{T, no} | exhausted, no commit marker | OpenLive{T} | — (invariant 4, see `on_replay_exhausted`) |
+//! | ReplayDrained{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
+//! | Prepared{T} | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
+//! | any | an action failed | Stopped | `AbandonTxn` if open, report the error |
+//! | any | stream closed | Idle stays Idle, else Stopped | `AbandonTxn` if open |
+//! | any other pair | | unchanged | report `HostError{kind:"protocol"}` |
+//!
+//! `Stopped` is also the state at process start: the engine's state matches
+//! no committed boundary until the coordinator has sent `Restore`.
+//! `CheckpointComplete` is accepted in every state (the ARCHITECTURE table
+//! lists it under Idle): it only deletes what the ledger has declared
+//! obsolete, and a coordinator may well send it after the next `Start`.
+
+use lockstep_journal::EndpointChecksums;
+use std::fmt;
+
+/// How a transaction's steps are produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Fresh input, journaled, then run.
+    Live,
+    /// The steps journaled under the tid, re-run with their step numbers.
+    Replay,
+}
+
+/// The host's transaction state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxnState {
+    /// No valid engine state (process start, after `Stop`, after a failure,
+    /// after losing the stream mid-transaction); only `Restore` leaves it.
+    Stopped,
+    /// Between transactions, engine state at a committed boundary.
+    Idle,
+    /// Running live steps of `tid`.
+    OpenLive { tid: u64 },
+    /// Re-running the journaled steps of `tid`; `prepare_requested` once the
+    /// coordinator has sent `Prepare` (acted on when the steps run out).
+    OpenReplay { tid: u64, prepare_requested: bool },
+    /// All journaled steps of `tid` re-run, and the journal holds `tid`'s
+    /// commit marker, so the transaction must end exactly here: no steps,
+    /// waiting for `Prepare`.
+    ReplayDrained { tid: u64 },
+    /// Prepared report sent; no more steps in `tid`; waiting for `Commit`.
+    Prepared { tid: u64 },
+}
+
+impl TxnState {
+    /// The open (or prepared) transaction, if any.
+    pub fn tid(&self) -> Option<u64> {
+        match *self {
+            TxnState::Stopped | TxnState::Idle => None,
+            TxnState::OpenLive { tid }
+            | TxnState::OpenReplay { tid, .. }
+            | TxnState::ReplayDrained { tid }
+            | TxnState::Prepared { tid } => Some(tid),
+        }
+    }
+}
+
+impl fmt::Display for TxnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TxnState::Stopped => write!(f, "Stopped"),
+            TxnState::Idle => write!(f, "Idle"),
+            TxnState::OpenLive { tid } => write!(f, "Open(tid {tid}, live)"),
+            TxnState::OpenReplay { tid, prepare_requested } => {
+                write!(f, "Open(tid {tid}, replay, prepare requested: {prepare_requested})")
+            }
+            TxnState::ReplayDrained { tid } => write!(f, "Open(tid {tid}, replay drained, waiting for Prepare)"),
+            TxnState::Prepared { tid } => write!(f, "Prepared(tid {tid})"),
+        }
+    }
+}
+
+/// A coordinator command, decoded from the wire (see `convert.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Welcome { coordinator_id: String },
+    Start { tid: u64, mode: Mode },
+    Prepare { tid: u64 },
+    Commit { tid: u64, next: Option<(u64, Mode)> },
+    Checkpoint { tid: u64 },
+    CheckpointComplete { tid: u64 },
+    Restore { checkpoint_tid: u64 },
+    Stop { reason: String },
+}
+
+impl Command {
+    fn tid(&self) -> u64 {
+        match self {
+            Command::Welcome { .. } | Command::Stop { .. } => 0,
+            Command::Start { tid, .. }
+            | Command::Prepare { tid }
+            | Command::Commit { tid, .. }
+            | Command::Checkpoint { tid }
+            | Command::CheckpointComplete { tid } => *tid,
+            Command::Restore { checkpoint_tid } => *checkpoint_tid,
+        }
+    }
+}
+
+/// Machine-readable `HostError.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A command that is illegal in the current state, malformed, out of
+    /// sequence, or before `Welcome`.
+    Protocol,
+    /// A command from an epoch older than the highest this host has seen.
+    StaleEpoch,
+    Journal,
+    Engine,
+    Sink,
+    Checkpoint,
+    /// Persisting the epoch failed.
+    Epoch,
+    /// A bug in the agent itself (the runtime broke the core's contract).
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::StaleEpoch => "stale_epoch",
+            ErrorKind::Journal => "journal",
+            ErrorKind::Engine => "engine",
+            ErrorKind::Sink => "sink",
+            ErrorKind::Checkpoint => "checkpoint",
+            ErrorKind::Epoch => "epoch",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Something the runtime tells the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new coordinator stream is up (the runtime has queued `Hello`).
+    StreamOpened,
+    /// The stream ended (dropped, reset, or closed by us).
+    StreamClosed,
+    Command { seq: u64, epoch: u64, command: Command },
+    /// A command whose body could not be decoded (missing oneof, unknown
+    /// mode); `seq` and `epoch` are still checked.
+    MalformedCommand { seq: u64, epoch: u64, reason: String },
+    /// A step the core asked for (`next_step`) completed. `journaled` is the
+    /// journal's record of the step in replay, `None` live.
+    StepFinished { tid: u64, step: u64, checksums: EndpointChecksums, journaled: Option<EndpointChecksums> },
+    /// The journal holds no more steps of the replayed `tid`.
+    /// `commit_marker`: the journal also holds `tid`'s commit marker.
+    ReplayExhausted { tid: u64, commit_marker: bool },
+    /// An action failed; the runtime skipped the rest of its action list.
+    ActionFailed { kind: ErrorKind, tid: u64, message: String },
+}
+
+/// A report the core decided to send (the runtime adds the seq number).
+/// `Prepared` is not here: its digest comes from the engine, so the runtime
+/// builds it when it executes `Action::Prepare`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    StepDone { tid: u64, step: u64, checksums: EndpointChecksums, journaled: Option<EndpointChecksums>, mode: Mode },
+    Committed { tid: u64 },
+    CheckpointDone { tid: u64 },
+    Restored { checkpoint_tid: u64 },
+    Error { kind: ErrorKind, tid: u64, message: String },
+}
+
+/// What the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write `epoch` to `<data-dir>/epoch` and fsync, before anything after it.
+    PersistEpoch { epoch: u64 },
+    Report(Report),
+    /// Start accounting for `tid`; in replay, open a cursor over the
+    /// journal's steps of `tid`.
+    OpenTxn { tid: u64, mode: Mode },
+    /// Take the engine's outputs of `tid`, digest them, hold them until the
+    /// commit, and report `Prepared{tid, steps, aggregate, digest}`.
+    Prepare { tid: u64 },
+    /// Journal `tid`'s commit marker (durably; skipped if the journal has
+    /// it), then release the held outputs to the sink (which skips tids it
+    /// already emitted).
+    Commit { tid: u64 },
+    /// Forget the open transaction (accounting, held outputs, replay
+    /// cursor). Its steps stay in the journal for the next replay.
+    AbandonTxn { tid: u64 },
+    /// Checkpoint the engine as `tid` durably, then journal a checkpoint
+    /// record.
+    Checkpoint { tid: u64 },
+    /// The ledger holds checkpoint `tid` complete: delete older checkpoints
+    /// and journal segments before its record.
+    CheckpointComplete { tid: u64 },
+    /// Restore the engine to checkpoint `checkpoint_tid` (0 = empty state).
+    Restore { checkpoint_tid: u64 },
+    /// End the stream (protocol violation); the runtime reconnects.
+    DropStream { reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StreamState {
+    /// The seq the next command must carry.
+    next_seq: u64,
+    welcomed: bool,
+}
+
+/// The host transaction state machine. See the module docs for the table.
+#[derive(Clone, Debug)]
+pub struct HostCore {
+    state: TxnState,
+    highest_epoch: u64,
+    /// Last tid committed since the last restore (the restored checkpoint's
+    /// tid right after a restore).
+    last_committed: u64,
+    /// Highest tid opened since the last restore: `Start` must exceed it.
+    last_opened: u64,
+    stream: Option<StreamState>,
+}
+
+impl HostCore {
+    /// A core at process start: `Stopped` until the coordinator restores it.
+    pub fn new(highest_epoch: u64) -> Self {
+        HostCore { state: TxnState::Stopped, highest_epoch, last_committed: 0, last_opened: 0, stream: None }
+    }
+
+    // ------------------------------------------------------------ getters
+
+    pub fn state(&self) -> TxnState {
+        self.state
+    }
+
+    /// The highest epoch seen; commands of this epoch are current.
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest_epoch
+    }
+
+    pub fn last_committed(&self) -> u64 {
+        self.last_committed
+    }
+
+    /// True once the current stream has received `Welcome`.
+    pub fn welcomed(&self) -> bool {
+        self.stream.is_some_and(|s| s.welcomed)
+    }
+
+    /// The step the runtime should run next, if any: `(tid, mode)`.
+    pub fn next_step(&self) -> Option<(u64, Mode)> {
+        match self.state {
+            TxnState::OpenLive { tid } => Some((tid, Mode::Live)),
+            TxnState::OpenReplay { tid, .. } => Some((tid, Mode::Replay)),
+            TxnState::Stopped | TxnState::Idle | TxnState::ReplayDrained { .. } | TxnState::Prepared { .. } => None,
+        }
+    }
+
+    // ------------------------------------------------------------ events
+
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        match event {
+            Event::StreamOpened => self.on_stream_opened(),
+            Event::StreamClosed => self.on_stream_closed(),
+            Event::Command { seq, epoch, command } => self.on_command(seq, epoch, Ok(command)),
+            Event::MalformedCommand { seq, epoch, reason } => self.on_command(seq, epoch, Err(reason)),
+            Event::StepFinished { tid, step, checksums, journaled } => {
+                self.on_step_finished(tid, step, checksums, journaled)
+            }
+            Event::ReplayExhausted { tid, commit_marker } => self.on_replay_exhausted(tid, commit_marker),
+            Event::ActionFailed { kind, tid, message } => {
+                let mut actions = self.stop();
+                actions.push(Action::Report(Report::Error { kind, tid, message }));
+                actions
+            }
+        }
+    }
+
+    fn on_stream_opened(&mut self) -> Vec<Action> {
+        if self.stream.is_some() {
+            // The runtime must close a stream before opening the next.
+            return self.internal_error(0, "a second coordinator stream was opened while one is still open".into());
+        }
+        self.stream = Some(StreamState { next_seq: 1, welcomed: false });
+        Vec::new()
+    }
+
+    fn on_stream_closed(&mut self) -> Vec<Action> {
+        self.stream = None;
+        match self.state {
+            // Between transactions the engine state is a committed boundary
+            // and stays valid for whichever coordinator we reach next.
+            TxnState::Idle | TxnState::Stopped => Vec::new(),
+            // Without a coordinator no report can be delivered, and the
+            // coordinator never infers a step; the open transaction lives on
+            // only in the journal and is replayed after the next Restore.
+            _ => self.stop(),
+        }
+    }
+
+    fn on_command(&mut self, seq: u64, epoch: u64, command: Result<Command, String>) -> Vec<Action> {
+        let tid = command.as_ref().map(Command::tid).unwrap_or(0);
+        let Some(stream) = self.stream.as_mut() else {
+            return self.internal_error(tid, format!("command seq {seq} arrived with no stream open"));
+        };
+        if seq != stream.next_seq {
+            let message = format!(
+                "command sequence gap: expected seq {}, got {seq}; dropping the stream and reconnecting",
+                stream.next_seq
+            );
+            return vec![
+                Action::Report(Report::Error { kind: ErrorKind::Protocol, tid, message: message.clone() }),
+                Action::DropStream { reason: message },
+            ];
+        }
+        stream.next_seq += 1;
+        if !stream.welcomed && !matches!(command, Ok(Command::Welcome { .. })) {
+            let message = format!("command seq {seq} arrived before Welcome; dropping the stream and reconnecting");
+            return vec![
+                Action::Report(Report::Error { kind: ErrorKind::Protocol, tid, message: message.clone() }),
+                Action::DropStream { reason: message },
+            ];
+        }
+        if epoch < self.highest_epoch {
+            return vec![Action::Report(Report::Error {
+                kind: ErrorKind::StaleEpoch,
+                tid,
+                message: format!(
+                    "command seq {seq} carries epoch {epoch}, but this host has already accepted epoch {}; ignored",
+                    self.highest_epoch
+                ),
+            })];
+        }
+        let mut actions = Vec::new();
+        if epoch > self.highest_epoch {
+            self.highest_epoch = epoch;
+            actions.push(Action::PersistEpoch { epoch });
+        }
+        match command {
+            Err(reason) => actions.push(self.protocol_error(tid, format!("malformed command seq {seq}: {reason}"))),
+            Ok(Command::Welcome { coordinator_id }) => {
+                let stream = self.stream.as_mut().expect("checked above");
+                if stream.welcomed {
+                    actions.push(self.protocol_error(
+                        0,
+                        format!("duplicate Welcome (seq {seq}, coordinator {coordinator_id:?}) on one stream"),
+                    ));
+                } else {
+                    stream.welcomed = true;
+                }
+            }
+            Ok(command) => actions.extend(self.on_txn_command(command)),
+        }
+        actions
+    }
+
+    /// The transaction table proper (stream and epoch checks passed).
+    fn on_txn_command(&mut self, command: Command) -> Vec<Action> {
+        use TxnState::*;
+        match (self.state, &command) {
+            (_, Command::Stop { .. }) => self.stop(),
+            (_, Command::CheckpointComplete { tid }) => vec![Action::CheckpointComplete { tid: *tid }],
+            (Stopped | Idle, Command::Restore { checkpoint_tid }) => {
+                let c = *checkpoint_tid;
+                self.state = Idle;
+                self.last_committed = c;
+                self.last_opened = c;
+                vec![Action::Restore { checkpoint_tid: c }, Action::Report(Report::Restored { checkpoint_tid: c })]
+            }
+            (Idle, Command::Start { tid, mode }) if *tid > self.last_opened => self.open(*tid, *mode),
+            (Idle, Command::Checkpoint { tid }) if *tid == self.last_committed => {
+                vec![Action::Checkpoint { tid: *tid }, Action::Report(Report::CheckpointDone { tid: *tid })]
+            }
+            (OpenLive { tid: t } | ReplayDrained { tid: t }, Command::Prepare { tid }) if *tid == t => {
+                self.state = Prepared { tid: t };
+                vec![Action::Prepare { tid: t }]
+            }
+            (OpenReplay { tid: t, prepare_requested: false }, Command::Prepare { tid }) if *tid == t => {
+                // Replay ends at the journaled boundary, not now: the
+                // remaining journaled steps of T still belong to T.
+                self.state = OpenReplay { tid: t, prepare_requested: true };
+                Vec::new()
+            }
+            (Prepared { tid: t }, Command::Commit { tid, next }) if *tid == t && next.is_none_or(|(n, _)| n > t) => {
+                self.state = Idle;
+                self.last_committed = t;
+                let mut actions = vec![Action::Commit { tid: t }, Action::Report(Report::Committed { tid: t })];
+                if let Some((next_tid, mode)) = *next {
+                    actions.extend(self.open(next_tid, mode));
+                }
+                actions
+            }
+            (state, command) => {
+                let why = match (state, command) {
+                    (Idle, Command::Start { tid, .. }) => format!(
+                        "Start tid {tid} does not follow the highest tid opened since the last restore ({})",
+                        self.last_opened
+                    ),
+                    (Idle, Command::Checkpoint { tid }) => format!(
+                        "Checkpoint tid {tid} is not the last committed tid {}",
+                        self.last_committed
+                    ),
+                    (_, Command::Checkpoint { .. }) => {
+                        "checkpoints are taken only with no transaction open (invariant 5)".to_string()
+                    }
+                    _ => "not allowed in this state".to_string(),
+                };
+                vec![self.protocol_error(command.tid(), format!("{command:?} in state {state}: {why}"))]
+            }
+        }
+    }
+
+    fn open(&mut self, tid: u64, mode: Mode) -> Vec<Action> {
+        self.last_opened = tid;
+        self.state = match mode {
+            Mode::Live => TxnState::OpenLive { tid },
+            Mode::Replay => TxnState::OpenReplay { tid, prepare_requested: false },
+        };
+        vec![Action::OpenTxn { tid, mode }]
+    }
+
+    fn on_step_finished(
+        &mut self,
+        tid: u64,
+        step: u64,
+        checksums: EndpointChecksums,
+        journaled: Option<EndpointChecksums>,
+    ) -> Vec<Action> {
+        let mode = match (self.state, &journaled) {
+            (TxnState::OpenLive { tid: t }, None) if t == tid => Mode::Live,
+            (TxnState::OpenReplay { tid: t, .. }, Some(_)) if t == tid => Mode::Replay,
+            (state, _) => {
+                let kind = if journaled.is_some() { "replayed" } else { "live" };
+                return self.internal_error(
+                    tid,
+                    format!("a {kind} step {step} of tid {tid} finished in state {state}, which asked for no such step"),
+                );
+            }
+        };
+        vec![Action::Report(Report::StepDone { tid, step, checksums, journaled, mode })]
+    }
+
+    fn on_replay_exhausted(&mut self, tid: u64, commit_marker: bool) -> Vec<Action> {
+        match self.state {
+            TxnState::OpenReplay { tid: t, prepare_requested: true } if t == tid => {
+                self.state = TxnState::Prepared { tid };
+                vec![Action::Prepare { tid }]
+            }
+            TxnState::OpenReplay { tid: t, prepare_requested: false } if t == tid && commit_marker => {
+                // The journal says T committed, so T must end exactly here
+                // even though Prepare has not arrived yet.
+                self.state = TxnState::ReplayDrained { tid };
+                Vec::new()
+            }
+            TxnState::OpenReplay { tid: t, prepare_requested: false } if t == tid => {
+                // DESIGN invariant 4, the open last transaction: T was begun
+                // but never committed (the crash came mid-transaction). Its
+                // journaled steps have been re-run and reported with their
+                // journaled checksums for verification; now T continues live
+                // with fresh step numbers and commits normally.
+                self.state = TxnState::OpenLive { tid };
+                Vec::new()
+            }
+            state => self.internal_error(
+                tid,
+                format!("the journaled steps of tid {tid} ran out in state {state}, which is replaying no such tid"),
+            ),
+        }
+    }
+
+    // ------------------------------------------------------------ helpers
+
+    /// Leaves any transaction; the engine state is no longer trusted.
+    fn stop(&mut self) -> Vec<Action> {
+        let actions = match self.state {
+            TxnState::OpenLive { tid }
+            | TxnState::OpenReplay { tid, .. }
+            | TxnState::ReplayDrained { tid }
+            | TxnState::Prepared { tid } => vec![Action::AbandonTxn { tid }],
+            TxnState::Idle | TxnState::Stopped => Vec::new(),
+        };
+        self.state = TxnState::Stopped;
+        actions
+    }
+
+    fn protocol_error(&self, tid: u64, message: String) -> Action {
+        Action::Report(Report::Error { kind: ErrorKind::Protocol, tid, message })
+    }
+
+    fn internal_error(&mut self, tid: u64, message: String) -> Vec<Action> {
+        let mut actions = self.stop();
+        actions.push(Action::Report(Report::Error { kind: ErrorKind::Internal, tid, message }));
+        actions
+    }
+
+    /// A core in an arbitrary state with a welcomed stream, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(state: TxnState, highest_epoch: u64, last_committed: u64, last_opened: u64) -> Self {
+        HostCore {
+            state,
+            highest_epoch,
+            last_committed,
+            last_opened,
+            stream: Some(StreamState { next_seq: 1, welcomed: true }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,515 @@
+//! Exhaustive transition-table test of the host core (DESIGN invariant 7:
+//! every state × event pair has a defined outcome), plus the stream and
+//! epoch checks that run before the table.
+
+use super::*;
+use lockstep_journal::Checksum;
+use TxnState::*;
+
+const EPOCH: u64 = 3;
+
+fn cs() -> EndpointChecksums {
+    [("generator".to_string(), Checksum { count: 2, hash: 77 })].into_iter().collect()
+}
+
+fn perr(tid: u64) -> Action {
+    Action::Report(Report::Error { kind: ErrorKind::Protocol, tid, message: String::new() })
+}
+
+fn ierr(tid: u64) -> Action {
+    Action::Report(Report::Error { kind: ErrorKind::Internal, tid, message: String::new() })
+}
+
+fn engine_err(tid: u64) -> Action {
+    Action::Report(Report::Error { kind: ErrorKind::Engine, tid, message: String::new() })
+}
+
+fn abandon(tid: u64) -> Action {
+    Action::AbandonTxn { tid }
+}
+
+fn step_done_live() -> Action {
+    Action::Report(Report::StepDone { tid: 5, step: 9, checksums: cs(), journaled: None, mode: Mode::Live })
+}
+
+fn step_done_replayed() -> Action {
+    Action::Report(Report::StepDone { tid: 5, step: 9, checksums: cs(), journaled: Some(cs()), mode: Mode::Replay })
+}
+
+/// Every state of the table, in the context: epoch 3, last committed tid 4,
+/// open tid 5 (so the highest opened tid is 5 when a txn is open, else 4).
+fn state(name: &str) -> HostCore {
+    let (state, last_opened) = match name {
+        "Stopped" => (Stopped, 4),
+        "Idle" => (Idle, 4),
+        "OpenLive5" => (OpenLive { tid: 5 }, 5),
+        "OpenReplay5" => (OpenReplay { tid: 5, prepare_requested: false }, 5),
+        "OpenReplay5Prep" => (OpenReplay { tid: 5, prepare_requested: true }, 5),
+        "ReplayDrained5" => (ReplayDrained { tid: 5 }, 5),
+        "Prepared5" => (Prepared { tid: 5 }, 5),
+        other => panic!("unknown state {other}"),
+    };
+    HostCore::for_test(state, EPOCH, 4, last_opened)
+}
+
+const STATES: &[&str] =
+    &["Stopped", "Idle", "OpenLive5", "OpenReplay5", "OpenReplay5Prep", "ReplayDrained5", "Prepared5"];
+
+/// Every event kind of the table (commands carry the current epoch and the
+/// next seq, so only the transaction table decides).
+fn event(name: &str) -> Event {
+    let cmd = |command| Event::Command { seq: 1, epoch: EPOCH, command };
+    match name {
+        "start_6_live" => cmd(Command::Start { tid: 6, mode: Mode::Live }),
+        "start_6_replay" => cmd(Command::Start { tid: 6, mode: Mode::Replay }),
+        "start_4_live" => cmd(Command::Start { tid: 4, mode: Mode::Live }),
+        "prepare_5" => cmd(Command::Prepare { tid: 5 }),
+        "prepare_6" => cmd(Command::Prepare { tid: 6 }),
+        "commit_5" => cmd(Command::Commit { tid: 5, next: None }),
+        "commit_5_next_6_live" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Live)) }),
+        "commit_5_next_6_replay" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Replay)) }),
+        "commit_5_next_5" => cmd(Command::Commit { tid: 5, next: Some((5, Mode::Live)) }),
+        "commit_6" => cmd(Command::Commit { tid: 6, next: None }),
+        "checkpoint_4" => cmd(Command::Checkpoint { tid: 4 }),
+        "checkpoint_5" => cmd(Command::Checkpoint { tid: 5 }),
+        "checkpoint_complete_4" => cmd(Command::CheckpointComplete { tid: 4 }),
+        "restore_4" => cmd(Command::Restore { checkpoint_tid: 4 }),
+        "stop" => cmd(Command::Stop { reason: "operator".into() }),
+        "welcome_again" => cmd(Command::Welcome { coordinator_id: "c1".into() }),
+        "malformed" => Event::MalformedCommand { seq: 1, epoch: EPOCH, reason: "no command body".into() },
+        "step_5_live" => Event::StepFinished { tid: 5, step: 9, checksums: cs(), journaled: None },
+        "step_5_replayed" => Event::StepFinished { tid: 5, step: 9, checksums: cs(), journaled: Some(cs()) },
+        "step_6_live" => Event::StepFinished { tid: 6, step: 9, checksums: cs(), journaled: None },
+        "exhausted_5" => Event::ReplayExhausted { tid: 5, commit_marker: false },
+        "exhausted_5_marker" => Event::ReplayExhausted { tid: 5, commit_marker: true },
+        "exhausted_6" => Event::ReplayExhausted { tid: 6, commit_marker: false },
+        "action_failed" => Event::ActionFailed { kind: ErrorKind::Engine, tid: 5, message: "disk full".into() },
+        "stream_closed" => Event::StreamClosed,
+        "stream_opened" => Event::StreamOpened,
+        other => panic!("unknown event {other}"),
+    }
+}
+
+const EVENTS: &[&str] = &[
+    "start_6_live",
+    "start_6_replay",
+    "start_4_live",
+    "prepare_5",
+    "prepare_6",
+    "commit_5",
+    "commit_5_next_6_live",
+    "commit_5_next_6_replay",
+    "commit_5_next_5",
+    "commit_6",
+    "checkpoint_4",
+    "checkpoint_5",
+    "checkpoint_complete_4",
+    "restore_4",
+    "stop",
+    "welcome_again",
+    "malformed",
+    "step_5_live",
+    "step_5_replayed",
+    "step_6_live",
+    "exhausted_5",
+    "exhausted_5_marker",
+    "exhausted_6",
+    "action_failed",
+    "stream_closed",
+    "stream_opened",
+];
+
+/// Blanks free-text messages (asserting they are not empty), so the table
+/// pins kinds, tids and order exactly and leaves wording free.
+fn normalize(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Report(Report::Error { kind, tid, message }) => {
+                assert!(!message.is_empty(), "error reports must say what happened");
+                Action::Report(Report::Error { kind, tid, message: String::new() })
+            }
+            Action::DropStream { reason } => {
+                assert!(!reason.is_empty());
+                Action::DropStream { reason: String::new() }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+#[rustfmt::skip]
+fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
+    vec![
+        // ---- Stopped
+        ("Stopped", "start_6_live", Stopped, vec![perr(6)]),
+        ("Stopped", "start_6_replay", Stopped, vec![perr(6)]),
+        ("Stopped", "start_4_live", Stopped, vec![perr(4)]),
+        ("Stopped", "prepare_5", Stopped, vec![perr(5)]),
+        ("Stopped", "prepare_6", Stopped, vec![perr(6)]),
+        ("Stopped", "commit_5", Stopped, vec![perr(5)]),
+        ("Stopped", "commit_5_next_6_live", Stopped, vec![perr(5)]),
+        ("Stopped", "commit_5_next_6_replay", Stopped, vec![perr(5)]),
+        ("Stopped", "commit_5_next_5", Stopped, vec![perr(5)]),
+        ("Stopped", "commit_6", Stopped, vec![perr(6)]),
+        ("Stopped", "checkpoint_4", Stopped, vec![perr(4)]),
+        ("Stopped", "checkpoint_5", Stopped, vec![perr(5)]),
+        ("Stopped", "checkpoint_complete_4", Stopped, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("Stopped", "restore_4", Idle, vec![Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("Stopped", "stop", Stopped, vec![]),
+        ("Stopped", "welcome_again", Stopped, vec![perr(0)]),
+        ("Stopped", "malformed", Stopped, vec![perr(0)]),
+        ("Stopped", "step_5_live", Stopped, vec![ierr(5)]),
+        ("Stopped", "step_5_replayed", Stopped, vec![ierr(5)]),
+        ("Stopped", "step_6_live", Stopped, vec![ierr(6)]),
+        ("Stopped", "exhausted_5", Stopped, vec![ierr(5)]),
+        ("Stopped", "exhausted_5_marker", Stopped, vec![ierr(5)]),
+        ("Stopped", "exhausted_6", Stopped, vec![ierr(6)]),
+        ("Stopped", "action_failed", Stopped, vec![engine_err(5)]),
+        ("Stopped", "stream_closed", Stopped, vec![]),
+        ("Stopped", "stream_opened", Stopped, vec![ierr(0)]),
+        // ---- Idle
+        ("Idle", "start_6_live", OpenLive { tid: 6 }, vec![Action::OpenTxn { tid: 6, mode: Mode::Live }]),
+        ("Idle", "start_6_replay", OpenReplay { tid: 6, prepare_requested: false }, vec![Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("Idle", "start_4_live", Idle, vec![perr(4)]),
+        ("Idle", "prepare_5", Idle, vec![perr(5)]),
+        ("Idle", "prepare_6", Idle, vec![perr(6)]),
+        ("Idle", "commit_5", Idle, vec![perr(5)]),
+        ("Idle", "commit_5_next_6_live", Idle, vec![perr(5)]),
+        ("Idle", "commit_5_next_6_replay", Idle, vec![perr(5)]),
+        ("Idle", "commit_5_next_5", Idle, vec![perr(5)]),
+        ("Idle", "commit_6", Idle, vec![perr(6)]),
+        ("Idle", "checkpoint_4", Idle, vec![Action::Checkpoint { tid: 4 }, Action::Report(Report::CheckpointDone { tid: 4 })]),
+        ("Idle", "checkpoint_5", Idle, vec![perr(5)]),
+        ("Idle", "checkpoint_complete_4", Idle, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("Idle", "restore_4", Idle, vec![Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("Idle", "stop", Stopped, vec![]),
+        ("Idle", "welcome_again", Idle, vec![perr(0)]),
+        ("Idle", "malformed", Idle, vec![perr(0)]),
+        ("Idle", "step_5_live", Stopped, vec![ierr(5)]),
+        ("Idle", "step_5_replayed", Stopped, vec![ierr(5)]),
+        ("Idle", "step_6_live", Stopped, vec![ierr(6)]),
+        ("Idle", "exhausted_5", Stopped, vec![ierr(5)]),
+        ("Idle", "exhausted_5_marker", Stopped, vec![ierr(5)]),
+        ("Idle", "exhausted_6", Stopped, vec![ierr(6)]),
+        ("Idle", "action_failed", Stopped, vec![engine_err(5)]),
+        ("Idle", "stream_closed", Idle, vec![]),
+        ("Idle", "stream_opened", Stopped, vec![ierr(0)]),
+        // ---- OpenLive5
+        ("OpenLive5", "start_6_live", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenLive5", "start_6_replay", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenLive5", "start_4_live", OpenLive { tid: 5 }, vec![perr(4)]),
+        ("OpenLive5", "prepare_5", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("OpenLive5", "prepare_6", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenLive5", "commit_5", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "commit_5_next_6_live", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "commit_5_next_6_replay", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "commit_5_next_5", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "commit_6", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenLive5", "checkpoint_4", OpenLive { tid: 5 }, vec![perr(4)]),
+        ("OpenLive5", "checkpoint_5", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "checkpoint_complete_4", OpenLive { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenLive5", "restore_4", OpenLive { tid: 5 }, vec![perr(4)]),
+        ("OpenLive5", "stop", Stopped, vec![abandon(5)]),
+        ("OpenLive5", "welcome_again", OpenLive { tid: 5 }, vec![perr(0)]),
+        ("OpenLive5", "malformed", OpenLive { tid: 5 }, vec![perr(0)]),
+        ("OpenLive5", "step_5_live", OpenLive { tid: 5 }, vec![step_done_live()]),
+        ("OpenLive5", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenLive5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenLive5", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenLive5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenLive5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenLive5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("OpenLive5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenLive5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- OpenReplay5
+        ("OpenReplay5", "start_6_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5", "start_6_replay", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5", "start_4_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(4)]),
+        ("OpenReplay5", "prepare_5", OpenReplay { tid: 5, prepare_requested: true }, vec![]),
+        ("OpenReplay5", "prepare_6", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5", "commit_5", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "commit_5_next_6_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "commit_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "commit_5_next_5", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "commit_6", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5", "checkpoint_4", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(4)]),
+        ("OpenReplay5", "checkpoint_5", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "checkpoint_complete_4", OpenReplay { tid: 5, prepare_requested: false }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenReplay5", "restore_4", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(4)]),
+        ("OpenReplay5", "stop", Stopped, vec![abandon(5)]),
+        ("OpenReplay5", "welcome_again", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(0)]),
+        ("OpenReplay5", "malformed", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(0)]),
+        ("OpenReplay5", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenReplay5", "step_5_replayed", OpenReplay { tid: 5, prepare_requested: false }, vec![step_done_replayed()]),
+        ("OpenReplay5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5", "exhausted_5", OpenLive { tid: 5 }, vec![]),
+        ("OpenReplay5", "exhausted_5_marker", ReplayDrained { tid: 5 }, vec![]),
+        ("OpenReplay5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("OpenReplay5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenReplay5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- OpenReplay5Prep
+        ("OpenReplay5Prep", "start_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Prep", "start_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Prep", "start_4_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Prep", "prepare_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "prepare_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Prep", "commit_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "commit_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "commit_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "commit_5_next_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "commit_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Prep", "checkpoint_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Prep", "checkpoint_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "checkpoint_complete_4", OpenReplay { tid: 5, prepare_requested: true }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenReplay5Prep", "restore_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Prep", "stop", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Prep", "welcome_again", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Prep", "malformed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Prep", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenReplay5Prep", "step_5_replayed", OpenReplay { tid: 5, prepare_requested: true }, vec![step_done_replayed()]),
+        ("OpenReplay5Prep", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Prep", "exhausted_5", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("OpenReplay5Prep", "exhausted_5_marker", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("OpenReplay5Prep", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Prep", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("OpenReplay5Prep", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Prep", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- ReplayDrained5
+        ("ReplayDrained5", "start_6_live", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("ReplayDrained5", "start_6_replay", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("ReplayDrained5", "start_4_live", ReplayDrained { tid: 5 }, vec![perr(4)]),
+        ("ReplayDrained5", "prepare_5", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("ReplayDrained5", "prepare_6", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("ReplayDrained5", "commit_5", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "commit_5_next_6_live", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "commit_5_next_6_replay", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "commit_5_next_5", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "commit_6", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("ReplayDrained5", "checkpoint_4", ReplayDrained { tid: 5 }, vec![perr(4)]),
+        ("ReplayDrained5", "checkpoint_5", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "checkpoint_complete_4", ReplayDrained { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("ReplayDrained5", "restore_4", ReplayDrained { tid: 5 }, vec![perr(4)]),
+        ("ReplayDrained5", "stop", Stopped, vec![abandon(5)]),
+        ("ReplayDrained5", "welcome_again", ReplayDrained { tid: 5 }, vec![perr(0)]),
+        ("ReplayDrained5", "malformed", ReplayDrained { tid: 5 }, vec![perr(0)]),
+        ("ReplayDrained5", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("ReplayDrained5", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("ReplayDrained5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("ReplayDrained5", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("ReplayDrained5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("ReplayDrained5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("ReplayDrained5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("ReplayDrained5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("ReplayDrained5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- Prepared5
+        ("Prepared5", "start_6_live", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "start_6_replay", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "start_4_live", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5", "prepare_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5", "prepare_6", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "commit_5", Idle, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("Prepared5", "commit_5_next_6_live", OpenLive { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Live }]),
+        ("Prepared5", "commit_5_next_6_replay", OpenReplay { tid: 6, prepare_requested: false }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("Prepared5", "commit_5_next_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5", "commit_6", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "checkpoint_4", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5", "checkpoint_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5", "checkpoint_complete_4", Prepared { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("Prepared5", "restore_4", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5", "stop", Stopped, vec![abandon(5)]),
+        ("Prepared5", "welcome_again", Prepared { tid: 5 }, vec![perr(0)]),
+        ("Prepared5", "malformed", Prepared { tid: 5 }, vec![perr(0)]),
+        ("Prepared5", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("Prepared5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("Prepared5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+    ]
+}
+
+#[test]
+fn every_state_event_pair_has_exactly_the_tabled_outcome() {
+    let table = table();
+    // The table is complete: every pair appears exactly once.
+    for s in STATES {
+        for e in EVENTS {
+            let n = table.iter().filter(|(ts, te, _, _)| ts == s && te == e).count();
+            assert_eq!(n, 1, "pair ({s}, {e}) appears {n} times in the table");
+        }
+    }
+    assert_eq!(table.len(), STATES.len() * EVENTS.len());
+    for (s, e, expected_state, expected_actions) in table {
+        let mut core = state(s);
+        let actions = normalize(core.handle(event(e)));
+        assert_eq!(actions, expected_actions, "actions for ({s}, {e})");
+        assert_eq!(core.state(), expected_state, "next state for ({s}, {e})");
+        // Never a silent illegal pair: an unchanged state with no action is
+        // only allowed where the table says so explicitly.
+    }
+}
+
+#[test]
+fn next_step_follows_the_state() {
+    assert_eq!(state("Stopped").next_step(), None);
+    assert_eq!(state("Idle").next_step(), None);
+    assert_eq!(state("OpenLive5").next_step(), Some((5, Mode::Live)));
+    assert_eq!(state("OpenReplay5").next_step(), Some((5, Mode::Replay)));
+    assert_eq!(state("OpenReplay5Prep").next_step(), Some((5, Mode::Replay)));
+    assert_eq!(state("ReplayDrained5").next_step(), None);
+    assert_eq!(state("Prepared5").next_step(), None);
+}
+
+#[test]
+fn stale_epoch_is_rejected_and_ignored_in_every_state() {
+    for s in STATES {
+        for e in EVENTS {
+            let Event::Command { seq, command, .. } = event(e) else { continue };
+            let mut core = state(s);
+            let before = core.state();
+            let actions = core.handle(Event::Command { seq, epoch: EPOCH - 1, command });
+            assert_eq!(
+                normalize(actions),
+                vec![Action::Report(Report::Error {
+                    kind: ErrorKind::StaleEpoch,
+                    tid: match *e {
+                        "stop" | "welcome_again" => 0,
+                        _ => e.split('_').find_map(|w| w.parse().ok()).unwrap(),
+                    },
+                    message: String::new()
+                })],
+                "({s}, {e})"
+            );
+            assert_eq!(core.state(), before);
+            assert_eq!(core.highest_epoch(), EPOCH);
+        }
+    }
+}
+
+#[test]
+fn higher_epoch_is_persisted_before_the_command_is_acted_on() {
+    for s in STATES {
+        for e in EVENTS {
+            let Event::Command { seq, command, .. } = event(e) else { continue };
+            let mut same = state(s);
+            let expected = normalize(same.handle(Event::Command { seq, epoch: EPOCH, command: command.clone() }));
+            let mut core = state(s);
+            let actions = normalize(core.handle(Event::Command { seq, epoch: EPOCH + 2, command }));
+            assert_eq!(actions[0], Action::PersistEpoch { epoch: EPOCH + 2 }, "({s}, {e})");
+            assert_eq!(actions[1..], expected[..], "({s}, {e}): same outcome after persisting");
+            assert_eq!(core.state(), same.state());
+            assert_eq!(core.highest_epoch(), EPOCH + 2);
+        }
+    }
+}
+
+#[test]
+fn command_seq_gap_drops_the_stream() {
+    let mut core = state("OpenLive5");
+    let actions = normalize(core.handle(Event::Command { seq: 2, epoch: EPOCH, command: Command::Prepare { tid: 5 } }));
+    assert_eq!(actions, vec![perr(5), Action::DropStream { reason: String::new() }]);
+    assert_eq!(core.state(), OpenLive { tid: 5 }, "the drop itself comes back as StreamClosed");
+    let actions = normalize(core.handle(Event::StreamClosed));
+    assert_eq!(actions, vec![abandon(5)]);
+    assert_eq!(core.state(), Stopped);
+}
+
+#[test]
+fn repeated_seq_is_a_gap_too() {
+    let mut core = state("Idle");
+    core.handle(Event::Command { seq: 1, epoch: EPOCH, command: Command::Checkpoint { tid: 4 } });
+    let actions = normalize(core.handle(Event::Command { seq: 1, epoch: EPOCH, command: Command::Checkpoint { tid: 4 } }));
+    assert_eq!(actions, vec![perr(4), Action::DropStream { reason: String::new() }]);
+}
+
+#[test]
+fn a_fresh_stream_needs_welcome_first() {
+    let mut core = HostCore::new(0);
+    assert_eq!(core.handle(Event::StreamOpened), vec![]);
+    let actions = normalize(core.handle(Event::Command {
+        seq: 1,
+        epoch: 1,
+        command: Command::Restore { checkpoint_tid: 0 },
+    }));
+    assert_eq!(actions, vec![perr(0), Action::DropStream { reason: String::new() }]);
+    assert_eq!(core.handle(Event::StreamClosed), vec![]);
+
+    assert_eq!(core.handle(Event::StreamOpened), vec![]);
+    let actions = core.handle(Event::Command {
+        seq: 1,
+        epoch: 1,
+        command: Command::Welcome { coordinator_id: "c1".into() },
+    });
+    assert_eq!(actions, vec![Action::PersistEpoch { epoch: 1 }]);
+    assert!(core.welcomed());
+    let actions = core.handle(Event::Command { seq: 2, epoch: 1, command: Command::Restore { checkpoint_tid: 0 } });
+    assert_eq!(
+        actions,
+        vec![Action::Restore { checkpoint_tid: 0 }, Action::Report(Report::Restored { checkpoint_tid: 0 })]
+    );
+    assert_eq!(core.state(), Idle);
+}
+
+#[test]
+fn stale_welcome_leaves_the_stream_unwelcomed() {
+    let mut core = HostCore::new(7);
+    core.handle(Event::StreamOpened);
+    let actions = normalize(core.handle(Event::Command {
+        seq: 1,
+        epoch: 6,
+        command: Command::Welcome { coordinator_id: "old".into() },
+    }));
+    assert_eq!(
+        actions,
+        vec![Action::Report(Report::Error { kind: ErrorKind::StaleEpoch, tid: 0, message: String::new() })]
+    );
+    assert!(!core.welcomed());
+}
+
+/// The whole life of a tid across a crash: live steps, stream loss, restore,
+/// replay of the journaled steps, then (invariant 4) continuing live.
+#[test]
+fn open_last_transaction_is_replayed_then_continues_live() {
+    let mut core = HostCore::new(0);
+    core.handle(Event::StreamOpened);
+    let mut seq = 0;
+    let mut cmd = |core: &mut HostCore, epoch, command| {
+        seq += 1;
+        core.handle(Event::Command { seq, epoch, command })
+    };
+    cmd(&mut core, 1, Command::Welcome { coordinator_id: "c".into() });
+    cmd(&mut core, 1, Command::Restore { checkpoint_tid: 0 });
+    assert_eq!(cmd(&mut core, 1, Command::Start { tid: 1, mode: Mode::Live }), vec![Action::OpenTxn {
+        tid: 1,
+        mode: Mode::Live
+    }]);
+    core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: None });
+    assert_eq!(core.handle(Event::StreamClosed), vec![abandon(1)]);
+
+    core.handle(Event::StreamOpened);
+    let mut seq = 0;
+    let mut cmd = |core: &mut HostCore, epoch, command| {
+        seq += 1;
+        core.handle(Event::Command { seq, epoch, command })
+    };
+    assert_eq!(cmd(&mut core, 2, Command::Welcome { coordinator_id: "c".into() }), vec![Action::PersistEpoch {
+        epoch: 2
+    }]);
+    cmd(&mut core, 2, Command::Restore { checkpoint_tid: 0 });
+    cmd(&mut core, 2, Command::Start { tid: 1, mode: Mode::Replay });
+    assert_eq!(core.next_step(), Some((1, Mode::Replay)));
+    core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: Some(cs()) });
+    assert_eq!(core.handle(Event::ReplayExhausted { tid: 1, commit_marker: false }), vec![]);
+    assert_eq!(core.next_step(), Some((1, Mode::Live)));
+    assert_eq!(cmd(&mut core, 2, Command::Prepare { tid: 1 }), vec![Action::Prepare { tid: 1 }]);
+    assert_eq!(cmd(&mut core, 2, Command::Commit { tid: 1, next: None }), vec![
+        Action::Commit { tid: 1 },
+        Action::Report(Report::Committed { tid: 1 })
+    ]);
+    assert_eq!(core.last_committed(), 1);
+}

@@ -1,0 +1,125 @@
+//! The `host-agent` daemon: the Lockstep host agent around the reference
+//! engine. Flags have matching `LOCKSTEP_*` environment variables; logs go
+//! through tracing (text or JSON); SIGTERM and Ctrl-C stop it gracefully.
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use lockstep_host_agent::{run_reference, HostConfig, ReferenceConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Lockstep host agent: journals this host's input, runs engine steps inside
+/// coordinator-driven transactions, and replays them after a crash.
+#[derive(Debug, Parser)]
+#[command(name = "host-agent", version)]
+struct Args {
+    /// Stable id of this host (e.g. a StatefulSet ordinal); written into the journal.
+    #[arg(long, env = "LOCKSTEP_HOST_ID")]
+    host_id: String,
+
+    /// Cluster this host belongs to; a journal of another cluster is refused.
+    #[arg(long, env = "LOCKSTEP_CLUSTER_ID", default_value = "lockstep-dev")]
+    cluster_id: String,
+
+    /// Coordinator address(es), comma-separated, tried in turn.
+    #[arg(long, env = "LOCKSTEP_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    coordinator: Vec<String>,
+
+    /// Data directory (journal, checkpoints, sink, epoch) [default: ./lockstep-data/<host-id>].
+    #[arg(long, env = "LOCKSTEP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Address of the push-ingest, health and reflection gRPC API (port 0 = any free port).
+    #[arg(long, env = "LOCKSTEP_INGEST_LISTEN", default_value = "127.0.0.1:0")]
+    ingest_listen: SocketAddr,
+
+    /// Seed of the reference engine's generator.
+    #[arg(long, env = "LOCKSTEP_GENERATOR_SEED", default_value_t = 42)]
+    generator_seed: u64,
+
+    /// Largest generator batch per step (batch sizes vary in 0..=max).
+    #[arg(long, env = "LOCKSTEP_GENERATOR_BATCH_MAX", default_value_t = 50)]
+    generator_batch_max: u64,
+
+    /// Pause between live steps, in milliseconds.
+    #[arg(long, env = "LOCKSTEP_STEP_INTERVAL_MS", default_value_t = 10)]
+    step_interval_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOCKSTEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Test only: make replay diverge (drops a generator record of the first replayed step).
+    #[arg(long, env = "LOCKSTEP_FAULT_NONDETERMINISTIC_REPLAY", hide = true)]
+    fault_nondeterministic_replay: bool,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("lockstep-data").join(&args.host_id));
+    let mut config = HostConfig::new(args.host_id.clone(), args.coordinator.clone(), data_dir);
+    config.cluster_id = args.cluster_id.clone();
+    config.ingest_listen = args.ingest_listen;
+    config.step_interval = Duration::from_millis(args.step_interval_ms);
+    let reference = ReferenceConfig {
+        host_id: args.host_id.clone(),
+        generator_seed: args.generator_seed,
+        generator_batch_max: args.generator_batch_max,
+        fault_nondeterministic_replay: args.fault_nondeterministic_replay,
+    };
+    if args.fault_nondeterministic_replay {
+        tracing::warn!(host = %args.host_id, "fault injection enabled: replay will diverge (test only)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime
+        .block_on(run_reference(config, reference, shutdown_signal()))
+        .with_context(|| format!("host agent {} failed", args.host_id))
+}

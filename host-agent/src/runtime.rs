@@ -1,0 +1,868 @@
+//! The host agent's async shell: owns the journal, the engine, the sink, the
+//! persisted epoch and the coordinator session, feeds events to the sans-IO
+//! `HostCore` and executes its actions, all in `Agent::execute` (one `match`).
+//!
+//! Session: connect to one of the coordinator addresses (in turn, with
+//! exponential backoff capped at `reconnect_backoff_max`), open
+//! `lockstep.v1.HostSession/Session`, send `Hello` as report 1, then loop over
+//! (biased, in this order) shutdown, the next command, the heartbeat timer
+//! and the next engine step the core asks for. A step runs to completion
+//! before the next command is looked at, so the core sees steps as atomic.
+//! When the stream ends for any reason the core hears `StreamClosed` and the
+//! agent reconnects.
+//!
+//! Live step: input from the engine → step record appended to the journal
+//! (durable) → engine told the input is durable → engine step → `StepDone`.
+//! Replay step: the next step record of the tid from the journal (read ahead
+//! by a blocking reader thread through a bounded channel, so memory does not
+//! grow with the journal) → engine step → `StepDone` with both checksums.
+
+use crate::convert;
+use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
+use crate::engine::{output_digest, Engine, OutputRow, StepContext};
+use crate::fsutil::{fsync_dir, DurableU64, DurableU64Error};
+use crate::sink::{EmitOutcome, FileSink, SinkError};
+use lockstep_journal::{pb, EndpointChecksums, Journal, JournalError, JournalIdent, JournalOptions};
+use lockstep_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn, Instrument, Span};
+
+/// Interval between heartbeats on the coordinator stream.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
+/// First reconnect delay; doubles per failed attempt.
+pub const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
+/// Cap of the reconnect delay.
+pub const RECONNECT_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
+/// Time allowed to establish a connection and get the stream's headers.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Reports queued towards the coordinator before the agent waits.
+pub const REPORTS_QUEUED_MAX: usize = 1_024;
+/// Journaled steps read ahead of the replaying engine.
+pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
+/// Pause between live steps by default.
+pub const STEP_INTERVAL_MS_DEFAULT: u64 = 10;
+
+/// Everything the runtime needs to know; see `HostConfig::new` for defaults.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Stable host id (e.g. a StatefulSet ordinal); written into the journal.
+    pub host_id: String,
+    /// Cluster the journal belongs to; a journal of another cluster is refused.
+    pub cluster_id: String,
+    /// Coordinator URLs (`http://host:port`), tried in turn.
+    pub coordinators: Vec<String>,
+    /// Holds `journal/`, `checkpoints/`, `sink/`, `epoch`, `checkpoint-complete`.
+    pub data_dir: PathBuf,
+    /// Where the ingest/health/reflection gRPC server listens (port 0 = any).
+    pub ingest_listen: SocketAddr,
+    /// Pause between live steps.
+    pub step_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub journal_options: JournalOptions,
+}
+
+impl HostConfig {
+    /// A config with the daemon's defaults: cluster `lockstep-dev`, ingest on
+    /// `127.0.0.1:0`, 10 ms between live steps, heartbeat every 500 ms,
+    /// reconnect backoff capped at 2 s.
+    pub fn new(host_id: impl Into<String>, coordinators: Vec<String>, data_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            host_id: host_id.into(),
+            cluster_id: "lockstep-dev".into(),
+            coordinators,
+            data_dir: data_dir.into(),
+            ingest_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            step_interval: Duration::from_millis(STEP_INTERVAL_MS_DEFAULT),
+            heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
+            reconnect_backoff_max: Duration::from_millis(RECONNECT_BACKOFF_MS_MAX_DEFAULT),
+            journal_options: JournalOptions::default(),
+        }
+    }
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid host agent configuration: {0}")]
+    Config(String),
+    #[error("host {host}: cannot open the journal in {dir}: {source}; the host cannot run without its journal (see the journal error for the file and offset)")]
+    Journal { host: String, dir: PathBuf, source: JournalError },
+    #[error("host {host}: {source}")]
+    Epoch { host: String, source: DurableU64Error },
+    #[error("host {host}: {source}")]
+    Sink { host: String, source: SinkError },
+    #[error("host {host}: I/O error on {path}: {source}")]
+    Io { host: String, path: PathBuf, source: std::io::Error },
+    #[error("host {host}: cannot serve the ingest API on {addr}: {reason}")]
+    Serve { host: String, addr: String, reason: String },
+    #[error("host {host}: internal error: {message}")]
+    Internal { host: String, message: String },
+}
+
+/// Runs a host agent around `engine` until `shutdown` resolves.
+///
+/// Serves `services` (e.g. the reference engine's Ingest service) together
+/// with `grpc.health.v1.Health` and server reflection (v1 and v1alpha) on
+/// `config.ingest_listen`, and keeps a session with the coordinator.
+pub async fn run<E: Engine>(
+    config: HostConfig,
+    engine: E,
+    services: tonic::service::Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let host = config.host_id.clone();
+    if host.is_empty() {
+        return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
+    }
+    if config.coordinators.is_empty() {
+        return Err(AgentError::Config("no coordinator address; pass --coordinator http://HOST:PORT[,...]".into()));
+    }
+    let data_dir = config.data_dir.clone();
+    let io = |path: &Path, source| AgentError::Io { host: host.clone(), path: path.to_path_buf(), source };
+    for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    }
+
+    let epoch_file = DurableU64::new(data_dir.join("epoch"));
+    let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));
+    let highest_epoch = epoch_file.load().map_err(|source| AgentError::Epoch { host: host.clone(), source })?;
+    let complete_tid = complete_file.load().map_err(|source| AgentError::Epoch { host: host.clone(), source })?;
+
+    let journal_dir = data_dir.join("journal");
+    let ident = JournalIdent { cluster_id: config.cluster_id.clone(), host_id: host.clone() };
+    let (journal, report) = {
+        let (dir, opts) = (journal_dir.clone(), config.journal_options.clone());
+        tokio::task::spawn_blocking(move || Journal::open(dir, ident, opts))
+            .await
+            .map_err(|e| AgentError::Internal { host: host.clone(), message: format!("journal open panicked: {e}") })?
+            .map_err(|source| AgentError::Journal { host: host.clone(), dir: journal_dir.clone(), source })?
+    };
+    if report.torn_tail_bytes > 0 {
+        warn!(host = %host, dir = %journal_dir.display(), cut_bytes = report.torn_tail_bytes, "journal had a torn tail (crash mid-append); cut it off");
+    }
+    info!(host = %host, segments = report.segments, records = report.records, last_step = report.last_step, "journal open");
+    let journal = Arc::new(journal);
+
+    let sink_dir = data_dir.join("sink");
+    let sink = FileSink::open(&sink_dir).map_err(|source| AgentError::Sink { host: host.clone(), source })?;
+    info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
+
+    // Ingest / health / reflection server.
+    let listener = tokio::net::TcpListener::bind(config.ingest_listen).await.map_err(|e| AgentError::Serve {
+        host: host.clone(),
+        addr: config.ingest_listen.to_string(),
+        reason: e.to_string(),
+    })?;
+    let ingest_addr = listener.local_addr().map_err(|e| io(Path::new("ingest socket"), e))?;
+    let (server_stop, server_stopped) = oneshot::channel::<()>();
+    let server = spawn_server(&host, listener, services, server_stopped)?;
+    info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening");
+
+    let mut agent = Agent {
+        core: HostCore::new(highest_epoch),
+        engine: Some(engine),
+        journal,
+        sink: Arc::new(Mutex::new(sink)),
+        epoch_file,
+        complete_file,
+        complete_tid,
+        checkpoints: BTreeMap::new(),
+        journal_commits: BTreeSet::new(),
+        last_step: report.last_step,
+        txn: None,
+        held_outputs: None,
+        replay: None,
+        replay_prev_step: None,
+        ingest_addr: ingest_addr.to_string(),
+        next_live_step_at: Instant::now(),
+        config,
+    };
+    agent.load_checkpoints().await?;
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = agent.connect_loop(&mut shutdown).await;
+    let _ = server_stop.send(());
+    let _ = server.await;
+    info!(host = %agent.config.host_id, "host agent stopped");
+    result
+}
+
+fn spawn_server(
+    host: &str,
+    listener: tokio::net::TcpListener,
+    services: tonic::service::Routes,
+    stop: oneshot::Receiver<()>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let serve_err = |e: tonic_reflection::server::Error| AgentError::Serve {
+        host: host.to_string(),
+        addr: "ingest".into(),
+        reason: format!("reflection: {e}"),
+    };
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (_health_reporter, health) = tonic_health::server::health_reporter();
+    let routes = services
+        .add_service(health)
+        .add_service(reflection().build_v1().map_err(serve_err)?)
+        .add_service(reflection().build_v1alpha().map_err(serve_err)?);
+    let host = host.to_string();
+    Ok(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let served = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            error!(host = %host, error = %e, "ingest API server failed; pushes are no longer accepted");
+        }
+    }))
+}
+
+/// The open transaction's accounting.
+struct OpenTxn {
+    tid: u64,
+    mode: Mode,
+    steps: u64,
+    records: u64,
+    aggregate: EndpointChecksums,
+    span: Span,
+}
+
+/// A blocking reader streaming one tid's journaled steps.
+struct ReplayCursor {
+    tid: u64,
+    rx: mpsc::Receiver<Result<pb::StepRecord, JournalError>>,
+}
+
+/// An action that could not be carried out: becomes `Event::ActionFailed`.
+struct Failure {
+    kind: ErrorKind,
+    tid: u64,
+    message: String,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    /// Could not connect or open the stream; try the next address.
+    ConnectFailed(String),
+    /// The stream was up and is gone (or we dropped it).
+    Lost(String),
+}
+
+/// The stream towards the coordinator, numbering reports 1, 2, 3, ...
+struct Reporter {
+    tx: mpsc::Sender<v1::HostReport>,
+    next_seq: u64,
+}
+
+impl Reporter {
+    async fn send(&mut self, report: v1::host_report::Report) -> Result<(), SessionEnd> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.tx
+            .send(v1::HostReport { seq, report: Some(report) })
+            .await
+            .map_err(|_| SessionEnd::Lost("the report stream to the coordinator is closed".into()))
+    }
+}
+
+struct Agent<E> {
+    config: HostConfig,
+    core: HostCore,
+    /// `None` only while `checkpoint`/`restore` run on a blocking thread.
+    engine: Option<E>,
+    journal: Arc<Journal>,
+    sink: Arc<Mutex<FileSink>>,
+    epoch_file: DurableU64,
+    complete_file: DurableU64,
+    /// Newest checkpoint the ledger declared complete, as far as we know.
+    complete_tid: u64,
+    /// Checkpoints held durably (journaled and present on disk), by tid.
+    checkpoints: BTreeMap<u64, PathBuf>,
+    /// Tids whose commit marker the journal holds (after `complete_tid`).
+    journal_commits: BTreeSet<u64>,
+    /// Last step number journaled by this host (0 = none).
+    last_step: u64,
+    txn: Option<OpenTxn>,
+    /// Outputs of the prepared tid, released at commit.
+    held_outputs: Option<(u64, Vec<OutputRow>)>,
+    replay: Option<ReplayCursor>,
+    /// Last step re-run since the last restore: the next replayed record
+    /// must name it as its previous step (DESIGN invariant 6).
+    replay_prev_step: Option<u64>,
+    ingest_addr: String,
+    next_live_step_at: Instant,
+}
+
+impl<E: Engine> Agent<E> {
+    fn host(&self) -> &str {
+        &self.config.host_id
+    }
+
+    async fn blocking<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| format!("blocking task failed: {e}"))
+    }
+
+    /// Reads the journal's checkpoint records; keeps those whose file exists.
+    async fn load_checkpoints(&mut self) -> Result<(), AgentError> {
+        let journal = self.journal.clone();
+        let after = self.complete_tid;
+        let summary = self
+            .blocking(move || journal.summarize(after))
+            .await
+            .map_err(|message| AgentError::Internal { host: self.host().into(), message })?
+            .map_err(|source| AgentError::Journal {
+                host: self.host().into(),
+                dir: self.config.data_dir.join("journal"),
+                source,
+            })?;
+        for (tid, location) in summary.checkpoints {
+            let path = self.config.data_dir.join(&location);
+            if path.exists() {
+                self.checkpoints.insert(tid, path);
+            } else {
+                warn!(host = %self.host(), tid, file = %path.display(), "journal names checkpoint {tid}, but its file is gone; not offering it to the coordinator");
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    async fn connect_loop(&mut self, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> Result<(), AgentError> {
+        let min = Duration::from_millis(RECONNECT_BACKOFF_MS_MIN);
+        let mut backoff = min;
+        let mut attempt = 0usize;
+        loop {
+            let addr = self.config.coordinators[attempt % self.config.coordinators.len()].clone();
+            attempt += 1;
+            match self.session(&addr, shutdown).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::ConnectFailed(why) => {
+                    if attempt % self.config.coordinators.len() == 0 {
+                        warn!(host = %self.host(), coordinator = %addr, retry_in_ms = backoff.as_millis() as u64, "cannot reach a coordinator: {why}");
+                    } else {
+                        debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
+                    }
+                }
+                SessionEnd::Lost(why) => {
+                    warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
+                    backoff = min;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.config.reconnect_backoff_max.max(min));
+        }
+    }
+
+    async fn hello(&mut self) -> Result<v1::Hello, String> {
+        let journal = self.journal.clone();
+        let after = self.complete_tid;
+        let summary = self
+            .blocking(move || journal.summarize(after))
+            .await?
+            .map_err(|e| format!("summarizing the journal for Hello failed: {e}"))?;
+        self.journal_commits = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
+        Ok(v1::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: self.config.host_id.clone(),
+            cluster_id: self.config.cluster_id.clone(),
+            highest_epoch: self.core.highest_epoch(),
+            checkpoints: self.checkpoints.keys().copied().collect(),
+            journal: summary.tids.iter().map(convert::tid_summary_to_proto).collect(),
+            last_step: self.last_step,
+            ingest_addr: self.ingest_addr.clone(),
+        })
+    }
+
+    async fn session(&mut self, addr: &str, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> SessionEnd {
+        let hello = match self.hello().await {
+            Ok(h) => h,
+            // A journal that cannot be summarized is not a reason to spin:
+            // the backoff applies and the error is logged each round.
+            Err(e) => return SessionEnd::ConnectFailed(format!("host {}: {e}", self.host())),
+        };
+        let connect = async {
+            let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+                .map_err(|e| format!("bad coordinator address {addr:?}: {e}"))?
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .tcp_nodelay(true);
+            let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+            let (tx, rx) = mpsc::channel(REPORTS_QUEUED_MAX);
+            let mut reporter = Reporter { tx, next_seq: 1 };
+            reporter
+                .send(v1::host_report::Report::Hello(hello))
+                .await
+                .map_err(|_| "report channel closed".to_string())?;
+            let mut client = v1::host_session_client::HostSessionClient::new(channel);
+            let response = client
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(|s| format!("Session refused: {} ({:?})", s.message(), s.code()))?;
+            Ok::<_, String>((reporter, response.into_inner()))
+        };
+        let (mut out, mut inbound) = tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect) => match r {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => return SessionEnd::ConnectFailed(e),
+                Err(_) => return SessionEnd::ConnectFailed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")),
+            },
+        };
+        info!(host = %self.host(), coordinator = %addr, last_step = self.last_step, epoch = self.core.highest_epoch(), "coordinator stream open, Hello sent");
+        let opened = self.core.handle(Event::StreamOpened);
+        let end = match self.execute(opened, &mut out).await {
+            Err(end) => end,
+            Ok(()) => self.drive(&mut out, &mut inbound, shutdown).await,
+        };
+        // Whatever ended the stream, the core hears about it. Its actions
+        // (abandoning an open transaction) need no stream.
+        let closed = self.core.handle(Event::StreamClosed);
+        let (tx, _rx) = mpsc::channel(1);
+        let mut detached = Reporter { tx, next_seq: 0 };
+        let _ = self.execute(closed, &mut detached).await;
+        end
+    }
+
+    async fn drive(
+        &mut self,
+        out: &mut Reporter,
+        inbound: &mut tonic::Streaming<v1::Command>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> SessionEnd {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await; // the first tick is immediate; Hello just went out
+        loop {
+            let next = self.core.next_step();
+            let step_at = match next {
+                Some((_, Mode::Live)) => self.next_live_step_at,
+                _ => Instant::now(),
+            };
+            let actions = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return SessionEnd::Shutdown,
+                msg = inbound.message() => match msg {
+                    Ok(Some(cmd)) => {
+                        let event = match convert::command_from_proto(cmd.command) {
+                            Ok(command) => Event::Command { seq: cmd.seq, epoch: cmd.epoch, command },
+                            Err(reason) => Event::MalformedCommand { seq: cmd.seq, epoch: cmd.epoch, reason },
+                        };
+                        debug!(host = %self.host(), ?event, "command");
+                        self.core.handle(event)
+                    }
+                    Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                    Err(status) => return SessionEnd::Lost(format!("{} ({:?})", status.message(), status.code())),
+                },
+                _ = heartbeat.tick() => {
+                    if let Err(end) = out.send(v1::host_report::Report::Heartbeat(v1::Heartbeat {})).await {
+                        return end;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(step_at), if next.is_some() => {
+                    let (tid, mode) = next.expect("guarded by the branch condition");
+                    let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
+                    let event = match mode {
+                        Mode::Live => self.live_step(tid).instrument(span).await,
+                        Mode::Replay => self.replay_step(tid).instrument(span).await,
+                    };
+                    self.core.handle(event)
+                }
+            };
+            if let Err(end) = self.execute(actions, out).await {
+                return end;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ actions
+
+    /// Executes the core's actions in order. If one fails, the rest are
+    /// skipped and the core decides what follows from `ActionFailed`.
+    async fn execute(&mut self, actions: Vec<Action>, out: &mut Reporter) -> Result<(), SessionEnd> {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let result = match action {
+                Action::PersistEpoch { epoch } => {
+                    let file = self.epoch_file.clone();
+                    match self.blocking(move || file.store(epoch)).await {
+                        Ok(Ok(())) => {
+                            info!(host = %self.host(), epoch, "new coordinator epoch persisted");
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(Failure { kind: ErrorKind::Epoch, tid: 0, message: format!("host {}: {e}", self.host()) }),
+                        Err(e) => Err(Failure { kind: ErrorKind::Internal, tid: 0, message: e }),
+                    }
+                }
+                Action::Report(report) => {
+                    if let Report::Error { kind, tid, message } = &report {
+                        warn!(host = %self.host(), kind = kind.as_str(), tid, "reporting error to the coordinator: {message}");
+                    }
+                    out.send(convert::report_to_proto(report)).await?;
+                    Ok(())
+                }
+                Action::OpenTxn { tid, mode } => {
+                    self.open_txn(tid, mode);
+                    Ok(())
+                }
+                Action::Prepare { tid } => self.prepare(tid, out).await?,
+                Action::Commit { tid } => self.commit(tid).await,
+                Action::AbandonTxn { tid } => {
+                    warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
+                    self.txn = None;
+                    self.held_outputs = None;
+                    self.replay = None;
+                    Ok(())
+                }
+                Action::Checkpoint { tid } => self.checkpoint(tid).await,
+                Action::CheckpointComplete { tid } => self.checkpoint_complete(tid).await,
+                Action::Restore { checkpoint_tid } => self.restore(checkpoint_tid).await,
+                Action::DropStream { reason } => return Err(SessionEnd::Lost(format!("protocol violation: {reason}"))),
+            };
+            if let Err(f) = result {
+                error!(host = %self.host(), kind = f.kind.as_str(), tid = f.tid, "{}", f.message);
+                queue = self.core.handle(Event::ActionFailed { kind: f.kind, tid: f.tid, message: f.message }).into();
+            }
+        }
+        Ok(())
+    }
+
+    fn open_txn(&mut self, tid: u64, mode: Mode) {
+        let span = tracing::info_span!("txn", host = %self.config.host_id, epoch = self.core.highest_epoch(), tid, step = tracing::field::Empty);
+        span.in_scope(|| debug!(?mode, "transaction open"));
+        self.txn = Some(OpenTxn { tid, mode, steps: 0, records: 0, aggregate: EndpointChecksums::new(), span });
+        self.held_outputs = None;
+        self.replay = None;
+        match mode {
+            Mode::Live => self.next_live_step_at = Instant::now(),
+            Mode::Replay => {
+                let (tx, rx) = mpsc::channel(REPLAY_READ_AHEAD_STEPS_MAX);
+                let journal = self.journal.clone();
+                // Streams the records; stops when the cursor is dropped.
+                tokio::task::spawn_blocking(move || {
+                    let steps = match journal.steps_of(tid) {
+                        Ok(steps) => steps,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    };
+                    for step in steps {
+                        if tx.blocking_send(step).is_err() {
+                            return;
+                        }
+                    }
+                });
+                self.replay = Some(ReplayCursor { tid, rx });
+            }
+        }
+    }
+
+    fn account(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums) {
+        if let Some(txn) = self.txn.as_mut().filter(|t| t.tid == tid) {
+            txn.steps += 1;
+            txn.records += checksums.0.values().map(|c| c.count).sum::<u64>();
+            txn.aggregate.merge(checksums);
+            txn.span.record("step", step);
+        }
+    }
+
+    async fn live_step(&mut self, tid: u64) -> Event {
+        let host = self.config.host_id.clone();
+        let step = self.last_step + 1;
+        let ctx = StepContext { tid, step, replay: false };
+        let fail = |kind, message: String| Event::ActionFailed { kind, tid, message };
+        let Some(engine) = self.engine.as_mut() else {
+            return fail(ErrorKind::Internal, format!("host {host}: engine missing at live step {step}"));
+        };
+        let input = match engine.next_input(&ctx) {
+            Ok(input) => input,
+            Err(e) => return fail(ErrorKind::Engine, format!("host {host}: taking input for step {step} of tid {tid} failed: {e}")),
+        };
+        let record = pb::JournalRecord {
+            kind: Some(pb::journal_record::Kind::Step(pb::StepRecord {
+                step,
+                prev_step: self.last_step,
+                tid,
+                epoch: self.core.highest_epoch(),
+                endpoints: convert::step_input_to_pb(&input),
+            })),
+        };
+        if let Err(e) = self.journal.append_async(record).await {
+            return fail(
+                ErrorKind::Journal,
+                format!("host {host}: journaling step {step} of tid {tid} failed: {e}; the step was not run and not reported. Check the disk under {}", self.config.data_dir.display()),
+            );
+        }
+        self.last_step = step;
+        let engine = self.engine.as_mut().expect("checked above");
+        engine.input_durable(tid, step);
+        let checksums = match engine.step(&ctx, &input) {
+            Ok(c) => c,
+            Err(e) => return fail(ErrorKind::Engine, format!("host {host}: engine step {step} of tid {tid} failed: {e}")),
+        };
+        // Live, the engine must ingest exactly what was journaled; anything
+        // else would only surface as a replay divergence much later.
+        let journaled = input.checksums();
+        let diff = journaled.diff(&checksums);
+        if !diff.is_empty() {
+            let diff: Vec<String> = diff.iter().map(ToString::to_string).collect();
+            return fail(
+                ErrorKind::Engine,
+                format!("host {host}: live step {step} of tid {tid}: the engine ingested something other than the journaled input: {}", diff.join("; ")),
+            );
+        }
+        self.account(tid, step, &checksums);
+        self.next_live_step_at = Instant::now() + self.config.step_interval;
+        Event::StepFinished { tid, step, checksums, journaled: None }
+    }
+
+    async fn replay_step(&mut self, tid: u64) -> Event {
+        let host = self.config.host_id.clone();
+        let fail = |kind, message: String| Event::ActionFailed { kind, tid, message };
+        let Some(cursor) = self.replay.as_mut().filter(|c| c.tid == tid) else {
+            return fail(ErrorKind::Internal, format!("host {host}: replaying tid {tid} without a journal cursor"));
+        };
+        let record = match cursor.rx.recv().await {
+            None => {
+                self.replay = None;
+                return Event::ReplayExhausted { tid, commit_marker: self.journal_commits.contains(&tid) };
+            }
+            Some(Err(e)) => return fail(ErrorKind::Journal, format!("host {host}: reading the journaled steps of tid {tid} failed: {e}")),
+            Some(Ok(record)) => record,
+        };
+        let step = record.step;
+        if record.tid != tid {
+            return fail(ErrorKind::Journal, format!("host {host}: the journal returned step {step} of tid {} while replaying tid {tid}", record.tid));
+        }
+        if let Some(prev) = self.replay_prev_step {
+            if record.prev_step != prev {
+                return fail(
+                    ErrorKind::Journal,
+                    format!("host {host}: journal gap in tid {tid}: step {step} names step {} as its previous step, but the previous replayed step was {prev}; steps are missing from the journal", record.prev_step),
+                );
+            }
+        }
+        let input = match convert::step_input_from_pb(&record.endpoints) {
+            Ok(input) => input,
+            Err(e) => return fail(ErrorKind::Journal, format!("host {host}: journaled step {step} of tid {tid} is malformed: {e}")),
+        };
+        let journaled = input.checksums();
+        let ctx = StepContext { tid, step, replay: true };
+        let Some(engine) = self.engine.as_mut() else {
+            return fail(ErrorKind::Internal, format!("host {host}: engine missing at replayed step {step}"));
+        };
+        let checksums = match engine.step(&ctx, &input) {
+            Ok(c) => c,
+            Err(e) => return fail(ErrorKind::Engine, format!("host {host}: replaying step {step} of tid {tid} failed: {e}")),
+        };
+        if checksums != journaled {
+            // Not ours to judge: the coordinator compares and diagnoses.
+            warn!(host = %host, tid, step, "replayed step ingested something other than the journal recorded");
+        }
+        self.replay_prev_step = Some(step);
+        self.account(tid, step, &checksums);
+        Event::StepFinished { tid, step, checksums, journaled: Some(journaled) }
+    }
+
+    async fn prepare(&mut self, tid: u64, out: &mut Reporter) -> Result<Result<(), Failure>, SessionEnd> {
+        let host = self.config.host_id.clone();
+        let Some(txn) = self.txn.as_ref().filter(|t| t.tid == tid) else {
+            return Ok(Err(Failure { kind: ErrorKind::Internal, tid, message: format!("host {host}: Prepare of tid {tid} with no accounting for it") }));
+        };
+        let (steps, records, aggregate, span) = (txn.steps, txn.records, txn.aggregate.clone(), txn.span.clone());
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(Err(Failure { kind: ErrorKind::Internal, tid, message: format!("host {host}: engine missing at prepare") }));
+        };
+        let rows = engine.take_outputs(tid);
+        let digest = output_digest(&rows);
+        span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
+        self.held_outputs = Some((tid, rows));
+        self.replay = None;
+        out.send(v1::host_report::Report::Prepared(v1::Prepared {
+            tid,
+            steps,
+            aggregate: convert::checksums_to_proto(&aggregate),
+            output_digest: digest.hash,
+            output_count: digest.count,
+        }))
+        .await?;
+        Ok(Ok(()))
+    }
+
+    async fn commit(&mut self, tid: u64) -> Result<(), Failure> {
+        let host = self.config.host_id.clone();
+        let epoch = self.core.highest_epoch();
+        let fail = |kind, message| Failure { kind, tid, message };
+        if !self.journal_commits.contains(&tid) {
+            let marker = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Commit(pb::CommitMarker { tid, epoch })) };
+            self.journal.append_async(marker).await.map_err(|e| {
+                fail(ErrorKind::Journal, format!("host {host}: journaling the commit marker of tid {tid} failed: {e}; outputs not released"))
+            })?;
+            self.journal_commits.insert(tid);
+        }
+        let rows = match self.held_outputs.take() {
+            Some((t, rows)) if t == tid => rows,
+            other => {
+                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the held outputs are of tid {:?}", other.map(|(t, _)| t))))
+            }
+        };
+        let meta = self.engine.as_ref().map(|e| e.output_metadata()).unwrap_or_default();
+        let sink = self.sink.clone();
+        let row_count = rows.len();
+        let outcome = self
+            .blocking(move || sink.lock().unwrap_or_else(|p| p.into_inner()).emit(epoch, tid, &rows, &meta))
+            .await
+            .map_err(|e| fail(ErrorKind::Internal, e))?
+            .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?;
+        if let Some(txn) = self.txn.take() {
+            txn.span.in_scope(|| match outcome {
+                EmitOutcome::Written => debug!(steps = txn.steps, records = txn.records, rows = row_count, mode = ?txn.mode, "committed"),
+                EmitOutcome::AlreadyEmitted => debug!(steps = txn.steps, "committed (replayed; the sink already held it)"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, tid: u64) -> Result<(), Failure> {
+        let host = self.config.host_id.clone();
+        let fail = |kind, message| Failure { kind, tid, message };
+        let dir = self.config.data_dir.join("checkpoints");
+        let Some(mut engine) = self.engine.take() else {
+            return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at checkpoint")));
+        };
+        let (engine, result) = {
+            let dir = dir.clone();
+            self.blocking(move || {
+                let r = engine.checkpoint(&dir, tid);
+                (engine, r)
+            })
+            .await
+            .map_err(|e| fail(ErrorKind::Internal, format!("host {host}: engine checkpoint {tid} panicked: {e}")))?
+        };
+        self.engine = Some(engine);
+        let path = result.map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: writing checkpoint {tid} failed: {e}")))?;
+        let location = path.strip_prefix(&self.config.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
+        let record = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Checkpoint(pb::CheckpointRecord { tid, location })) };
+        self.journal.append_async(record).await.map_err(|e| {
+            fail(ErrorKind::Journal, format!("host {host}: journaling checkpoint record {tid} failed: {e}; the checkpoint file {} is not offered", path.display()))
+        })?;
+        info!(host = %host, tid, file = %path.display(), "checkpoint written");
+        self.checkpoints.insert(tid, path);
+        Ok(())
+    }
+
+    async fn checkpoint_complete(&mut self, tid: u64) -> Result<(), Failure> {
+        let host = self.config.host_id.clone();
+        let fail = |kind, message| Failure { kind, tid, message };
+        if tid <= self.complete_tid {
+            debug!(host = %host, tid, "checkpoint {tid} already known complete");
+            return Ok(());
+        }
+        if !self.checkpoints.contains_key(&tid) {
+            return Err(fail(
+                ErrorKind::Checkpoint,
+                format!("host {host}: the ledger says checkpoint {tid} is complete, but this host does not hold it (it holds {:?}); nothing was deleted", self.checkpoints.keys().collect::<Vec<_>>()),
+            ));
+        }
+        let file = self.complete_file.clone();
+        self.blocking(move || file.store(tid))
+            .await
+            .map_err(|e| fail(ErrorKind::Internal, e))?
+            .map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: {e}")))?;
+        self.complete_tid = tid;
+        // Delete older checkpoints and any file in the checkpoint directory
+        // that is not a held checkpoint (a crash between writing a
+        // checkpoint and journaling its record leaves such orphans).
+        let keep: BTreeSet<PathBuf> = self.checkpoints.range(tid..).map(|(_, p)| p.clone()).collect();
+        self.checkpoints.retain(|t, _| *t >= tid);
+        let dir = self.config.data_dir.join("checkpoints");
+        let journal = self.journal.clone();
+        let h = host.clone();
+        let deleted = self
+            .blocking(move || -> Result<(usize, usize), String> {
+                let mut removed = 0;
+                let entries = std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if keep.contains(&path) {
+                        continue;
+                    }
+                    let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    match r {
+                        Ok(()) => removed += 1,
+                        Err(e) => warn!(host = %h, file = %path.display(), "cannot delete old checkpoint: {e}"),
+                    }
+                }
+                fsync_dir(&dir).map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+                let segments = journal.gc_before_checkpoint(tid).map_err(|e| format!("journal gc before checkpoint {tid}: {e}"))?;
+                Ok((removed, segments))
+            })
+            .await
+            .map_err(|e| fail(ErrorKind::Internal, e))?
+            .map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: {e}")))?;
+        self.journal_commits.retain(|t| *t > tid);
+        info!(host = %host, tid, checkpoints_deleted = deleted.0, segments_deleted = deleted.1, "checkpoint {tid} complete; older data deleted");
+        Ok(())
+    }
+
+    async fn restore(&mut self, checkpoint_tid: u64) -> Result<(), Failure> {
+        let host = self.config.host_id.clone();
+        let fail = |kind, message| Failure { kind, tid: checkpoint_tid, message };
+        let path = if checkpoint_tid == 0 {
+            None
+        } else {
+            match self.checkpoints.get(&checkpoint_tid) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    return Err(fail(
+                        ErrorKind::Checkpoint,
+                        format!("host {host}: asked to restore checkpoint {checkpoint_tid}, but this host holds only {:?} (0 = empty state)", self.checkpoints.keys().collect::<Vec<_>>()),
+                    ))
+                }
+            }
+        };
+        let Some(mut engine) = self.engine.take() else {
+            return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at restore")));
+        };
+        let (engine, result) = {
+            let path = path.clone();
+            self.blocking(move || {
+                let r = engine.restore(path.as_deref());
+                (engine, r)
+            })
+            .await
+            .map_err(|e| fail(ErrorKind::Internal, format!("host {host}: engine restore panicked: {e}")))?
+        };
+        self.engine = Some(engine);
+        result.map_err(|e| fail(ErrorKind::Engine, format!("host {host}: restoring checkpoint {checkpoint_tid} failed: {e}")))?;
+        self.sink.lock().unwrap_or_else(|p| p.into_inner()).expect_replay();
+        self.txn = None;
+        self.held_outputs = None;
+        self.replay = None;
+        self.replay_prev_step = None;
+        info!(host = %host, checkpoint_tid, "engine restored");
+        Ok(())
+    }
+}
