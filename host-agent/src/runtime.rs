@@ -89,23 +89,39 @@ impl HostConfig {
     }
 }
 
-/// Why the agent could not start or had to stop.
+/// Why the agent could not start or had to stop. Each message is complete
+/// on its own line (the cause is part of it, not a separate source).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid host agent configuration: {0}")]
     Config(String),
-    #[error("host {host}: cannot open the journal in {dir}: {source}; the host cannot run without its journal (see the journal error for the file and offset)")]
-    Journal { host: String, dir: PathBuf, source: JournalError },
-    #[error("host {host}: {source}")]
-    Epoch { host: String, source: DurableU64Error },
-    #[error("host {host}: {source}")]
-    Sink { host: String, source: SinkError },
-    #[error("host {host}: I/O error on {path}: {source}")]
-    Io { host: String, path: PathBuf, source: std::io::Error },
+    #[error("host {host}: cannot open the journal in {dir}: {cause}; the host cannot run without its journal")]
+    Journal { host: String, dir: PathBuf, cause: JournalError },
+    #[error("host {host}: {cause}")]
+    Epoch { host: String, cause: DurableU64Error },
+    #[error("host {host}: {cause}")]
+    Sink { host: String, cause: SinkError },
+    #[error("host {host}: I/O error on {path}: {cause}")]
+    Io { host: String, path: PathBuf, cause: std::io::Error },
     #[error("host {host}: cannot serve the ingest API on {addr}: {reason}")]
     Serve { host: String, addr: String, reason: String },
     #[error("host {host}: internal error: {message}")]
     Internal { host: String, message: String },
+}
+
+/// `e` and its sources, joined: tonic's transport errors say little on top.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// Runs a host agent around `engine` until `shutdown` resolves.
@@ -127,15 +143,15 @@ pub async fn run<E: Engine>(
         return Err(AgentError::Config("no coordinator address; pass --coordinator http://HOST:PORT[,...]".into()));
     }
     let data_dir = config.data_dir.clone();
-    let io = |path: &Path, source| AgentError::Io { host: host.clone(), path: path.to_path_buf(), source };
+    let io = |path: &Path, source| AgentError::Io { host: host.clone(), path: path.to_path_buf(), cause: source };
     for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     }
 
     let epoch_file = DurableU64::new(data_dir.join("epoch"));
     let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));
-    let highest_epoch = epoch_file.load().map_err(|source| AgentError::Epoch { host: host.clone(), source })?;
-    let complete_tid = complete_file.load().map_err(|source| AgentError::Epoch { host: host.clone(), source })?;
+    let highest_epoch = epoch_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
+    let complete_tid = complete_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
 
     let journal_dir = data_dir.join("journal");
     let ident = JournalIdent { cluster_id: config.cluster_id.clone(), host_id: host.clone() };
@@ -144,7 +160,7 @@ pub async fn run<E: Engine>(
         tokio::task::spawn_blocking(move || Journal::open(dir, ident, opts))
             .await
             .map_err(|e| AgentError::Internal { host: host.clone(), message: format!("journal open panicked: {e}") })?
-            .map_err(|source| AgentError::Journal { host: host.clone(), dir: journal_dir.clone(), source })?
+            .map_err(|cause| AgentError::Journal { host: host.clone(), dir: journal_dir.clone(), cause })?
     };
     if report.torn_tail_bytes > 0 {
         warn!(host = %host, dir = %journal_dir.display(), cut_bytes = report.torn_tail_bytes, "journal had a torn tail (crash mid-append); cut it off");
@@ -153,7 +169,7 @@ pub async fn run<E: Engine>(
     let journal = Arc::new(journal);
 
     let sink_dir = data_dir.join("sink");
-    let sink = FileSink::open(&sink_dir).map_err(|source| AgentError::Sink { host: host.clone(), source })?;
+    let sink = FileSink::open(&sink_dir).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
     info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
 
     // Ingest / health / reflection server.
@@ -326,10 +342,10 @@ impl<E: Engine> Agent<E> {
             .blocking(move || journal.summarize(after))
             .await
             .map_err(|message| AgentError::Internal { host: self.host().into(), message })?
-            .map_err(|source| AgentError::Journal {
+            .map_err(|cause| AgentError::Journal {
                 host: self.host().into(),
                 dir: self.config.data_dir.join("journal"),
-                source,
+                cause,
             })?;
         for (tid, location) in summary.checkpoints {
             let path = self.config.data_dir.join(&location);
@@ -406,7 +422,7 @@ impl<E: Engine> Agent<E> {
                 .map_err(|e| format!("bad coordinator address {addr:?}: {e}"))?
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true);
-            let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+            let channel = endpoint.connect().await.map_err(|e| format!("connect: {}", error_chain(&e)))?;
             let (tx, rx) = mpsc::channel(REPORTS_QUEUED_MAX);
             let mut reporter = Reporter { tx, next_seq: 1 };
             reporter
