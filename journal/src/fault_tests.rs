@@ -16,7 +16,7 @@ fn commit(tid: u64) -> pb::JournalRecord {
 }
 
 fn read_count(j: &Journal) -> usize {
-    j.read_from(Position::default()).unwrap().map(|r| r.unwrap()).count()
+    j.read_from(Position::default()).unwrap().inspect(|r| assert!(r.is_ok(), "{r:?}")).count()
 }
 
 #[test]

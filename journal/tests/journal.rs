@@ -23,7 +23,7 @@ fn read_all(j: &Journal) -> Vec<(Position, pb::JournalRecord)> {
 fn fill(j: &Journal, n: u64, payload_bytes: usize) -> Vec<(Position, pb::JournalRecord)> {
     let mut out = Vec::new();
     for s in 1..=n {
-        let tid = (s + 1) / 2;
+        let tid = s.div_ceil(2);
         let r = step(s, s - 1, tid, payload_bytes);
         out.push((j.append(&r).unwrap(), r));
         if s % 2 == 0 {

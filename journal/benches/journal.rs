@@ -1,0 +1,262 @@
+//! Journal benchmarks against baselines on the same disk, in one run
+//! (plain std timing; not a timed test). Run:
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target/journal-helper cargo bench -p lockstep-journal --bench journal
+//! ```
+//!
+//! (a) append throughput and p50/p99 latency with 1, 8 and 32 concurrent
+//!     appenders vs a plain loop of write + fdatasync per record of the same
+//!     size (target: >= 5x the loop at 32 appenders);
+//! (b) sequential replay (read_from, CRC + full decode) vs a raw sequential
+//!     read of the same segment files (target: >= 0.5x);
+//! (c) VmRSS while replaying and summarising a large journal stays flat.
+//!
+//! Sizes: `LOCKSTEP_BENCH_PAYLOAD_BYTES` (appends, default 256),
+//! `LOCKSTEP_BENCH_REPLAY_RECORDS` (default 50000) and
+//! `LOCKSTEP_BENCH_REPLAY_PAYLOAD_BYTES` (default 4096) for replay,
+//! `LOCKSTEP_BENCH_DIR` (default: a temp dir under target/, i.e. the disk the
+//! build is on).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockstep_journal::{format, Journal, JournalOptions, Position};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn vm_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct AppendResult {
+    records_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `appenders` threads, each appending `per_appender` step records.
+fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usize) -> AppendResult {
+    let (journal, _) = Journal::open(dir, ident(), JournalOptions::default()).unwrap();
+    let journal = Arc::new(journal);
+    let next = Arc::new(Mutex::new(0u64));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..appenders)
+        .map(|_| {
+            let (journal, next) = (journal.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_appender);
+                for _ in 0..per_appender {
+                    let t0 = Instant::now();
+                    let durable = {
+                        let mut last = next.lock().unwrap();
+                        *last += 1;
+                        journal.append_async(step(*last, *last - 1, 1, payload))
+                    };
+                    block_on(durable).unwrap();
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let elapsed = start.elapsed();
+    lat.sort();
+    AppendResult {
+        records_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// Plain loop: write one frame-sized buffer, fdatasync, repeat.
+fn bench_plain_loop(dir: &Path, records: usize, frame_bytes: usize) -> AppendResult {
+    let path = dir.join("plain.bin");
+    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
+    let buf = vec![0x5au8; frame_bytes];
+    let mut lat = Vec::with_capacity(records);
+    let start = Instant::now();
+    for _ in 0..records {
+        let t0 = Instant::now();
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        lat.push(t0.elapsed());
+    }
+    let elapsed = start.elapsed();
+    lat.sort();
+    AppendResult {
+        records_per_s: records as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// Drops the files' clean pages from the page cache, so the next read
+/// comes from the disk (no root needed, unlike drop_caches).
+fn evict(paths: &[std::path::PathBuf]) {
+    use std::os::fd::AsRawFd;
+    for p in paths {
+        let f = File::open(p).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: plain syscall on an open fd.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "posix_fadvise failed");
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let payload = env_usize("LOCKSTEP_BENCH_PAYLOAD_BYTES", 256);
+    let replay_records = env_usize("LOCKSTEP_BENCH_REPLAY_RECORDS", 50_000);
+    let replay_payload = env_usize("LOCKSTEP_BENCH_REPLAY_PAYLOAD_BYTES", 4096);
+    let base = std::env::var("LOCKSTEP_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/journal-bench");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    });
+    let root = tempfile::tempdir_in(&base).unwrap();
+    let frame_bytes = format::encode_frame(&step(1, 0, 1, payload)).len();
+    println!("journal benchmarks: record payload {payload} B (frame {frame_bytes} B), dir {}", root.path().display());
+
+    // (a) appends.
+    println!("\n(a) appends: durable records/s, latency p50 / p99");
+    let plain = bench_plain_loop(root.path(), 2000, frame_bytes);
+    println!(
+        "  plain write+fdatasync loop : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}",
+        plain.records_per_s, plain.p50, plain.p99
+    );
+    for (appenders, per) in [(1usize, 2000usize), (8, 500), (32, 300)] {
+        let dir = root.path().join(format!("append-{appenders}"));
+        let r = bench_appends(&dir, appenders, per, payload);
+        println!(
+            "  journal, {appenders:>2} appenders      : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}  = {:.1}x plain loop",
+            r.records_per_s,
+            r.p50,
+            r.p99,
+            r.records_per_s / plain.records_per_s
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // (b) replay vs raw read, (c) memory.
+    let dir = root.path().join("replay");
+    {
+        let (journal, _) = Journal::open(&dir, ident(), JournalOptions::default()).unwrap();
+        let batch = 1024u64;
+        let mut s = 0u64;
+        while s < replay_records as u64 {
+            let pending: Vec<_> = (0..batch.min(replay_records as u64 - s))
+                .map(|_| {
+                    s += 1;
+                    journal.append_async(step(s, s - 1, s / 100 + 1, replay_payload))
+                })
+                .collect();
+            for p in pending {
+                block_on(p).unwrap();
+            }
+        }
+    }
+    let (journal, report) = Journal::open(&dir, ident(), JournalOptions::default()).unwrap();
+    let mut bytes = 0u64;
+    let mut segs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    for p in &segs {
+        bytes += std::fs::metadata(p).unwrap().len();
+    }
+    println!(
+        "\n(b) replay of {} records ({replay_payload} B payload), {:.1} MiB in {} segments; best of 3",
+        report.records,
+        bytes as f64 / (1 << 20) as f64,
+        report.segments
+    );
+    let raw_read = |buf: &mut Vec<u8>| {
+        let mut n = 0u64;
+        for p in &segs {
+            let mut f = File::open(p).unwrap();
+            loop {
+                let k = f.read(buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+        }
+        assert_eq!(n, bytes);
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let rss_before = vm_kib("VmRSS:");
+    let mut rss_max = rss_before;
+    let replay = |rss_max: &mut u64| {
+        let mut n = 0u64;
+        for r in journal.read_from(Position::default()).unwrap() {
+            let (_, rec) = r.unwrap();
+            std::hint::black_box(&rec);
+            n += 1;
+            if n.is_multiple_of(20_000) {
+                *rss_max = (*rss_max).max(vm_kib("VmRSS:"));
+            }
+        }
+        assert_eq!(n, report.records);
+    };
+    let mib = bytes as f64 / (1 << 20) as f64;
+    for cold in [true, false] {
+        let (mut raw_best, mut replay_best) = (Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            if cold {
+                evict(&segs);
+            }
+            let t0 = Instant::now();
+            raw_read(&mut buf);
+            raw_best = raw_best.min(t0.elapsed());
+            if cold {
+                evict(&segs);
+            }
+            let t0 = Instant::now();
+            replay(&mut rss_max);
+            replay_best = replay_best.min(t0.elapsed());
+        }
+        let raw_mibs = mib / raw_best.as_secs_f64();
+        let replay_mibs = mib / replay_best.as_secs_f64();
+        let what = if cold { "cold (evicted from page cache)" } else { "warm (in page cache)" };
+        println!("  {what}:");
+        println!("    raw sequential read        : {raw_mibs:>8.0} MiB/s");
+        println!(
+            "    journal replay (read_from) : {replay_mibs:>8.0} MiB/s  = {:.2}x raw  ({:.0} records/s)",
+            replay_mibs / raw_mibs,
+            report.records as f64 / replay_best.as_secs_f64()
+        );
+    }
+    let t0 = Instant::now();
+    let summary = journal.summarize(0).unwrap();
+    rss_max = rss_max.max(vm_kib("VmRSS:"));
+    println!(
+        "  summarize (light decode), warm: {:>8.0} MiB/s  ({} tids)",
+        mib / t0.elapsed().as_secs_f64(),
+        summary.tids.len()
+    );
+    let rss_after = vm_kib("VmRSS:");
+    println!(
+        "\n(c) memory while replaying {mib:.0} MiB six times and summarising: VmRSS before {rss_before} KiB, max {rss_max} KiB, after {rss_after} KiB (growth {} KiB)",
+        rss_max.saturating_sub(rss_before)
+    );
+}
