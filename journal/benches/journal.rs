@@ -246,9 +246,9 @@ fn main() {
             report.records as f64 / replay_best.as_secs_f64()
         );
     }
+    let rss_after_replay = vm_kib("VmRSS:");
     let t0 = Instant::now();
     let summary = journal.summarize(0).unwrap();
-    rss_max = rss_max.max(vm_kib("VmRSS:"));
     println!(
         "  summarize (light decode), warm: {:>8.0} MiB/s  ({} tids)",
         mib / t0.elapsed().as_secs_f64(),
@@ -256,7 +256,12 @@ fn main() {
     );
     let rss_after = vm_kib("VmRSS:");
     println!(
-        "\n(c) memory while replaying {mib:.0} MiB six times and summarising: VmRSS before {rss_before} KiB, max {rss_max} KiB, after {rss_after} KiB (growth {} KiB)",
-        rss_max.saturating_sub(rss_before)
+        "\n(c) memory, replaying {mib:.0} MiB ({} records) six times: VmRSS before {rss_before} KiB, max while reading {rss_max} KiB, after {rss_after_replay} KiB (growth {} KiB)",
+        report.records,
+        rss_max.max(rss_after_replay).saturating_sub(rss_before)
+    );
+    println!(
+        "    then summarize: VmRSS {rss_after} KiB while holding the summary of {} tids (it grows with tids, not bytes)",
+        summary.tids.len()
     );
 }
