@@ -221,6 +221,11 @@ impl ReferenceEngine {
         v1::ingest_server::IngestServer::new(IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone() })
     }
 
+    /// The Ingest service itself, for calling it in-process.
+    pub fn ingest_handle(&self) -> IngestService {
+        IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone() }
+    }
+
     /// The next generator offset (all records before it are ingested).
     pub fn generator_offset(&self) -> u64 {
         self.state.generator_offset

@@ -27,7 +27,7 @@ use lockstep_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,7 +96,7 @@ pub enum AgentError {
     #[error("invalid host agent configuration: {0}")]
     Config(String),
     #[error("host {host}: cannot open the journal in {dir}: {cause}; the host cannot run without its journal")]
-    Journal { host: String, dir: PathBuf, cause: JournalError },
+    Journal { host: String, dir: PathBuf, cause: Box<JournalError> },
     #[error("host {host}: {cause}")]
     Epoch { host: String, cause: DurableU64Error },
     #[error("host {host}: {cause}")]
@@ -135,80 +135,27 @@ pub async fn run<E: Engine>(
     services: tonic::service::Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let host = config.host_id.clone();
-    if host.is_empty() {
-        return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
-    }
     if config.coordinators.is_empty() {
         return Err(AgentError::Config("no coordinator address; pass --coordinator http://HOST:PORT[,...]".into()));
     }
-    let data_dir = config.data_dir.clone();
-    let io = |path: &Path, source| AgentError::Io { host: host.clone(), path: path.to_path_buf(), cause: source };
-    for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    }
-
-    let epoch_file = DurableU64::new(data_dir.join("epoch"));
-    let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));
-    let highest_epoch = epoch_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
-    let complete_tid = complete_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
-
-    let journal_dir = data_dir.join("journal");
-    let ident = JournalIdent { cluster_id: config.cluster_id.clone(), host_id: host.clone() };
-    let (journal, report) = {
-        let (dir, opts) = (journal_dir.clone(), config.journal_options.clone());
-        tokio::task::spawn_blocking(move || Journal::open(dir, ident, opts))
-            .await
-            .map_err(|e| AgentError::Internal { host: host.clone(), message: format!("journal open panicked: {e}") })?
-            .map_err(|cause| AgentError::Journal { host: host.clone(), dir: journal_dir.clone(), cause })?
-    };
-    if report.torn_tail_bytes > 0 {
-        warn!(host = %host, dir = %journal_dir.display(), cut_bytes = report.torn_tail_bytes, "journal had a torn tail (crash mid-append); cut it off");
-    }
-    info!(host = %host, segments = report.segments, records = report.records, last_step = report.last_step, "journal open");
-    let journal = Arc::new(journal);
-
-    let sink_dir = data_dir.join("sink");
-    let sink = FileSink::open(&sink_dir).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
-    info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
+    let mut agent = Agent::open(config, engine).await?;
+    let host = agent.config.host_id.clone();
 
     // Ingest / health / reflection server.
-    let listener = tokio::net::TcpListener::bind(config.ingest_listen).await.map_err(|e| AgentError::Serve {
-        host: host.clone(),
-        addr: config.ingest_listen.to_string(),
-        reason: e.to_string(),
-    })?;
-    let ingest_addr = listener.local_addr().map_err(|e| io(Path::new("ingest socket"), e))?;
+    let listen = agent.config.ingest_listen;
+    let serve_err = |reason: String| AgentError::Serve { host: host.clone(), addr: listen.to_string(), reason };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| serve_err(e.to_string()))?;
+    let ingest_addr = listener.local_addr().map_err(|e| serve_err(e.to_string()))?;
     let (server_stop, server_stopped) = oneshot::channel::<()>();
     let server = spawn_server(&host, listener, services, server_stopped)?;
     info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening");
-
-    let mut agent = Agent {
-        core: HostCore::new(highest_epoch),
-        engine: Some(engine),
-        journal,
-        sink: Arc::new(Mutex::new(sink)),
-        epoch_file,
-        complete_file,
-        complete_tid,
-        checkpoints: BTreeMap::new(),
-        journal_commits: BTreeSet::new(),
-        last_step: report.last_step,
-        txn: None,
-        held_outputs: None,
-        replay: None,
-        replay_prev_step: None,
-        ingest_addr: ingest_addr.to_string(),
-        next_live_step_at: Instant::now(),
-        config,
-    };
-    agent.load_checkpoints().await?;
+    agent.ingest_addr = ingest_addr.to_string();
 
     let mut shutdown = std::pin::pin!(shutdown);
     let result = agent.connect_loop(&mut shutdown).await;
     let _ = server_stop.send(());
     let _ = server.await;
-    info!(host = %agent.config.host_id, "host agent stopped");
+    info!(host = %host, "host agent stopped");
     result
 }
 
@@ -326,6 +273,63 @@ struct Agent<E> {
 }
 
 impl<E: Engine> Agent<E> {
+    /// Opens the host's data directory: epoch, journal (validated, torn tail
+    /// cut), sink (torn line cut), checkpoints held. The core starts Stopped.
+    async fn open(config: HostConfig, engine: E) -> Result<Agent<E>, AgentError> {
+        let host = config.host_id.clone();
+        if host.is_empty() {
+            return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
+        }
+        let data_dir = config.data_dir.clone();
+        for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
+            std::fs::create_dir_all(&dir).map_err(|cause| AgentError::Io { host: host.clone(), path: dir.clone(), cause })?;
+        }
+
+        let epoch_file = DurableU64::new(data_dir.join("epoch"));
+        let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));
+        let highest_epoch = epoch_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
+        let complete_tid = complete_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
+
+        let journal_dir = data_dir.join("journal");
+        let ident = JournalIdent { cluster_id: config.cluster_id.clone(), host_id: host.clone() };
+        let (journal, report) = {
+            let (dir, opts) = (journal_dir.clone(), config.journal_options.clone());
+            tokio::task::spawn_blocking(move || Journal::open(dir, ident, opts))
+                .await
+                .map_err(|e| AgentError::Internal { host: host.clone(), message: format!("journal open panicked: {e}") })?
+                .map_err(|cause| AgentError::Journal { host: host.clone(), dir: journal_dir.clone(), cause: Box::new(cause) })?
+        };
+        if report.torn_tail_bytes > 0 {
+            warn!(host = %host, dir = %journal_dir.display(), cut_bytes = report.torn_tail_bytes, "journal had a torn tail (crash mid-append); cut it off");
+        }
+        info!(host = %host, segments = report.segments, records = report.records, last_step = report.last_step, "journal open");
+
+        let sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
+        info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
+
+        let mut agent = Agent {
+            core: HostCore::new(highest_epoch),
+            engine: Some(engine),
+            journal: Arc::new(journal),
+            sink: Arc::new(Mutex::new(sink)),
+            epoch_file,
+            complete_file,
+            complete_tid,
+            checkpoints: BTreeMap::new(),
+            journal_commits: BTreeSet::new(),
+            last_step: report.last_step,
+            txn: None,
+            held_outputs: None,
+            replay: None,
+            replay_prev_step: None,
+            ingest_addr: String::new(),
+            next_live_step_at: Instant::now(),
+            config,
+        };
+        agent.load_checkpoints().await?;
+        Ok(agent)
+    }
+
     fn host(&self) -> &str {
         &self.config.host_id
     }
@@ -345,7 +349,7 @@ impl<E: Engine> Agent<E> {
             .map_err(|cause| AgentError::Journal {
                 host: self.host().into(),
                 dir: self.config.data_dir.join("journal"),
-                cause,
+                cause: Box::new(cause),
             })?;
         for (tid, location) in summary.checkpoints {
             let path = self.config.data_dir.join(&location);
@@ -370,7 +374,7 @@ impl<E: Engine> Agent<E> {
             match self.session(&addr, shutdown).await {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::ConnectFailed(why) => {
-                    if attempt % self.config.coordinators.len() == 0 {
+                    if attempt.is_multiple_of(self.config.coordinators.len()) {
                         warn!(host = %self.host(), coordinator = %addr, retry_in_ms = backoff.as_millis() as u64, "cannot reach a coordinator: {why}");
                     } else {
                         debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
@@ -882,3 +886,7 @@ impl<E: Engine> Agent<E> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

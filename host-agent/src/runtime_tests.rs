@@ -1,0 +1,326 @@
+//! The runtime's action executor against a real journal, sink and reference
+//! engine, driven by core events directly (no network, no coordinator):
+//! live transactions, a crash mid-transaction, replay with the journaled
+//! step numbers, the open last transaction continuing live, checkpoints and
+//! journal GC, exactly-once sink output, push acknowledgement after
+//! durability, and the injected replay fault.
+
+use super::*;
+use crate::core::Command;
+use crate::reference::{ReferenceConfig, ReferenceEngine, GENERATOR_ENDPOINT, PUSH_ENDPOINT};
+use lockstep_proto::v1::host_report::Report as R;
+use std::path::Path;
+
+struct Harness {
+    agent: Agent<ReferenceEngine>,
+    out: Reporter,
+    rx: mpsc::Receiver<v1::HostReport>,
+    seq: u64,
+    report_seq: u64,
+}
+
+impl Harness {
+    async fn open(dir: &Path, fault: bool) -> Harness {
+        let mut cfg = HostConfig::new("h1", vec!["http://127.0.0.1:1".into()], dir);
+        cfg.step_interval = Duration::ZERO;
+        let engine = ReferenceEngine::new(ReferenceConfig {
+            host_id: "h1".into(),
+            generator_seed: 7,
+            generator_batch_max: 10,
+            fault_nondeterministic_replay: fault,
+        });
+        let mut agent = Agent::open(cfg, engine).await.expect("open agent");
+        let (tx, rx) = mpsc::channel(100_000);
+        let mut out = Reporter { tx, next_seq: 1 };
+        let actions = agent.core.handle(Event::StreamOpened);
+        assert!(agent.execute(actions, &mut out).await.is_ok());
+        Harness { agent, out, rx, seq: 0, report_seq: 0 }
+    }
+
+    async fn cmd(&mut self, epoch: u64, command: Command) {
+        self.seq += 1;
+        let actions = self.agent.core.handle(Event::Command { seq: self.seq, epoch, command });
+        assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
+    }
+
+    /// Runs the step the core asks for, if any.
+    async fn step(&mut self) -> bool {
+        let Some((tid, mode)) = self.agent.core.next_step() else { return false };
+        let event = match mode {
+            Mode::Live => self.agent.live_step(tid).await,
+            Mode::Replay => self.agent.replay_step(tid).await,
+        };
+        let actions = self.agent.core.handle(event);
+        assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
+        true
+    }
+
+    /// Reports sent since the last call, checking seq numbering.
+    fn reports(&mut self) -> Vec<R> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            self.report_seq += 1;
+            assert_eq!(r.seq, self.report_seq, "reports are numbered 1, 2, 3, ...");
+            out.push(r.report.expect("report body"));
+        }
+        out
+    }
+}
+
+fn step_dones(reports: &[R]) -> Vec<v1::StepDone> {
+    reports.iter().filter_map(|r| if let R::StepDone(s) = r { Some(s.clone()) } else { None }).collect()
+}
+
+fn prepared(reports: &[R]) -> v1::Prepared {
+    let p: Vec<_> = reports.iter().filter_map(|r| if let R::Prepared(p) = r { Some(p.clone()) } else { None }).collect();
+    assert_eq!(p.len(), 1, "exactly one Prepared in {reports:?}");
+    p[0].clone()
+}
+
+fn errors(reports: &[R]) -> Vec<v1::HostError> {
+    reports.iter().filter_map(|r| if let R::Error(e) = r { Some(e.clone()) } else { None }).collect()
+}
+
+fn sum_steps(steps: &[v1::StepDone]) -> EndpointChecksums {
+    let mut agg = EndpointChecksums::new();
+    for s in steps {
+        for c in &s.checksums {
+            agg.add(&c.endpoint, lockstep_journal::Checksum { count: c.count, hash: c.hash });
+        }
+    }
+    agg
+}
+
+fn to_checksums(v: &[v1::EndpointChecksum]) -> EndpointChecksums {
+    v.iter().map(|c| (c.endpoint.clone(), lockstep_journal::Checksum { count: c.count, hash: c.hash })).collect()
+}
+
+fn sink_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("sink").join("output.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn sink_tids(dir: &Path) -> Vec<u64> {
+    sink_lines(dir).iter().map(|l| l["tid"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // ---- first life: tid 1 commits, tid 2 is open when the host dies.
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    for _ in 0..5 {
+        assert!(h.step().await);
+    }
+    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    assert!(!h.step().await, "no step after Prepared");
+    h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live)) }).await;
+    for _ in 0..3 {
+        assert!(h.step().await);
+    }
+    let first = h.reports();
+    assert!(errors(&first).is_empty(), "{first:?}");
+    assert!(matches!(first[0], R::Restored(v1::Restored { checkpoint_tid: 0 })));
+    let steps = step_dones(&first);
+    assert_eq!(steps.iter().map(|s| (s.tid, s.step)).collect::<Vec<_>>(), vec![
+        (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6), (2, 7), (2, 8)
+    ]);
+    assert!(steps.iter().all(|s| s.journaled.is_empty() && s.mode == v1::TxnMode::Live as i32));
+    assert!(steps.iter().all(|s| s.checksums.iter().map(|c| c.endpoint.as_str()).collect::<Vec<_>>() == [GENERATOR_ENDPOINT, PUSH_ENDPOINT]));
+    let p1 = prepared(&first);
+    assert_eq!(p1.steps, 5);
+    assert_eq!(to_checksums(&p1.aggregate), sum_steps(&steps[..5]), "aggregate = sum of the step reports");
+    assert!(first.iter().any(|r| matches!(r, R::Committed(v1::Committed { tid: 1 }))));
+    assert_eq!(sink_tids(dir.path()), vec![1]);
+    let line1 = sink_lines(dir.path())[0].clone();
+    drop(h);
+
+    // ---- second life: replay tid 1 (committed), then tid 2 (open, invariant 4).
+    let mut h = Harness::open(dir.path(), false).await;
+    let hello = h.agent.hello().await.unwrap();
+    assert_eq!((hello.host_id.as_str(), hello.last_step, hello.highest_epoch), ("h1", 8, 1));
+    assert_eq!(hello.protocol_version, lockstep_proto::PROTOCOL_VERSION);
+    let summary: Vec<_> = hello.journal.iter().map(|t| (t.tid, t.first_step, t.last_step, t.steps, t.committed)).collect();
+    assert_eq!(summary, vec![(1, 1, 5, 5, true), (2, 6, 8, 3, false)]);
+    assert_eq!(to_checksums(&hello.journal[0].aggregate), to_checksums(&p1.aggregate));
+
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    assert_eq!(h.agent.epoch_file.load().unwrap(), 2, "a higher epoch is persisted");
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    while h.step().await {}
+    let replay1 = h.reports();
+    assert!(errors(&replay1).is_empty(), "{replay1:?}");
+    let rsteps = step_dones(&replay1);
+    assert_eq!(rsteps.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "journaled step numbers");
+    for (r, l) in rsteps.iter().zip(&steps) {
+        assert_eq!(r.checksums, r.journaled);
+        assert_eq!(r.checksums, l.checksums, "replay ingests what live ingested");
+        assert_eq!(r.mode, v1::TxnMode::Replay as i32);
+        assert_eq!(r.state, v1::HostTxnState::OpenReplay as i32);
+    }
+    let rp1 = prepared(&replay1);
+    assert_eq!((rp1.steps, &rp1.aggregate, rp1.output_digest, rp1.output_count), (p1.steps, &p1.aggregate, p1.output_digest, p1.output_count));
+
+    h.cmd(2, Command::Commit { tid: 1, next: Some((2, Mode::Replay)) }).await;
+    for _ in 0..3 {
+        assert!(h.step().await);
+    }
+    assert!(h.step().await, "the exhaustion of tid 2's journaled steps");
+    assert_eq!(h.agent.core.state(), crate::core::TxnState::OpenLive { tid: 2 }, "invariant 4: tid 2 continues live");
+    assert!(h.step().await);
+    assert!(h.step().await);
+    h.cmd(2, Command::Prepare { tid: 2 }).await;
+    h.cmd(2, Command::Commit { tid: 2, next: None }).await;
+    let rest = h.reports();
+    assert!(errors(&rest).is_empty(), "{rest:?}");
+    let s2 = step_dones(&rest);
+    assert_eq!(s2.iter().map(|s| (s.step, s.mode)).collect::<Vec<_>>(), vec![
+        (6, v1::TxnMode::Replay as i32),
+        (7, v1::TxnMode::Replay as i32),
+        (8, v1::TxnMode::Replay as i32),
+        (9, v1::TxnMode::Live as i32),
+        (10, v1::TxnMode::Live as i32),
+    ]);
+    assert_eq!(s2[..3].iter().map(|s| &s.checksums).collect::<Vec<_>>(), steps[5..].iter().map(|s| &s.checksums).collect::<Vec<_>>());
+    assert_eq!(prepared(&rest).steps, 5);
+    assert_eq!(sink_tids(dir.path()), vec![1, 2], "each committed tid exactly once");
+    assert_eq!(sink_lines(dir.path())[0], line1, "tid 1 was not rewritten");
+    let recs: Vec<_> = h.agent.journal.steps_of(2).unwrap().map(|r| r.unwrap()).map(|r| (r.step, r.prev_step, r.epoch)).collect();
+    assert_eq!(recs, vec![(6, 5, 1), (7, 6, 1), (8, 7, 1), (9, 8, 2), (10, 9, 2)], "step chain survives the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_gc_and_restore_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    for _ in 0..4 {
+        h.step().await;
+    }
+    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Commit { tid: 1, next: None }).await;
+    h.cmd(1, Command::Checkpoint { tid: 1 }).await;
+    h.cmd(1, Command::CheckpointComplete { tid: 1 }).await;
+    h.cmd(1, Command::Start { tid: 2, mode: Mode::Live }).await;
+    for _ in 0..3 {
+        h.step().await;
+    }
+    // Invariant 5: no checkpoint with a transaction open.
+    h.cmd(1, Command::Checkpoint { tid: 1 }).await;
+    h.cmd(1, Command::Prepare { tid: 2 }).await;
+    h.cmd(1, Command::Commit { tid: 2, next: None }).await;
+    let reports = h.reports();
+    let errs = errors(&reports);
+    assert_eq!(errs.len(), 1, "{reports:?}");
+    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("protocol", 1));
+    assert!(reports.iter().any(|r| matches!(r, R::CheckpointDone(v1::CheckpointDone { tid: 1 }))));
+    let p2 = prepared(&reports[reports.iter().position(|r| matches!(r, R::StepDone(v1::StepDone { tid: 2, .. }))).unwrap()..]);
+    let offset_after_2 = h.agent.engine.as_ref().unwrap().generator_offset();
+    drop(h);
+
+    let mut h = Harness::open(dir.path(), false).await;
+    let hello = h.agent.hello().await.unwrap();
+    assert_eq!(hello.checkpoints, vec![1]);
+    assert_eq!(hello.journal.iter().map(|t| t.tid).collect::<Vec<_>>(), vec![2], "summary after the complete checkpoint");
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 5 }).await;
+    let errs = errors(&h.reports());
+    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("checkpoint", 5), "restoring a checkpoint not held fails loudly");
+    assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
+    h.cmd(2, Command::Restore { checkpoint_tid: 1 }).await;
+    h.cmd(2, Command::Start { tid: 2, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Prepare { tid: 2 }).await;
+    while h.step().await {}
+    h.cmd(2, Command::Commit { tid: 2, next: None }).await;
+    let reports = h.reports();
+    assert!(errors(&reports).is_empty(), "{reports:?}");
+    let rp2 = prepared(&reports);
+    assert_eq!((rp2.steps, &rp2.aggregate, rp2.output_digest), (p2.steps, &p2.aggregate, p2.output_digest));
+    assert_eq!(h.agent.engine.as_ref().unwrap().generator_offset(), offset_after_2);
+    assert_eq!(sink_tids(dir.path()), vec![1, 2]);
+    let last = sink_lines(dir.path()).pop().unwrap();
+    assert_eq!(last["generator_offset"].as_u64(), Some(offset_after_2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epoch_commands_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(3, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    let reports = h.reports();
+    let errs = errors(&reports);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].kind, "stale_epoch");
+    assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped, "the stale Restore was ignored");
+    drop(h);
+    let h = Harness::open(dir.path(), false).await;
+    assert_eq!(h.agent.core.highest_epoch(), 3, "the epoch survives a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_acknowledged_only_once_its_step_is_durable() {
+    use lockstep_proto::v1::ingest_server::Ingest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    let svc = h.agent.engine.as_ref().unwrap().ingest_handle();
+    let push = tokio::spawn(async move {
+        let records = vec![v1::Record { key: "pushed".into(), value: 5 }, v1::Record { key: "pushed".into(), value: 5 }];
+        svc.push(tonic::Request::new(v1::PushRequest { records })).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!push.is_finished(), "no transaction yet: no acknowledgement");
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    h.step().await;
+    let ack = push.await.unwrap().unwrap().into_inner();
+    assert_eq!((ack.step, ack.tid), (1, 1));
+    let steps = step_dones(&h.reports());
+    let push_cs = steps[0].checksums.iter().find(|c| c.endpoint == PUSH_ENDPOINT).unwrap();
+    assert_eq!(push_cs.count, 2, "two equal records count twice");
+    let rec = h.agent.journal.steps_of(1).unwrap().next().unwrap().unwrap();
+    assert!(rec.endpoints.iter().any(|e| e.endpoint == PUSH_ENDPOINT && e.count == 2));
+    assert_eq!(h.agent.engine.as_ref().unwrap().get("pushed"), Some((2, 10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    for _ in 0..4 {
+        h.step().await;
+    }
+    let live = step_dones(&h.reports());
+    drop(h);
+    let mut h = Harness::open(dir.path(), true).await;
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    while h.step().await {}
+    let replayed = step_dones(&h.reports());
+    let diverged: Vec<u64> = replayed.iter().filter(|s| s.checksums != s.journaled).map(|s| s.step).collect();
+    let first_with_records = live.iter().find(|s| s.checksums.iter().any(|c| c.count > 0)).unwrap().step;
+    assert_eq!(diverged, vec![first_with_records]);
+    let bad = replayed.iter().find(|s| s.step == first_with_records).unwrap();
+    let (g, j) = (
+        bad.checksums.iter().find(|c| c.endpoint == GENERATOR_ENDPOINT).unwrap(),
+        bad.journaled.iter().find(|c| c.endpoint == GENERATOR_ENDPOINT).unwrap(),
+    );
+    assert_eq!(g.count + 1, j.count, "one generator record dropped");
+}
