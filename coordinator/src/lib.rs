@@ -10,4 +10,5 @@
 
 pub mod core;
 pub mod ledger;
+pub mod raft;
 pub mod wire;

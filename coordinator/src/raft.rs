@@ -1,0 +1,924 @@
+//! The raft layer of the coordinator: the ledger ([`crate::ledger`]) as the
+//! state machine of an openraft group.
+//!
+//! [`Ledger`] is what the service codes against: [`Ledger::propose`] sends a
+//! [`LedgerEntry`] through raft and returns the ledger's verdict once the
+//! entry is committed and applied; [`Ledger::state`] reads the applied state.
+//!
+//! # Shape
+//!
+//! - [`TypeConfig`]: `NodeId = u64`, `Node = BasicNode` whose `addr` is the
+//!   member's gRPC address, `D = LedgerEntry`, `R = Verdict`, snapshots as
+//!   in-memory bytes (the ledger is small: it keeps full detail only after the
+//!   newest complete checkpoint plus a bounded history).
+//! - [`store`]: durable log, vote, committed id and snapshots in one redb
+//!   file (`<data dir>/ledger.redb`); the state machine lives in memory and is
+//!   rebuilt on start from the current snapshot plus the committed entries
+//!   after it.
+//! - [`network`]: single-node for now; every peer RPC answers `Unreachable`.
+//!   Growing to 3-5 nodes means a tonic `RaftNetworkFactory` dialing
+//!   `BasicNode::addr`, a peer service that feeds `Raft::{append_entries,
+//!   vote, install_snapshot}` (see [`Ledger::raft`]), and an `open` that
+//!   joins or initialises a multi-member group; storage and state machine
+//!   stay as they are.
+//!
+//! # Why redb and not the journal crate for the raft log
+//!
+//! The journal crate is built for a host's step journal: append-only
+//! segments, only a torn *tail* may be cut, and only whole segments before a
+//! complete checkpoint are deleted; it is read sequentially for replay. A
+//! raft log needs more: truncating an arbitrary suffix (entries of a deposed
+//! leader that conflict with the new one), purging a prefix at any index
+//! after a snapshot, random reads by index to feed lagging followers, and
+//! small records updated in place and atomically (vote, committed id,
+//! current snapshot) that must never be seen half-written. On the journal
+//! that means adding an index, suffix truncation and a second, atomically
+//! overwritten store: most of an embedded database. redb is a well-kept,
+//! pure-Rust embedded store that already gives exactly that: ACID write
+//! transactions that fsync before `commit` returns, copy-on-write B-trees
+//! that survive a crash at any point, and an exclusive file lock so two
+//! coordinators cannot share one ledger. The cost is one fsync per write
+//! transaction (openraft hands us appends in batches, so concurrent
+//! proposals share one) and B-tree page writes, small for ledger entries.
+//! It also keeps the journal's on-disk format free to serve hosts only.
+
+pub mod network;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use redb::Database;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::ledger::{LedgerEntry, LedgerError, LedgerState};
+use network::SingleNodeNetwork;
+use store::{LogStore, SmData, StateMachine};
+
+pub type NodeId = u64;
+
+/// The ledger's answer to one applied entry: `Ok(())`, or the error that
+/// left the state unchanged (see `LedgerState::apply`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict(pub Result<(), LedgerError>);
+
+/// `LedgerError` holds a `&'static str` (`WrongTxnState::action`), so it only
+/// deserializes from `'static` input, while openraft needs an owned
+/// `Deserialize` for responses. Verdicts deserialize through this mirror of
+/// the same serde shape; the action names are interned.
+mod verdict_serde {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use serde::{Deserialize, Deserializer};
+
+    use super::Verdict;
+    use crate::ledger::{Epoch, HostId, LedgerError, Tid};
+
+    #[derive(Deserialize)]
+    enum Wire {
+        AlreadyInitialised {
+            existing: String,
+            requested: String,
+        },
+        NotInitialised,
+        StaleEpoch {
+            proposed: Epoch,
+            current: Epoch,
+        },
+        TidReused {
+            proposed: Tid,
+            high_water: Tid,
+        },
+        TxnStillOpen {
+            proposed: Tid,
+            open: Tid,
+        },
+        WrongTxnState {
+            tid: Tid,
+            action: String,
+            state: String,
+        },
+        MissingHosts {
+            tid: Tid,
+            missing: Vec<HostId>,
+        },
+        CheckpointAhead {
+            tid: Tid,
+            last_committed: Tid,
+        },
+    }
+
+    /// Fails to compile when `LedgerError` gains a variant the mirror lacks.
+    #[allow(dead_code)]
+    fn mirror_is_complete(e: &LedgerError) {
+        match e {
+            LedgerError::AlreadyInitialised { .. }
+            | LedgerError::NotInitialised
+            | LedgerError::StaleEpoch { .. }
+            | LedgerError::TidReused { .. }
+            | LedgerError::TxnStillOpen { .. }
+            | LedgerError::WrongTxnState { .. }
+            | LedgerError::MissingHosts { .. }
+            | LedgerError::CheckpointAhead { .. } => {}
+        }
+    }
+
+    /// Action names are a handful of constants in `ledger.rs`; each distinct
+    /// one is leaked once.
+    fn intern(s: String) -> &'static str {
+        static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+        let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = names.get(s.as_str()) {
+            return n;
+        }
+        let n: &'static str = Box::leak(s.into_boxed_str());
+        names.insert(n);
+        n
+    }
+
+    impl<'de> Deserialize<'de> for Verdict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let r: Result<(), Wire> = Deserialize::deserialize(d)?;
+            Ok(Verdict(r.map_err(|w| match w {
+                Wire::AlreadyInitialised {
+                    existing,
+                    requested,
+                } => LedgerError::AlreadyInitialised {
+                    existing,
+                    requested,
+                },
+                Wire::NotInitialised => LedgerError::NotInitialised,
+                Wire::StaleEpoch { proposed, current } => {
+                    LedgerError::StaleEpoch { proposed, current }
+                }
+                Wire::TidReused {
+                    proposed,
+                    high_water,
+                } => LedgerError::TidReused {
+                    proposed,
+                    high_water,
+                },
+                Wire::TxnStillOpen { proposed, open } => {
+                    LedgerError::TxnStillOpen { proposed, open }
+                }
+                Wire::WrongTxnState { tid, action, state } => LedgerError::WrongTxnState {
+                    tid,
+                    action: intern(action),
+                    state,
+                },
+                Wire::MissingHosts { tid, missing } => LedgerError::MissingHosts { tid, missing },
+                Wire::CheckpointAhead {
+                    tid,
+                    last_committed,
+                } => LedgerError::CheckpointAhead {
+                    tid,
+                    last_committed,
+                },
+            })))
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the ledger group.
+    pub TypeConfig:
+        D = LedgerEntry,
+        R = Verdict,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type LedgerRaft = Raft<TypeConfig>;
+
+/// Timing and log-size knobs of the raft node.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot once this many entries were applied since the last.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind the snapshot (for lagging followers);
+    /// older ones are purged.
+    pub logs_kept_after_snapshot: u64,
+    /// How long `open_single` waits for this node to lead and catch up.
+    pub open_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    /// Loopback-friendly defaults: heartbeat 100 ms, election 300-600 ms;
+    /// the log stays below about 2000 entries.
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_after_logs: 1000,
+            logs_kept_after_snapshot: 1000,
+            open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RaftTuning {
+    fn config(&self) -> anyhow::Result<Config> {
+        let c = Config {
+            cluster_name: "lockstep-ledger".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        c.validate()
+            .map_err(|e| anyhow!("invalid raft configuration: {e}"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is the leader's gRPC address if known.
+    #[error("this coordinator is not the ledger leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader: Option<String> },
+    #[error("ledger storage failed: {0}")]
+    Storage(String),
+    #[error("the ledger is shut down")]
+    Shutdown,
+}
+
+impl From<Fatal<NodeId>> for ProposeError {
+    fn from(f: Fatal<NodeId>) -> Self {
+        match f {
+            Fatal::Stopped => ProposeError::Shutdown,
+            Fatal::StorageError(e) => ProposeError::Storage(e.to_string()),
+            Fatal::Panicked => ProposeError::Storage("the raft core task panicked".into()),
+        }
+    }
+}
+
+/// The coordinator's replicated ledger. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: LedgerRaft,
+    node_id: NodeId,
+    sm: Arc<RwLock<SmData>>,
+    metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    /// The database, held by the raft tasks; gone once they have stopped,
+    /// which releases the file lock.
+    db: Weak<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("node_id", &self.inner.node_id)
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if new) the durable raft storage in `dir`, starts the
+    /// raft node, and for a brand-new single-node group initialises
+    /// membership `{node_id: addr}`. Returns once this node is leader and
+    /// every committed entry on disk has been applied.
+    pub async fn open_single(dir: &Path, node_id: u64, addr: String) -> anyhow::Result<Ledger> {
+        Self::open_single_with(dir, node_id, addr, RaftTuning::default()).await
+    }
+
+    /// [`Ledger::open_single`] with explicit tuning (tests use small
+    /// snapshot thresholds).
+    pub async fn open_single_with(
+        dir: &Path,
+        node_id: u64,
+        addr: String,
+        tuning: RaftTuning,
+    ) -> anyhow::Result<Ledger> {
+        let config = Arc::new(tuning.config()?);
+        let owned_dir = dir.to_path_buf();
+        let (db, path, sm) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (db, path) = store::open_db(&owned_dir)?;
+            let db = Arc::new(db);
+            let sm = StateMachine::load(db.clone()).with_context(|| {
+                format!(
+                    "{}: the stored ledger snapshot is damaged; restore the file from a backup",
+                    path.display()
+                )
+            })?;
+            Ok((db, path, sm))
+        })
+        .await
+        .context("ledger open task failed")??;
+        let shown = path.display().to_string();
+
+        let shared = sm.shared();
+        let weak = Arc::downgrade(&db);
+        let raft = Raft::new(
+            node_id,
+            config,
+            SingleNodeNetwork,
+            LogStore::new(db.clone()),
+            sm,
+        )
+        .await
+        .with_context(|| format!("starting the raft node on {shown}"))?;
+        drop(db);
+        let ledger = Ledger {
+            inner: Arc::new(Inner {
+                metrics: raft.metrics(),
+                raft,
+                node_id,
+                sm: shared,
+                db: weak,
+                path,
+            }),
+        };
+        match ledger.start(node_id, addr, &tuning).await {
+            Ok(()) => Ok(ledger),
+            Err(e) => {
+                // Release the file lock before reporting.
+                let _ = ledger.shutdown().await;
+                Err(e.context(format!("opening the ledger {shown}")))
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        node_id: NodeId,
+        addr: String,
+        tuning: &RaftTuning,
+    ) -> anyhow::Result<()> {
+        let raft = &self.inner.raft;
+        if !raft.is_initialized().await? {
+            tracing::info!(node_id, %addr, "initialising a new single-node ledger group");
+            raft.initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
+                .await
+                .map_err(|e| anyhow!("initialising raft membership: {e}"))?;
+        } else {
+            let membership = self.inner.metrics.borrow().membership_config.clone();
+            let m = membership.membership();
+            let voters: Vec<NodeId> = m.voter_ids().collect();
+            if voters != [node_id] {
+                bail!(
+                    "this ledger belongs to a raft group with voters {voters:?}, but this is node {node_id} started \
+                     as a single-node group; start it with the node id its data directory was created with, or use \
+                     another data directory"
+                );
+            }
+            if let Some(stored) = m.get_node(&node_id) {
+                if stored.addr != addr {
+                    tracing::warn!(node_id, stored = %stored.addr, now = %addr,
+                        "this node's address differs from the one in the ledger membership (harmless for a single-node group)");
+                }
+            }
+        }
+
+        // Leader of the current term and its own first entry applied: that
+        // entry commits everything before it, so the state reflects history.
+        let mut rx = self.inner.metrics.clone();
+        let deadline = tokio::time::Instant::now() + tuning.open_timeout;
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    bail!("the raft node stopped while starting: {e}");
+                }
+                let applied_own_term = m
+                    .last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term);
+                if m.state == ServerState::Leader
+                    && m.current_leader == Some(node_id)
+                    && applied_own_term
+                {
+                    break;
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => bail!("the raft node stopped while starting"),
+                Err(_) => bail!(
+                    "this node did not become ledger leader within {:?}",
+                    tuning.open_timeout
+                ),
+            }
+        }
+        let m = self.inner.metrics.borrow().clone();
+        tracing::info!(
+            node_id,
+            term = m.current_term,
+            last_applied = ?m.last_applied,
+            snapshot = ?m.snapshot,
+            "ledger open: leader, history applied"
+        );
+        Ok(())
+    }
+
+    /// Proposes one entry through raft; resolves once it is committed AND
+    /// applied, with the ledger's verdict.
+    pub async fn propose(
+        &self,
+        entry: LedgerEntry,
+    ) -> Result<Result<(), LedgerError>, ProposeError> {
+        match self.inner.raft.client_write(entry).await {
+            Ok(resp) => Ok(resp.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Storage(format!(
+                    "unexpected membership error on a ledger write: {e}"
+                )))
+            }
+            Err(RaftError::Fatal(f)) => Err(f.into()),
+        }
+    }
+
+    /// Clone of the applied state machine.
+    pub async fn state(&self) -> LedgerState {
+        store::read_shared(&self.inner.sm).state.clone()
+    }
+
+    /// Whether this node currently leads (from the latest raft metrics).
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The underlying raft handle (metrics, and the peer RPC entry points
+    /// for the replicated-coordinator work).
+    pub fn raft(&self) -> &LedgerRaft {
+        &self.inner.raft
+    }
+
+    /// Stops the raft node and waits until its storage is closed (the
+    /// ledger file lock is released). Idempotent.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow!("raft core task failed: {e}"))?;
+        // The state-machine worker may drop its handle a moment after the core.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.inner.db.strong_count() > 0 {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the ledger {} is still held open 10 s after raft shutdown",
+                    self.inner.path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::ledger::{HostTxnRecord, TxnStatus};
+
+    fn hosts() -> BTreeMap<String, HostTxnRecord> {
+        ["h0", "h1"]
+            .iter()
+            .map(|h| {
+                (
+                    h.to_string(),
+                    HostTxnRecord {
+                        steps: 3,
+                        aggregate: BTreeMap::new(),
+                        output_digest: 7,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn init() -> LedgerEntry {
+        LedgerEntry::Init {
+            cluster_id: "c1".into(),
+            hosts: vec!["h0".into(), "h1".into()],
+        }
+    }
+
+    fn fast() -> RaftTuning {
+        RaftTuning {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            ..Default::default()
+        }
+    }
+
+    async fn ok(l: &Ledger, e: LedgerEntry) {
+        assert_eq!(
+            l.propose(e.clone()).await.expect("proposal committed"),
+            Ok(()),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn proposals_apply_and_rejections_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "127.0.0.1:50051".into(), fast())
+            .await
+            .unwrap();
+        assert!(l.is_leader());
+        assert_eq!(l.state().await, LedgerState::default());
+
+        // Before Init the ledger rejects everything else.
+        assert_eq!(
+            l.propose(LedgerEntry::Begin { tid: 1 }).await.unwrap(),
+            Err(LedgerError::NotInitialised)
+        );
+
+        ok(&l, init()).await;
+        ok(&l, LedgerEntry::NewEpoch { epoch: 1 }).await;
+        ok(&l, LedgerEntry::Begin { tid: 1 }).await;
+        ok(
+            &l,
+            LedgerEntry::Commit {
+                tid: 1,
+                hosts: hosts(),
+                begin_next: Some(2),
+            },
+        )
+        .await;
+
+        let s = l.state().await;
+        assert_eq!(s.cluster_id, "c1");
+        assert_eq!(s.epoch, 1);
+        assert_eq!(s.last_committed, 1);
+        assert_eq!(s.tid_high_water, 2);
+        assert_eq!(s.txn(1).unwrap().status, TxnStatus::Committed);
+        assert_eq!(s.txn(1).unwrap().hosts, hosts());
+        assert_eq!(s.open_txn().map(|t| t.tid), Some(2));
+
+        // Rejected entries: the verdict is the ledger's error, the state is unchanged.
+        assert_eq!(
+            l.propose(LedgerEntry::Begin { tid: 2 }).await.unwrap(),
+            Err(LedgerError::TidReused {
+                proposed: 2,
+                high_water: 2
+            })
+        );
+        assert_eq!(
+            l.propose(LedgerEntry::NewEpoch { epoch: 1 }).await.unwrap(),
+            Err(LedgerError::StaleEpoch {
+                proposed: 1,
+                current: 1
+            })
+        );
+        let mut partial = hosts();
+        partial.remove("h1");
+        assert!(matches!(
+            l.propose(LedgerEntry::Commit {
+                tid: 2,
+                hosts: partial,
+                begin_next: Some(3)
+            })
+            .await
+            .unwrap(),
+            Err(LedgerError::MissingHosts { .. })
+        ));
+        assert_eq!(l.state().await, s);
+        l.shutdown().await.unwrap();
+        assert!(matches!(
+            l.propose(LedgerEntry::Begin { tid: 9 }).await,
+            Err(ProposeError::Shutdown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn restart_keeps_state_across_snapshots_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = RaftTuning {
+            snapshot_after_logs: 10,
+            logs_kept_after_snapshot: 2,
+            ..fast()
+        };
+
+        let l = Ledger::open_single_with(dir.path(), 7, "127.0.0.1:1".into(), tuning.clone())
+            .await
+            .unwrap();
+        ok(&l, init()).await;
+        ok(&l, LedgerEntry::NewEpoch { epoch: 1 }).await;
+        ok(&l, LedgerEntry::Begin { tid: 1 }).await;
+        for t in 1..=30 {
+            ok(
+                &l,
+                LedgerEntry::Commit {
+                    tid: t,
+                    hosts: hosts(),
+                    begin_next: Some(t + 1),
+                },
+            )
+            .await;
+        }
+        ok(&l, LedgerEntry::CheckpointComplete { tid: 20 }).await;
+        // A snapshot was built and the log before it purged.
+        let m = l
+            .raft()
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.snapshot.is_some() && m.purged.is_some(),
+                "snapshot and purge",
+            )
+            .await
+            .unwrap();
+        let purged = m.purged.unwrap().index;
+        assert!(purged > 10, "log purged up to {purged}");
+        let before = l.state().await;
+        l.shutdown().await.unwrap();
+        drop(l);
+
+        // Restart: snapshot + committed entries after it.
+        let l = Ledger::open_single_with(dir.path(), 7, "127.0.0.1:1".into(), tuning.clone())
+            .await
+            .unwrap();
+        assert_eq!(l.state().await, before);
+        assert!(l
+            .raft()
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|p| p.index >= purged));
+        // It keeps working and still refuses reused tids.
+        assert_eq!(
+            l.propose(LedgerEntry::Begin { tid: 5 }).await.unwrap(),
+            Err(LedgerError::TidReused {
+                proposed: 5,
+                high_water: 31
+            })
+        );
+        ok(
+            &l,
+            LedgerEntry::Commit {
+                tid: 31,
+                hosts: hosts(),
+                begin_next: Some(32),
+            },
+        )
+        .await;
+        let after = l.state().await;
+        assert_eq!(after.last_committed, 31);
+        l.shutdown().await.unwrap();
+        drop(l);
+
+        // And once more, with no new snapshot in between.
+        let l = Ledger::open_single_with(dir.path(), 7, "127.0.0.1:1".into(), tuning)
+            .await
+            .unwrap();
+        assert_eq!(l.state().await, after);
+        l.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restart_without_snapshot_reapplies_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        ok(&l, init()).await;
+        ok(&l, LedgerEntry::Begin { tid: 4 }).await;
+        let before = l.state().await;
+        l.shutdown().await.unwrap();
+        drop(l);
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        assert_eq!(l.state().await, before);
+        assert!(l.raft().metrics().borrow().snapshot.is_none());
+        l.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_dir_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        let err = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("ledger.redb") && msg.contains("another coordinator"),
+            "{msg}"
+        );
+        // The first one is unaffected.
+        ok(&l, init()).await;
+        l.shutdown().await.unwrap();
+        // Once shut down, the directory can be opened again.
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        assert_eq!(l.state().await.cluster_id, "c1");
+        l.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn foreign_or_damaged_files_are_refused_with_the_file_named() {
+        // Not a redb file at all.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(store::LEDGER_FILE),
+            b"definitely not a database, just some text",
+        )
+        .unwrap();
+        let msg = format!(
+            "{:#}",
+            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            msg.contains("ledger.redb") && msg.contains("not a Lockstep ledger"),
+            "{msg}"
+        );
+
+        // A redb database of something else.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(store::LEDGER_FILE)).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(redb::TableDefinition::<u64, u64>::new("other"))
+                .unwrap()
+                .insert(1, 2)
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let msg = format!(
+            "{:#}",
+            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            msg.contains("ledger.redb") && msg.contains("not a Lockstep ledger"),
+            "{msg}"
+        );
+
+        // A real ledger with a damaged body.
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        ok(&l, init()).await;
+        l.shutdown().await.unwrap();
+        drop(l);
+        let path = dir.path().join(store::LEDGER_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for b in bytes.iter_mut().skip(9) {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let msg = format!(
+            "{:#}",
+            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+                .await
+                .unwrap_err()
+        );
+        assert!(msg.contains("ledger.redb"), "{msg}");
+
+        // The data directory is a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"x").unwrap();
+        let msg = format!(
+            "{:#}",
+            Ledger::open_single_with(&file, 1, "a".into(), fast())
+                .await
+                .unwrap_err()
+        );
+        assert!(msg.contains("not a directory"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn another_node_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        l.shutdown().await.unwrap();
+        drop(l);
+        let msg = format!(
+            "{:#}",
+            Ledger::open_single_with(dir.path(), 2, "a".into(), fast())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            msg.contains("voters [1]") && msg.contains("node 2"),
+            "{msg}"
+        );
+        // The failed open released the lock.
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        l.shutdown().await.unwrap();
+    }
+
+    /// openraft's own storage conformance suite against our redb store.
+    #[test]
+    fn openraft_storage_suite() {
+        struct Builder;
+        impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir>
+            for Builder
+        {
+            async fn build(
+                &self,
+            ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<NodeId>>
+            {
+                let dir = tempfile::tempdir().unwrap();
+                let (db, _) = store::open_db(dir.path()).unwrap();
+                let db = Arc::new(db);
+                Ok((
+                    dir,
+                    LogStore::new(db.clone()),
+                    StateMachine::load(db).unwrap(),
+                ))
+            }
+        }
+        openraft::testing::Suite::test_all(Builder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn snapshots_build_install_and_read_back() {
+        use openraft::storage::RaftStateMachine as _;
+        use openraft::RaftSnapshotBuilder as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
+            .await
+            .unwrap();
+        ok(&l, init()).await;
+        ok(&l, LedgerEntry::Begin { tid: 3 }).await;
+        let want = l.state().await;
+        l.raft().trigger().snapshot().await.unwrap();
+        l.raft()
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.snapshot.is_some(), "snapshot")
+            .await
+            .unwrap();
+        let snap = l
+            .raft()
+            .get_snapshot()
+            .await
+            .unwrap()
+            .expect("current snapshot");
+        l.shutdown().await.unwrap();
+
+        // Install it into a fresh state machine elsewhere.
+        let other = tempfile::tempdir().unwrap();
+        let (db, _) = store::open_db(other.path()).unwrap();
+        let db = Arc::new(db);
+        let mut sm = StateMachine::load(db.clone()).unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(store::read_shared(&sm.shared()).state, want);
+        assert_eq!(sm.applied_state().await.unwrap().0, snap.meta.last_log_id);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, snap.meta);
+        // A rebuilt snapshot has the same content, and a reload starts from it.
+        let rebuilt = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.meta.last_log_id, snap.meta.last_log_id);
+        drop(sm);
+        let sm = StateMachine::load(db).unwrap();
+        assert_eq!(store::read_shared(&sm.shared()).state, want);
+    }
+}

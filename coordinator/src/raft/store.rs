@@ -1,0 +1,644 @@
+//! Durable raft storage for the ledger group, in one redb file per node.
+//!
+//! Layout of `<data dir>/ledger.redb`:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `raft_log` | log index (u64) | JSON of `openraft::Entry<TypeConfig>` |
+//! | `raft_meta` | `"format"` | [`FORMAT`]: marks the file as a Lockstep ledger, with its version |
+//! | `raft_meta` | `"vote"` | JSON `Vote` |
+//! | `raft_meta` | `"committed"` | JSON `LogId`: highest log id known committed |
+//! | `raft_meta` | `"last_purged"` | JSON `LogId`: highest log id removed from `raft_log` |
+//! | `raft_meta` | `"snapshot_meta"` | JSON `SnapshotMeta` of the current snapshot |
+//! | `raft_meta` | `"snapshot_data"` | the snapshot bytes (JSON [`SnapshotPayload`]) |
+//!
+//! Every write is one redb write transaction committed with redb's default
+//! durability (`Durability::Immediate`: fsync before `commit` returns), and
+//! openraft is told an append is flushed (`LogFlushed`) only after that
+//! commit. The one exception is the committed id (see
+//! `LogStore::save_committed`), a hint written without its own fsync. redb runs blocking file I/O, so each operation runs on tokio's
+//! blocking pool.
+//!
+//! The state machine ([`StateMachine`]) is the ledger in memory plus the last
+//! applied log id and membership. It is not written on every apply: on
+//! restart it is rebuilt from the current snapshot, and openraft re-applies
+//! the committed entries after it (`read_committed`).
+
+use std::io::Cursor;
+use std::io::Read as _;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+
+use anyhow::{anyhow, bail, Context as _};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, BasicNode, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Vote,
+};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase as _, ReadableTable as _,
+    TableDefinition, TableError, TableHandle as _,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, TypeConfig, Verdict};
+use crate::ledger::LedgerState;
+
+/// The ledger file inside the coordinator's data directory.
+pub const LEDGER_FILE: &str = "ledger.redb";
+/// Format marker stored under `raft_meta["format"]`.
+pub const FORMAT: &str = "lockstep-ledger/1";
+const SNAPSHOT_FORMAT: &str = "lockstep-ledger-snapshot/1";
+/// The first bytes of every redb file (redb's `MAGICNUMBER`).
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const K_FORMAT: &str = "format";
+const K_VOTE: &str = "vote";
+const K_COMMITTED: &str = "committed";
+const K_LAST_PURGED: &str = "last_purged";
+const K_SNAPSHOT_META: &str = "snapshot_meta";
+const K_SNAPSHOT_DATA: &str = "snapshot_data";
+
+type Entry = openraft::Entry<TypeConfig>;
+type SErr = StorageError<NodeId>;
+
+/// Opens (creating if new) `<dir>/ledger.redb`, holding redb's exclusive
+/// file lock for as long as the returned database lives. Never panics on a
+/// foreign or damaged file: every failure is an error naming the file and
+/// what to do.
+pub fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf)> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "ledger data directory {} exists but is not a directory; pass a directory path",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating ledger data directory {}", dir.display()))?;
+    let path = dir.join(LEDGER_FILE);
+    let shown = path.display();
+
+    if path.exists() {
+        if path.is_dir() {
+            bail!("{shown} is a directory, not a Lockstep ledger file; move it away or choose another data directory");
+        }
+        let mut head = Vec::with_capacity(REDB_MAGIC.len());
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(REDB_MAGIC.len() as u64).read_to_end(&mut head))
+            .with_context(|| format!("reading {shown}"))?;
+        // An empty file is what a crash during the very first create leaves
+        // behind; redb initialises it.
+        if !head.is_empty() && head != REDB_MAGIC {
+            bail!(
+                "{shown} is not a Lockstep ledger (not a redb database): this data directory holds something else; \
+                 move the file away or choose another data directory"
+            );
+        }
+    }
+
+    // redb checks its own invariants with debug assertions; a damaged file
+    // must still be an error, never a crash of the coordinator.
+    let opened = std::panic::catch_unwind(|| Database::create(&path));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) | Ok(Err(DatabaseError::LockProtocolMismatch)) => bail!(
+            "{shown} is locked: another coordinator is using this ledger (two coordinators cannot share one data \
+             directory); stop the other process or give this one its own data directory"
+        ),
+        Ok(Err(DatabaseError::UpgradeRequired(v))) => bail!(
+            "{shown} uses redb file format {v}, which this build cannot open; open it with the Lockstep version \
+             that wrote it, or move it away to start an empty ledger"
+        ),
+        Ok(Err(DatabaseError::Storage(redb::StorageError::Io(e)))) if e.kind() == std::io::ErrorKind::InvalidData => {
+            bail!(
+                "{shown} is not a Lockstep ledger (not a redb database: {e}); move the file away or choose another \
+                 data directory"
+            )
+        }
+        Ok(Err(e)) => bail!(
+            "cannot open the ledger {shown}: {e}; if the file is damaged, restore it from a backup (or, in a \
+             multi-node group, remove it so the node catches up from the leader)"
+        ),
+        Err(_) => bail!(
+            "the ledger {shown} is damaged (redb failed an internal check while opening it); restore it from a \
+             backup (or, in a multi-node group, remove it so the node catches up from the leader)"
+        ),
+    };
+    check_format(&db, &path)?;
+    Ok((db, path))
+}
+
+/// Stamps a brand-new file with [`FORMAT`]; refuses a redb file that is not a
+/// Lockstep ledger or has another format version.
+fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    let rtx = db
+        .begin_read()
+        .with_context(|| format!("reading {shown}"))?;
+    let tables: Vec<String> = rtx
+        .list_tables()
+        .with_context(|| format!("reading {shown}"))?
+        .map(|t| t.name().to_string())
+        .collect();
+    if tables.is_empty() {
+        drop(rtx);
+        let wtx = db
+            .begin_write()
+            .with_context(|| format!("writing {shown}"))?;
+        {
+            let mut meta = wtx.open_table(META)?;
+            meta.insert(K_FORMAT, FORMAT.as_bytes())?;
+            wtx.open_table(LOG)?;
+        }
+        wtx.commit().with_context(|| format!("writing {shown}"))?;
+        return Ok(());
+    }
+    let not_ours = || {
+        anyhow!(
+            "{shown} is a redb database but not a Lockstep ledger (tables: {tables:?}); move it away or choose \
+             another data directory"
+        )
+    };
+    let meta = match rtx.open_table(META) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) | Err(TableError::TableTypeMismatch { .. }) => {
+            return Err(not_ours())
+        }
+        Err(e) => return Err(anyhow!(e).context(format!("reading {shown}"))),
+    };
+    let found = meta
+        .get(K_FORMAT)
+        .with_context(|| format!("reading {shown}"))?
+        .map(|v| v.value().to_vec());
+    match found {
+        Some(v) if v == FORMAT.as_bytes() => Ok(()),
+        Some(v) => bail!(
+            "{shown} has ledger format {:?}, this build supports {FORMAT:?}; open it with the Lockstep version \
+             that wrote it",
+            String::from_utf8_lossy(&v)
+        ),
+        None => Err(not_ours()),
+    }
+}
+
+// ---- small helpers ----------------------------------------------------------
+
+/// Runs blocking redb work on tokio's blocking pool, mapping any failure to
+/// the openraft storage error `wrap` builds.
+async fn blocking<T, F>(wrap: fn(AnyError) -> StorageIOError<NodeId>, f: F) -> Result<T, SErr>
+where
+    T: Send + 'static,
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+{
+    let res = match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow!("ledger storage task failed: {e}")),
+    };
+    res.map_err(|e| wrap(AnyError::error(format!("{e:#}"))).into())
+}
+
+fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> anyhow::Result<Option<T>> {
+    let rtx = db.begin_read()?;
+    let meta = rtx.open_table(META)?;
+    let Some(v) = meta.get(key)? else {
+        return Ok(None);
+    };
+    let t = serde_json::from_slice(v.value())
+        .with_context(|| format!("decoding raft_meta[{key:?}]"))?;
+    Ok(Some(t))
+}
+
+fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result<()> {
+    put_meta_with(db, key, value, Durability::Immediate)
+}
+
+fn put_meta_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(value)?;
+    let mut wtx = db.begin_write()?;
+    wtx.set_durability(durability).map_err(|e| anyhow!("{e}"))?;
+    wtx.open_table(META)?.insert(key, bytes.as_slice())?;
+    wtx.commit()?;
+    Ok(())
+}
+
+fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> anyhow::Result<Vec<Entry>> {
+    let rtx = db.begin_read()?;
+    let log = rtx.open_table(LOG)?;
+    let mut out = Vec::new();
+    for item in log.range::<u64>(range)? {
+        let (k, v) = item?;
+        let e: Entry = serde_json::from_slice(v.value())
+            .with_context(|| format!("decoding raft log entry {}", k.value()))?;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn read_log_state(db: &Database) -> anyhow::Result<LogState<TypeConfig>> {
+    let last_purged: Option<LogId<NodeId>> = get_meta(db, K_LAST_PURGED)?;
+    let rtx = db.begin_read()?;
+    let log = rtx.open_table(LOG)?;
+    let last = match log.last()? {
+        Some((k, v)) => {
+            let e: Entry = serde_json::from_slice(v.value())
+                .with_context(|| format!("decoding raft log entry {}", k.value()))?;
+            Some(e.log_id)
+        }
+        None => last_purged,
+    };
+    Ok(LogState {
+        last_purged_log_id: last_purged,
+        last_log_id: last,
+    })
+}
+
+// ---- log storage --------------------------------------------------------------
+
+/// The raft log, vote and committed id. Cheap to clone: it is also its own
+/// `LogReader`.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, SErr> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db.clone();
+        blocking(StorageIOError::read_logs, move || read_entries(&db, bounds)).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::read_logs, move || read_log_state(&db)).await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(StorageIOError::write_vote, move || {
+            put_meta(&db, K_VOTE, &vote)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::read_vote, move || get_meta(&db, K_VOTE)).await
+    }
+
+    /// The committed id is a hint that lets a restarted node re-apply
+    /// committed entries before it hears from a leader; raft's safety never
+    /// depends on it (everything it names is in the durable log, and a leader
+    /// re-commits it). So it is written without an fsync of its own: redb
+    /// makes it durable with the next append's commit, at most one append
+    /// behind. That keeps a proposal at one fsync instead of two.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::write, move || {
+            put_meta_with(&db, K_COMMITTED, &committed, Durability::None)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::read, move || {
+            Ok(get_meta::<Option<LogId<NodeId>>>(&db, K_COMMITTED)?.flatten())
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for e in entries {
+            let bytes = serde_json::to_vec(&e)
+                .map_err(|err| StorageIOError::write_log_entry(e.log_id, AnyError::new(&err)))?;
+            rows.push((e.log_id.index, bytes));
+        }
+        let db = self.db.clone();
+        let res = blocking(StorageIOError::write_logs, move || {
+            let wtx = db.begin_write()?;
+            {
+                let mut log = wtx.open_table(LOG)?;
+                for (index, bytes) in &rows {
+                    log.insert(*index, bytes.as_slice())?;
+                }
+            }
+            // Default durability: fsync before commit returns.
+            wtx.commit()?;
+            Ok(())
+        })
+        .await;
+        // Acknowledge only what is on disk.
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::write_logs, move || {
+            let wtx = db.begin_write()?;
+            wtx.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
+            wtx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(StorageIOError::write_logs, move || {
+            let bytes = serde_json::to_vec(&Some(log_id))?;
+            let wtx = db.begin_write()?;
+            {
+                wtx.open_table(META)?
+                    .insert(K_LAST_PURGED, bytes.as_slice())?;
+                wtx.open_table(LOG)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+            }
+            wtx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+// ---- state machine ------------------------------------------------------------
+
+/// The applied state: the ledger plus what raft needs to know about it.
+#[derive(Clone, Debug, Default)]
+pub struct SmData {
+    pub state: LedgerState,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// What a snapshot's bytes hold (the meta travels beside it).
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotPayload {
+    pub format: String,
+    pub state: LedgerState,
+}
+
+/// The ledger state machine. Clones share the same state (the snapshot
+/// builder is a clone).
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    data: Arc<RwLock<SmData>>,
+}
+
+impl StateMachine {
+    /// Loads the current snapshot, if any, as the starting state.
+    pub fn load(db: Arc<Database>) -> anyhow::Result<Self> {
+        let mut data = SmData::default();
+        if let Some((meta, bytes)) = read_snapshot(&db)? {
+            data = SmData {
+                state: decode_snapshot(&bytes).context("decoding the current snapshot")?,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership,
+            };
+        }
+        Ok(StateMachine {
+            db,
+            data: Arc::new(RwLock::new(data)),
+        })
+    }
+
+    /// The shared applied state (read by `Ledger::state`).
+    pub fn shared(&self) -> Arc<RwLock<SmData>> {
+        self.data.clone()
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmData> {
+        // `LedgerState::apply` never panics, so the lock is never poisoned
+        // with a half-applied entry.
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn read_shared(data: &RwLock<SmData>) -> RwLockReadGuard<'_, SmData> {
+    data.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn decode_snapshot(bytes: &[u8]) -> anyhow::Result<LedgerState> {
+    let p: SnapshotPayload =
+        serde_json::from_slice(bytes).context("snapshot is not valid ledger JSON")?;
+    if p.format != SNAPSHOT_FORMAT {
+        bail!(
+            "snapshot format {:?} is not the supported {SNAPSHOT_FORMAT:?}",
+            p.format
+        );
+    }
+    Ok(p.state)
+}
+
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+
+fn read_snapshot(db: &Database) -> anyhow::Result<Option<(Meta, Vec<u8>)>> {
+    let Some(meta) = get_meta::<Meta>(db, K_SNAPSHOT_META)? else {
+        return Ok(None);
+    };
+    let rtx = db.begin_read()?;
+    let t = rtx.open_table(META)?;
+    let data = t
+        .get(K_SNAPSHOT_DATA)?
+        .ok_or_else(|| anyhow!("snapshot meta present but snapshot data missing"))?;
+    Ok(Some((meta, data.value().to_vec())))
+}
+
+/// Stores `meta`/`bytes` as the current snapshot unless a newer one is
+/// already stored (a slow build must not replace a later install).
+fn write_snapshot(db: &Database, meta: &Meta, bytes: &[u8]) -> anyhow::Result<()> {
+    let meta_bytes = serde_json::to_vec(meta)?;
+    let wtx = db.begin_write()?;
+    {
+        let mut t = wtx.open_table(META)?;
+        let current: Option<Meta> = match t.get(K_SNAPSHOT_META)? {
+            Some(v) => {
+                Some(serde_json::from_slice(v.value()).context("decoding stored snapshot meta")?)
+            }
+            None => None,
+        };
+        if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+            return Ok(());
+        }
+        t.insert(K_SNAPSHOT_META, meta_bytes.as_slice())?;
+        t.insert(K_SNAPSHOT_DATA, bytes)?;
+    }
+    wtx.commit()?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let (state, last_applied, membership) = {
+            let d = read_shared(&self.data);
+            (d.state.clone(), d.last_applied, d.membership.clone())
+        };
+        let bytes = serde_json::to_vec(&SnapshotPayload {
+            format: SNAPSHOT_FORMAT.into(),
+            state,
+        })
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{stamp}", l.leader_id, l.index),
+            None => format!("none-{stamp}"),
+        };
+        let meta = Meta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let (db, m, b) = (self.db.clone(), meta.clone(), bytes.clone());
+        blocking(
+            |e| StorageIOError::write_snapshot(None, e),
+            move || write_snapshot(&db, &m, &b),
+        )
+        .await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+        let d = read_shared(&self.data);
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Verdict>, SErr>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut d = self.write();
+        let mut out = Vec::new();
+        for e in entries {
+            d.last_applied = Some(e.log_id);
+            let verdict = match e.payload {
+                EntryPayload::Blank => Ok(()),
+                // The ledger's verdict: a rejected entry leaves the state
+                // unchanged, identically on every replica.
+                EntryPayload::Normal(entry) => d.state.apply(&entry),
+                EntryPayload::Membership(m) => {
+                    d.membership = StoredMembership::new(Some(e.log_id), m);
+                    Ok(())
+                }
+            };
+            out.push(Verdict(verdict));
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let bytes = snapshot.into_inner();
+        let state = decode_snapshot(&bytes).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(format!("{e:#}")))
+        })?;
+        let (db, m) = (self.db.clone(), meta.clone());
+        let sig = meta.signature();
+        let res = tokio::task::spawn_blocking(move || write_snapshot(&db, &m, &bytes)).await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(StorageIOError::write_snapshot(
+                    Some(sig),
+                    AnyError::error(format!("{e:#}")),
+                )
+                .into())
+            }
+            Err(e) => {
+                return Err(StorageIOError::write_snapshot(
+                    Some(sig),
+                    AnyError::error(e.to_string()),
+                )
+                .into())
+            }
+        }
+        let mut d = self.write();
+        *d = SmData {
+            state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let db = self.db.clone();
+        let snap = blocking(
+            |e| StorageIOError::read_snapshot(None, e),
+            move || read_snapshot(&db),
+        )
+        .await?;
+        Ok(snap.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
