@@ -47,6 +47,9 @@ pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const REPORTS_QUEUED_MAX: usize = 1_024;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
+/// How long a stream we drop for a protocol violation stays open so the
+/// coordinator can read our error report.
+pub const DROP_GRACE_MS: u64 = 200;
 /// Pause between live steps by default.
 pub const STEP_INTERVAL_MS_DEFAULT: u64 = 10;
 
@@ -223,8 +226,10 @@ enum SessionEnd {
     Shutdown,
     /// Could not connect or open the stream; try the next address.
     ConnectFailed(String),
-    /// The stream was up and is gone (or we dropped it).
+    /// The stream was up and is gone.
     Lost(String),
+    /// We end the stream: the coordinator broke the protocol.
+    Dropped(String),
 }
 
 /// The stream towards the coordinator, numbering reports 1, 2, 3, ...
@@ -270,6 +275,8 @@ struct Agent<E> {
     replay_prev_step: Option<u64>,
     ingest_addr: String,
     next_live_step_at: Instant,
+    /// The last session got as far as `Welcome`.
+    welcomed_in_session: bool,
 }
 
 impl<E: Engine> Agent<E> {
@@ -324,6 +331,7 @@ impl<E: Engine> Agent<E> {
             replay_prev_step: None,
             ingest_addr: String::new(),
             next_live_step_at: Instant::now(),
+            welcomed_in_session: false,
             config,
         };
         agent.load_checkpoints().await?;
@@ -371,7 +379,9 @@ impl<E: Engine> Agent<E> {
         loop {
             let addr = self.config.coordinators[attempt % self.config.coordinators.len()].clone();
             attempt += 1;
-            match self.session(&addr, shutdown).await {
+            let end = self.session(&addr, shutdown).await;
+            let welcomed_once = std::mem::take(&mut self.welcomed_in_session);
+            match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::ConnectFailed(why) => {
                     if attempt.is_multiple_of(self.config.coordinators.len()) {
@@ -380,9 +390,14 @@ impl<E: Engine> Agent<E> {
                         debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
                     }
                 }
-                SessionEnd::Lost(why) => {
+                SessionEnd::Lost(why) | SessionEnd::Dropped(why) => {
                     warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
-                    backoff = min;
+                    // A coordinator that accepts the stream and then ends it
+                    // without ever welcoming us (it refused our Hello) is
+                    // retried with growing backoff, not in a tight loop.
+                    if welcomed_once {
+                        backoff = min;
+                    }
                 }
             }
             tokio::select! {
@@ -455,10 +470,21 @@ impl<E: Engine> Agent<E> {
             Err(end) => end,
             Ok(()) => self.drive(&mut out, &mut inbound, shutdown).await,
         };
+        self.welcomed_in_session = self.core.welcomed();
+        if let SessionEnd::Dropped(reason) = &end {
+            // Half-close our side and give the coordinator a moment to read
+            // the protocol error we queued before the stream goes away.
+            warn!(host = %self.host(), coordinator = %addr, "dropping the coordinator stream: {reason}");
+            drop(out);
+            let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+            let _ = tokio::time::timeout(Duration::from_millis(DROP_GRACE_MS), drain).await;
+        }
         // Whatever ended the stream, the core hears about it. Its actions
         // (abandoning an open transaction) need no stream.
         let closed = self.core.handle(Event::StreamClosed);
-        let (tx, _rx) = mpsc::channel(1);
+        // No stream any more: a report here fails at once instead of waiting.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
         let mut detached = Reporter { tx, next_seq: 0 };
         let _ = self.execute(closed, &mut detached).await;
         end
@@ -488,6 +514,9 @@ impl<E: Engine> Agent<E> {
                             Ok(command) => Event::Command { seq: cmd.seq, epoch: cmd.epoch, command },
                             Err(reason) => Event::MalformedCommand { seq: cmd.seq, epoch: cmd.epoch, reason },
                         };
+                        if let Event::Command { command: crate::core::Command::Stop { reason }, .. } = &event {
+                            info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
+                        }
                         debug!(host = %self.host(), ?event, "command");
                         self.core.handle(event)
                     }
@@ -558,7 +587,7 @@ impl<E: Engine> Agent<E> {
                 Action::Checkpoint { tid } => self.checkpoint(tid).await,
                 Action::CheckpointComplete { tid } => self.checkpoint_complete(tid).await,
                 Action::Restore { checkpoint_tid } => self.restore(checkpoint_tid).await,
-                Action::DropStream { reason } => return Err(SessionEnd::Lost(format!("protocol violation: {reason}"))),
+                Action::DropStream { reason } => return Err(SessionEnd::Dropped(reason)),
             };
             if let Err(f) = result {
                 error!(host = %self.host(), kind = f.kind.as_str(), tid = f.tid, "{}", f.message);
@@ -620,6 +649,16 @@ impl<E: Engine> Agent<E> {
             Ok(input) => input,
             Err(e) => return fail(ErrorKind::Engine, format!("host {host}: taking input for step {step} of tid {tid} failed: {e}")),
         };
+        // Every endpoint in every step, so journaled and replayed checksums
+        // always name the same endpoints.
+        let names: BTreeSet<&str> = input.endpoints.iter().map(|e| e.endpoint.as_str()).collect();
+        let expected = engine.endpoints();
+        if names.len() != input.endpoints.len() || names != expected.iter().map(String::as_str).collect() {
+            return fail(
+                ErrorKind::Engine,
+                format!("host {host}: step {step} of tid {tid}: the engine's input names endpoints {names:?}, but it declares {expected:?} (each exactly once)"),
+            );
+        }
         let record = pb::JournalRecord {
             kind: Some(pb::journal_record::Kind::Step(pb::StepRecord {
                 step,
