@@ -12,3 +12,4 @@ pub mod core;
 pub mod ledger;
 pub mod raft;
 pub mod wire;
+pub mod service;

@@ -86,6 +86,25 @@ impl Proc {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// A host agent of `cluster` with `host_id` on host `dir_of`'s data
+    /// directory (name for logs: `name`), pointed at `c`'s coordinator.
+    pub fn spawn_host(c: &Cluster, host_id: &str, name: &str, cluster: &str) -> Proc {
+        let dir = c.dir.path().join(host_id);
+        let args = vec![
+            "--host-id".into(),
+            host_id.into(),
+            "--cluster-id".into(),
+            cluster.into(),
+            "--coordinator".into(),
+            format!("http://{}", c.addr),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--ingest-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        Proc::spawn(name, bin_dir().join("host-agent"), args, c.dir.path().join(format!("{name}.log")))
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

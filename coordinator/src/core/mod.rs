@@ -504,6 +504,8 @@ impl Core {
             unreachable!("the shell applied {entry:?} to the replicated ledger, so the core's copy must accept it: {e}");
         }
         match (&self.phase, &entry) {
+            // Hosts may have said hello before the new ledger's Init landed.
+            (Phase::Joining, LedgerEntry::Init { .. }) => self.try_start_recovery(out),
             (Phase::Bumping { epoch }, LedgerEntry::NewEpoch { epoch: e }) if epoch == e => self.restore(out),
             (Phase::Running(Txn::Beginning { tid }), LedgerEntry::Begin { tid: t }) if tid == t => {
                 let tid = *tid;

@@ -1,0 +1,495 @@
+//! The coordinator's async shell: gRPC services and the driver task that
+//! owns the sans-IO core.
+//!
+//! Every input (a host report, a raft commit, a timer tick, an operator
+//! request) becomes one message on the driver's channel; the driver feeds it
+//! to `Core::handle` and executes the returned actions in one `match`
+//! (`Driver::execute`). Ledger proposals run on a separate proposer task, in
+//! order, so the driver never blocks on an fsync and `Applied` events come
+//! back in log order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use lockstep_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::core::{Action, ConnId, Core, CoreConfig, Event, HostId, LedgerEntry, Notice, Phase, Txn};
+use crate::raft::Ledger;
+use crate::wire;
+
+/// Bound of each host stream's outgoing command queue.
+const HOST_COMMANDS_QUEUE_MAX: usize = 1024;
+/// Bound of the driver's input queue.
+const DRIVER_QUEUE_MAX: usize = 4096;
+/// How often timers are checked.
+const TICK_MS: u64 = 10;
+
+type Query = Box<dyn FnOnce(&Core) + Send>;
+
+enum Msg {
+    Event(Event),
+    /// A stream opened: register its command sender before its Hello.
+    Open { conn: ConnId, tx: mpsc::Sender<Result<pb::Command, Status>> },
+    Query(Query),
+    /// An event from a host stream; dropped unless the stream was accepted.
+    FromConn { conn: ConnId, event: Event },
+}
+
+/// Cloneable handle for the gRPC services to reach the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Msg>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl DriverHandle {
+    async fn event(&self, e: Event) -> Result<(), Status> {
+        self.tx.send(Msg::Event(e)).await.map_err(|_| Status::unavailable("coordinator is shutting down"))
+    }
+
+    /// Runs `f` against the core on the driver task and returns its result.
+    pub async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Core) -> T + Send + 'static) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Query(Box::new(move |core| {
+                let _ = tx.send(f(core));
+            })))
+            .await
+            .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
+        rx.await.map_err(|_| Status::unavailable("coordinator is shutting down"))
+    }
+}
+
+struct Conn {
+    tx: mpsc::Sender<Result<pb::Command, Status>>,
+    host: Option<HostId>,
+    next_seq: u64,
+}
+
+struct Driver {
+    core: Core,
+    conns: HashMap<ConnId, Conn>,
+    host_conn: HashMap<HostId, ConnId>,
+    propose_tx: mpsc::UnboundedSender<LedgerEntry>,
+    coordinator_id: String,
+}
+
+/// Starts the driver, the proposer and the ticker. Returns the handle the
+/// gRPC services use.
+pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String) -> anyhow::Result<DriverHandle> {
+    let state = ledger.state().await;
+    let (core, initial) = Core::new(cfg, state).map_err(anyhow::Error::msg)?;
+    let (tx, mut rx) = mpsc::channel::<Msg>(DRIVER_QUEUE_MAX);
+    let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
+
+    // Proposer: one proposal at a time, so results return in log order.
+    let events = tx.clone();
+    let proposer_ledger = ledger.clone();
+    tokio::spawn(async move {
+        while let Some(entry) = propose_rx.recv().await {
+            let event = match proposer_ledger.propose(entry.clone()).await {
+                Ok(result) => Event::Applied { entry, result },
+                Err(e) => Event::ProposeFailed { entry, error: e.to_string() },
+            };
+            if events.send(Msg::Event(event)).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let ticks = tx.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(TICK_MS));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if ticks.send(Msg::Event(Event::Tick)).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let mut driver = Driver { core, conns: HashMap::new(), host_conn: HashMap::new(), propose_tx, coordinator_id };
+    driver.execute(initial);
+    tokio::spawn(
+        async move {
+            while let Some(msg) = rx.recv().await {
+                let now_ms = started.elapsed().as_millis() as u64;
+                match msg {
+                    Msg::Event(e) => {
+                        let actions = driver.core.handle(now_ms, e);
+                        driver.execute(actions);
+                    }
+                    Msg::Open { conn, tx } => {
+                        driver.conns.insert(conn, Conn { tx, host: None, next_seq: 1 });
+                    }
+                    Msg::Query(f) => f(&driver.core),
+                    Msg::FromConn { conn, event } => {
+                        let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
+                        if accepted || matches!(event, Event::Disconnected { .. }) {
+                            let actions = driver.core.handle(now_ms, event);
+                            driver.execute(actions);
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(info_span!("driver")),
+    );
+    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)) })
+}
+
+impl Driver {
+    /// The one place where the core's decisions become I/O.
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { host, epoch, cmd } => {
+                    let Some(conn) = self.host_conn.get(&host).and_then(|c| self.conns.get_mut(c)) else {
+                        // The core only addresses connected hosts; a stream
+                        // that just died is reported to it as Disconnected.
+                        warn!(%host, ?cmd, "command for a host without a stream dropped");
+                        continue;
+                    };
+                    let seq = conn.next_seq;
+                    conn.next_seq += 1;
+                    if conn.tx.try_send(Ok(wire::command_to(seq, epoch, &cmd))).is_err() {
+                        warn!(%host, "host command queue full or closed; the stream will be reported lost");
+                    }
+                }
+                Action::Accept { conn, host } => {
+                    if let Some(old) = self.host_conn.insert(host.clone(), conn) {
+                        if old != conn {
+                            self.conns.remove(&old);
+                        }
+                    }
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.host = Some(host.clone());
+                        let seq = c.next_seq;
+                        c.next_seq += 1;
+                        let welcome = pb::Command {
+                            seq,
+                            epoch: self.core.epoch(),
+                            command: Some(pb::command::Command::Welcome(pb::Welcome {
+                                coordinator_id: self.coordinator_id.clone(),
+                            })),
+                        };
+                        let _ = c.tx.try_send(Ok(welcome));
+                    }
+                    info!(%host, conn, "host joined");
+                }
+                Action::Reject { conn, error } => {
+                    warn!(conn, %error, "host stream rejected");
+                    if let Some(c) = self.conns.remove(&conn) {
+                        let _ = c.tx.try_send(Err(Status::failed_precondition(error)));
+                    }
+                }
+                Action::Drop { conn, host, why } => {
+                    warn!(%host, conn, %why, "dropping host stream");
+                    if let Some(c) = self.conns.remove(&conn) {
+                        let _ = c.tx.try_send(Err(Status::aborted(format!("coordinator dropped this stream: {why}"))));
+                    }
+                    if self.host_conn.get(&host) == Some(&conn) {
+                        self.host_conn.remove(&host);
+                    }
+                }
+                Action::Propose(entry) => {
+                    if self.propose_tx.send(entry).is_err() {
+                        error!("ledger proposer stopped");
+                    }
+                }
+                Action::Notice(n) => self.notice(n),
+            }
+        }
+    }
+
+    fn notice(&self, n: Notice) {
+        let epoch = self.core.epoch();
+        match n {
+            Notice::PipelineState { from, to, why } => info!(epoch, %from, %to, %why, "pipeline state"),
+            Notice::HostJoined { host } => info!(epoch, %host, "host said hello"),
+            Notice::HostLost { host, why } => warn!(epoch, %host, %why, "host lost; the open transaction will not commit"),
+            Notice::Committed { tid, replayed, records } => {
+                info!(epoch, tid, replayed, records, "committed")
+            }
+            Notice::CheckpointComplete { tid } => info!(epoch, tid, "checkpoint complete on every host"),
+            Notice::Recovering { epoch, checkpoint, replay_tids, open_tid } => info!(
+                epoch,
+                checkpoint,
+                replay = replay_tids.len(),
+                first = replay_tids.first().copied().unwrap_or(0),
+                last = replay_tids.last().copied().unwrap_or(0),
+                open_tid = open_tid.unwrap_or(0),
+                "recovering: restore checkpoint, replay committed tids, then continue"
+            ),
+            Notice::Failed(d) => error!(
+                epoch,
+                host = d.host.as_deref().unwrap_or(""),
+                tid = d.tid.unwrap_or(0),
+                step = d.step.unwrap_or(0),
+                endpoint = d.endpoint.as_deref().unwrap_or(""),
+                "PIPELINE FAILED: {d}"
+            ),
+        }
+    }
+}
+
+// ------------------------------------------------------------- HostSession
+
+pub struct HostSessionService {
+    driver: DriverHandle,
+}
+
+type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::Command, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::host_session_server::HostSession for HostSessionService {
+    type SessionStream = CommandStream;
+
+    async fn session(&self, request: Request<Streaming<pb::HostReport>>) -> Result<Response<CommandStream>, Status> {
+        let peer = request.remote_addr();
+        let mut reports = request.into_inner();
+        let first = match reports.next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Err(e),
+            None => return Err(Status::invalid_argument("stream closed before Hello")),
+        };
+        let hello = match (first.seq, first.report) {
+            (1, Some(pb::host_report::Report::Hello(h))) => h,
+            (seq, _) => {
+                return Err(Status::invalid_argument(format!(
+                    "the first report of a session must be Hello with seq 1 (got seq {seq}); is this a Lockstep host agent?"
+                )))
+            }
+        };
+        let hello = wire::hello_from(hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let host = hello.host_id.clone();
+        let conn = self.driver.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(HOST_COMMANDS_QUEUE_MAX);
+        let driver = self.driver.clone();
+        driver.tx.send(Msg::Open { conn, tx }).await.map_err(|_| Status::unavailable("shutting down"))?;
+        driver.event(Event::Hello { conn, hello }).await?;
+        info!(%host, conn, ?peer, "host stream opened");
+
+        tokio::spawn(
+            async move {
+                let mut expected_seq = 2;
+                let reason = loop {
+                    match reports.next().await {
+                        None => break "stream closed by the host".to_string(),
+                        Some(Err(e)) => break format!("stream error: {e}"),
+                        Some(Ok(r)) => {
+                            if r.seq != expected_seq {
+                                break format!(
+                                    "report sequence gap: expected #{expected_seq}, got #{} (a report was lost)",
+                                    r.seq
+                                );
+                            }
+                            expected_seq += 1;
+                            match wire::report_to_event(&host, r) {
+                                Ok(event) => {
+                                    if driver.tx.send(Msg::FromConn { conn, event }).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => break format!("malformed report: {e}"),
+                            }
+                        }
+                    }
+                };
+                warn!(%host, conn, %reason, "host stream ended");
+                let _ = driver.tx.send(Msg::FromConn { conn, event: Event::Disconnected { conn, host, reason } }).await;
+            }
+            .instrument(info_span!("host_stream", conn)),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+// ------------------------------------------------------------------- Admin
+
+pub struct AdminService {
+    driver: DriverHandle,
+    ledger: Ledger,
+}
+
+fn host_statuses(core: &Core) -> Vec<pb::HostStatus> {
+    core.hosts()
+        .iter()
+        .map(|(h, s)| pb::HostStatus {
+            host_id: h.clone(),
+            connected: s.conn.is_some(),
+            state: if s.conn.is_none() {
+                "Disconnected".into()
+            } else if s.txn.prepared.is_some() {
+                "Prepared".into()
+            } else {
+                core.phase().name().into()
+            },
+            last_step: s.last_step,
+            last_committed_tid: s.last_committed,
+            ingest_addr: s.hello.as_ref().map(|h| h.ingest_addr.clone()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
+    pb::Transaction {
+        tid: t.tid,
+        state: format!("{:?}", t.status),
+        epoch: t.epoch,
+        hosts: t
+            .hosts
+            .iter()
+            .map(|(h, r)| pb::HostRecord {
+                host_id: h.clone(),
+                steps: r.steps,
+                aggregate: wire::aggregate_to(&r.aggregate()),
+                output_digest: r.output_digest,
+            })
+            .collect(),
+        failure: t.failure.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
+        let is_leader = self.ledger.is_leader();
+        let status = self
+            .driver
+            .query(move |core| {
+                let l = core.ledger();
+                let (open_tid, txn_state) = match core.phase() {
+                    Phase::Running(t) => match t {
+                        Txn::Beginning { tid } => (*tid, "Beginning"),
+                        Txn::Open { tid, .. } => (*tid, "Open"),
+                        Txn::Preparing { tid, .. } => (*tid, "Preparing"),
+                        Txn::Committing { tid, .. } => (*tid, "Committing"),
+                        Txn::Checkpointing { tid } | Txn::RecordingCheckpoint { tid } => (*tid, "Checkpointing"),
+                    },
+                    Phase::Replaying { tid, .. } => (*tid, "Replaying"),
+                    _ => (l.open_txn().map(|t| t.tid).unwrap_or(0), "Idle"),
+                };
+                pb::Status {
+                    cluster_id: l.cluster_id.clone(),
+                    pipeline_state: core.phase().name().into(),
+                    epoch: l.epoch,
+                    last_committed_tid: l.last_committed,
+                    open_tid,
+                    txn_state: txn_state.into(),
+                    newest_complete_checkpoint: l.newest_checkpoint(),
+                    hosts: host_statuses(core),
+                    failure: match core.phase() {
+                        Phase::Failed(d) => d.to_string(),
+                        _ => String::new(),
+                    },
+                    coordinator_id: String::new(),
+                    is_leader,
+                }
+            })
+            .await?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_hosts(&self, _: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self.driver.query(host_statuses).await?;
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize;
+        let transactions = self
+            .driver
+            .query(move |core| core.ledger().txns.range(r.from_tid..).take(limit).map(|(_, t)| txn_to(t)).collect())
+            .await?;
+        Ok(Response::new(pb::ListTransactionsResponse { transactions }))
+    }
+
+    async fn get_transaction(&self, request: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
+        let tid = request.into_inner().tid;
+        let found = self.driver.query(move |core| core.ledger().txn(tid).map(txn_to)).await?;
+        found.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!(
+                "tid {tid} is not in the ledger's kept history (older tids are pruned after checkpoints); use ListTransactions"
+            ))
+        })
+    }
+
+    async fn explain_failure(&self, _: Request<pb::ExplainFailureRequest>) -> Result<Response<pb::Failure>, Status> {
+        let f = self
+            .driver
+            .query(|core| match core.phase() {
+                Phase::Failed(d) => wire::failure_to(Some(d)),
+                _ => wire::failure_to(None),
+            })
+            .await?;
+        Ok(Response::new(f))
+    }
+
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+        self.driver.event(Event::AdminCheckpoint).await?;
+        Ok(Response::new(pb::CheckpointResponse { message: "a checkpoint follows the next commit".into() }))
+    }
+
+    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        let reason = request.into_inner().reason;
+        let reason = if reason.is_empty() { "operator request".to_string() } else { reason };
+        self.driver.event(Event::AdminStop { reason }).await?;
+        Ok(Response::new(pb::StopResponse { message: "pipeline stopping; Resume recovers it".into() }))
+    }
+
+    async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        self.driver.event(Event::AdminResume).await?;
+        Ok(Response::new(pb::ResumeResponse {
+            message: "resuming: recovery starts once every host is connected".into(),
+        }))
+    }
+}
+
+/// Serves HostSession, Admin, health and reflection on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    driver: DriverHandle,
+    ledger: Ledger,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+    health.set_serving::<pb::host_session_server::HostSessionServer<HostSessionService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    info!(%addr, "coordinator listening (HostSession, Admin, health, reflection)");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService { driver: driver.clone() }))
+        .add_service(pb::admin_server::AdminServer::new(AdminService { driver, ledger }))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
