@@ -271,8 +271,7 @@ impl Core {
             Phase::Failed(_) | Phase::Stopped { .. } | Phase::Joining => {}
             Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_) => {
                 self.set_phase(Phase::Joining, format!("host {host} lost: {why}"), out);
-                self.broadcast(Cmd::Stop { reason: format!("host {host} lost; recovering") }, out);
-                self.try_start_recovery(out);
+                self.rejoin_all(format!("host {host} lost; recovering"), out);
             }
         }
     }
@@ -588,8 +587,22 @@ impl Core {
     fn on_admin_resume(&mut self, out: &mut Vec<Action>) {
         if matches!(self.phase, Phase::Failed(_) | Phase::Stopped { .. }) {
             self.set_phase(Phase::Joining, "operator resumed".into(), out);
-            self.try_start_recovery(out);
+            self.rejoin_all("operator resumed; recovering".into(), out);
         }
+    }
+
+    /// Recovery starts from what every host says in a fresh Hello: its
+    /// checkpoints and journal summary change while it runs, so a Hello
+    /// from before is stale. Every stream is closed (hosts stop stepping and
+    /// reconnect at once), and recovery begins when all are back.
+    fn rejoin_all(&mut self, why: String, out: &mut Vec<Action>) {
+        for (host, slot) in self.hosts.iter_mut() {
+            if let Some(conn) = slot.conn.take() {
+                slot.hello = None;
+                out.push(Action::Drop { conn, host: host.clone(), why: why.clone() });
+            }
+        }
+        self.try_start_recovery(out);
     }
 
     // --------------------------------------------------------- transitions

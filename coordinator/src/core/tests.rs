@@ -220,8 +220,10 @@ fn lost_host_never_lets_the_open_transaction_commit() {
     // The late Prepared of the lost transaction decides nothing.
     h.prepared("h1", 1, 0, agg(&[]), 0);
     assert_eq!(h.shadow.txn(1).unwrap().status, TxnStatus::Begun);
-    // The host comes back: new epoch, restore, replay the open tid.
+    // Every stream was closed so that recovery starts from fresh Hellos.
     h.take_sent();
+    h.hello("h0", vec![], vec![]);
+    assert_eq!(h.shadow.epoch, 1, "waits for every host");
     h.hello("h1", vec![], vec![]);
     assert_eq!(h.shadow.epoch, 2);
     h.restored_all(0);
@@ -235,8 +237,15 @@ fn missed_report_deadline_drops_the_host_and_recovers() {
     h.ev(Event::Heartbeat { host: "h0".into() });
     h.now = 1200;
     let actions = h.ev(Event::Tick);
-    assert!(actions.iter().any(|a| matches!(a, Action::Drop { host, .. } if host == "h1")));
-    assert!(!actions.iter().any(|a| matches!(a, Action::Drop { host, .. } if host == "h0")));
+    let dropped: Vec<(&str, &str)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drop { host, why, .. } => Some((host.as_str(), why.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert!(dropped[0].0 == "h1" && dropped[0].1.contains("no report or heartbeat"), "{dropped:?}");
+    assert!(dropped[1..].iter().all(|(h, why)| *h == "h0" && why.contains("recovering")), "{dropped:?}");
     assert_eq!(h.core.phase(), &Phase::Joining);
 }
 
@@ -457,6 +466,7 @@ fn tids_never_go_backwards_across_recoveries() {
         let conn = h.conns["h0"];
         h.ev(Event::Disconnected { conn, host: "h0".into(), reason: "kill".into() });
         h.hello("h0", h_journal(&h, "h0"), vec![]);
+        h.hello("h1", h_journal(&h, "h1"), vec![]);
         h.restored_all(0);
         // Replay of committed tids: every host prepares empty.
         while let Phase::Replaying { tid, .. } = h.core.phase().clone() {
