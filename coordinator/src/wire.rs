@@ -5,7 +5,7 @@
 use lockstep_journal::{Aggregate, Checksum, EndpointChecksums};
 use lockstep_proto::v1 as pb;
 
-use crate::core::{Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, StepReport};
+use crate::core::{Cmd, Start, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, StepReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -122,15 +122,16 @@ fn mode_to(m: Mode) -> i32 {
     }
 }
 
+fn start_to(s: &Start) -> pb::Start {
+    pb::Start { tid: s.tid, mode: mode_to(s.mode), prepare: s.prepare }
+}
+
 pub fn command_to(seq: u64, epoch: u64, cmd: &Cmd) -> pb::Command {
     use pb::command::Command as C;
     let command = match cmd {
-        Cmd::Start { tid, mode } => C::Start(pb::Start { tid: *tid, mode: mode_to(*mode) }),
+        Cmd::Start(start) => C::Start(start_to(start)),
         Cmd::Prepare { tid } => C::Prepare(pb::Prepare { tid: *tid }),
-        Cmd::Commit { tid, next } => C::Commit(pb::Commit {
-            tid: *tid,
-            next: next.map(|(tid, mode)| pb::Start { tid, mode: mode_to(mode) }),
-        }),
+        Cmd::Commit { tid, next } => C::Commit(pb::Commit { tid: *tid, next: next.as_ref().map(start_to) }),
         Cmd::Checkpoint { tid } => C::Checkpoint(pb::Checkpoint { tid: *tid }),
         Cmd::CheckpointComplete { tid } => C::CheckpointComplete(pb::CheckpointComplete { tid: *tid }),
         Cmd::Restore { checkpoint } => C::Restore(pb::Restore { checkpoint_tid: *checkpoint }),

@@ -13,12 +13,12 @@ pub fn command_from_proto(cmd: Option<v1::command::Command>) -> Result<Command, 
     use v1::command::Command as C;
     Ok(match cmd.ok_or("the command has no body (empty oneof)")? {
         C::Welcome(w) => Command::Welcome { coordinator_id: w.coordinator_id },
-        C::Start(s) => Command::Start { tid: s.tid, mode: mode_from_proto(s.mode)? },
+        C::Start(s) => Command::Start { tid: s.tid, mode: mode_from_proto(s.mode)?, prepare: s.prepare },
         C::Prepare(p) => Command::Prepare { tid: p.tid },
         C::Commit(c) => Command::Commit {
             tid: c.tid,
             next: match c.next {
-                Some(s) => Some((s.tid, mode_from_proto(s.mode)?)),
+                Some(s) => Some((s.tid, mode_from_proto(s.mode)?, s.prepare)),
                 None => None,
             },
         },
@@ -134,13 +134,13 @@ mod tests {
     #[test]
     fn malformed_commands_are_errors_not_panics() {
         assert!(command_from_proto(None).is_err());
-        let start = |mode| Some(v1::command::Command::Start(v1::Start { tid: 1, mode }));
+        let start = |mode| Some(v1::command::Command::Start(v1::Start { tid: 1, mode, prepare: false }));
         assert!(command_from_proto(start(0)).unwrap_err().contains("UNSPECIFIED"));
         assert!(command_from_proto(start(99)).unwrap_err().contains("unknown"));
-        assert_eq!(command_from_proto(start(2)).unwrap(), Command::Start { tid: 1, mode: Mode::Replay });
+        assert_eq!(command_from_proto(start(2)).unwrap(), Command::Start { tid: 1, mode: Mode::Replay, prepare: false });
         let commit = Some(v1::command::Command::Commit(v1::Commit {
             tid: 1,
-            next: Some(v1::Start { tid: 2, mode: 7 }),
+            next: Some(v1::Start { tid: 2, mode: 7, prepare: false }),
         }));
         assert!(command_from_proto(commit).is_err());
     }

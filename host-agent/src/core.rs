@@ -31,6 +31,7 @@
 //! | Stopped, Idle | `Restore{K}` | Idle (C = O = K) | `Restore{K}`, report `Restored{K}` |
 //! | Idle | `Start{T > O, Live}` | OpenLive{T} | `OpenTxn{T, Live}` |
 //! | Idle | `Start{T > O, Replay}` | OpenReplay{T, no prepare} | `OpenTxn{T, Replay}` |
+//! | Idle | `Start{T > O, Replay, prepare}` | OpenReplay{T, prepare} | `OpenTxn{T, Replay}` (T is committed: ends at the journaled boundary) |
 //! | Idle | `Checkpoint{C}` | Idle | `Checkpoint{C}`, report `CheckpointDone{C}` |
 //! | OpenLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
 //! | OpenLive{T} | step of T finished (live) | OpenLive{T} | report `StepDone` |
@@ -116,9 +117,11 @@ impl fmt::Display for TxnState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Welcome { coordinator_id: String },
-    Start { tid: u64, mode: Mode },
+    /// `prepare`: replay of a tid the ledger already committed; it ends at
+    /// the journaled boundary (see `Start.prepare` in the proto).
+    Start { tid: u64, mode: Mode, prepare: bool },
     Prepare { tid: u64 },
-    Commit { tid: u64, next: Option<(u64, Mode)> },
+    Commit { tid: u64, next: Option<(u64, Mode, bool)> },
     Checkpoint { tid: u64 },
     CheckpointComplete { tid: u64 },
     Restore { checkpoint_tid: u64 },
@@ -402,7 +405,7 @@ impl HostCore {
                 self.last_opened = c;
                 vec![Action::Restore { checkpoint_tid: c }, Action::Report(Report::Restored { checkpoint_tid: c })]
             }
-            (Idle, Command::Start { tid, mode }) if *tid > self.last_opened => self.open(*tid, *mode),
+            (Idle, Command::Start { tid, mode, prepare }) if *tid > self.last_opened => self.open(*tid, *mode, *prepare),
             (Idle, Command::Checkpoint { tid }) if *tid == self.last_committed => {
                 vec![Action::Checkpoint { tid: *tid }, Action::Report(Report::CheckpointDone { tid: *tid })]
             }
@@ -416,12 +419,12 @@ impl HostCore {
                 self.state = OpenReplay { tid: t, prepare_requested: true };
                 Vec::new()
             }
-            (Prepared { tid: t }, Command::Commit { tid, next }) if *tid == t && next.is_none_or(|(n, _)| n > t) => {
+            (Prepared { tid: t }, Command::Commit { tid, next }) if *tid == t && next.is_none_or(|(n, _, _)| n > t) => {
                 self.state = Idle;
                 self.last_committed = t;
                 let mut actions = vec![Action::Commit { tid: t }, Action::Report(Report::Committed { tid: t })];
-                if let Some((next_tid, mode)) = *next {
-                    actions.extend(self.open(next_tid, mode));
+                if let Some((next_tid, mode, prepare)) = *next {
+                    actions.extend(self.open(next_tid, mode, prepare));
                 }
                 actions
             }
@@ -445,11 +448,12 @@ impl HostCore {
         }
     }
 
-    fn open(&mut self, tid: u64, mode: Mode) -> Vec<Action> {
+    fn open(&mut self, tid: u64, mode: Mode, prepare: bool) -> Vec<Action> {
         self.last_opened = tid;
         self.state = match mode {
             Mode::Live => TxnState::OpenLive { tid },
-            Mode::Replay => TxnState::OpenReplay { tid, prepare_requested: false },
+            // A sealed replay behaves as if Prepare had already arrived.
+            Mode::Replay => TxnState::OpenReplay { tid, prepare_requested: prepare },
         };
         vec![Action::OpenTxn { tid, mode }]
     }

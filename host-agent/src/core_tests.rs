@@ -60,15 +60,15 @@ const STATES: &[&str] =
 fn event(name: &str) -> Event {
     let cmd = |command| Event::Command { seq: 1, epoch: EPOCH, command };
     match name {
-        "start_6_live" => cmd(Command::Start { tid: 6, mode: Mode::Live }),
-        "start_6_replay" => cmd(Command::Start { tid: 6, mode: Mode::Replay }),
-        "start_4_live" => cmd(Command::Start { tid: 4, mode: Mode::Live }),
+        "start_6_live" => cmd(Command::Start { tid: 6, mode: Mode::Live, prepare: false }),
+        "start_6_replay" => cmd(Command::Start { tid: 6, mode: Mode::Replay, prepare: false }),
+        "start_4_live" => cmd(Command::Start { tid: 4, mode: Mode::Live, prepare: false }),
         "prepare_5" => cmd(Command::Prepare { tid: 5 }),
         "prepare_6" => cmd(Command::Prepare { tid: 6 }),
         "commit_5" => cmd(Command::Commit { tid: 5, next: None }),
-        "commit_5_next_6_live" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Live)) }),
-        "commit_5_next_6_replay" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Replay)) }),
-        "commit_5_next_5" => cmd(Command::Commit { tid: 5, next: Some((5, Mode::Live)) }),
+        "commit_5_next_6_live" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Live, false)) }),
+        "commit_5_next_6_replay" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Replay, false)) }),
+        "commit_5_next_5" => cmd(Command::Commit { tid: 5, next: Some((5, Mode::Live, false)) }),
         "commit_6" => cmd(Command::Commit { tid: 6, next: None }),
         "checkpoint_4" => cmd(Command::Checkpoint { tid: 4 }),
         "checkpoint_5" => cmd(Command::Checkpoint { tid: 5 }),
@@ -484,7 +484,7 @@ fn open_last_transaction_is_replayed_then_continues_live() {
     };
     cmd(&mut core, 1, Command::Welcome { coordinator_id: "c".into() });
     cmd(&mut core, 1, Command::Restore { checkpoint_tid: 0 });
-    assert_eq!(cmd(&mut core, 1, Command::Start { tid: 1, mode: Mode::Live }), vec![Action::OpenTxn {
+    assert_eq!(cmd(&mut core, 1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }), vec![Action::OpenTxn {
         tid: 1,
         mode: Mode::Live
     }]);
@@ -501,7 +501,7 @@ fn open_last_transaction_is_replayed_then_continues_live() {
         epoch: 2
     }]);
     cmd(&mut core, 2, Command::Restore { checkpoint_tid: 0 });
-    cmd(&mut core, 2, Command::Start { tid: 1, mode: Mode::Replay });
+    cmd(&mut core, 2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false });
     assert_eq!(core.next_step(), Some((1, Mode::Replay)));
     core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: Some(cs()) });
     assert_eq!(core.handle(Event::ReplayExhausted { tid: 1, commit_marker: false }), vec![]);

@@ -115,13 +115,13 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     let mut h = Harness::open(dir.path(), false).await;
     h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     for _ in 0..5 {
         assert!(h.step().await);
     }
     h.cmd(1, Command::Prepare { tid: 1 }).await;
     assert!(!h.step().await, "no step after Prepared");
-    h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live)) }).await;
+    h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) }).await;
     for _ in 0..3 {
         assert!(h.step().await);
     }
@@ -154,7 +154,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
     assert_eq!(h.agent.epoch_file.load().unwrap(), 2, "a higher epoch is persisted");
     h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false }).await;
     h.cmd(2, Command::Prepare { tid: 1 }).await;
     while h.step().await {}
     let replay1 = h.reports();
@@ -170,7 +170,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     let rp1 = prepared(&replay1);
     assert_eq!((rp1.steps, &rp1.aggregate, rp1.output_digest, rp1.output_count), (p1.steps, &p1.aggregate, p1.output_digest, p1.output_count));
 
-    h.cmd(2, Command::Commit { tid: 1, next: Some((2, Mode::Replay)) }).await;
+    h.cmd(2, Command::Commit { tid: 1, next: Some((2, Mode::Replay, false)) }).await;
     for _ in 0..3 {
         assert!(h.step().await);
     }
@@ -204,7 +204,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     let mut h = Harness::open(dir.path(), false).await;
     h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     for _ in 0..4 {
         h.step().await;
     }
@@ -212,7 +212,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
     h.cmd(1, Command::CheckpointComplete { tid: 1 }).await;
-    h.cmd(1, Command::Start { tid: 2, mode: Mode::Live }).await;
+    h.cmd(1, Command::Start { tid: 2, mode: Mode::Live, prepare: false }).await;
     for _ in 0..3 {
         h.step().await;
     }
@@ -239,7 +239,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("checkpoint", 5), "restoring a checkpoint not held fails loudly");
     assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
     h.cmd(2, Command::Restore { checkpoint_tid: 1 }).await;
-    h.cmd(2, Command::Start { tid: 2, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Start { tid: 2, mode: Mode::Replay, prepare: false }).await;
     h.cmd(2, Command::Prepare { tid: 2 }).await;
     while h.step().await {}
     h.cmd(2, Command::Commit { tid: 2, next: None }).await;
@@ -283,7 +283,7 @@ async fn a_push_is_acknowledged_only_once_its_step_is_durable() {
     assert!(!push.is_finished(), "no transaction yet: no acknowledgement");
     h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     h.step().await;
     let ack = push.await.unwrap().unwrap().into_inner();
     assert_eq!((ack.step, ack.tid), (1, 1));
@@ -301,7 +301,7 @@ async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
     let mut h = Harness::open(dir.path(), false).await;
     h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     for _ in 0..4 {
         h.step().await;
     }
@@ -310,7 +310,7 @@ async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
     let mut h = Harness::open(dir.path(), true).await;
     h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay }).await;
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false }).await;
     h.cmd(2, Command::Prepare { tid: 1 }).await;
     while h.step().await {}
     let replayed = step_dones(&h.reports());

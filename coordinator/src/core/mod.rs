@@ -508,7 +508,7 @@ impl Core {
             (Phase::Bumping { epoch }, LedgerEntry::NewEpoch { epoch: e }) if epoch == e => self.restore(out),
             (Phase::Running(Txn::Beginning { tid }), LedgerEntry::Begin { tid: t }) if tid == t => {
                 let tid = *tid;
-                self.broadcast(Cmd::Start { tid, mode: Mode::Live }, out);
+                self.broadcast(Cmd::Start(Start::live(tid)), out);
                 self.open(tid, Mode::Live);
             }
             (Phase::Running(Txn::Committing { tid, checkpoint_after }), LedgerEntry::Commit { tid: t, begin_next, .. })
@@ -526,7 +526,7 @@ impl Core {
                     self.phase = Phase::Running(Txn::Checkpointing { tid });
                 } else {
                     let next = begin_next.expect("proposed with begin_next when no checkpoint follows");
-                    self.broadcast(Cmd::Commit { tid, next: Some((next, Mode::Live)) }, out);
+                    self.broadcast(Cmd::Commit { tid, next: Some(Start::live(next)) }, out);
                     self.open(next, Mode::Live);
                 }
             }
@@ -683,8 +683,7 @@ impl Core {
             s.txn = HostProgress::default();
         }
         if let Some(next) = queue.pop_front() {
-            self.send_commit_then(committed, Some((next, Mode::Replay)), out);
-            self.broadcast(Cmd::Prepare { tid: next }, out);
+            self.send_commit_then(committed, Some(Start::replay_committed(next)), out);
             self.set_phase_quiet(Phase::Replaying { tid: next, queue });
             return;
         }
@@ -693,7 +692,7 @@ impl Core {
         // under it (Start{Replay}) and, having no Prepare yet, continue it
         // live; it then commits normally.
         if let Some(open) = self.ledger.open_txn().map(|t| t.tid) {
-            self.send_commit_then(committed, Some((open, Mode::Replay)), out);
+            self.send_commit_then(committed, Some(Start::replay_open(open)), out);
             self.open(open, Mode::Replay);
             self.note_phase("Running", format!("replay done; open tid {open} continues"), out);
             return;
@@ -703,10 +702,10 @@ impl Core {
         self.begin_next(out);
     }
 
-    fn send_commit_then(&mut self, committed: Option<Tid>, next: Option<(Tid, Mode)>, out: &mut Vec<Action>) {
+    fn send_commit_then(&mut self, committed: Option<Tid>, next: Option<Start>, out: &mut Vec<Action>) {
         match (committed, next) {
             (Some(tid), next) => self.broadcast(Cmd::Commit { tid, next }, out),
-            (None, Some((tid, mode))) => self.broadcast(Cmd::Start { tid, mode }, out),
+            (None, Some(start)) => self.broadcast(Cmd::Start(start), out),
             (None, None) => {}
         }
     }

@@ -154,7 +154,7 @@ fn fresh_cluster_initialises_bumps_epoch_restores_empty_state_and_begins_tid_1()
     assert_eq!(h.shadow.epoch, 1);
     assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Restore { checkpoint: 0 }]);
     h.restored_all(0);
-    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Start { tid: 1, mode: Mode::Live }]);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Start(Start::live(1))]);
     assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 1, mode: Mode::Live, .. })));
 }
 
@@ -175,7 +175,7 @@ fn live_transaction_commits_after_interval_and_piggybacks_next_start() {
     h.prepared("h0", 1, 2, agg(&[("gen", 4, 35)]), 9);
     assert!(h.take_sent().is_empty(), "no commit before every host prepared");
     h.prepared("h1", 1, 2, agg(&[("gen", 3, 8)]), 10);
-    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Commit { tid: 1, next: Some((2, Mode::Live)) }]);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Commit { tid: 1, next: Some(Start::live(2)) }]);
     let rec = h.shadow.txn(1).unwrap();
     assert_eq!(rec.status, TxnStatus::Committed);
     assert_eq!(rec.hosts["h0"].output_digest, 9);
@@ -227,7 +227,7 @@ fn lost_host_never_lets_the_open_transaction_commit() {
     h.hello("h1", vec![], vec![]);
     assert_eq!(h.shadow.epoch, 2);
     h.restored_all(0);
-    assert_eq!(cmds_for(&h.take_sent(), "h0").last(), Some(&Cmd::Start { tid: 1, mode: Mode::Replay }));
+    assert_eq!(cmds_for(&h.take_sent(), "h0").last(), Some(&Cmd::Start(Start::replay_open(1))));
 }
 
 #[test]
@@ -294,7 +294,7 @@ fn replay_drives_each_committed_tid_then_continues_the_open_one() {
     h.restored_all(0);
     assert_eq!(
         cmds_for(&h.take_sent(), "h0"),
-        vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start { tid: 1, mode: Mode::Replay }, Cmd::Prepare { tid: 1 }]
+        vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start(Start::replay_committed(1))]
     );
     let a = agg(&[("gen", 2, 20)]);
     h.step("h0", 1, 1, agg(&[("gen", 1, 5)]), Some(agg(&[("gen", 1, 5)])));
@@ -304,12 +304,12 @@ fn replay_drives_each_committed_tid_then_continues_the_open_one() {
     h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 101);
     assert_eq!(
         cmds_for(&h.take_sent(), "h0"),
-        vec![Cmd::Commit { tid: 1, next: Some((2, Mode::Replay)) }, Cmd::Prepare { tid: 2 }]
+        vec![Cmd::Commit { tid: 1, next: Some(Start::replay_committed(2)) }]
     );
     h.prepared("h0", 2, 0, agg(&[]), 0);
     h.step("h1", 2, 2, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
     h.prepared("h1", 2, 1, agg(&[("gen", 1, 10)]), 102);
-    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: Some((3, Mode::Replay)) }]);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: Some(Start::replay_open(3)) }]);
     assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 3, mode: Mode::Replay, .. })));
     assert_eq!(h.shadow.epoch, 2);
     assert_eq!(h.shadow.last_committed, 2, "replay writes no new commits");
@@ -442,7 +442,7 @@ fn checkpoint_happens_between_transactions_and_is_recorded_when_every_host_confi
     assert_eq!(h.shadow.checkpoints, vec![1]);
     assert_eq!(
         cmds_for(&h.take_sent(), "h1"),
-        vec![Cmd::CheckpointComplete { tid: 1 }, Cmd::Start { tid: 2, mode: Mode::Live }]
+        vec![Cmd::CheckpointComplete { tid: 1 }, Cmd::Start(Start::live(2))]
     );
 }
 

@@ -95,12 +95,36 @@ pub enum Event {
     AdminResume,
 }
 
+/// Opening a transaction on the hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    pub tid: Tid,
+    pub mode: Mode,
+    /// Replay of a tid the ledger already committed: it ends at exactly the
+    /// journaled boundary, as if Prepare came with the Start.
+    pub prepare: bool,
+}
+
+impl Start {
+    pub fn live(tid: Tid) -> Start {
+        Start { tid, mode: Mode::Live, prepare: false }
+    }
+    /// The open last transaction: replay, then continue live until Prepare.
+    pub fn replay_open(tid: Tid) -> Start {
+        Start { tid, mode: Mode::Replay, prepare: false }
+    }
+    /// A committed transaction: replay exactly the journaled steps.
+    pub fn replay_committed(tid: Tid) -> Start {
+        Start { tid, mode: Mode::Replay, prepare: true }
+    }
+}
+
 /// A command for one host; the shell numbers it and stamps the epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cmd {
-    Start { tid: Tid, mode: Mode },
+    Start(Start),
     Prepare { tid: Tid },
-    Commit { tid: Tid, next: Option<(Tid, Mode)> },
+    Commit { tid: Tid, next: Option<Start> },
     Checkpoint { tid: Tid },
     CheckpointComplete { tid: Tid },
     Restore { checkpoint: Tid },
