@@ -54,8 +54,9 @@ struct AppendResult {
     p99: Duration,
 }
 
-/// `appenders` threads, each appending `per_appender` step records.
-fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usize) -> AppendResult {
+/// `appenders` threads, each appending `per_appender` step records, with
+/// `append_async` + `block_on` (`blocking == false`) or `append`.
+fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usize, blocking: bool) -> AppendResult {
     let (journal, _) = Journal::open(dir, ident(), JournalOptions::default()).unwrap();
     let journal = Arc::new(journal);
     let next = Arc::new(Mutex::new(0u64));
@@ -67,12 +68,20 @@ fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usi
                 let mut lat = Vec::with_capacity(per_appender);
                 for _ in 0..per_appender {
                     let t0 = Instant::now();
-                    let durable = {
+                    if blocking {
+                        // `append` must be called in step order: hold the
+                        // numbering lock through it (as a caller would).
                         let mut last = next.lock().unwrap();
                         *last += 1;
-                        journal.append_async(step(*last, *last - 1, 1, payload))
-                    };
-                    block_on(durable).unwrap();
+                        journal.append(&step(*last, *last - 1, 1, payload)).unwrap();
+                    } else {
+                        let durable = {
+                            let mut last = next.lock().unwrap();
+                            *last += 1;
+                            journal.append_async(step(*last, *last - 1, 1, payload))
+                        };
+                        block_on(durable).unwrap();
+                    }
                     lat.push(t0.elapsed());
                 }
                 lat
@@ -89,19 +98,25 @@ fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usi
     }
 }
 
-/// Plain loop: write one frame-sized buffer, fdatasync, repeat.
-fn bench_plain_loop(dir: &Path, records: usize, frame_bytes: usize) -> AppendResult {
+/// Plain loop: write one frame-sized buffer, fdatasync, repeat; latencies.
+fn plain_loop_latencies(dir: &Path, records: usize, frame_bytes: usize) -> Vec<Duration> {
     let path = dir.join("plain.bin");
     let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
     let buf = vec![0x5au8; frame_bytes];
     let mut lat = Vec::with_capacity(records);
-    let start = Instant::now();
     for _ in 0..records {
         let t0 = Instant::now();
         f.write_all(&buf).unwrap();
         f.sync_data().unwrap();
         lat.push(t0.elapsed());
     }
+    lat
+}
+
+/// Plain loop: write one frame-sized buffer, fdatasync, repeat.
+fn bench_plain_loop(dir: &Path, records: usize, frame_bytes: usize) -> AppendResult {
+    let start = Instant::now();
+    let mut lat = plain_loop_latencies(dir, records, frame_bytes);
     let elapsed = start.elapsed();
     lat.sort();
     AppendResult {
@@ -138,22 +153,72 @@ fn main() {
     let frame_bytes = format::encode_frame(&step(1, 0, 1, payload)).len();
     println!("journal benchmarks: record payload {payload} B (frame {frame_bytes} B), dir {}", root.path().display());
 
-    // (a) appends.
+    // (a) appends. fsync latency of a shared virtual disk drifts a lot
+    // within a run, so the single-appender comparison alternates: rounds of
+    // plain loop / `append` / `append_async`, totals over all rounds.
     println!("\n(a) appends: durable records/s, latency p50 / p99");
-    let plain = bench_plain_loop(root.path(), 2000, frame_bytes);
+    let rounds = env_usize("LOCKSTEP_BENCH_APPEND_ROUNDS", 6);
+    let per_round = 400usize;
+    let (sync_dir, async_dir) = (root.path().join("append-1-sync"), root.path().join("append-1-async"));
+    let (sync_j, _) = Journal::open(&sync_dir, ident(), JournalOptions::default()).unwrap();
+    let (async_j, _) = Journal::open(&async_dir, ident(), JournalOptions::default()).unwrap();
+    let mut lats: [Vec<Duration>; 3] = Default::default();
+    let mut totals = [Duration::ZERO; 3];
+    let mut next_step = [0u64; 2];
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        lats[0].extend(plain_loop_latencies(root.path(), per_round, frame_bytes));
+        totals[0] += t0.elapsed();
+        for (i, j) in [&sync_j, &async_j].into_iter().enumerate() {
+            let t0 = Instant::now();
+            for _ in 0..per_round {
+                let t = Instant::now();
+                next_step[i] += 1;
+                let s = next_step[i];
+                if i == 0 {
+                    j.append(&step(s, s - 1, 1, payload)).unwrap();
+                } else {
+                    block_on(j.append_async(step(s, s - 1, 1, payload))).unwrap();
+                }
+                lats[i + 1].push(t.elapsed());
+            }
+            totals[i + 1] += t0.elapsed();
+        }
+    }
+    drop((sync_j, async_j));
+    let summary = |i: usize| {
+        let mut l = lats[i].clone();
+        l.sort();
+        AppendResult { records_per_s: l.len() as f64 / totals[i].as_secs_f64(), p50: percentile(&l, 0.5), p99: percentile(&l, 0.99) }
+    };
+    let plain = summary(0);
     println!(
-        "  plain write+fdatasync loop : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}",
+        "  plain write+fdatasync loop : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}   ({rounds} rounds of {per_round}, alternating with the next two rows)",
         plain.records_per_s, plain.p50, plain.p99
     );
-    for (appenders, per) in [(1usize, 2000usize), (8, 500), (32, 300)] {
-        let dir = root.path().join(format!("append-{appenders}"));
-        let r = bench_appends(&dir, appenders, per, payload);
+    for (i, api) in [(1usize, "append      "), (2, "append_async")] {
+        let r = summary(i);
         println!(
-            "  journal, {appenders:>2} appenders      : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}  = {:.1}x plain loop",
+            "  journal,  1 x {api}    : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}  = {:.2}x plain loop (p50 {:.2}x)",
             r.records_per_s,
             r.p50,
             r.p99,
-            r.records_per_s / plain.records_per_s
+            r.records_per_s / plain.records_per_s,
+            plain.p50.as_secs_f64() / r.p50.as_secs_f64(),
+        );
+    }
+    for (appenders, per) in [(8usize, 500usize), (32, 300)] {
+        let plain = bench_plain_loop(root.path(), 1000, frame_bytes);
+        let dir = root.path().join(format!("append-{appenders}"));
+        let r = bench_appends(&dir, appenders, per, payload, false);
+        println!(
+            "  journal, {appenders:>2} x append_async    : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}  = {:.1}x plain loop run just before ({:.0} rec/s, p50 {:.1?})",
+            r.records_per_s,
+            r.p50,
+            r.p99,
+            r.records_per_s / plain.records_per_s,
+            plain.records_per_s,
+            plain.p50,
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -81,12 +81,12 @@ pub use read::{RecordIter, StepsIter};
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use prost::Message;
 
 use error::io_err;
-use writer::{Meta, Reply, Request, Shared, Writer};
+use writer::{Meta, Queue, Reply, Request, Shared, Writer};
 
 /// Who owns a journal: written into every segment header and checked on open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +159,7 @@ pub struct JournalSummary {
 /// joins it.
 pub struct Journal {
     shared: Arc<Shared>,
-    tx: Option<mpsc::Sender<Request>>,
+    /// The commit thread (see `writer`).
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -178,6 +178,9 @@ impl Journal {
             opts,
             state: Mutex::new(opened.state),
             gc_lock: Mutex::new(()),
+            queue: Mutex::new(Queue { requests: Vec::new(), writer: None, shutdown: false, dead: false }),
+            work: Condvar::new(),
+            queued: Default::default(),
             #[cfg(test)]
             faults: Default::default(),
         });
@@ -191,11 +194,19 @@ impl Journal {
             last: opened.last,
             buf: Vec::new(),
         };
-        let (tx, rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(io_err(&dir))?;
+        shared.queue().writer = Some(Box::new(writer));
+        let handle = {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("journal-writer".into()).spawn(move || writer::run_commit_thread(shared))
+        };
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                // Break the Shared <-> Writer cycle before failing.
+                shared.queue().writer = None;
+                return Err(io_err(&dir)(e));
+            }
+        };
         let report = opened.report;
         tracing::info!(
             dir = %dir.display(),
@@ -205,7 +216,7 @@ impl Journal {
             last_step = report.last_step,
             "journal opened"
         );
-        Ok((Journal { shared, tx: Some(tx), writer: Some(handle) }, report))
+        Ok((Journal { shared, writer: Some(handle) }, report))
     }
 
     /// Validates and encodes a record on the caller's thread.
@@ -234,28 +245,29 @@ impl Journal {
         Ok((format::encode_frame(record), meta))
     }
 
-    fn send(&self, frame: Vec<u8>, meta: Meta, reply: Reply) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(JournalError::WriterGone)?;
-        tx.send(Request { frame, meta, reply }).map_err(|_| JournalError::WriterGone)
-    }
-
     /// Appends one record and returns once it is durable (group commit).
+    ///
+    /// If no commit is in progress the record is written and synced on the
+    /// calling thread (together with anything queued before it), so a lone
+    /// appender costs one `write` + one `fdatasync`, no thread hand-off.
+    /// Otherwise it joins the next batch.
     pub fn append(&self, record: &pb::JournalRecord) -> Result<Position> {
         let (frame, meta) = self.prepare(record)?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.send(frame, meta, Reply::Blocking(tx))?;
-        rx.recv().map_err(|_| JournalError::WriterGone)?
+        self.shared.append_blocking(frame, meta)
     }
 
     /// Async form of `append` for tokio callers; does not block the caller's
-    /// thread. Resolves once the record is durable.
+    /// thread (no I/O on it: the journal's commit thread writes the record).
+    /// Resolves once the record is durable.
     ///
     /// The record is queued when this is called, not when the future is
     /// first polled, so records are journaled in call order: callers that
     /// number steps under a lock can drop the lock before awaiting.
     pub fn append_async(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + 'static {
         let (tx, rx) = futures_channel::oneshot::channel();
-        let queued = self.prepare(&record).and_then(|(frame, meta)| self.send(frame, meta, Reply::Async(tx)));
+        let queued = self
+            .prepare(&record)
+            .and_then(|(frame, meta)| self.shared.enqueue(Request { frame, meta, reply: Reply::Async(tx) }));
         async move {
             queued?;
             rx.await.map_err(|_| JournalError::WriterGone)?
@@ -347,11 +359,15 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        // The commit thread commits everything queued, then exits.
+        self.shared.queue().shutdown = true;
+        self.shared.work.notify_all();
         if let Some(handle) = self.writer.take() {
             if handle.join().is_err() {
                 tracing::error!(dir = %self.shared.dir.display(), "journal writer thread panicked");
             }
         }
+        // The writer holds an `Arc<Shared>`: drop it (closing the file).
+        drop(self.shared.queue().writer.take());
     }
 }

@@ -1,11 +1,22 @@
-//! The writer thread and the journal's shared durable state.
+//! Group commit (leader/follower) and the journal's shared durable state.
 //!
-//! Group commit: appenders encode their record (on their own thread), send
-//! it over a channel and wait. The writer takes whatever is queued (up to
+//! Appenders encode their record on their own thread and put it on one
+//! queue, in call order. Whoever holds the *commit token* (the [`Writer`]:
+//! file, size, chain state) takes everything queued (up to
 //! `group_commit_records_max`), writes the batch with one `write`, makes it
 //! durable with one `fdatasync`, and only then publishes the new durable
-//! end and acknowledges every appender with its position. A lone appender
-//! finds the writer idle and is written at once: there is no batch timer.
+//! end and acknowledges every appender with its position.
+//!
+//! - A blocking `append` that finds the token free takes it and commits on
+//!   its own thread (with whatever was queued before it): a lone appender
+//!   pays no thread hand-off, just like a plain write + fdatasync loop.
+//! - Otherwise the record waits in the queue; the commit thread (a
+//!   background thread that only takes the free token when something is
+//!   queued) commits it with the next batch. `append_async` always goes this
+//!   way, so it never does I/O on the caller's (async runtime) thread.
+//!
+//! There is no batch timer. Only one committer runs at a time, and it takes
+//! requests in queue order, so call order is journal order.
 //!
 //! Readers never see bytes past the published durable end, so a failed
 //! write or fsync leaves the journal readable up to the last durable
@@ -17,7 +28,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format;
@@ -32,6 +45,14 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     /// Serialises `gc_before_checkpoint` calls.
     pub gc_lock: Mutex<()>,
+    /// The append queue and the commit token.
+    pub queue: Mutex<Queue>,
+    /// Signals the commit thread: something is queued and the token is free,
+    /// or the journal is shutting down.
+    pub work: Condvar,
+    /// Length of `queue.requests`, readable without the lock (the commit
+    /// thread polls it briefly after a batch).
+    pub queued: AtomicUsize,
     #[cfg(test)]
     pub faults: Faults,
 }
@@ -62,12 +83,77 @@ pub(crate) struct State {
     pub poisoned: Option<String>,
 }
 
+/// Appends waiting for a committer, and the commit token.
+pub(crate) struct Queue {
+    pub requests: Vec<Request>,
+    /// The commit token: `None` while some thread is committing.
+    pub writer: Option<Box<Writer>>,
+    /// Set by `Journal::drop`: the commit thread drains the queue and exits.
+    pub shutdown: bool,
+    /// A committer panicked: the writer state is lost, appends fail with
+    /// `WriterGone` (reads keep working; reopening recovers).
+    pub dead: bool,
+}
+
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated
         // in a way readers care about (every update is a plain store), so
         // a poisoned mutex is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a request for the commit thread (`append_async`, and
+    /// `append` when someone else holds the token).
+    pub fn enqueue(&self, req: Request) -> Result<()> {
+        let mut q = self.queue();
+        if q.dead || q.shutdown {
+            return Err(JournalError::WriterGone);
+        }
+        q.requests.push(req);
+        self.queued.store(q.requests.len(), Ordering::Release);
+        let wake = q.writer.is_some();
+        drop(q);
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// `append`: commits on the caller's thread if the token is free (the
+    /// caller becomes the leader and also commits what was queued before
+    /// it), else queues and waits for the committer to acknowledge.
+    pub fn append_blocking(&self, frame: Vec<u8>, meta: Meta) -> Result<Position> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let req = Request { frame, meta, reply: Reply::Blocking(tx) };
+        let batch_max = self.opts.group_commit_records_max.max(1);
+        let mut q = self.queue();
+        if q.dead || q.shutdown {
+            return Err(JournalError::WriterGone);
+        }
+        if q.writer.is_some() && q.requests.len() < batch_max {
+            let writer = q.writer.take().expect("checked");
+            let mut batch = std::mem::take(&mut q.requests);
+            self.queued.store(0, Ordering::Release);
+            drop(q);
+            batch.push(req);
+            let mut token = Token { shared: self, writer: Some(writer) };
+            token.writer().commit(&mut batch);
+            drop(token);
+        } else {
+            q.requests.push(req);
+            self.queued.store(q.requests.len(), Ordering::Release);
+            let wake = q.writer.is_some();
+            drop(q);
+            if wake {
+                self.work.notify_one();
+            }
+        }
+        rx.recv().map_err(|_| JournalError::WriterGone)?
     }
 
     pub fn span(&self) -> Span {
@@ -151,25 +237,90 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
 }
 
-impl Writer {
-    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
-        let batch_max = self.shared.opts.group_commit_records_max.max(1);
-        let mut batch = Vec::with_capacity(batch_max);
-        // `recv` returns queued requests before reporting disconnection, so
-        // everything sent before the journal is dropped is still written.
-        while let Ok(first) = rx.recv() {
-            batch.push(first);
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            self.commit(&mut batch);
-            assert!(batch.is_empty(), "every request of a batch is answered");
+/// Holds the commit token; gives it back (and wakes the commit thread if
+/// work is waiting) when dropped. If the committer panicked the writer
+/// state cannot be trusted: the journal is marked dead and every queued
+/// appender is released with `WriterGone`.
+struct Token<'a> {
+    shared: &'a Shared,
+    writer: Option<Box<Writer>>,
+}
+
+impl Token<'_> {
+    fn writer(&mut self) -> &mut Writer {
+        self.writer.as_mut().expect("token holds the writer")
+    }
+}
+
+impl Drop for Token<'_> {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue();
+        if std::thread::panicking() {
+            q.dead = true;
+            // Dropping the replies makes every waiter see `WriterGone`.
+            q.requests.clear();
+            self.shared.queued.store(0, Ordering::Release);
+            drop(q);
+            self.shared.work.notify_all();
+            return;
+        }
+        q.writer = self.writer.take();
+        let wake = !q.requests.is_empty() || q.shutdown;
+        drop(q);
+        if wake {
+            self.shared.work.notify_one();
         }
     }
+}
 
+/// How long the commit thread keeps polling for the next request after a
+/// batch before it sleeps: an async appender that appends again right
+/// after its acknowledgement then does not also pay the commit thread's
+/// wake-up.
+const COMMIT_THREAD_SPIN: Duration = Duration::from_micros(50);
+
+/// The commit thread: commits whatever is queued whenever the token is free.
+pub(crate) fn run_commit_thread(shared: Arc<Shared>) {
+    let batch_max = shared.opts.group_commit_records_max.max(1);
+    let mut q = shared.queue();
+    loop {
+        if q.dead {
+            return;
+        }
+        if q.writer.is_some() && !q.requests.is_empty() {
+            let writer = q.writer.take().expect("checked");
+            let n = q.requests.len().min(batch_max);
+            let mut batch: Vec<Request> = q.requests.drain(..n).collect();
+            shared.queued.store(q.requests.len(), Ordering::Release);
+            drop(q);
+            let mut token = Token { shared: &shared, writer: Some(writer) };
+            token.writer().commit(&mut batch);
+            assert!(batch.is_empty(), "every request of a batch is answered");
+            drop(token);
+            // Poll briefly for a follow-up append before sleeping.
+            let t0 = Instant::now();
+            let mut spins = 0u32;
+            while shared.queued.load(Ordering::Acquire) == 0 && t0.elapsed() < COMMIT_THREAD_SPIN {
+                spins += 1;
+                if spins.is_multiple_of(16) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            q = shared.queue();
+            continue;
+        }
+        // Everything queued before shutdown is committed first (the token
+        // comes back to the queue after each batch).
+        if q.shutdown && q.requests.is_empty() && q.writer.is_some() {
+            return;
+        }
+        q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+impl Writer {
     fn check_chain(&self, meta: Meta) -> Result<()> {
         let Meta::Step { step, prev_step, tid } = meta else { return Ok(()) };
         let (last_step, last_tid) = self.last;
@@ -223,7 +374,7 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<Request>) {
+    pub(crate) fn commit(&mut self, batch: &mut Vec<Request>) {
         if let Some(reason) = self.shared.lock().poisoned.clone() {
             for r in batch.drain(..) {
                 r.reply.send(Err(JournalError::Poisoned { reason: reason.clone() }));
