@@ -861,4 +861,6 @@ fn entry_name(e: &LedgerEntry) -> String {
 }
 
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 mod tests;

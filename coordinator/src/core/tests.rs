@@ -14,6 +14,10 @@ pub(crate) struct Harness {
     pub conns: BTreeMap<HostId, ConnId>,
     pub sent: Vec<(HostId, Cmd)>,
     pub notices: Vec<Notice>,
+    /// When set, proposals are held in `held` (proposed, not yet durable)
+    /// instead of being applied at once; `apply_held` applies the oldest.
+    pub hold: bool,
+    pub held: VecDeque<LedgerEntry>,
 }
 
 pub(crate) fn agg(pairs: &[(&str, u64, u64)]) -> Aggregate {
@@ -44,6 +48,8 @@ impl Harness {
             conns: BTreeMap::new(),
             sent: vec![],
             notices: vec![],
+            hold: false,
+            held: VecDeque::new(),
         };
         h.run(actions);
         h
@@ -55,6 +61,7 @@ impl Harness {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             match &a {
+                Action::Propose(entry) if self.hold => self.held.push_back(entry.clone()),
                 Action::Propose(entry) => {
                     let result = self.shadow.apply(entry);
                     let more = self.core.handle(self.now, Event::Applied { entry: entry.clone(), result });
@@ -75,6 +82,13 @@ impl Harness {
     pub fn ev(&mut self, e: Event) -> Vec<Action> {
         let a = self.core.handle(self.now, e);
         self.run(a)
+    }
+
+    /// The shell's report that the oldest held proposal became durable.
+    pub fn apply_held(&mut self) -> Vec<Action> {
+        let entry = self.held.pop_front().expect("a held proposal");
+        let result = self.shadow.apply(&entry);
+        self.ev(Event::Applied { entry, result })
     }
 
     pub fn take_sent(&mut self) -> Vec<(HostId, Cmd)> {
@@ -250,7 +264,7 @@ fn missed_report_deadline_drops_the_host_and_recovers() {
 }
 
 /// A ledger with tids 1 and 2 committed and 3 open, and each host's journal.
-fn recorded() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
+pub(crate) fn recorded() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
     let mut l = LedgerState::default();
     l.apply(&LedgerEntry::Init { cluster_id: "c1".into(), hosts: vec!["h0".into(), "h1".into()] }).unwrap();
     l.apply(&LedgerEntry::NewEpoch { epoch: 1 }).unwrap();
