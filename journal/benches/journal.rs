@@ -283,45 +283,60 @@ fn main() {
         }
         assert_eq!(n, report.records);
     };
+    let replay_shared = |rss_max: &mut u64| {
+        let mut n = 0u64;
+        for r in journal.read_shared_from(Position::default()).unwrap() {
+            let (_, rec) = r.unwrap();
+            std::hint::black_box(&rec);
+            n += 1;
+            if n.is_multiple_of(20_000) {
+                *rss_max = (*rss_max).max(vm_kib("VmRSS:"));
+            }
+        }
+        assert_eq!(n, report.records);
+    };
+    let summarize = || {
+        std::hint::black_box(journal.summarize(0).unwrap());
+    };
     let mib = bytes as f64 / (1 << 20) as f64;
     for cold in [true, false] {
-        let (mut raw_best, mut replay_best) = (Duration::MAX, Duration::MAX);
+        // Best of 3 of each, interleaved: raw, read_from, read_shared_from,
+        // summarize.
+        let mut best = [Duration::MAX; 4];
         for _ in 0..3 {
-            if cold {
-                evict(&segs);
+            for (i, best) in best.iter_mut().enumerate() {
+                if cold {
+                    evict(&segs);
+                }
+                let t0 = Instant::now();
+                match i {
+                    0 => raw_read(&mut buf),
+                    1 => replay(&mut rss_max),
+                    2 => replay_shared(&mut rss_max),
+                    _ => summarize(),
+                }
+                *best = (*best).min(t0.elapsed());
             }
-            let t0 = Instant::now();
-            raw_read(&mut buf);
-            raw_best = raw_best.min(t0.elapsed());
-            if cold {
-                evict(&segs);
-            }
-            let t0 = Instant::now();
-            replay(&mut rss_max);
-            replay_best = replay_best.min(t0.elapsed());
         }
-        let raw_mibs = mib / raw_best.as_secs_f64();
-        let replay_mibs = mib / replay_best.as_secs_f64();
+        let mibs = |d: Duration| mib / d.as_secs_f64();
+        let raw_mibs = mibs(best[0]);
         let what = if cold { "cold (evicted from page cache)" } else { "warm (in page cache)" };
         println!("  {what}:");
-        println!("    raw sequential read        : {raw_mibs:>8.0} MiB/s");
-        println!(
-            "    journal replay (read_from) : {replay_mibs:>8.0} MiB/s  = {:.2}x raw  ({:.0} records/s)",
-            replay_mibs / raw_mibs,
-            report.records as f64 / replay_best.as_secs_f64()
-        );
+        println!("    raw sequential read                  : {raw_mibs:>8.0} MiB/s");
+        for (i, name) in [(1, "replay, read_from (owned pb)  "), (2, "replay, read_shared_from     "), (3, "summarize (no payloads)      ")] {
+            println!(
+                "    {name}        : {:>8.0} MiB/s  = {:.2}x raw  ({:.0} records/s)",
+                mibs(best[i]),
+                mibs(best[i]) / raw_mibs,
+                report.records as f64 / best[i].as_secs_f64()
+            );
+        }
     }
     let rss_after_replay = vm_kib("VmRSS:");
-    let t0 = Instant::now();
     let summary = journal.summarize(0).unwrap();
-    println!(
-        "  summarize (light decode), warm: {:>8.0} MiB/s  ({} tids)",
-        mib / t0.elapsed().as_secs_f64(),
-        summary.tids.len()
-    );
     let rss_after = vm_kib("VmRSS:");
     println!(
-        "\n(c) memory, replaying {mib:.0} MiB ({} records) six times: VmRSS before {rss_before} KiB, max while reading {rss_max} KiB, after {rss_after_replay} KiB (growth {} KiB)",
+        "\n(c) memory, replaying {mib:.0} MiB ({} records) twelve times: VmRSS before {rss_before} KiB, max while reading {rss_max} KiB, after {rss_after_replay} KiB (growth {} KiB)",
         report.records,
         rss_max.max(rss_after_replay).saturating_sub(rss_before)
     );

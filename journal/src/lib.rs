@@ -67,6 +67,7 @@ mod fault_tests;
 pub mod format;
 mod open;
 mod read;
+pub mod view;
 mod writer;
 
 /// Generated record bodies (`proto/lockstep/journal/v1/journal.proto`).
@@ -77,7 +78,7 @@ pub mod pb {
 pub use checksum::{record_hash, Aggregate, Checksum, Difference, EndpointChecksums};
 pub use error::{JournalError, Result};
 pub use format::{decode_segment, DecodedSegment};
-pub use read::{RecordIter, StepsIter};
+pub use read::{RecordIter, SharedRecordIter, StepsIter};
 
 use std::future::Future;
 use std::path::Path;
@@ -280,6 +281,16 @@ impl Journal {
     pub fn read_from(&self, from: Position) -> Result<impl Iterator<Item = Result<(Position, pb::JournalRecord)>>> {
         let cursor = read::Cursor::new(self.shared.span(), from)?;
         Ok(RecordIter::new(cursor))
+    }
+
+    /// Like `read_from`, but records are decoded into [`view`] types whose
+    /// payloads are [`prost::bytes::Bytes`] slices of the read buffer: no
+    /// per-record payload copy (the fastest way to replay). Same records,
+    /// positions, checks and errors as `read_from`; `pb::JournalRecord::from`
+    /// turns one into the owned form.
+    pub fn read_shared_from(&self, from: Position) -> Result<SharedRecordIter> {
+        let cursor = read::Cursor::new(self.shared.span(), from)?;
+        Ok(SharedRecordIter::new(cursor))
     }
 
     /// Per-tid summary of every tid strictly after `after_tid`, plus all

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{io_err, JournalError, Result};
@@ -156,8 +156,8 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
             }
             Ok(())
         };
-        let reader = BufReader::with_capacity(1 << 20, file);
-        let scan = format::scan_segment(reader, &path, file_bytes, last, &mut on_header, &mut on_record)?;
+        crate::read::advise_sequential(&file);
+        let scan = format::scan_segment(file, &path, file_bytes, last, &mut on_header, &mut on_record)?;
         chain = chain_cell.into_inner();
         match scan {
             Scan::TornHeader { available } => {

@@ -5,16 +5,22 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format::{self, Frame, FrameReader, HeaderRead, SegmentHeader};
 use crate::{pb, Aggregate, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
 
-/// Read buffer per open segment: big enough that sequential replay is
-/// dominated by the disk, not by syscalls.
-const READ_BUFFER_BYTES: usize = 1 << 20;
+/// Tells the kernel a segment is about to be read front to back (a larger
+/// readahead window for cold reads). Advisory: failure is ignored.
+pub(crate) fn advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open fd; no memory is passed.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
 
 /// Checks a header against the segment it should be.
 pub(crate) fn check_header(header: &SegmentHeader, path: &Path, seq: u64, ident: &JournalIdent) -> Result<()> {
@@ -104,7 +110,7 @@ pub(crate) struct Cursor {
     next_seg: u64,
     /// Offset to start at in the next segment opened (0 = after header).
     start_offset: u64,
-    current: Option<(u64, PathBuf, FrameReader<BufReader<File>>)>,
+    current: Option<(u64, PathBuf, FrameReader<File>)>,
     /// The step chain of what this cursor read; callers check step records
     /// against it, the cursor checks segment anchors.
     pub chain: Chain,
@@ -149,11 +155,20 @@ impl Cursor {
         }
     }
 
-    fn open_segment(&mut self, seq: u64) -> Result<(PathBuf, FrameReader<BufReader<File>>)> {
+    /// Body of the frame `advance` last returned, shared (no copy).
+    pub fn take_body(&mut self) -> prost::bytes::Bytes {
+        match &mut self.current {
+            Some((_, _, frames)) => frames.take_body(),
+            None => Default::default(),
+        }
+    }
+
+    fn open_segment(&mut self, seq: u64) -> Result<(PathBuf, FrameReader<File>)> {
         let path = self.span.dir.join(format::segment_file_name(seq));
         let file = File::open(&path).map_err(io_err(&path))?;
         let file_bytes = file.metadata().map_err(io_err(&path))?.len();
-        let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        advise_sequential(&file);
+        let mut r = file;
         let header = match format::read_header(&mut r, &path, file_bytes)? {
             HeaderRead::Ok(h) => h,
             HeaderRead::Torn { available } => {
@@ -248,6 +263,54 @@ impl Iterator for RecordIter {
             }
             Err(e) => {
                 // One error ends the stream: nothing after damage is trusted.
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Every record from a position, decoded into [`crate::view`] types whose
+/// payloads share the read buffer (no copy), chain-checked.
+pub struct SharedRecordIter {
+    cursor: Cursor,
+    done: bool,
+}
+
+impl SharedRecordIter {
+    pub(crate) fn new(cursor: Cursor) -> Self {
+        SharedRecordIter { cursor, done: false }
+    }
+
+    fn next_record(&mut self) -> Result<Option<(Position, crate::view::JournalRecord)>> {
+        let Some(pos) = self.cursor.advance()? else { return Ok(None) };
+        let body = self.cursor.take_body();
+        let record = crate::view::decode(body).map_err(|reason| JournalError::Undecodable {
+            path: self.cursor.path().to_owned(),
+            offset: pos.offset,
+            reason,
+        })?;
+        if let Some(crate::view::Kind::Step(s)) = &record.kind {
+            self.cursor.check_step(pos.offset, s.step, s.prev_step, s.tid)?;
+        }
+        Ok(Some((pos, record)))
+    }
+}
+
+impl Iterator for SharedRecordIter {
+    type Item = Result<(Position, crate::view::JournalRecord)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
                 self.done = true;
                 Some(Err(e))
             }
