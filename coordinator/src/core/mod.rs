@@ -228,6 +228,14 @@ impl Core {
     }
 
     // ------------------------------------------------------------ handlers
+    //
+    // Host reports (steps, Prepared, Committed, CheckpointDone, Restored)
+    // are protocol errors in `Joining` and `Bumping`: recovery closes every
+    // stream (`rejoin_all`), the shell drops whatever a closed stream still
+    // sends, and no command but Welcome goes to a fresh stream before
+    // `Restoring`. Only in `Failed` and `Stopped` may reports of an abandoned
+    // transaction still arrive (the streams stay open and the hosts were told
+    // to Stop); those decide nothing.
 
     fn on_hello(&mut self, conn: ConnId, hello: Hello, out: &mut Vec<Action>) {
         if let Err(error) = self.validate_hello(&hello) {
@@ -284,12 +292,15 @@ impl Core {
             Phase::Running(Txn::Open { tid, mode, .. }) | Phase::Running(Txn::Preparing { tid, mode }) => {
                 Some((*tid, *mode == Mode::Replay, true))
             }
-            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {
+            Phase::Failed(_) | Phase::Stopped { .. } => {
                 // In-flight steps of a transaction already abandoned: the
                 // host was told to Stop; its report decides nothing.
                 return;
             }
-            Phase::Restoring { .. }
+            // Joining/Bumping: no command was sent (see "handlers" above).
+            Phase::Joining
+            | Phase::Bumping { .. }
+            | Phase::Restoring { .. }
             | Phase::Running(Txn::Beginning { .. })
             | Phase::Running(Txn::Committing { .. })
             | Phase::Running(Txn::Checkpointing { .. })
@@ -343,8 +354,8 @@ impl Core {
         }
         let tid = match &self.phase {
             Phase::Replaying { tid, .. } | Phase::Running(Txn::Preparing { tid, .. }) => *tid,
-            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => return,
-            Phase::Restoring { .. } | Phase::Running(_) => {
+            Phase::Failed(_) | Phase::Stopped { .. } => return,
+            Phase::Joining | Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Running(_) => {
                 return self.protocol_error(host, Some(r.tid), None,
                     format!("Prepared arrived but no Prepare is outstanding ({})", self.describe()), out);
             }
@@ -429,7 +440,7 @@ impl Core {
                     self.phase = Phase::Running(Txn::RecordingCheckpoint { tid });
                 }
             }
-            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {}
+            Phase::Failed(_) | Phase::Stopped { .. } => {}
             _ => self.protocol_error(host, Some(tid), None, format!("CheckpointDone({tid}) unexpected ({})", self.describe()), out),
         }
     }
@@ -459,7 +470,7 @@ impl Core {
                     self.advance_replay(None, queue, out);
                 }
             }
-            Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. } => {}
+            Phase::Failed(_) | Phase::Stopped { .. } => {}
             _ => self.protocol_error(host, None, None, format!("Restored({checkpoint}) unexpected ({})", self.describe()), out),
         }
     }
