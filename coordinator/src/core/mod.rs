@@ -127,6 +127,9 @@ pub struct HostSlot {
     pub last_heard_ms: u64,
     pub last_step: u64,
     pub last_committed: Tid,
+    /// Highest tid this host's current stream was sent `Commit` for: a
+    /// `Committed` report must lie in `(last_committed, commit_sent]`.
+    commit_sent: Tid,
     pub txn: HostProgress,
     /// Acknowledgement of the current phase's broadcast (Restored or
     /// CheckpointDone).
@@ -248,6 +251,7 @@ impl Core {
             out.push(Action::Drop { conn: old, host: host.clone(), why: "replaced by a newer stream of the same host".into() });
         }
         slot.hello = Some(hello);
+        slot.commit_sent = slot.last_committed;
         slot.last_heard_ms = self.now_ms;
         slot.last_step = slot.hello.as_ref().map(|h| h.last_step).unwrap_or(0);
         out.push(Action::Accept { conn, host: host.clone() });
@@ -425,6 +429,12 @@ impl Core {
             return self.protocol_error(host, Some(tid), None,
                 format!("host committed tid {tid} but the ledger's last commit is {}", self.ledger.last_committed), out);
         }
+        // Invariant 8: the coordinator never infers that a step happened,
+        // and a host never commits a tid it was not told to.
+        if tid > slot.commit_sent {
+            return self.protocol_error(host, Some(tid), None,
+                format!("host committed tid {tid} but this stream was sent Commit only up to tid {}", slot.commit_sent), out);
+        }
         self.hosts.get_mut(host).expect("checked").last_committed = tid;
     }
 
@@ -529,7 +539,7 @@ impl Core {
                 let records = self.txn_records();
                 out.push(Action::Notice(Notice::Committed { tid, replayed: false, records }));
                 if checkpoint_after {
-                    self.broadcast(Cmd::Commit { tid, next: None }, out);
+                    self.broadcast_commit(tid, None, out);
                     self.broadcast(Cmd::Checkpoint { tid }, out);
                     for s in self.hosts.values_mut() {
                         s.acked = false;
@@ -537,7 +547,7 @@ impl Core {
                     self.phase = Phase::Running(Txn::Checkpointing { tid });
                 } else {
                     let next = begin_next.expect("proposed with begin_next when no checkpoint follows");
-                    self.broadcast(Cmd::Commit { tid, next: Some(Start::live(next)) }, out);
+                    self.broadcast_commit(tid, Some(Start::live(next)), out);
                     self.open(next, Mode::Live);
                 }
             }
@@ -680,6 +690,7 @@ impl Core {
             s.txn = HostProgress::default();
             // Replay re-commits tids after the checkpoint on every host.
             s.last_committed = checkpoint;
+            s.commit_sent = checkpoint;
         }
         self.broadcast(Cmd::Restore { checkpoint }, out);
         self.set_phase(Phase::Restoring { checkpoint }, format!("epoch {} begins", self.ledger.epoch), out);
@@ -715,7 +726,7 @@ impl Core {
 
     fn send_commit_then(&mut self, committed: Option<Tid>, next: Option<Start>, out: &mut Vec<Action>) {
         match (committed, next) {
-            (Some(tid), next) => self.broadcast(Cmd::Commit { tid, next }, out),
+            (Some(tid), next) => self.broadcast_commit(tid, next, out),
             (None, Some(start)) => self.broadcast(Cmd::Start(start), out),
             (None, None) => {}
         }
@@ -778,6 +789,13 @@ impl Core {
             if slot.conn.is_some() {
                 out.push(Action::Send { host: host.clone(), epoch: self.ledger.epoch, cmd: cmd.clone() });
             }
+        }
+    }
+
+    fn broadcast_commit(&mut self, tid: Tid, next: Option<Start>, out: &mut Vec<Action>) {
+        self.broadcast(Cmd::Commit { tid, next }, out);
+        for s in self.hosts.values_mut().filter(|s| s.conn.is_some()) {
+            s.commit_sent = tid;
         }
     }
 
