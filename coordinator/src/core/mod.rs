@@ -521,7 +521,18 @@ impl Core {
             );
         }
         if let Err(e) = self.ledger.apply(&entry) {
-            unreachable!("the shell applied {entry:?} to the replicated ledger, so the core's copy must accept it: {e}");
+            // The replicated ledger accepted what the core's copy rejects:
+            // the copies diverged. Stop loudly rather than panic the daemon.
+            return self.fail(
+                Diagnosis {
+                    summary: format!("the ledger applied {} but this coordinator's copy of it rejects that: {e}", entry_name(&entry)),
+                    hint: "coordinator bug: its view of the ledger diverged; keep the data directory and report it, then restart \
+                           the coordinator"
+                        .into(),
+                    ..Default::default()
+                },
+                out,
+            );
         }
         match (&self.phase, &entry) {
             // Hosts may have said hello before the new ledger's Init landed.
@@ -559,11 +570,27 @@ impl Core {
                 self.broadcast(Cmd::CheckpointComplete { tid }, out);
                 self.begin_next(out);
             }
-            // Everything else only updates the ledger view: the Init entry,
-            // a Fail record, or an entry proposed before the pipeline moved
-            // on (e.g. a Commit that lands after a host was lost; recovery
+            // From Restoring on, the core has at most one proposal in flight
+            // and it is the one matched above: entries proposed before the
+            // epoch began were applied before its NewEpoch (proposals are
+            // applied in order). Anything else was written by someone else.
+            (Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_), _) => {
+                let d = Diagnosis {
+                    summary: format!(
+                        "the ledger applied {}, which this coordinator did not propose ({})",
+                        entry_name(&entry),
+                        self.describe()
+                    ),
+                    hint: "another coordinator may be writing this ledger; run one coordinator per data directory".into(),
+                    ..Default::default()
+                };
+                self.fail(d, out);
+            }
+            // Elsewhere it only updates the ledger view: the Init entry, a
+            // Fail record, or an entry proposed before the pipeline moved on
+            // (e.g. a Commit that lands after a host was lost; recovery
             // replays it).
-            _ => {}
+            (Phase::Joining | Phase::Bumping { .. } | Phase::Failed(_) | Phase::Stopped { .. }, _) => {}
         }
     }
 
