@@ -606,6 +606,9 @@ impl Core {
                 })
                 .collect();
             for (host, conn) in late {
+                if self.hosts[&host].conn != Some(conn) {
+                    continue; // already closed by the recovery an earlier late host started
+                }
                 let why = format!("no report or heartbeat for over {} ms", self.cfg.report_deadline_ms);
                 out.push(Action::Drop { conn, host: host.clone(), why: why.clone() });
                 self.hosts.get_mut(&host).expect("listed").conn = None;
