@@ -781,7 +781,13 @@ impl Core {
         }
         // Record the failure durably when it concerns a transaction the
         // ledger still has open.
-        if let Some(open) = self.ledger.open_txn() {
+        // Not while its Commit is in flight: the ledger would apply the
+        // Commit first and then reject the Fail.
+        let committing = match self.phase {
+            Phase::Running(Txn::Committing { tid, .. }) => Some(tid),
+            _ => None,
+        };
+        if let Some(open) = self.ledger.open_txn().filter(|t| Some(t.tid) != committing) {
             if d.tid == Some(open.tid) {
                 out.push(Action::Propose(LedgerEntry::Fail { tid: open.tid, diagnosis: d.to_string() }));
             }
