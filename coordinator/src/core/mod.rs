@@ -628,7 +628,9 @@ impl Core {
     }
 
     fn on_admin_stop(&mut self, reason: String, out: &mut Vec<Action>) {
-        if matches!(self.phase, Phase::Stopped { .. }) {
+        // A failed pipeline is already stopped (the hosts were told so), and
+        // its diagnosis must stay for the Admin API until Resume.
+        if matches!(self.phase, Phase::Stopped { .. } | Phase::Failed(_)) {
             return;
         }
         self.broadcast(Cmd::Stop { reason: format!("operator: {reason}") }, out);

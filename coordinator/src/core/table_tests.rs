@@ -917,7 +917,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Failed", "tick_interval", nothing()),
         ("Failed", "tick_deadline", nothing()),
         ("Failed", "admin_checkpoint", nothing()),
-        ("Failed", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Failed->Stopped"])),
+        ("Failed", "admin_stop", nothing()),
         ("Failed", "admin_resume", to("Joining", &["note Failed->Joining", "drop h0#1", "drop h1#2"])),
         // ---- Stopped
         ("Stopped", "hello_h1_new", to("Stopped", &["drop h1#2", "accept#3 h1", "note joined h1"])),
