@@ -27,6 +27,8 @@
 //!
 //! Events are named relative to the phase's context `T` (its tid) and to
 //! host h0's last reported step `S`; h0 is the reporting host throughout.
+//! `*_duplicate` and `*_by_both` feed two reports (h0 twice; h1 then h0, so
+//! the second completes the phase) and pin what both together do.
 //! Run with `LOCKSTEP_PRINT_TABLE=1` to print the observed table.
 
 use std::collections::BTreeSet;
@@ -43,8 +45,9 @@ struct Ctx {
     mode: Mode,
     /// h0's last reported (or journaled) step.
     last_step: u64,
-    /// The Prepared that h0 would legitimately send for `tid`.
+    /// The Prepared that h0 and h1 would legitimately send for `tid`.
     prepared: PreparedReport,
+    prepared_h1: PreparedReport,
     j0: Vec<JournalTid>,
     j1: Vec<JournalTid>,
 }
@@ -79,6 +82,7 @@ const EVENTS: &[&str] = &[
     "step_replayed_diverging",
     "step_wrong_state",
     "prepared_right",
+    "prepared_by_both",
     "prepared_wrong_tid",
     "prepared_duplicate",
     "prepared_miscounted",
@@ -86,8 +90,10 @@ const EVENTS: &[&str] = &[
     "committed_repeated",
     "committed_ahead",
     "checkpoint_done_right",
+    "checkpoint_done_by_both",
     "checkpoint_done_wrong",
     "restored_right",
+    "restored_by_both",
     "restored_wrong",
     "host_error",
     "heartbeat",
@@ -123,7 +129,15 @@ fn committed_by_both(h: &mut Harness, tid: Tid) {
 fn reach(name: &str) -> (Harness, Ctx) {
     let (l, j0, j1) = recorded();
     let mut h = Harness::new(cfg(), l);
-    let mut ctx = Ctx { tid: 3, mode: Mode::Live, last_step: 3, prepared: prep(3, 0, agg(&[]), 0), j0, j1 };
+    let mut ctx = Ctx {
+        tid: 3,
+        mode: Mode::Live,
+        last_step: 3,
+        prepared: prep(3, 0, agg(&[]), 0),
+        prepared_h1: prep(3, 0, agg(&[]), 0),
+        j0,
+        j1,
+    };
     let done = |mut h: Harness, ctx: Ctx| {
         assert!(h.failure().is_none() || name == "Failed", "{name}: {:?}", h.failure());
         h.hold = true;
@@ -150,12 +164,19 @@ fn reach(name: &str) -> (Harness, Ctx) {
     h.restored_all(0);
     replayed(&mut h, "h0", 1, 1, agg(&[("gen", 1, 5)]));
     replayed(&mut h, "h0", 1, 2, agg(&[("gen", 1, 15)]));
+    replayed(&mut h, "h1", 1, 1, agg(&[("gen", 1, 10)]));
     if name == "Replaying" {
-        ctx = Ctx { tid: 1, mode: Mode::Replay, last_step: 2, prepared: prep(1, 2, agg(&[("gen", 2, 20)]), 100), ..ctx };
+        ctx = Ctx {
+            tid: 1,
+            mode: Mode::Replay,
+            last_step: 2,
+            prepared: prep(1, 2, agg(&[("gen", 2, 20)]), 100),
+            prepared_h1: prep(1, 1, agg(&[("gen", 1, 10)]), 101),
+            ..ctx
+        };
         return done(h, ctx);
     }
     h.prepared("h0", 1, 2, agg(&[("gen", 2, 20)]), 100);
-    replayed(&mut h, "h1", 1, 1, agg(&[("gen", 1, 10)]));
     h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 101);
     committed_by_both(&mut h, 1);
     h.prepared("h0", 2, 0, agg(&[]), 0);
@@ -164,7 +185,14 @@ fn reach(name: &str) -> (Harness, Ctx) {
     committed_by_both(&mut h, 2);
     // The open last transaction (invariant 4): h0 replays its journaled step.
     replayed(&mut h, "h0", 3, 3, agg(&[("gen", 5, 5)]));
-    ctx = Ctx { tid: 3, mode: Mode::Replay, last_step: 3, prepared: prep(3, 1, agg(&[("gen", 5, 5)]), 7), ..ctx };
+    ctx = Ctx {
+        tid: 3,
+        mode: Mode::Replay,
+        last_step: 3,
+        prepared: prep(3, 1, agg(&[("gen", 5, 5)]), 7),
+        prepared_h1: prep(3, 0, agg(&[]), 8),
+        ..ctx
+    };
     if name == "OpenReplay" {
         return done(h, ctx);
     }
@@ -177,7 +205,14 @@ fn reach(name: &str) -> (Harness, Ctx) {
     h.prepared("h1", 3, 0, agg(&[]), 8);
     // Commit(3) went out; the hosts' Committed(3) is still in flight.
     h.step("h0", 4, 4, agg(&[("gen", 1, 1)]), None);
-    ctx = Ctx { tid: 4, mode: Mode::Live, last_step: 4, prepared: prep(4, 1, agg(&[("gen", 1, 1)]), 9), ..ctx };
+    ctx = Ctx {
+        tid: 4,
+        mode: Mode::Live,
+        last_step: 4,
+        prepared: prep(4, 1, agg(&[("gen", 1, 1)]), 9),
+        prepared_h1: prep(4, 0, agg(&[]), 10),
+        ..ctx
+    };
     match name {
         "OpenLive" => return done(h, ctx),
         "Failed" => {
@@ -215,7 +250,7 @@ fn reach(name: &str) -> (Harness, Ctx) {
     }
     h.apply_held();
     assert_eq!(name, "Beginning", "unknown phase");
-    ctx = Ctx { tid: 5, prepared: prep(5, 0, agg(&[]), 0), ..ctx };
+    ctx = Ctx { tid: 5, prepared: prep(5, 0, agg(&[]), 0), prepared_h1: prep(5, 0, agg(&[]), 0), ..ctx };
     done(h, ctx)
 }
 
@@ -276,6 +311,12 @@ fn fire(h: &mut Harness, c: &Ctx, event: &str) -> Vec<Action> {
         "step_replayed_diverging" => report(h, replay(s + 1, 2)),
         "step_wrong_state" => report(h, StepReport { state: HostTxnState::Prepared, ..live(t, s + 1) }),
         "prepared_right" => h.ev(Event::Prepared { host: "h0".into(), report: c.prepared.clone() }),
+        // h1 then h0: the row pins what both together do (h0 completes).
+        "prepared_by_both" => {
+            let mut a = h.ev(Event::Prepared { host: "h1".into(), report: c.prepared_h1.clone() });
+            a.extend(h.ev(Event::Prepared { host: "h0".into(), report: c.prepared.clone() }));
+            a
+        }
         "prepared_wrong_tid" => h.ev(Event::Prepared { host: "h0".into(), report: PreparedReport { tid: 11, ..c.prepared.clone() } }),
         // The same Prepared twice; the row pins what both together do.
         "prepared_duplicate" => {
@@ -294,8 +335,18 @@ fn fire(h: &mut Harness, c: &Ctx, event: &str) -> Vec<Action> {
             h.ev(Event::Committed { host: "h0".into(), tid })
         }
         "checkpoint_done_right" => h.ev(Event::CheckpointDone { host: "h0".into(), tid: t }),
+        "checkpoint_done_by_both" => {
+            let mut a = h.ev(Event::CheckpointDone { host: "h1".into(), tid: t });
+            a.extend(h.ev(Event::CheckpointDone { host: "h0".into(), tid: t }));
+            a
+        }
         "checkpoint_done_wrong" => h.ev(Event::CheckpointDone { host: "h0".into(), tid: 11 }),
         "restored_right" => h.ev(Event::Restored { host: "h0".into(), checkpoint: 0 }),
+        "restored_by_both" => {
+            let mut a = h.ev(Event::Restored { host: "h1".into(), checkpoint: 0 });
+            a.extend(h.ev(Event::Restored { host: "h0".into(), checkpoint: 0 }));
+            a
+        }
         "restored_wrong" => h.ev(Event::Restored { host: "h0".into(), checkpoint: 7 }),
         "host_error" => h.ev(Event::HostError { host: "h0".into(), kind: "engine".into(), message: "boom".into(), tid: t }),
         "heartbeat" => h.ev(Event::Heartbeat { host: "h0".into() }),
@@ -464,6 +515,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Joining", "step_replayed_diverging", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Joining", "step_wrong_state", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Joining", "prepared_right", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Joining", "prepared_by_both", fails(Some(3), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Joining", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Joining", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Joining", "prepared_miscounted", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -471,8 +523,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Joining", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Joining", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("Joining", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("Joining", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("Joining", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Joining", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Joining", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Joining", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Joining", "host_error", fails(Some(3), "host h0 reported a engine error: boom")),
         ("Joining", "heartbeat", nothing()),
@@ -500,6 +554,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Bumping", "step_replayed_diverging", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Bumping", "step_wrong_state", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Bumping", "prepared_right", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Bumping", "prepared_by_both", fails(Some(3), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Bumping", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Bumping", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Bumping", "prepared_miscounted", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -507,8 +562,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Bumping", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Bumping", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("Bumping", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("Bumping", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("Bumping", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Bumping", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Bumping", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Bumping", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Bumping", "host_error", fails(Some(3), "host h0 reported a engine error: boom")),
         ("Bumping", "heartbeat", nothing()),
@@ -536,6 +593,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Restoring", "step_replayed_diverging", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Restoring", "step_wrong_state", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Restoring", "prepared_right", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Restoring", "prepared_by_both", fails(Some(3), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Restoring", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Restoring", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Restoring", "prepared_miscounted", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -543,8 +601,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Restoring", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Restoring", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("Restoring", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("Restoring", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("Restoring", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Restoring", "restored_right", nothing()),
+        ("Restoring", "restored_by_both", to("Replaying(1,[2])", &["note recovering epoch 2 from 0 replay [1, 2] open Some(3)", "h0<-Start(ReplayCommitted1)", "h1<-Start(ReplayCommitted1)"])),
         ("Restoring", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Restoring", "host_error", fails(Some(3), "host h0 reported a engine error: boom")),
         ("Restoring", "heartbeat", nothing()),
@@ -572,6 +632,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Replaying", "step_replayed_diverging", fails(None, "replay diverged from the journal: the replayed step ingested different input than was recorded")),
         ("Replaying", "step_wrong_state", fails(None, "protocol violation by host h0: host reports state Prepared in mode Live")),
         ("Replaying", "prepared_right", nothing()),
+        ("Replaying", "prepared_by_both", to("Replaying(2,[])", &["note committed 1 replayed=true records=3", "h0<-Commit(1,ReplayCommitted2)", "h1<-Commit(1,ReplayCommitted2)"])),
         ("Replaying", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while preparing tid 1")),
         ("Replaying", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared twice for the same tid")),
         ("Replaying", "prepared_miscounted", fails(None, "host prepared 3 steps but reported 2 StepDone for this tid")),
@@ -579,8 +640,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Replaying", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Replaying", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("Replaying", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(1) unexpected")),
+        ("Replaying", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(1) unexpected")),
         ("Replaying", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Replaying", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Replaying", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Replaying", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Replaying", "host_error", fails(None, "host h0 reported a engine error: boom")),
         ("Replaying", "heartbeat", nothing()),
@@ -608,6 +671,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Beginning", "step_replayed_diverging", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Beginning", "step_wrong_state", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Beginning", "prepared_right", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Beginning", "prepared_by_both", fails(None, "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Beginning", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Beginning", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Beginning", "prepared_miscounted", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -615,8 +679,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Beginning", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Beginning", "committed_ahead", fails(None, "protocol violation by host h0: host committed tid 5 but the ledger's last commit is 4")),
         ("Beginning", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(5) unexpected")),
+        ("Beginning", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(5) unexpected")),
         ("Beginning", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Beginning", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Beginning", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Beginning", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Beginning", "host_error", fails(None, "host h0 reported a engine error: boom")),
         ("Beginning", "heartbeat", nothing()),
@@ -644,6 +710,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("OpenLive", "step_replayed_diverging", fails(Some(4), "protocol violation by host h0: host reports state OpenReplay in mode Replay")),
         ("OpenLive", "step_wrong_state", fails(Some(4), "protocol violation by host h0: host reports state Prepared in mode Live")),
         ("OpenLive", "prepared_right", fails(Some(4), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("OpenLive", "prepared_by_both", fails(Some(4), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("OpenLive", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("OpenLive", "prepared_duplicate", fails(Some(4), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("OpenLive", "prepared_miscounted", fails(Some(4), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -651,8 +718,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("OpenLive", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("OpenLive", "committed_ahead", fails(Some(4), "protocol violation by host h0: host committed tid 4 but the ledger's last commit is 3")),
         ("OpenLive", "checkpoint_done_right", fails(Some(4), "protocol violation by host h0: CheckpointDone(4) unexpected")),
+        ("OpenLive", "checkpoint_done_by_both", fails(Some(4), "protocol violation by host h1: CheckpointDone(4) unexpected")),
         ("OpenLive", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("OpenLive", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("OpenLive", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("OpenLive", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("OpenLive", "host_error", fails(Some(4), "host h0 reported a engine error: boom")),
         ("OpenLive", "heartbeat", nothing()),
@@ -680,6 +749,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("OpenReplay", "step_replayed_diverging", fails(Some(3), "replay diverged from the journal: the replayed step ingested different input than was recorded")),
         ("OpenReplay", "step_wrong_state", fails(Some(3), "protocol violation by host h0: host reports state Prepared in mode Live")),
         ("OpenReplay", "prepared_right", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("OpenReplay", "prepared_by_both", fails(Some(3), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("OpenReplay", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("OpenReplay", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("OpenReplay", "prepared_miscounted", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -687,8 +757,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("OpenReplay", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("OpenReplay", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("OpenReplay", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("OpenReplay", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("OpenReplay", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("OpenReplay", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("OpenReplay", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("OpenReplay", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("OpenReplay", "host_error", fails(Some(3), "host h0 reported a engine error: boom")),
         ("OpenReplay", "heartbeat", nothing()),
@@ -716,6 +788,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("PreparingLive", "step_replayed_diverging", fails(Some(4), "protocol violation by host h0: host reports state OpenReplay in mode Replay")),
         ("PreparingLive", "step_wrong_state", fails(Some(4), "protocol violation by host h0: host reports state Prepared in mode Live")),
         ("PreparingLive", "prepared_right", nothing()),
+        ("PreparingLive", "prepared_by_both", to("Committing(4)", &["propose Commit(4,begin 5)"])),
         ("PreparingLive", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while preparing tid 4")),
         ("PreparingLive", "prepared_duplicate", fails(Some(4), "protocol violation by host h0: Prepared twice for the same tid")),
         ("PreparingLive", "prepared_miscounted", fails(Some(4), "host prepared 2 steps but reported 1 StepDone for this tid")),
@@ -723,8 +796,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("PreparingLive", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("PreparingLive", "committed_ahead", fails(Some(4), "protocol violation by host h0: host committed tid 4 but the ledger's last commit is 3")),
         ("PreparingLive", "checkpoint_done_right", fails(Some(4), "protocol violation by host h0: CheckpointDone(4) unexpected")),
+        ("PreparingLive", "checkpoint_done_by_both", fails(Some(4), "protocol violation by host h1: CheckpointDone(4) unexpected")),
         ("PreparingLive", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("PreparingLive", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("PreparingLive", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("PreparingLive", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("PreparingLive", "host_error", fails(Some(4), "host h0 reported a engine error: boom")),
         ("PreparingLive", "heartbeat", nothing()),
@@ -752,6 +827,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("PreparingReplay", "step_replayed_diverging", fails(Some(3), "replay diverged from the journal: the replayed step ingested different input than was recorded")),
         ("PreparingReplay", "step_wrong_state", fails(Some(3), "protocol violation by host h0: host reports state Prepared in mode Live")),
         ("PreparingReplay", "prepared_right", nothing()),
+        ("PreparingReplay", "prepared_by_both", to("Committing(3)", &["propose Commit(3,begin 4)"])),
         ("PreparingReplay", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while preparing tid 3")),
         ("PreparingReplay", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared twice for the same tid")),
         ("PreparingReplay", "prepared_miscounted", fails(Some(3), "host prepared 2 steps but reported 1 StepDone for this tid")),
@@ -759,8 +835,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("PreparingReplay", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("PreparingReplay", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
         ("PreparingReplay", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("PreparingReplay", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("PreparingReplay", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("PreparingReplay", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("PreparingReplay", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("PreparingReplay", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("PreparingReplay", "host_error", fails(Some(3), "host h0 reported a engine error: boom")),
         ("PreparingReplay", "heartbeat", nothing()),
@@ -788,6 +866,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Committing", "step_replayed_diverging", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Committing", "step_wrong_state", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Committing", "prepared_right", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Committing", "prepared_by_both", fails(None, "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Committing", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Committing", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Committing", "prepared_miscounted", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -795,8 +874,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Committing", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Committing", "committed_ahead", fails(None, "protocol violation by host h0: host committed tid 4 but the ledger's last commit is 3")),
         ("Committing", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(4) unexpected")),
+        ("Committing", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(4) unexpected")),
         ("Committing", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Committing", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Committing", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Committing", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Committing", "host_error", fails(None, "host h0 reported a engine error: boom")),
         ("Committing", "heartbeat", nothing()),
@@ -824,6 +905,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Checkpointing", "step_replayed_diverging", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Checkpointing", "step_wrong_state", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("Checkpointing", "prepared_right", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("Checkpointing", "prepared_by_both", fails(None, "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("Checkpointing", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Checkpointing", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("Checkpointing", "prepared_miscounted", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -831,8 +913,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Checkpointing", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Checkpointing", "committed_ahead", fails(None, "protocol violation by host h0: host committed tid 5 but the ledger's last commit is 4")),
         ("Checkpointing", "checkpoint_done_right", nothing()),
+        ("Checkpointing", "checkpoint_done_by_both", to("RecordingCheckpoint(4)", &["propose CheckpointComplete(4)"])),
         ("Checkpointing", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Checkpointing", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("Checkpointing", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("Checkpointing", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Checkpointing", "host_error", fails(None, "host h0 reported a engine error: boom")),
         ("Checkpointing", "heartbeat", nothing()),
@@ -860,6 +944,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("RecordingCheckpoint", "step_replayed_diverging", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("RecordingCheckpoint", "step_wrong_state", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
         ("RecordingCheckpoint", "prepared_right", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("RecordingCheckpoint", "prepared_by_both", fails(None, "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
         ("RecordingCheckpoint", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("RecordingCheckpoint", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
         ("RecordingCheckpoint", "prepared_miscounted", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
@@ -867,8 +952,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("RecordingCheckpoint", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("RecordingCheckpoint", "committed_ahead", fails(None, "protocol violation by host h0: host committed tid 5 but the ledger's last commit is 4")),
         ("RecordingCheckpoint", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(4) unexpected")),
+        ("RecordingCheckpoint", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(4) unexpected")),
         ("RecordingCheckpoint", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("RecordingCheckpoint", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("RecordingCheckpoint", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
         ("RecordingCheckpoint", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("RecordingCheckpoint", "host_error", fails(None, "host h0 reported a engine error: boom")),
         ("RecordingCheckpoint", "heartbeat", nothing()),
@@ -896,6 +983,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Failed", "step_replayed_diverging", nothing()),
         ("Failed", "step_wrong_state", nothing()),
         ("Failed", "prepared_right", nothing()),
+        ("Failed", "prepared_by_both", nothing()),
         ("Failed", "prepared_wrong_tid", nothing()),
         ("Failed", "prepared_duplicate", nothing()),
         ("Failed", "prepared_miscounted", nothing()),
@@ -903,8 +991,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Failed", "committed_repeated", nothing()),
         ("Failed", "committed_ahead", nothing()),
         ("Failed", "checkpoint_done_right", nothing()),
+        ("Failed", "checkpoint_done_by_both", nothing()),
         ("Failed", "checkpoint_done_wrong", nothing()),
         ("Failed", "restored_right", nothing()),
+        ("Failed", "restored_by_both", nothing()),
         ("Failed", "restored_wrong", nothing()),
         ("Failed", "host_error", nothing()),
         ("Failed", "heartbeat", nothing()),
@@ -932,6 +1022,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Stopped", "step_replayed_diverging", nothing()),
         ("Stopped", "step_wrong_state", nothing()),
         ("Stopped", "prepared_right", nothing()),
+        ("Stopped", "prepared_by_both", nothing()),
         ("Stopped", "prepared_wrong_tid", nothing()),
         ("Stopped", "prepared_duplicate", nothing()),
         ("Stopped", "prepared_miscounted", nothing()),
@@ -939,8 +1030,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Stopped", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
         ("Stopped", "committed_ahead", fails(Some(4), "protocol violation by host h0: host committed tid 4 but the ledger's last commit is 3")),
         ("Stopped", "checkpoint_done_right", nothing()),
+        ("Stopped", "checkpoint_done_by_both", nothing()),
         ("Stopped", "checkpoint_done_wrong", nothing()),
         ("Stopped", "restored_right", nothing()),
+        ("Stopped", "restored_by_both", nothing()),
         ("Stopped", "restored_wrong", nothing()),
         ("Stopped", "host_error", fails(Some(4), "host h0 reported a engine error: boom")),
         ("Stopped", "heartbeat", nothing()),
