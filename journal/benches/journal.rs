@@ -99,9 +99,11 @@ fn bench_appends(dir: &Path, appenders: usize, per_appender: usize, payload: usi
 }
 
 /// Plain loop: write one frame-sized buffer, fdatasync, repeat; latencies.
+/// Appends to `plain.bin` (created if missing), so over several rounds the
+/// file grows just as a journal segment does.
 fn plain_loop_latencies(dir: &Path, records: usize, frame_bytes: usize) -> Vec<Duration> {
     let path = dir.join("plain.bin");
-    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
+    let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
     let buf = vec![0x5au8; frame_bytes];
     let mut lat = Vec::with_capacity(records);
     for _ in 0..records {
