@@ -390,6 +390,14 @@ impl Ledger {
                         "this node's address differs from the one in the ledger membership (harmless for a single-node group)");
                 }
             }
+            // A restarted single node resumes as leader of its old term and
+            // appends nothing, so entries that were durable but not yet
+            // known committed when it died (the committed id is a hint, see
+            // store.rs) would stay unapplied: the coordinator would start
+            // from a ledger missing its newest commits. A new election
+            // appends a blank entry of a new term, which commits and applies
+            // everything before it.
+            raft.trigger().elect().await.map_err(|e| anyhow!("starting a new ledger term: {e}"))?;
         }
 
         // Leader of the current term and its own first entry applied: that
@@ -405,9 +413,11 @@ impl Ledger {
                 let applied_own_term = m
                     .last_applied
                     .is_some_and(|l| l.leader_id.term == m.current_term);
+                let applied_all = m.last_applied.map(|l| l.index) >= m.last_log_index;
                 if m.state == ServerState::Leader
                     && m.current_leader == Some(node_id)
                     && applied_own_term
+                    && applied_all
                 {
                     break;
                 }
@@ -717,6 +727,28 @@ mod tests {
             .unwrap();
         assert_eq!(l.state().await, before);
         assert!(l.raft().metrics().borrow().snapshot.is_none());
+        l.shutdown().await.unwrap();
+    }
+
+    /// Regression: a restarted single node resumed as leader of its old
+    /// term and left durable entries beyond the committed hint unapplied, so
+    /// the coordinator started without its newest commit (found by the e2e
+    /// crash-cycle test: "journal names tid 11 which the ledger never began").
+    #[tokio::test]
+    async fn restart_applies_durable_entries_beyond_a_stale_committed_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        ok(&l, init()).await;
+        let hint = l.raft().metrics().borrow().last_applied;
+        ok(&l, LedgerEntry::Begin { tid: 4 }).await;
+        ok(&l, LedgerEntry::NewEpoch { epoch: 3 }).await;
+        let before = l.state().await;
+        assert_eq!((before.tid_high_water, before.epoch), (4, 3));
+        l.shutdown().await.unwrap();
+        drop(l);
+        store::rewind_committed_hint(dir.path(), hint).unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        assert_eq!(l.state().await, before, "every durable entry is applied on open");
         l.shutdown().await.unwrap();
     }
 

@@ -79,3 +79,60 @@ async fn a_coordinator_that_lost_its_ledger_cannot_drive_hosts_that_saw_a_newer_
     assert_eq!(s.last_committed_tid, 0);
     assert_eq!(s.pipeline_state, "Joining", "{s:#?}");
 }
+
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .min()
+        .expect("a journal segment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_of_an_unknown_format_version_is_refused_with_the_versions_named() {
+    let mut c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.last_committed_tid >= 2).await;
+    c.hosts[0].kill();
+    let seg = first_segment(&c.host_dir(0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let before = bytes.clone();
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes()); // the header's format version
+    std::fs::write(&seg, &bytes).unwrap();
+    c.hosts[0].start();
+    wait_log(&c.hosts[0], "format", &c).await;
+    let log = c.hosts[0].log();
+    assert!(log.contains("99"), "names the version found: {}", tail(&log, 5));
+    // Nothing was repaired or skipped: the file is exactly as we left it.
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+    assert_ne!(bytes, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit() {
+    use lockstep_proto::v1::{self as pb, host_session_client::HostSessionClient};
+    let c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.last_committed_tid >= 1).await;
+    let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();
+    // Not starting with Hello.
+    let first = pb::HostReport { seq: 1, report: Some(pb::host_report::Report::Heartbeat(pb::Heartbeat {})) };
+    let err = client.session(tokio_stream::iter(vec![first])).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("must be Hello"), "{}", err.message());
+    // A Hello from a host that is not a member.
+    let hello = pb::HostReport {
+        seq: 1,
+        report: Some(pb::host_report::Report::Hello(pb::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: "host-7".into(),
+            cluster_id: c.opts.cluster_id.clone(),
+            ..Default::default()
+        })),
+    };
+    let mut commands = client.session(tokio_stream::iter(vec![hello])).await.expect("stream opens").into_inner();
+    let err = commands.message().await.expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("unknown host id \"host-7\""), "{}", err.message());
+    let s = c.status().await.unwrap();
+    assert_eq!(s.pipeline_state, "Running", "a stranger does not disturb the pipeline: {s:#?}");
+}

@@ -223,6 +223,14 @@ fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result
     put_meta_with(db, key, value, Durability::Immediate)
 }
 
+/// Test hook: overwrite the committed-id hint, as a crash between an
+/// append's fsync and the (unsynced) hint write leaves it.
+#[cfg(test)]
+pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId<NodeId>>) -> anyhow::Result<()> {
+    let (db, _) = open_db(dir)?;
+    put_meta(&db, K_COMMITTED, &committed)
+}
+
 fn put_meta_with<T: Serialize>(
     db: &Database,
     key: &str,
