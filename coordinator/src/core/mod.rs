@@ -7,7 +7,9 @@
 //! the returned `Action`s in one place. Every (phase, event) pair has an
 //! explicit outcome in `handle`: an event that has no business in a phase is
 //! a protocol error that fails the pipeline loudly, never silence (DESIGN
-//! invariant 7). The transition table as built is in docs/ARCHITECTURE.md.
+//! invariant 7). The transition table as built is in docs/ARCHITECTURE.md,
+//! section "Coordinator state machine", and `table_tests.rs` pins every
+//! (phase, event) pair of it row by row.
 
 mod types;
 mod verify;
