@@ -499,7 +499,7 @@ impl Core {
         };
         self.fail(
             Diagnosis {
-                summary: format!("host {host} reported a {kind} error: {message}"),
+                summary: format!("host {host} reported an error (kind {kind:?}): {message}"),
                 host: Some(host.to_owned()),
                 tid: (tid != 0).then_some(tid),
                 hint: hint.into(),
