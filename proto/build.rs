@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lockstep/v1/host_session.proto",
         "lockstep/v1/admin.proto",
         "lockstep/v1/ingest.proto",
+        "lockstep/v1/raft.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -15,12 +15,26 @@
 //!   file (`<data dir>/ledger.redb`); the state machine lives in memory and is
 //!   rebuilt on start from the current snapshot plus the committed entries
 //!   after it.
-//! - [`network`]: single-node for now; every peer RPC answers `Unreachable`.
-//!   Growing to 3-5 nodes means a tonic `RaftNetworkFactory` dialing
-//!   `BasicNode::addr`, a peer service that feeds `Raft::{append_entries,
-//!   vote, install_snapshot}` (see [`Ledger::raft`]), and an `open` that
-//!   joins or initialises a multi-member group; storage and state machine
-//!   stay as they are.
+//! - [`network`]: openraft's peer RPCs over tonic (`lockstep.v1.RaftPeer`,
+//!   `proto/lockstep/v1/raft.proto`): a client per peer dialing
+//!   `BasicNode::addr`, and [`peer_service`], which the coordinator serves
+//!   on its own gRPC port.
+//!
+//! # Group life cycle
+//!
+//! - [`Ledger::open_single`]: a one-node group (`coordinator dev`, and
+//!   `serve` without peers); returns once this node leads and has applied
+//!   everything on disk.
+//! - [`Ledger::open`]: one member of a multi-node group. A new group is
+//!   initialised by its smallest node id with every listed node as voter;
+//!   the call returns as soon as the node runs. Leadership comes and goes:
+//!   [`Ledger::subscribe_leadership`] reports it, and a new leader calls
+//!   [`Ledger::wait_applied_leader`] before it trusts [`Ledger::state`].
+//!   [`Ledger::propose`] on a follower fails with `NotLeader` naming the
+//!   leader's address.
+//! - Membership: [`Ledger::add_learner`] then [`Ledger::change_membership`]
+//!   to add a voter; [`Ledger::remove_node`] (or `change_membership`) to
+//!   remove one.
 //!
 //! # Why redb and not the journal crate for the raft log
 //!
@@ -45,7 +59,7 @@
 pub mod network;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
@@ -53,13 +67,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
-use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::ledger::{LedgerEntry, LedgerError, LedgerState};
-use network::SingleNodeNetwork;
+pub use lockstep_proto::v1::raft_peer_server::RaftPeerServer;
+pub use network::PeerService;
+use network::TonicNetwork;
 use store::{LogStore, SmData, StateMachine};
 
 pub type NodeId = u64;
@@ -212,13 +228,18 @@ pub struct RaftTuning {
     /// Entries kept in the log behind the snapshot (for lagging followers);
     /// older ones are purged.
     pub logs_kept_after_snapshot: u64,
-    /// How long `open_single` waits for this node to lead and catch up.
+    /// How long `open_single` waits for this node to lead and catch up, and
+    /// [`Ledger::add_learner`] for the learner to catch up.
     pub open_timeout: Duration,
+    /// Bound on sending one snapshot chunk and, for the last one, the
+    /// receiver installing it (fsync included).
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl Default for RaftTuning {
-    /// Loopback-friendly defaults: heartbeat 100 ms, election 300-600 ms;
-    /// the log stays below about 2000 entries.
+    /// Loopback-friendly defaults: heartbeat 100 ms, election 300-600 ms
+    /// (DESIGN: a new leader within a second of the old one dying); the log
+    /// stays below about 2000 entries.
     fn default() -> Self {
         RaftTuning {
             heartbeat_ms: 100,
@@ -227,6 +248,7 @@ impl Default for RaftTuning {
             snapshot_after_logs: 1000,
             logs_kept_after_snapshot: 1000,
             open_timeout: Duration::from_secs(30),
+            install_snapshot_timeout_ms: 2000,
         }
     }
 }
@@ -238,6 +260,7 @@ impl RaftTuning {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 1,
@@ -253,6 +276,10 @@ pub enum ProposeError {
     /// This node is not the leader; `leader` is the leader's gRPC address if known.
     #[error("this coordinator is not the ledger leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
     NotLeader { leader: Option<String> },
+    /// A membership change was refused (e.g. another change is in progress,
+    /// a voter id that is not a learner yet, a learner that did not catch up).
+    #[error("ledger membership change refused: {0}")]
+    Membership(String),
     #[error("ledger storage failed: {0}")]
     Storage(String),
     #[error("the ledger is shut down")]
@@ -269,6 +296,39 @@ impl From<Fatal<NodeId>> for ProposeError {
     }
 }
 
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for ProposeError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ProposeError::Membership(e.to_string())
+            }
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+/// Who leads the ledger group, as this node last saw it. Every election
+/// (even a failed one) moves `term`, so a node that loses and regains
+/// leadership is seen as a change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+}
+
+/// The group's membership as this node last applied it: node id -> gRPC
+/// address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub voters: BTreeMap<NodeId, String>,
+    pub learners: BTreeMap<NodeId, String>,
+    /// A joint configuration (a membership change half-way) is in effect.
+    pub joint: bool,
+}
+
 /// The coordinator's replicated ledger. Cheap to clone (shared handle).
 #[derive(Clone)]
 pub struct Ledger {
@@ -278,8 +338,11 @@ pub struct Ledger {
 struct Inner {
     raft: LedgerRaft,
     node_id: NodeId,
+    addr: String,
     sm: Arc<RwLock<SmData>>,
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    leadership: watch::Receiver<Leadership>,
+    tuning: RaftTuning,
     /// The database, held by the raft tasks; gone once they have stopped,
     /// which releases the file lock.
     db: Weak<Database>,
@@ -290,9 +353,16 @@ impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
             .field("node_id", &self.inner.node_id)
+            .field("addr", &self.inner.addr)
             .field("path", &self.inner.path)
             .finish()
     }
+}
+
+/// The `RaftPeer` gRPC service of this ledger node, to add to the
+/// coordinator's tonic server (same port as HostSession and Admin).
+pub fn peer_service(ledger: &Ledger) -> RaftPeerServer<PeerService> {
+    network::server(ledger.inner.raft.clone())
 }
 
 impl Ledger {
@@ -312,6 +382,69 @@ impl Ledger {
         addr: String,
         tuning: RaftTuning,
     ) -> anyhow::Result<Ledger> {
+        let ledger = Self::launch(dir, node_id, addr, tuning).await?;
+        let res = async {
+            if ledger.inner.raft.is_initialized().await? {
+                let voters: Vec<NodeId> = ledger.members().voters.into_keys().collect();
+                if voters != [node_id] {
+                    bail!(
+                        "this ledger belongs to a raft group with voters {voters:?}, but this is node {node_id} \
+                         started as a single-node group; start it with the node id its data directory was created \
+                         with, or use another data directory"
+                    );
+                }
+            }
+            ledger.bootstrap(&BTreeMap::new()).await?;
+            ledger.wait_leader_caught_up().await
+        }
+        .await;
+        ledger.or_close(res).await
+    }
+
+    /// Opens (creating if new) the durable raft storage in `dir` and starts
+    /// this node of a multi-node ledger group; `addr` is this node's gRPC
+    /// address as its peers dial it, `peers` the other members (this node
+    /// may be included; its address must then be `addr`).
+    ///
+    /// A brand-new group is initialised by exactly one node: the one with
+    /// the smallest id among `peers` and itself, with all of them as voters;
+    /// the others wait until that node's leader contacts them. A node whose
+    /// group already exists ignores `peers` (membership lives in the ledger
+    /// and changes only through [`Ledger::change_membership`]). A node added
+    /// later as a learner is opened with no peers and waits to be contacted.
+    ///
+    /// Returns as soon as the node runs: it need not be leader, nor have
+    /// applied the committed history yet; see [`Ledger::wait_applied_leader`].
+    pub async fn open(
+        dir: &Path,
+        node_id: NodeId,
+        addr: String,
+        peers: BTreeMap<NodeId, String>,
+        tuning: RaftTuning,
+    ) -> anyhow::Result<Ledger> {
+        if let Some(a) = peers.get(&node_id) {
+            if *a != addr {
+                bail!("node {node_id} is listed among the peers with address {a:?}, but its own address is {addr:?}");
+            }
+        }
+        let ledger = Self::launch(dir, node_id, addr, tuning).await?;
+        let res = ledger.bootstrap(&peers).await;
+        ledger.or_close(res).await
+    }
+
+    /// Shuts the node down (releasing the file lock) if `res` failed.
+    async fn or_close(self, res: anyhow::Result<()>) -> anyhow::Result<Ledger> {
+        match res {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                let _ = self.shutdown().await;
+                Err(e.context(format!("opening the ledger {}", self.inner.path.display())))
+            }
+        }
+    }
+
+    /// Opens the storage and starts the raft node (uninitialised or not).
+    async fn launch(dir: &Path, node_id: NodeId, addr: String, tuning: RaftTuning) -> anyhow::Result<Ledger> {
         let config = Arc::new(tuning.config()?);
         let owned_dir = dir.to_path_buf();
         let (db, path, sm) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -331,79 +464,97 @@ impl Ledger {
 
         let shared = sm.shared();
         let weak = Arc::downgrade(&db);
-        let raft = Raft::new(
-            node_id,
-            config,
-            SingleNodeNetwork,
-            LogStore::new(db.clone()),
-            sm,
-        )
-        .await
-        .with_context(|| format!("starting the raft node on {shown}"))?;
+        let raft = Raft::new(node_id, config, TonicNetwork::new(), LogStore::new(db.clone()), sm)
+            .await
+            .with_context(|| format!("starting the raft node on {shown}"))?;
         drop(db);
-        let ledger = Ledger {
+
+        // Leadership as a watch of its own, derived from the metrics; the
+        // forwarder ends when the raft core stops (its metrics sender drops).
+        let metrics = raft.metrics();
+        let leadership_of = |m: &RaftMetrics<NodeId, BasicNode>| Leadership {
+            term: m.current_term,
+            leader: m.current_leader,
+        };
+        let (lead_tx, lead_rx) = watch::channel(leadership_of(&metrics.borrow()));
+        let mut m_rx = metrics.clone();
+        tokio::spawn(async move {
+            while m_rx.changed().await.is_ok() {
+                let now = leadership_of(&m_rx.borrow_and_update());
+                lead_tx.send_if_modified(|l| std::mem::replace(l, now) != now);
+            }
+        });
+
+        Ok(Ledger {
             inner: Arc::new(Inner {
-                metrics: raft.metrics(),
+                metrics,
+                leadership: lead_rx,
                 raft,
                 node_id,
+                addr,
                 sm: shared,
+                tuning,
                 db: weak,
                 path,
             }),
-        };
-        match ledger.start(node_id, addr, &tuning).await {
-            Ok(()) => Ok(ledger),
-            Err(e) => {
-                // Release the file lock before reporting.
-                let _ = ledger.shutdown().await;
-                Err(e.context(format!("opening the ledger {shown}")))
-            }
-        }
+        })
     }
 
-    async fn start(
-        &self,
-        node_id: NodeId,
-        addr: String,
-        tuning: &RaftTuning,
-    ) -> anyhow::Result<()> {
+    /// Initialises a brand-new group (if this node is the one to), or, for
+    /// an existing single-voter group, starts a new term.
+    async fn bootstrap(&self, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
         let raft = &self.inner.raft;
+        let (node_id, addr) = (self.inner.node_id, self.inner.addr.clone());
         if !raft.is_initialized().await? {
-            tracing::info!(node_id, %addr, "initialising a new single-node ledger group");
-            raft.initialize(BTreeMap::from([(node_id, BasicNode::new(addr))]))
+            let mut members: BTreeMap<NodeId, BasicNode> =
+                peers.iter().map(|(id, a)| (*id, BasicNode::new(a.clone()))).collect();
+            members.insert(node_id, BasicNode::new(addr.clone()));
+            let smallest = *members.keys().next().expect("contains this node");
+            if smallest != node_id {
+                tracing::info!(node_id, %addr, initialiser = smallest,
+                    "new ledger node: waiting for the group's leader to contact it");
+                return Ok(());
+            }
+            tracing::info!(node_id, %addr, voters = ?members.keys().collect::<Vec<_>>(),
+                "initialising a new ledger group");
+            raft.initialize(members)
                 .await
                 .map_err(|e| anyhow!("initialising raft membership: {e}"))?;
-        } else {
-            let membership = self.inner.metrics.borrow().membership_config.clone();
-            let m = membership.membership();
-            let voters: Vec<NodeId> = m.voter_ids().collect();
-            if voters != [node_id] {
-                bail!(
-                    "this ledger belongs to a raft group with voters {voters:?}, but this is node {node_id} started \
-                     as a single-node group; start it with the node id its data directory was created with, or use \
-                     another data directory"
-                );
+            return Ok(());
+        }
+        let members = self.members();
+        if let Some(stored) = members.voters.get(&node_id).or(members.learners.get(&node_id)) {
+            if *stored != addr {
+                tracing::warn!(node_id, stored = %stored, now = %addr,
+                    "this node's address differs from the one in the ledger membership; peers dial the stored one \
+                     (change it with a membership change)");
             }
-            if let Some(stored) = m.get_node(&node_id) {
-                if stored.addr != addr {
-                    tracing::warn!(node_id, stored = %stored.addr, now = %addr,
-                        "this node's address differs from the one in the ledger membership (harmless for a single-node group)");
-                }
-            }
+        }
+        if members.voters.keys().eq([&node_id]) {
             // A restarted single node resumes as leader of its old term and
             // appends nothing, so entries that were durable but not yet
             // known committed when it died (the committed id is a hint, see
             // store.rs) would stay unapplied: the coordinator would start
             // from a ledger missing its newest commits. A new election
             // appends a blank entry of a new term, which commits and applies
-            // everything before it.
-            raft.trigger().elect().await.map_err(|e| anyhow!("starting a new ledger term: {e}"))?;
+            // everything before it. (In a multi-node group the same happens
+            // by itself: whoever wins the next election appends its blank.)
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| anyhow!("starting a new ledger term: {e}"))?;
         }
+        Ok(())
+    }
 
-        // Leader of the current term and its own first entry applied: that
-        // entry commits everything before it, so the state reflects history.
+    /// `open_single`'s wait: leader of the current term with its own first
+    /// entry applied (which commits everything before it) and nothing
+    /// unapplied, so the state reflects history. Bounded by `open_timeout`.
+    async fn wait_leader_caught_up(&self) -> anyhow::Result<()> {
+        let node_id = self.inner.node_id;
+        let timeout = self.inner.tuning.open_timeout;
         let mut rx = self.inner.metrics.clone();
-        let deadline = tokio::time::Instant::now() + tuning.open_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             {
                 let m = rx.borrow_and_update();
@@ -425,10 +576,7 @@ impl Ledger {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => bail!("the raft node stopped while starting"),
-                Err(_) => bail!(
-                    "this node did not become ledger leader within {:?}",
-                    tuning.open_timeout
-                ),
+                Err(_) => bail!("this node did not become ledger leader within {timeout:?}"),
             }
         }
         let m = self.inner.metrics.borrow().clone();
@@ -443,28 +591,27 @@ impl Ledger {
     }
 
     /// Proposes one entry through raft; resolves once it is committed AND
-    /// applied, with the ledger's verdict.
+    /// applied, with the ledger's verdict. On a follower (or a deposed
+    /// leader) it fails with `NotLeader`, naming the leader's address if
+    /// this node knows it.
     pub async fn propose(
         &self,
         entry: LedgerEntry,
     ) -> Result<Result<(), LedgerError>, ProposeError> {
         match self.inner.raft.client_write(entry).await {
             Ok(resp) => Ok(resp.data.0),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
-            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ProposeError::Storage(format!(
                     "unexpected membership error on a ledger write: {e}"
                 )))
             }
-            Err(RaftError::Fatal(f)) => Err(f.into()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Clone of the applied state machine.
+    /// Clone of the applied state machine. On a follower it may lag the
+    /// leader; on a new leader it is complete only after
+    /// [`Ledger::wait_applied_leader`].
     pub async fn state(&self) -> LedgerState {
         store::read_shared(&self.inner.sm).state.clone()
     }
@@ -475,12 +622,162 @@ impl Ledger {
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id)
     }
 
+    /// The leader this node knows of, with its gRPC address (from the
+    /// membership), if any.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.inner.metrics.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// The address of `id` in the current membership.
+    fn addr_of(&self, id: Option<NodeId>) -> Option<String> {
+        let m = self.inner.metrics.borrow();
+        Some(m.membership_config.membership().get_node(&id?)?.addr.clone())
+    }
+
+    /// A watch of [`Leadership`]: changes whenever the term or the known
+    /// leader changes. When it names this node, call
+    /// [`Ledger::wait_applied_leader`] before acting on [`Ledger::state`].
+    pub fn subscribe_leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner.leadership.clone()
+    }
+
+    /// If this node leads, waits until it has applied the first entry of
+    /// its own term (the blank entry openraft appends on election): that
+    /// entry commits every entry of earlier terms, so from then on
+    /// [`Ledger::state`] holds every committed entry, and no tid issued by
+    /// an earlier leader is missing from `tid_high_water`. Returns the term.
+    ///
+    /// Fails with `NotLeader` as soon as this node is not (or no longer)
+    /// leader, with `Shutdown` if the node stops. Not bounded in time: a
+    /// leader cut off from its quorum never commits its blank entry, so
+    /// callers wrap it in a timeout.
+    pub async fn wait_applied_leader(&self) -> Result<u64, ProposeError> {
+        let me = self.inner.node_id;
+        let mut rx = self.inner.metrics.clone();
+        loop {
+            let leader = {
+                let m = rx.borrow_and_update();
+                if m.running_state.is_err() {
+                    return Err(ProposeError::Shutdown);
+                }
+                if m.state == ServerState::Leader && m.current_leader == Some(me) {
+                    if m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term) {
+                        return Ok(m.current_term);
+                    }
+                    None
+                } else {
+                    Some(m.current_leader.filter(|l| *l != me))
+                }
+            };
+            if let Some(leader) = leader {
+                return Err(ProposeError::NotLeader { leader: self.addr_of(leader) });
+            }
+            rx.changed().await.map_err(|_| ProposeError::Shutdown)?;
+        }
+    }
+
+    /// The membership this node has applied (or, on a leader, appended).
+    pub fn members(&self) -> Members {
+        let m = self.inner.metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeMap<NodeId, String> = membership
+            .voter_ids()
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect();
+        let learners = membership
+            .learner_ids()
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect();
+        Members {
+            voters,
+            learners,
+            joint: membership.get_joint_config().len() > 1,
+        }
+    }
+
+    /// Leader only: adds node `id` at `addr` as a learner (it receives the
+    /// log but does not vote) and waits, bounded by `open_timeout`, until it
+    /// has caught up with the membership entry that added it. The new node
+    /// must already run (`Ledger::open` with no peers) and serve
+    /// [`peer_service`]. Adding an existing member changes nothing.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ProposeError> {
+        let resp = self
+            .inner
+            .raft
+            .add_learner(id, BasicNode::new(addr.clone()), false)
+            .await?;
+        let target = resp.log_id;
+        let timeout = self.inner.tuning.open_timeout;
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched.index >= target.index)
+                },
+                format!("learner {id} at {addr} catches up"),
+            )
+            .await
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => ProposeError::Shutdown,
+                e => ProposeError::Membership(format!(
+                    "learner {id} at {addr:?} did not catch up with the log: {e} (is it running and reachable?)"
+                )),
+            })?;
+        Ok(())
+    }
+
+    /// Leader only: makes `voters` the group's voters (each must already be
+    /// a member, i.e. added by [`Ledger::add_learner`] first, or a voter).
+    /// Goes through a joint configuration and returns once the final one is
+    /// committed. A removed voter stays a learner if `retain`, otherwise it
+    /// leaves the group (stop it and discard its data directory). Removing
+    /// the leader itself is allowed: it steps down once the change commits.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain: bool,
+    ) -> Result<(), ProposeError> {
+        if voters.is_empty() {
+            return Err(ProposeError::Membership("a ledger group needs at least one voter".into()));
+        }
+        self.inner.raft.change_membership(voters, retain).await?;
+        Ok(())
+    }
+
+    /// Leader only: removes `id` from the group entirely (voter or learner).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ProposeError> {
+        let members = self.members();
+        if members.voters.contains_key(&id) {
+            let voters = members.voters.keys().copied().filter(|v| *v != id).collect();
+            self.change_membership(voters, false).await
+        } else if members.learners.contains_key(&id) {
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
+            Ok(())
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
     }
 
-    /// The underlying raft handle (metrics, and the peer RPC entry points
-    /// for the replicated-coordinator work).
+    /// This node's gRPC address, as given to `open`.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The underlying raft handle (metrics, `wait`, triggers).
     pub fn raft(&self) -> &LedgerRaft {
         &self.inner.raft
     }

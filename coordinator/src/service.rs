@@ -474,6 +474,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::admin_server::AdminServer<AdminService>>().await;
     health.set_serving::<pb::host_session_server::HostSessionServer<HostSessionService>>().await;
+    health.set_serving::<crate::raft::RaftPeerServer<crate::raft::PeerService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -488,6 +489,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService { driver: driver.clone() }))
+        .add_service(crate::raft::peer_service(&ledger))
         .add_service(pb::admin_server::AdminServer::new(AdminService { driver, ledger }))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;

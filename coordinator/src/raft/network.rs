@@ -1,81 +1,301 @@
-//! Peer network of the ledger group: single-node for now.
+//! Peer network of the ledger group: openraft's RPCs over tonic.
 //!
-//! A single-node group never sends a raft RPC (it is its own quorum), so
-//! every RPC here answers `Unreachable`. The replicated-coordinator issue
-//! replaces [`SingleNodeNetwork`] with a tonic client that dials
-//! `BasicNode::addr` (each member's gRPC address, already stored in the
-//! membership), keeping the rest of the raft layer as is.
+//! - Client side: [`TonicNetwork`] is the `RaftNetworkFactory`. It keeps one
+//!   lazily connected tonic [`Channel`] per peer address (a channel
+//!   reconnects by itself after the peer comes back), and hands openraft a
+//!   [`PeerClient`] per replication stream or vote. Transport failures map
+//!   to openraft errors: a peer that cannot be reached (connection refused,
+//!   reset, DNS, a stopped raft node behind a live server) is `Unreachable`,
+//!   so openraft's replication backs off ([`RaftNetwork::backoff`]) instead
+//!   of spinning; anything else that went wrong on the way (an RPC timeout,
+//!   an undecodable reply) is a `NetworkError`, retried at once. An error
+//!   the remote raft node itself returned travels back as a `RemoteError`.
+//! - Server side: [`PeerService`] (see [`crate::raft::peer_service`]) feeds
+//!   the requests into the local `Raft::{append_entries, vote,
+//!   install_snapshot}`. It runs on the coordinator's own gRPC port.
+//! - Snapshots go as openraft 0.9 sends them without `generic-snapshot-data`:
+//!   whole, in chunks of `snapshot_max_chunk_size` through `InstallSnapshot`
+//!   (openraft's `Chunked` transport on both ends).
+//!
+//! Bodies are serde_json of openraft's types; why, see `proto/lockstep/v1/raft.proto`.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::RPCOption;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockstep_proto::v1 as pb;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use openraft::{AnyError, BasicNode, RaftNetwork, RaftNetworkFactory};
+use pb::raft_peer_client::RaftPeerClient;
+use pb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
 
-use super::{NodeId, TypeConfig};
+use super::{LedgerRaft, NodeId, TypeConfig};
 
-/// Network factory for a single-node group: peers are unreachable.
-#[derive(Clone, Debug, Default)]
-pub struct SingleNodeNetwork;
+/// Largest peer message accepted, both ways. An AppendEntries batch is at
+/// most `max_payload_entries` (300) ledger entries and a snapshot chunk at
+/// most `snapshot_max_chunk_size` (3 MiB), both far below this; tonic's
+/// default of 4 MiB would be too close to the chunk size.
+pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+/// Connecting to a peer gives up after this long (the RPC itself is bounded
+/// by openraft's own timeouts around every call).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings detect a peer that vanished without closing its
+/// connection (power loss, SIGSTOP) so the channel reconnects.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// A "connection" to a peer that does not exist yet.
-#[derive(Debug)]
-pub struct UnreachablePeer {
-    target: NodeId,
-    addr: String,
+/// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
+/// member's `BasicNode::addr` (its coordinator gRPC address).
+#[derive(Clone, Default)]
+pub struct TonicNetwork {
+    /// One channel per peer address, shared by every client for that peer.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
-impl UnreachablePeer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let why = std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            format!(
-                "raft peer {} at {:?}: the ledger group is single-node for now (no peer network)",
-                self.target, self.addr
-            ),
-        );
-        RPCError::Unreachable(Unreachable::new(&why))
+impl TonicNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| format!("peer address {addr:?} is not a valid URI: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
+        // Lazy: nothing is dialed until the first RPC, and a failed dial is
+        // retried on the next one.
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
-    type Network = UnreachablePeer;
+impl RaftNetworkFactory<TypeConfig> for TonicNetwork {
+    type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        UnreachablePeer {
+        let client = self.channel(&node.addr).map(|c| {
+            RaftPeerClient::new(c)
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE)
+        });
+        PeerClient {
             target,
-            addr: node.addr.clone(),
+            node: node.clone(),
+            client,
         }
     }
 }
 
-impl RaftNetwork<TypeConfig> for UnreachablePeer {
+/// openraft's connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    node: BasicNode,
+    /// `Err` when the peer's address cannot even be parsed: every RPC is
+    /// then `Unreachable` with that reason.
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+fn io_err(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
+    std::io::Error::new(kind, msg)
+}
+
+impl PeerClient {
+    fn what(&self, rpc: &str) -> String {
+        format!("raft {rpc} to peer {} at {:?}", self.target, self.node.addr)
+    }
+
+    fn unreachable<E: std::error::Error>(&self, rpc: &str, why: &str) -> RpcErr<E> {
+        let e = io_err(std::io::ErrorKind::NotConnected, format!("{}: {why}", self.what(rpc)));
+        RPCError::Unreachable(Unreachable::new(&e))
+    }
+
+    fn network<E: std::error::Error>(&self, rpc: &str, why: &str) -> RpcErr<E> {
+        let e = AnyError::error(format!("{}: {why}", self.what(rpc)));
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    /// Maps a gRPC failure: transport-level failures (tonic reports them
+    /// as `Unavailable`, and the peer service answers `Unavailable` when its
+    /// raft node has stopped) are `Unreachable`; the rest are network errors.
+    fn status<E: std::error::Error>(&self, rpc: &str, s: Status) -> RpcErr<E> {
+        let why = format!("{:?}: {}", s.code(), s.message());
+        match s.code() {
+            Code::Unavailable => self.unreachable(rpc, &why),
+            // tonic reports some connection-level failures (a reset stream,
+            // a refused HTTP/2 handshake) as Unknown with a transport source.
+            Code::Unknown if std::error::Error::source(&s).is_some() => self.unreachable(rpc, &why),
+            _ => self.network(rpc, &why),
+        }
+    }
+
+    /// Sends one request and decodes the reply: the response, or the
+    /// remote raft node's error.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &'static str,
+        req: &Req,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(why) => return Err(self.unreachable(rpc, &why.clone())),
+        };
+        let body = serde_json::to_vec(req)
+            .map_err(|e| self.network(rpc, &format!("encoding the request: {e}")))?;
+        let mut request = Request::new(pb::RaftRequest { body, data });
+        // Tells the peer how long the caller waits (openraft bounds the
+        // whole call with the same TTL).
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            "AppendEntries" => client.append_entries(request).await,
+            "Vote" => client.vote(request).await,
+            "InstallSnapshot" => client.install_snapshot(request).await,
+            other => unreachable!("unknown raft rpc {other}"),
+        };
+        let reply = reply.map_err(|s| self.status(rpc, s))?.into_inner();
+        match reply.result {
+            Some(pb::raft_reply::Result::Ok(b)) => serde_json::from_slice(&b)
+                .map_err(|e| self.network(rpc, &format!("undecodable reply: {e}"))),
+            Some(pb::raft_reply::Result::Error(b)) => {
+                let err: RaftError<NodeId, E> = serde_json::from_slice(&b)
+                    .map_err(|e| self.network(rpc, &format!("undecodable error reply: {e}")))?;
+                Err(RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.node.clone(),
+                    err,
+                )))
+            }
+            None => Err(self.network(rpc, "empty reply")),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call("AppendEntries", &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        let data = std::mem::take(&mut rpc.data);
+        self.call("InstallSnapshot", &rpc, data, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call("Vote", &rpc, Vec::new(), &option).await
+    }
+
+    /// After `Unreachable`, replication to that peer pauses 100 ms, then
+    /// doubling up to 1 s: a restarted peer is caught up within about a
+    /// second, a dead one costs a few RPCs per second.
+    fn backoff(&self) -> Backoff {
+        let steps = [100u64, 200, 400, 800].into_iter().map(Duration::from_millis);
+        Backoff::new(steps.chain(std::iter::repeat(Duration::from_secs(1))))
+    }
+}
+
+// ---- server side ----------------------------------------------------------------
+
+/// The `RaftPeer` gRPC service of one node: hands peer RPCs to its raft.
+#[derive(Clone)]
+pub struct PeerService {
+    raft: LedgerRaft,
+}
+
+/// The tonic server for [`PeerService`], with the peer message limit.
+pub fn server(raft: LedgerRaft) -> RaftPeerServer<PeerService> {
+    RaftPeerServer::new(PeerService { raft })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
+}
+
+fn decode<T: DeserializeOwned>(rpc: &str, body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "raft {rpc}: undecodable request (is the peer running another Lockstep version?): {e}"
+        ))
+    })
+}
+
+/// Encodes the local raft's answer. A fatal error (the node is shut down
+/// or its storage failed) answers `Unavailable`, so the caller treats this
+/// node as unreachable and backs off, as if it were down.
+fn reply<T: Serialize, E: Serialize + std::error::Error>(
+    rpc: &str,
+    res: Result<T, RaftError<NodeId, E>>,
+) -> Result<Response<pb::RaftReply>, Status> {
+    let result = match res {
+        Ok(t) => pb::raft_reply::Result::Ok(
+            serde_json::to_vec(&t).map_err(|e| Status::internal(format!("raft {rpc}: encoding the reply: {e}")))?,
+        ),
+        Err(RaftError::Fatal(f)) => {
+            return Err(Status::unavailable(format!("raft {rpc}: this ledger node is not running: {f}")))
+        }
+        Err(e) => pb::raft_reply::Result::Error(
+            serde_json::to_vec(&e).map_err(|e| Status::internal(format!("raft {rpc}: encoding the error: {e}")))?,
+        ),
+    };
+    Ok(Response::new(pb::RaftReply { result: Some(result) }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &req.get_ref().body)?;
+        reply("AppendEntries", self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc: VoteRequest<NodeId> = decode("Vote", &req.get_ref().body)?;
+        reply("Vote", self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let req = req.into_inner();
+        let mut rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &req.body)?;
+        rpc.data = req.data;
+        reply("InstallSnapshot", self.raft.install_snapshot(rpc).await)
     }
 }
