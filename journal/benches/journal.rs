@@ -10,7 +10,15 @@
 //!     size (target: >= 5x the loop at 32 appenders);
 //! (b) sequential replay (read_from, CRC + full decode) vs a raw sequential
 //!     read of the same segment files (target: >= 0.5x);
-//! (c) VmRSS while replaying and summarising a large journal stays flat.
+//! (c) VmRSS while replaying and summarising a large journal stays flat;
+//! (d) CRC32C throughput on this CPU: the `crc32c` crate (SSE4.2 `crc32`
+//!     instruction, 3-way interleaved) vs `crc-fast` (PCLMULQDQ /
+//!     VPCLMULQDQ folding fused with `crc32`, what `format::crc32c` uses) on
+//!     256 B, 4 KiB and 256 KiB buffers, and the frame CRC as the reader
+//!     computes it (length prefix, then body). In memory, no disk.
+//!
+//! `LOCKSTEP_BENCH_SECTIONS` picks sections, comma-separated, from `crc`,
+//! `append`, `replay` (default: all; `replay` includes (c)).
 //!
 //! Sizes: `LOCKSTEP_BENCH_PAYLOAD_BYTES` (appends, default 256),
 //! `LOCKSTEP_BENCH_REPLAY_RECORDS` (default 50000) and
@@ -141,8 +149,69 @@ fn evict(paths: &[std::path::PathBuf]) {
     }
 }
 
+/// Best-of-`rounds` throughput in GB/s (10^9 bytes/s) of `f` over `buf`,
+/// each round running it on about `bytes_per_round` bytes.
+fn crc_gbps(buf: &[u8], bytes_per_round: usize, rounds: usize, f: &dyn Fn(&[u8]) -> u32) -> f64 {
+    let iters = (bytes_per_round / buf.len()).max(1);
+    let mut best = Duration::MAX;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let mut acc = 0u32;
+        for _ in 0..iters {
+            acc ^= f(std::hint::black_box(buf));
+        }
+        std::hint::black_box(acc);
+        best = best.min(t0.elapsed());
+    }
+    (iters * buf.len()) as f64 / best.as_secs_f64() / 1e9
+}
+
+/// (d): CRC32C implementations compared on this CPU.
+fn bench_crc() {
+    println!("\n(d) CRC32C throughput, GB/s (10^9 B/s), best of 7 rounds of ~64 MB each, implementations interleaved");
+    // Deterministic pseudo-random bytes (xorshift), so runs are comparable.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..(256 << 10) + 64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    type CrcFn = fn(&[u8]) -> u32;
+    let impls: [(&str, CrcFn); 4] = [
+        ("crc32c 0.6.9, crc32c::crc32c          ", |b| crc32c::crc32c(b)),
+        ("crc-fast, crc_fast::crc32_iscsi       ", |b| crc_fast::crc32_iscsi(b)),
+        ("frame CRC (len, body) with crc32c     ", |b| crc32c::crc32c_append(crc32c::crc32c(&b[..4]), &b[8..])),
+        ("frame CRC (len, body), format (journal)", |b| format::crc32c_append(format::crc32c(&b[..4]), &b[8..])),
+    ];
+    for size in [256usize, 4 << 10, 256 << 10] {
+        // Odd offset: frame bodies are not aligned in the read buffer.
+        let buf = &data[3..3 + size];
+        let mut best = [0f64; 4];
+        for _ in 0..7 {
+            for (i, (_, f)) in impls.iter().enumerate() {
+                best[i] = best[i].max(crc_gbps(buf, 64 << 20, 1, f));
+            }
+        }
+        println!("  {:>6} B buffers:", size);
+        for (i, (name, _)) in impls.iter().enumerate() {
+            println!("    {name}: {:>6.1} GB/s = {:.2}x crc32c", best[i], best[i] / best[0]);
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
+    let sections = std::env::var("LOCKSTEP_BENCH_SECTIONS").unwrap_or_else(|_| "crc,append,replay".into());
+    let section = |name: &str| sections.split(',').any(|s| s.trim() == name);
+    if section("crc") {
+        bench_crc();
+    }
+    if !section("append") && !section("replay") {
+        return;
+    }
     let payload = env_usize("LOCKSTEP_BENCH_PAYLOAD_BYTES", 256);
     let replay_records = env_usize("LOCKSTEP_BENCH_REPLAY_RECORDS", 50_000);
     let replay_payload = env_usize("LOCKSTEP_BENCH_REPLAY_PAYLOAD_BYTES", 4096);
@@ -158,10 +227,19 @@ fn main() {
     // (a) appends. fsync latency of a shared virtual disk drifts a lot
     // within a run, so the single-appender comparison alternates: rounds of
     // plain loop / `append` / `append_async`, totals over all rounds.
+    if section("append") {
+        bench_append_section(root.path(), payload, frame_bytes);
+    }
+    if section("replay") {
+        bench_replay_section(root.path(), replay_records, replay_payload);
+    }
+}
+
+fn bench_append_section(root: &Path, payload: usize, frame_bytes: usize) {
     println!("\n(a) appends: durable records/s, latency p50 / p99");
     let rounds = env_usize("LOCKSTEP_BENCH_APPEND_ROUNDS", 6);
     let per_round = 400usize;
-    let (sync_dir, async_dir) = (root.path().join("append-1-sync"), root.path().join("append-1-async"));
+    let (sync_dir, async_dir) = (root.join("append-1-sync"), root.join("append-1-async"));
     let (sync_j, _) = Journal::open(&sync_dir, ident(), JournalOptions::default()).unwrap();
     let (async_j, _) = Journal::open(&async_dir, ident(), JournalOptions::default()).unwrap();
     let mut lats: [Vec<Duration>; 3] = Default::default();
@@ -169,7 +247,7 @@ fn main() {
     let mut next_step = [0u64; 2];
     for _ in 0..rounds {
         let t0 = Instant::now();
-        lats[0].extend(plain_loop_latencies(root.path(), per_round, frame_bytes));
+        lats[0].extend(plain_loop_latencies(root, per_round, frame_bytes));
         totals[0] += t0.elapsed();
         for (i, j) in [&sync_j, &async_j].into_iter().enumerate() {
             let t0 = Instant::now();
@@ -210,8 +288,8 @@ fn main() {
         );
     }
     for (appenders, per) in [(8usize, 500usize), (32, 300)] {
-        let plain = bench_plain_loop(root.path(), 1000, frame_bytes);
-        let dir = root.path().join(format!("append-{appenders}"));
+        let plain = bench_plain_loop(root, 1000, frame_bytes);
+        let dir = root.join(format!("append-{appenders}"));
         let r = bench_appends(&dir, appenders, per, payload, false);
         println!(
             "  journal, {appenders:>2} x append_async    : {:>9.0} rec/s  p50 {:>8.1?}  p99 {:>8.1?}  = {:.1}x plain loop run just before ({:.0} rec/s, p50 {:.1?})",
@@ -225,8 +303,11 @@ fn main() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    // (b) replay vs raw read, (c) memory.
-    let dir = root.path().join("replay");
+}
+
+/// (b) replay vs raw read, (c) memory.
+fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usize) {
+    let dir = root.join("replay");
     {
         let (journal, _) = Journal::open(&dir, ident(), JournalOptions::default()).unwrap();
         let batch = 1024u64;
@@ -270,6 +351,25 @@ fn main() {
         }
         assert_eq!(n, bytes);
     };
+    // The ceiling of any read()-based replay: the same copy from the page
+    // cache in the reader's chunk size, plus one CRC pass over every byte.
+    let raw_read_crc = |buf: &mut Vec<u8>| {
+        let mut n = 0u64;
+        let mut acc = 0u32;
+        for p in &segs {
+            let mut f = File::open(p).unwrap();
+            loop {
+                let k = f.read(&mut buf[..format::READ_CHUNK_BYTES]).unwrap();
+                if k == 0 {
+                    break;
+                }
+                acc ^= format::crc32c(&buf[..k]);
+                n += k as u64;
+            }
+        }
+        std::hint::black_box(acc);
+        assert_eq!(n, bytes);
+    };
     let mut buf = vec![0u8; 1 << 20];
     let rss_before = vm_kib("VmRSS:");
     let mut rss_max = rss_before;
@@ -303,8 +403,8 @@ fn main() {
     let mib = bytes as f64 / (1 << 20) as f64;
     for cold in [true, false] {
         // Best of 3 of each, interleaved: raw, read_from, read_shared_from,
-        // summarize.
-        let mut best = [Duration::MAX; 4];
+        // summarize, raw + CRC.
+        let mut best = [Duration::MAX; 5];
         for _ in 0..3 {
             for (i, best) in best.iter_mut().enumerate() {
                 if cold {
@@ -315,7 +415,8 @@ fn main() {
                     0 => raw_read(&mut buf),
                     1 => replay(&mut rss_max),
                     2 => replay_shared(&mut rss_max),
-                    _ => summarize(),
+                    3 => summarize(),
+                    _ => raw_read_crc(&mut buf),
                 }
                 *best = (*best).min(t0.elapsed());
             }
@@ -324,8 +425,13 @@ fn main() {
         let raw_mibs = mibs(best[0]);
         let what = if cold { "cold (evicted from page cache)" } else { "warm (in page cache)" };
         println!("  {what}:");
-        println!("    raw sequential read                  : {raw_mibs:>8.0} MiB/s");
-        for (i, name) in [(1, "replay, read_from (owned pb)  "), (2, "replay, read_shared_from     "), (3, "summarize (no payloads)      ")] {
+        println!("    raw sequential read                 : {raw_mibs:>8.0} MiB/s");
+        for (i, name) in [
+            (1, "replay, read_from (owned pb) "),
+            (2, "replay, read_shared_from     "),
+            (3, "summarize (no payloads)      "),
+            (4, "bound: raw 256 KiB reads+CRC "),
+        ] {
             println!(
                 "    {name}        : {:>8.0} MiB/s  = {:.2}x raw  ({:.0} records/s)",
                 mibs(best[i]),
