@@ -32,8 +32,9 @@
 //!   [`Ledger::wait_applied_leader`] before it trusts [`Ledger::state`].
 //!   [`Ledger::propose`] on a follower fails with `NotLeader` naming the
 //!   leader's address.
-//! - Membership: [`Ledger::add_learner`] then [`Ledger::change_membership`]
-//!   to add a voter; [`Ledger::remove_node`] (or `change_membership`) to
+//! - Membership: a new node starts with [`Ledger::join`]; the leader's
+//!   [`Ledger::add_learner`] then [`Ledger::change_membership`] make it a
+//!   voter; [`Ledger::remove_node`] (or `change_membership`) to
 //!   remove one.
 //!
 //! # Why redb and not the journal crate for the raft log
@@ -62,13 +63,12 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use redb::Database;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -76,7 +76,7 @@ use crate::ledger::{LedgerEntry, LedgerError, LedgerState};
 pub use lockstep_proto::v1::raft_peer_server::RaftPeerServer;
 pub use network::PeerService;
 use network::TonicNetwork;
-use store::{LogStore, SmData, StateMachine};
+use store::{Db, LogStore, SmData, StateMachine};
 
 pub type NodeId = u64;
 
@@ -343,9 +343,9 @@ struct Inner {
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     leadership: watch::Receiver<Leadership>,
     tuning: RaftTuning,
-    /// The database, held by the raft tasks; gone once they have stopped,
-    /// which releases the file lock.
-    db: Weak<Database>,
+    /// Reports (by closing) when the database, held by the raft tasks, has
+    /// been dropped and its file lock released.
+    db_closed: watch::Receiver<()>,
     path: PathBuf,
 }
 
@@ -415,6 +415,13 @@ impl Ledger {
     ///
     /// Returns as soon as the node runs: it need not be leader, nor have
     /// applied the committed history yet; see [`Ledger::wait_applied_leader`].
+    ///
+    /// With no peers, a new node initialises a single-node group (as
+    /// `open_single` does, without waiting to lead). A node meant to join an
+    /// existing group is opened with [`Ledger::join`] instead: listing the
+    /// group's members as peers works too, but only if one of them has a
+    /// smaller id than the joining node, or it would initialise a group of
+    /// its own.
     pub async fn open(
         dir: &Path,
         node_id: NodeId,
@@ -429,6 +436,27 @@ impl Ledger {
         }
         let ledger = Self::launch(dir, node_id, addr, tuning).await?;
         let res = ledger.bootstrap(&peers).await;
+        ledger.or_close(res).await
+    }
+
+    /// Opens (creating if new) the durable raft storage in `dir` and starts
+    /// a node that never initialises a group: it waits until a leader adds
+    /// it ([`Ledger::add_learner`] on the leader), or, if its directory
+    /// already belongs to a group, rejoins it. Use it for a node joining an
+    /// existing group: `open` with no peers would make it a single-node
+    /// group of its own. Returns as soon as the node runs.
+    pub async fn join(dir: &Path, node_id: NodeId, addr: String, tuning: RaftTuning) -> anyhow::Result<Ledger> {
+        let ledger = Self::launch(dir, node_id, addr, tuning).await?;
+        let res = async {
+            if ledger.inner.raft.is_initialized().await? {
+                ledger.bootstrap(&BTreeMap::new()).await?;
+            } else {
+                tracing::info!(node_id, addr = %ledger.inner.addr,
+                    "new ledger node: waiting to be added to a group by its leader");
+            }
+            Ok(())
+        }
+        .await;
         ledger.or_close(res).await
     }
 
@@ -447,8 +475,9 @@ impl Ledger {
     async fn launch(dir: &Path, node_id: NodeId, addr: String, tuning: RaftTuning) -> anyhow::Result<Ledger> {
         let config = Arc::new(tuning.config()?);
         let owned_dir = dir.to_path_buf();
-        let (db, path, sm) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (db, db_closed, path, sm) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let (db, path) = store::open_db(&owned_dir)?;
+            let (db, closed) = Db::new(db);
             let db = Arc::new(db);
             let sm = StateMachine::load(db.clone()).with_context(|| {
                 format!(
@@ -456,14 +485,13 @@ impl Ledger {
                     path.display()
                 )
             })?;
-            Ok((db, path, sm))
+            Ok((db, closed, path, sm))
         })
         .await
         .context("ledger open task failed")??;
         let shown = path.display().to_string();
 
         let shared = sm.shared();
-        let weak = Arc::downgrade(&db);
         let raft = Raft::new(node_id, config, TonicNetwork::new(), LogStore::new(db.clone()), sm)
             .await
             .with_context(|| format!("starting the raft node on {shown}"))?;
@@ -494,7 +522,7 @@ impl Ledger {
                 addr,
                 sm: shared,
                 tuning,
-                db: weak,
+                db_closed,
                 path,
             }),
         })
@@ -790,24 +818,25 @@ impl Ledger {
             .shutdown()
             .await
             .map_err(|e| anyhow!("raft core task failed: {e}"))?;
-        // The state-machine worker may drop its handle a moment after the core.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.inner.db.strong_count() > 0 {
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "the ledger {} is still held open 10 s after raft shutdown",
-                    self.inner.path.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // The state-machine worker (and any storage call still on the
+        // blocking pool) may drop its handle a moment after the core.
+        let mut closed = self.inner.db_closed.clone();
+        match tokio::time::timeout(Duration::from_secs(10), closed.changed()).await {
+            // The sender never sends: `changed` only ends when it is dropped.
+            Ok(_) => Ok(()),
+            Err(_) => bail!(
+                "the ledger {} is still held open 10 s after raft shutdown",
+                self.inner.path.display()
+            ),
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use redb::Database;
 
     use super::*;
     use crate::ledger::{HostTxnRecord, TxnStatus};
@@ -1189,7 +1218,7 @@ mod tests {
             {
                 let dir = tempfile::tempdir().unwrap();
                 let (db, _) = store::open_db(dir.path()).unwrap();
-                let db = Arc::new(db);
+                let db = Arc::new(Db::new(db).0);
                 Ok((
                     dir,
                     LogStore::new(db.clone()),
@@ -1229,7 +1258,7 @@ mod tests {
         // Install it into a fresh state machine elsewhere.
         let other = tempfile::tempdir().unwrap();
         let (db, _) = store::open_db(other.path()).unwrap();
-        let db = Arc::new(db);
+        let db = Arc::new(Db::new(db).0);
         let mut sm = StateMachine::load(db.clone()).unwrap();
         sm.install_snapshot(&snap.meta, snap.snapshot)
             .await

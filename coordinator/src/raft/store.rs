@@ -139,6 +139,31 @@ pub fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf)> {
     Ok((db, path))
 }
 
+/// The open ledger database, shared by the log store and the state
+/// machine. Dropping the last handle closes the file and releases redb's
+/// lock; the receiver from [`Db::new`] reports when that has *finished*
+/// (redb's drop does I/O, so "no handles left" alone does not mean the file
+/// can be opened again yet).
+pub struct Db {
+    db: Database,
+    /// Dropped after `db` (fields drop in declaration order).
+    _closed: tokio::sync::watch::Sender<()>,
+}
+
+impl Db {
+    pub fn new(db: Database) -> (Db, tokio::sync::watch::Receiver<()>) {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        (Db { db, _closed: tx }, rx)
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
 /// Stamps a brand-new file with [`FORMAT`]; refuses a redb file that is not a
 /// Lockstep ledger or has another format version.
 fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
@@ -282,11 +307,11 @@ fn read_log_state(db: &Database) -> anyhow::Result<LogState<TypeConfig>> {
 /// `LogReader`.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<Db>) -> Self {
         LogStore { db }
     }
 }
@@ -434,13 +459,13 @@ pub struct SnapshotPayload {
 /// builder is a clone).
 #[derive(Clone)]
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Arc<Db>,
     data: Arc<RwLock<SmData>>,
 }
 
 impl StateMachine {
     /// Loads the current snapshot, if any, as the starting state.
-    pub fn load(db: Arc<Database>) -> anyhow::Result<Self> {
+    pub fn load(db: Arc<Db>) -> anyhow::Result<Self> {
         let mut data = SmData::default();
         if let Some((meta, bytes)) = read_snapshot(&db)? {
             data = SmData {

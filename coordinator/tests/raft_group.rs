@@ -1,0 +1,463 @@
+//! The ledger as a real multi-node openraft group: real tonic servers on
+//! 127.0.0.1 ports from binding :0, real redb files in temp dirs. No sleeps
+//! as synchronisation: every wait is on raft metrics (openraft's `Wait`)
+//! or the leadership watch, with an overall bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep_coordinator::ledger::{HostTxnRecord, LedgerEntry, LedgerError, LedgerState, TxnStatus};
+use lockstep_coordinator::raft::network::TonicNetwork;
+use lockstep_coordinator::raft::{peer_service, Ledger, NodeId, ProposeError, RaftTuning};
+use openraft::error::RPCError;
+use openraft::{BasicNode, RaftNetwork as _, RaftNetworkFactory as _, ServerState};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Overall bound of every wait.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn tuning() -> RaftTuning {
+    // The production timings (heartbeat 100 ms, election 300-600 ms).
+    RaftTuning::default()
+}
+
+struct Node {
+    id: NodeId,
+    addr: String,
+    dir: PathBuf,
+    ledger: Ledger,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts node `id` on `listener` (bound beforehand, so `addr` is known
+    /// to every peer before any node starts).
+    async fn start(
+        id: NodeId,
+        dir: &Path,
+        listener: TcpListener,
+        peers: Option<BTreeMap<NodeId, String>>,
+        tuning: RaftTuning,
+    ) -> Node {
+        let addr = listener.local_addr().unwrap().to_string();
+        let ledger = match peers {
+            Some(peers) => Ledger::open(dir, id, addr.clone(), peers, tuning).await,
+            None => Ledger::join(dir, id, addr.clone(), tuning).await,
+        }
+        .unwrap_or_else(|e| panic!("opening node {id}: {e:#}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let svc = peer_service(&ledger);
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        Node {
+            id,
+            addr,
+            dir: dir.to_path_buf(),
+            ledger,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    /// Stops serving (closing its peer connections) and shuts the raft node
+    /// down; returns what a restart needs.
+    async fn stop(mut self) -> (NodeId, String, PathBuf) {
+        let _ = self.stop.take().unwrap().send(());
+        if tokio::time::timeout(BOUND, &mut self.server).await.is_err() {
+            self.server.abort();
+        }
+        self.ledger.shutdown().await.unwrap();
+        (self.id, self.addr, self.dir)
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A group of `n` nodes with ids 1..=n, each in its own temp dir.
+async fn group(n: u64, tuning: RaftTuning) -> (Vec<tempfile::TempDir>, Vec<Node>) {
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(bind().await);
+    }
+    let peers: BTreeMap<NodeId, String> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string()))
+        .collect();
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    // Start the non-initialising nodes first: they wait to be contacted.
+    for (i, l) in listeners.into_iter().enumerate().rev() {
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(Node::start(i as u64 + 1, dir.path(), l, Some(peers.clone()), tuning.clone()).await);
+        dirs.push(dir);
+    }
+    nodes.reverse();
+    (dirs, nodes)
+}
+
+/// Waits until one node leads, has applied its term's first entry, and
+/// every other node follows it; returns its index in `nodes`.
+async fn leader_of(nodes: &[Node]) -> usize {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no leader within {BOUND:?}");
+        // Any node reaching Leader state.
+        let waits = nodes.iter().map(|n| {
+            let w = n.ledger.raft().wait(Some(deadline - tokio::time::Instant::now()));
+            let msg = format!("node {} leads", n.id);
+            Box::pin(async move { w.state(ServerState::Leader, msg).await })
+        });
+        let (res, i, _) = futures::future::select_all(waits).await;
+        res.unwrap_or_else(|e| panic!("no leader: {e}"));
+        let l = &nodes[i].ledger;
+        match tokio::time::timeout_at(deadline, l.wait_applied_leader()).await {
+            Ok(Ok(term)) => {
+                for n in nodes {
+                    n.ledger
+                        .raft()
+                        .wait(Some(deadline - tokio::time::Instant::now()))
+                        .metrics(
+                            |m| m.current_leader == Some(nodes[i].id) && m.current_term == term,
+                            format!("node {} follows {} in term {term}", n.id, nodes[i].id),
+                        )
+                        .await
+                        .unwrap();
+                }
+                return i;
+            }
+            // Deposed at once (a competing candidate): look again.
+            Ok(Err(ProposeError::NotLeader { .. })) => continue,
+            Ok(Err(e)) => panic!("waiting for leader {}: {e}", nodes[i].id),
+            Err(_) => panic!("leader {} did not apply its first entry within {BOUND:?}", nodes[i].id),
+        }
+    }
+}
+
+/// Waits until every node has applied everything the leader has applied,
+/// then checks that their states are equal; returns that state.
+async fn converged(nodes: &[Node], leader: usize) -> LedgerState {
+    // The metrics follow the state machine a moment later.
+    let m = nodes[leader]
+        .ledger
+        .raft()
+        .wait(Some(BOUND))
+        .metrics(
+            |m| m.last_applied.map(|l| l.index) >= m.last_log_index,
+            "the leader's metrics show everything applied",
+        )
+        .await
+        .unwrap();
+    let idx = m.last_applied.map(|l| l.index);
+    let want = nodes[leader].ledger.state().await;
+    for n in nodes {
+        n.ledger
+            .raft()
+            .wait(Some(BOUND))
+            .applied_index_at_least(idx, format!("node {} applies up to {idx:?}", n.id))
+            .await
+            .unwrap();
+        assert_eq!(n.ledger.state().await, want, "node {} has the leader's state", n.id);
+    }
+    want
+}
+
+fn hosts() -> BTreeMap<String, HostTxnRecord> {
+    ["h0", "h1"]
+        .iter()
+        .map(|h| {
+            (
+                h.to_string(),
+                HostTxnRecord {
+                    steps: 2,
+                    aggregate: BTreeMap::from([("in".to_string(), (3, 99))]),
+                    output_digest: 5,
+                },
+            )
+        })
+        .collect()
+}
+
+async fn ok(l: &Ledger, e: LedgerEntry) {
+    assert_eq!(l.propose(e.clone()).await.unwrap_or_else(|err| panic!("{e:?}: {err}")), Ok(()), "{e:?}");
+}
+
+fn commit(tid: u64) -> LedgerEntry {
+    LedgerEntry::Commit {
+        tid,
+        hosts: hosts(),
+        begin_next: Some(tid + 1),
+    }
+}
+
+/// Init, epoch 1, Begin(1), then commits 1..=n (each beginning the next).
+async fn history(l: &Ledger, n: u64) {
+    ok(
+        l,
+        LedgerEntry::Init {
+            cluster_id: "c1".into(),
+            hosts: vec!["h0".into(), "h1".into()],
+        },
+    )
+    .await;
+    ok(l, LedgerEntry::NewEpoch { epoch: 1 }).await;
+    ok(l, LedgerEntry::Begin { tid: 1 }).await;
+    for t in 1..=n {
+        ok(l, commit(t)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_one_leader_replicate_and_redirect() {
+    let (_dirs, nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    let leader = &nodes[li].ledger;
+    assert!(leader.is_leader());
+    assert_eq!(leader.leader(), Some((nodes[li].id, nodes[li].addr.clone())));
+    let leaders: Vec<usize> = (0..3).filter(|i| nodes[*i].ledger.is_leader()).collect();
+    assert_eq!(leaders, [li], "exactly one leader");
+    let voters: BTreeSet<NodeId> = leader.members().voters.into_keys().collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+
+    history(leader, 3).await;
+    let s = converged(&nodes, li).await;
+    assert_eq!((s.last_committed, s.tid_high_water, s.epoch), (3, 4, 1));
+    assert_eq!(s.txn(2).unwrap().status, TxnStatus::Committed);
+
+    // Followers know the leader and redirect writes to its address.
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != li) {
+        assert!(!n.ledger.is_leader());
+        assert_eq!(n.ledger.leader(), Some((nodes[li].id, nodes[li].addr.clone())), "node {i}");
+        assert_eq!(n.ledger.subscribe_leadership().borrow().leader, Some(nodes[li].id));
+        match n.ledger.propose(LedgerEntry::Begin { tid: 100 }).await {
+            Err(ProposeError::NotLeader { leader }) => assert_eq!(leader, Some(nodes[li].addr.clone())),
+            other => panic!("a follower's proposal: {other:?}"),
+        }
+        match n.ledger.wait_applied_leader().await {
+            Err(ProposeError::NotLeader { leader }) => assert_eq!(leader, Some(nodes[li].addr.clone())),
+            other => panic!("wait_applied_leader on a follower: {other:?}"),
+        }
+    }
+    // The refused proposal changed nothing anywhere.
+    assert_eq!(converged(&nodes, li).await, s);
+
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_keeps_committed_entries_and_tids_increasing() {
+    let (_dirs, mut nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 5).await;
+    let before = converged(&nodes, li).await;
+    assert_eq!((before.last_committed, before.tid_high_water), (5, 6));
+    let old_term = nodes[li].ledger.raft().metrics().borrow().current_term;
+    let mut watch = nodes[(li + 1) % 3].ledger.subscribe_leadership();
+
+    // The leader dies.
+    let old = nodes.remove(li);
+    let old_id = old.id;
+    old.stop().await;
+
+    // A survivor sees a new leadership (a new term without the old leader).
+    tokio::time::timeout(BOUND, watch.wait_for(|l| l.term > old_term && l.leader.is_some_and(|id| id != old_id)))
+        .await
+        .expect("new leader within the bound")
+        .unwrap();
+    let ni = leader_of(&nodes).await;
+    let new = &nodes[ni].ledger;
+    assert_ne!(nodes[ni].id, old_id);
+    let term = new.wait_applied_leader().await.unwrap();
+    assert!(term > old_term);
+    // Every committed entry is there.
+    assert_eq!(new.state().await, before);
+
+    // tids stay strictly increasing: the new leader's ledger refuses every
+    // tid the old one issued, and takes the next.
+    for reused in [1, 5, 6] {
+        assert_eq!(
+            new.propose(LedgerEntry::Begin { tid: reused }).await.unwrap(),
+            Err(LedgerError::TidReused {
+                proposed: reused,
+                high_water: 6
+            })
+        );
+    }
+    assert_eq!(
+        new.propose(LedgerEntry::Commit {
+            tid: 6,
+            hosts: hosts(),
+            begin_next: Some(6)
+        })
+        .await
+        .unwrap(),
+        Err(LedgerError::TidReused {
+            proposed: 6,
+            high_water: 6
+        })
+    );
+    ok(new, commit(6)).await;
+    ok(new, commit(7)).await;
+    let after = converged(&nodes, ni).await;
+    assert_eq!((after.last_committed, after.tid_high_water), (7, 8));
+    let tids: Vec<u64> = after.txns.keys().copied().collect();
+    assert_eq!(tids, (1..=8).collect::<Vec<_>>());
+
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_group_restarts_from_disk() {
+    let (_dirs, nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 4).await;
+    ok(&nodes[li].ledger, LedgerEntry::CheckpointComplete { tid: 2 }).await;
+    let before = converged(&nodes, li).await;
+
+    let mut stopped = Vec::new();
+    for n in nodes {
+        stopped.push(n.stop().await);
+    }
+    // Restart every node on its old address and directory: two with the
+    // peers they started with (ignored once the group exists), one with
+    // `join`.
+    let mut nodes = Vec::new();
+    let peers: BTreeMap<NodeId, String> = stopped.iter().map(|(id, a, _)| (*id, a.clone())).collect();
+    for (id, addr, dir) in stopped {
+        let listener = TcpListener::bind(&addr).await.unwrap();
+        let peers = (id != 2).then(|| peers.clone());
+        nodes.push(Node::start(id, &dir, listener, peers, tuning()).await);
+    }
+    let li = leader_of(&nodes).await;
+    assert_eq!(nodes[li].ledger.state().await, before);
+    assert_eq!(converged(&nodes, li).await, before);
+    // And it carries on from where it was.
+    assert_eq!(
+        nodes[li].ledger.propose(LedgerEntry::Begin { tid: 5 }).await.unwrap(),
+        Err(LedgerError::TidReused {
+            proposed: 5,
+            high_water: 5
+        })
+    );
+    ok(&nodes[li].ledger, commit(5)).await;
+    assert_eq!(converged(&nodes, li).await.last_committed, 5);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_through_membership_changes() {
+    // Small snapshots, so the joining node's history was purged from the
+    // log and it must be caught up by InstallSnapshot.
+    let t = RaftTuning {
+        snapshot_after_logs: 5,
+        logs_kept_after_snapshot: 0,
+        ..tuning()
+    };
+    let (_dirs, mut nodes) = group(3, t.clone()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 12).await;
+    nodes[li]
+        .ledger
+        .raft()
+        .wait(Some(BOUND))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 5), "leader purged its early log")
+        .await
+        .unwrap();
+
+    // Node 4 starts empty and joins: it waits to be contacted.
+    let dir4 = tempfile::tempdir().unwrap();
+    let l4 = bind().await;
+    nodes.push(Node::start(4, dir4.path(), l4, None, t.clone()).await);
+    assert!(!nodes[3].ledger.raft().is_initialized().await.unwrap());
+    let addr4 = nodes[3].addr.clone();
+
+    let leader = nodes[li].ledger.clone();
+    leader.add_learner(4, addr4.clone()).await.unwrap();
+    let m = leader.members();
+    assert_eq!(m.learners, BTreeMap::from([(4, addr4.clone())]));
+    // Caught up through the snapshot.
+    assert!(nodes[3].ledger.raft().metrics().borrow().snapshot.is_some());
+    leader.change_membership(BTreeSet::from([1, 2, 3, 4]), false).await.unwrap();
+    let m = leader.members();
+    assert_eq!(m.voters.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(m.learners.is_empty() && !m.joint);
+    ok(&leader, commit(13)).await;
+    let s = converged(&nodes, li).await;
+    assert_eq!(s.last_committed, 13);
+    assert_eq!(nodes[3].ledger.members().voters.len(), 4, "the new node applied the membership");
+
+    // A voter that is not a learner first is refused, naming the problem.
+    match leader.change_membership(BTreeSet::from([1, 2, 3, 4, 9]), false).await {
+        Err(ProposeError::Membership(msg)) => assert!(msg.contains('9'), "{msg}"),
+        other => panic!("adding an unknown voter: {other:?}"),
+    }
+    // Membership changes on a follower are redirected.
+    let fi = (0..4).find(|i| *i != li).unwrap();
+    assert!(matches!(
+        nodes[fi].ledger.change_membership(BTreeSet::from([1, 2, 3]), false).await,
+        Err(ProposeError::NotLeader { leader: Some(a) }) if a == nodes[li].addr
+    ));
+
+    // Remove a follower that is not node 4.
+    let gone = (0..3).find(|i| *i != li).unwrap();
+    let gone_id = nodes[gone].id;
+    leader.remove_node(gone_id).await.unwrap();
+    let m = leader.members();
+    let want: Vec<NodeId> = [1, 2, 3, 4].into_iter().filter(|id| *id != gone_id).collect();
+    assert_eq!(m.voters.keys().copied().collect::<Vec<_>>(), want);
+    assert!(!m.learners.contains_key(&gone_id));
+    nodes.remove(gone).stop().await;
+    let li = nodes.iter().position(|n| n.ledger.is_leader()).expect("the leader stayed");
+
+    // The shrunk group keeps committing, and the removed node is not needed.
+    ok(&nodes[li].ledger, commit(14)).await;
+    let s = converged(&nodes, li).await;
+    assert_eq!((s.last_committed, s.tid_high_water), (14, 15));
+    // Removing a node that is not a member changes nothing.
+    nodes[li].ledger.remove_node(gone_id).await.unwrap();
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Transport failures are `Unreachable` (openraft backs off) and the reason
+/// names the peer.
+#[tokio::test]
+async fn an_unreachable_peer_is_reported_as_unreachable() {
+    // A port that was just free: nothing listens there.
+    let addr = bind().await.local_addr().unwrap().to_string();
+    let mut net = TonicNetwork::new();
+    let mut client = net.new_client(9, &BasicNode::new(addr.clone())).await;
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1, 1), None);
+    match client.vote(vote.clone(), openraft::network::RPCOption::new(Duration::from_secs(5))).await {
+        Err(RPCError::Unreachable(u)) => assert!(u.to_string().contains(&addr), "{u}"),
+        other => panic!("vote to a closed port: {other:?}"),
+    }
+    let mut client = net.new_client(9, &BasicNode::new("not an address")).await;
+    assert!(matches!(
+        client.vote(vote, openraft::network::RPCOption::new(Duration::from_secs(5))).await,
+        Err(RPCError::Unreachable(_))
+    ));
+}
