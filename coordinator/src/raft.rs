@@ -551,6 +551,16 @@ impl Ledger {
             return Ok(());
         }
         let members = self.members();
+        if !peers.is_empty() {
+            let listed: BTreeSet<NodeId> = peers.keys().copied().chain([node_id]).collect();
+            let stored: BTreeSet<NodeId> =
+                members.voters.keys().chain(members.learners.keys()).copied().collect();
+            if listed != stored {
+                tracing::warn!(node_id, ?listed, ?stored,
+                    "the peers given differ from the ledger group's stored membership; the stored one is used \
+                     (change it with a membership change)");
+            }
+        }
         if let Some(stored) = members.voters.get(&node_id).or(members.learners.get(&node_id)) {
             if *stored != addr {
                 tracing::warn!(node_id, stored = %stored, now = %addr,
