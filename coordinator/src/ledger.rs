@@ -89,9 +89,11 @@ pub enum LedgerError {
     #[error("cannot begin tid {proposed}: tid {open} is still open")]
     TxnStillOpen { proposed: Tid, open: Tid },
     #[error("tid {tid} cannot be {action}: it is {state}")]
-    WrongTxnState { tid: Tid, action: &'static str, state: String },
+    WrongTxnState { tid: Tid, action: String, state: String },
     #[error("commit of tid {tid} lacks hosts {missing:?} (fail closed: every host must have prepared)")]
     MissingHosts { tid: Tid, missing: Vec<HostId> },
+    #[error("checkpoint {tid} cannot be complete while tid {open} is open (checkpoints are taken between transactions)")]
+    CheckpointWhileOpen { tid: Tid, open: Tid },
     #[error("checkpoint {tid} is not at or before the last committed tid {last_committed}")]
     CheckpointAhead { tid: Tid, last_committed: Tid },
 }
@@ -194,6 +196,11 @@ impl LedgerState {
                 Ok(())
             }
             LedgerEntry::CheckpointComplete { tid } => {
+                // Invariant 5: checkpoints are taken only between
+                // transactions; asserted here, on every replica.
+                if let Some(open) = self.open_txn() {
+                    return Err(LedgerError::CheckpointWhileOpen { tid: *tid, open: open.tid });
+                }
                 if *tid > self.last_committed {
                     return Err(LedgerError::CheckpointAhead { tid: *tid, last_committed: self.last_committed });
                 }
@@ -229,8 +236,8 @@ impl LedgerState {
     fn check_begun(&self, tid: Tid, action: &'static str) -> Result<(), LedgerError> {
         match self.txns.get(&tid) {
             Some(t) if t.status == TxnStatus::Begun => Ok(()),
-            Some(t) => Err(LedgerError::WrongTxnState { tid, action, state: format!("{:?}", t.status) }),
-            None => Err(LedgerError::WrongTxnState { tid, action, state: "never begun".into() }),
+            Some(t) => Err(LedgerError::WrongTxnState { tid, action: action.into(), state: format!("{:?}", t.status) }),
+            None => Err(LedgerError::WrongTxnState { tid, action: action.into(), state: "never begun".into() }),
         }
     }
 
@@ -290,15 +297,30 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_is_refused_while_a_transaction_is_open() {
+        let mut l = init();
+        l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
+        l.apply(&LedgerEntry::Commit { tid: 1, hosts: all_hosts(), begin_next: Some(2) }).unwrap();
+        assert_eq!(
+            l.apply(&LedgerEntry::CheckpointComplete { tid: 1 }),
+            Err(LedgerError::CheckpointWhileOpen { tid: 1, open: 2 })
+        );
+    }
+
+    #[test]
     fn checkpoints_prune_history() {
         let mut l = init();
         l.history_max = 2;
         l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
         for t in 1..10 {
-            l.apply(&LedgerEntry::Commit { tid: t, hosts: all_hosts(), begin_next: Some(t + 1) }).unwrap();
+            let begin_next = (t != 8).then_some(t + 1);
+            l.apply(&LedgerEntry::Commit { tid: t, hosts: all_hosts(), begin_next }).unwrap();
+            if t == 8 {
+                assert!(l.apply(&LedgerEntry::CheckpointComplete { tid: 10 }).is_err(), "not committed yet");
+                l.apply(&LedgerEntry::CheckpointComplete { tid: 8 }).unwrap();
+                l.apply(&LedgerEntry::Begin { tid: 9 }).unwrap();
+            }
         }
-        assert!(l.apply(&LedgerEntry::CheckpointComplete { tid: 10 }).is_err());
-        l.apply(&LedgerEntry::CheckpointComplete { tid: 8 }).unwrap();
         assert_eq!(l.txns.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9, 10]);
         assert_eq!(l.open_txn().map(|t| t.tid), Some(10));
     }

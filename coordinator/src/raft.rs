@@ -69,7 +69,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ledger::{LedgerEntry, LedgerError, LedgerState};
@@ -82,126 +82,8 @@ pub type NodeId = u64;
 
 /// The ledger's answer to one applied entry: `Ok(())`, or the error that
 /// left the state unchanged (see `LedgerState::apply`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict(pub Result<(), LedgerError>);
-
-/// `LedgerError` holds a `&'static str` (`WrongTxnState::action`), so it only
-/// deserializes from `'static` input, while openraft needs an owned
-/// `Deserialize` for responses. Verdicts deserialize through this mirror of
-/// the same serde shape; the action names are interned.
-mod verdict_serde {
-    use std::collections::BTreeSet;
-    use std::sync::Mutex;
-
-    use serde::{Deserialize, Deserializer};
-
-    use super::Verdict;
-    use crate::ledger::{Epoch, HostId, LedgerError, Tid};
-
-    #[derive(Deserialize)]
-    enum Wire {
-        AlreadyInitialised {
-            existing: String,
-            requested: String,
-        },
-        NotInitialised,
-        StaleEpoch {
-            proposed: Epoch,
-            current: Epoch,
-        },
-        TidReused {
-            proposed: Tid,
-            high_water: Tid,
-        },
-        TxnStillOpen {
-            proposed: Tid,
-            open: Tid,
-        },
-        WrongTxnState {
-            tid: Tid,
-            action: String,
-            state: String,
-        },
-        MissingHosts {
-            tid: Tid,
-            missing: Vec<HostId>,
-        },
-        CheckpointAhead {
-            tid: Tid,
-            last_committed: Tid,
-        },
-    }
-
-    /// Fails to compile when `LedgerError` gains a variant the mirror lacks.
-    #[allow(dead_code)]
-    fn mirror_is_complete(e: &LedgerError) {
-        match e {
-            LedgerError::AlreadyInitialised { .. }
-            | LedgerError::NotInitialised
-            | LedgerError::StaleEpoch { .. }
-            | LedgerError::TidReused { .. }
-            | LedgerError::TxnStillOpen { .. }
-            | LedgerError::WrongTxnState { .. }
-            | LedgerError::MissingHosts { .. }
-            | LedgerError::CheckpointAhead { .. } => {}
-        }
-    }
-
-    /// Action names are a handful of constants in `ledger.rs`; each distinct
-    /// one is leaked once.
-    fn intern(s: String) -> &'static str {
-        static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-        let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = names.get(s.as_str()) {
-            return n;
-        }
-        let n: &'static str = Box::leak(s.into_boxed_str());
-        names.insert(n);
-        n
-    }
-
-    impl<'de> Deserialize<'de> for Verdict {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let r: Result<(), Wire> = Deserialize::deserialize(d)?;
-            Ok(Verdict(r.map_err(|w| match w {
-                Wire::AlreadyInitialised {
-                    existing,
-                    requested,
-                } => LedgerError::AlreadyInitialised {
-                    existing,
-                    requested,
-                },
-                Wire::NotInitialised => LedgerError::NotInitialised,
-                Wire::StaleEpoch { proposed, current } => {
-                    LedgerError::StaleEpoch { proposed, current }
-                }
-                Wire::TidReused {
-                    proposed,
-                    high_water,
-                } => LedgerError::TidReused {
-                    proposed,
-                    high_water,
-                },
-                Wire::TxnStillOpen { proposed, open } => {
-                    LedgerError::TxnStillOpen { proposed, open }
-                }
-                Wire::WrongTxnState { tid, action, state } => LedgerError::WrongTxnState {
-                    tid,
-                    action: intern(action),
-                    state,
-                },
-                Wire::MissingHosts { tid, missing } => LedgerError::MissingHosts { tid, missing },
-                Wire::CheckpointAhead {
-                    tid,
-                    last_committed,
-                } => LedgerError::CheckpointAhead {
-                    tid,
-                    last_committed,
-                },
-            })))
-        }
-    }
-}
 
 openraft::declare_raft_types!(
     /// openraft type configuration of the ledger group.
@@ -979,17 +861,14 @@ mod tests {
         ok(&l, LedgerEntry::NewEpoch { epoch: 1 }).await;
         ok(&l, LedgerEntry::Begin { tid: 1 }).await;
         for t in 1..=30 {
-            ok(
-                &l,
-                LedgerEntry::Commit {
-                    tid: t,
-                    hosts: hosts(),
-                    begin_next: Some(t + 1),
-                },
-            )
-            .await;
+            // Checkpoint 20 is taken between transactions, as the core does.
+            let begin_next = (t != 20).then_some(t + 1);
+            ok(&l, LedgerEntry::Commit { tid: t, hosts: hosts(), begin_next }).await;
+            if t == 20 {
+                ok(&l, LedgerEntry::CheckpointComplete { tid: 20 }).await;
+                ok(&l, LedgerEntry::Begin { tid: 21 }).await;
+            }
         }
-        ok(&l, LedgerEntry::CheckpointComplete { tid: 20 }).await;
         // A snapshot was built and the log before it purged.
         let m = l
             .raft()

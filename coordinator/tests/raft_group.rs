@@ -331,7 +331,9 @@ async fn whole_group_restarts_from_disk() {
     let (_dirs, nodes) = group(3, tuning()).await;
     let li = leader_of(&nodes).await;
     history(&nodes[li].ledger, 4).await;
-    ok(&nodes[li].ledger, LedgerEntry::CheckpointComplete { tid: 2 }).await;
+    // A checkpoint between transactions, as the core takes them.
+    ok(&nodes[li].ledger, LedgerEntry::Commit { tid: 5, hosts: hosts(), begin_next: None }).await;
+    ok(&nodes[li].ledger, LedgerEntry::CheckpointComplete { tid: 5 }).await;
     let before = converged(&nodes, li).await;
 
     let mut stopped = Vec::new();
@@ -359,8 +361,9 @@ async fn whole_group_restarts_from_disk() {
             high_water: 5
         })
     );
-    ok(&nodes[li].ledger, commit(5)).await;
-    assert_eq!(converged(&nodes, li).await.last_committed, 5);
+    ok(&nodes[li].ledger, LedgerEntry::Begin { tid: 6 }).await;
+    ok(&nodes[li].ledger, commit(6)).await;
+    assert_eq!(converged(&nodes, li).await.last_committed, 6);
     for n in nodes {
         n.stop().await;
     }
