@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Offline validation of the Kubernetes manifests in this folder:
+#  1. schema: `kubernetes-validate --strict` (PyPI, ships the schemas; no
+#     cluster, no network) against K8S_VERSION (default 1.34.0), so unknown or
+#     misspelt fields fail too;
+#  2. consistency: the coordinator's LOCKSTEP_HOSTS equals the host
+#     StatefulSet's pod names, the cluster ids agree, the host id comes from
+#     metadata.name, LOCKSTEP_COORDINATOR names the coordinator Service, and
+#     every probe targets a declared container port.
+# Exit 0 = valid; 1 = invalid; 3 = kubernetes-validate is not installed
+# (`python3 -m pip install kubernetes-validate`).
+set -euo pipefail
+cd "$(dirname "$0")"
+version="${K8S_VERSION:-1.34.0}"
+files=(*.yaml)
+
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "validate.sh: kubernetes-validate is not installed (python3 -m pip install kubernetes-validate)" >&2
+  exit 3
+fi
+python3 -m kubernetes_validate --strict --quiet -k "$version" "${files[@]}"
+
+python3 - "${files[@]}" <<'PY'
+import sys, yaml
+docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+errors = []
+def env(container):
+    return {e["name"]: e for e in container.get("env", [])}
+coord = by[("StatefulSet", "coordinator")]
+hosts = by[("StatefulSet", "host")]
+svc = by[("Service", "coordinator")]
+cc = coord["spec"]["template"]["spec"]["containers"][0]
+hc = hosts["spec"]["template"]["spec"]["containers"][0]
+ce, he = env(cc), env(hc)
+want = ",".join(f"host-{i}" for i in range(hosts["spec"]["replicas"]))
+if ce["LOCKSTEP_HOSTS"]["value"] != want:
+    errors.append(f"coordinator LOCKSTEP_HOSTS={ce['LOCKSTEP_HOSTS']['value']!r}, host pods are {want!r}")
+if ce["LOCKSTEP_CLUSTER_ID"]["value"] != he["LOCKSTEP_CLUSTER_ID"]["value"]:
+    errors.append("coordinator and hosts disagree on LOCKSTEP_CLUSTER_ID")
+if he["LOCKSTEP_HOST_ID"].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+    errors.append("LOCKSTEP_HOST_ID must come from metadata.name")
+ns = svc["metadata"]["namespace"]
+port = svc["spec"]["ports"][0]["port"]
+if f"http://{svc['metadata']['name']}.{ns}.svc.cluster.local:{port}" not in he["LOCKSTEP_COORDINATOR"]["value"].split(","):
+    errors.append(f"LOCKSTEP_COORDINATOR does not name Service {svc['metadata']['name']}:{port}")
+if hosts["spec"].get("podManagementPolicy") != "Parallel":
+    errors.append("host StatefulSet must use podManagementPolicy: Parallel")
+for ss in (coord, hosts):
+    name = ss["metadata"]["name"]
+    if ss["spec"]["serviceName"] not in {n for (k, n) in by if k == "Service"}:
+        errors.append(f"{name}: serviceName {ss['spec']['serviceName']} has no Service")
+    spec = ss["spec"]["template"]["spec"]
+    if not spec.get("terminationGracePeriodSeconds"):
+        errors.append(f"{name}: no terminationGracePeriodSeconds")
+    for c in spec["containers"]:
+        ports = {p["containerPort"] for p in c.get("ports", [])}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            p = c.get(probe, {}).get("grpc", {}).get("port")
+            if p not in ports:
+                errors.append(f"{name}/{c['name']}: {probe} is not a grpc probe on a declared port")
+        if not c.get("resources", {}).get("requests"):
+            errors.append(f"{name}/{c['name']}: no resource requests")
+        mounts = {m["name"] for m in c.get("volumeMounts", [])}
+        claims = {t["metadata"]["name"] for t in ss["spec"].get("volumeClaimTemplates", [])}
+        if not claims or not claims <= mounts:
+            errors.append(f"{name}/{c['name']}: volume claim templates {claims} not all mounted")
+for d in docs:
+    if d["kind"] != "Namespace" and d["metadata"].get("namespace") != ns:
+        errors.append(f"{d['kind']}/{d['metadata']['name']} is not in namespace {ns}")
+if errors:
+    print("validate.sh: inconsistent manifests:\n  " + "\n  ".join(errors), file=sys.stderr)
+    sys.exit(1)
+print(f"validate.sh: {len(docs)} resources valid and consistent")
+PY
