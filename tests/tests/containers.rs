@@ -263,9 +263,7 @@ impl DockerCluster {
     fn stop_all(&self) {
         let roles: Vec<String> = (0..HOSTS).map(host_id).chain(["coordinator".to_string()]).collect();
         for role in &roles {
-            let t = Instant::now();
             self.docker(&["stop", "--time", "30", &self.name(role)]);
-            eprintln!("containers: stopped {role} in {} ms", t.elapsed().as_millis());
             let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &self.name(role)]).expect("inspect");
             assert_eq!(code, "0", "{role} must exit cleanly on SIGTERM\n{}", self.logs());
         }
@@ -315,9 +313,7 @@ async fn containers_commit_and_recover_from_a_killed_host() {
     }
     let started = Instant::now();
     let c = DockerCluster::start(3000).await;
-    eprintln!("containers: started in {} ms", started.elapsed().as_millis());
     let s = c.wait_for("3 commits in containers", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
-    eprintln!("containers: 3 commits at {} ms", started.elapsed().as_millis());
     assert_eq!(s.hosts.len(), HOSTS);
     assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
     assert_eq!(s.cluster_id, CLUSTER);
@@ -338,7 +334,6 @@ async fn containers_commit_and_recover_from_a_killed_host() {
         .await;
     assert!(running(&s), "the pipeline must recover, not fail: {s:#?}\n{}", c.logs());
     assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
-    eprintln!("containers: recovered at {} ms", started.elapsed().as_millis());
 
     let committed = c.status().await.expect("status").last_committed_tid;
     c.stop_all();
@@ -408,6 +403,20 @@ async fn containers_partitioned_host_fails_closed_and_recovers() {
     c.stop_all();
     c.check_sinks(committed);
     eprintln!("containers: partition test took {} ms", started.elapsed().as_millis());
+}
+
+/// The image runs both daemons (their `--help`): the loader and libraries
+/// the build script copied are complete.
+#[test]
+fn image_runs_both_daemons() {
+    if !containers_can_run("image_runs_both_daemons") {
+        return;
+    }
+    let image = image();
+    let coordinator = docker(&["run", "--rm", image, "coordinator", "serve", "--help"]).expect("coordinator --help in the image");
+    assert!(coordinator.contains("LOCKSTEP_LISTEN"), "{coordinator}");
+    let host = docker(&["run", "--rm", image, "host-agent", "--help"]).expect("host-agent --help in the image");
+    assert!(host.contains("LOCKSTEP_HOST_ID"), "{host}");
 }
 
 /// The Kubernetes manifests in deploy/k8s pass offline schema validation
