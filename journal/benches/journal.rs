@@ -8,8 +8,10 @@
 //! (a) append throughput and p50/p99 latency with 1, 8 and 32 concurrent
 //!     appenders vs a plain loop of write + fdatasync per record of the same
 //!     size (target: >= 5x the loop at 32 appenders);
-//! (b) sequential replay (read_from, CRC + full decode) vs a raw sequential
-//!     read of the same segment files (target: >= 0.5x);
+//! (b) sequential replay (read_from: CRC + full decode into owned records;
+//!     read_shared_from: payloads shared; views_from: decoded in place, no
+//!     allocation per record) vs a raw sequential read of the same segment
+//!     files (target: >= 0.5x);
 //! (c) VmRSS while replaying and summarising a large journal stays flat;
 //! (d) CRC32C throughput on this CPU: the `crc32c` crate (SSE4.2 `crc32`
 //!     instruction, 3-way interleaved) vs `crc-fast` (PCLMULQDQ /
@@ -36,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lockstep_journal::{format, Journal, JournalOptions, Position};
+use lockstep_journal::{format, view, Journal, JournalOptions, Position};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -397,14 +399,37 @@ fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usiz
         }
         assert_eq!(n, report.records);
     };
+    // In place: no allocation per record; every endpoint is walked and its
+    // payload slice handed to black_box, as a replaying engine would.
+    let replay_views = |rss_max: &mut u64| {
+        let mut n = 0u64;
+        let mut records = journal.views_from(Position::default()).unwrap();
+        while let Some((_, rec)) = records.next_record().unwrap() {
+            match rec {
+                view::RecordView::Step(s) => {
+                    for e in s.endpoints() {
+                        std::hint::black_box(&e);
+                    }
+                }
+                other => {
+                    std::hint::black_box(&other);
+                }
+            }
+            n += 1;
+            if n.is_multiple_of(20_000) {
+                *rss_max = (*rss_max).max(vm_kib("VmRSS:"));
+            }
+        }
+        assert_eq!(n, report.records);
+    };
     let summarize = || {
         std::hint::black_box(journal.summarize(0).unwrap());
     };
     let mib = bytes as f64 / (1 << 20) as f64;
     for cold in [true, false] {
         // Best of 3 of each, interleaved: raw, read_from, read_shared_from,
-        // summarize, raw + CRC.
-        let mut best = [Duration::MAX; 5];
+        // summarize, raw + CRC, views_from.
+        let mut best = [Duration::MAX; 6];
         for _ in 0..3 {
             for (i, best) in best.iter_mut().enumerate() {
                 if cold {
@@ -416,7 +441,8 @@ fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usiz
                     1 => replay(&mut rss_max),
                     2 => replay_shared(&mut rss_max),
                     3 => summarize(),
-                    _ => raw_read_crc(&mut buf),
+                    4 => raw_read_crc(&mut buf),
+                    _ => replay_views(&mut rss_max),
                 }
                 *best = (*best).min(t0.elapsed());
             }
@@ -429,7 +455,8 @@ fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usiz
         for (i, name) in [
             (1, "replay, read_from (owned pb) "),
             (2, "replay, read_shared_from     "),
-            (3, "summarize (no payloads)      "),
+            (5, "replay, views_from (in place)"),
+            (3, "summarize (in place)         "),
             (4, "bound: raw 256 KiB reads+CRC "),
         ] {
             println!(
@@ -444,7 +471,7 @@ fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usiz
     let summary = journal.summarize(0).unwrap();
     let rss_after = vm_kib("VmRSS:");
     println!(
-        "\n(c) memory, replaying {mib:.0} MiB ({} records) twelve times: VmRSS before {rss_before} KiB, max while reading {rss_max} KiB, after {rss_after_replay} KiB (growth {} KiB)",
+        "\n(c) memory, replaying {mib:.0} MiB ({} records) eighteen times: VmRSS before {rss_before} KiB, max while reading {rss_max} KiB, after {rss_after_replay} KiB (growth {} KiB)",
         report.records,
         rss_max.max(rss_after_replay).saturating_sub(rss_before)
     );

@@ -71,7 +71,14 @@ impl EndpointChecksums {
 
     /// Adds `checksum` into `endpoint` (creating it if absent).
     pub fn add(&mut self, endpoint: &str, checksum: Checksum) {
-        self.0.entry(endpoint.to_owned()).or_default().merge(checksum);
+        // No allocation when the endpoint is already there (the usual case
+        // when summing a transaction's steps).
+        match self.0.get_mut(endpoint) {
+            Some(c) => c.merge(checksum),
+            None => {
+                self.0.insert(endpoint.to_owned(), checksum);
+            }
+        }
     }
 
     /// Adds every endpoint of `other` (summing a step into an aggregate).

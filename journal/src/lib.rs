@@ -78,7 +78,7 @@ pub mod pb {
 pub use checksum::{record_hash, Aggregate, Checksum, Difference, EndpointChecksums};
 pub use error::{JournalError, Result};
 pub use format::{decode_segment, DecodedSegment};
-pub use read::{RecordIter, SharedRecordIter, StepsIter};
+pub use read::{RecordIter, RecordViews, SharedRecordIter, StepsIter};
 
 use std::future::Future;
 use std::path::Path;
@@ -179,7 +179,7 @@ impl Journal {
             opts,
             state: Mutex::new(opened.state),
             gc_lock: Mutex::new(()),
-            queue: Mutex::new(Queue { requests: Vec::new(), writer: None, shutdown: false, dead: false }),
+            queue: Mutex::new(Queue { requests: Vec::new(), writer: None, shutdown: false, dead: false, sleeping: false }),
             work: Condvar::new(),
             queued: Default::default(),
             #[cfg(test)]
@@ -291,6 +291,70 @@ impl Journal {
     pub fn read_shared_from(&self, from: Position) -> Result<SharedRecordIter> {
         let cursor = read::Cursor::new(self.shared.span(), from)?;
         Ok(SharedRecordIter::new(cursor))
+    }
+
+    /// Like `read_from`, but each record is decoded in place into a
+    /// [`view::RecordView`] borrowing the read buffer: endpoint names are
+    /// `&str`, payloads `&[u8]`, nothing is allocated or copied per record
+    /// (the fastest way to replay). A lending iterator:
+    ///
+    /// ```no_run
+    /// # fn f(journal: &lockstep_journal::Journal) -> lockstep_journal::Result<()> {
+    /// let mut records = journal.views_from(Default::default())?;
+    /// while let Some((position, record)) = records.next_record()? {
+    ///     // `record` borrows `records` until the next call.
+    /// #   let _ = (position, record);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Same records (`RecordView::to_pb` equals what `read_from` yields),
+    /// positions, chain checks, CRC checks and errors as `read_from`.
+    pub fn views_from(&self, from: Position) -> Result<RecordViews> {
+        let cursor = read::Cursor::new(self.shared.span(), from)?;
+        Ok(RecordViews::new(cursor))
+    }
+
+    /// Calls `f` with every record from `from` (see `views_from`), in
+    /// place. Stops at the first error, of the journal or of `f`.
+    pub fn for_each_record<E, F>(&self, from: Position, mut f: F) -> std::result::Result<(), E>
+    where
+        E: From<JournalError>,
+        F: FnMut(Position, view::RecordView<'_>) -> std::result::Result<(), E>,
+    {
+        let mut records = self.views_from(from)?;
+        while let Some((position, record)) = records.next_record()? {
+            f(position, record)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each step record of `tid`, in step order, decoded in
+    /// place ([`view::StepView`]: no allocation per record). The same steps,
+    /// checks and errors as `steps_of` (which reads every record from the
+    /// tid's first step up to the first step of a later tid). Stops at the
+    /// first error, of the journal or of `f`; returns how many steps `f` saw.
+    pub fn for_each_step<E, F>(&self, tid: u64, mut f: F) -> std::result::Result<u64, E>
+    where
+        E: From<JournalError>,
+        F: FnMut(view::StepView<'_>) -> std::result::Result<(), E>,
+    {
+        let start = self.shared.lock().tid_first.get(&tid).copied();
+        let Some(start) = start else { return Ok(0) };
+        let mut records = RecordViews::new(read::Cursor::new(self.shared.span(), start)?);
+        let mut steps = 0;
+        while let Some((_, record)) = records.next_record()? {
+            if let view::RecordView::Step(step) = record {
+                if step.tid > tid {
+                    break;
+                }
+                if step.tid == tid {
+                    steps += 1;
+                    f(step)?;
+                }
+            }
+        }
+        Ok(steps)
     }
 
     /// Per-tid summary of every tid strictly after `after_tid`, plus all

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format::{self, Frame, FrameReader, HeaderRead, SegmentHeader};
-use crate::{pb, Aggregate, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
+use crate::{pb, view, Aggregate, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
 
 /// Tells the kernel a segment is about to be read front to back (a larger
 /// readahead window for cold reads). Advisory: failure is ignored.
@@ -161,6 +161,27 @@ impl Cursor {
             Some((_, _, frames)) => frames.take_body(),
             None => Default::default(),
         }
+    }
+
+    /// Moves to the next frame and decodes it in place ([`view::decode_view`]:
+    /// no allocation), checking step records against the chain. The view
+    /// borrows the read buffer until the next call.
+    pub fn next_view(&mut self) -> Result<Option<(Position, view::RecordView<'_>)>> {
+        let Some(pos) = self.advance()? else { return Ok(None) };
+        let Cursor { current, chain, span, .. } = self;
+        let (path, body) = match current {
+            Some((_, path, frames)) => (path.as_path(), frames.body()),
+            None => (span.dir.as_path(), &[][..]),
+        };
+        let record = view::decode_view(body).map_err(|reason| JournalError::Undecodable {
+            path: path.to_owned(),
+            offset: pos.offset,
+            reason,
+        })?;
+        if let view::RecordView::Step(s) = &record {
+            chain.check(path, pos.offset, s.step, s.prev_step, s.tid)?;
+        }
+        Ok(Some((pos, record)))
     }
 
     fn open_segment(&mut self, seq: u64) -> Result<(PathBuf, FrameReader<File>)> {
@@ -354,7 +375,42 @@ impl Iterator for StepsIter {
     }
 }
 
-/// Streams the span with light decoding and builds the summary.
+/// Every record from a position, decoded in place into
+/// [`view::RecordView`]s (no allocation per record), chain-checked. A
+/// lending iterator: each view borrows the reader until the next call.
+pub struct RecordViews {
+    cursor: Cursor,
+    done: bool,
+}
+
+impl RecordViews {
+    pub(crate) fn new(cursor: Cursor) -> Self {
+        RecordViews { cursor, done: false }
+    }
+
+    /// The next record and its position; `Ok(None)` at the durable end.
+    /// The same records, positions, checks and errors as `read_from`; after
+    /// an error, `Ok(None)` (nothing after damage is trusted).
+    pub fn next_record(&mut self) -> Result<Option<(Position, view::RecordView<'_>)>> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.cursor.next_view() {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Streams the span, decoding in place, and builds the summary. Validates
+/// every record as fully as `read_from` (payload fields included).
 pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
     let mut cursor = Cursor::new(span, Position::default())?;
     let mut tids: BTreeMap<u64, TidSummary> = BTreeMap::new();
@@ -368,15 +424,9 @@ pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
         aggregate: Aggregate::new(),
         committed: false,
     };
-    while let Some(pos) = cursor.advance()? {
-        let kind = format::decode_light(cursor.body()).map_err(|reason| JournalError::Undecodable {
-            path: cursor.path().to_owned(),
-            offset: pos.offset,
-            reason,
-        })?;
-        match kind {
-            format::light::Kind::Step(s) => {
-                cursor.check_step(pos.offset, s.step, s.prev_step, s.tid)?;
+    while let Some((_, record)) = cursor.next_view()? {
+        match record {
+            view::RecordView::Step(s) => {
                 last_step = s.step;
                 if s.tid > after_tid {
                     let t = tids.entry(s.tid).or_insert_with(|| blank(s.tid));
@@ -385,17 +435,17 @@ pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
                     }
                     t.last_step = s.step;
                     t.steps += 1;
-                    for e in &s.endpoints {
-                        t.aggregate.add(&e.endpoint, Checksum { count: e.count, hash: e.hash });
+                    for e in s.endpoints() {
+                        t.aggregate.add(e.endpoint, Checksum { count: e.count, hash: e.hash });
                     }
                 }
             }
-            format::light::Kind::Commit(c) => {
+            view::RecordView::Commit(c) => {
                 if c.tid > after_tid {
                     tids.entry(c.tid).or_insert_with(|| blank(c.tid)).committed = true;
                 }
             }
-            format::light::Kind::Checkpoint(c) => checkpoints.push((c.tid, c.location)),
+            view::RecordView::Checkpoint(c) => checkpoints.push((c.tid, c.location.to_owned())),
         }
     }
     // Stable: equal tids keep journal order.

@@ -29,7 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, JournalError, Result};
@@ -93,6 +93,11 @@ pub(crate) struct Queue {
     /// A committer panicked: the writer state is lost, appends fail with
     /// `WriterGone` (reads keep working; reopening recovers).
     pub dead: bool,
+    /// The commit thread is waiting on `work` (not committing, not
+    /// polling): only then does queueing need to wake it. std's
+    /// `notify_one` is a futex syscall even with nobody waiting, and
+    /// `append_async` callers are async runtime threads.
+    pub sleeping: bool,
 }
 
 impl Shared {
@@ -116,7 +121,7 @@ impl Shared {
         }
         q.requests.push(req);
         self.queued.store(q.requests.len(), Ordering::Release);
-        let wake = q.writer.is_some();
+        let wake = q.writer.is_some() && q.sleeping;
         drop(q);
         if wake {
             self.work.notify_one();
@@ -128,8 +133,13 @@ impl Shared {
     /// caller becomes the leader and also commits what was queued before
     /// it), else queues and waits for the committer to acknowledge.
     pub fn append_blocking(&self, frame: Vec<u8>, meta: Meta) -> Result<Position> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let req = Request { frame, meta, reply: Reply::Blocking(tx) };
+        // This thread's completion slot (reused: no channel per append).
+        let slot = SLOT.with(Arc::clone);
+        // Every append takes its own result before returning; one left over
+        // can only come from an append unwound by a panic (its request was
+        // answered `WriterGone` while dropped): discard it.
+        slot.clear();
+        let req = Request { frame, meta, reply: Reply::Blocking(SlotSender(Some(slot.clone()))) };
         let batch_max = self.opts.group_commit_records_max.max(1);
         let mut q = self.queue();
         if q.dead || q.shutdown {
@@ -147,13 +157,14 @@ impl Shared {
         } else {
             q.requests.push(req);
             self.queued.store(q.requests.len(), Ordering::Release);
-            let wake = q.writer.is_some();
+            let wake = q.writer.is_some() && q.sleeping;
             drop(q);
             if wake {
                 self.work.notify_one();
             }
         }
-        rx.recv().map_err(|_| JournalError::WriterGone)?
+        // A leader finds its own result already there.
+        slot.wait()
     }
 
     pub fn span(&self) -> Span {
@@ -177,8 +188,83 @@ pub(crate) enum Meta {
     Other,
 }
 
+/// Where a blocking appender's result lands: one per thread, reused by
+/// every `append` of that thread (it waits for its result before it can
+/// append again), instead of a channel allocated per append.
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    filled: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Result<Position>>,
+    /// The appender sleeps on `filled`. A leader answers itself and never
+    /// waits, so its answer costs no futex wake-up (std's `notify_one` is
+    /// a syscall even with nobody waiting).
+    waiting: bool,
+}
+
+thread_local! {
+    static SLOT: Arc<Slot> = Arc::new(Slot { state: Mutex::new(SlotState::default()), filled: Condvar::new() });
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn clear(&self) {
+        self.lock().result = None;
+    }
+
+    fn fill(&self, result: Result<Position>) {
+        let mut st = self.lock();
+        st.result = Some(result);
+        let wake = st.waiting;
+        drop(st);
+        if wake {
+            self.filled.notify_one();
+        }
+    }
+
+    /// Waits for the result and takes it (the slot is empty again).
+    fn wait(&self) -> Result<Position> {
+        let mut st = self.lock();
+        loop {
+            if let Some(result) = st.result.take() {
+                st.waiting = false;
+                return result;
+            }
+            st.waiting = true;
+            st = self.filled.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Answers a blocking appender exactly once: dropped unanswered (a
+/// committer panicked, or the journal went away), it answers `WriterGone`,
+/// as a dropped channel sender did.
+pub(crate) struct SlotSender(Option<Arc<Slot>>);
+
+impl SlotSender {
+    fn send(mut self, result: Result<Position>) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(result);
+        }
+    }
+}
+
+impl Drop for SlotSender {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(Err(JournalError::WriterGone));
+        }
+    }
+}
+
 pub(crate) enum Reply {
-    Blocking(mpsc::SyncSender<Result<Position>>),
+    Blocking(SlotSender),
     Async(futures_channel::oneshot::Sender<Result<Position>>),
 }
 
@@ -186,7 +272,7 @@ impl Reply {
     fn send(self, result: Result<Position>) {
         // An appender that gave up waiting is not an error of the journal.
         match self {
-            Reply::Blocking(tx) => drop(tx.send(result)),
+            Reply::Blocking(slot) => slot.send(result),
             Reply::Async(tx) => drop(tx.send(result)),
         }
     }
@@ -265,7 +351,7 @@ impl Drop for Token<'_> {
             return;
         }
         q.writer = self.writer.take();
-        let wake = !q.requests.is_empty() || q.shutdown;
+        let wake = (!q.requests.is_empty() || q.shutdown) && q.sleeping;
         drop(q);
         if wake {
             self.shared.work.notify_one();
@@ -316,7 +402,9 @@ pub(crate) fn run_commit_thread(shared: Arc<Shared>) {
         if q.shutdown && q.requests.is_empty() && q.writer.is_some() {
             return;
         }
+        q.sleeping = true;
         q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+        q.sleeping = false;
     }
 }
 

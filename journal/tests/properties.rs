@@ -194,6 +194,8 @@ fn decoders_never_panic_on_random_bytes() {
             let _ = format::decode_segment(&bytes);
             let _ = format::decode_record(&random);
             let _ = format::decode_light(&random);
+            let in_place = lockstep_journal::view::decode_view(&random).map(|v| v.to_pb());
+            prop_assert_eq!(in_place, format::decode_record(&random));
             Ok(())
         })
         .unwrap();

@@ -38,6 +38,19 @@ fn both(j: &Journal, from: Position) -> (Vec<(Position, pb::JournalRecord)>, Opt
             Err(e) => shared_err = Some(e.to_string()),
         }
     }
+    // The in-place path (views_from) must agree with read_from exactly.
+    let mut views = Vec::new();
+    let mut views_err = None;
+    let mut reader = j.views_from(from).unwrap();
+    loop {
+        match reader.next_record() {
+            Ok(Some((pos, rec))) => views.push((pos, rec.to_pb())),
+            Ok(None) => break,
+            Err(e) => views_err = Some(e.to_string()),
+        }
+    }
+    assert_eq!(owned, views, "read_from and views_from disagree from {from:?}");
+    assert_eq!(owned_err, views_err, "read_from and views_from report different errors from {from:?}");
     (owned, owned_err, shared, shared_err)
 }
 
@@ -112,6 +125,13 @@ proptest! {
                 _ => None,
             }).collect();
             prop_assert_eq!(steps.len() as u64, t.steps);
+            let mut in_place = Vec::new();
+            let n = j.for_each_step(t.tid, |s| -> Result<(), JournalError> {
+                in_place.push(s.to_pb());
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(n, t.steps);
+            prop_assert_eq!(&in_place, &steps);
             prop_assert_eq!(steps, expected);
         }
         // Reopen (the open-time scan uses the same frame reader).
