@@ -491,7 +491,8 @@ pub async fn serve(
         .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService { driver: driver.clone() }))
         .add_service(crate::raft::peer_service(&ledger))
         .add_service(pb::admin_server::AdminServer::new(AdminService { driver, ledger }))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        // Nagle off on accepted streams: commands are small and latency-bound.
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     Ok(())
 }
