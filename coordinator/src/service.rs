@@ -88,6 +88,7 @@ struct Driver {
 /// gRPC services use.
 pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String) -> anyhow::Result<DriverHandle> {
     let state = ledger.state().await;
+    let commit_interval_ms = cfg.commit_interval_ms;
     let (core, initial) = Core::new(cfg, state).map_err(anyhow::Error::msg)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(DRIVER_QUEUE_MAX);
     let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
@@ -107,9 +108,12 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
         }
     });
 
+    // Timers are checked every TICK_MS, or every commit interval if that is
+    // shorter (at least 1 ms), so a short interval is not rounded up.
+    let tick_ms = TICK_MS.min(commit_interval_ms.max(1));
     let ticks = tx.clone();
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_millis(TICK_MS));
+        let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
