@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -23,7 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::core::{Action, ConnId, Core, CoreConfig, Event, HostId, LedgerEntry, Notice, Phase, Txn};
+use crate::core::{Action, Cmd, ConnId, Core, CoreConfig, Event, HostId, LedgerEntry, Notice, Phase, Txn};
 use crate::raft::Ledger;
 use crate::wire;
 
@@ -35,6 +35,64 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 const TICK_MS: u64 = 10;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
+
+/// Commit latency histogram bounds: 4 buckets per doubling from 16 µs to
+/// about 1 s, then one unbounded bucket.
+fn latency_bounds_micros() -> Vec<u64> {
+    let mut b = Vec::new();
+    for e in 4..20u32 {
+        for q in 0..4u64 {
+            b.push((1u64 << e) + q * ((1u64 << e) / 4));
+        }
+    }
+    b.push(u64::MAX);
+    b
+}
+
+/// What the shell measures (not the core: it has no clocks). Shared with
+/// Admin/GetStatus.
+struct ShellStats {
+    /// A replay in progress: started at "recovering", expects this many tids.
+    replay: Option<(Instant, usize, u64, u64)>,
+    last_replay: pb::ReplayStats,
+    /// The live tid whose Prepare went out, and when.
+    prepare_sent: Option<(u64, Instant)>,
+    bounds: Vec<u64>,
+    counts: Vec<u64>,
+    total: u64,
+    sum_micros: u64,
+}
+
+impl ShellStats {
+    fn new() -> Self {
+        let bounds = latency_bounds_micros();
+        let counts = vec![0; bounds.len()];
+        ShellStats { replay: None, last_replay: pb::ReplayStats::default(), prepare_sent: None, bounds, counts, total: 0, sum_micros: 0 }
+    }
+
+    fn observe_commit_latency(&mut self, micros: u64) {
+        let last = self.counts.len() - 1;
+        let i = self.bounds.partition_point(|b| *b < micros).min(last);
+        self.counts[i] += 1;
+        self.total += 1;
+        self.sum_micros = self.sum_micros.saturating_add(micros);
+    }
+
+    fn histogram(&self) -> pb::LatencyHistogram {
+        pb::LatencyHistogram {
+            upper_micros: self.bounds.clone(),
+            counts: self.counts.clone(),
+            total: self.total,
+            sum_micros: self.sum_micros,
+        }
+    }
+}
+
+type SharedStats = Arc<Mutex<ShellStats>>;
+
+fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ShellStats> {
+    stats.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 enum Msg {
     Event(Event),
@@ -50,6 +108,7 @@ enum Msg {
 pub struct DriverHandle {
     tx: mpsc::Sender<Msg>,
     next_conn: Arc<AtomicU64>,
+    stats: SharedStats,
 }
 
 impl DriverHandle {
@@ -82,6 +141,7 @@ struct Driver {
     host_conn: HashMap<HostId, ConnId>,
     propose_tx: mpsc::UnboundedSender<LedgerEntry>,
     coordinator_id: String,
+    stats: SharedStats,
 }
 
 /// Starts the driver, the proposer and the ticker. Returns the handle the
@@ -124,7 +184,9 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
     });
 
     let started = Instant::now();
-    let mut driver = Driver { core, conns: HashMap::new(), host_conn: HashMap::new(), propose_tx, coordinator_id };
+    let stats: SharedStats = Arc::new(Mutex::new(ShellStats::new()));
+    let mut driver =
+        Driver { core, conns: HashMap::new(), host_conn: HashMap::new(), propose_tx, coordinator_id, stats: stats.clone() };
     driver.execute(initial);
     tokio::spawn(
         async move {
@@ -151,7 +213,7 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
         }
         .instrument(info_span!("driver")),
     );
-    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)) })
+    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats })
 }
 
 impl Driver {
@@ -160,6 +222,7 @@ impl Driver {
         for action in actions {
             match action {
                 Action::Send { host, epoch, cmd } => {
+                    self.time_commit(&cmd);
                     let Some(conn) = self.host_conn.get(&host).and_then(|c| self.conns.get_mut(c)) else {
                         // The core only addresses connected hosts; a stream
                         // that just died is reported to it as Disconnected.
@@ -218,7 +281,61 @@ impl Driver {
         }
     }
 
+    /// Live commit latency: from the first Prepare{T} sent to the first
+    /// Commit{T} sent (a broadcast is one action per host, microseconds
+    /// apart). Replayed tids carry their prepare in Start and are not timed.
+    fn time_commit(&self, cmd: &Cmd) {
+        match cmd {
+            Cmd::Prepare { tid } => {
+                let mut st = lock(&self.stats);
+                if st.prepare_sent.is_none_or(|(t, _)| t != *tid) {
+                    st.prepare_sent = Some((*tid, Instant::now()));
+                }
+            }
+            Cmd::Commit { tid, .. } => {
+                let mut st = lock(&self.stats);
+                if let Some((t, at)) = st.prepare_sent {
+                    if t == *tid {
+                        st.prepare_sent = None;
+                        st.observe_commit_latency(at.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replay timing: from the Recovering notice (every host restored) to
+    /// the commit of the last replayed committed tid.
+    fn time_replay(&self, n: &Notice) {
+        let mut st = lock(&self.stats);
+        match n {
+            Notice::Recovering { replay_tids, .. } => {
+                st.prepare_sent = None;
+                st.replay = Some((Instant::now(), replay_tids.len(), 0, 0));
+            }
+            Notice::Committed { replayed: true, records, .. } => {
+                if let Some((_, _, tids, recs)) = st.replay.as_mut() {
+                    *tids += 1;
+                    *recs += records;
+                }
+            }
+            Notice::Failed(_) | Notice::HostLost { .. } => st.replay = None,
+            _ => {}
+        }
+        if let Some((started, expected, tids, records)) = st.replay {
+            if tids as usize >= expected {
+                let micros = started.elapsed().as_micros() as u64;
+                st.replay = None;
+                st.last_replay = pb::ReplayStats { tids, records, micros };
+                let per_s = if micros == 0 { 0.0 } else { records as f64 * 1e6 / micros as f64 };
+                info!(tids, records, micros, records_per_s = per_s as u64, "replay done");
+            }
+        }
+    }
+
     fn notice(&self, n: Notice) {
+        self.time_replay(&n);
         let epoch = self.core.epoch();
         match n {
             Notice::PipelineState { from, to, why } => info!(epoch, %from, %to, %why, "pipeline state"),
@@ -371,6 +488,10 @@ fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
 impl pb::admin_server::Admin for AdminService {
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
         let is_leader = self.ledger.is_leader();
+        let (last_replay, commit_latency) = {
+            let st = lock(&self.driver.stats);
+            (st.last_replay, st.histogram())
+        };
         let status = self
             .driver
             .query(move |core| {
@@ -401,6 +522,8 @@ impl pb::admin_server::Admin for AdminService {
                     },
                     coordinator_id: String::new(),
                     is_leader,
+                    last_replay: Some(last_replay),
+                    commit_latency: Some(commit_latency),
                 }
             })
             .await?;
