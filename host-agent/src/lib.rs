@@ -24,7 +24,7 @@ pub use engine::{
     output_digest, EndpointInput, Engine, EngineError, GeneratorRef, OutputRow, Payload, StepContext, StepInput,
 };
 pub use reference::{ReferenceConfig, ReferenceEngine};
-pub use runtime::{run, AgentError, HostConfig};
+pub use runtime::{replay_alone, run, AgentError, HostConfig, ReplayAloneReport};
 
 use std::future::Future;
 

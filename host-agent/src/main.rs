@@ -56,6 +56,18 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Benchmark baseline: replay this host's journal with no coordinator
+    /// (restore the newest checkpoint known complete, run every journaled
+    /// tid through the engine exactly like a replay, commit it), print one
+    /// JSON line with records/s to stdout and exit. Needs no coordinator.
+    #[arg(long)]
+    replay_alone: bool,
+
+    /// With --replay-alone: replay every journaled tid up to this one (the
+    /// ledger's last committed tid); default: the tids with a commit marker.
+    #[arg(long, requires = "replay_alone")]
+    replay_through_tid: Option<u64>,
+
     /// Test only: make replay diverge (drops a generator record of the first replayed step).
     #[arg(long, env = "LOCKSTEP_FAULT_NONDETERMINISTIC_REPLAY", hide = true)]
     fault_nondeterministic_replay: bool,
@@ -119,6 +131,23 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    if args.replay_alone {
+        let engine = lockstep_host_agent::ReferenceEngine::new(reference);
+        let r = runtime
+            .block_on(lockstep_host_agent::replay_alone(config, engine, args.replay_through_tid))
+            .with_context(|| format!("host agent {}: replay alone failed", args.host_id))?;
+        let per_s = if r.micros == 0 { 0.0 } else { r.records as f64 * 1e6 / r.micros as f64 };
+        let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "host": args.host_id, "checkpoint": r.checkpoint, "tids": r.tids, "steps": r.steps,
+                "records": r.records, "micros": r.micros, "records_per_s": per_s,
+                "started_unix_us": now_us.saturating_sub(r.micros),
+            })
+        );
+        return Ok(());
+    }
     runtime
         .block_on(run_reference(config, reference, shutdown_signal()))
         .with_context(|| format!("host agent {} failed", args.host_id))

@@ -171,6 +171,34 @@ async fn step_due(at: Instant) {
     }
 }
 
+/// What [`replay_alone`] did: tids, steps and records replayed after
+/// restoring `checkpoint`, and the time from the restored engine to the last
+/// commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayAloneReport {
+    pub checkpoint: u64,
+    pub tids: u64,
+    pub steps: u64,
+    pub records: u64,
+    pub micros: u64,
+}
+
+/// Benchmark baseline for coordinated replay: replays this host's journal
+/// with no coordinator. Restores the newest checkpoint this host knows to be
+/// complete, then, for every journaled tid after it (all tids up to
+/// `through_tid`, or without it every tid holding a commit marker), runs the
+/// same code as a coordinator-driven replay: the journal cursor, the engine
+/// over each step, the output digest, the commit (marker if missing, sink).
+/// No session, no reports, no verification against a ledger.
+pub async fn replay_alone<E: Engine>(
+    config: HostConfig,
+    engine: E,
+    through_tid: Option<u64>,
+) -> Result<ReplayAloneReport, AgentError> {
+    let mut agent = Agent::open(config, engine).await?;
+    agent.replay_alone(through_tid).await
+}
+
 fn spawn_server(
     host: &str,
     listener: tokio::net::TcpListener,
@@ -377,6 +405,51 @@ impl<E: Engine> Agent<E> {
             }
         }
         Ok(())
+    }
+
+    async fn replay_alone(&mut self, through_tid: Option<u64>) -> Result<ReplayAloneReport, AgentError> {
+        let host = self.host().to_string();
+        let internal = |message: String| AgentError::Internal { host: host.clone(), message };
+        let journal = self.journal.clone();
+        let checkpoint = self.complete_tid;
+        let summary = self
+            .blocking(move || journal.summarize(checkpoint))
+            .await
+            .map_err(&internal)?
+            .map_err(|e| internal(format!("summarizing the journal failed: {e}")))?;
+        self.journal_commits = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
+        let tids: Vec<u64> = summary
+            .tids
+            .iter()
+            .filter(|t| t.tid > checkpoint && through_tid.map_or(t.committed, |max| t.tid <= max))
+            .map(|t| t.tid)
+            .collect();
+        self.restore(checkpoint).await.map_err(|f| internal(f.message))?;
+        let started = std::time::Instant::now();
+        let mut report = ReplayAloneReport { checkpoint, ..Default::default() };
+        for tid in tids {
+            self.open_txn(tid, Mode::Replay);
+            loop {
+                match self.replay_step(tid).await {
+                    Event::StepFinished { .. } => {}
+                    Event::ReplayExhausted { .. } => break,
+                    Event::ActionFailed { message, .. } => return Err(internal(message)),
+                    other => return Err(internal(format!("unexpected replay event {other:?}"))),
+                }
+            }
+            let txn = self.txn.as_ref().ok_or_else(|| internal(format!("tid {tid} not open")))?;
+            report.tids += 1;
+            report.steps += txn.steps;
+            report.records += txn.records;
+            let engine = self.engine.as_mut().ok_or_else(|| internal("engine missing".into()))?;
+            let rows = engine.take_outputs(tid);
+            std::hint::black_box(output_digest(&rows));
+            self.held_outputs = Some((tid, rows));
+            self.replay = None;
+            self.commit(tid).await.map_err(|f| internal(f.message))?;
+        }
+        report.micros = started.elapsed().as_micros() as u64;
+        Ok(report)
     }
 
     // ------------------------------------------------------------ sessions
