@@ -1,0 +1,608 @@
+//! `lockstep-bench`: the three benchmarks of issue 4, each measured as a
+//! ratio against a baseline taken in the same run, with real release-build
+//! processes on loopback (the e2e harness in `lockstep_tests`).
+//!
+//! ```sh
+//! cargo run --release -p lockstep-tests --bin lockstep-bench -- all
+//! cargo run --release -p lockstep-tests --bin lockstep-bench -- replay --replay-tids 2000
+//! ```
+//!
+//! - `replay`: record journals live (no checkpoints), stop the cluster, then
+//!   (a) every host replays its journal alone (`host-agent --replay-alone`,
+//!   all hosts at once), (b) the cluster restarts and the coordinator drives
+//!   the replay of every committed tid (timed inside the coordinator, from
+//!   "recovering" to "replay done", `Admin/GetStatus.last_replay`).
+//!   Goal: (b) >= 0.9x (a) in records/s.
+//! - `live`: empty steps, 1 coordinator + N hosts, a tiny commit interval;
+//!   committed tids/s and commit latency (Prepare sent -> Commit sent,
+//!   `Admin/GetStatus.commit_latency`) vs the floor measured here: a
+//!   loopback TCP round trip + one fdatasync of a small file on the same
+//!   disk. Goal: p50 <= 3x floor.
+//! - `memory`: peak RSS (VmHWM) of the coordinator and the hosts while
+//!   replaying a journal of N tids and of 10x N tids. Goals: flat (the
+//!   larger journal's peak <= 1.2x the smaller's), coordinator < 64 MiB.
+//!
+//! Not a test: nothing here runs under `cargo test`. Every wait is bounded;
+//! every process is killed when its `Cluster` is dropped.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lockstep_proto::v1 as pb;
+use lockstep_tests::{bin_dir, host_id, Cluster, ClusterOpts};
+
+const USAGE: &str = "usage: lockstep-bench <replay|live|memory|all> [options]
+
+options (defaults in brackets):
+  --hosts N                    host agents [3]
+  --replay-tids N              tids recorded for the replay benchmark [1000]
+  --memory-tids N              tids of the short journal of the memory benchmark [100]
+  --memory-factor K            the long journal has K x as many tids [10]
+  --record-commit-interval-ms  commit interval while recording [20]
+  --record-step-interval-ms    pause between live steps while recording [1]
+  --record-batch-max N         generator records per step while recording, 0..=N [50]
+  --live-secs S                measured live window [10]
+  --live-commit-interval-ms    commit interval of the live benchmark [1]
+  --live-step-interval-ms      pause between (empty) live steps [1]
+  --floor-samples N            round trips and fdatasyncs for the floor [500]
+";
+
+#[derive(Clone, Debug)]
+struct Opts {
+    hosts: usize,
+    replay_tids: u64,
+    memory_tids: u64,
+    memory_factor: u64,
+    record_commit_interval_ms: u64,
+    record_step_interval_ms: u64,
+    record_batch_max: u64,
+    live_secs: u64,
+    live_commit_interval_ms: u64,
+    live_step_interval_ms: u64,
+    floor_samples: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            hosts: 3,
+            replay_tids: 1000,
+            memory_tids: 100,
+            memory_factor: 10,
+            record_commit_interval_ms: 20,
+            record_step_interval_ms: 1,
+            record_batch_max: 50,
+            live_secs: 10,
+            live_commit_interval_ms: 1,
+            live_step_interval_ms: 1,
+            floor_samples: 500,
+        }
+    }
+}
+
+fn parse_args() -> Result<(String, Opts), String> {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().ok_or("missing benchmark name")?;
+    if !["replay", "live", "memory", "all"].contains(&what.as_str()) {
+        return Err(format!("unknown benchmark {what:?}"));
+    }
+    let mut o = Opts::default();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let n: u64 = value.parse().map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--hosts" => o.hosts = n as usize,
+            "--replay-tids" => o.replay_tids = n,
+            "--memory-tids" => o.memory_tids = n,
+            "--memory-factor" => o.memory_factor = n,
+            "--record-commit-interval-ms" => o.record_commit_interval_ms = n,
+            "--record-step-interval-ms" => o.record_step_interval_ms = n,
+            "--record-batch-max" => o.record_batch_max = n,
+            "--live-secs" => o.live_secs = n,
+            "--live-commit-interval-ms" => o.live_commit_interval_ms = n,
+            "--live-step-interval-ms" => o.live_step_interval_ms = n,
+            "--floor-samples" => o.floor_samples = n as usize,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if o.hosts == 0 || o.replay_tids == 0 || o.memory_tids == 0 || o.memory_factor == 0 || o.live_secs == 0 {
+        return Err("sizes must be at least 1".into());
+    }
+    Ok((what, o))
+}
+
+/// One row of the results table.
+struct Row {
+    what: String,
+    measured: String,
+    baseline: String,
+    ratio: String,
+    goal: String,
+    met: Option<bool>,
+}
+
+fn row(what: &str, measured: String, baseline: String, ratio: String, goal: &str, met: Option<bool>) -> Row {
+    Row { what: what.into(), measured, baseline, ratio, goal: goal.into(), met }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn micros(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+// ----------------------------------------------------------------- helpers
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn cluster_opts(o: &Opts, commit_interval_ms: u64, step_interval_ms: u64, cluster: &str) -> ClusterOpts {
+    ClusterOpts {
+        hosts: o.hosts,
+        commit_interval_ms,
+        checkpoint_every_txns: 0,
+        report_deadline_ms: 10_000,
+        generator_seed: 7,
+        step_interval_ms,
+        cluster_id: cluster.into(),
+    }
+}
+
+/// Stops every process of `c` with SIGTERM: hosts first (so nothing
+/// commits after), then the coordinator. Returns the last committed tid.
+async fn stop_cluster(c: &mut Cluster) -> anyhow::Result<u64> {
+    for h in c.hosts.iter_mut() {
+        h.terminate();
+    }
+    let last = c.status().await?.last_committed_tid;
+    c.coordinator.terminate();
+    Ok(last)
+}
+
+/// Runs a cluster live until `tids` transactions committed, then stops it.
+/// Returns the cluster (stopped, data kept) and the last committed tid.
+async fn record(o: &Opts, tids: u64, cluster: &str) -> anyhow::Result<(Cluster, u64)> {
+    let batch = o.record_batch_max.to_string();
+    let mut c = Cluster::start_with(cluster_opts(o, o.record_commit_interval_ms, o.record_step_interval_ms, cluster), |_, args| {
+        args.extend(["--generator-batch-max".into(), batch.clone()])
+    });
+    let started = Instant::now();
+    let timeout = Duration::from_secs(60) + Duration::from_millis(tids * 200);
+    c.wait_for(&format!("{tids} committed tids"), timeout, |s| s.last_committed_tid >= tids).await;
+    let last = stop_cluster(&mut c).await?;
+    let secs = started.elapsed().as_secs_f64();
+    say(format!("recorded {last} committed tids on {} hosts in {secs:.1} s ({:.0} tids/s)", o.hosts, last as f64 / secs));
+    Ok((c, last))
+}
+
+/// Restarts a recorded cluster and waits until the coordinator reports the
+/// replay of `tids` committed tids done. Samples RSS meanwhile.
+struct Replayed {
+    stats: pb::ReplayStats,
+    coordinator_peak_kib: u64,
+    host_peak_kib: u64,
+    coordinator_sampled_kib: u64,
+    host_sampled_kib: u64,
+}
+
+async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replayed> {
+    c.coordinator.start();
+    for h in c.hosts.iter_mut() {
+        h.start();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120) + Duration::from_millis(tids * 100);
+    let (mut coord_sampled, mut host_sampled) = (0u64, 0u64);
+    let sample = |c: &Cluster, coord: &mut u64, host: &mut u64| -> (u64, u64) {
+        let (cr, ch) = c.coordinator.pid().and_then(rss_kib).unwrap_or_default();
+        *coord = (*coord).max(cr);
+        let mut host_peak = 0;
+        for h in &c.hosts {
+            let (hr, hh) = h.pid().and_then(rss_kib).unwrap_or_default();
+            *host = (*host).max(hr);
+            host_peak = host_peak.max(hh);
+        }
+        (ch, host_peak)
+    };
+    loop {
+        let (coord_peak, host_peak) = sample(c, &mut coord_sampled, &mut host_sampled);
+        if let Ok(s) = c.status().await {
+            if s.pipeline_state == "Failed" {
+                anyhow::bail!("replay failed: {}\n{}", s.failure, c.logs());
+            }
+            if let Some(r) = s.last_replay.filter(|r| r.micros > 0) {
+                anyhow::ensure!(r.tids == tids, "replayed {} tids, expected {tids}", r.tids);
+                return Ok(Replayed {
+                    stats: r,
+                    coordinator_peak_kib: coord_peak,
+                    host_peak_kib: host_peak,
+                    coordinator_sampled_kib: coord_sampled,
+                    host_sampled_kib: host_sampled,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("replay did not finish in time\n{}", c.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+struct Alone {
+    records: u64,
+    tids: u64,
+    /// Wall time from the first host's start to the last host's end.
+    span_micros: u64,
+    per_host: Vec<(u64, f64)>,
+}
+
+/// Every host replays its journal alone, all at once, no coordinator.
+fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
+    let mut children = Vec::new();
+    for i in 0..c.opts.hosts {
+        let child = Command::new(bin_dir().join("host-agent"))
+            .args(["--replay-alone", "--replay-through-tid", &through_tid.to_string()])
+            .args(["--host-id", &host_id(i), "--cluster-id", &c.opts.cluster_id])
+            .arg("--data-dir")
+            .arg(c.host_dir(i))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        children.push(child);
+    }
+    let mut out = Alone { records: 0, tids: 0, span_micros: 0, per_host: Vec::new() };
+    let (mut first_start, mut last_end) = (u64::MAX, 0u64);
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "host-agent --replay-alone of {} failed: {}",
+            host_id(i),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let get = |k: &str| v[k].as_u64().unwrap_or(0);
+        anyhow::ensure!(get("tids") == through_tid, "{} replayed {} tids alone, expected {through_tid}", host_id(i), get("tids"));
+        out.records += get("records");
+        out.tids = out.tids.max(get("tids"));
+        first_start = first_start.min(get("started_unix_us"));
+        last_end = last_end.max(get("started_unix_us") + get("micros"));
+        out.per_host.push((get("records"), v["records_per_s"].as_f64().unwrap_or(0.0)));
+    }
+    out.span_micros = last_end.saturating_sub(first_start).max(1);
+    Ok(out)
+}
+
+// ------------------------------------------------------------------ floor
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+struct Floor {
+    rtt_p50: f64,
+    sync_p50: f64,
+    sum_p50: f64,
+    sum_p99: f64,
+}
+
+/// Loopback TCP round trip (64 bytes, Nagle off) + one fdatasync of a
+/// small file in `dir`, each sample timed as one; in microseconds.
+fn measure_floor(dir: &Path, samples: usize) -> anyhow::Result<Floor> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut client = std::net::TcpStream::connect(addr)?;
+    client.set_nodelay(true)?;
+    let path = dir.join("floor-fsync");
+    let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let (mut rtt, mut sync, mut sum) = (Vec::new(), Vec::new(), Vec::new());
+    let mut buf = [7u8; 64];
+    for _ in 0..samples {
+        let t0 = Instant::now();
+        client.write_all(&buf)?;
+        client.read_exact(&mut buf)?;
+        let t1 = Instant::now();
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        let t2 = Instant::now();
+        rtt.push((t1 - t0).as_secs_f64() * 1e6);
+        sync.push((t2 - t1).as_secs_f64() * 1e6);
+        sum.push((t2 - t0).as_secs_f64() * 1e6);
+    }
+    drop(client);
+    let _ = echo.join();
+    let _ = std::fs::remove_file(&path);
+    for v in [&mut rtt, &mut sync, &mut sum] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(Floor {
+        rtt_p50: percentile(&rtt, 0.5),
+        sync_p50: percentile(&sync, 0.5),
+        sum_p50: percentile(&sum, 0.5),
+        sum_p99: percentile(&sum, 0.99),
+    })
+}
+
+fn floor_line(when: &str, f: &Floor) -> String {
+    format!(
+        "  floor {when}: round trip p50 {}, fdatasync p50 {}, together p50 {} p99 {}",
+        micros(f.rtt_p50),
+        micros(f.sync_p50),
+        micros(f.sum_p50),
+        micros(f.sum_p99)
+    )
+}
+
+/// Percentile of the observations between two snapshots of a per-bucket
+/// histogram, interpolated linearly inside the bucket; in microseconds.
+fn histogram_percentile(before: &pb::LatencyHistogram, after: &pb::LatencyHistogram, q: f64) -> Option<f64> {
+    let counts: Vec<u64> =
+        after.counts.iter().enumerate().map(|(i, c)| c - before.counts.get(i).copied().unwrap_or(0)).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * q).ceil().max(1.0);
+    let mut seen = 0u64;
+    for (i, c) in counts.iter().enumerate() {
+        if *c == 0 {
+            continue;
+        }
+        if (seen + c) as f64 >= rank {
+            let lo = if i == 0 { 0 } else { after.upper_micros[i - 1] } as f64;
+            let hi = after.upper_micros[i];
+            let hi = if hi == u64::MAX { lo * 2.0 } else { hi as f64 };
+            return Some(lo + (hi - lo) * (rank - seen as f64) / *c as f64);
+        }
+        seen += c;
+    }
+    None
+}
+
+// ------------------------------------------------------------- benchmarks
+
+async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
+    say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
+    let alone = replay_alone(c, last)?;
+    let alone_rps = alone.records as f64 * 1e6 / alone.span_micros as f64;
+    for (i, (records, rps)) in alone.per_host.iter().enumerate() {
+        say(format!("  {}: {records} records, {rps:.0} records/s alone", host_id(i)));
+    }
+    say(format!("  together: {} records in {} -> {alone_rps:.0} records/s", alone.records, micros(alone.span_micros as f64)));
+    say(format!("replay: restart the cluster; the coordinator drives the replay of {last} tids"));
+    let r = replay_coordinated(c, last).await?;
+    let coord_rps = r.stats.records as f64 * 1e6 / r.stats.micros.max(1) as f64;
+    say(format!("  {} tids, {} records in {} -> {coord_rps:.0} records/s", r.stats.tids, r.stats.records, micros(r.stats.micros as f64)));
+    if r.stats.records != alone.records {
+        say(format!("  WARNING: records differ: coordinated {} vs alone {}", r.stats.records, alone.records));
+    }
+    let ratio = coord_rps / alone_rps;
+    rows.push(row(
+        &format!("replay {last} tids × {} hosts, records/s (coordinated vs alone)", o.hosts),
+        format!("{coord_rps:.0}/s"),
+        format!("{alone_rps:.0}/s"),
+        format!("{ratio:.2}×"),
+        "≥ 0.9×",
+        Some(ratio >= 0.9),
+    ));
+    rows.push(row(
+        "replay, per tid (coordinated vs alone)",
+        micros(r.stats.micros as f64 / last as f64),
+        micros(alone.span_micros as f64 / last as f64),
+        format!("{:.2}×", r.stats.micros as f64 / alone.span_micros as f64),
+        "(info)",
+        None,
+    ));
+    Ok(r)
+}
+
+async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    say(format!("live: floor = loopback round trip + fdatasync in {}, {} samples", dir.path().display(), o.floor_samples));
+    let floor_before = measure_floor(dir.path(), o.floor_samples)?;
+    say(floor_line("before", &floor_before));
+    say(format!(
+        "live: 1 coordinator + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
+        o.hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.live_secs
+    ));
+    let c = Cluster::start_with(cluster_opts(o, o.live_commit_interval_ms, o.live_step_interval_ms, "bench-live"), |_, args| {
+        args.extend(["--generator-batch-max".into(), "0".into()])
+    });
+    c.wait_for("Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
+        s.pipeline_state == "Running" && s.last_committed_tid >= 20
+    })
+    .await;
+    let s0 = c.status().await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.live_secs)).await;
+    let s1 = c.status().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(s1.pipeline_state == "Running", "live cluster left Running: {s1:?}\n{}", c.logs());
+    drop(c);
+    // The disk is shared: measure the floor again once the cluster is gone
+    // and compare against the lower of the two (the stricter goal).
+    let floor_after = measure_floor(dir.path(), o.floor_samples)?;
+    say(floor_line("after", &floor_after));
+    let floor = if floor_after.sum_p50 < floor_before.sum_p50 { floor_after } else { floor_before };
+    let tids = s1.last_committed_tid - s0.last_committed_tid;
+    let (h0, h1) = (s0.commit_latency.unwrap_or_default(), s1.commit_latency.unwrap_or_default());
+    let p50 = histogram_percentile(&h0, &h1, 0.5).unwrap_or(f64::NAN);
+    let p99 = histogram_percentile(&h0, &h1, 0.99).unwrap_or(f64::NAN);
+    let n = h1.total - h0.total;
+    let mean = (h1.sum_micros - h0.sum_micros) as f64 / n.max(1) as f64;
+    say(format!(
+        "  {tids} commits in {secs:.1} s = {:.0} tids/s; latency p50 {} p99 {} mean {} ({n} timed)",
+        tids as f64 / secs,
+        micros(p50),
+        micros(p99),
+        micros(mean)
+    ));
+    rows.push(row(
+        &format!("live, empty steps, {} hosts: committed tids/s", o.hosts),
+        format!("{:.0}/s", tids as f64 / secs),
+        format!("commit interval {} ms", o.live_commit_interval_ms),
+        "-".into(),
+        "(info)",
+        None,
+    ));
+    rows.push(row(
+        "live commit latency p50 (Prepare sent → Commit sent) vs floor p50",
+        micros(p50),
+        format!("{} (rtt {} + fdatasync {})", micros(floor.sum_p50), micros(floor.rtt_p50), micros(floor.sync_p50)),
+        format!("{:.2}×", p50 / floor.sum_p50),
+        "≤ 3×",
+        Some(p50 <= 3.0 * floor.sum_p50),
+    ));
+    rows.push(row(
+        "live commit latency p99 vs floor p99",
+        micros(p99),
+        micros(floor.sum_p99),
+        format!("{:.2}×", p99 / floor.sum_p99),
+        "(info)",
+        None,
+    ));
+    Ok(())
+}
+
+fn memory_rows(o: &Opts, short: (u64, &Replayed), long: (u64, &Replayed), rows: &mut Vec<Row>) {
+    let (n, a) = short;
+    let (m, b) = long;
+    say(format!(
+        "memory: peak RSS (VmHWM) coordinator {} -> {}, hosts (max) {} -> {}; sampled VmRSS max coordinator {} -> {}, hosts {} -> {}",
+        mib(a.coordinator_peak_kib),
+        mib(b.coordinator_peak_kib),
+        mib(a.host_peak_kib),
+        mib(b.host_peak_kib),
+        mib(a.coordinator_sampled_kib),
+        mib(b.coordinator_sampled_kib),
+        mib(a.host_sampled_kib),
+        mib(b.host_sampled_kib)
+    ));
+    let cr = b.coordinator_peak_kib as f64 / a.coordinator_peak_kib.max(1) as f64;
+    let hr = b.host_peak_kib as f64 / a.host_peak_kib.max(1) as f64;
+    rows.push(row(
+        &format!("coordinator peak RSS replaying {m} vs {n} tids"),
+        mib(b.coordinator_peak_kib),
+        mib(a.coordinator_peak_kib),
+        format!("{cr:.2}×"),
+        "flat (≤ 1.2×)",
+        Some(cr <= 1.2),
+    ));
+    rows.push(row(
+        &format!("host peak RSS (max of {}) replaying {m} vs {n} tids", o.hosts),
+        mib(b.host_peak_kib),
+        mib(a.host_peak_kib),
+        format!("{hr:.2}×"),
+        "flat (≤ 1.2×)",
+        Some(hr <= 1.2),
+    ));
+    rows.push(row(
+        &format!("coordinator peak RSS, {} hosts, {m} tids", o.hosts),
+        mib(b.coordinator_peak_kib),
+        "64 MiB".into(),
+        format!("{:.2}×", b.coordinator_peak_kib as f64 / (64.0 * 1024.0)),
+        "< 64 MiB",
+        Some(b.coordinator_peak_kib < 64 * 1024),
+    ));
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| benchmark | measured | baseline | ratio | goal | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        println!("| {} | {} | {} | {} | {} | {} |", r.what, r.measured, r.baseline, r.ratio, r.goal, met);
+    }
+}
+
+async fn run(what: &str, o: &Opts) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    say(format!("building the daemons (release) in {}", bin_dir().display()));
+    let (do_replay, do_live, do_memory) = match what {
+        "replay" => (true, false, false),
+        "live" => (false, true, false),
+        "memory" => (false, false, true),
+        _ => (true, true, true),
+    };
+    let long_tids = o.memory_tids * o.memory_factor;
+    // `all` replays the memory benchmark's long journal for the replay ratio.
+    let replay_tids = if do_memory { long_tids } else { o.replay_tids };
+    let mut long = None;
+    if do_replay || do_memory {
+        say(format!("recording {replay_tids} tids"));
+        let (mut c, last) = record(o, replay_tids, "bench-long").await?;
+        let r = if do_replay {
+            bench_replay(o, &mut c, last, &mut rows).await?
+        } else {
+            replay_coordinated(&mut c, last).await?
+        };
+        long = Some((last, r));
+    }
+    if do_memory {
+        say(format!("memory: recording the short journal, {} tids", o.memory_tids));
+        let (mut c, last) = record(o, o.memory_tids, "bench-short").await?;
+        let short = replay_coordinated(&mut c, last).await?;
+        drop(c);
+        let (long_last, long) = long.as_ref().expect("recorded above");
+        memory_rows(o, (last, &short), (*long_last, long), &mut rows);
+    }
+    if do_live {
+        bench_live(o, &mut rows).await?;
+    }
+    Ok(rows)
+}
+
+#[tokio::main]
+async fn main() {
+    let (what, opts) = match parse_args() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    say(format!("{what} with {opts:?}"));
+    match run(&what, &opts).await {
+        Ok(rows) => print_table(&rows),
+        Err(e) => {
+            eprintln!("benchmark failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
