@@ -57,6 +57,8 @@
 //! proposals share one) and B-tree page writes, small for ledger entries.
 //! It also keeps the journal's on-disk format free to serve hosts only.
 
+#[cfg(test)]
+mod bench;
 pub mod network;
 pub mod store;
 
