@@ -239,25 +239,13 @@ impl Cluster {
     }
 
     pub async fn status(&self) -> anyhow::Result<pb::Status> {
-        Ok(self.admin().await?.get_status(pb::GetStatusRequest {}).await?.into_inner())
+        status_at(&self.addr).await
     }
 
     /// Polls the status until `pred` holds; fails with the last status and
     /// the logs after `timeout`.
     pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> pb::Status {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            match self.status().await {
-                Ok(s) if pred(&s) => return s,
-                Ok(s) => last = Some(s),
-                Err(_) => {}
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last status: {last:#?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_status(&self.addr, what, timeout, pred, || self.logs()).await
     }
 
     pub fn logs(&self) -> String {
@@ -273,6 +261,36 @@ impl Cluster {
         let path = self.host_dir(i).join("sink").join("output.jsonl");
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect()
+    }
+}
+
+/// One Admin/GetStatus call to the coordinator at `addr` (host:port).
+pub async fn status_at(addr: &str) -> anyhow::Result<pb::Status> {
+    let mut admin = AdminClient::connect(format!("http://{addr}")).await?;
+    Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
+}
+
+/// Polls `addr`'s GetStatus until `pred` holds (bounded by `timeout`);
+/// on timeout panics with the last status seen and `logs()`.
+pub async fn wait_for_status(
+    addr: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&pb::Status) -> bool,
+    logs: impl Fn() -> String,
+) -> pb::Status {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match status_at(addr).await {
+            Ok(s) if pred(&s) => return s,
+            Ok(s) => last = Some(s),
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; last status: {last:#?}\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

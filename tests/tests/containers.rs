@@ -22,8 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
-use lockstep_proto::v1::admin_client::AdminClient;
-use lockstep_tests::{bin_dir, host_id, sink_final_state, sink_tids, tail};
+use lockstep_tests::{bin_dir, host_id, sink_final_state, sink_tids, status_at, tail, wait_for_status};
 
 const LONG: Duration = Duration::from_secs(60);
 const HOSTS: usize = 3;
@@ -219,26 +218,13 @@ impl DockerCluster {
     }
 
     async fn status(&self) -> anyhow::Result<pb::Status> {
-        let mut admin = AdminClient::connect(format!("http://127.0.0.1:{}", self.port)).await?;
-        Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
+        status_at(&format!("127.0.0.1:{}", self.port)).await
     }
 
     /// Polls GetStatus until `pred` holds; panics with the last status and
     /// the containers' logs after `timeout`.
     async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> pb::Status {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            match self.status().await {
-                Ok(s) if pred(&s) => return s,
-                Ok(s) => last = Some(s),
-                Err(_) => {}
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last status: {last:#?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for_status(&format!("127.0.0.1:{}", self.port), what, timeout, pred, || self.logs()).await
     }
 
     fn log(&self, role: &str) -> String {
