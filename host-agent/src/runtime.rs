@@ -43,8 +43,10 @@ pub const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 pub const RECONNECT_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
 /// Time allowed to establish a connection and get the stream's headers.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
-/// Reports queued towards the coordinator before the agent waits.
+/// Report batches queued towards the coordinator before the agent waits.
 pub const REPORTS_QUEUED_MAX: usize = 1_024;
+/// Replayed steps' reports sent together at most (see `Reporter`).
+pub const REPORT_BATCH_MAX: usize = 64;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
 /// How long a stream we drop for a protocol violation stays open so the
@@ -270,19 +272,46 @@ enum SessionEnd {
 }
 
 /// The stream towards the coordinator, numbering reports 1, 2, 3, ...
+///
+/// Reports travel in batches (one channel message, so one wake-up of the
+/// stream's encoder, which writes them in one HTTP/2 DATA frame sequence
+/// and one flush). `send` queues and flushes at once; `queue` only numbers
+/// and queues, for replayed `StepDone`s, which the drive loop flushes every
+/// `REPORT_BATCH_MAX` reports and whenever it could block (no journaled
+/// step ready, a command, the heartbeat, anything not a replayed step).
+/// Every report is still sent, numbered and in order; a batch only delays a
+/// replayed step's report by at most the time to replay the next few steps.
 struct Reporter {
-    tx: mpsc::Sender<v1::HostReport>,
+    tx: mpsc::Sender<Vec<v1::HostReport>>,
     next_seq: u64,
+    pending: Vec<v1::HostReport>,
 }
 
 impl Reporter {
-    async fn send(&mut self, report: v1::host_report::Report) -> Result<(), SessionEnd> {
+    fn new(tx: mpsc::Sender<Vec<v1::HostReport>>) -> Self {
+        Reporter { tx, next_seq: 1, pending: Vec::new() }
+    }
+
+    /// Numbers `report` and queues it for the next flush.
+    fn queue(&mut self, report: v1::host_report::Report) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.tx
-            .send(v1::HostReport { seq, report: Some(report) })
-            .await
-            .map_err(|_| SessionEnd::Lost("the report stream to the coordinator is closed".into()))
+        self.pending.push(v1::HostReport { seq, report: Some(report) });
+    }
+
+    /// Hands every queued report to the stream.
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.tx.send(batch).await.map_err(|_| SessionEnd::Lost("the report stream to the coordinator is closed".into()))
+    }
+
+    /// Queues `report` behind whatever is queued and flushes.
+    async fn send(&mut self, report: v1::host_report::Report) -> Result<(), SessionEnd> {
+        self.queue(report);
+        self.flush().await
     }
 }
 
@@ -307,6 +336,9 @@ struct Agent<E> {
     /// Outputs of the prepared tid, released at commit.
     held_outputs: Option<(u64, Vec<OutputRow>)>,
     replay: Option<ReplayCursor>,
+    /// The journal cursor of the tid most likely replayed next, opened while
+    /// the coordinator verifies the prepared one (see `prepare`).
+    prefetch: Option<ReplayCursor>,
     /// Last step re-run since the last restore: the next replayed record
     /// must name it as its previous step (DESIGN invariant 6).
     replay_prev_step: Option<u64>,
@@ -365,6 +397,7 @@ impl<E: Engine> Agent<E> {
             txn: None,
             held_outputs: None,
             replay: None,
+            prefetch: None,
             replay_prev_step: None,
             ingest_addr: String::new(),
             next_live_step_at: Instant::now(),
@@ -446,6 +479,10 @@ impl<E: Engine> Agent<E> {
             std::hint::black_box(output_digest(&rows));
             self.held_outputs = Some((tid, rows));
             self.replay = None;
+            // The same read-ahead as a coordinated replay's `prepare`.
+            if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
+                self.prefetch = Some(self.spawn_cursor(tid + 1));
+            }
             self.commit(tid).await.map_err(|f| internal(f.message))?;
         }
         report.micros = started.elapsed().as_micros() as u64;
@@ -524,15 +561,15 @@ impl<E: Engine> Agent<E> {
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true);
             let channel = endpoint.connect().await.map_err(|e| format!("connect: {}", error_chain(&e)))?;
-            let (tx, rx) = mpsc::channel(REPORTS_QUEUED_MAX);
-            let mut reporter = Reporter { tx, next_seq: 1 };
+            let (tx, rx) = mpsc::channel::<Vec<v1::HostReport>>(REPORTS_QUEUED_MAX);
+            let mut reporter = Reporter::new(tx);
             reporter
                 .send(v1::host_report::Report::Hello(hello))
                 .await
                 .map_err(|_| "report channel closed".to_string())?;
             let mut client = v1::host_session_client::HostSessionClient::new(channel);
             let response = client
-                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .session(futures::StreamExt::flat_map(tokio_stream::wrappers::ReceiverStream::new(rx), futures::stream::iter))
                 .await
                 .map_err(|s| format!("Session refused: {} ({:?})", s.message(), s.code()))?;
             Ok::<_, String>((reporter, response.into_inner()))
@@ -567,7 +604,7 @@ impl<E: Engine> Agent<E> {
         // No stream any more: a report here fails at once instead of waiting.
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
-        let mut detached = Reporter { tx, next_seq: 0 };
+        let mut detached = Reporter::new(tx);
         let _ = self.execute(closed, &mut detached).await;
         end
     }
@@ -587,6 +624,15 @@ impl<E: Engine> Agent<E> {
                 Some((_, Mode::Live)) => self.next_live_step_at,
                 _ => Instant::now(),
             };
+            // Replayed steps' reports go out in batches; flush whenever the
+            // next turn could wait (no journaled step read ahead, not
+            // replaying) or the batch is full.
+            let replay_ready = matches!(next, Some((_, Mode::Replay))) && self.replay.as_ref().is_some_and(|c| !c.rx.is_empty());
+            if !replay_ready || out.pending.len() >= REPORT_BATCH_MAX {
+                if let Err(end) = out.flush().await {
+                    return end;
+                }
+            }
             let actions = tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => return SessionEnd::Shutdown,
@@ -650,7 +696,15 @@ impl<E: Engine> Agent<E> {
                     if let Report::Error { kind, tid, message } = &report {
                         warn!(host = %self.host(), kind = kind.as_str(), tid, "reporting error to the coordinator: {message}");
                     }
-                    out.send(convert::report_to_proto(report)).await?;
+                    // A replayed step's report waits for the batch (the drive
+                    // loop flushes it); every other report goes out at once,
+                    // behind what is queued.
+                    let batchable = matches!(report, Report::StepDone { mode: Mode::Replay, .. });
+                    if batchable {
+                        out.queue(convert::report_to_proto(report));
+                    } else {
+                        out.send(convert::report_to_proto(report)).await?;
+                    }
                     Ok(())
                 }
                 Action::OpenTxn { tid, mode } => {
@@ -664,6 +718,7 @@ impl<E: Engine> Agent<E> {
                     self.txn = None;
                     self.held_outputs = None;
                     self.replay = None;
+                    self.prefetch = None;
                     Ok(())
                 }
                 Action::Checkpoint { tid } => self.checkpoint(tid).await,
@@ -688,26 +743,35 @@ impl<E: Engine> Agent<E> {
         match mode {
             Mode::Live => self.next_live_step_at = Instant::now(),
             Mode::Replay => {
-                let (tx, rx) = mpsc::channel(REPLAY_READ_AHEAD_STEPS_MAX);
-                let journal = self.journal.clone();
-                // Streams the records; stops when the cursor is dropped.
-                tokio::task::spawn_blocking(move || {
-                    let steps = match journal.steps_of(tid) {
-                        Ok(steps) => steps,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    };
-                    for step in steps {
-                        if tx.blocking_send(step).is_err() {
-                            return;
-                        }
-                    }
-                });
-                self.replay = Some(ReplayCursor { tid, rx });
+                let cursor = match self.prefetch.take() {
+                    Some(c) if c.tid == tid => c,
+                    _ => self.spawn_cursor(tid),
+                };
+                self.replay = Some(cursor);
             }
         }
+    }
+
+    /// Streams the journaled steps of `tid` from a blocking reader thread;
+    /// the reader stops when the cursor is dropped.
+    fn spawn_cursor(&self, tid: u64) -> ReplayCursor {
+        let (tx, rx) = mpsc::channel(REPLAY_READ_AHEAD_STEPS_MAX);
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let steps = match journal.steps_of(tid) {
+                Ok(steps) => steps,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for step in steps {
+                if tx.blocking_send(step).is_err() {
+                    return;
+                }
+            }
+        });
+        ReplayCursor { tid, rx }
     }
 
     fn account(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums) {
@@ -832,7 +896,7 @@ impl<E: Engine> Agent<E> {
         let Some(txn) = self.txn.as_ref().filter(|t| t.tid == tid) else {
             return Ok(Err(Failure { kind: ErrorKind::Internal, tid, message: format!("host {host}: Prepare of tid {tid} with no accounting for it") }));
         };
-        let (steps, records, aggregate, span) = (txn.steps, txn.records, txn.aggregate.clone(), txn.span.clone());
+        let (steps, records, aggregate, span, txn_mode) = (txn.steps, txn.records, txn.aggregate.clone(), txn.span.clone(), txn.mode);
         let Some(engine) = self.engine.as_mut() else {
             return Ok(Err(Failure { kind: ErrorKind::Internal, tid, message: format!("host {host}: engine missing at prepare") }));
         };
@@ -841,6 +905,16 @@ impl<E: Engine> Agent<E> {
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
         self.held_outputs = Some((tid, rows));
         self.replay = None;
+        // While the coordinator verifies `tid`, start reading the journal
+        // for the tid a replay most likely continues with. Only when both
+        // are committed in this journal (their markers are in it): then the
+        // commit of `tid` appends nothing and `tid + 1`'s records are final.
+        // Reading ahead is all it does; `OpenTxn` uses the cursor only for
+        // the tid it was opened for, and nothing runs before that.
+        self.prefetch = None;
+        if txn_mode == Mode::Replay && self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
+            self.prefetch = Some(self.spawn_cursor(tid + 1));
+        }
         out.send(v1::host_report::Report::Prepared(v1::Prepared {
             tid,
             steps,
@@ -869,14 +943,19 @@ impl<E: Engine> Agent<E> {
                 return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the held outputs are of tid {:?}", other.map(|(t, _)| t))))
             }
         };
-        let meta = self.engine.as_ref().map(|e| e.output_metadata()).unwrap_or_default();
-        let sink = self.sink.clone();
         let row_count = rows.len();
-        let outcome = self
-            .blocking(move || sink.lock().unwrap_or_else(|p| p.into_inner()).emit(epoch, tid, &rows, &meta))
-            .await
-            .map_err(|e| fail(ErrorKind::Internal, e))?
-            .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?;
+        // A replayed tid the sink already holds is skipped without I/O, so
+        // without a trip to the blocking pool.
+        let outcome = if self.sink.lock().unwrap_or_else(|p| p.into_inner()).already_emitted(tid) {
+            EmitOutcome::AlreadyEmitted
+        } else {
+            let meta = self.engine.as_ref().map(|e| e.output_metadata()).unwrap_or_default();
+            let sink = self.sink.clone();
+            self.blocking(move || sink.lock().unwrap_or_else(|p| p.into_inner()).emit(epoch, tid, &rows, &meta))
+                .await
+                .map_err(|e| fail(ErrorKind::Internal, e))?
+                .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?
+        };
         if let Some(txn) = self.txn.take() {
             txn.span.in_scope(|| match outcome {
                 EmitOutcome::Written => debug!(steps = txn.steps, records = txn.records, rows = row_count, mode = ?txn.mode, "committed"),
@@ -1002,6 +1081,7 @@ impl<E: Engine> Agent<E> {
         self.txn = None;
         self.held_outputs = None;
         self.replay = None;
+        self.prefetch = None;
         self.replay_prev_step = None;
         info!(host = %host, checkpoint_tid, "engine restored");
         Ok(())

@@ -14,7 +14,7 @@ use std::path::Path;
 struct Harness {
     agent: Agent<ReferenceEngine>,
     out: Reporter,
-    rx: mpsc::Receiver<v1::HostReport>,
+    rx: mpsc::Receiver<Vec<v1::HostReport>>,
     seq: u64,
     report_seq: u64,
 }
@@ -31,7 +31,7 @@ impl Harness {
         });
         let mut agent = Agent::open(cfg, engine).await.expect("open agent");
         let (tx, rx) = mpsc::channel(100_000);
-        let mut out = Reporter { tx, next_seq: 1 };
+        let mut out = Reporter::new(tx);
         let actions = agent.core.handle(Event::StreamOpened);
         assert!(agent.execute(actions, &mut out).await.is_ok());
         Harness { agent, out, rx, seq: 0, report_seq: 0 }
@@ -52,16 +52,20 @@ impl Harness {
         };
         let actions = self.agent.core.handle(event);
         assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
+        // As the drive loop does before it could wait.
+        assert!(self.out.flush().await.is_ok());
         true
     }
 
     /// Reports sent since the last call, checking seq numbering.
     fn reports(&mut self) -> Vec<R> {
         let mut out = Vec::new();
-        while let Ok(r) = self.rx.try_recv() {
-            self.report_seq += 1;
-            assert_eq!(r.seq, self.report_seq, "reports are numbered 1, 2, 3, ...");
-            out.push(r.report.expect("report body"));
+        while let Ok(batch) = self.rx.try_recv() {
+            for r in batch {
+                self.report_seq += 1;
+                assert_eq!(r.seq, self.report_seq, "reports are numbered 1, 2, 3, ...");
+                out.push(r.report.expect("report body"));
+            }
         }
         out
     }

@@ -145,6 +145,12 @@ impl FileSink {
     }
 
     /// The last tid in the file (0 = none).
+    /// `emit(tid)` would skip `tid` without I/O (replaying a tid the file
+    /// already holds).
+    pub fn already_emitted(&self, tid: u64) -> bool {
+        self.replaying && tid <= self.last_emitted
+    }
+
     pub fn last_emitted(&self) -> u64 {
         self.last_emitted
     }

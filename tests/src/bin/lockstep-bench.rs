@@ -38,6 +38,7 @@ const USAGE: &str = "usage: lockstep-bench <replay|live|memory|all> [options]
 options (defaults in brackets):
   --hosts N                    host agents [3]
   --replay-tids N              tids recorded for the replay benchmark [1000]
+  --replay-repeat N            replay the same recording N times (alone, then coordinated) [1]
   --memory-tids N              tids of the short journal of the memory benchmark [100]
   --memory-factor K            the long journal has K x as many tids [10]
   --record-commit-interval-ms  commit interval while recording [20]
@@ -53,6 +54,7 @@ options (defaults in brackets):
 struct Opts {
     hosts: usize,
     replay_tids: u64,
+    replay_repeat: u64,
     memory_tids: u64,
     memory_factor: u64,
     record_commit_interval_ms: u64,
@@ -69,6 +71,7 @@ impl Default for Opts {
         Opts {
             hosts: 3,
             replay_tids: 1000,
+            replay_repeat: 1,
             memory_tids: 100,
             memory_factor: 10,
             record_commit_interval_ms: 20,
@@ -95,6 +98,7 @@ fn parse_args() -> Result<(String, Opts), String> {
         match flag.as_str() {
             "--hosts" => o.hosts = n as usize,
             "--replay-tids" => o.replay_tids = n,
+            "--replay-repeat" => o.replay_repeat = n,
             "--memory-tids" => o.memory_tids = n,
             "--memory-factor" => o.memory_factor = n,
             "--record-commit-interval-ms" => o.record_commit_interval_ms = n,
@@ -107,7 +111,7 @@ fn parse_args() -> Result<(String, Opts), String> {
             _ => return Err(format!("unknown option {flag}")),
         }
     }
-    if o.hosts == 0 || o.replay_tids == 0 || o.memory_tids == 0 || o.memory_factor == 0 || o.live_secs == 0 {
+    if o.hosts == 0 || o.replay_tids == 0 || o.memory_tids == 0 || o.memory_factor == 0 || o.live_secs == 0 || o.replay_repeat == 0 {
         return Err("sizes must be at least 1".into());
     }
     Ok((what, o))
@@ -392,6 +396,41 @@ fn histogram_percentile(before: &pb::LatencyHistogram, after: &pb::LatencyHistog
 
 // ------------------------------------------------------------- benchmarks
 
+/// Copies (`cp -a`) the data directories of `c` (coordinator and hosts)
+/// from `from` to `to`, replacing what `to` held.
+fn copy_data_dirs(c: &Cluster, from: &Path, to: &Path) -> anyhow::Result<()> {
+    let names: Vec<String> = std::iter::once("coordinator".to_string()).chain((0..c.opts.hosts).map(host_id)).collect();
+    for name in names {
+        let dst = to.join(&name);
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst)?;
+        }
+        let ok = Command::new("cp").arg("-a").arg(from.join(&name)).arg(&dst).status()?.success();
+        anyhow::ensure!(ok, "cp -a {} failed", from.join(&name).display());
+    }
+    Ok(())
+}
+
+/// `bench_replay` `--replay-repeat` times on the same recording (restored
+/// from a copy before each run after the first); rows of every run.
+async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
+    if o.replay_repeat <= 1 {
+        return bench_replay(o, c, last, rows).await;
+    }
+    let snapshot = tempfile::tempdir()?;
+    copy_data_dirs(c, c.dir.path(), snapshot.path())?;
+    let mut result = None;
+    for run in 1..=o.replay_repeat {
+        if run > 1 {
+            stop_cluster(c).await.ok();
+            copy_data_dirs(c, snapshot.path(), c.dir.path())?;
+        }
+        say(format!("replay run {run} of {}", o.replay_repeat));
+        result = Some(bench_replay(o, c, last, rows).await?);
+    }
+    Ok(result.expect("at least one run"))
+}
+
 async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
     say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
     let alone = replay_alone(c, last)?;
@@ -568,7 +607,7 @@ async fn run(what: &str, o: &Opts) -> anyhow::Result<Vec<Row>> {
         say(format!("recording {replay_tids} tids"));
         let (mut c, last) = record(o, replay_tids, "bench-long").await?;
         let r = if do_replay {
-            bench_replay(o, &mut c, last, &mut rows).await?
+            bench_replay_repeated(o, &mut c, last, &mut rows).await?
         } else {
             replay_coordinated(&mut c, last).await?
         };
