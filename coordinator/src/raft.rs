@@ -586,7 +586,14 @@ impl Ledger {
                     return Err(ProposeError::Shutdown);
                 }
                 if m.state == ServerState::Leader && m.current_leader == Some(me) {
-                    if m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term) {
+                    // A restarted node may resume as leader of its old term
+                    // without appending a blank entry; entries beyond its
+                    // committed hint are then unapplied until they commit.
+                    // Everything in the log must be applied, not just one
+                    // entry of this term.
+                    let own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+                    let applied_all = m.last_applied.map(|l| l.index) >= m.last_log_index;
+                    if own_term && applied_all {
                         return Ok(m.current_term);
                     }
                     None
