@@ -43,6 +43,10 @@ pub const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 pub const RECONNECT_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
 /// Time allowed to establish a connection and get the stream's headers.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// HTTP/2 ping interval on the coordinator stream, and how long a ping may
+/// go unanswered before the stream is declared dead and the host reconnects.
+const KEEPALIVE_INTERVAL_MS: u64 = 1000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 2000;
 /// Report batches queued towards the coordinator before the agent waits.
 pub const REPORTS_QUEUED_MAX: usize = 1_024;
 /// Replayed steps' reports sent together at most (see `Reporter`).
@@ -559,7 +563,14 @@ impl<E: Engine> Agent<E> {
             let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
                 .map_err(|e| format!("bad coordinator address {addr:?}: {e}"))?
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // The coordinator sends nothing while it waits on other
+                // hosts; without pings a host cut off by a partition (or
+                // whose coordinator vanished with its IP) would only notice
+                // at TCP timeout, many minutes later.
+                .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+                .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+                .keep_alive_while_idle(true);
             let channel = endpoint.connect().await.map_err(|e| format!("connect: {}", error_chain(&e)))?;
             let (tx, rx) = mpsc::channel::<Vec<v1::HostReport>>(REPORTS_QUEUED_MAX);
             let mut reporter = Reporter::new(tx);
