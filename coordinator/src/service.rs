@@ -142,6 +142,8 @@ struct Driver {
     propose_tx: mpsc::UnboundedSender<LedgerEntry>,
     coordinator_id: String,
     stats: SharedStats,
+    /// Time of the event being handled, for events the shell itself raises.
+    now_ms: u64,
 }
 
 /// Starts the driver, the proposer and the ticker. Returns the handle the
@@ -186,12 +188,21 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
     let started = Instant::now();
     let stats: SharedStats = Arc::new(Mutex::new(ShellStats::new()));
     let mut driver =
-        Driver { core, conns: HashMap::new(), host_conn: HashMap::new(), propose_tx, coordinator_id, stats: stats.clone() };
+        Driver {
+        core,
+        conns: HashMap::new(),
+        host_conn: HashMap::new(),
+        propose_tx,
+        coordinator_id,
+        stats: stats.clone(),
+        now_ms: 0,
+    };
     driver.execute(initial);
     tokio::spawn(
         async move {
             while let Some(msg) = rx.recv().await {
                 let now_ms = started.elapsed().as_millis() as u64;
+                driver.now_ms = now_ms;
                 match msg {
                     Msg::Event(e) => {
                         let actions = driver.core.handle(now_ms, e);
@@ -219,6 +230,9 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
 impl Driver {
     /// The one place where the core's decisions become I/O.
     fn execute(&mut self, actions: Vec<Action>) {
+        // Streams whose command queue overflowed or closed: closed here and
+        // reported to the core as lost (fail closed), after this batch.
+        let mut lost: Vec<(ConnId, HostId)> = Vec::new();
         for action in actions {
             match action {
                 Action::Send { host, epoch, cmd } => {
@@ -232,7 +246,15 @@ impl Driver {
                     let seq = conn.next_seq;
                     conn.next_seq += 1;
                     if conn.tx.try_send(Ok(wire::command_to(seq, epoch, &cmd))).is_err() {
-                        warn!(%host, "host command queue full or closed; the stream will be reported lost");
+                        // A command must never be dropped silently: close the
+                        // stream (dropping its sender ends it) so the host
+                        // reconnects and the pipeline recovers.
+                        warn!(%host, "host command queue full or closed; closing the stream");
+                        if let Some(c) = self.host_conn.get(&host).copied() {
+                            self.conns.remove(&c);
+                            self.host_conn.remove(&host);
+                            lost.push((c, host.clone()));
+                        }
                     }
                 }
                 Action::Accept { conn, host } => {
@@ -278,6 +300,11 @@ impl Driver {
                 }
                 Action::Notice(n) => self.notice(n),
             }
+        }
+        for (conn, host) in lost {
+            let reason = "its command queue overflowed or closed".to_string();
+            let actions = self.core.handle(self.now_ms, Event::Disconnected { conn, host, reason });
+            self.execute(actions);
         }
     }
 
@@ -570,6 +597,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let phase = self.driver.query(|core| core.phase().name()).await?;
+        if matches!(phase, "Failed" | "Stopped") {
+            return Err(Status::failed_precondition(format!(
+                "the pipeline is {phase}: no transaction will commit, so no checkpoint can follow; Resume it first"
+            )));
+        }
         self.driver.event(Event::AdminCheckpoint).await?;
         Ok(Response::new(pb::CheckpointResponse { message: "a checkpoint follows the next commit".into() }))
     }
@@ -582,6 +615,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        let phase = self.driver.query(|core| core.phase().name()).await?;
+        if !matches!(phase, "Failed" | "Stopped") {
+            return Err(Status::failed_precondition(format!(
+                "the pipeline is {phase}; Resume applies only to a Failed or Stopped pipeline"
+            )));
+        }
         self.driver.event(Event::AdminResume).await?;
         Ok(Response::new(pb::ResumeResponse {
             message: "resuming: recovery starts once every host is connected".into(),

@@ -41,3 +41,27 @@ async fn grpcurl_works_without_proto_files() {
     let txs = run(&bin, &["-plaintext", "-d", r#"{"from_tid": 1, "limit": 2}"#, &c.addr, "lockstep.v1.Admin/ListTransactions"]);
     assert!(txs.contains("Committed"), "{txs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_resume_through_admin_and_requests_that_do_not_apply_are_refused() {
+    use lockstep_proto::v1 as pb;
+    let c = Cluster::start(ClusterOpts { hosts: 2, ..ClusterOpts::default() });
+    c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 2).await;
+    let mut admin = c.admin().await.unwrap();
+    let err = admin.resume(pb::ResumeRequest {}).await.expect_err("nothing to resume");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    admin.stop(pb::StopRequest { reason: "maintenance".into() }).await.expect("stop");
+    let stopped = c.wait_for("stopped", Duration::from_secs(60), |s| s.pipeline_state == "Stopped").await;
+    let err = admin.checkpoint(pb::CheckpointRequest {}).await.expect_err("no checkpoint while stopped");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // Stopped means stopped: nothing commits.
+    let again = c.status().await.unwrap();
+    assert_eq!(again.last_committed_tid, stopped.last_committed_tid);
+    admin.resume(pb::ResumeRequest {}).await.expect("resume");
+    let s = c
+        .wait_for("running again and committing", Duration::from_secs(60), |s| {
+            s.pipeline_state == "Running" && s.last_committed_tid > stopped.last_committed_tid + 1
+        })
+        .await;
+    assert!(s.epoch > stopped.epoch, "recovery after Resume runs in a new epoch: {s:#?}");
+}
