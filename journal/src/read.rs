@@ -276,17 +276,23 @@ impl Iterator for RecordIter {
         if self.done {
             return None;
         }
-        match self.next_record() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                // One error ends the stream: nothing after damage is trusted.
-                self.done = true;
-                Some(Err(e))
-            }
+        let r = self.next_record();
+        fuse(&mut self.done, r)
+    }
+}
+
+/// Adapts a `next_record` result to `Iterator::next`: the end, or one
+/// error, ends the stream for good (nothing after damage is trusted).
+fn fuse<T>(done: &mut bool, r: Result<Option<T>>) -> Option<Result<T>> {
+    match r {
+        Ok(Some(v)) => Some(Ok(v)),
+        Ok(None) => {
+            *done = true;
+            None
+        }
+        Err(e) => {
+            *done = true;
+            Some(Err(e))
         }
     }
 }
@@ -325,17 +331,8 @@ impl Iterator for SharedRecordIter {
         if self.done {
             return None;
         }
-        match self.next_record() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let r = self.next_record();
+        fuse(&mut self.done, r)
     }
 }
 
