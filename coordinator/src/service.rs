@@ -368,9 +368,12 @@ impl Driver {
             Notice::PipelineState { from, to, why } => info!(epoch, %from, %to, %why, "pipeline state"),
             Notice::HostJoined { host } => info!(epoch, %host, "host said hello"),
             Notice::HostLost { host, why } => warn!(epoch, %host, %why, "host lost; the open transaction will not commit"),
-            Notice::Committed { tid, replayed, records } => {
-                info!(epoch, tid, replayed, records, "committed")
+            // A replay of thousands of tids would flood the log; it is
+            // summarised by "recovering" and "replay done" at info level.
+            Notice::Committed { tid, replayed: true, records } => {
+                tracing::debug!(epoch, tid, records, "replayed tid committed on every host")
             }
+            Notice::Committed { tid, replayed: false, records } => info!(epoch, tid, records, "committed"),
             Notice::CheckpointComplete { tid } => info!(epoch, tid, "checkpoint complete on every host"),
             Notice::Recovering { epoch, checkpoint, replay_tids, open_tid } => info!(
                 epoch,

@@ -31,46 +31,8 @@ fn report(name: &str, mut v: Vec<f64>) {
     println!("{name:<48} p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs", p(0.5), p(0.9), p(0.99));
 }
 
-fn time(mut f: impl FnMut(usize)) -> Vec<f64> {
-    (0..N)
-        .map(|i| {
-            let t = Instant::now();
-            f(i);
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect()
-}
 
-fn plain_fdatasync(bytes: usize) -> Vec<f64> {
-    let d = dir();
-    let mut f = std::fs::File::create(d.path().join("f")).unwrap();
-    let buf = vec![7u8; bytes];
-    time(|_| {
-        f.write_all(&buf).unwrap();
-        f.sync_data().unwrap();
-    })
-}
 
-fn redb_loop(hint: bool, two_phase: bool, quick_repair: bool) -> Vec<f64> {
-    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
-    const M: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("m");
-    let d = dir();
-    let db = redb::Database::create(d.path().join("x.redb")).unwrap();
-    let val = vec![7u8; 400];
-    time(|i| {
-        let mut w = db.begin_write().unwrap();
-        w.set_two_phase_commit(two_phase);
-        w.set_quick_repair(quick_repair);
-        w.open_table(T).unwrap().insert(i as u64, val.as_slice()).unwrap();
-        w.commit().unwrap();
-        if hint {
-            let mut w = db.begin_write().unwrap();
-            w.set_durability(redb::Durability::None).unwrap();
-            w.open_table(M).unwrap().insert("committed", val[..40].as_ref()).unwrap();
-            w.commit().unwrap();
-        }
-    })
-}
 
 fn commit(tid: u64) -> LedgerEntry {
     let hosts: BTreeMap<String, HostTxnRecord> = ["h0", "h1", "h2"]
@@ -89,27 +51,6 @@ fn commit(tid: u64) -> LedgerEntry {
     LedgerEntry::Commit { tid, hosts, begin_next: Some(tid + 1) }
 }
 
-async fn ledger_propose() -> Vec<f64> {
-    let d = dir();
-    let l = Ledger::open_single(d.path(), 1, "127.0.0.1:1".into()).await.unwrap();
-    l.propose(LedgerEntry::Init {
-        cluster_id: "c".into(),
-        hosts: vec!["h0".into(), "h1".into(), "h2".into()],
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    l.propose(LedgerEntry::Begin { tid: 1 }).await.unwrap().unwrap();
-    let mut v = Vec::new();
-    for i in 0..N {
-        let e = commit(1 + i as u64);
-        let t = Instant::now();
-        l.propose(e).await.unwrap().unwrap();
-        v.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    l.shutdown().await.unwrap();
-    v
-}
 
 /// (write syscalls, bytes written) of this process so far (/proc/self/io).
 fn io() -> (u64, u64) {
