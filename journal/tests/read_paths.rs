@@ -21,7 +21,10 @@ type Read = Result<Vec<(Position, pb::JournalRecord)>, String>;
 
 /// Both iterators from `from`: everything up to the first error, and the
 /// error (as text: it names file, offset and what was found).
-fn both(j: &Journal, from: Position) -> (Vec<(Position, pb::JournalRecord)>, Option<String>, Vec<(Position, pb::JournalRecord)>, Option<String>) {
+/// Records read before the first error, and that error as text.
+type Partial = (Vec<(Position, pb::JournalRecord)>, Option<String>);
+
+fn both(j: &Journal, from: Position) -> (Partial, Partial) {
     let mut owned = Vec::new();
     let mut owned_err = None;
     for r in j.read_from(from).unwrap() {
@@ -51,11 +54,11 @@ fn both(j: &Journal, from: Position) -> (Vec<(Position, pb::JournalRecord)>, Opt
     }
     assert_eq!(owned, views, "read_from and views_from disagree from {from:?}");
     assert_eq!(owned_err, views_err, "read_from and views_from report different errors from {from:?}");
-    (owned, owned_err, shared, shared_err)
+    ((owned, owned_err), (shared, shared_err))
 }
 
 fn assert_same(j: &Journal, from: Position) -> Read {
-    let (owned, owned_err, shared, shared_err) = both(j, from);
+    let ((owned, owned_err), (shared, shared_err)) = both(j, from);
     assert_eq!(owned, shared, "read_from and read_shared_from disagree from {from:?}");
     assert_eq!(owned_err, shared_err, "read_from and read_shared_from report different errors from {from:?}");
     match owned_err {
@@ -184,7 +187,7 @@ fn corruption_is_detected_identically_by_both_paths() {
         f.seek(SeekFrom::Start(at)).unwrap();
         f.write_all(&[0xA5]).unwrap();
         drop(f);
-        let (owned, owned_err, shared, shared_err) = both(&j, Position::default());
+        let ((owned, owned_err), (shared, shared_err)) = both(&j, Position::default());
         assert_eq!(owned, shared);
         assert_eq!(owned.len(), 13, "{flip_in}, payload {payload}");
         let err = owned_err.expect("corruption detected");

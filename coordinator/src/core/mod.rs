@@ -673,7 +673,7 @@ impl Core {
         }
         let checkpoint = match self.recovery_checkpoint() {
             Ok(c) => c,
-            Err(d) => return self.fail(d, out),
+            Err(d) => return self.fail(*d, out),
         };
         for (host, slot) in &self.hosts {
             let hello = slot.hello.as_ref().expect("connected hosts said hello");
@@ -688,7 +688,7 @@ impl Core {
 
     /// The newest checkpoint the ledger recorded complete that every host
     /// still holds.
-    fn recovery_checkpoint(&self) -> Result<Tid, Diagnosis> {
+    fn recovery_checkpoint(&self) -> Result<Tid, Box<Diagnosis>> {
         let held = |c: Tid| {
             c == 0 || self.hosts.values().all(|s| s.hello.as_ref().is_some_and(|h| h.checkpoints.contains(&c)))
         };
@@ -702,14 +702,14 @@ impl Core {
                 .filter(|(_, s)| !s.hello.as_ref().is_some_and(|h| h.checkpoints.contains(&self.ledger.newest_checkpoint())))
                 .map(|(h, _)| h.clone())
                 .collect();
-            return Err(Diagnosis {
+            return Err(Box::new(Diagnosis {
                 summary: "no complete checkpoint is held by every host, and the ledger no longer has the history to replay from the start".into(),
                 host: missing.first().cloned(),
                 expected: Some(format!("checkpoint {} on hosts {:?}", self.ledger.newest_checkpoint(), missing)),
                 actual: Some("missing".into()),
                 hint: "restore the missing host's data volume (its checkpoints directory); do not start it on an empty volume".into(),
                 ..Default::default()
-            });
+            }));
         }
         Ok(newest)
     }
@@ -717,7 +717,7 @@ impl Core {
     fn restore(&mut self, out: &mut Vec<Action>) {
         let checkpoint = match self.recovery_checkpoint() {
             Ok(c) => c,
-            Err(d) => return self.fail(d, out),
+            Err(d) => return self.fail(*d, out),
         };
         for s in self.hosts.values_mut() {
             s.acked = false;
