@@ -129,9 +129,16 @@ async fn shutdown_signal() {
 }
 
 /// Opens the ledger, starts the driver and serves until `shutdown`.
+/// `quiesce` resolves when the coordinator must stop deciding (the core
+/// ignores host streams closing from then on); `shutdown` when it must stop
+/// serving. `serve` has one signal for both; `dev` quiesces the coordinator,
+/// stops the hosts (`after_quiesce`), then shuts the coordinator down, so a
+/// clean stop logs no "host lost".
 async fn run_coordinator(
     args: ServeArgs,
     listener: tokio::net::TcpListener,
+    quiesce: impl std::future::Future<Output = ()> + Send + 'static,
+    after_quiesce: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -147,6 +154,12 @@ async fn run_coordinator(
     );
     let cfg = core_config(args.cluster_id.clone(), args.hosts.clone(), &args.policy);
     let driver = service::start_driver(cfg, ledger.clone(), format!("node-{}@{addr}", args.node_id)).await?;
+    let quiet = driver.clone();
+    tokio::spawn(async move {
+        quiesce.await;
+        quiet.quiesce().await;
+        after_quiesce();
+    });
     let result = service::serve(listener, driver, ledger.clone(), shutdown).await;
     ledger.shutdown().await?;
     result
@@ -165,7 +178,15 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
-            run_coordinator(args, listener, shutdown_signal()).await
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            run_coordinator(args, listener, stopped(stop_rx.clone()), || {}, stopped(stop_rx)).await
         }
         Command::Dev(args) => dev::run(args).await,
     }
@@ -187,7 +208,11 @@ mod dev {
         let hosts: Vec<String> = (0..args.hosts).map(|i| format!("host-{i}")).collect();
         let listener = bind(&args.listen).await?;
         let addr = listener.local_addr()?;
+        // Three stages on Ctrl-C: the coordinator stops deciding, the hosts
+        // stop, then the coordinator stops serving.
+        let (quiesce_tx, quiesce_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (coord_stop_tx, coord_stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -200,7 +225,16 @@ mod dev {
             node_id: 1,
             policy: args.policy.clone(),
         };
-        let coordinator = tokio::spawn(run_coordinator(serve, listener, stopped(stop_rx.clone())));
+        let stop_hosts = move || {
+            let _ = stop_tx.send(true);
+        };
+        let coordinator = tokio::spawn(run_coordinator(
+            serve,
+            listener,
+            stopped(quiesce_rx),
+            stop_hosts,
+            stopped(coord_stop_rx),
+        ));
 
         let mut agents = Vec::new();
         for host in &hosts {
@@ -221,7 +255,8 @@ mod dev {
 
         shutdown_signal().await;
         info!("stopping the local cluster");
-        let _ = stop_tx.send(true);
+        // The hosts stop once the coordinator has quiesced (`stop_hosts`).
+        let _ = quiesce_tx.send(true);
         let mut failed = false;
         for (host, agent) in hosts.iter().zip(agents) {
             match agent.await {
@@ -236,6 +271,7 @@ mod dev {
                 }
             }
         }
+        let _ = coord_stop_tx.send(true);
         coordinator.await??;
         if failed {
             anyhow::bail!("a host agent failed; see the log above");

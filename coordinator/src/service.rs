@@ -101,6 +101,9 @@ enum Msg {
     Query(Query),
     /// An event from a host stream; dropped unless the stream was accepted.
     FromConn { conn: ConnId, event: Event },
+    /// The process is shutting down: stop deciding anything (host streams
+    /// closing now are the shutdown, not a failure to recover from).
+    Quiesce,
 }
 
 /// Cloneable handle for the gRPC services to reach the driver.
@@ -112,6 +115,15 @@ pub struct DriverHandle {
 }
 
 impl DriverHandle {
+    /// Stops the core from reacting to anything further and returns once
+    /// the driver has done so (queries still work).
+    pub async fn quiesce(&self) {
+        if self.tx.send(Msg::Quiesce).await.is_ok() {
+            // The channel is FIFO: once this query is answered, Quiesce was handled.
+            let _ = self.query(|_| ()).await;
+        }
+    }
+
     async fn event(&self, e: Event) -> Result<(), Status> {
         self.tx.send(Msg::Event(e)).await.map_err(|_| Status::unavailable("coordinator is shutting down"))
     }
@@ -200,10 +212,21 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
     driver.execute(initial);
     tokio::spawn(
         async move {
+            let mut quiesced = false;
             while let Some(msg) = rx.recv().await {
                 let now_ms = started.elapsed().as_millis() as u64;
                 driver.now_ms = now_ms;
+                if quiesced && !matches!(msg, Msg::Query(_)) {
+                    continue;
+                }
                 match msg {
+                    Msg::Quiesce => {
+                        quiesced = true;
+                        info!(
+                            epoch = driver.core.epoch(),
+                            "coordinator shutting down; an open transaction stays open in the ledger and is recovered on the next start"
+                        );
+                    }
                     Msg::Event(e) => {
                         let actions = driver.core.handle(now_ms, e);
                         driver.execute(actions);
@@ -436,9 +459,14 @@ impl pb::host_session_server::HostSession for HostSessionService {
         tokio::spawn(
             async move {
                 let mut expected_seq = 2;
+                let mut clean = false;
                 let reason = loop {
                     match reports.next().await {
-                        None => break "stream closed by the host".to_string(),
+                        None => {
+                            // The host ended its stream itself (e.g. a graceful shutdown).
+                            clean = true;
+                            break "stream closed by the host".to_string();
+                        }
                         Some(Err(e)) => break format!("stream error: {e}"),
                         Some(Ok(r)) => {
                             if r.seq != expected_seq {
@@ -459,7 +487,11 @@ impl pb::host_session_server::HostSession for HostSessionService {
                         }
                     }
                 };
-                warn!(%host, conn, %reason, "host stream ended");
+                if clean {
+                    info!(%host, conn, %reason, "host stream ended");
+                } else {
+                    warn!(%host, conn, %reason, "host stream ended");
+                }
                 let _ = driver.tx.send(Msg::FromConn { conn, event: Event::Disconnected { conn, host, reason } }).await;
             }
             .instrument(info_span!("host_stream", conn)),
