@@ -86,17 +86,20 @@ pub fn report_to_event(host: &HostId, r: pb::HostReport) -> Result<Event, WireEr
     let host = host.clone();
     Ok(match r.report.ok_or(WireError::Empty { seq })? {
         Report::Hello(_) => return Err(WireError::SecondHello { seq }),
-        Report::StepDone(s) => Event::Step {
-            host,
-            report: StepReport {
-                tid: s.tid,
-                step: s.step,
-                checksums: aggregate_from(&s.checksums)?,
-                journaled: if mode_from(seq, s.mode)? == Mode::Replay { Some(aggregate_from(&s.journaled)?) } else { None },
-                state: state_from(seq, s.state)?,
-                mode: mode_from(seq, s.mode)?,
-            },
-        },
+        Report::StepDone(s) => {
+            let mode = mode_from(seq, s.mode)?;
+            Event::Step {
+                host,
+                report: StepReport {
+                    tid: s.tid,
+                    step: s.step,
+                    checksums: aggregate_from(&s.checksums)?,
+                    journaled: if mode == Mode::Replay { Some(aggregate_from(&s.journaled)?) } else { None },
+                    state: state_from(seq, s.state)?,
+                    mode,
+                },
+            }
+        }
         Report::Prepared(p) => Event::Prepared {
             host,
             report: PreparedReport {

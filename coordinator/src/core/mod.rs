@@ -551,17 +551,32 @@ impl Core {
                 let (tid, checkpoint_after) = (*tid, *checkpoint_after);
                 let records = self.txn_records();
                 out.push(Action::Notice(Notice::Committed { tid, replayed: false, records }));
-                if checkpoint_after {
-                    self.broadcast_commit(tid, None, out);
-                    self.broadcast(Cmd::Checkpoint { tid }, out);
-                    for s in self.hosts.values_mut() {
-                        s.acked = false;
+                match (checkpoint_after, *begin_next) {
+                    (true, None) => {
+                        self.broadcast_commit(tid, None, out);
+                        self.broadcast(Cmd::Checkpoint { tid }, out);
+                        for s in self.hosts.values_mut() {
+                            s.acked = false;
+                        }
+                        self.phase = Phase::Running(Txn::Checkpointing { tid });
                     }
-                    self.phase = Phase::Running(Txn::Checkpointing { tid });
-                } else {
-                    let next = begin_next.expect("proposed with begin_next when no checkpoint follows");
-                    self.broadcast_commit(tid, Some(Start::live(next)), out);
-                    self.open(next, Mode::Live);
+                    (false, Some(next)) => {
+                        self.broadcast_commit(tid, Some(Start::live(next)), out);
+                        self.open(next, Mode::Live);
+                    }
+                    // Not the entry this core proposed: someone else writes
+                    // this ledger. Never guess; stop.
+                    (_, other) => self.fail(
+                        Diagnosis {
+                            summary: format!(
+                                "the ledger committed tid {tid} with begin_next {other:?}, not the entry this coordinator proposed"
+                            ),
+                            tid: Some(tid),
+                            hint: "two coordinators share one ledger; stop all but one and keep the data directory".into(),
+                            ..Default::default()
+                        },
+                        out,
+                    ),
                 }
             }
             (Phase::Running(Txn::RecordingCheckpoint { tid }), LedgerEntry::CheckpointComplete { tid: t }) if tid == t => {

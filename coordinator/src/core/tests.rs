@@ -501,3 +501,25 @@ fn h_journal(h: &Harness, _host: &str) -> Vec<JournalTid> {
         .map(|t| JournalTid { tid: t.tid, first_step: 0, last_step: 0, steps: 0, aggregate: agg(&[]), committed: true })
         .collect()
 }
+
+#[test]
+fn a_commit_entry_this_core_did_not_propose_fails_instead_of_guessing() {
+    let mut h = Harness::running();
+    h.hold = true;
+    h.now = 100;
+    h.ev(Event::Tick);
+    h.prepared("h0", 1, 0, agg(&[]), 0);
+    h.prepared("h1", 1, 0, agg(&[]), 0);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Committing { tid: 1, checkpoint_after: false })));
+    // Another writer's Commit(1) lands first, without the next Begin.
+    let foreign = LedgerEntry::Commit {
+        tid: 1,
+        hosts: ["h0", "h1"].iter().map(|x| (x.to_string(), HostTxnRecord::default())).collect(),
+        begin_next: None,
+    };
+    let result = h.shadow.apply(&foreign);
+    assert_eq!(result, Ok(()));
+    h.ev(Event::Applied { entry: foreign, result });
+    let d = h.failure().expect("failed, not panicked");
+    assert!(d.summary.contains("not the entry this coordinator proposed"), "{d}");
+}

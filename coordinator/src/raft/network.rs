@@ -157,7 +157,7 @@ impl PeerClient {
     /// remote raft node's error.
     async fn call<Req, Resp, E>(
         &mut self,
-        rpc: &'static str,
+        kind: Rpc,
         req: &Req,
         data: Vec<u8>,
         option: &RPCOption,
@@ -167,6 +167,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let rpc = kind.name();
         let mut client = match &self.client {
             Ok(c) => c.clone(),
             Err(why) => return Err(self.unreachable(rpc, &why.clone())),
@@ -177,11 +178,10 @@ impl PeerClient {
         // Tells the peer how long the caller waits (openraft bounds the
         // whole call with the same TTL).
         request.set_timeout(option.hard_ttl());
-        let reply = match rpc {
-            "AppendEntries" => client.append_entries(request).await,
-            "Vote" => client.vote(request).await,
-            "InstallSnapshot" => client.install_snapshot(request).await,
-            other => unreachable!("unknown raft rpc {other}"),
+        let reply = match kind {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|s| self.status(rpc, s))?.into_inner();
         match reply.result {
@@ -207,7 +207,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call("AppendEntries", &rpc, Vec::new(), &option).await
+        self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
@@ -216,7 +216,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
         let data = std::mem::take(&mut rpc.data);
-        self.call("InstallSnapshot", &rpc, data, &option).await
+        self.call(Rpc::InstallSnapshot, &rpc, data, &option).await
     }
 
     async fn vote(
@@ -224,7 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call("Vote", &rpc, Vec::new(), &option).await
+        self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
     }
 
     /// After `Unreachable`, replication to that peer pauses 100 ms, then
@@ -249,6 +249,24 @@ pub fn server(raft: LedgerRaft) -> RaftPeerServer<PeerService> {
     RaftPeerServer::new(PeerService { raft })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
+}
+
+/// The peer RPCs a client sends (names as in the proto service).
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "AppendEntries",
+            Rpc::Vote => "Vote",
+            Rpc::InstallSnapshot => "InstallSnapshot",
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(rpc: &str, body: &[u8]) -> Result<T, Status> {
