@@ -550,6 +550,8 @@ fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
 impl pb::admin_server::Admin for AdminService {
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
         let is_leader = self.ledger.is_leader();
+        let node_id = self.ledger.node_id();
+        let (leader_id, leader_addr) = self.ledger.leader().unwrap_or_default();
         let (last_replay, commit_latency) = {
             let st = lock(&self.driver.stats);
             (st.last_replay, st.histogram())
@@ -586,6 +588,10 @@ impl pb::admin_server::Admin for AdminService {
                     is_leader,
                     last_replay: Some(last_replay),
                     commit_latency: Some(commit_latency),
+                    node_id,
+                    leader_id,
+                    leader_addr,
+                    stale: false,
                 }
             })
             .await?;
@@ -660,6 +666,93 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ResumeResponse {
             message: "resuming: recovery starts once every host is connected".into(),
         }))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Ok(Response::new(pb::ListNodesResponse { nodes: nodes_of(&self.ledger) }))
+    }
+
+    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let r = request.into_inner();
+        if r.node_id == 0 || r.addr.is_empty() {
+            return Err(Status::invalid_argument("AddNode needs node_id > 0 and the node's addr (host:port)"));
+        }
+        let members = self.ledger.members();
+        if let Some(addr) = members.voters.get(&r.node_id) {
+            if *addr != r.addr {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a voter at {addr}; remove it first to move it to {}",
+                    r.node_id, r.addr
+                )));
+            }
+            return Ok(Response::new(pb::AddNodeResponse { nodes: nodes_of(&self.ledger) }));
+        }
+        self.ledger.add_learner(r.node_id, r.addr.clone()).await.map_err(|e| propose_status(&self.ledger, e))?;
+        let mut voters: std::collections::BTreeSet<u64> = self.ledger.members().voters.keys().copied().collect();
+        voters.insert(r.node_id);
+        self.ledger.change_membership(voters, false).await.map_err(|e| propose_status(&self.ledger, e))?;
+        info!(node = r.node_id, addr = %r.addr, "coordinator node added as a voter");
+        Ok(Response::new(pb::AddNodeResponse { nodes: nodes_of(&self.ledger) }))
+    }
+
+    async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let members = self.ledger.members();
+        if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
+            return Err(Status::not_found(format!(
+                "node {id} is not a member; members are {:?}",
+                members.voters.keys().chain(members.learners.keys()).collect::<Vec<_>>()
+            )));
+        }
+        if members.voters.len() == 1 && members.voters.contains_key(&id) {
+            return Err(Status::failed_precondition(format!("node {id} is the only voter; a group needs at least one")));
+        }
+        self.ledger.remove_node(id).await.map_err(|e| propose_status(&self.ledger, e))?;
+        info!(node = id, "coordinator node removed from the group");
+        Ok(Response::new(pb::RemoveNodeResponse { nodes: nodes_of(&self.ledger) }))
+    }
+}
+
+fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
+    let members = ledger.members();
+    let leader = ledger.leader().map(|(id, _)| id);
+    let voters = members.voters.into_iter().map(|(id, addr)| (id, addr, true));
+    let learners = members.learners.into_iter().map(|(id, addr)| (id, addr, false));
+    voters
+        .chain(learners)
+        .map(|(node_id, addr, voter)| pb::Node { node_id, addr, voter, leader: leader == Some(node_id) })
+        .collect()
+}
+
+/// The leader's address, as the trailer hosts and tools follow.
+pub const LEADER_METADATA_KEY: &str = "lockstep-leader";
+
+/// UNAVAILABLE naming the leader (message and `lockstep-leader` metadata),
+/// for requests only the leader can serve.
+pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
+    let mut status = match &leader {
+        Some((id, addr)) => Status::unavailable(format!(
+            "this coordinator is not the leader; {what} goes to the leader, node {id} at {addr}"
+        )),
+        None => Status::unavailable(format!(
+            "this coordinator is not the leader and no leader is known yet (election in progress?); retry {what} shortly"
+        )),
+    };
+    if let Some((_, addr)) = leader {
+        if let Ok(v) = addr.parse() {
+            status.metadata_mut().insert(LEADER_METADATA_KEY, v);
+        }
+    }
+    status
+}
+
+fn propose_status(ledger: &Ledger, e: crate::raft::ProposeError) -> Status {
+    use crate::raft::ProposeError;
+    match e {
+        ProposeError::NotLeader { .. } => not_leader_status("a membership change", ledger.leader()),
+        ProposeError::Membership(m) => Status::failed_precondition(m),
+        ProposeError::Storage(m) => Status::internal(format!("ledger storage failed: {m}")),
+        ProposeError::Shutdown => Status::unavailable("coordinator is shutting down"),
     }
 }
 

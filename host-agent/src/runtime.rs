@@ -549,6 +549,8 @@ impl<E: Engine> Agent<E> {
             journal: summary.tids.iter().map(convert::tid_summary_to_proto).collect(),
             last_step: self.last_step,
             ingest_addr: self.ingest_addr.clone(),
+            // Filled in once the host keeps its state across a stream loss.
+            resumable: None,
         })
     }
 
