@@ -111,6 +111,16 @@ impl Proc {
         Proc::spawn(name, bin_dir().join("host-agent"), args, c.dir.path().join(format!("{name}.log")))
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes without
+    /// closing anything, as a long GC pause or a stalled VM would.
+    pub fn pause(&self, stop: bool) {
+        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -176,57 +186,15 @@ impl Cluster {
 
     /// `tweak(i, args)` may add flags to host i's command line.
     pub fn start_with(opts: ClusterOpts, tweak: impl Fn(usize, &mut Vec<String>)) -> Cluster {
-        let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let hosts_flag = (0..opts.hosts).map(host_id).collect::<Vec<_>>().join(",");
+        let addr = format!("127.0.0.1:{}", free_port());
         let coordinator = Proc::spawn(
             "coordinator",
-            bins.join("coordinator"),
-            vec![
-                "serve".into(),
-                "--listen".into(),
-                addr.clone(),
-                "--data-dir".into(),
-                dir.path().join("coordinator").display().to_string(),
-                "--cluster-id".into(),
-                opts.cluster_id.clone(),
-                "--hosts".into(),
-                hosts_flag,
-                "--commit-interval-ms".into(),
-                opts.commit_interval_ms.to_string(),
-                "--checkpoint-every-txns".into(),
-                opts.checkpoint_every_txns.to_string(),
-                "--report-deadline-ms".into(),
-                opts.report_deadline_ms.to_string(),
-            ],
+            bin_dir().join("coordinator"),
+            coordinator_args(&opts, &addr, &dir.path().join("coordinator")),
             dir.path().join("coordinator.log"),
         );
-        let mut hosts = Vec::new();
-        let mut ingest_ports = Vec::new();
-        for i in 0..opts.hosts {
-            let ingest = free_port();
-            ingest_ports.push(ingest);
-            let mut args = vec![
-                "--host-id".into(),
-                host_id(i),
-                "--cluster-id".into(),
-                opts.cluster_id.clone(),
-                "--coordinator".into(),
-                format!("http://{addr}"),
-                "--data-dir".into(),
-                dir.path().join(host_id(i)).display().to_string(),
-                "--ingest-listen".into(),
-                format!("127.0.0.1:{ingest}"),
-                "--generator-seed".into(),
-                opts.generator_seed.to_string(),
-                "--step-interval-ms".into(),
-                opts.step_interval_ms.to_string(),
-            ];
-            tweak(i, &mut args);
-            hosts.push(Proc::spawn(&host_id(i), bins.join("host-agent"), args, dir.path().join(format!("{}.log", host_id(i)))));
-        }
+        let (hosts, ingest_ports) = spawn_hosts(&opts, dir.path(), &format!("http://{addr}"), tweak);
         Cluster { dir, opts, coordinator, hosts, addr, ingest_ports }
     }
 
@@ -258,15 +226,155 @@ impl Cluster {
 
     /// Every batch in host i's sink, in file order.
     pub fn sink(&self, i: usize) -> Vec<serde_json::Value> {
-        let path = self.host_dir(i).join("sink").join("output.jsonl");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect()
+        read_sink(&self.host_dir(i))
     }
 }
 
+/// `coordinator serve` flags for one coordinator listening on `addr`.
+fn coordinator_args(opts: &ClusterOpts, addr: &str, data_dir: &Path) -> Vec<String> {
+    let hosts_flag = (0..opts.hosts).map(host_id).collect::<Vec<_>>().join(",");
+    vec![
+        "serve".into(),
+        "--listen".into(),
+        addr.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--cluster-id".into(),
+        opts.cluster_id.clone(),
+        "--hosts".into(),
+        hosts_flag,
+        "--commit-interval-ms".into(),
+        opts.commit_interval_ms.to_string(),
+        "--checkpoint-every-txns".into(),
+        opts.checkpoint_every_txns.to_string(),
+        "--report-deadline-ms".into(),
+        opts.report_deadline_ms.to_string(),
+    ]
+}
+
+/// Starts `opts.hosts` host agents with data under `dir`, pointed at
+/// `coordinators` (the `--coordinator` value). Returns them and their
+/// ingest ports.
+fn spawn_hosts(
+    opts: &ClusterOpts,
+    dir: &Path,
+    coordinators: &str,
+    tweak: impl Fn(usize, &mut Vec<String>),
+) -> (Vec<Proc>, Vec<u16>) {
+    let mut hosts = Vec::new();
+    let mut ingest_ports = Vec::new();
+    for i in 0..opts.hosts {
+        let ingest = free_port();
+        ingest_ports.push(ingest);
+        let mut args = vec![
+            "--host-id".into(),
+            host_id(i),
+            "--cluster-id".into(),
+            opts.cluster_id.clone(),
+            "--coordinator".into(),
+            coordinators.into(),
+            "--data-dir".into(),
+            dir.join(host_id(i)).display().to_string(),
+            "--ingest-listen".into(),
+            format!("127.0.0.1:{ingest}"),
+            "--generator-seed".into(),
+            opts.generator_seed.to_string(),
+            "--step-interval-ms".into(),
+            opts.step_interval_ms.to_string(),
+        ];
+        tweak(i, &mut args);
+        hosts.push(Proc::spawn(&host_id(i), bin_dir().join("host-agent"), args, dir.join(format!("{}.log", host_id(i)))));
+    }
+    (hosts, ingest_ports)
+}
+
+/// A replicated coordinator group (`serve --peers`, node ids 1..=n on
+/// loopback) and host agents that know every coordinator address.
+pub struct Group {
+    pub dir: tempfile::TempDir,
+    pub opts: ClusterOpts,
+    /// `nodes[i]` is coordinator node id `i + 1`, listening on `addrs[i]`.
+    pub nodes: Vec<Proc>,
+    pub addrs: Vec<String>,
+    pub hosts: Vec<Proc>,
+}
+
+impl Group {
+    pub fn start(n: usize, opts: ClusterOpts) -> Group {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let name = format!("coordinator-{}", i + 1);
+                let mut args = coordinator_args(&opts, addr, &dir.path().join(&name));
+                args.extend(["--node-id".into(), (i + 1).to_string(), "--peers".into(), peers.clone()]);
+                Proc::spawn(&name, bin_dir().join("coordinator"), args, dir.path().join(format!("{name}.log")))
+            })
+            .collect();
+        let urls = addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
+        let (hosts, _) = spawn_hosts(&opts, dir.path(), &urls, |_, _| {});
+        Group { dir, opts, nodes, addrs, hosts }
+    }
+
+    /// Polls every running node until one answers as the leader driving the
+    /// pipeline (not stale) with a status satisfying `pred`; returns its
+    /// index and status. Panics with the logs after `timeout`.
+    pub async fn wait_leader(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> (usize, pb::Status) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Vec::new();
+        loop {
+            last.clear();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !node.is_running() {
+                    continue;
+                }
+                if let Ok(s) = status_at(&self.addrs[i]).await {
+                    if s.is_leader && !s.stale && pred(&s) {
+                        return (i, s);
+                    }
+                    last.push((i + 1, s.is_leader, s.pipeline_state.clone(), s.epoch, s.last_committed_tid));
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last (node, leader, state, epoch, committed): {last:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.nodes.iter().chain(&self.hosts) {
+            out.push_str(&format!("\n---- {} log ----\n{}", p.name, tail(&p.log(), 40)));
+        }
+        out
+    }
+
+    /// Every batch in host i's sink, in file order.
+    pub fn sink(&self, i: usize) -> Vec<serde_json::Value> {
+        read_sink(&self.dir.path().join(host_id(i)))
+    }
+}
+
+fn read_sink(host_dir: &Path) -> Vec<serde_json::Value> {
+    let path = host_dir.join("sink").join("output.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect()
+}
+
 /// One Admin/GetStatus call to the coordinator at `addr` (host:port).
+/// Bounded in time: a paused (SIGSTOPped) process still accepts TCP
+/// connections in the kernel but never answers.
 pub async fn status_at(addr: &str) -> anyhow::Result<pb::Status> {
-    let mut admin = AdminClient::connect(format!("http://{addr}")).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut admin = AdminClient::new(channel);
     Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
 }
 
