@@ -792,8 +792,16 @@ impl<E: Engine> Agent<E> {
 
     /// Executes the core's actions in order. If one fails, the rest are
     /// skipped and the core decides what follows from `ActionFailed`.
+    ///
+    /// A report that cannot be sent (the stream is gone) does not stop the
+    /// rest: the core has already moved on (e.g. `Commit{T, next}` is Idle →
+    /// OpenLive{next} with `Committed{T}` between `Commit` and `OpenTxn`),
+    /// and the engine, journal and accounting must follow it so that the
+    /// state kept for the next coordinator (`Hello.resumable`) is whole. The
+    /// lost stream is returned once every action ran.
     async fn execute(&mut self, actions: Vec<Action>, out: &mut Reporter) -> Result<(), SessionEnd> {
         let mut queue = std::collections::VecDeque::from(actions);
+        let mut lost: Option<SessionEnd> = None;
         while let Some(action) = queue.pop_front() {
             let result = match action {
                 Action::PersistEpoch { epoch } => {
@@ -817,8 +825,8 @@ impl<E: Engine> Agent<E> {
                     let batchable = matches!(report, Report::StepDone { mode: Mode::Replay, .. });
                     if batchable {
                         out.queue(convert::report_to_proto(report));
-                    } else {
-                        out.send(convert::report_to_proto(report)).await?;
+                    } else if let Err(end) = out.send(convert::report_to_proto(report)).await {
+                        lost.get_or_insert(end);
                     }
                     Ok(())
                 }
@@ -826,8 +834,14 @@ impl<E: Engine> Agent<E> {
                     self.open_txn(tid, mode);
                     Ok(())
                 }
-                Action::Prepare { tid } => self.prepare(tid, out).await?,
-                Action::RepeatPrepared { tid } => self.repeat_prepared(tid, out).await?,
+                Action::Prepare { tid } => self.prepare(tid, out).await.unwrap_or_else(|end| {
+                    lost.get_or_insert(end);
+                    Ok(())
+                }),
+                Action::RepeatPrepared { tid } => self.repeat_prepared(tid, out).await.unwrap_or_else(|end| {
+                    lost.get_or_insert(end);
+                    Ok(())
+                }),
                 Action::Commit { tid } => self.commit(tid).await,
                 Action::AbandonTxn { tid } => {
                     warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
@@ -848,7 +862,7 @@ impl<E: Engine> Agent<E> {
                 queue = self.core.handle(Event::ActionFailed { kind: f.kind, tid: f.tid, message: f.message }).into();
             }
         }
-        Ok(())
+        lost.map_or(Ok(()), Err)
     }
 
     fn open_txn(&mut self, tid: u64, mode: Mode) {

@@ -404,3 +404,29 @@ fn a_redirect_names_the_leader_as_a_url() {
     assert_eq!(with(tonic::Code::Unavailable, Some(" ")), None);
     assert_eq!(with(tonic::Code::FailedPrecondition, Some("127.0.0.1:1")), None, "only UNAVAILABLE redirects");
 }
+
+/// The stream dies between a commit and the next tid's start: the report
+/// `Committed` cannot be sent, yet the rest of the core's actions still run
+/// (the sink gets the tid, the next tid's accounting opens), so the state
+/// offered to the next coordinator is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    assert!(h.step().await);
+    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    // The coordinator goes away: nothing can be reported any more.
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    h.out = Reporter::new(tx);
+    let commit = Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) };
+    let actions = h.agent.core.handle(Event::Command { seq: 5, epoch: 1, command: commit });
+    assert!(h.agent.execute(actions, &mut h.out).await.is_err(), "the lost stream is still reported");
+    assert_eq!(sink_tids(dir.path()), vec![1], "the commit went through");
+    h.reconnect().await;
+    let r = h.agent.hello().await.unwrap().resumable.expect("tid 2 is kept");
+    assert_eq!((r.last_committed_tid, r.state, r.tid, r.steps), (1, v1::HostTxnState::OpenLive as i32, 2, 0));
+}
