@@ -38,6 +38,18 @@ fn prep(tid: Tid, steps: u64, a: Aggregate, digest: u64) -> PreparedReport {
     PreparedReport { tid, steps, aggregate: a, output_digest: digest, output_count: 0 }
 }
 
+/// Prepared in `tid` after committing `last_committed`, with this report.
+fn prepared_in(last_committed: Tid, tid: Tid, steps: u64, a: Aggregate, digest: u64) -> Resumable {
+    Resumable {
+        last_committed,
+        state: HostTxnState::Prepared,
+        tid,
+        steps,
+        aggregate: a.clone(),
+        prepared: Some(prep(tid, steps, a, digest)),
+    }
+}
+
 /// (b) + (c): h0 open in tid 3, h1 prepared in committed tid 2. h1 gets
 /// Commit(2, next 3), both get Prepare(3); tid 3 commits normally with h0's
 /// kept step counted, and nothing is restored or replayed.
@@ -104,8 +116,7 @@ fn hosts_prepared_in_the_open_tid_repeat_their_reports() {
     let (mut r0, _) = kept_states();
     r0.state = HostTxnState::Prepared;
     r0.prepared = Some(prep(3, 1, agg(&[("gen", 5, 5)]), 7));
-    let r1 = Resumable { prepared: Some(prep(3, 0, agg(&[]), 8)), state: HostTxnState::Prepared, tid: 3, ..idle(2) };
-    let mut h = rejoin(l, j0, j1, Some(r0), Some(r1));
+    let mut h = rejoin(l, j0, j1, Some(r0), Some(prepared_in(2, 3, 0, agg(&[]), 8)));
     assert_eq!(recovery(&h).path, RecoveryPath::Continue);
     h.prepared("h0", 3, 1, agg(&[("gen", 5, 5)]), 7);
     h.prepared("h1", 3, 0, agg(&[]), 8);
@@ -130,15 +141,7 @@ fn committed_through_3() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
 #[test]
 fn with_no_tid_open_the_pending_commit_goes_out_and_the_next_tid_begins() {
     let (l, j0, j1) = committed_through_3();
-    let r1 = Resumable {
-        last_committed: 2,
-        state: HostTxnState::Prepared,
-        tid: 3,
-        steps: 0,
-        aggregate: agg(&[]),
-        prepared: Some(prep(3, 0, agg(&[]), 8)),
-    };
-    let mut h = rejoin(l, j0, j1, Some(idle(3)), Some(r1));
+    let mut h = rejoin(l, j0, j1, Some(idle(3)), Some(prepared_in(2, 3, 0, agg(&[]), 8)));
     assert_eq!(recovery(&h).path, RecoveryPath::Continue, "{:?}", recovery(&h));
     let sent = h.take_sent();
     assert_eq!(sent_to(&sent, "h1"), vec![Cmd::Commit { tid: 3, next: None }, Cmd::Start(Start::live(4))]);
@@ -200,28 +203,14 @@ fn every_misfit_falls_back_to_restore_and_replay_and_says_why() {
         (
             "prepared in the last commit with a digest the ledger did not record",
             |_, r| {
-                *r = Some(Resumable {
-                    last_committed: 1,
-                    state: HostTxnState::Prepared,
-                    tid: 2,
-                    steps: 0,
-                    aggregate: agg(&[]),
-                    prepared: Some(prep(2, 0, agg(&[]), 999)),
-                });
+                *r = Some(prepared_in(1, 2, 0, agg(&[]), 999));
             },
             "host h0's Prepared of tid 2 has output digest 0x00000000000003e7, the ledger recorded 0x0000000000000000",
         ),
         (
             "prepared in the last commit with another aggregate",
             |_, r| {
-                *r = Some(Resumable {
-                    last_committed: 1,
-                    state: HostTxnState::Prepared,
-                    tid: 2,
-                    steps: 1,
-                    aggregate: agg(&[("gen", 1, 1)]),
-                    prepared: Some(prep(2, 1, agg(&[("gen", 1, 1)]), 0)),
-                });
+                *r = Some(prepared_in(1, 2, 1, agg(&[("gen", 1, 1)]), 0));
             },
             "host h0's Prepared of tid 2 says 1 steps (aggregate {gen (count 1, hash 0x0000000000000001)}), the ledger's \
              record says 0",
@@ -229,14 +218,7 @@ fn every_misfit_falls_back_to_restore_and_replay_and_says_why() {
         (
             "prepared in the last commit after an older commit",
             |_, r| {
-                *r = Some(Resumable {
-                    last_committed: 0,
-                    state: HostTxnState::Prepared,
-                    tid: 2,
-                    steps: 0,
-                    aggregate: agg(&[]),
-                    prepared: Some(prep(2, 0, agg(&[]), 0)),
-                });
+                *r = Some(prepared_in(0, 2, 0, agg(&[]), 0));
             },
             "host h0 is prepared in tid 2 after committing tid 0",
         ),
