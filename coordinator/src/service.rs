@@ -579,6 +579,7 @@ impl Driver {
                 open_tid = open_tid.unwrap_or(0),
                 "recovering: restore checkpoint, replay committed tids, then continue"
             ),
+            Notice::Recovery(r) => info!(epoch = r.epoch, path = r.path.as_str(), why = %r.why, "recovery path: {}", r.path.as_str()),
             Notice::Failed(d) => error!(
                 epoch,
                 host = d.host.as_deref().unwrap_or(""),
@@ -815,6 +816,11 @@ impl pb::admin_server::Admin for AdminService {
                     leader_id,
                     leader_addr,
                     stale: false,
+                    last_recovery: core.last_recovery().map(|r| pb::Recovery {
+                        path: r.path.as_str().into(),
+                        why: r.why.clone(),
+                        epoch: r.epoch,
+                    }),
                 }
             })
             .await?;

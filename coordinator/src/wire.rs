@@ -5,7 +5,9 @@
 use lockstep_journal::{Aggregate, Checksum, EndpointChecksums};
 use lockstep_proto::v1 as pb;
 
-use crate::core::{Cmd, Start, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, StepReport};
+use crate::core::{
+    Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, Resumable, Start, StepReport,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -48,6 +50,19 @@ pub fn hello_from(h: pb::Hello) -> Result<Hello, WireError> {
             })
         })
         .collect::<Result<_, WireError>>()?;
+    let resumable = h
+        .resumable
+        .map(|r| {
+            Ok::<_, WireError>(Resumable {
+                last_committed: r.last_committed_tid,
+                state: state_from(0, r.state)?,
+                tid: r.tid,
+                steps: r.steps,
+                aggregate: aggregate_from(&r.aggregate)?,
+                prepared: r.prepared.map(prepared_from).transpose()?,
+            })
+        })
+        .transpose()?;
     Ok(Hello {
         protocol_version: h.protocol_version,
         host_id: h.host_id,
@@ -57,6 +72,17 @@ pub fn hello_from(h: pb::Hello) -> Result<Hello, WireError> {
         journal,
         last_step: h.last_step,
         ingest_addr: h.ingest_addr,
+        resumable,
+    })
+}
+
+fn prepared_from(p: pb::Prepared) -> Result<PreparedReport, WireError> {
+    Ok(PreparedReport {
+        tid: p.tid,
+        steps: p.steps,
+        aggregate: aggregate_from(&p.aggregate)?,
+        output_digest: p.output_digest,
+        output_count: p.output_count,
     })
 }
 
@@ -100,16 +126,7 @@ pub fn report_to_event(host: &HostId, r: pb::HostReport) -> Result<Event, WireEr
                 },
             }
         }
-        Report::Prepared(p) => Event::Prepared {
-            host,
-            report: PreparedReport {
-                tid: p.tid,
-                steps: p.steps,
-                aggregate: aggregate_from(&p.aggregate)?,
-                output_digest: p.output_digest,
-                output_count: p.output_count,
-            },
-        },
+        Report::Prepared(p) => Event::Prepared { host, report: prepared_from(p)? },
         Report::Committed(c) => Event::Committed { host, tid: c.tid },
         Report::CheckpointDone(c) => Event::CheckpointDone { host, tid: c.tid },
         Report::Restored(r) => Event::Restored { host, checkpoint: r.checkpoint_tid },

@@ -21,19 +21,22 @@
 //! last restore; `O` = highest tid opened since the last restore). Stream
 //! checks come first: a command seq gap, or any command before `Welcome`, is
 //! a protocol error that also drops the stream; a stale epoch is rejected
-//! with `stale_epoch`; a higher epoch is persisted (`PersistEpoch`) before
-//! the command is acted on, whether or not it is legal in the current state.
+//! with `stale_epoch` (a stale `Welcome` also drops the stream, so that the
+//! runtime tries another coordinator: that one is not the current leader);
+//! a higher epoch is persisted (`PersistEpoch`) before the command is acted
+//! on, whether or not it is legal in the current state.
 //!
 //! | state | event | next state | actions |
 //! |---|---|---|---|
 //! | any | `Stop` | Stopped | `AbandonTxn` if a txn is open |
 //! | any | `CheckpointComplete{K}` | unchanged | `CheckpointComplete{K}` |
 //! | Stopped, Idle | `Restore{K}` | Idle (C = O = K) | `Restore{K}`, report `Restored{K}` |
+//! | OpenLive{T}, Prepared{T}, PausedLive{T}, PausedPrepared{T} | `Restore{K}` | Idle (C = O = K) | `AbandonTxn{T}`, `Restore{K}`, report `Restored{K}` |
 //! | Idle | `Start{T > O, Live}` | OpenLive{T} | `OpenTxn{T, Live}` |
 //! | Idle | `Start{T > O, Replay}` | OpenReplay{T, no prepare} | `OpenTxn{T, Replay}` |
 //! | Idle | `Start{T > O, Replay, prepare}` | OpenReplay{T, prepare} | `OpenTxn{T, Replay}` (T is committed: ends at the journaled boundary) |
 //! | Idle | `Checkpoint{C}` | Idle | `Checkpoint{C}`, report `CheckpointDone{C}` |
-//! | OpenLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
+//! | OpenLive{T}, PausedLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
 //! | OpenLive{T} | step of T finished (live) | OpenLive{T} | report `StepDone` |
 //! | OpenReplay{T, p} | step of T finished (replayed) | unchanged | report `StepDone` (with journaled) |
 //! | OpenReplay{T, no} | `Prepare{T}` | OpenReplay{T, yes} | — (the journaled steps still run) |
@@ -41,9 +44,13 @@
 //! | OpenReplay{T, no} | exhausted, journal has T's commit marker | ReplayDrained{T} | — (waits for Prepare) |
 //! | OpenReplay{T, no} | exhausted, no commit marker | OpenLive{T} | — (invariant 4, see `on_replay_exhausted`) |
 //! | ReplayDrained{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
-//! | Prepared{T} | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
+//! | PausedPrepared{T} | `Prepare{T}` | Prepared{T} | `RepeatPrepared{T}` (the same report again, on this stream) |
+//! | Prepared{T}, PausedPrepared{T} | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
 //! | any | an action failed | Stopped | `AbandonTxn` if open, report the error |
-//! | any | stream closed | Idle stays Idle, else Stopped | `AbandonTxn` if open |
+//! | Idle, Stopped | stream closed | unchanged | — |
+//! | OpenLive{T}, PausedLive{T} | stream closed | PausedLive{T} | — (keeps its steps; see `on_stream_closed`) |
+//! | Prepared{T}, PausedPrepared{T} | stream closed | PausedPrepared{T} | — |
+//! | OpenReplay, ReplayDrained | stream closed | Stopped | `AbandonTxn` |
 //! | any other pair | | unchanged | report `HostError{kind:"protocol"}` |
 //!
 //! `Stopped` is also the state at process start: the engine's state matches
@@ -68,7 +75,7 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TxnState {
     /// No valid engine state (process start, after `Stop`, after a failure,
-    /// after losing the stream mid-transaction); only `Restore` leaves it.
+    /// after losing the stream mid-replay); only `Restore` leaves it.
     Stopped,
     /// Between transactions, engine state at a committed boundary.
     Idle,
@@ -83,6 +90,16 @@ pub enum TxnState {
     ReplayDrained { tid: u64 },
     /// Prepared report sent; no more steps in `tid`; waiting for `Commit`.
     Prepared { tid: u64 },
+    /// `OpenLive{tid}` whose coordinator stream ended: its steps stay run
+    /// and accounted, and it runs no new step ("paused") until a
+    /// coordinator continues it (`Prepare{tid}`) or replaces it (`Restore`,
+    /// `Stop`). A new leader, or a restarted coordinator, can then carry the
+    /// transaction on without restoring a checkpoint (`Hello.resumable`).
+    PausedLive { tid: u64 },
+    /// `Prepared{tid}` whose coordinator stream ended: the prepared outputs
+    /// stay held; `Prepare{tid}` on a new stream re-sends the same report,
+    /// `Commit{tid}` commits it.
+    PausedPrepared { tid: u64 },
 }
 
 impl TxnState {
@@ -93,7 +110,9 @@ impl TxnState {
             TxnState::OpenLive { tid }
             | TxnState::OpenReplay { tid, .. }
             | TxnState::ReplayDrained { tid }
-            | TxnState::Prepared { tid } => Some(tid),
+            | TxnState::Prepared { tid }
+            | TxnState::PausedLive { tid }
+            | TxnState::PausedPrepared { tid } => Some(tid),
         }
     }
 }
@@ -109,6 +128,8 @@ impl fmt::Display for TxnState {
             }
             TxnState::ReplayDrained { tid } => write!(f, "Open(tid {tid}, replay drained, waiting for Prepare)"),
             TxnState::Prepared { tid } => write!(f, "Prepared(tid {tid})"),
+            TxnState::PausedLive { tid } => write!(f, "Open(tid {tid}, live, paused: no coordinator stream)"),
+            TxnState::PausedPrepared { tid } => write!(f, "Prepared(tid {tid}, paused: no coordinator stream)"),
         }
     }
 }
@@ -220,6 +241,9 @@ pub enum Action {
     /// Take the engine's outputs of `tid`, digest them, hold them until the
     /// commit, and report `Prepared{tid, steps, aggregate, digest}`.
     Prepare { tid: u64 },
+    /// Send again the `Prepared` report of `tid` that an earlier stream
+    /// carried (the outputs are already held; nothing is taken again).
+    RepeatPrepared { tid: u64 },
     /// Journal `tid`'s commit marker (durably; skipped if the journal has
     /// it), then release the held outputs to the sink (which skips tids it
     /// already emitted).
@@ -237,6 +261,15 @@ pub enum Action {
     Restore { checkpoint_tid: u64 },
     /// End the stream (protocol violation); the runtime reconnects.
     DropStream { reason: String },
+}
+
+/// Where a host stands between coordinator streams (see `HostCore::resumable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Last tid committed since the last restore.
+    pub last_committed: u64,
+    /// The kept transaction: `(tid, prepared)`; `None` when Idle.
+    pub open: Option<(u64, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +313,20 @@ impl HostCore {
         self.last_committed
     }
 
+    /// What this host can offer a coordinator to continue from (the
+    /// `Hello.resumable` of the next stream): `None` when the engine state
+    /// matches no boundary a coordinator could continue (Stopped, or a
+    /// stream still open mid-transaction).
+    pub fn resumable(&self) -> Option<ResumePoint> {
+        let open = match self.state {
+            TxnState::Idle => None,
+            TxnState::PausedLive { tid } => Some((tid, false)),
+            TxnState::PausedPrepared { tid } => Some((tid, true)),
+            _ => return None,
+        };
+        Some(ResumePoint { last_committed: self.last_committed, open })
+    }
+
     /// True once the current stream has received `Welcome`.
     pub fn welcomed(&self) -> bool {
         self.stream.is_some_and(|s| s.welcomed)
@@ -290,7 +337,12 @@ impl HostCore {
         match self.state {
             TxnState::OpenLive { tid } => Some((tid, Mode::Live)),
             TxnState::OpenReplay { tid, .. } => Some((tid, Mode::Replay)),
-            TxnState::Stopped | TxnState::Idle | TxnState::ReplayDrained { .. } | TxnState::Prepared { .. } => None,
+            TxnState::Stopped
+            | TxnState::Idle
+            | TxnState::ReplayDrained { .. }
+            | TxnState::Prepared { .. }
+            | TxnState::PausedLive { .. }
+            | TxnState::PausedPrepared { .. } => None,
         }
     }
 
@@ -329,10 +381,24 @@ impl HostCore {
             // Between transactions the engine state is a committed boundary
             // and stays valid for whichever coordinator we reach next.
             TxnState::Idle | TxnState::Stopped => Vec::new(),
-            // Without a coordinator no report can be delivered, and the
-            // coordinator never infers a step; the open transaction lives on
-            // only in the journal and is replayed after the next Restore.
-            _ => self.stop(),
+            // Every step run so far is journaled and accounted; the state is
+            // kept and offered in the next Hello (`resumable`), and no new
+            // step runs: a coordinator that never saw a step's report must
+            // not have to infer it, and the next one decides from what the
+            // Hello says (continue with Prepare, or Restore).
+            TxnState::OpenLive { tid } | TxnState::PausedLive { tid } => {
+                self.state = TxnState::PausedLive { tid };
+                Vec::new()
+            }
+            TxnState::Prepared { tid } | TxnState::PausedPrepared { tid } => {
+                self.state = TxnState::PausedPrepared { tid };
+                Vec::new()
+            }
+            // Mid-replay the engine state is between two journaled steps of a
+            // tid being re-verified: no boundary a coordinator could continue
+            // from. The transaction lives on in the journal and is replayed
+            // after the next Restore.
+            TxnState::OpenReplay { .. } | TxnState::ReplayDrained { .. } => self.stop(),
         }
     }
 
@@ -360,6 +426,20 @@ impl HostCore {
             ];
         }
         if epoch < self.highest_epoch {
+            if matches!(command, Ok(Command::Welcome { .. })) {
+                // A coordinator welcoming us in an older epoch is not the
+                // current leader (deposed, or restored from an old ledger):
+                // drop its stream so the runtime tries another coordinator.
+                let message = format!(
+                    "Welcome (seq {seq}) carries epoch {epoch}, but this host has already accepted epoch {}: this \
+                     coordinator is behind the current leader; dropping the stream and trying another coordinator",
+                    self.highest_epoch
+                );
+                return vec![
+                    Action::Report(Report::Error { kind: ErrorKind::StaleEpoch, tid, message: message.clone() }),
+                    Action::DropStream { reason: message },
+                ];
+            }
             return vec![Action::Report(Report::Error {
                 kind: ErrorKind::StaleEpoch,
                 tid,
@@ -398,20 +478,34 @@ impl HostCore {
         match (self.state, &command) {
             (_, Command::Stop { .. }) => self.stop(),
             (_, Command::CheckpointComplete { tid }) => vec![Action::CheckpointComplete { tid: *tid }],
-            (Stopped | Idle, Command::Restore { checkpoint_tid }) => {
+            // Restore replaces whatever the engine holds, including a kept
+            // open or prepared transaction the new coordinator chose not to
+            // continue (its steps stay in the journal and are replayed).
+            (
+                Stopped | Idle | OpenLive { .. } | Prepared { .. } | PausedLive { .. } | PausedPrepared { .. },
+                Command::Restore { checkpoint_tid },
+            ) => {
                 let c = *checkpoint_tid;
+                let mut actions = self.stop();
                 self.state = Idle;
                 self.last_committed = c;
                 self.last_opened = c;
-                vec![Action::Restore { checkpoint_tid: c }, Action::Report(Report::Restored { checkpoint_tid: c })]
+                actions.extend([Action::Restore { checkpoint_tid: c }, Action::Report(Report::Restored { checkpoint_tid: c })]);
+                actions
             }
             (Idle, Command::Start { tid, mode, prepare }) if *tid > self.last_opened => self.open(*tid, *mode, *prepare),
             (Idle, Command::Checkpoint { tid }) if *tid == self.last_committed => {
                 vec![Action::Checkpoint { tid: *tid }, Action::Report(Report::CheckpointDone { tid: *tid })]
             }
-            (OpenLive { tid: t } | ReplayDrained { tid: t }, Command::Prepare { tid }) if *tid == t => {
+            (OpenLive { tid: t } | ReplayDrained { tid: t } | PausedLive { tid: t }, Command::Prepare { tid }) if *tid == t => {
                 self.state = Prepared { tid: t };
                 vec![Action::Prepare { tid: t }]
+            }
+            (PausedPrepared { tid: t }, Command::Prepare { tid }) if *tid == t => {
+                // The coordinator on this stream has not seen our report (a
+                // new leader, or the same coordinator after a rejoin).
+                self.state = Prepared { tid: t };
+                vec![Action::RepeatPrepared { tid: t }]
             }
             (OpenReplay { tid: t, prepare_requested: false }, Command::Prepare { tid }) if *tid == t => {
                 // Replay ends at the journaled boundary, not now: the
@@ -419,7 +513,9 @@ impl HostCore {
                 self.state = OpenReplay { tid: t, prepare_requested: true };
                 Vec::new()
             }
-            (Prepared { tid: t }, Command::Commit { tid, next }) if *tid == t && next.is_none_or(|(n, _, _)| n > t) => {
+            (Prepared { tid: t } | PausedPrepared { tid: t }, Command::Commit { tid, next })
+                if *tid == t && next.is_none_or(|(n, _, _)| n > t) =>
+            {
                 self.state = Idle;
                 self.last_committed = t;
                 let mut actions = vec![Action::Commit { tid: t }, Action::Report(Report::Committed { tid: t })];
@@ -511,12 +607,9 @@ impl HostCore {
 
     /// Leaves any transaction; the engine state is no longer trusted.
     fn stop(&mut self) -> Vec<Action> {
-        let actions = match self.state {
-            TxnState::OpenLive { tid }
-            | TxnState::OpenReplay { tid, .. }
-            | TxnState::ReplayDrained { tid }
-            | TxnState::Prepared { tid } => vec![Action::AbandonTxn { tid }],
-            TxnState::Idle | TxnState::Stopped => Vec::new(),
+        let actions = match self.state.tid() {
+            Some(tid) => vec![Action::AbandonTxn { tid }],
+            None => Vec::new(),
         };
         self.state = TxnState::Stopped;
         actions

@@ -47,13 +47,25 @@ fn state(name: &str) -> HostCore {
         "OpenReplay5Prep" => (OpenReplay { tid: 5, prepare_requested: true }, 5),
         "ReplayDrained5" => (ReplayDrained { tid: 5 }, 5),
         "Prepared5" => (Prepared { tid: 5 }, 5),
+        // A kept transaction, on a new (welcomed) stream after the old one ended.
+        "PausedLive5" => (PausedLive { tid: 5 }, 5),
+        "PausedPrepared5" => (PausedPrepared { tid: 5 }, 5),
         other => panic!("unknown state {other}"),
     };
     HostCore::for_test(state, EPOCH, 4, last_opened)
 }
 
-const STATES: &[&str] =
-    &["Stopped", "Idle", "OpenLive5", "OpenReplay5", "OpenReplay5Prep", "ReplayDrained5", "Prepared5"];
+const STATES: &[&str] = &[
+    "Stopped",
+    "Idle",
+    "OpenLive5",
+    "OpenReplay5",
+    "OpenReplay5Prep",
+    "ReplayDrained5",
+    "Prepared5",
+    "PausedLive5",
+    "PausedPrepared5",
+];
 
 /// Every event kind of the table (commands carry the current epoch and the
 /// next seq, so only the transaction table decides).
@@ -209,7 +221,7 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("OpenLive5", "checkpoint_4", OpenLive { tid: 5 }, vec![perr(4)]),
         ("OpenLive5", "checkpoint_5", OpenLive { tid: 5 }, vec![perr(5)]),
         ("OpenLive5", "checkpoint_complete_4", OpenLive { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
-        ("OpenLive5", "restore_4", OpenLive { tid: 5 }, vec![perr(4)]),
+        ("OpenLive5", "restore_4", Idle, vec![abandon(5), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
         ("OpenLive5", "stop", Stopped, vec![abandon(5)]),
         ("OpenLive5", "welcome_again", OpenLive { tid: 5 }, vec![perr(0)]),
         ("OpenLive5", "malformed", OpenLive { tid: 5 }, vec![perr(0)]),
@@ -220,7 +232,7 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("OpenLive5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
         ("OpenLive5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
         ("OpenLive5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
-        ("OpenLive5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenLive5", "stream_closed", PausedLive { tid: 5 }, vec![]),
         ("OpenLive5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
         // ---- OpenReplay5
         ("OpenReplay5", "start_6_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
@@ -317,7 +329,7 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("Prepared5", "checkpoint_4", Prepared { tid: 5 }, vec![perr(4)]),
         ("Prepared5", "checkpoint_5", Prepared { tid: 5 }, vec![perr(5)]),
         ("Prepared5", "checkpoint_complete_4", Prepared { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
-        ("Prepared5", "restore_4", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5", "restore_4", Idle, vec![abandon(5), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
         ("Prepared5", "stop", Stopped, vec![abandon(5)]),
         ("Prepared5", "welcome_again", Prepared { tid: 5 }, vec![perr(0)]),
         ("Prepared5", "malformed", Prepared { tid: 5 }, vec![perr(0)]),
@@ -328,8 +340,62 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("Prepared5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
         ("Prepared5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
         ("Prepared5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
-        ("Prepared5", "stream_closed", Stopped, vec![abandon(5)]),
+        ("Prepared5", "stream_closed", PausedPrepared { tid: 5 }, vec![]),
         ("Prepared5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- PausedLive5
+        ("PausedLive5", "start_6_live", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "start_6_replay", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "start_4_live", PausedLive { tid: 5 }, vec![perr(4)]),
+        ("PausedLive5", "prepare_5", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("PausedLive5", "prepare_6", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "commit_5", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "commit_5_next_6_live", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "commit_5_next_6_replay", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "commit_5_next_5", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "commit_6", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "checkpoint_4", PausedLive { tid: 5 }, vec![perr(4)]),
+        ("PausedLive5", "checkpoint_5", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "checkpoint_complete_4", PausedLive { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("PausedLive5", "restore_4", Idle, vec![abandon(5), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("PausedLive5", "stop", Stopped, vec![abandon(5)]),
+        ("PausedLive5", "welcome_again", PausedLive { tid: 5 }, vec![perr(0)]),
+        ("PausedLive5", "malformed", PausedLive { tid: 5 }, vec![perr(0)]),
+        ("PausedLive5", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedLive5", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedLive5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedLive5", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedLive5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedLive5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedLive5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("PausedLive5", "stream_closed", PausedLive { tid: 5 }, vec![]),
+        ("PausedLive5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- PausedPrepared5
+        ("PausedPrepared5", "start_6_live", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "start_6_replay", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "start_4_live", PausedPrepared { tid: 5 }, vec![perr(4)]),
+        ("PausedPrepared5", "prepare_5", Prepared { tid: 5 }, vec![Action::RepeatPrepared { tid: 5 }]),
+        ("PausedPrepared5", "prepare_6", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "commit_5", Idle, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("PausedPrepared5", "commit_5_next_6_live", OpenLive { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Live }]),
+        ("PausedPrepared5", "commit_5_next_6_replay", OpenReplay { tid: 6, prepare_requested: false }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("PausedPrepared5", "commit_5_next_5", PausedPrepared { tid: 5 }, vec![perr(5)]),
+        ("PausedPrepared5", "commit_6", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "checkpoint_4", PausedPrepared { tid: 5 }, vec![perr(4)]),
+        ("PausedPrepared5", "checkpoint_5", PausedPrepared { tid: 5 }, vec![perr(5)]),
+        ("PausedPrepared5", "checkpoint_complete_4", PausedPrepared { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("PausedPrepared5", "restore_4", Idle, vec![abandon(5), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("PausedPrepared5", "stop", Stopped, vec![abandon(5)]),
+        ("PausedPrepared5", "welcome_again", PausedPrepared { tid: 5 }, vec![perr(0)]),
+        ("PausedPrepared5", "malformed", PausedPrepared { tid: 5 }, vec![perr(0)]),
+        ("PausedPrepared5", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedPrepared5", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedPrepared5", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedPrepared5", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedPrepared5", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("PausedPrepared5", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedPrepared5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("PausedPrepared5", "stream_closed", PausedPrepared { tid: 5 }, vec![]),
+        ("PausedPrepared5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
     ]
 }
 
@@ -363,6 +429,8 @@ fn next_step_follows_the_state() {
     assert_eq!(state("OpenReplay5Prep").next_step(), Some((5, Mode::Replay)));
     assert_eq!(state("ReplayDrained5").next_step(), None);
     assert_eq!(state("Prepared5").next_step(), None);
+    assert_eq!(state("PausedLive5").next_step(), None, "paused: no step until a coordinator continues it");
+    assert_eq!(state("PausedPrepared5").next_step(), None);
 }
 
 #[test]
@@ -373,18 +441,19 @@ fn stale_epoch_is_rejected_and_ignored_in_every_state() {
             let mut core = state(s);
             let before = core.state();
             let actions = core.handle(Event::Command { seq, epoch: EPOCH - 1, command });
-            assert_eq!(
-                normalize(actions),
-                vec![Action::Report(Report::Error {
-                    kind: ErrorKind::StaleEpoch,
-                    tid: match *e {
-                        "stop" | "welcome_again" => 0,
-                        _ => e.split('_').find_map(|w| w.parse().ok()).unwrap(),
-                    },
-                    message: String::new()
-                })],
-                "({s}, {e})"
-            );
+            let mut expected = vec![Action::Report(Report::Error {
+                kind: ErrorKind::StaleEpoch,
+                tid: match *e {
+                    "stop" | "welcome_again" => 0,
+                    _ => e.split('_').find_map(|w| w.parse().ok()).unwrap(),
+                },
+                message: String::new(),
+            })];
+            if *e == "welcome_again" {
+                // A coordinator behind the current epoch: try another one.
+                expected.push(Action::DropStream { reason: String::new() });
+            }
+            assert_eq!(normalize(actions), expected, "({s}, {e})");
             assert_eq!(core.state(), before);
             assert_eq!(core.highest_epoch(), EPOCH);
         }
@@ -415,8 +484,8 @@ fn command_seq_gap_drops_the_stream() {
     assert_eq!(actions, vec![perr(5), Action::DropStream { reason: String::new() }]);
     assert_eq!(core.state(), OpenLive { tid: 5 }, "the drop itself comes back as StreamClosed");
     let actions = normalize(core.handle(Event::StreamClosed));
-    assert_eq!(actions, vec![abandon(5)]);
-    assert_eq!(core.state(), Stopped);
+    assert_eq!(actions, vec![]);
+    assert_eq!(core.state(), PausedLive { tid: 5 }, "kept for the next coordinator to continue or replace");
 }
 
 #[test]
@@ -456,7 +525,7 @@ fn a_fresh_stream_needs_welcome_first() {
 }
 
 #[test]
-fn stale_welcome_leaves_the_stream_unwelcomed() {
+fn stale_welcome_drops_the_stream_unwelcomed() {
     let mut core = HostCore::new(7);
     core.handle(Event::StreamOpened);
     let actions = normalize(core.handle(Event::Command {
@@ -466,9 +535,14 @@ fn stale_welcome_leaves_the_stream_unwelcomed() {
     }));
     assert_eq!(
         actions,
-        vec![Action::Report(Report::Error { kind: ErrorKind::StaleEpoch, tid: 0, message: String::new() })]
+        vec![
+            Action::Report(Report::Error { kind: ErrorKind::StaleEpoch, tid: 0, message: String::new() }),
+            Action::DropStream { reason: String::new() },
+        ]
     );
     assert!(!core.welcomed());
+    assert_eq!(core.handle(Event::StreamClosed), vec![]);
+    assert_eq!(core.highest_epoch(), 7, "the older epoch was not adopted");
 }
 
 /// The whole life of a tid across a crash: live steps, stream loss, restore,
@@ -489,7 +563,8 @@ fn open_last_transaction_is_replayed_then_continues_live() {
         mode: Mode::Live
     }]);
     core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: None });
-    assert_eq!(core.handle(Event::StreamClosed), vec![abandon(1)]);
+    assert_eq!(core.handle(Event::StreamClosed), vec![], "the open transaction is kept, paused");
+    assert_eq!(core.state(), PausedLive { tid: 1 });
 
     core.handle(Event::StreamOpened);
     let mut seq = 0;
@@ -500,7 +575,12 @@ fn open_last_transaction_is_replayed_then_continues_live() {
     assert_eq!(cmd(&mut core, 2, Command::Welcome { coordinator_id: "c".into() }), vec![Action::PersistEpoch {
         epoch: 2
     }]);
-    cmd(&mut core, 2, Command::Restore { checkpoint_tid: 0 });
+    // The new coordinator chose to replay: the kept tid is abandoned.
+    assert_eq!(cmd(&mut core, 2, Command::Restore { checkpoint_tid: 0 }), vec![
+        abandon(1),
+        Action::Restore { checkpoint_tid: 0 },
+        Action::Report(Report::Restored { checkpoint_tid: 0 })
+    ]);
     cmd(&mut core, 2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false });
     assert_eq!(core.next_step(), Some((1, Mode::Replay)));
     core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: Some(cs()) });
@@ -512,4 +592,52 @@ fn open_last_transaction_is_replayed_then_continues_live() {
         Action::Report(Report::Committed { tid: 1 })
     ]);
     assert_eq!(core.last_committed(), 1);
+}
+
+/// What the next Hello offers (`resumable`) follows the state: a committed
+/// boundary, or a kept live or prepared transaction; nothing mid-replay.
+#[test]
+fn resumable_is_offered_only_from_a_continuable_state() {
+    let point = |name: &str| state(name).resumable();
+    assert_eq!(point("Stopped"), None);
+    assert_eq!(point("Idle"), Some(ResumePoint { last_committed: 4, open: None }));
+    assert_eq!(point("PausedLive5"), Some(ResumePoint { last_committed: 4, open: Some((5, false)) }));
+    assert_eq!(point("PausedPrepared5"), Some(ResumePoint { last_committed: 4, open: Some((5, true)) }));
+    for s in ["OpenLive5", "OpenReplay5", "OpenReplay5Prep", "ReplayDrained5", "Prepared5"] {
+        assert_eq!(point(s), None, "{s}: a stream is still open");
+        let mut core = state(s);
+        core.handle(Event::StreamClosed);
+        let expected = match s {
+            "OpenLive5" => Some(ResumePoint { last_committed: 4, open: Some((5, false)) }),
+            "Prepared5" => Some(ResumePoint { last_committed: 4, open: Some((5, true)) }),
+            _ => None,
+        };
+        assert_eq!(core.resumable(), expected, "{s} after the stream closed");
+    }
+}
+
+/// A prepared host loses its coordinator, a new one asks again: the same
+/// report goes out once per stream, and a second Prepare on that stream is
+/// still a protocol error.
+#[test]
+fn prepared_report_is_repeated_once_on_a_new_stream() {
+    let mut core = state("Prepared5");
+    assert_eq!(core.handle(Event::StreamClosed), vec![]);
+    assert_eq!(core.handle(Event::StreamOpened), vec![]);
+    let welcome = Command::Welcome { coordinator_id: "leader-2".into() };
+    assert_eq!(core.handle(Event::Command { seq: 1, epoch: EPOCH + 1, command: welcome }), vec![Action::PersistEpoch {
+        epoch: EPOCH + 1
+    }]);
+    let prepare = Command::Prepare { tid: 5 };
+    assert_eq!(core.handle(Event::Command { seq: 2, epoch: EPOCH + 1, command: prepare.clone() }), vec![
+        Action::RepeatPrepared { tid: 5 }
+    ]);
+    assert_eq!(normalize(core.handle(Event::Command { seq: 3, epoch: EPOCH + 1, command: prepare })), vec![perr(5)]);
+    let commit = Command::Commit { tid: 5, next: Some((6, Mode::Live, false)) };
+    assert_eq!(core.handle(Event::Command { seq: 4, epoch: EPOCH + 1, command: commit }), vec![
+        Action::Commit { tid: 5 },
+        Action::Report(Report::Committed { tid: 5 }),
+        Action::OpenTxn { tid: 6, mode: Mode::Live }
+    ]);
+    assert_eq!(core.next_step(), Some((6, Mode::Live)));
 }

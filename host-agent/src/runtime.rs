@@ -273,6 +273,32 @@ enum SessionEnd {
     Lost(String),
     /// We end the stream: the coordinator broke the protocol.
     Dropped(String),
+    /// The coordinator is not the leader and named the one that is
+    /// (UNAVAILABLE with `lockstep-leader` metadata): `leader` is its URL.
+    Redirect { leader: String, why: String },
+}
+
+/// The leader a non-leader coordinator names in its UNAVAILABLE answer, as
+/// a URL (`http://` added when the address has no scheme).
+fn leader_redirect(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let addr = status.metadata().get(lockstep_proto::LEADER_METADATA_KEY)?.to_str().ok()?.trim();
+    if addr.is_empty() {
+        return None;
+    }
+    Some(if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") })
+}
+
+/// How a failed Session call or a stream error ends the session.
+fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
+    let why = format!("{what}: {} ({:?})", status.message(), status.code());
+    match leader_redirect(status) {
+        Some(leader) => SessionEnd::Redirect { leader, why },
+        None if lost => SessionEnd::Lost(why),
+        None => SessionEnd::ConnectFailed(why),
+    }
 }
 
 /// The stream towards the coordinator, numbering reports 1, 2, 3, ...
@@ -339,6 +365,10 @@ struct Agent<E> {
     txn: Option<OpenTxn>,
     /// Outputs of the prepared tid, released at commit.
     held_outputs: Option<(u64, Vec<OutputRow>)>,
+    /// The `Prepared` report of the prepared tid, kept with its outputs so
+    /// that a coordinator on a later stream gets the same report again
+    /// (`RepeatPrepared`) and a Hello can offer it (`resumable`).
+    prepared_report: Option<v1::Prepared>,
     replay: Option<ReplayCursor>,
     /// The journal cursor of the tid most likely replayed next, opened while
     /// the coordinator verifies the prepared one (see `prepare`).
@@ -400,6 +430,7 @@ impl<E: Engine> Agent<E> {
             last_step: report.last_step,
             txn: None,
             held_outputs: None,
+            prepared_report: None,
             replay: None,
             prefetch: None,
             replay_prev_step: None,
@@ -495,19 +526,44 @@ impl<E: Engine> Agent<E> {
 
     // ------------------------------------------------------------ sessions
 
+    /// Connects to the coordinators in turn (exponential backoff between
+    /// failed attempts) and follows a non-leader's redirect to the leader at
+    /// once. Immediate redirects are bounded by the number of coordinators
+    /// in a row: during an election two nodes may each name the other (or a
+    /// stale leader), and the host then backs off instead of ping-ponging.
     async fn connect_loop(&mut self, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> Result<(), AgentError> {
         let min = Duration::from_millis(RECONNECT_BACKOFF_MS_MIN);
+        let coordinators = self.config.coordinators.len();
         let mut backoff = min;
         let mut attempt = 0usize;
+        let mut redirect: Option<String> = None;
+        let mut redirects_in_a_row = 0usize;
         loop {
-            let addr = self.config.coordinators[attempt % self.config.coordinators.len()].clone();
-            attempt += 1;
+            let addr = match redirect.take() {
+                Some(leader) => leader,
+                None => {
+                    attempt += 1;
+                    self.config.coordinators[(attempt - 1) % coordinators].clone()
+                }
+            };
             let end = self.session(&addr, shutdown).await;
             let welcomed_once = std::mem::take(&mut self.welcomed_in_session);
             match end {
                 SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Redirect { leader, why } => {
+                    if welcomed_once {
+                        backoff = min;
+                    }
+                    if redirects_in_a_row < coordinators && leader != addr {
+                        redirects_in_a_row += 1;
+                        info!(host = %self.host(), coordinator = %addr, leader = %leader, "coordinator is not the leader ({why}); connecting to the leader it names");
+                        redirect = Some(leader);
+                        continue;
+                    }
+                    warn!(host = %self.host(), coordinator = %addr, leader = %leader, retry_in_ms = backoff.as_millis() as u64, "redirects between coordinators keep bouncing (election in progress?); backing off: {why}");
+                }
                 SessionEnd::ConnectFailed(why) => {
-                    if attempt.is_multiple_of(self.config.coordinators.len()) {
+                    if attempt.is_multiple_of(coordinators) {
                         warn!(host = %self.host(), coordinator = %addr, retry_in_ms = backoff.as_millis() as u64, "cannot reach a coordinator: {why}");
                     } else {
                         debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
@@ -523,6 +579,8 @@ impl<E: Engine> Agent<E> {
                     }
                 }
             }
+            // Every way here backs off once, which ends a run of redirects.
+            redirects_in_a_row = 0;
             tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => return Ok(()),
@@ -549,8 +607,44 @@ impl<E: Engine> Agent<E> {
             journal: summary.tids.iter().map(convert::tid_summary_to_proto).collect(),
             last_step: self.last_step,
             ingest_addr: self.ingest_addr.clone(),
-            // Filled in once the host keeps its state across a stream loss.
-            resumable: None,
+            resumable: self.resumable(),
+        })
+    }
+
+    /// `Hello.resumable`: the core's resume point plus this runtime's
+    /// accounting of the kept transaction. A kept transaction without
+    /// accounting (or a prepared one without its report) would be a bug;
+    /// then nothing is offered and the coordinator replays, which is always
+    /// safe.
+    fn resumable(&self) -> Option<v1::Resumable> {
+        let point = self.core.resumable()?;
+        let Some((tid, prepared)) = point.open else {
+            return Some(v1::Resumable {
+                last_committed_tid: point.last_committed,
+                state: v1::HostTxnState::Idle as i32,
+                ..Default::default()
+            });
+        };
+        let Some(txn) = self.txn.as_ref().filter(|t| t.tid == tid) else {
+            warn!(host = %self.host(), tid, "kept transaction {tid} has no accounting; offering nothing to resume");
+            return None;
+        };
+        let report = match (prepared, self.prepared_report.as_ref().filter(|p| p.tid == tid)) {
+            (false, _) => None,
+            (true, Some(p)) => Some(p.clone()),
+            (true, None) => {
+                warn!(host = %self.host(), tid, "prepared transaction {tid} has no kept report; offering nothing to resume");
+                return None;
+            }
+        };
+        let state = if prepared { v1::HostTxnState::Prepared } else { v1::HostTxnState::OpenLive };
+        Some(v1::Resumable {
+            last_committed_tid: point.last_committed,
+            state: state as i32,
+            tid,
+            steps: txn.steps,
+            aggregate: convert::checksums_to_proto(&txn.aggregate),
+            prepared: report,
         })
     }
 
@@ -563,7 +657,7 @@ impl<E: Engine> Agent<E> {
         };
         let connect = async {
             let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-                .map_err(|e| format!("bad coordinator address {addr:?}: {e}"))?
+                .map_err(|e| SessionEnd::ConnectFailed(format!("bad coordinator address {addr:?}: {e}")))?
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true)
                 // The coordinator sends nothing while it waits on other
@@ -573,26 +667,27 @@ impl<E: Engine> Agent<E> {
                 .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
                 .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
                 .keep_alive_while_idle(true);
-            let channel = endpoint.connect().await.map_err(|e| format!("connect: {}", error_chain(&e)))?;
+            let channel =
+                endpoint.connect().await.map_err(|e| SessionEnd::ConnectFailed(format!("connect: {}", error_chain(&e))))?;
             let (tx, rx) = mpsc::channel::<Vec<v1::HostReport>>(REPORTS_QUEUED_MAX);
             let mut reporter = Reporter::new(tx);
             reporter
                 .send(v1::host_report::Report::Hello(hello))
                 .await
-                .map_err(|_| "report channel closed".to_string())?;
+                .map_err(|_| SessionEnd::ConnectFailed("report channel closed".to_string()))?;
             let mut client = v1::host_session_client::HostSessionClient::new(channel);
             let response = client
                 .session(futures::StreamExt::flat_map(tokio_stream::wrappers::ReceiverStream::new(rx), futures::stream::iter))
                 .await
-                .map_err(|s| format!("Session refused: {} ({:?})", s.message(), s.code()))?;
-            Ok::<_, String>((reporter, response.into_inner()))
+                .map_err(|s| status_end(&s, "Session refused", false))?;
+            Ok::<_, SessionEnd>((reporter, response.into_inner()))
         };
         let (mut out, mut inbound) = tokio::select! {
             biased;
             _ = shutdown.as_mut() => return SessionEnd::Shutdown,
             r = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect) => match r {
                 Ok(Ok(x)) => x,
-                Ok(Err(e)) => return SessionEnd::ConnectFailed(e),
+                Ok(Err(end)) => return end,
                 Err(_) => return SessionEnd::ConnectFailed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")),
             },
         };
@@ -600,7 +695,7 @@ impl<E: Engine> Agent<E> {
         let opened = self.core.handle(Event::StreamOpened);
         let end = match self.execute(opened, &mut out).await {
             Err(end) => end,
-            Ok(()) => self.drive(&mut out, &mut inbound, shutdown).await,
+            Ok(()) => self.drive(addr, &mut out, &mut inbound, shutdown).await,
         };
         self.welcomed_in_session = self.core.welcomed();
         if let SessionEnd::Dropped(reason) = &end {
@@ -624,6 +719,7 @@ impl<E: Engine> Agent<E> {
 
     async fn drive(
         &mut self,
+        addr: &str,
         out: &mut Reporter,
         inbound: &mut tonic::Streaming<v1::Command>,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
@@ -655,14 +751,20 @@ impl<E: Engine> Agent<E> {
                             Ok(command) => Event::Command { seq: cmd.seq, epoch: cmd.epoch, command },
                             Err(reason) => Event::MalformedCommand { seq: cmd.seq, epoch: cmd.epoch, reason },
                         };
-                        if let Event::Command { command: crate::core::Command::Stop { reason }, .. } = &event {
-                            info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
+                        match &event {
+                            Event::Command { command: crate::core::Command::Stop { reason }, .. } => {
+                                info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
+                            }
+                            Event::Command { command: crate::core::Command::Welcome { coordinator_id }, epoch, .. } => {
+                                info!(host = %self.host(), coordinator = %addr, coordinator_id = %coordinator_id, epoch, state = %self.core.state(), "connected: welcomed by the coordinator");
+                            }
+                            _ => {}
                         }
                         debug!(host = %self.host(), ?event, "command");
                         self.core.handle(event)
                     }
                     Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-                    Err(status) => return SessionEnd::Lost(format!("{} ({:?})", status.message(), status.code())),
+                    Err(status) => return status_end(&status, "stream ended", true),
                 },
                 _ = heartbeat.tick() => {
                     if let Err(end) = out.send(v1::host_report::Report::Heartbeat(v1::Heartbeat {})).await {
@@ -690,8 +792,16 @@ impl<E: Engine> Agent<E> {
 
     /// Executes the core's actions in order. If one fails, the rest are
     /// skipped and the core decides what follows from `ActionFailed`.
+    ///
+    /// A report that cannot be sent (the stream is gone) does not stop the
+    /// rest: the core has already moved on (e.g. `Commit{T, next}` is Idle →
+    /// OpenLive{next} with `Committed{T}` between `Commit` and `OpenTxn`),
+    /// and the engine, journal and accounting must follow it so that the
+    /// state kept for the next coordinator (`Hello.resumable`) is whole. The
+    /// lost stream is returned once every action ran.
     async fn execute(&mut self, actions: Vec<Action>, out: &mut Reporter) -> Result<(), SessionEnd> {
         let mut queue = std::collections::VecDeque::from(actions);
+        let mut lost: Option<SessionEnd> = None;
         while let Some(action) = queue.pop_front() {
             let result = match action {
                 Action::PersistEpoch { epoch } => {
@@ -715,8 +825,8 @@ impl<E: Engine> Agent<E> {
                     let batchable = matches!(report, Report::StepDone { mode: Mode::Replay, .. });
                     if batchable {
                         out.queue(convert::report_to_proto(report));
-                    } else {
-                        out.send(convert::report_to_proto(report)).await?;
+                    } else if let Err(end) = out.send(convert::report_to_proto(report)).await {
+                        lost.get_or_insert(end);
                     }
                     Ok(())
                 }
@@ -724,12 +834,20 @@ impl<E: Engine> Agent<E> {
                     self.open_txn(tid, mode);
                     Ok(())
                 }
-                Action::Prepare { tid } => self.prepare(tid, out).await?,
+                Action::Prepare { tid } => self.prepare(tid, out).await.unwrap_or_else(|end| {
+                    lost.get_or_insert(end);
+                    Ok(())
+                }),
+                Action::RepeatPrepared { tid } => self.repeat_prepared(tid, out).await.unwrap_or_else(|end| {
+                    lost.get_or_insert(end);
+                    Ok(())
+                }),
                 Action::Commit { tid } => self.commit(tid).await,
                 Action::AbandonTxn { tid } => {
                     warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
                     self.txn = None;
                     self.held_outputs = None;
+                    self.prepared_report = None;
                     self.replay = None;
                     self.prefetch = None;
                     Ok(())
@@ -744,7 +862,7 @@ impl<E: Engine> Agent<E> {
                 queue = self.core.handle(Event::ActionFailed { kind: f.kind, tid: f.tid, message: f.message }).into();
             }
         }
-        Ok(())
+        lost.map_or(Ok(()), Err)
     }
 
     fn open_txn(&mut self, tid: u64, mode: Mode) {
@@ -928,15 +1046,33 @@ impl<E: Engine> Agent<E> {
         if txn_mode == Mode::Replay && self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
             self.prefetch = Some(self.spawn_cursor(tid + 1));
         }
-        out.send(v1::host_report::Report::Prepared(v1::Prepared {
+        let report = v1::Prepared {
             tid,
             steps,
             aggregate: convert::checksums_to_proto(&aggregate),
             output_digest: digest.hash,
             output_count: digest.count,
-        }))
-        .await?;
+        };
+        self.prepared_report = Some(report.clone());
+        out.send(v1::host_report::Report::Prepared(report)).await?;
         Ok(Ok(()))
+    }
+
+    /// The `Prepared` report of `tid` again, for a coordinator on a new
+    /// stream (`Action::RepeatPrepared`).
+    async fn repeat_prepared(&mut self, tid: u64, out: &mut Reporter) -> Result<Result<(), Failure>, SessionEnd> {
+        match self.prepared_report.clone().filter(|p| p.tid == tid) {
+            Some(report) => {
+                info!(host = %self.host(), tid, steps = report.steps, "sending the Prepared report of tid {tid} again to this coordinator");
+                out.send(v1::host_report::Report::Prepared(report)).await?;
+                Ok(Ok(()))
+            }
+            None => Ok(Err(Failure {
+                kind: ErrorKind::Internal,
+                tid,
+                message: format!("host {}: asked to repeat the Prepared report of tid {tid}, but none is kept", self.host()),
+            })),
+        }
     }
 
     async fn commit(&mut self, tid: u64) -> Result<(), Failure> {
@@ -950,6 +1086,7 @@ impl<E: Engine> Agent<E> {
             })?;
             self.journal_commits.insert(tid);
         }
+        self.prepared_report = None;
         let rows = match self.held_outputs.take() {
             Some((t, rows)) if t == tid => rows,
             other => {
@@ -1093,6 +1230,7 @@ impl<E: Engine> Agent<E> {
         self.sink.lock().unwrap_or_else(|p| p.into_inner()).expect_replay();
         self.txn = None;
         self.held_outputs = None;
+        self.prepared_report = None;
         self.replay = None;
         self.prefetch = None;
         self.replay_prev_step = None;

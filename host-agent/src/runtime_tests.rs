@@ -43,6 +43,17 @@ impl Harness {
         assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
     }
 
+    /// The stream ends and a new one opens (as `session` does): the core
+    /// hears `StreamClosed`, then `StreamOpened`; numbering restarts.
+    async fn reconnect(&mut self) {
+        let closed = self.agent.core.handle(Event::StreamClosed);
+        assert!(self.agent.execute(closed, &mut self.out).await.is_ok());
+        let (tx, rx) = mpsc::channel(100_000);
+        (self.out, self.rx, self.seq, self.report_seq) = (Reporter::new(tx), rx, 0, 0);
+        let opened = self.agent.core.handle(Event::StreamOpened);
+        assert!(self.agent.execute(opened, &mut self.out).await.is_ok());
+    }
+
     /// Runs the step the core asks for, if any.
     async fn step(&mut self) -> bool {
         let Some((tid, mode)) = self.agent.core.next_step() else { return false };
@@ -327,4 +338,95 @@ async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
         bad.journaled.iter().find(|c| c.endpoint == GENERATOR_ENDPOINT).unwrap(),
     );
     assert_eq!(g.count + 1, j.count, "one generator record dropped");
+}
+
+/// A coordinator that dies mid-transaction: the host keeps its open tid
+/// paused, offers it in the next Hello (matching its journal), prepares it
+/// for the next coordinator, offers the prepared report after losing that
+/// one too, repeats the same report to a third, and commits exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for _ in 0..3 {
+        assert!(h.step().await);
+    }
+    let live = step_dones(&h.reports());
+    h.reconnect().await;
+    assert_eq!(h.agent.core.state(), crate::core::TxnState::PausedLive { tid: 1 });
+    assert!(!h.step().await, "paused: no step without a coordinator's word");
+
+    let hello = h.agent.hello().await.unwrap();
+    let r = hello.resumable.expect("an open live tid is offered");
+    assert_eq!((r.last_committed_tid, r.state, r.tid, r.steps), (0, v1::HostTxnState::OpenLive as i32, 1, 3));
+    assert_eq!(to_checksums(&r.aggregate), sum_steps(&live), "what the host ran");
+    assert_eq!(to_checksums(&hello.journal[0].aggregate), to_checksums(&r.aggregate), "= what it journaled");
+    assert!(r.prepared.is_none());
+
+    h.cmd(2, Command::Welcome { coordinator_id: "c2".into() }).await;
+    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    let p = prepared(&h.reports());
+    assert_eq!(p.steps, 3);
+    h.reconnect().await;
+    let r = h.agent.hello().await.unwrap().resumable.expect("a prepared tid is offered");
+    assert_eq!((r.state, r.tid, r.steps), (v1::HostTxnState::Prepared as i32, 1, 3));
+    assert_eq!(r.prepared.as_ref(), Some(&p), "with the report it sent");
+
+    h.cmd(3, Command::Welcome { coordinator_id: "c3".into() }).await;
+    h.cmd(3, Command::Prepare { tid: 1 }).await;
+    assert_eq!(prepared(&h.reports()), p, "the same report again, nothing taken twice");
+    h.cmd(3, Command::Commit { tid: 1, next: None }).await;
+    let reports = h.reports();
+    assert!(errors(&reports).is_empty(), "{reports:?}");
+    assert!(reports.iter().any(|r| matches!(r, R::Committed(v1::Committed { tid: 1 }))));
+    assert_eq!(sink_tids(dir.path()), vec![1]);
+    assert_eq!(sink_lines(dir.path())[0]["rows"].as_array().map(Vec::len), Some(p.output_count as usize));
+    h.reconnect().await;
+    let r = h.agent.hello().await.unwrap().resumable.expect("idle is offered");
+    assert_eq!((r.last_committed_tid, r.state, r.tid), (1, v1::HostTxnState::Idle as i32, 0));
+}
+
+#[test]
+fn a_redirect_names_the_leader_as_a_url() {
+    let with = |code, leader: Option<&str>| {
+        let mut s = tonic::Status::new(code, "not the leader");
+        if let Some(l) = leader {
+            s.metadata_mut().insert(lockstep_proto::LEADER_METADATA_KEY, l.parse().unwrap());
+        }
+        leader_redirect(&s)
+    };
+    assert_eq!(with(tonic::Code::Unavailable, Some("127.0.0.1:50052")), Some("http://127.0.0.1:50052".into()));
+    assert_eq!(with(tonic::Code::Unavailable, Some("https://c2:443")), Some("https://c2:443".into()));
+    assert_eq!(with(tonic::Code::Unavailable, None), None, "election in progress: no leader named");
+    assert_eq!(with(tonic::Code::Unavailable, Some(" ")), None);
+    assert_eq!(with(tonic::Code::FailedPrecondition, Some("127.0.0.1:1")), None, "only UNAVAILABLE redirects");
+}
+
+/// The stream dies between a commit and the next tid's start: the report
+/// `Committed` cannot be sent, yet the rest of the core's actions still run
+/// (the sink gets the tid, the next tid's accounting opens), so the state
+/// offered to the next coordinator is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    assert!(h.step().await);
+    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    // The coordinator goes away: nothing can be reported any more.
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    h.out = Reporter::new(tx);
+    let commit = Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) };
+    let actions = h.agent.core.handle(Event::Command { seq: 5, epoch: 1, command: commit });
+    assert!(h.agent.execute(actions, &mut h.out).await.is_err(), "the lost stream is still reported");
+    assert_eq!(sink_tids(dir.path()), vec![1], "the commit went through");
+    h.reconnect().await;
+    let r = h.agent.hello().await.unwrap().resumable.expect("tid 2 is kept");
+    assert_eq!((r.last_committed_tid, r.state, r.tid, r.steps), (1, v1::HostTxnState::OpenLive as i32, 2, 0));
 }

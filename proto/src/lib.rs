@@ -14,3 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The wire protocol version this build speaks (`Hello.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// gRPC metadata key under which a coordinator that is not the leader names
+/// the leader's address (`host:port`, no scheme) when it answers UNAVAILABLE.
+pub const LEADER_METADATA_KEY: &str = "lockstep-leader";

@@ -430,3 +430,31 @@ pub fn sink_final_state(batches: &[serde_json::Value]) -> BTreeMap<String, (u64,
     }
     state
 }
+
+/// Recomputes one host's final keyed aggregation from the generator seed
+/// alone, for the records the last committed batch says were consumed.
+pub fn independent_state(seed: u64, host: &str, offset: u64) -> BTreeMap<String, (u64, i64)> {
+    let mut state: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for i in 0..offset {
+        let (key, value) = lockstep_host_agent::reference::generate(seed, host, i);
+        let e = state.entry(key).or_default();
+        e.0 += 1;
+        e.1 += value;
+    }
+    state
+}
+
+pub fn check_sinks(c: &Cluster, committed: u64) {
+    for i in 0..c.opts.hosts {
+        let batches = c.sink(i);
+        let tids = sink_tids(&batches);
+        assert!(tids.len() as u64 >= committed.min(1), "host {i} emitted nothing");
+        // Every committed tid exactly once: the sink holds 1..=N with no gap.
+        let expect: Vec<u64> = (1..=tids.len() as u64).collect();
+        assert_eq!(tids, expect, "host {i}: sink must hold every committed tid once, in order");
+        let offset = batches.last().and_then(|b| b["generator_offset"].as_u64()).unwrap_or(0);
+        let got = sink_final_state(&batches);
+        let want = independent_state(c.opts.generator_seed, &host_id(i), offset);
+        assert_eq!(got, want, "host {i}: final aggregates differ from the independent computation");
+    }
+}

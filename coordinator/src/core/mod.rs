@@ -11,6 +11,7 @@
 //! section "Coordinator state machine", and `table_tests.rs` pins every
 //! (phase, event) pair of it row by row.
 
+mod resume;
 mod types;
 mod verify;
 
@@ -109,7 +110,7 @@ impl Phase {
 }
 
 /// Per-host progress in the current transaction.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostProgress {
     pub steps: u64,
     /// Steps run live (after replay of the open transaction, or plain live).
@@ -146,6 +147,8 @@ pub struct Core {
     commits_since_checkpoint: u64,
     checkpoint_requested: bool,
     now_ms: u64,
+    /// The path the last new epoch took, and why (for the Admin API).
+    last_recovery: Option<Recovery>,
 }
 
 impl Core {
@@ -173,7 +176,16 @@ impl Core {
         let members = if ledger.is_initialised() { ledger.hosts.clone() } else { cfg.hosts.clone() };
         let hosts = members.into_iter().map(|h| (h, HostSlot::default())).collect();
         Ok((
-            Core { cfg, ledger, phase: Phase::Joining, hosts, commits_since_checkpoint: 0, checkpoint_requested: false, now_ms: 0 },
+            Core {
+                cfg,
+                ledger,
+                phase: Phase::Joining,
+                hosts,
+                commits_since_checkpoint: 0,
+                checkpoint_requested: false,
+                now_ms: 0,
+                last_recovery: None,
+            },
             actions,
         ))
     }
@@ -194,6 +206,10 @@ impl Core {
     }
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+    /// How the last new epoch of this core picked up the pipeline.
+    pub fn last_recovery(&self) -> Option<&Recovery> {
+        self.last_recovery.as_ref()
     }
 
     /// The one place that decides what an event means in the current phase.
@@ -539,7 +555,7 @@ impl Core {
         match (&self.phase, &entry) {
             // Hosts may have said hello before the new ledger's Init landed.
             (Phase::Joining, LedgerEntry::Init { .. }) => self.try_start_recovery(out),
-            (Phase::Bumping { epoch }, LedgerEntry::NewEpoch { epoch: e }) if epoch == e => self.restore(out),
+            (Phase::Bumping { epoch }, LedgerEntry::NewEpoch { epoch: e }) if epoch == e => self.start_epoch(out),
             (Phase::Running(Txn::Beginning { tid }), LedgerEntry::Begin { tid: t }) if tid == t => {
                 let tid = *tid;
                 self.broadcast(Cmd::Start(Start::live(tid)), out);
@@ -727,6 +743,86 @@ impl Core {
             }));
         }
         Ok(newest)
+    }
+
+    /// The new epoch is durable (every host is fenced off from older
+    /// coordinators): continue from what the hosts kept if all of it fits
+    /// the ledger, otherwise restore and replay (`resume::plan`).
+    fn start_epoch(&mut self, out: &mut Vec<Action>) {
+        let epoch = self.ledger.epoch;
+        match resume::plan(&self.ledger, &self.hosts) {
+            Ok(plan) => self.continue_epoch(plan, out),
+            Err(why) => {
+                self.note_recovery(Recovery { epoch, path: RecoveryPath::Replay, why }, out);
+                self.restore(out);
+            }
+        }
+    }
+
+    fn note_recovery(&mut self, r: Recovery, out: &mut Vec<Action>) {
+        self.last_recovery = Some(r.clone());
+        out.push(Action::Notice(Notice::Recovery(r)));
+    }
+
+    /// Continues without a restore: what the lost coordinator would have
+    /// sent next, per host. `Commit{C}` goes only to hosts prepared in the
+    /// ledger's last commit; the open tid (if any) is started where a host
+    /// is idle and then prepared everywhere, so it commits through the
+    /// normal verification with each host's progress seeded from its Hello
+    /// (`verify::prepared_matches_steps` holds its Prepared to that). With
+    /// no tid open, every host is idle at the last commit: begin the next.
+    fn continue_epoch(&mut self, plan: BTreeMap<HostId, resume::HostResume>, out: &mut Vec<Action>) {
+        let c = self.ledger.last_committed;
+        let open = self.ledger.open_txn().map(|t| t.tid);
+        let mut states = Vec::new();
+        let mut sends = Vec::new();
+        for (host, resume) in plan {
+            let slot = self.hosts.get_mut(&host).expect("planned for members");
+            let kept = slot.hello.as_ref().and_then(|h| h.resumable.as_ref()).map(|r| r.last_committed).unwrap_or(c);
+            slot.acked = false;
+            slot.last_committed = kept;
+            slot.commit_sent = kept;
+            slot.txn = HostProgress::default();
+            match resume {
+                resume::HostResume::Idle => {
+                    states.push(format!("{host} idle"));
+                    if let Some(o) = open {
+                        sends.push((host, Cmd::Start(Start::live(o))));
+                    }
+                }
+                resume::HostResume::Open(progress) => {
+                    states.push(format!("{host} in tid {} with {} steps", open.unwrap_or_default(), progress.steps));
+                    slot.txn = progress;
+                }
+                resume::HostResume::CommitPending => {
+                    states.push(format!("{host} prepared in tid {c}, missing its Commit"));
+                    slot.commit_sent = c;
+                    sends.push((host, Cmd::Commit { tid: c, next: open.map(Start::live) }));
+                }
+            }
+        }
+        let epoch = self.ledger.epoch;
+        let at = match open {
+            Some(o) => format!("last commit tid {c}, open tid {o}"),
+            None => format!("last commit tid {c}, no tid open"),
+        };
+        let why = format!("every host kept a state that fits the ledger ({at}): {}", states.join(", "));
+        self.note_recovery(Recovery { epoch, path: RecoveryPath::Continue, why }, out);
+        for (host, cmd) in sends {
+            out.push(Action::Send { host, epoch, cmd });
+        }
+        out.push(Action::Notice(Notice::PipelineState {
+            from: self.phase.name().into(),
+            to: "Running".into(),
+            why: format!("epoch {epoch} continues without a restore"),
+        }));
+        match open {
+            Some(o) => {
+                self.broadcast(Cmd::Prepare { tid: o }, out);
+                self.phase = Phase::Running(Txn::Preparing { tid: o, mode: Mode::Live });
+            }
+            None => self.begin_next(out),
+        }
     }
 
     fn restore(&mut self, out: &mut Vec<Action>) {
@@ -944,6 +1040,8 @@ fn entry_name(e: &LedgerEntry) -> String {
     }
 }
 
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod table_tests;
 #[cfg(test)]

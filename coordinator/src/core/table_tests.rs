@@ -55,6 +55,7 @@ struct Ctx {
 const PHASES: &[&str] = &[
     "Joining",
     "Bumping",
+    "BumpingContinue",
     "Restoring",
     "Replaying",
     "Beginning",
@@ -146,6 +147,17 @@ fn reach(name: &str) -> (Harness, Ctx) {
         (h, ctx)
     };
     // Joining: h0 connected, h1 not yet.
+    if name == "BumpingContinue" {
+        // Both kept a state that fits the ledger (1, 2 committed, 3 open):
+        // h0 is in tid 3 with its journaled step, h1 is prepared in tid 2
+        // and never got Commit(2).
+        let (h0, h1) = kept_states();
+        h.hello_with("h0", ctx.j0.clone(), vec![], Some(h0));
+        h.hold = true;
+        h.hello_with("h1", ctx.j1.clone(), vec![], Some(h1));
+        assert_eq!(h.core.phase(), &Phase::Bumping { epoch: 2 });
+        return done(h, ctx);
+    }
     h.hello("h0", ctx.j0.clone(), vec![]);
     if name == "Joining" {
         return done(h, ctx);
@@ -254,6 +266,30 @@ fn reach(name: &str) -> (Harness, Ctx) {
     done(h, ctx)
 }
 
+/// What h0 and h1 kept from a lost coordinator in the recorded history: h0
+/// open in tid 3 with its one journaled step, h1 prepared in the committed
+/// tid 2 exactly as the ledger recorded it.
+pub(crate) fn kept_states() -> (Resumable, Resumable) {
+    let h0 = Resumable {
+        last_committed: 2,
+        state: HostTxnState::OpenLive,
+        tid: 3,
+        steps: 1,
+        aggregate: agg(&[("gen", 5, 5)]),
+        prepared: None,
+    };
+    let a1 = agg(&[("gen", 1, 10)]);
+    let h1 = Resumable {
+        last_committed: 1,
+        state: HostTxnState::Prepared,
+        tid: 2,
+        steps: 1,
+        aggregate: a1.clone(),
+        prepared: Some(prep(2, 1, a1, 102)),
+    };
+    (h0, h1)
+}
+
 fn report(h: &mut Harness, r: StepReport) -> Vec<Action> {
     h.ev(Event::Step { host: "h0".into(), report: r })
 }
@@ -293,6 +329,7 @@ fn fire(h: &mut Harness, c: &Ctx, event: &str) -> Vec<Action> {
                 journal: vec![],
                 last_step: 0,
                 ingest_addr: String::new(),
+                resumable: None,
             };
             h.ev(Event::Hello { conn: 77, hello })
         }
@@ -448,6 +485,10 @@ fn show(a: &Action) -> String {
             Notice::Recovering { epoch, checkpoint, replay_tids, open_tid } => {
                 format!("note recovering epoch {epoch} from {checkpoint} replay {replay_tids:?} open {open_tid:?}")
             }
+            Notice::Recovery(r) => {
+                assert!(!r.why.is_empty(), "a recovery path says why");
+                format!("note {} epoch {}", r.path.as_str(), r.epoch)
+            }
             Notice::Failed(_) => "note Failed".into(),
         },
     }
@@ -569,7 +610,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Bumping", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Bumping", "host_error", fails(Some(3), "host h0 reported an error (kind \"engine\"): boom")),
         ("Bumping", "heartbeat", nothing()),
-        ("Bumping", "applied_pending", to("Restoring(0)", &["h0<-Restore(0)", "h1<-Restore(0)", "note Joining->Restoring"])),
+        ("Bumping", "applied_pending", to("Restoring(0)", &["note replay epoch 2", "h0<-Restore(0)", "h1<-Restore(0)", "note Joining->Restoring"])),
         ("Bumping", "applied_unexpected", nothing()),
         ("Bumping", "applied_rejected", fails(None, "the ledger rejected Begin(1): tid 1 is not above the highest tid ever issued")),
         ("Bumping", "applied_diverging", fails(None, "the ledger applied Begin(1) but this coordinator's copy of it rejects that: tid 1 is not above the highest tid ever issued")),
@@ -580,6 +621,45 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Bumping", "admin_checkpoint", nothing()),
         ("Bumping", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Joining->Stopped"])),
         ("Bumping", "admin_resume", nothing()),
+        // ---- BumpingContinue
+        ("BumpingContinue", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "drop h0#1", "drop h1#3"])),
+        ("BumpingContinue", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "drop h0#3", "drop h1#2"])),
+        ("BumpingContinue", "hello_unknown", rejects("unknown host id \"h9\"")),
+        ("BumpingContinue", "disconnected_current", to("Joining", &["note lost h0", "drop h1#2"])),
+        ("BumpingContinue", "disconnected_stale", nothing()),
+        ("BumpingContinue", "step_live", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "step_wrong_tid", fails(None, "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "step_not_increasing", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "step_replayed_matching", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "step_replayed_diverging", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "step_wrong_state", fails(Some(3), "protocol violation by host h0: step reported while the coordinator has no open transaction")),
+        ("BumpingContinue", "prepared_right", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("BumpingContinue", "prepared_by_both", fails(Some(3), "protocol violation by host h1: Prepared arrived but no Prepare is outstanding")),
+        ("BumpingContinue", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("BumpingContinue", "prepared_duplicate", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("BumpingContinue", "prepared_miscounted", fails(Some(3), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("BumpingContinue", "committed_next", fails(None, "protocol violation by host h0: host committed tid 1 but this stream was sent Commit only up to tid 0")),
+        ("BumpingContinue", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
+        ("BumpingContinue", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
+        ("BumpingContinue", "checkpoint_done_right", fails(Some(3), "protocol violation by host h0: CheckpointDone(3) unexpected")),
+        ("BumpingContinue", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
+        ("BumpingContinue", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
+        ("BumpingContinue", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("BumpingContinue", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
+        ("BumpingContinue", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
+        ("BumpingContinue", "host_error", fails(Some(3), "host h0 reported an error (kind \"engine\"): boom")),
+        ("BumpingContinue", "heartbeat", nothing()),
+        ("BumpingContinue", "applied_pending", to("Preparing(3,Live)", &["note continue epoch 2", "h1<-Commit(2,Live3)", "note Joining->Running", "h0<-Prepare(3)", "h1<-Prepare(3)"])),
+        ("BumpingContinue", "applied_unexpected", nothing()),
+        ("BumpingContinue", "applied_rejected", fails(None, "the ledger rejected Begin(1): tid 1 is not above the highest tid ever issued")),
+        ("BumpingContinue", "applied_diverging", fails(None, "the ledger applied Begin(1) but this coordinator's copy of it rejects that: tid 1 is not above the highest tid ever issued")),
+        ("BumpingContinue", "propose_failed", fails(None, "the ledger could not record Begin(99): disk full")),
+        ("BumpingContinue", "tick_early", nothing()),
+        ("BumpingContinue", "tick_interval", nothing()),
+        ("BumpingContinue", "tick_deadline", to("Joining", &["drop h0#1", "note lost h0", "drop h1#2"])),
+        ("BumpingContinue", "admin_checkpoint", nothing()),
+        ("BumpingContinue", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Joining->Stopped"])),
+        ("BumpingContinue", "admin_resume", nothing()),
         // ---- Restoring
         ("Restoring", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Restoring->Joining", "drop h0#1", "drop h1#3"])),
         ("Restoring", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Restoring->Joining", "drop h0#3", "drop h1#2"])),

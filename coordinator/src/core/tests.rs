@@ -96,6 +96,17 @@ impl Harness {
     }
 
     pub fn hello(&mut self, host: &str, journal: Vec<JournalTid>, checkpoints: Vec<Tid>) -> Vec<Action> {
+        self.hello_with(host, journal, checkpoints, None)
+    }
+
+    /// A Hello offering what the host kept from its previous stream.
+    pub fn hello_with(
+        &mut self,
+        host: &str,
+        journal: Vec<JournalTid>,
+        checkpoints: Vec<Tid>,
+        resumable: Option<Resumable>,
+    ) -> Vec<Action> {
         let conn = self.next_conn;
         self.next_conn += 1;
         self.conns.insert(host.into(), conn);
@@ -111,6 +122,7 @@ impl Harness {
                 journal,
                 last_step,
                 ingest_addr: String::new(),
+                resumable,
             },
         })
     }
@@ -422,6 +434,7 @@ fn hellos_from_strangers_are_rejected_with_a_clear_error() {
         journal: vec![],
         last_step: 0,
         ingest_addr: String::new(),
+        resumable: None,
     };
     let reject = |a: Vec<Action>| match &a[..] {
         [Action::Reject { error, .. }] => error.clone(),

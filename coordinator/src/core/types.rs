@@ -47,6 +47,27 @@ pub struct Hello {
     pub journal: Vec<JournalTid>,
     pub last_step: u64,
     pub ingest_addr: String,
+    /// What the host kept from its previous stream (see `Resumable`);
+    /// `None`: nothing to continue from, only a restore helps.
+    pub resumable: Option<Resumable>,
+}
+
+/// A host's engine state when its previous coordinator stream ended
+/// (`Hello.resumable`): a new leader, or a restarted coordinator, continues
+/// from it without a restore when every host's fits the ledger
+/// (`resume::plan`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resumable {
+    pub last_committed: Tid,
+    /// `Idle`, `OpenLive` or `Prepared`; anything else cannot be continued.
+    pub state: HostTxnState,
+    /// The open or prepared tid (0 when idle).
+    pub tid: Tid,
+    /// Steps the host ran in `tid` and their input aggregate.
+    pub steps: u64,
+    pub aggregate: Aggregate,
+    /// When prepared: the report the host sent for `tid`.
+    pub prepared: Option<PreparedReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +161,35 @@ pub enum Notice {
     Committed { tid: Tid, replayed: bool, records: u64 },
     CheckpointComplete { tid: Tid },
     Recovering { epoch: Epoch, checkpoint: Tid, replay_tids: Vec<Tid>, open_tid: Option<Tid> },
+    /// Every host is back and the epoch is bumped: how the pipeline goes on.
+    Recovery(Recovery),
     Failed(Diagnosis),
+}
+
+/// How a new epoch picks up the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryPath {
+    /// Every host kept a state that fits the ledger: no restore, no replay.
+    Continue,
+    /// Restore the newest complete checkpoint and replay what follows it.
+    Replay,
+}
+
+impl RecoveryPath {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecoveryPath::Continue => "continue",
+            RecoveryPath::Replay => "replay",
+        }
+    }
+}
+
+/// The path a new epoch took and why, for logs and the Admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub epoch: Epoch,
+    pub path: RecoveryPath,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
