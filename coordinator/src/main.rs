@@ -1,13 +1,16 @@
 //! `coordinator` daemon: `serve` runs one coordinator; `dev` runs a whole
 //! local cluster (coordinator and host agents) on embedded defaults.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lockstep_coordinator::core::CoreConfig;
-use lockstep_coordinator::raft::Ledger;
-use lockstep_coordinator::service;
+use lockstep_coordinator::raft::{Ledger, RaftTuning};
+use lockstep_coordinator::service::{self, SupervisorConfig};
+use tokio::sync::watch;
 use tracing::info;
 
 #[derive(Parser)]
@@ -47,11 +50,83 @@ struct ServeArgs {
     /// Host ids of a new cluster, comma-separated (ignored once the ledger exists).
     #[arg(long, env = "LOCKSTEP_HOSTS", value_delimiter = ',', default_value = "host-0,host-1")]
     hosts: Vec<String>,
-    /// This node's raft id.
-    #[arg(long, env = "LOCKSTEP_NODE_ID", default_value_t = 1)]
-    node_id: u64,
+    /// This node's raft id (a positive number), or `auto`: the StatefulSet
+    /// ordinal at the end of the hostname plus one (`coordinator-2` -> 3).
+    #[arg(long, env = "LOCKSTEP_NODE_ID", default_value = "1")]
+    node_id: NodeIdArg,
+    /// The coordinator group, comma-separated `id=host:port`, this node
+    /// included; the smallest id initialises a new group. Without it this
+    /// node is a group of one.
+    #[arg(long, env = "LOCKSTEP_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
+    /// host:port the other coordinators and redirected hosts reach this node
+    /// at. Default: this node's entry in --peers, else the --listen address.
+    #[arg(long, env = "LOCKSTEP_ADVERTISE")]
+    advertise: Option<String>,
+    /// Start without a group and wait to be added to an existing one
+    /// (Admin/AddNode on its leader).
+    #[arg(long, env = "LOCKSTEP_JOIN", conflicts_with = "peers")]
+    join: bool,
+    /// Bound on a ledger write: a leader that cannot commit within it (cut
+    /// off from the group's quorum) stops driving the pipeline.
+    #[arg(long, env = "LOCKSTEP_PROPOSE_TIMEOUT_MS", default_value_t = 5000)]
+    propose_timeout_ms: u64,
     #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// `--node-id`: a number, or derived from the hostname.
+#[derive(Clone, Copy, Debug)]
+enum NodeIdArg {
+    Fixed(u64),
+    Auto,
+}
+
+impl std::str::FromStr for NodeIdArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(NodeIdArg::Auto);
+        }
+        match s.parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!("{s:?} is not a node id: use a positive number, or `auto`")),
+            Ok(n) => Ok(NodeIdArg::Fixed(n)),
+        }
+    }
+}
+
+impl NodeIdArg {
+    fn resolve(self) -> anyhow::Result<u64> {
+        match self {
+            NodeIdArg::Fixed(n) => Ok(n),
+            NodeIdArg::Auto => {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default();
+                let ordinal = host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok());
+                match ordinal {
+                    Some(n) => Ok(n + 1),
+                    None => bail!(
+                        "--node-id auto needs a hostname ending in -N (a StatefulSet pod, e.g. coordinator-0); \
+                         this host is {host:?}: give --node-id a number"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("peer {s:?} is not id=host:port"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("peer {s:?}: {id:?} is not a node id"))?;
+    let addr = addr.trim();
+    if id == 0 || addr.is_empty() || addr.contains("://") {
+        return Err(format!("peer {s:?} must be id=host:port with a positive id and no scheme"));
+    }
+    Ok((id, addr.to_string()))
 }
 
 #[derive(Args, Clone)]
@@ -128,12 +203,13 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Opens the ledger, starts the driver and serves until `shutdown`.
-/// `quiesce` resolves when the coordinator must stop deciding (the core
-/// ignores host streams closing from then on); `shutdown` when it must stop
-/// serving. `serve` has one signal for both; `dev` quiesces the coordinator,
-/// stops the hosts (`after_quiesce`), then shuts the coordinator down, so a
-/// clean stop logs no "host lost".
+/// Opens the ledger, starts the leadership supervisor (which runs the
+/// driver while this node leads) and serves until `shutdown`. `quiesce`
+/// resolves when the coordinator must stop deciding (the core ignores host
+/// streams closing from then on); `shutdown` when it must stop serving.
+/// `serve` has one signal for both; `dev` quiesces the coordinator, stops the
+/// hosts (`after_quiesce`), then shuts the coordinator down, so a clean stop
+/// logs no "host lost".
 async fn run_coordinator(
     args: ServeArgs,
     listener: tokio::net::TcpListener,
@@ -143,26 +219,81 @@ async fn run_coordinator(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the coordinator data directory {}", args.data_dir.display()))?;
-    let addr = listener.local_addr()?.to_string();
-    let ledger = Ledger::open_single(&args.data_dir, args.node_id, addr.clone())
-        .await
-        .with_context(|| format!("opening the ledger in {}", args.data_dir.display()))?;
+    let node_id = args.node_id.resolve()?;
+    let peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
+    if peers.len() != args.peers.len() {
+        bail!("--peers lists a node id twice: {:?}", args.peers);
+    }
+    if !peers.is_empty() && !peers.contains_key(&node_id) {
+        bail!("--peers {:?} does not list this node (--node-id {node_id}); list every member, this one included", args.peers);
+    }
+    let addr = match (&args.advertise, peers.get(&node_id)) {
+        (Some(a), Some(p)) if a != p => {
+            bail!("--advertise {a} differs from this node's entry in --peers ({node_id}={p}); give one address")
+        }
+        (Some(a), _) => a.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => listener.local_addr()?.to_string(),
+    };
+    let dir = &args.data_dir;
+    let opened = if args.join {
+        Ledger::join(dir, node_id, addr.clone(), RaftTuning::default()).await
+    } else if peers.is_empty() {
+        Ledger::open_single(dir, node_id, addr.clone()).await
+    } else {
+        Ledger::open(dir, node_id, addr.clone(), peers.clone(), RaftTuning::default()).await
+    };
+    let ledger = opened.with_context(|| format!("opening the ledger in {}", dir.display()))?;
     let state = ledger.state().await;
+    if state.is_initialised() && state.cluster_id != args.cluster_id {
+        ledger.shutdown().await?;
+        bail!(
+            "the ledger in {} belongs to cluster {:?}, but this coordinator was started for cluster {:?}; start it with \
+             --cluster-id {:?} or point --data-dir at this cluster's ledger",
+            dir.display(), state.cluster_id, args.cluster_id, state.cluster_id
+        );
+    }
     info!(
-        cluster = %state.cluster_id, epoch = state.epoch, last_committed = state.last_committed,
-        checkpoint = state.newest_checkpoint(), "ledger opened"
+        node_id, %addr, group = ?ledger.members().voters, cluster = %state.cluster_id, epoch = state.epoch,
+        last_committed = state.last_committed, checkpoint = state.newest_checkpoint(), "ledger opened"
     );
-    let cfg = core_config(args.cluster_id.clone(), args.hosts.clone(), &args.policy);
-    let driver = service::start_driver(cfg, ledger.clone(), format!("node-{}@{addr}", args.node_id)).await?;
-    let quiet = driver.clone();
+    let cfg = SupervisorConfig {
+        core: core_config(args.cluster_id.clone(), args.hosts.clone(), &args.policy),
+        coordinator_id: format!("node-{node_id}@{addr}"),
+        propose_timeout: Duration::from_millis(args.propose_timeout_ms.max(1)),
+    };
+    let (quiesce_tx, quiesce_rx) = watch::channel(false);
     tokio::spawn(async move {
         quiesce.await;
-        quiet.quiesce().await;
-        after_quiesce();
+        let _ = quiesce_tx.send(true);
     });
-    let result = service::serve(listener, driver, ledger.clone(), shutdown).await;
+    let (leading, supervisor) = service::supervise(cfg, ledger.clone(), quiesce_rx);
+    let supervised = async move {
+        let r = supervisor.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the supervisor task failed: {e}")));
+        after_quiesce();
+        r
+    };
+    let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop_server_rx => {}
+        }
+    };
+    let mut server = tokio::spawn(service::serve(listener, leading, ledger.clone(), server_shutdown));
+    tokio::pin!(supervised);
+    let (supervised_result, server_result) = tokio::select! {
+        r = &mut supervised => {
+            if r.is_err() {
+                let _ = stop_server_tx.send(());
+            }
+            (r, (&mut server).await)
+        }
+        s = &mut server => (Ok(()), s),
+    };
     ledger.shutdown().await?;
-    result
+    supervised_result?;
+    server_result.context("the gRPC server task failed")?
 }
 
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -222,7 +353,11 @@ mod dev {
             data_dir: args.data_dir.join("coordinator"),
             cluster_id: "lockstep-dev".into(),
             hosts: hosts.clone(),
-            node_id: 1,
+            node_id: NodeIdArg::Fixed(1),
+            peers: Vec::new(),
+            advertise: None,
+            join: false,
+            propose_timeout_ms: 5000,
             policy: args.policy.clone(),
         };
         let stop_hosts = move || {

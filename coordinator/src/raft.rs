@@ -69,7 +69,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -166,6 +166,10 @@ pub enum ProposeError {
     Membership(String),
     #[error("ledger storage failed: {0}")]
     Storage(String),
+    /// This node believes it leads but a quorum did not confirm it in time
+    /// (partitioned from the other coordinators, or they are down).
+    #[error("this coordinator cannot reach a quorum of the ledger group: {0}")]
+    NoQuorum(String),
     #[error("the ledger is shut down")]
     Shutdown,
 }
@@ -605,6 +609,24 @@ impl Ledger {
                 return Err(ProposeError::NotLeader { leader: self.addr_of(leader) });
             }
             rx.changed().await.map_err(|_| ProposeError::Shutdown)?;
+        }
+    }
+
+    /// Confirms with a quorum that this node still leads (a round of
+    /// heartbeats, openraft's read-index check), bounded by `timeout`. A
+    /// leader cut off from its quorum keeps believing it leads until it hears
+    /// a higher term; this is how it finds out it cannot act.
+    pub async fn confirm_leader(&self, timeout: Duration) -> Result<(), ProposeError> {
+        match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(ProposeError::NoQuorum(q.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(f.into()),
+            Err(_) => Err(ProposeError::NoQuorum(format!("no quorum confirmed this leader within {timeout:?}"))),
         }
     }
 

@@ -1,5 +1,18 @@
-//! The coordinator's async shell: gRPC services and the driver task that
-//! owns the sans-IO core.
+//! The coordinator's async shell: gRPC services, the driver task that owns
+//! the sans-IO core, and the supervisor that runs a driver only while this
+//! node leads the ledger group.
+//!
+//! Leadership: [`supervise`] watches the raft leadership. When this node
+//! becomes leader it waits until the ledger has applied everything (so the
+//! tid high-water mark and open transaction are those of the whole group),
+//! confirms the leadership with a quorum, and only then starts a driver with
+//! a fresh core over that state; the core's first act toward hosts is a new
+//! epoch (fencing). When leadership is lost (another node won a term, or a
+//! ledger write did not commit within the propose timeout: cut off from the
+//! quorum) the driver stops at once, closing every host stream with
+//! UNAVAILABLE naming the leader, so hosts move to it. A follower serves
+//! Admin reads from its copy of the ledger, marked stale, and turns writes
+//! and host sessions away the same way.
 //!
 //! Every input (a host report, a raft commit, a timer tick, an operator
 //! request) becomes one message on the driver's channel; the driver feeds it
@@ -23,8 +36,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, info_span, warn, Instrument};
 
+use tokio::sync::watch;
+
 use crate::core::{Action, Cmd, ConnId, Core, CoreConfig, Event, HostId, LedgerEntry, Notice, Phase, Txn};
-use crate::raft::Ledger;
+use crate::raft::{Ledger, ProposeError};
 use crate::wire;
 
 /// Bound of each host stream's outgoing command queue.
@@ -104,6 +119,12 @@ enum Msg {
     /// The process is shutting down: stop deciding anything (host streams
     /// closing now are the shutdown, not a failure to recover from).
     Quiesce,
+    /// The ledger refused or did not commit a write: this node can no longer
+    /// act as leader. The driver stops deciding and tells the supervisor.
+    LeadershipLost(String),
+    /// This node no longer leads: close every host stream with `status`
+    /// (UNAVAILABLE naming the leader) and end the driver.
+    Stop(Status),
 }
 
 /// Cloneable handle for the gRPC services to reach the driver.
@@ -112,6 +133,8 @@ pub struct DriverHandle {
     tx: mpsc::Sender<Msg>,
     next_conn: Arc<AtomicU64>,
     stats: SharedStats,
+    /// Set (once) when the driver found it can no longer lead.
+    lost: watch::Receiver<Option<String>>,
 }
 
 impl DriverHandle {
@@ -122,6 +145,21 @@ impl DriverHandle {
             // The channel is FIFO: once this query is answered, Quiesce was handled.
             let _ = self.query(|_| ()).await;
         }
+    }
+
+    /// Resolves when the driver finds it can no longer lead, with the reason.
+    async fn lost(&self) -> String {
+        let mut rx = self.lost.clone();
+        let reason = match rx.wait_for(|l| l.is_some()).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the driver stopped".into(),
+        };
+        reason
+    }
+
+    /// Ends the driver: every host stream is closed with `status`.
+    async fn stop(&self, status: Status) {
+        let _ = self.tx.send(Msg::Stop(status)).await;
     }
 
     async fn event(&self, e: Event) -> Result<(), Status> {
@@ -158,25 +196,40 @@ struct Driver {
     now_ms: u64,
 }
 
-/// Starts the driver, the proposer and the ticker. Returns the handle the
-/// gRPC services use.
-pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String) -> anyhow::Result<DriverHandle> {
+/// Starts the driver, the proposer and the ticker over the ledger as this
+/// node has applied it. Returns the handle the gRPC services use. Called by
+/// [`supervise`] once this node leads with the whole history applied.
+async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, propose_timeout: Duration) -> anyhow::Result<DriverHandle> {
     let state = ledger.state().await;
     let commit_interval_ms = cfg.commit_interval_ms;
     let (core, initial) = Core::new(cfg, state).map_err(anyhow::Error::msg)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(DRIVER_QUEUE_MAX);
     let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
+    let (lost_tx, lost_rx) = watch::channel(None::<String>);
 
-    // Proposer: one proposal at a time, so results return in log order.
+    // Proposer: one proposal at a time, so results return in log order. A
+    // write this node cannot commit (deposed, or no quorum within the
+    // timeout) is not a pipeline failure: it means another node leads, or
+    // will, and that node recovers from the ledger. Nothing after it is
+    // proposed.
     let events = tx.clone();
     let proposer_ledger = ledger.clone();
     tokio::spawn(async move {
         while let Some(entry) = propose_rx.recv().await {
-            let event = match proposer_ledger.propose(entry.clone()).await {
-                Ok(result) => Event::Applied { entry, result },
-                Err(e) => Event::ProposeFailed { entry, error: e.to_string() },
+            let msg = match tokio::time::timeout(propose_timeout, proposer_ledger.propose(entry.clone())).await {
+                Ok(Ok(result)) => Msg::Event(Event::Applied { entry, result }),
+                Ok(Err(ProposeError::Shutdown)) => break,
+                Ok(Err(e @ (ProposeError::NotLeader { .. } | ProposeError::NoQuorum(_)))) => {
+                    Msg::LeadershipLost(format!("the ledger did not take {entry:?}: {e}"))
+                }
+                Ok(Err(e)) => Msg::Event(Event::ProposeFailed { entry, error: e.to_string() }),
+                Err(_) => Msg::LeadershipLost(format!(
+                    "a ledger write ({entry:?}) did not commit within {propose_timeout:?}: this node cannot reach a quorum \
+                     of the coordinator group"
+                )),
             };
-            if events.send(Msg::Event(event)).await.is_err() {
+            let last = matches!(msg, Msg::LeadershipLost(_));
+            if events.send(msg).await.is_err() || last {
                 break;
             }
         }
@@ -216,10 +269,24 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
             while let Some(msg) = rx.recv().await {
                 let now_ms = started.elapsed().as_millis() as u64;
                 driver.now_ms = now_ms;
-                if quiesced && !matches!(msg, Msg::Query(_)) {
+                if quiesced && !matches!(msg, Msg::Query(_) | Msg::Stop(_)) {
                     continue;
                 }
                 match msg {
+                    Msg::LeadershipLost(reason) => {
+                        quiesced = true;
+                        warn!(epoch = driver.core.epoch(), %reason, "this coordinator can no longer lead; it stops driving the pipeline");
+                        let _ = lost_tx.send(Some(reason));
+                    }
+                    Msg::Stop(status) => {
+                        for (conn, c) in driver.conns.drain() {
+                            if c.host.is_some() {
+                                info!(conn, host = c.host.as_deref().unwrap_or(""), "closing host stream: {}", status.message());
+                            }
+                            let _ = c.tx.try_send(Err(status.clone()));
+                        }
+                        break;
+                    }
                     Msg::Quiesce => {
                         quiesced = true;
                         info!(
@@ -247,7 +314,112 @@ pub async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: Strin
         }
         .instrument(info_span!("driver")),
     );
-    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats })
+    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx })
+}
+
+/// What [`supervise`] needs besides the ledger.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    pub core: CoreConfig,
+    /// How this node names itself to hosts (Welcome) and operators.
+    pub coordinator_id: String,
+    /// Bound on one ledger write, on a new leader applying the history, and
+    /// on confirming leadership with a quorum. A leader that cannot commit
+    /// within it steps away from the pipeline.
+    pub propose_timeout: Duration,
+}
+
+/// The driver of this node while it leads (`None` on a follower, and on a
+/// new leader until it has applied the history). Shared with the services.
+pub type Leading = watch::Receiver<Option<DriverHandle>>;
+
+/// Runs a driver whenever this node leads the ledger group (see the module
+/// docs). Returns the watch the services read, and the supervisor task,
+/// which ends when `quiesce` is set (the driver is then quiesced and stays
+/// available for queries) or fails if a driver cannot start (e.g. the
+/// ledger belongs to another cluster).
+pub fn supervise(
+    cfg: SupervisorConfig,
+    ledger: Ledger,
+    mut quiesce: watch::Receiver<bool>,
+) -> (Leading, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let (leading_tx, leading_rx) = watch::channel(None::<DriverHandle>);
+    let task = tokio::spawn(
+        async move {
+            let me = ledger.node_id();
+            let mut lead = ledger.subscribe_leadership();
+            loop {
+                if *quiesce.borrow_and_update() {
+                    return Ok(());
+                }
+                let seen = *lead.borrow_and_update();
+                if seen.leader != Some(me) {
+                    tokio::select! {
+                        r = lead.changed() => if r.is_err() { return Ok(()) },
+                        _ = quiesce.changed() => {}
+                    }
+                    continue;
+                }
+                // Leader: trust the ledger only once every entry of earlier
+                // terms is applied, and only with a quorum behind us.
+                let ready = async {
+                    let term = tokio::time::timeout(cfg.propose_timeout, ledger.wait_applied_leader())
+                        .await
+                        .map_err(|_| ProposeError::NoQuorum(format!(
+                            "elected, but the ledger history was not committed within {:?}",
+                            cfg.propose_timeout
+                        )))??;
+                    ledger.confirm_leader(cfg.propose_timeout).await?;
+                    Ok::<u64, ProposeError>(term)
+                };
+                let term = match ready.await {
+                    Ok(term) if term == seen.term => term,
+                    Ok(_) => continue, // another election happened meanwhile
+                    Err(ProposeError::Shutdown) => return Ok(()),
+                    Err(e) => {
+                        warn!(term = seen.term, "not taking over the pipeline yet: {e}");
+                        // Try again on the next leadership change, or after a
+                        // while if nothing changes (a leader regaining its quorum).
+                        tokio::select! {
+                            _ = lead.changed() => {}
+                            _ = tokio::time::sleep(cfg.propose_timeout) => {}
+                            _ = quiesce.changed() => {}
+                        }
+                        continue;
+                    }
+                };
+                let handle = start_driver(cfg.core.clone(), ledger.clone(), cfg.coordinator_id.clone(), cfg.propose_timeout).await?;
+                let _ = leading_tx.send(Some(handle.clone()));
+                info!(term, node = me, "this node leads the coordinator group and drives the pipeline");
+                let why = tokio::select! {
+                    why = async {
+                        loop {
+                            if lead.changed().await.is_err() {
+                                return "the raft node stopped".to_string();
+                            }
+                            let now = *lead.borrow_and_update();
+                            if now.term != term || now.leader != Some(me) {
+                                return match now.leader {
+                                    Some(l) if l != me => format!("node {l} leads term {}", now.term),
+                                    _ => format!("an election started (term {})", now.term),
+                                };
+                            }
+                        }
+                    } => why,
+                    why = handle.lost() => why,
+                    _ = async { let _ = quiesce.wait_for(|q| *q).await; } => {
+                        handle.quiesce().await;
+                        return Ok(());
+                    }
+                };
+                let _ = leading_tx.send(None);
+                handle.stop(not_leader_status("the host session", ledger.leader().filter(|(id, _)| *id != me))).await;
+                warn!(term, node = me, %why, "this node no longer leads: it stopped driving the pipeline and sent the hosts away");
+            }
+        }
+        .instrument(info_span!("supervisor")),
+    );
+    (leading_rx, task)
 }
 
 impl Driver {
@@ -422,7 +594,23 @@ impl Driver {
 // ------------------------------------------------------------- HostSession
 
 pub struct HostSessionService {
-    driver: DriverHandle,
+    leading: Leading,
+    ledger: Ledger,
+}
+
+/// The driver if this node leads and is ready; otherwise the UNAVAILABLE a
+/// client should act on (go to the leader, or retry shortly).
+fn leading_driver(leading: &Leading, ledger: &Ledger, what: &str) -> Result<DriverHandle, Status> {
+    if let Some(d) = leading.borrow().clone() {
+        return Ok(d);
+    }
+    let me = ledger.node_id();
+    match ledger.leader() {
+        Some((id, _)) if id == me => Err(Status::unavailable(format!(
+            "this coordinator was just elected leader and is catching up with the ledger; retry {what} shortly"
+        ))),
+        other => Err(not_leader_status(what, other)),
+    }
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::Command, Status>> + Send>>;
@@ -449,9 +637,9 @@ impl pb::host_session_server::HostSession for HostSessionService {
         };
         let hello = wire::hello_from(hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let host = hello.host_id.clone();
-        let conn = self.driver.next_conn.fetch_add(1, Ordering::Relaxed);
+        let driver = leading_driver(&self.leading, &self.ledger, "a host session")?;
+        let conn = driver.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(HOST_COMMANDS_QUEUE_MAX);
-        let driver = self.driver.clone();
         driver.tx.send(Msg::Open { conn, tx }).await.map_err(|_| Status::unavailable("shutting down"))?;
         driver.event(Event::Hello { conn, hello }).await?;
         info!(%host, conn, ?peer, "host stream opened");
@@ -503,8 +691,26 @@ impl pb::host_session_server::HostSession for HostSessionService {
 // ------------------------------------------------------------------- Admin
 
 pub struct AdminService {
-    driver: DriverHandle,
+    leading: Leading,
     ledger: Ledger,
+}
+
+impl AdminService {
+    fn driver(&self, what: &str) -> Result<DriverHandle, Status> {
+        leading_driver(&self.leading, &self.ledger, what)
+    }
+
+    /// For reads a follower answers from its ledger copy: the driver if
+    /// this node leads, else `None`.
+    fn driver_if_leading(&self) -> Option<DriverHandle> {
+        self.leading.borrow().clone()
+    }
+}
+
+/// Marks a reply as coming from a follower's copy of the ledger.
+fn stale<T>(mut r: Response<T>) -> Response<T> {
+    r.metadata_mut().insert("lockstep-stale", tonic::metadata::MetadataValue::from_static("true"));
+    r
 }
 
 fn host_statuses(core: &Core) -> Vec<pb::HostStatus> {
@@ -552,12 +758,29 @@ impl pb::admin_server::Admin for AdminService {
         let is_leader = self.ledger.is_leader();
         let node_id = self.ledger.node_id();
         let (leader_id, leader_addr) = self.ledger.leader().unwrap_or_default();
+        let Some(driver) = self.driver_if_leading() else {
+            // A follower (or a leader still catching up): the ledger as this
+            // node has applied it; the pipeline lives on the leader.
+            let l = self.ledger.state().await;
+            return Ok(stale(Response::new(pb::Status {
+                cluster_id: l.cluster_id.clone(),
+                epoch: l.epoch,
+                last_committed_tid: l.last_committed,
+                open_tid: l.open_txn().map(|t| t.tid).unwrap_or(0),
+                newest_complete_checkpoint: l.newest_checkpoint(),
+                is_leader,
+                node_id,
+                leader_id,
+                leader_addr,
+                stale: true,
+                ..Default::default()
+            })));
+        };
         let (last_replay, commit_latency) = {
-            let st = lock(&self.driver.stats);
+            let st = lock(&driver.stats);
             (st.last_replay, st.histogram())
         };
-        let status = self
-            .driver
+        let status = driver
             .query(move |core| {
                 let l = core.ledger();
                 let (open_tid, txn_state) = match core.phase() {
@@ -599,7 +822,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_hosts(&self, _: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
-        let hosts = self.driver.query(host_statuses).await?;
+        let hosts = self.driver("ListHosts (host state lives on the leader)")?.query(host_statuses).await?;
         Ok(Response::new(pb::ListHostsResponse { hosts }))
     }
 
@@ -609,26 +832,35 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         let r = request.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize;
-        let transactions = self
-            .driver
-            .query(move |core| core.ledger().txns.range(r.from_tid..).take(limit).map(|(_, t)| txn_to(t)).collect())
-            .await?;
+        let list = move |l: &crate::ledger::LedgerState| -> Vec<pb::Transaction> {
+            l.txns.range(r.from_tid..).take(limit).map(|(_, t)| txn_to(t)).collect()
+        };
+        let Some(driver) = self.driver_if_leading() else {
+            let transactions = list(&self.ledger.state().await);
+            return Ok(stale(Response::new(pb::ListTransactionsResponse { transactions })));
+        };
+        let transactions = driver.query(move |core| list(core.ledger())).await?;
         Ok(Response::new(pb::ListTransactionsResponse { transactions }))
     }
 
     async fn get_transaction(&self, request: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
         let tid = request.into_inner().tid;
-        let found = self.driver.query(move |core| core.ledger().txn(tid).map(txn_to)).await?;
-        found.map(Response::new).ok_or_else(|| {
+        let not_found = || {
             Status::not_found(format!(
                 "tid {tid} is not in the ledger's kept history (older tids are pruned after checkpoints); use ListTransactions"
             ))
-        })
+        };
+        let Some(driver) = self.driver_if_leading() else {
+            let found = self.ledger.state().await.txn(tid).map(txn_to);
+            return found.map(|t| stale(Response::new(t))).ok_or_else(not_found);
+        };
+        let found = driver.query(move |core| core.ledger().txn(tid).map(txn_to)).await?;
+        found.map(Response::new).ok_or_else(not_found)
     }
 
     async fn explain_failure(&self, _: Request<pb::ExplainFailureRequest>) -> Result<Response<pb::Failure>, Status> {
         let f = self
-            .driver
+            .driver("ExplainFailure (the pipeline's diagnosis lives on the leader)")?
             .query(|core| match core.phase() {
                 Phase::Failed(d) => wire::failure_to(Some(d)),
                 _ => wire::failure_to(None),
@@ -638,31 +870,33 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
-        let phase = self.driver.query(|core| core.phase().name()).await?;
+        let driver = self.driver("Checkpoint")?;
+        let phase = driver.query(|core| core.phase().name()).await?;
         if matches!(phase, "Failed" | "Stopped") {
             return Err(Status::failed_precondition(format!(
                 "the pipeline is {phase}: no transaction will commit, so no checkpoint can follow; Resume it first"
             )));
         }
-        self.driver.event(Event::AdminCheckpoint).await?;
+        driver.event(Event::AdminCheckpoint).await?;
         Ok(Response::new(pb::CheckpointResponse { message: "a checkpoint follows the next commit".into() }))
     }
 
     async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
         let reason = request.into_inner().reason;
         let reason = if reason.is_empty() { "operator request".to_string() } else { reason };
-        self.driver.event(Event::AdminStop { reason }).await?;
+        self.driver("Stop")?.event(Event::AdminStop { reason }).await?;
         Ok(Response::new(pb::StopResponse { message: "pipeline stopping; Resume recovers it".into() }))
     }
 
     async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
-        let phase = self.driver.query(|core| core.phase().name()).await?;
+        let driver = self.driver("Resume")?;
+        let phase = driver.query(|core| core.phase().name()).await?;
         if !matches!(phase, "Failed" | "Stopped") {
             return Err(Status::failed_precondition(format!(
                 "the pipeline is {phase}; Resume applies only to a Failed or Stopped pipeline"
             )));
         }
-        self.driver.event(Event::AdminResume).await?;
+        driver.event(Event::AdminResume).await?;
         Ok(Response::new(pb::ResumeResponse {
             message: "resuming: recovery starts once every host is connected".into(),
         }))
@@ -676,6 +910,9 @@ impl pb::admin_server::Admin for AdminService {
         let r = request.into_inner();
         if r.node_id == 0 || r.addr.is_empty() {
             return Err(Status::invalid_argument("AddNode needs node_id > 0 and the node's addr (host:port)"));
+        }
+        if !self.ledger.is_leader() {
+            return Err(not_leader_status("AddNode", self.ledger.leader()));
         }
         let members = self.ledger.members();
         if let Some(addr) = members.voters.get(&r.node_id) {
@@ -697,6 +934,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         let id = request.into_inner().node_id;
+        if !self.ledger.is_leader() {
+            return Err(not_leader_status("RemoveNode", self.ledger.leader()));
+        }
         let members = self.ledger.members();
         if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
             return Err(Status::not_found(format!(
@@ -746,12 +986,12 @@ pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
     status
 }
 
-fn propose_status(ledger: &Ledger, e: crate::raft::ProposeError) -> Status {
-    use crate::raft::ProposeError;
+fn propose_status(ledger: &Ledger, e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { .. } => not_leader_status("a membership change", ledger.leader()),
         ProposeError::Membership(m) => Status::failed_precondition(m),
         ProposeError::Storage(m) => Status::internal(format!("ledger storage failed: {m}")),
+        ProposeError::NoQuorum(m) => Status::unavailable(format!("{m}; retry once the coordinator group has a quorum")),
         ProposeError::Shutdown => Status::unavailable("coordinator is shutting down"),
     }
 }
@@ -760,7 +1000,7 @@ fn propose_status(ledger: &Ledger, e: crate::raft::ProposeError) -> Status {
 /// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    driver: DriverHandle,
+    leading: Leading,
     ledger: Ledger,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -782,9 +1022,12 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService { driver: driver.clone() }))
+        .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService {
+            leading: leading.clone(),
+            ledger: ledger.clone(),
+        }))
         .add_service(crate::raft::peer_service(&ledger))
-        .add_service(pb::admin_server::AdminServer::new(AdminService { driver, ledger }))
+        .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }))
         // Nagle off on accepted streams: commands are small and latency-bound.
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
