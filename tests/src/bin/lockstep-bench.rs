@@ -967,7 +967,9 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
     // kill measures the same thing as the first.
     let mut g = Group::start(o, o.kill_checkpoint_every_txns, "bench-leader-kill")?;
     let step = Duration::from_secs(60);
-    let (mut elected, mut committed) = (Vec::new(), Vec::new());
+    // Per kill: kill -> a survivor leads; -> it has every host connected
+    // again; -> it shows a commit of its own (the measured one).
+    let (mut elected, mut reconnected, mut committed) = (Vec::new(), Vec::new(), Vec::new());
     for k in 1..=o.kills {
         let (li, _) = g.wait_leader("a leader, Running", step, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5).await?;
         // Read the leader's last commit as late as possible before the kill.
@@ -980,10 +982,13 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
         g.coordinators[li].kill();
         let target = before.last_committed_tid + 2;
         let deadline = t0 + step;
-        let mut elected_at = None;
+        let (mut elected_at, mut reconnected_at) = (None, None);
         let new_leader = loop {
             if let Some((ni, s)) = g.leader(Some(li)).await {
                 elected_at.get_or_insert_with(|| t0.elapsed());
+                if !s.hosts.is_empty() && s.hosts.iter().all(|h| h.connected) {
+                    reconnected_at.get_or_insert_with(|| t0.elapsed());
+                }
                 anyhow::ensure!(s.pipeline_state != "Failed", "kill {k}: pipeline Failed on node {}: {}\n{}", ni + 1, s.failure, g.logs());
                 if s.last_committed_tid >= target {
                     committed.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -996,12 +1001,16 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         elected.push(elected_at.unwrap_or_default().as_secs_f64() * 1e6);
+        // A commit needs every host, so they were all back by then even if
+        // no poll saw it before the commit.
+        reconnected.push(reconnected_at.map(|d| d.as_secs_f64() * 1e6).unwrap_or(*committed.last().unwrap()));
         say(format!(
-            "  kill {k}: node {} killed at tid {}; node {} leads after {}, committed tid {} after {}",
+            "  kill {k}: node {} killed at tid {}; node {} leads after {}, hosts all back after {}, committed tid {} after {}",
             li + 1,
             before.last_committed_tid,
             new_leader.0 + 1,
             micros(*elected.last().unwrap()),
+            micros(*reconnected.last().unwrap()),
             new_leader.1.last_committed_tid,
             micros(*committed.last().unwrap())
         ));
@@ -1024,18 +1033,20 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
         }
     }
     drop(g);
-    for v in [&mut elected, &mut committed] {
+    for v in [&mut elected, &mut reconnected, &mut committed] {
         v.sort_by(f64::total_cmp);
     }
     let (p50, p99) = (percentile(&committed, 0.5), percentile(&committed, 0.99));
     say(format!(
-        "  kill -> next commit: p50 {} p99 {} (min {} max {}); kill -> new leader: p50 {} p99 {}",
+        "  kill -> next commit: p50 {} p99 {} (min {} max {}); kill -> new leader: p50 {} p99 {}; kill -> hosts back: p50 {} p99 {}",
         micros(p50),
         micros(p99),
         micros(committed[0]),
         micros(*committed.last().unwrap()),
         micros(percentile(&elected, 0.5)),
-        micros(percentile(&elected, 0.99))
+        micros(percentile(&elected, 0.99)),
+        micros(percentile(&reconnected, 0.5)),
+        micros(percentile(&reconnected, 0.99))
     ));
     rows.push(row(
         &format!("leader kill → next commit on the new leader, p50 over {} kills", o.kills),
@@ -1048,7 +1059,13 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
     rows.push(row(
         &format!("leader kill → next commit, p99 over {} kills", o.kills),
         micros(p99),
-        format!("kill → new leader p50 {} p99 {}", micros(percentile(&elected, 0.5)), micros(percentile(&elected, 0.99))),
+        format!(
+            "kill → new leader p50 {} p99 {}; → hosts back p50 {} p99 {}",
+            micros(percentile(&elected, 0.5)),
+            micros(percentile(&elected, 0.99)),
+            micros(percentile(&reconnected, 0.5)),
+            micros(percentile(&reconnected, 0.99))
+        ),
         "-".into(),
         "(info)",
         None,
