@@ -5,8 +5,10 @@
 #     misspelt fields fail too;
 #  2. consistency: the coordinator's LOCKSTEP_HOSTS equals the host
 #     StatefulSet's pod names, the cluster ids agree, the host id comes from
-#     metadata.name, LOCKSTEP_COORDINATOR names the coordinator Service, and
-#     every probe targets a declared container port.
+#     metadata.name, the coordinator is an odd raft group (>= 3) whose
+#     LOCKSTEP_PEERS, LOCKSTEP_ADVERTISE and the hosts' LOCKSTEP_COORDINATOR
+#     name the same members under a headless Service, a PodDisruptionBudget
+#     keeps its quorum, and every probe targets a declared container port.
 # Exit 0 = valid; 1 = invalid; 3 = kubernetes-validate is not installed
 # (`python3 -m pip install kubernetes-validate`).
 set -euo pipefail
@@ -42,8 +44,36 @@ if he["LOCKSTEP_HOST_ID"].get("valueFrom", {}).get("fieldRef", {}).get("fieldPat
     errors.append("LOCKSTEP_HOST_ID must come from metadata.name")
 ns = svc["metadata"]["namespace"]
 port = svc["spec"]["ports"][0]["port"]
-if f"http://{svc['metadata']['name']}.{ns}.svc.cluster.local:{port}" not in he["LOCKSTEP_COORDINATOR"]["value"].split(","):
-    errors.append(f"LOCKSTEP_COORDINATOR does not name Service {svc['metadata']['name']}:{port}")
+# The replicated coordinator: raft node N+1 is pod coordinator-N under the
+# headless Service, and LOCKSTEP_PEERS, LOCKSTEP_ADVERTISE and the hosts'
+# LOCKSTEP_COORDINATOR must all name the same members.
+peers_svc = by.get(("Service", coord["spec"]["serviceName"]), {}).get("spec", {})
+if peers_svc.get("clusterIP") != "None" or not peers_svc.get("publishNotReadyAddresses"):
+    errors.append("coordinator serviceName must be a headless Service with publishNotReadyAddresses (raft peers find each other before ready)")
+n = coord["spec"]["replicas"]
+if n < 3 or n % 2 == 0:
+    errors.append(f"coordinator replicas={n}: a raft group wants an odd number, at least 3")
+cname, peers_name = coord["metadata"]["name"], coord["spec"]["serviceName"]
+members = [f"{cname}-{i}.{peers_name}.{ns}.svc:{port}" for i in range(n)]
+want_peers = ",".join(f"{i + 1}={m}" for i, m in enumerate(members))
+if ce.get("LOCKSTEP_PEERS", {}).get("value") != want_peers:
+    errors.append(f"coordinator LOCKSTEP_PEERS={ce.get('LOCKSTEP_PEERS', {}).get('value')!r}, want {want_peers!r}")
+if ce.get("LOCKSTEP_NODE_ID", {}).get("value") != "auto":
+    errors.append("coordinator LOCKSTEP_NODE_ID must be 'auto' (node id from the StatefulSet ordinal)")
+names = [e["name"] for e in cc.get("env", [])]
+if ce.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+    errors.append("coordinator POD_NAME must come from metadata.name")
+elif ce.get("LOCKSTEP_ADVERTISE", {}).get("value") != f"$(POD_NAME).{peers_name}.{ns}.svc:{port}":
+    errors.append(f"coordinator LOCKSTEP_ADVERTISE must be $(POD_NAME).{peers_name}.{ns}.svc:{port}")
+elif names.index("POD_NAME") > names.index("LOCKSTEP_ADVERTISE"):
+    errors.append("POD_NAME must be defined before LOCKSTEP_ADVERTISE ($(VAR) expands only earlier variables)")
+want_coord = [f"http://{m}" for m in members]
+if he["LOCKSTEP_COORDINATOR"]["value"].split(",") != want_coord:
+    errors.append(f"host LOCKSTEP_COORDINATOR must list every coordinator member: {','.join(want_coord)}")
+pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"
+        and d["spec"].get("selector", {}).get("matchLabels") == coord["spec"]["selector"]["matchLabels"]]
+if len(pdbs) != 1 or pdbs[0]["spec"].get("maxUnavailable") != 1:
+    errors.append("the coordinator needs one PodDisruptionBudget with maxUnavailable: 1 (keeps the quorum)")
 if hosts["spec"].get("podManagementPolicy") != "Parallel":
     errors.append("host StatefulSet must use podManagementPolicy: Parallel")
 for ss in (coord, hosts):

@@ -55,7 +55,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, bin: PathBuf, args: Vec<String>, log: PathBuf) -> Proc {
+    /// Starts `bin args…` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, bin: PathBuf, args: Vec<String>, log: PathBuf) -> Proc {
         let mut p = Proc { name: name.into(), child: None, args, bin, log };
         p.start();
         p

@@ -21,19 +21,32 @@
 //! - `memory`: peak RSS (VmHWM) of the coordinator and the hosts while
 //!   replaying a journal of N tids and of 10x N tids. Goals: flat (the
 //!   larger journal's peak <= 1.2x the smaller's), coordinator < 64 MiB.
+//! - `etcd`: the baseline of `replicated`: a 3-member etcd cluster on
+//!   loopback (Debian's etcd-server, found on PATH; default fsync settings,
+//!   one data dir per member), one client doing sequential puts to the
+//!   leader over gRPC (tonic, a wire-compatible subset of etcd's rpc.proto).
+//! - `replicated`: `etcd`, then 3 `coordinator serve --peers` + 4 hosts with
+//!   empty steps; committed tids/s over the same window (GetStatus
+//!   `last_committed_tid` deltas on the leader). Goal: >= 2x etcd's puts/s.
+//! - `leader-kill`: 20 times: find the leader (GetStatus `is_leader`),
+//!   SIGKILL it, time until a survivor leads and shows a commit it drove
+//!   itself, restart the killed node, wait until it caught up. Goal: p50 <
+//!   300 ms.
 //!
 //! Not a test: nothing here runs under `cargo test`. Every wait is bounded;
 //! every process is killed when its `Cluster` is dropped.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
-use lockstep_tests::{bin_dir, host_id, Cluster, ClusterOpts};
+use lockstep_proto::v1::admin_client::AdminClient;
+use lockstep_tests::{bin_dir, free_port, host_id, tail, Cluster, ClusterOpts, Proc};
+use tonic::transport::{Channel, Endpoint};
 
-const USAGE: &str = "usage: lockstep-bench <replay|live|memory|all> [options]
+const USAGE: &str = "usage: lockstep-bench <replay|live|memory|etcd|replicated|leader-kill|all> [options]
 
 options (defaults in brackets):
   --hosts N                    host agents [3]
@@ -48,6 +61,12 @@ options (defaults in brackets):
   --live-commit-interval-ms    commit interval of the live benchmark [1]
   --live-step-interval-ms      pause between (empty) live steps [1]
   --floor-samples N            round trips and fdatasyncs for the floor [500]
+  --coordinators N             coordinator raft members (replicated, leader-kill) [3]
+  --group-hosts N              host agents with a replicated coordinator [4]
+  --group-secs S               measured window of etcd and replicated [10]
+  --etcd-puts-max N            at most this many etcd puts in the window [200000]
+  --kills N                    leader kills [20]
+  --kill-checkpoint-every-txns N  checkpoint interval during leader-kill [50]
 ";
 
 #[derive(Clone, Debug)]
@@ -64,6 +83,12 @@ struct Opts {
     live_commit_interval_ms: u64,
     live_step_interval_ms: u64,
     floor_samples: usize,
+    coordinators: usize,
+    group_hosts: usize,
+    group_secs: u64,
+    etcd_puts_max: u64,
+    kills: usize,
+    kill_checkpoint_every_txns: u64,
 }
 
 impl Default for Opts {
@@ -81,6 +106,12 @@ impl Default for Opts {
             live_commit_interval_ms: 1,
             live_step_interval_ms: 1,
             floor_samples: 500,
+            coordinators: 3,
+            group_hosts: 4,
+            group_secs: 10,
+            etcd_puts_max: 200_000,
+            kills: 20,
+            kill_checkpoint_every_txns: 50,
         }
     }
 }
@@ -88,7 +119,7 @@ impl Default for Opts {
 fn parse_args() -> Result<(String, Opts), String> {
     let mut args = std::env::args().skip(1);
     let what = args.next().ok_or("missing benchmark name")?;
-    if !["replay", "live", "memory", "all"].contains(&what.as_str()) {
+    if !["replay", "live", "memory", "etcd", "replicated", "leader-kill", "all"].contains(&what.as_str()) {
         return Err(format!("unknown benchmark {what:?}"));
     }
     let mut o = Opts::default();
@@ -108,10 +139,18 @@ fn parse_args() -> Result<(String, Opts), String> {
             "--live-commit-interval-ms" => o.live_commit_interval_ms = n,
             "--live-step-interval-ms" => o.live_step_interval_ms = n,
             "--floor-samples" => o.floor_samples = n as usize,
+            "--coordinators" => o.coordinators = n as usize,
+            "--group-hosts" => o.group_hosts = n as usize,
+            "--group-secs" => o.group_secs = n,
+            "--etcd-puts-max" => o.etcd_puts_max = n,
+            "--kills" => o.kills = n as usize,
+            "--kill-checkpoint-every-txns" => o.kill_checkpoint_every_txns = n,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
-    if o.hosts == 0 || o.replay_tids == 0 || o.memory_tids == 0 || o.memory_factor == 0 || o.live_secs == 0 || o.replay_repeat == 0 {
+    if o.hosts == 0 || o.replay_tids == 0 || o.memory_tids == 0 || o.memory_factor == 0 || o.live_secs == 0 || o.replay_repeat == 0
+        || o.coordinators == 0 || o.group_hosts == 0 || o.group_secs == 0 || o.etcd_puts_max == 0 || o.kills == 0
+    {
         return Err("sizes must be at least 1".into());
     }
     Ok((what, o))
@@ -576,6 +615,464 @@ fn memory_rows(o: &Opts, short: (u64, &Replayed), long: (u64, &Replayed), rows: 
     ));
 }
 
+// --------------------------------------------- etcd baseline (3 members)
+
+/// The etcd v3 API subset in `tests/proto/etcd_kv_subset.proto`.
+mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+const ETCD_HINT: &str = "etcd not found on PATH or at /usr/bin/etcd; install it with: sudo apt-get install -y etcd-server";
+
+/// `etcd` on PATH, else Debian's `/usr/bin/etcd`. The bench installs nothing.
+fn etcd_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("etcd")).find(|f| f.is_file()));
+    on_path.or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
+}
+
+/// A gRPC channel that connects on first use and reconnects after the peer
+/// restarted; every call is bounded, so a dead member never hangs a loop.
+fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Three etcd members on loopback, each with its own data directory in a
+/// temp dir, with etcd's defaults for everything that matters to the
+/// measurement (WAL fsync on every commit, 100 ms heartbeat, 1 s election
+/// timeout). Killed on drop (each member is a [`Proc`]).
+struct EtcdCluster {
+    _dir: tempfile::TempDir,
+    members: Vec<Proc>,
+    client_addrs: Vec<String>,
+}
+
+impl EtcdCluster {
+    fn start(n: usize) -> anyhow::Result<EtcdCluster> {
+        let bin = etcd_binary().ok_or_else(|| anyhow::anyhow!(ETCD_HINT))?;
+        let dir = tempfile::tempdir()?;
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let name = |i: usize| format!("etcd-{}", i + 1);
+        let initial_cluster =
+            (0..n).map(|i| format!("{}=http://127.0.0.1:{}", name(i), peer_ports[i])).collect::<Vec<_>>().join(",");
+        // A token per run, so members of an earlier run can never join this one.
+        let token = format!("lockstep-bench-{}", std::process::id());
+        let mut members = Vec::new();
+        for i in 0..n {
+            let client = format!("http://127.0.0.1:{}", client_ports[i]);
+            let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
+            let args: Vec<String> = [
+                "--name",
+                &name(i),
+                "--data-dir",
+                &dir.path().join(name(i)).display().to_string(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-token",
+                &token,
+                "--initial-cluster-state",
+                "new",
+                // Logging only; etcd 3.4 otherwise warns that capnslog is deprecated.
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            members.push(Proc::spawn(&name(i), bin.clone(), args, dir.path().join(format!("{}.log", name(i)))));
+        }
+        let client_addrs = client_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Ok(EtcdCluster { _dir: dir, members, client_addrs })
+    }
+
+    /// Waits (bounded) until every member answers Maintenance.Status and all
+    /// name the same leader, one of them; returns the leader's index.
+    async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let clients: Vec<_> = self
+            .client_addrs
+            .iter()
+            .map(|a| channel(a).map(etcdpb::maintenance_client::MaintenanceClient::new))
+            .collect::<anyhow::Result<_>>()?;
+        loop {
+            let mut seen = Vec::new();
+            for c in &clients {
+                if let Ok(r) = c.clone().status(etcdpb::StatusRequest {}).await {
+                    let r = r.into_inner();
+                    seen.push((r.header.map(|h| h.member_id).unwrap_or(0), r.leader));
+                }
+            }
+            if seen.len() == clients.len() && seen[0].1 != 0 && seen.iter().all(|(_, l)| *l == seen[0].1) {
+                if let Some(i) = seen.iter().position(|(m, _)| *m == seen[0].1) {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("etcd cluster not healthy after {timeout:?}; members said {seen:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.members.iter().map(|m| format!("---- {} log ----\n{}", m.name, tail(&m.log(), 20))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Puts per second and client-observed latency of one client doing
+/// sequential puts (each waits for the previous answer).
+struct PutRun {
+    puts: u64,
+    secs: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// One client, sequential puts to the leader (no follower forwarding hop,
+/// as the Lockstep hosts talk to the coordinator leader), 64-byte values
+/// over 1024 keys, for at most `secs` seconds and `max` puts, after 100
+/// warm-up puts. Checks that the store revision rose by exactly one per put.
+async fn etcd_puts(addr: &str, secs: u64, max: u64) -> anyhow::Result<PutRun> {
+    let kv = etcdpb::kv_client::KvClient::new(channel(addr)?);
+    let value = vec![b'v'; 64];
+    let put = |i: u64| {
+        let req = etcdpb::PutRequest { key: format!("bench/{}", i % 1024).into_bytes(), value: value.clone(), ..Default::default() };
+        let mut kv = kv.clone();
+        async move { kv.put(req).await.map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0)) }
+    };
+    let mut rev0 = 0;
+    for i in 0..100 {
+        rev0 = put(i).await?;
+    }
+    let (mut lat, mut rev) = (Vec::new(), rev0);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(secs);
+    while (lat.len() as u64) < max && Instant::now() < end {
+        let t = Instant::now();
+        rev = put(lat.len() as u64).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(rev - rev0 == lat.len() as i64, "etcd revision rose by {} for {} puts", rev - rev0, lat.len());
+    lat.sort_by(f64::total_cmp);
+    Ok(PutRun { puts: lat.len() as u64, secs, p50_us: percentile(&lat, 0.5), p99_us: percentile(&lat, 0.99) })
+}
+
+async fn bench_etcd(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<PutRun> {
+    say(format!("etcd: 3 members on loopback ({}), 1 client, sequential puts, {} s", etcd_binary().map(|p| p.display().to_string()).unwrap_or_default(), o.group_secs));
+    let etcd = EtcdCluster::start(3)?;
+    let leader = etcd.wait_healthy(Duration::from_secs(60)).await?;
+    say(format!("  healthy; leader etcd-{}", leader + 1));
+    let r = etcd_puts(&etcd.client_addrs[leader], o.group_secs, o.etcd_puts_max).await?;
+    drop(etcd);
+    say(format!("  {} puts in {:.1} s = {:.0} puts/s; latency p50 {} p99 {}", r.puts, r.secs, r.puts as f64 / r.secs, micros(r.p50_us), micros(r.p99_us)));
+    rows.push(row(
+        "etcd, 3 members, 1 client, sequential puts/s",
+        format!("{:.0}/s", r.puts as f64 / r.secs),
+        format!("put latency p50 {} p99 {}", micros(r.p50_us), micros(r.p99_us)),
+        "-".into(),
+        "(baseline)",
+        None,
+    ));
+    Ok(r)
+}
+
+// ------------------------------------- replicated coordinator (raft group)
+
+/// `--coordinators` `coordinator serve --peers …` processes on loopback
+/// (raft node ids 1..=N) and `--group-hosts` host agents that list every
+/// coordinator and follow the leader's redirect. Killed on drop.
+struct Group {
+    dir: tempfile::TempDir,
+    coordinators: Vec<Proc>,
+    addrs: Vec<String>,
+    admins: Vec<AdminClient<Channel>>,
+    hosts: Vec<Proc>,
+}
+
+impl Group {
+    fn start(o: &Opts, checkpoint_every_txns: u64, cluster: &str) -> anyhow::Result<Group> {
+        let bins = bin_dir();
+        // Fail with a clear word if this build predates the replicated CLI.
+        let help = Command::new(bins.join("coordinator")).args(["serve", "--help"]).output()?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&help.stdout).contains("--peers"),
+            "this coordinator build has no `serve --peers` (the replicated coordinator CLI); rebuild from a tree that has it"
+        );
+        let dir = tempfile::tempdir()?;
+        let addrs: Vec<String> = (0..o.coordinators).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let host_ids = (0..o.group_hosts).map(host_id).collect::<Vec<_>>().join(",");
+        let mut coordinators = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let name = format!("coordinator-{}", i + 1);
+            let args: Vec<String> = vec![
+                "serve".into(),
+                "--node-id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                dir.path().join(&name).display().to_string(),
+                "--cluster-id".into(),
+                cluster.into(),
+                "--hosts".into(),
+                host_ids.clone(),
+                "--commit-interval-ms".into(),
+                o.live_commit_interval_ms.to_string(),
+                "--checkpoint-every-txns".into(),
+                checkpoint_every_txns.to_string(),
+                "--report-deadline-ms".into(),
+                "10000".into(),
+            ];
+            coordinators.push(Proc::spawn(&name, bins.join("coordinator"), args, dir.path().join(format!("{name}.log"))));
+        }
+        let coordinator_urls = addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
+        let mut hosts = Vec::new();
+        for i in 0..o.group_hosts {
+            let args: Vec<String> = vec![
+                "--host-id".into(),
+                host_id(i),
+                "--cluster-id".into(),
+                cluster.into(),
+                "--coordinator".into(),
+                coordinator_urls.clone(),
+                "--data-dir".into(),
+                dir.path().join(host_id(i)).display().to_string(),
+                "--ingest-listen".into(),
+                "127.0.0.1:0".into(),
+                "--generator-seed".into(),
+                "7".into(),
+                "--generator-batch-max".into(),
+                "0".into(),
+                "--step-interval-ms".into(),
+                o.live_step_interval_ms.to_string(),
+            ];
+            hosts.push(Proc::spawn(&host_id(i), bins.join("host-agent"), args, dir.path().join(format!("{}.log", host_id(i)))));
+        }
+        let admins = addrs.iter().map(|a| channel(a).map(AdminClient::new)).collect::<anyhow::Result<_>>()?;
+        Ok(Group { dir, coordinators, addrs, admins, hosts })
+    }
+
+    /// GetStatus of node index `i` (raft id i+1); None when it does not answer.
+    async fn status(&self, i: usize) -> Option<pb::Status> {
+        self.admins[i].clone().get_status(pb::GetStatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// The node that says it leads (and answers from its own, not a stale, ledger).
+    async fn leader(&self, skip: Option<usize>) -> Option<(usize, pb::Status)> {
+        for i in (0..self.addrs.len()).filter(|i| Some(*i) != skip) {
+            if let Some(s) = self.status(i).await.filter(|s| s.is_leader && !s.stale) {
+                return Some((i, s));
+            }
+        }
+        None
+    }
+
+    /// Polls until a leader's status satisfies `pred`, bounded by `timeout`.
+    async fn wait_leader(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> anyhow::Result<(usize, pb::Status)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((i, s)) = self.leader(None).await {
+                anyhow::ensure!(s.pipeline_state != "Failed", "pipeline Failed on node {}: {}\n{}", i + 1, s.failure, self.logs());
+                if pred(&s) {
+                    return Ok((i, s));
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("timed out waiting for {what}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.coordinators.iter().chain(&self.hosts) {
+            out.push_str(&format!("---- {} log ----\n{}\n", p.name, tail(&p.log(), 25)));
+        }
+        out.push_str(&format!("(logs in {})", self.dir.path().display()));
+        out
+    }
+}
+
+async fn bench_replicated(o: &Opts, etcd: Option<&PutRun>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    say(format!(
+        "replicated: {} coordinators (raft) + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
+        o.coordinators, o.group_hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.group_secs
+    ));
+    let g = Group::start(o, 0, "bench-replicated")?;
+    let (li, s0) = g
+        .wait_leader("a leader, Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
+            s.pipeline_state == "Running" && s.last_committed_tid >= 20
+        })
+        .await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.group_secs)).await;
+    let s1 = g.status(li).await.ok_or_else(|| anyhow::anyhow!("leader node {} stopped answering\n{}", li + 1, g.logs()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(s1.is_leader && s1.pipeline_state == "Running", "node {} lost the lead or left Running during the run: {s1:?}\n{}", li + 1, g.logs());
+    drop(g);
+    let tids = s1.last_committed_tid - s0.last_committed_tid;
+    let rate = tids as f64 / secs;
+    let (h0, h1) = (s0.commit_latency.unwrap_or_default(), s1.commit_latency.unwrap_or_default());
+    let p50 = histogram_percentile(&h0, &h1, 0.5).unwrap_or(f64::NAN);
+    let p99 = histogram_percentile(&h0, &h1, 0.99).unwrap_or(f64::NAN);
+    say(format!("  leader node {}: {tids} commits in {secs:.1} s = {rate:.0} tids/s; commit latency p50 {} p99 {}", li + 1, micros(p50), micros(p99)));
+    let what = format!("replicated, {} coordinators + {} hosts, empty steps: committed tids/s vs etcd puts/s", o.coordinators, o.group_hosts);
+    match etcd {
+        Some(e) => {
+            let base = e.puts as f64 / e.secs;
+            rows.push(row(&what, format!("{rate:.0}/s"), format!("{base:.0}/s"), format!("{:.2}×", rate / base), "≥ 2×", Some(rate >= 2.0 * base)));
+        }
+        None => rows.push(row(&what, format!("{rate:.0}/s"), "no etcd (not installed)".into(), "-".into(), "≥ 2×", None)),
+    }
+    rows.push(row(
+        "replicated commit latency p50 / p99 (Prepare sent → Commit sent, raft commit included)",
+        format!("{} / {}", micros(p50), micros(p99)),
+        etcd.map(|e| format!("etcd put {} / {}", micros(e.p50_us), micros(e.p99_us))).unwrap_or_else(|| "-".into()),
+        "-".into(),
+        "(info)",
+        None,
+    ));
+    Ok(())
+}
+
+/// Kills (SIGKILL) the leader `--kills` times and times each kill to the
+/// first commit that the new leader drove itself; restarts the killed node
+/// and waits for it to catch up before the next kill.
+async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    say(format!(
+        "leader-kill: {} coordinators + {} hosts, {} × kill -9 the leader, time to the next commit on the new leader",
+        o.coordinators, o.group_hosts, o.kills
+    ));
+    // Checkpoints bound what a new leader may have to replay, so the 20th
+    // kill measures the same thing as the first.
+    let mut g = Group::start(o, o.kill_checkpoint_every_txns, "bench-leader-kill")?;
+    let step = Duration::from_secs(60);
+    // Per kill: kill -> a survivor leads; -> it has every host connected
+    // again; -> it shows a commit of its own (the measured one).
+    let (mut elected, mut reconnected, mut committed) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 1..=o.kills {
+        let (li, _) = g.wait_leader("a leader, Running", step, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5).await?;
+        // Read the leader's last commit as late as possible before the kill.
+        // The coordinator runs one transaction at a time, so the killed
+        // leader's log can hold at most one commit (L+1) that a survivor
+        // then only learns is committed; L+2 is the first commit the new
+        // leader drove itself. (Overshoot: at most one transaction, ~ms.)
+        let before = g.status(li).await.ok_or_else(|| anyhow::anyhow!("leader stopped answering"))?;
+        let t0 = Instant::now();
+        g.coordinators[li].kill();
+        let target = before.last_committed_tid + 2;
+        let deadline = t0 + step;
+        let (mut elected_at, mut reconnected_at) = (None, None);
+        let new_leader = loop {
+            if let Some((ni, s)) = g.leader(Some(li)).await {
+                elected_at.get_or_insert_with(|| t0.elapsed());
+                if !s.hosts.is_empty() && s.hosts.iter().all(|h| h.connected) {
+                    reconnected_at.get_or_insert_with(|| t0.elapsed());
+                }
+                anyhow::ensure!(s.pipeline_state != "Failed", "kill {k}: pipeline Failed on node {}: {}\n{}", ni + 1, s.failure, g.logs());
+                if s.last_committed_tid >= target {
+                    committed.push(t0.elapsed().as_secs_f64() * 1e6);
+                    break (ni, s);
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("kill {k}: no commit past tid {} within {step:?} of killing node {}\n{}", target - 1, li + 1, g.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        elected.push(elected_at.unwrap_or_default().as_secs_f64() * 1e6);
+        // A commit needs every host, so they were all back by then even if
+        // no poll saw it before the commit.
+        reconnected.push(reconnected_at.map(|d| d.as_secs_f64() * 1e6).unwrap_or(*committed.last().unwrap()));
+        say(format!(
+            "  kill {k}: node {} killed at tid {}; node {} leads after {}, hosts all back after {}, committed tid {} after {}",
+            li + 1,
+            before.last_committed_tid,
+            new_leader.0 + 1,
+            micros(*elected.last().unwrap()),
+            micros(*reconnected.last().unwrap()),
+            new_leader.1.last_committed_tid,
+            micros(*committed.last().unwrap())
+        ));
+        // Bring the killed node back on its data dir and let it catch up to
+        // where the new leader is now before the next kill, so every kill
+        // leaves a full majority of up-to-date members.
+        g.coordinators[li].start();
+        let caught_up_to = new_leader.1.last_committed_tid;
+        let deadline = Instant::now() + step;
+        loop {
+            if let Some(s) = g.status(li).await {
+                if s.leader_id != 0 && s.last_committed_tid >= caught_up_to {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("kill {k}: restarted node {} did not catch up to tid {caught_up_to}\n{}", li + 1, g.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(g);
+    for v in [&mut elected, &mut reconnected, &mut committed] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (p50, p99) = (percentile(&committed, 0.5), percentile(&committed, 0.99));
+    say(format!(
+        "  kill -> next commit: p50 {} p99 {} (min {} max {}); kill -> new leader: p50 {} p99 {}; kill -> hosts back: p50 {} p99 {}",
+        micros(p50),
+        micros(p99),
+        micros(committed[0]),
+        micros(*committed.last().unwrap()),
+        micros(percentile(&elected, 0.5)),
+        micros(percentile(&elected, 0.99)),
+        micros(percentile(&reconnected, 0.5)),
+        micros(percentile(&reconnected, 0.99))
+    ));
+    rows.push(row(
+        &format!("leader kill → next commit on the new leader, p50 over {} kills", o.kills),
+        micros(p50),
+        "300 ms".into(),
+        format!("{:.2}×", p50 / 300_000.0),
+        "< 300 ms",
+        Some(p50 < 300_000.0),
+    ));
+    rows.push(row(
+        &format!("leader kill → next commit, p99 over {} kills", o.kills),
+        micros(p99),
+        format!(
+            "kill → new leader p50 {} p99 {}; → hosts back p50 {} p99 {}",
+            micros(percentile(&elected, 0.5)),
+            micros(percentile(&elected, 0.99)),
+            micros(percentile(&reconnected, 0.5)),
+            micros(percentile(&reconnected, 0.99))
+        ),
+        "-".into(),
+        "(info)",
+        None,
+    ));
+    Ok(())
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!("| benchmark | measured | baseline | ratio | goal | met |");
@@ -593,12 +1090,10 @@ fn print_table(rows: &[Row]) {
 async fn run(what: &str, o: &Opts) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     say(format!("building the daemons (release) in {}", bin_dir().display()));
-    let (do_replay, do_live, do_memory) = match what {
-        "replay" => (true, false, false),
-        "live" => (false, true, false),
-        "memory" => (false, false, true),
-        _ => (true, true, true),
-    };
+    let all = what == "all";
+    let (do_replay, do_live, do_memory) = (all || what == "replay", all || what == "live", all || what == "memory");
+    let (do_etcd, do_replicated, do_kill) =
+        (all || what == "etcd" || what == "replicated", all || what == "replicated", all || what == "leader-kill");
     let long_tids = o.memory_tids * o.memory_factor;
     // `all` replays the memory benchmark's long journal for the replay ratio.
     let replay_tids = if do_memory { long_tids } else { o.replay_tids };
@@ -623,6 +1118,22 @@ async fn run(what: &str, o: &Opts) -> anyhow::Result<Vec<Row>> {
     }
     if do_live {
         bench_live(o, &mut rows).await?;
+    }
+    // The baseline of `replicated`, in the same run. Without etcd, `all`
+    // still reports the rest (and says why the ratio is missing).
+    let mut etcd = None;
+    if do_etcd {
+        match bench_etcd(o, &mut rows).await {
+            Ok(r) => etcd = Some(r),
+            Err(e) if all && etcd_binary().is_none() => say(format!("etcd: SKIPPED: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if do_replicated {
+        bench_replicated(o, etcd.as_ref(), &mut rows).await?;
+    }
+    if do_kill {
+        bench_leader_kill(o, &mut rows).await?;
     }
     Ok(rows)
 }
