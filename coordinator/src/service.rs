@@ -970,9 +970,6 @@ fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
         .collect()
 }
 
-/// The leader's address, as the trailer hosts and tools follow.
-pub const LEADER_METADATA_KEY: &str = "lockstep-leader";
-
 /// UNAVAILABLE naming the leader (message and `lockstep-leader` metadata),
 /// for requests only the leader can serve.
 pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
@@ -986,7 +983,7 @@ pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
     };
     if let Some((_, addr)) = leader {
         if let Ok(v) = addr.parse() {
-            status.metadata_mut().insert(LEADER_METADATA_KEY, v);
+            status.metadata_mut().insert(lockstep_proto::LEADER_METADATA_KEY, v);
         }
     }
     status
