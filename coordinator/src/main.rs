@@ -72,7 +72,41 @@ struct ServeArgs {
     #[arg(long, env = "LOCKSTEP_PROPOSE_TIMEOUT_MS", default_value_t = 5000)]
     propose_timeout_ms: u64,
     #[command(flatten)]
+    raft: RaftArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// Raft timing of the coordinator group. A dead leader is replaced after
+/// about election-max (the followers' leader lease) plus a random pick in
+/// [election-min, election-max]; heartbeats must arrive well within
+/// election-min even on a busy machine, or healthy leaders get deposed.
+#[derive(Args, Clone)]
+struct RaftArgs {
+    #[arg(long, env = "LOCKSTEP_RAFT_HEARTBEAT_MS", default_value_t = 20)]
+    raft_heartbeat_ms: u64,
+    #[arg(long, env = "LOCKSTEP_RAFT_ELECTION_MIN_MS", default_value_t = 80)]
+    raft_election_min_ms: u64,
+    #[arg(long, env = "LOCKSTEP_RAFT_ELECTION_MAX_MS", default_value_t = 120)]
+    raft_election_max_ms: u64,
+}
+
+impl RaftArgs {
+    fn tuning(&self) -> anyhow::Result<RaftTuning> {
+        let (h, min, max) = (self.raft_heartbeat_ms, self.raft_election_min_ms, self.raft_election_max_ms);
+        if h == 0 || min <= h || max <= min {
+            bail!(
+                "raft timing needs 0 < --raft-heartbeat-ms ({h}) < --raft-election-min-ms ({min}) < --raft-election-max-ms ({max})"
+            );
+        }
+        Ok(RaftTuning { heartbeat_ms: h, election_timeout_min_ms: min, election_timeout_max_ms: max, ..RaftTuning::default() })
+    }
+}
+
+impl Default for RaftArgs {
+    fn default() -> Self {
+        RaftArgs { raft_heartbeat_ms: 20, raft_election_min_ms: 80, raft_election_max_ms: 120 }
+    }
 }
 
 /// `--node-id`: a number, or derived from the hostname.
@@ -236,12 +270,13 @@ async fn run_coordinator(
         (None, None) => listener.local_addr()?.to_string(),
     };
     let dir = &args.data_dir;
+    let tuning = args.raft.tuning()?;
     let opened = if args.join {
-        Ledger::join(dir, node_id, addr.clone(), RaftTuning::default()).await
+        Ledger::join(dir, node_id, addr.clone(), tuning).await
     } else if peers.is_empty() {
-        Ledger::open_single(dir, node_id, addr.clone()).await
+        Ledger::open_single_with(dir, node_id, addr.clone(), tuning).await
     } else {
-        Ledger::open(dir, node_id, addr.clone(), peers.clone(), RaftTuning::default()).await
+        Ledger::open(dir, node_id, addr.clone(), peers.clone(), tuning).await
     };
     let ledger = opened.with_context(|| format!("opening the ledger in {}", dir.display()))?;
     let state = ledger.state().await;
@@ -358,6 +393,7 @@ mod dev {
             advertise: None,
             join: false,
             propose_timeout_ms: 5000,
+            raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };
         let stop_hosts = move || {

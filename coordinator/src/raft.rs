@@ -231,6 +231,7 @@ struct Inner {
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     leadership: watch::Receiver<Leadership>,
     tuning: RaftTuning,
+    contact: Arc<network::LeaderContact>,
     /// Reports (by closing) when the database, held by the raft tasks, has
     /// been dropped and its file lock released.
     db_closed: watch::Receiver<()>,
@@ -250,7 +251,7 @@ impl std::fmt::Debug for Ledger {
 /// The `RaftPeer` gRPC service of this ledger node, to add to the
 /// coordinator's tonic server (same port as HostSession and Admin).
 pub fn peer_service(ledger: &Ledger) -> RaftPeerServer<PeerService> {
-    network::server(ledger.inner.raft.clone())
+    network::server(ledger.inner.raft.clone(), ledger.inner.contact.clone())
 }
 
 impl Ledger {
@@ -410,6 +411,7 @@ impl Ledger {
                 addr,
                 sm: shared,
                 tuning,
+                contact: Arc::new(network::LeaderContact::new()),
                 db_closed,
                 path,
             }),
@@ -555,6 +557,15 @@ impl Ledger {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
+    }
+
+    /// The leader, if this node leads or has heard from it within an
+    /// election timeout. A follower's metrics keep naming a dead leader until
+    /// the next election; sending clients there only makes them wait.
+    pub fn live_leader(&self) -> Option<(NodeId, String)> {
+        let (id, addr) = self.leader()?;
+        let window = Duration::from_millis(self.inner.tuning.election_timeout_min_ms);
+        (id == self.inner.node_id || self.inner.contact.within(window)).then_some((id, addr))
     }
 
     /// The address of `id` in the current membership.

@@ -599,6 +599,43 @@ pub struct HostSessionService {
     ledger: Ledger,
 }
 
+/// How long a host session waits on a node that does not know a ready
+/// leader yet (an election in progress) before being turned away.
+const HOST_SESSION_LEADER_WAIT: Duration = Duration::from_secs(3);
+
+impl HostSessionService {
+    /// The driver to attach a host to. During an election a node knows no
+    /// leader; rather than send the host into backoff (and have it arrive
+    /// late), the session waits, bounded, until a leader is known: then it
+    /// is served here or redirected there at once.
+    async fn await_driver(&self) -> Result<DriverHandle, Status> {
+        let mut leading = self.leading.clone();
+        let mut leadership = self.ledger.subscribe_leadership();
+        let me = self.ledger.node_id();
+        let deadline = tokio::time::Instant::now() + HOST_SESSION_LEADER_WAIT;
+        // Re-checked at least this often: a leader that dies is no longer
+        // "live" once it misses its heartbeats, without any watch firing.
+        let recheck = Duration::from_millis(20);
+        loop {
+            leadership.borrow_and_update();
+            let live_elsewhere = self.ledger.live_leader().is_some_and(|(l, _)| l != me);
+            match leading_driver(&leading, &self.ledger, "a host session") {
+                Ok(d) => return Ok(d),
+                Err(status) if live_elsewhere || tokio::time::Instant::now() >= deadline => return Err(status),
+                Err(_) => {}
+            }
+            let watching = tokio::select! {
+                r = leading.changed() => r.is_ok(),
+                r = leadership.changed() => r.is_ok(),
+                _ = tokio::time::sleep(recheck) => true,
+            };
+            if !watching {
+                return Err(Status::unavailable("this coordinator is shutting down"));
+            }
+        }
+    }
+}
+
 /// The driver if this node leads and is ready; otherwise the UNAVAILABLE a
 /// client should act on (go to the leader, or retry shortly).
 fn leading_driver(leading: &Leading, ledger: &Ledger, what: &str) -> Result<DriverHandle, Status> {
@@ -606,7 +643,7 @@ fn leading_driver(leading: &Leading, ledger: &Ledger, what: &str) -> Result<Driv
         return Ok(d);
     }
     let me = ledger.node_id();
-    match ledger.leader() {
+    match ledger.live_leader() {
         Some((id, _)) if id == me => Err(Status::unavailable(format!(
             "this coordinator was just elected leader and is catching up with the ledger; retry {what} shortly"
         ))),
@@ -638,7 +675,7 @@ impl pb::host_session_server::HostSession for HostSessionService {
         };
         let hello = wire::hello_from(hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let host = hello.host_id.clone();
-        let driver = leading_driver(&self.leading, &self.ledger, "a host session")?;
+        let driver = self.await_driver().await?;
         let conn = driver.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(HOST_COMMANDS_QUEUE_MAX);
         driver.tx.send(Msg::Open { conn, tx }).await.map_err(|_| Status::unavailable("shutting down"))?;

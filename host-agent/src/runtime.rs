@@ -538,6 +538,11 @@ impl<E: Engine> Agent<E> {
         let mut attempt = 0usize;
         let mut redirect: Option<String> = None;
         let mut redirects_in_a_row = 0usize;
+        // Coordinators tried since the last backoff: a dead or refusing one
+        // is skipped at once for the next in the list (after a leader dies
+        // the others are where the pipeline continues); only when a whole
+        // round failed does the host back off.
+        let mut tried_in_round = 0usize;
         loop {
             let addr = match redirect.take() {
                 Some(leader) => leader,
@@ -579,7 +584,16 @@ impl<E: Engine> Agent<E> {
                     }
                 }
             }
-            // Every way here backs off once, which ends a run of redirects.
+            if welcomed_once {
+                tried_in_round = 0;
+            }
+            tried_in_round += 1;
+            if tried_in_round < coordinators {
+                redirects_in_a_row = 0;
+                continue;
+            }
+            tried_in_round = 0;
+            // A backoff ends a run of redirects.
             redirects_in_a_row = 0;
             tokio::select! {
                 biased;

@@ -94,22 +94,28 @@ async fn a_stale_leader_gets_no_host_to_accept_it() {
     let sinks_before: Vec<usize> = (0..g.opts.hosts).map(|i| g.sink(i).len()).collect();
     let logs_before: Vec<usize> = g.hosts.iter().map(|h| h.log().len()).collect();
     g.nodes[old].pause(false);
-    // Wait until every host has tried the stale leader since it woke up and
-    // been turned away (by the epoch check on either side, or because the
-    // stale leader finds it cannot commit and stops leading).
+    // Wait until every host has tried the stale leader since it woke up
+    // (its log names the address once an attempt ended), then check that
+    // none was welcomed: it is turned away by the epoch check on either
+    // side, or because the stale leader cannot confirm it still leads.
     let deadline = std::time::Instant::now() + long;
-    loop {
-        let tried = g.hosts.iter().zip(&logs_before).all(|(h, from)| {
-            let log = h.log();
-            log.get(*from..).unwrap_or("").lines().any(|l| {
-                l.contains(&g.addrs[old]) && (l.contains("newer than this ledger") || l.contains("cannot reach a coordinator"))
-            })
-        });
-        if tried {
-            break;
-        }
+    let since = |h: &lockstep_tests::Proc, from: usize| -> Vec<String> {
+        let log = h.log();
+        log.get(from..)
+            .unwrap_or("")
+            .lines()
+            // Outcomes of an attempt, not its start ("Hello sent").
+            .filter(|l| l.contains(&g.addrs[old]) && !l.contains("Hello sent"))
+            .map(str::to_owned)
+            .collect()
+    };
+    while !g.hosts.iter().zip(&logs_before).all(|(h, from)| !since(h, *from).is_empty()) {
         assert!(std::time::Instant::now() < deadline, "the hosts never tried the stale leader{}", g.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (h, from) in g.hosts.iter().zip(&logs_before) {
+        let lines = since(h, *from);
+        assert!(!lines.iter().any(|l| l.contains("welcomed")), "{} was welcomed by the stale leader: {lines:#?}", h.name);
     }
     let stale = lockstep_tests::status_at(&g.addrs[old]).await.expect("stale leader answers");
     assert!(stale.epoch < fenced_epoch, "the stale leader's ledger is behind: epoch {}", stale.epoch);

@@ -242,11 +242,45 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[derive(Clone)]
 pub struct PeerService {
     raft: LedgerRaft,
+    contact: Arc<LeaderContact>,
+}
+
+/// When this node last accepted AppendEntries (heartbeats included) from a
+/// leader. A follower's metrics keep naming a leader that died until the
+/// next election; this says whether that leader is still heard from.
+#[derive(Debug)]
+pub struct LeaderContact {
+    since: std::time::Instant,
+    /// Milliseconds after `since` of the last accepted AppendEntries; 0 = never.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LeaderContact {
+    pub fn new() -> Self {
+        LeaderContact { since: std::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn record(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a leader's AppendEntries was accepted within `window`.
+    pub fn within(&self, window: std::time::Duration) -> bool {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        last != 0 && self.since.elapsed().as_millis() as u64 <= last + window.as_millis() as u64
+    }
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The tonic server for [`PeerService`], with the peer message limit.
-pub fn server(raft: LedgerRaft) -> RaftPeerServer<PeerService> {
-    RaftPeerServer::new(PeerService { raft })
+pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>) -> RaftPeerServer<PeerService> {
+    RaftPeerServer::new(PeerService { raft, contact })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
@@ -302,7 +336,11 @@ fn reply<T: Serialize, E: Serialize + std::error::Error>(
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &req.get_ref().body)?;
-        reply("AppendEntries", self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(r) if r.is_success()) {
+            self.contact.record();
+        }
+        reply("AppendEntries", result)
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
