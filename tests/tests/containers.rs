@@ -1,9 +1,10 @@
 //! Cluster tests in real containers: the `lockstep:dev` image (built from
 //! local files by `deploy/image/build.sh`, from the same debug binaries the
-//! other end-to-end tests use), one coordinator and three host agents as
-//! containers on a Docker network this test creates, configured the way
-//! `deploy/compose` does it (LOCKSTEP_* environment variables, the hosts
-//! reach the coordinator by its DNS name `coordinator`).
+//! other end-to-end tests use), one coordinator (or a raft group of three,
+//! `coordinator-1..3`) and three host agents as containers on a Docker
+//! network this test creates, configured the way `deploy/compose` does it
+//! (LOCKSTEP_* environment variables, the hosts reach the coordinators by
+//! their DNS names).
 //!
 //! Only the coordinator's gRPC port is published, on 127.0.0.1; the test
 //! polls `Admin/GetStatus` through it with bounded waits (no sleeps as
@@ -106,6 +107,11 @@ struct DockerCluster {
     network: String,
     image: String,
     dir: tempfile::TempDir,
+    /// The coordinators' roles (container name suffix and DNS alias):
+    /// `coordinator`, or `coordinator-1..N` for a replicated group.
+    coordinators: Vec<String>,
+    /// Their gRPC ports published on 127.0.0.1, in the same order.
+    ports: Vec<u16>,
     port: u16,
     report_deadline_ms: u64,
     /// Every container this cluster created, for cleanup.
@@ -129,16 +135,27 @@ impl Drop for DockerCluster {
 
 impl DockerCluster {
     async fn start(report_deadline_ms: u64) -> DockerCluster {
+        Self::start_group(1, report_deadline_ms).await
+    }
+
+    /// `n` coordinators: one plain `coordinator serve`, or a raft group
+    /// `coordinator-1..n` (`LOCKSTEP_PEERS`, node ids 1..n), as
+    /// deploy/compose runs it; the hosts list every coordinator.
+    async fn start_group(n: usize, report_deadline_ms: u64) -> DockerCluster {
         static N: AtomicUsize = AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let prefix = format!("lockstep-ct-{}-{}-{:08x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos);
         let network = format!("{prefix}-net");
         let dir = tempfile::tempdir().expect("tempdir");
+        let coordinators: Vec<String> =
+            if n == 1 { vec!["coordinator".into()] } else { (1..=n).map(|i| format!("coordinator-{i}")).collect() };
         let mut c = DockerCluster {
             prefix: prefix.clone(),
             network: network.clone(),
             image: image().to_string(),
             dir,
+            coordinators: coordinators.clone(),
+            ports: Vec::new(),
             port: 0,
             report_deadline_ms,
             containers: Vec::new(),
@@ -147,25 +164,26 @@ impl DockerCluster {
 
         let hosts = (0..HOSTS).map(host_id).collect::<Vec<_>>().join(",");
         let deadline = report_deadline_ms.to_string();
-        c.run(
-            "coordinator",
-            // Published on loopback only, on a free port the engine picks.
-            &["--network-alias", "coordinator", "--publish", "127.0.0.1::50051"],
-            &[
+        let peers = (1..=n).map(|i| format!("{i}={}:50051", coordinators[i - 1])).collect::<Vec<_>>().join(",");
+        for (i, role) in coordinators.iter().enumerate() {
+            let node_id = (i + 1).to_string();
+            let mut env = vec![
                 ("LOCKSTEP_CLUSTER_ID", CLUSTER),
-                ("LOCKSTEP_HOSTS", &hosts),
+                ("LOCKSTEP_HOSTS", hosts.as_str()),
                 ("LOCKSTEP_COMMIT_INTERVAL_MS", "50"),
                 ("LOCKSTEP_CHECKPOINT_EVERY_TXNS", "5"),
-                ("LOCKSTEP_REPORT_DEADLINE_MS", &deadline),
-            ],
-            &["coordinator", "serve"],
-        );
-        let published = docker(&["port", &c.name("coordinator"), "50051/tcp"]).expect("published port");
-        c.port = published
-            .lines()
-            .find_map(|l| l.strip_prefix("127.0.0.1:"))
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no 127.0.0.1 port in `docker port`: {published:?}"));
+                ("LOCKSTEP_REPORT_DEADLINE_MS", deadline.as_str()),
+            ];
+            if n > 1 {
+                env.extend([("LOCKSTEP_NODE_ID", node_id.as_str()), ("LOCKSTEP_PEERS", peers.as_str())]);
+            }
+            // Published on loopback only, on a free port the engine picks.
+            c.run(role, &["--network-alias", role, "--publish", "127.0.0.1::50051"], &env, &["coordinator", "serve"]);
+            let port = c.published_port(role);
+            c.ports.push(port);
+        }
+        c.port = c.ports[0];
+        let coordinator_urls = coordinators.iter().map(|r| format!("http://{r}:50051")).collect::<Vec<_>>().join(",");
         for i in 0..HOSTS {
             let id = host_id(i);
             let seed = SEED.to_string();
@@ -176,7 +194,7 @@ impl DockerCluster {
                     ("LOCKSTEP_HOST_ID", &id),
                     ("LOCKSTEP_CLUSTER_ID", CLUSTER),
                     // Resolved by Docker's DNS through the image's NSS setup.
-                    ("LOCKSTEP_COORDINATOR", "http://coordinator:50051"),
+                    ("LOCKSTEP_COORDINATOR", &coordinator_urls),
                     ("LOCKSTEP_GENERATOR_SEED", &seed),
                     ("LOCKSTEP_STEP_INTERVAL_MS", "5"),
                 ],
@@ -184,6 +202,16 @@ impl DockerCluster {
             );
         }
         c
+    }
+
+    /// The 127.0.0.1 port Docker publishes `role`'s gRPC port on.
+    fn published_port(&self, role: &str) -> u16 {
+        let published = docker(&["port", &self.name(role), "50051/tcp"]).expect("published port");
+        published
+            .lines()
+            .find_map(|l| l.strip_prefix("127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no 127.0.0.1 port in `docker port`: {published:?}"))
     }
 
     fn name(&self, role: &str) -> String {
@@ -233,7 +261,10 @@ impl DockerCluster {
     }
 
     fn logs(&self) -> String {
-        let mut out = format!("---- coordinator log ----\n{}", tail(&self.log("coordinator"), 60));
+        let mut out = String::new();
+        for role in &self.coordinators {
+            out.push_str(&format!("---- {role} log ----\n{}\n", tail(&self.log(role), 60)));
+        }
         for i in 0..HOSTS {
             out.push_str(&format!("\n---- {} log ----\n{}", host_id(i), tail(&self.log(&host_id(i)), 30)));
         }
@@ -247,11 +278,31 @@ impl DockerCluster {
     /// SIGTERM to every daemon (hosts first), waits for each to exit, and
     /// asserts each exited cleanly (status 0): graceful shutdown as PID 1.
     fn stop_all(&self) {
-        let roles: Vec<String> = (0..HOSTS).map(host_id).chain(["coordinator".to_string()]).collect();
+        let roles: Vec<String> = (0..HOSTS).map(host_id).chain(self.coordinators.iter().cloned()).collect();
         for role in &roles {
             self.docker(&["stop", "--time", "30", &self.name(role)]);
             let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &self.name(role)]).expect("inspect");
             assert_eq!(code, "0", "{role} must exit cleanly on SIGTERM\n{}", self.logs());
+        }
+    }
+
+    /// Polls every coordinator not in `skip` until one answers as the
+    /// leader driving the pipeline with a status satisfying `pred`.
+    async fn wait_leader(&self, what: &str, skip: &[usize], pred: impl Fn(&pb::Status) -> bool) -> (usize, pb::Status) {
+        let deadline = Instant::now() + LONG;
+        let mut last = Vec::new();
+        loop {
+            last.clear();
+            for (i, port) in self.ports.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
+                if let Ok(s) = status_at(&format!("127.0.0.1:{port}")).await {
+                    if s.is_leader && !s.stale && pred(&s) {
+                        return (i, s);
+                    }
+                    last.push((i + 1, s.is_leader, s.pipeline_state.clone(), s.epoch, s.last_committed_tid));
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; (node, leader, state, epoch, committed): {last:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -389,6 +440,50 @@ async fn containers_partitioned_host_fails_closed_and_recovers() {
     c.stop_all();
     c.check_sinks(committed);
     eprintln!("containers: partition test took {} ms", started.elapsed().as_millis());
+}
+
+/// (d) A replicated coordinator (3 containers, as deploy/compose runs it):
+/// the leader's container is cut off the network; the other two elect a
+/// leader, the hosts find it and the pipeline continues from their kept
+/// state (no replay); reconnected, the old leader rejoins as a follower,
+/// and every sink is exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_replicated_coordinator_survives_a_partitioned_leader() {
+    if !containers_can_run("containers_replicated_coordinator_survives_a_partitioned_leader") {
+        return;
+    }
+    let started = Instant::now();
+    let c = DockerCluster::start_group(3, 3000).await;
+    let (old, s) = c.wait_leader("a leader committing in containers", &[], |s| running(s) && s.last_committed_tid >= 3).await;
+    let (epoch, committed) = (s.epoch, s.last_committed_tid);
+
+    c.docker(&["network", "disconnect", &c.network, &c.name(&c.coordinators[old])]);
+    let (new, s) = c
+        .wait_leader(&format!("a new leader past tid {committed} with node {} cut off", old + 1), &[old], |s| {
+            running(s) && s.epoch > epoch && s.last_committed_tid > committed + 2
+        })
+        .await;
+    assert_ne!(new, old);
+    let r = s.last_recovery.clone().unwrap_or_default();
+    assert_eq!(r.path, "continue", "the hosts kept their state, so no replay: {}\n{}", r.why, c.logs());
+    assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+
+    // With its DNS alias again: peers and hosts reach it by name.
+    c.docker(&["network", "connect", "--alias", &c.coordinators[old], &c.network, &c.name(&c.coordinators[old])]);
+    // Docker re-publishes the port of a reconnected container elsewhere.
+    let port = c.published_port(&c.coordinators[old]);
+    let rejoined = wait_for_status(&format!("127.0.0.1:{port}"), "the old leader back as a follower", LONG, |f| {
+        !f.is_leader && f.stale && f.leader_id != 0 && f.epoch >= s.epoch
+    }, || c.logs())
+    .await;
+    let (_, s) = c
+        .wait_leader("commits after the old leader rejoined", &[old], |x| running(x) && x.last_committed_tid > s.last_committed_tid + 2)
+        .await;
+    assert!(rejoined.last_committed_tid <= s.last_committed_tid);
+
+    c.stop_all();
+    c.check_sinks(s.last_committed_tid);
+    eprintln!("containers: partitioned-leader test took {} ms", started.elapsed().as_millis());
 }
 
 /// The image runs both daemons (their `--help`): the loader and libraries
