@@ -37,6 +37,7 @@
 //! restart it is rebuilt from the current snapshot, and openraft re-applies
 //! the committed entries after it (`read_committed`).
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::io::Read as _;
 use std::ops::Bound;
@@ -386,7 +387,17 @@ pub struct LogStore {
     pending_committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     /// The newest committed id this store knows (saved, written or read).
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    /// The newest entries, as appended: openraft reads each entry back right
+    /// after appending it (to apply it, and to send it to followers), and
+    /// serving that from memory saves a trip to the blocking pool and a
+    /// decode per proposal. Invariant: if not empty, it is a contiguous run
+    /// of the log ending at the log's last entry (writes keep it so; reads
+    /// of anything else go to the files).
+    recent: Arc<Mutex<VecDeque<Entry>>>,
 }
+
+/// Entries kept in [`LogStore::recent`].
+const RECENT_MAX: usize = 256;
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
@@ -394,7 +405,48 @@ impl LogStore {
             db,
             pending_committed: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
         }
+    }
+
+    /// Adds just-appended entries to `recent`.
+    fn remember(&self, appended: Vec<Entry>) {
+        let mut recent = lock(&self.recent);
+        let follows = match (recent.back(), appended.first()) {
+            (Some(b), Some(a)) => b.log_id.index + 1 == a.log_id.index,
+            _ => true,
+        };
+        if !follows {
+            // Entries the purge point covers were skipped by the log, or
+            // the log restarted after a purge beyond its end.
+            recent.clear();
+        }
+        recent.extend(appended);
+        while recent.len() > RECENT_MAX {
+            recent.pop_front();
+        }
+        // Only what the log holds: it skips entries its purge point covers.
+        let (first, last) = (self.db.log.first_index(), self.db.log.last_index());
+        recent.retain(|e| first.is_some_and(|f| e.log_id.index >= f));
+        if recent.back().map(|e| e.log_id.index) != last {
+            recent.clear();
+        }
+    }
+
+    /// The entries of `range` if they all are in `recent`.
+    fn read_recent(&self, range: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let (first, last) = inclusive(range)?;
+        let recent = lock(&self.recent);
+        let (lo, hi) = (recent.front()?.log_id.index, recent.back()?.log_id.index);
+        if first < lo {
+            return None;
+        }
+        if first > hi {
+            // Nothing exists past the log's last entry.
+            return Some(Vec::new());
+        }
+        let (from, to) = ((first - lo) as usize, (last.min(hi) - lo) as usize);
+        Some(recent.range(from..=to).cloned().collect())
     }
 }
 
@@ -408,6 +460,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, SErr> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(hit) = self.read_recent(bounds) {
+            return Ok(hit);
+        }
         let db = self.db.clone();
         blocking(StorageIOError::read_logs, move || read_entries(&db.log, bounds)).await
     }
@@ -471,10 +526,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut appended = Vec::new();
         for e in entries {
             let bytes = serde_json::to_vec(&e)
                 .map_err(|err| StorageIOError::write_log_entry(e.log_id, AnyError::new(&err)))?;
             rows.push((e.log_id.index, bytes));
+            appended.push(e);
         }
         let hint = lock(&self.pending_committed).take();
         let hint = match hint.map(|h| serde_json::to_vec(&h).map(|b| (h.map_or(0, |c| c.index), b))).transpose() {
@@ -488,6 +545,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(db.log.append(&rows, hint)?)
         })
         .await;
+        if res.is_ok() {
+            self.remember(appended);
+        }
         // Acknowledge only what is on disk.
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
@@ -497,11 +557,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        // Forget first: meanwhile, readers fall back to the files.
+        lock(&self.recent).retain(|e| e.log_id.index < log_id.index);
         let db = self.db.clone();
         blocking(StorageIOError::write_logs, move || Ok(db.log.truncate(log_id.index)?)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        lock(&self.recent).retain(|e| e.log_id.index > log_id.index);
         let db = self.db.clone();
         blocking(StorageIOError::write_logs, move || {
             let marker = serde_json::to_vec(&log_id)?;
