@@ -11,10 +11,10 @@
 //!   member's gRPC address, `D = LedgerEntry`, `R = Verdict`, snapshots as
 //!   in-memory bytes (the ledger is small: it keeps full detail only after the
 //!   newest complete checkpoint plus a bounded history).
-//! - [`store`]: durable log, vote, committed id and snapshots in one redb
-//!   file (`<data dir>/ledger.redb`); the state machine lives in memory and is
-//!   rebuilt on start from the current snapshot plus the committed entries
-//!   after it.
+//! - [`store`]: durable storage (see "Storage" below): the log in
+//!   [`log`]'s segment files, vote and snapshots in `<data dir>/ledger.redb`;
+//!   the state machine lives in memory and is rebuilt on start from the
+//!   current snapshot plus the committed entries after it.
 //! - [`network`]: openraft's peer RPCs over tonic (`lockstep.v1.RaftPeer`,
 //!   `proto/lockstep/v1/raft.proto`): a client per peer dialing
 //!   `BasicNode::addr`, and [`peer_service`], which the coordinator serves
@@ -37,25 +37,33 @@
 //!   voter; [`Ledger::remove_node`] (or `change_membership`) to
 //!   remove one.
 //!
-//! # Why redb and not the journal crate for the raft log
+//! # Storage: what lives where, and why
 //!
-//! The journal crate is built for a host's step journal: append-only
-//! segments, only a torn *tail* may be cut, and only whole segments before a
-//! complete checkpoint are deleted; it is read sequentially for replay. A
-//! raft log needs more: truncating an arbitrary suffix (entries of a deposed
-//! leader that conflict with the new one), purging a prefix at any index
-//! after a snapshot, random reads by index to feed lagging followers, and
-//! small records updated in place and atomically (vote, committed id,
-//! current snapshot) that must never be seen half-written. On the journal
-//! that means adding an index, suffix truncation and a second, atomically
-//! overwritten store: most of an embedded database. redb is a well-kept,
-//! pure-Rust embedded store that already gives exactly that: ACID write
-//! transactions that fsync before `commit` returns, copy-on-write B-trees
-//! that survive a crash at any point, and an exclusive file lock so two
-//! coordinators cannot share one ledger. The cost is one fsync per write
-//! transaction (openraft hands us appends in batches, so concurrent
-//! proposals share one) and B-tree page writes, small for ledger entries.
-//! It also keeps the journal's on-disk format free to serve hosts only.
+//! - The raft **log** is in append-only segment files of its own
+//!   ([`log`], `<data dir>/raft-log/`): CRC32C-framed records, one `pwrite`
+//!   and one `fdatasync` per append batch openraft hands us, the committed
+//!   id riding in the same write as a hint, an in-memory index from log
+//!   index to file offset, a torn tail cut on open, suffix truncation by
+//!   `ftruncate`, prefix purge by deleting whole segments behind an
+//!   atomically replaced purge marker file. Appends are the hot path (one
+//!   per proposal, a few hundred bytes); in redb each was a write
+//!   transaction of ~8 page writes (~29 KB) before its fsync, which the
+//!   live latency goal could not afford (`raft::bench`: ~1.7x the floor,
+//!   where the log file append is the floor).
+//! - The **vote** and the current **snapshot** (plus a format marker) stay
+//!   in `<data dir>/ledger.redb` ([`store`]): rare writes (elections, one
+//!   snapshot per ~1000 entries) that must be replaced atomically, which a
+//!   redb transaction gives, and redb's exclusive file lock keeps a second
+//!   coordinator off the whole data directory (the log files have no lock
+//!   of their own; redb is opened first and closed last).
+//!
+//! Not the journal crate for the log: it is built for a host's step journal
+//! (only a torn tail is ever cut, only whole segments before a complete
+//! checkpoint are deleted, read sequentially for replay), while a raft log
+//! also needs suffix truncation at any entry, purge at any index and random
+//! reads by index; bending the journal to that would tie the hosts' on-disk
+//! format to the ledger's needs. The framing ideas are the same (CRC32C via
+//! crc-fast, torn-tail rules), the code is separate.
 
 #[cfg(test)]
 mod bench;
@@ -1076,6 +1084,45 @@ mod tests {
                 .unwrap_err()
         );
         assert!(msg.contains("not a directory"), "{msg}");
+    }
+
+    /// The log files and `ledger.redb` belong together: one without the
+    /// other, or a format-1 `ledger.redb` (log inside redb), is refused.
+    #[tokio::test]
+    async fn mixed_or_old_ledger_directories_are_refused() {
+        async fn open(d: &Path) -> anyhow::Result<Ledger> {
+            Ledger::open_single_with(d, 1, "a".into(), fast()).await
+        }
+        let used = || async {
+            let dir = tempfile::tempdir().unwrap();
+            let l = open(dir.path()).await.unwrap();
+            ok(&l, init()).await;
+            l.shutdown().await.unwrap();
+            dir
+        };
+
+        let dir = used().await;
+        std::fs::remove_file(dir.path().join(store::LEDGER_FILE)).unwrap();
+        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        assert!(msg.contains(store::LOG_DIR) && msg.contains("was just created"), "{msg}");
+
+        let dir = used().await;
+        std::fs::remove_dir_all(dir.path().join(store::LOG_DIR)).unwrap();
+        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        assert!(msg.contains(store::LOG_DIR) && msg.contains("is missing"), "{msg}");
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(store::LEDGER_FILE)).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(redb::TableDefinition::<&str, &[u8]>::new("raft_meta"))
+                .unwrap()
+                .insert("format", b"lockstep-ledger/1".as_slice())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        assert!(msg.contains("lockstep-ledger/1") && msg.contains(store::FORMAT), "{msg}");
     }
 
     #[tokio::test]
