@@ -5,9 +5,10 @@
 //! ```
 //!
 //! In one run, on the disk of `$LOCKSTEP_BENCH_DIR` (default: the system temp
-//! dir): a plain `write` + `fdatasync` loop (the floor), raw redb write
-//! transactions in a few configurations, and `Ledger::propose` of a
-//! realistic Commit entry on a single-node group.
+//! dir): a plain `write` + `fdatasync` loop (the floor), the former ledger
+//! write (a redb transaction holding the entry and the committed hint), the
+//! raft log's append of the same ([`super::log::RaftLog`]), and
+//! `Ledger::propose` of a realistic Commit entry on a single-node group.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -31,9 +32,6 @@ fn report(name: &str, mut v: Vec<f64>) {
     println!("{name:<48} p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs", p(0.5), p(0.9), p(0.99));
 }
 
-
-
-
 fn commit(tid: u64) -> LedgerEntry {
     let hosts: BTreeMap<String, HostTxnRecord> = ["h0", "h1", "h2"]
         .iter()
@@ -51,7 +49,6 @@ fn commit(tid: u64) -> LedgerEntry {
     LedgerEntry::Commit { tid, hosts, begin_next: Some(tid + 1) }
 }
 
-
 /// (write syscalls, bytes written) of this process so far (/proc/self/io).
 fn io() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
@@ -65,7 +62,9 @@ fn io() -> (u64, u64) {
 
 type Step = Box<dyn FnMut(usize)>;
 
-fn redb_step(hint: Option<redb::Durability>) -> (tempfile::TempDir, Step) {
+/// The ledger's former write path: entry and committed hint in one redb
+/// write transaction (fsync on commit).
+fn redb_step() -> (tempfile::TempDir, Step) {
     const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
     const M: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("m");
     let d = dir();
@@ -74,17 +73,20 @@ fn redb_step(hint: Option<redb::Durability>) -> (tempfile::TempDir, Step) {
     let step = move |i: usize| {
         let w = db.begin_write().unwrap();
         w.open_table(T).unwrap().insert(i as u64, val.as_slice()).unwrap();
-        if matches!(hint, Some(redb::Durability::Immediate)) {
-            // folded into the same transaction
-            w.open_table(M).unwrap().insert("committed", val[..40].as_ref()).unwrap();
-        }
+        w.open_table(M).unwrap().insert("committed", val[..40].as_ref()).unwrap();
         w.commit().unwrap();
-        if matches!(hint, Some(redb::Durability::None)) {
-            let mut w = db.begin_write().unwrap();
-            w.set_durability(redb::Durability::None).unwrap();
-            w.open_table(M).unwrap().insert("committed", val[..40].as_ref()).unwrap();
-            w.commit().unwrap();
-        }
+    };
+    (d, Box::new(step))
+}
+
+/// The ledger's write path now: entry and committed hint in one raft log
+/// append (one write, one fdatasync).
+fn log_step() -> (tempfile::TempDir, Step) {
+    let d = dir();
+    let (log, _) = super::log::RaftLog::open(&d.path().join("log"), super::log::DEFAULT_SEGMENT_BYTES).unwrap();
+    let val = vec![7u8; 400];
+    let step = move |i: usize| {
+        log.append(&[(i as u64, val.clone())], Some((i as u64, &val[..40]))).unwrap();
     };
     (d, Box::new(step))
 }
@@ -96,9 +98,8 @@ async fn ledger_write_path() {
     let d = dir();
     let mut f = std::fs::File::create(d.path().join("f")).unwrap();
     let buf = vec![7u8; 400];
-    let (_d1, mut r1) = redb_step(None);
-    let (_d2, mut r2) = redb_step(Some(redb::Durability::None));
-    let (_d3, mut r3) = redb_step(Some(redb::Durability::Immediate));
+    let (_d1, mut r1) = redb_step();
+    let (_d2, mut r2) = log_step();
     let ld = dir();
     let l = Ledger::open_single(ld.path(), 1, "127.0.0.1:1".into()).await.unwrap();
     l.propose(LedgerEntry::Init {
@@ -110,12 +111,11 @@ async fn ledger_write_path() {
     .unwrap();
     l.propose(LedgerEntry::Begin { tid: 1 }).await.unwrap().unwrap();
 
-    const K: usize = 5;
+    const K: usize = 4;
     let names = [
         "write 400 B + fdatasync (floor)",
-        "redb: log insert only, 1 txn",
-        "redb: log txn + hint txn (Durability::None)",
-        "redb: log + hint in 1 txn",
+        "redb: entry + hint in 1 txn (before)",
+        "raft log: entry + hint in 1 append (now)",
         "Ledger::propose (single node, Commit entry)",
     ];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); K];
@@ -131,7 +131,6 @@ async fn ledger_write_path() {
                 }
                 1 => r1(i),
                 2 => r2(i),
-                3 => r3(i),
                 _ => {
                     l.propose(commit(1 + i as u64)).await.unwrap().unwrap();
                 }

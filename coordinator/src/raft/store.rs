@@ -1,35 +1,43 @@
-//! Durable raft storage for the ledger group, in one redb file per node.
+//! Durable raft storage for the ledger group: the log in append-only
+//! segment files ([`super::log`], `<data dir>/raft-log/`), everything else in
+//! one redb file (`<data dir>/ledger.redb`).
 //!
-//! Layout of `<data dir>/ledger.redb`:
+//! Layout of `ledger.redb` (table `raft_meta`, key → value):
 //!
-//! | table | key | value |
-//! |---|---|---|
-//! | `raft_log` | log index (u64) | JSON of `openraft::Entry<TypeConfig>` |
-//! | `raft_meta` | `"format"` | [`FORMAT`]: marks the file as a Lockstep ledger, with its version |
-//! | `raft_meta` | `"vote"` | JSON `Vote` |
-//! | `raft_meta` | `"committed"` | JSON `LogId`: highest log id known committed |
-//! | `raft_meta` | `"last_purged"` | JSON `LogId`: highest log id removed from `raft_log` |
-//! | `raft_meta` | `"snapshot_meta"` | JSON `SnapshotMeta` of the current snapshot |
-//! | `raft_meta` | `"snapshot_data"` | the snapshot bytes (JSON [`SnapshotPayload`]) |
+//! | key | value |
+//! |---|---|
+//! | `"format"` | [`FORMAT`]: marks the file as a Lockstep ledger, with its version |
+//! | `"vote"` | JSON `Vote` |
+//! | `"snapshot_meta"` | JSON `SnapshotMeta` of the current snapshot |
+//! | `"snapshot_data"` | the snapshot bytes (JSON [`SnapshotPayload`]) |
 //!
-//! Every write is one redb write transaction committed with redb's default
-//! durability (`Durability::Immediate`: fsync before `commit` returns), and
-//! openraft is told an append is flushed (`LogFlushed`) only after that
-//! commit. The one exception is the committed id (see
-//! `LogStore::save_committed`), a hint kept in memory and written inside the
-//! next append's transaction, never in a transaction of its own. redb runs
-//! blocking file I/O, so each operation runs on tokio's blocking pool.
+//! and in the raft log directory: each entry as JSON of
+//! `openraft::Entry<TypeConfig>`, the committed id (JSON `Option<LogId>`) as
+//! the log's committed hint, and the last purged id (JSON `LogId`) as its
+//! purge marker.
 //!
-//! Cost of a proposal (measured with `raft::bench`, redb 4.6, 400-byte
-//! entries): the append is one redb transaction with one fsync and ~8 page
-//! writes (~29 KB); the former separate hint transaction made it ~11 writes
-//! (~41 KB) per proposal.
+//! Why the split: appends are the hot path (one per proposal) and are a
+//! few hundred bytes at the end of a file, which the log writes with one
+//! `pwrite` and one `fdatasync`; a redb transaction costs ~8 page writes
+//! before its fsync. Vote and snapshot are rare (elections, every ~1000
+//! entries), must be replaced atomically, and redb gives that plus the
+//! exclusive file lock that keeps a second coordinator off the whole data
+//! directory (the log has no lock of its own: redb is opened first and
+//! closed last, see [`Db`]).
+//!
+//! Durability: the vote and snapshot writes are redb transactions with
+//! redb's default durability (fsync before `commit` returns); an append is
+//! durable before openraft hears `LogFlushed`. The committed id is a hint
+//! (see `LogStore::save_committed`) kept in memory and written after the
+//! entries of the next append, in the same write. Storage calls do blocking
+//! file I/O, so each runs on tokio's blocking pool.
 //!
 //! The state machine ([`StateMachine`]) is the ledger in memory plus the last
 //! applied log id and membership. It is not written on every apply: on
 //! restart it is rebuilt from the current snapshot, and openraft re-applies
 //! the committed entries after it (`read_committed`).
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::io::Read as _;
 use std::ops::Bound;
@@ -50,41 +58,82 @@ use openraft::{
     Vote,
 };
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase as _, ReadableTable as _,
+    Database, DatabaseError, ReadableDatabase as _, ReadableTable as _,
     TableDefinition, TableError, TableHandle as _,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::log::{RaftLog, DEFAULT_SEGMENT_BYTES};
 use super::{NodeId, TypeConfig, Verdict};
 use crate::ledger::LedgerState;
 
 /// The ledger file inside the coordinator's data directory.
 pub const LEDGER_FILE: &str = "ledger.redb";
-/// Format marker stored under `raft_meta["format"]`.
-pub const FORMAT: &str = "lockstep-ledger/1";
+/// The raft log directory inside the coordinator's data directory.
+pub const LOG_DIR: &str = "raft-log";
+/// Format marker stored under `raft_meta["format"]`. Version 1 kept the raft
+/// log inside `ledger.redb`; version 2 keeps it in [`LOG_DIR`].
+pub const FORMAT: &str = "lockstep-ledger/2";
 const SNAPSHOT_FORMAT: &str = "lockstep-ledger-snapshot/1";
 /// The first bytes of every redb file (redb's `MAGICNUMBER`).
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 const K_FORMAT: &str = "format";
 const K_VOTE: &str = "vote";
-const K_COMMITTED: &str = "committed";
-const K_LAST_PURGED: &str = "last_purged";
 const K_SNAPSHOT_META: &str = "snapshot_meta";
 const K_SNAPSHOT_DATA: &str = "snapshot_data";
 
 type Entry = openraft::Entry<TypeConfig>;
 type SErr = StorageError<NodeId>;
 
+/// Opens (creating if new) the ledger storage in `dir`: `ledger.redb` first
+/// (its lock keeps other coordinators off the directory), then the raft log.
+/// Never panics on foreign or damaged files: every failure is an error
+/// naming the file and what to do. The receiver reports when the returned
+/// [`Db`] is closed.
+pub fn open(dir: &Path) -> anyhow::Result<(Db, tokio::sync::watch::Receiver<()>, PathBuf)> {
+    open_with(dir, DEFAULT_SEGMENT_BYTES)
+}
+
+/// [`open`] with a given segment size of the raft log.
+pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::sync::watch::Receiver<()>, PathBuf)> {
+    let (db, path, fresh) = open_db(dir)?;
+    let log_dir = dir.join(LOG_DIR);
+    let shown = log_dir.display();
+    if fresh && log_dir.exists() && std::fs::read_dir(&log_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!(
+            "{shown} holds raft log files but {} was just created: this data directory is incomplete or mixes two \
+             ledgers; restore the whole directory, or move {shown} away to start an empty ledger",
+            path.display()
+        );
+    }
+    if !fresh && !log_dir.exists() {
+        let has_vote = get_meta::<Vote<NodeId>>(&db, K_VOTE)?.is_some();
+        let has_snapshot = get_meta::<Meta>(&db, K_SNAPSHOT_META)?.is_some();
+        if has_vote || has_snapshot {
+            bail!(
+                "{} holds a raft vote or snapshot but the raft log directory {shown} is missing: restore it from \
+                 a backup or, in a multi-node group, move the data directory away so this node catches up from the \
+                 leader",
+                path.display()
+            );
+        }
+    }
+    let (log, report) = RaftLog::open(&log_dir, segment_bytes)?;
+    if report.torn_tail.is_some() || !report.removed.is_empty() {
+        tracing::warn!(?report, "raft log repaired on open");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(());
+    Ok((Db { log, db, _closed: tx }, rx, path))
+}
+
 /// Opens (creating if new) `<dir>/ledger.redb`, holding redb's exclusive
-/// file lock for as long as the returned database lives. Never panics on a
-/// foreign or damaged file: every failure is an error naming the file and
-/// what to do.
-pub fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf)> {
+/// file lock for as long as the returned database lives; `true` if the file
+/// was new.
+fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, bool)> {
     if dir.exists() && !dir.is_dir() {
         bail!(
             "ledger data directory {} exists but is not a directory; pass a directory path",
@@ -142,26 +191,22 @@ pub fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf)> {
              backup (or, in a multi-node group, remove it so the node catches up from the leader)"
         ),
     };
-    check_format(&db, &path)?;
-    Ok((db, path))
+    let fresh = check_format(&db, &path)?;
+    Ok((db, path, fresh))
 }
 
-/// The open ledger database, shared by the log store and the state
-/// machine. Dropping the last handle closes the file and releases redb's
-/// lock; the receiver from [`Db::new`] reports when that has *finished*
-/// (redb's drop does I/O, so "no handles left" alone does not mean the file
-/// can be opened again yet).
+/// The open ledger storage, shared by the log store and the state machine.
+/// Dropping the last handle closes the log, then `ledger.redb` (releasing
+/// redb's lock); the receiver from [`open`] reports when that has
+/// *finished* (redb's drop does I/O, so "no handles left" alone does not
+/// mean the directory can be opened again yet).
 pub struct Db {
+    /// Dropped first: the log is closed while redb's lock still guards it
+    /// (fields drop in declaration order).
+    pub log: RaftLog,
     db: Database,
-    /// Dropped after `db` (fields drop in declaration order).
+    /// Dropped last.
     _closed: tokio::sync::watch::Sender<()>,
-}
-
-impl Db {
-    pub fn new(db: Database) -> (Db, tokio::sync::watch::Receiver<()>) {
-        let (tx, rx) = tokio::sync::watch::channel(());
-        (Db { db, _closed: tx }, rx)
-    }
 }
 
 impl std::ops::Deref for Db {
@@ -171,9 +216,9 @@ impl std::ops::Deref for Db {
     }
 }
 
-/// Stamps a brand-new file with [`FORMAT`]; refuses a redb file that is not a
-/// Lockstep ledger or has another format version.
-fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
+/// Stamps a brand-new file with [`FORMAT`] (returning `true`); refuses a redb
+/// file that is not a Lockstep ledger or has another format version.
+fn check_format(db: &Database, path: &Path) -> anyhow::Result<bool> {
     let shown = path.display();
     let rtx = db
         .begin_read()
@@ -191,10 +236,9 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
         {
             let mut meta = wtx.open_table(META)?;
             meta.insert(K_FORMAT, FORMAT.as_bytes())?;
-            wtx.open_table(LOG)?;
         }
         wtx.commit().with_context(|| format!("writing {shown}"))?;
-        return Ok(());
+        return Ok(true);
     }
     let not_ours = || {
         anyhow!(
@@ -214,10 +258,11 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("reading {shown}"))?
         .map(|v| v.value().to_vec());
     match found {
-        Some(v) if v == FORMAT.as_bytes() => Ok(()),
+        Some(v) if v == FORMAT.as_bytes() => Ok(false),
         Some(v) => bail!(
-            "{shown} has ledger format {:?}, this build supports {FORMAT:?}; open it with the Lockstep version \
-             that wrote it",
+            "{shown} has ledger format {:?}, this build supports {FORMAT:?} (format 1 kept the raft log inside \
+             ledger.redb, format 2 in {LOG_DIR}/); open it with the Lockstep version that wrote it, or move the \
+             data directory away to start an empty ledger",
             String::from_utf8_lossy(&v)
         ),
         None => Err(not_ours()),
@@ -251,55 +296,77 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> anyhow::Result<Opt
     Ok(Some(t))
 }
 
-fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result<()> {
-    put_meta_with(db, key, value, Durability::Immediate)
-}
-
-/// Test hook: overwrite the committed-id hint, as a crash between an
-/// append's fsync and the (unsynced) hint write leaves it.
+/// Test hook: make the committed-id hint on disk `committed`, as a crash
+/// before the hint's next write leaves it. Rewrites the raft log with the
+/// same entries (the test's log has no purge marker).
 #[cfg(test)]
 pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId<NodeId>>) -> anyhow::Result<()> {
-    let (db, _) = open_db(dir)?;
-    put_meta(&db, K_COMMITTED, &committed)
+    let log_dir = dir.join(LOG_DIR);
+    let entries = {
+        let (db, _, _) = open(dir)?;
+        let (first, last) = (db.log.first_index(), db.log.last_index());
+        match (first, last) {
+            (Some(f), Some(l)) => db.log.read(f, l)?,
+            _ => Vec::new(),
+        }
+    };
+    std::fs::remove_dir_all(&log_dir)?;
+    let (log, _) = RaftLog::open(&log_dir, DEFAULT_SEGMENT_BYTES)?;
+    let hint = serde_json::to_vec(&committed)?;
+    log.append(&entries, Some((committed.map_or(0, |c| c.index), &hint)))?;
+    Ok(())
 }
 
-fn put_meta_with<T: Serialize>(
-    db: &Database,
-    key: &str,
-    value: &T,
-    durability: Durability,
-) -> anyhow::Result<()> {
+fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(value)?;
-    let mut wtx = db.begin_write()?;
-    wtx.set_durability(durability).map_err(|e| anyhow!("{e}"))?;
+    let wtx = db.begin_write()?;
     wtx.open_table(META)?.insert(key, bytes.as_slice())?;
+    // Default durability: fsync before commit returns.
     wtx.commit()?;
     Ok(())
 }
 
-fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> anyhow::Result<Vec<Entry>> {
-    let rtx = db.begin_read()?;
-    let log = rtx.open_table(LOG)?;
-    let mut out = Vec::new();
-    for item in log.range::<u64>(range)? {
-        let (k, v) = item?;
-        let e: Entry = serde_json::from_slice(v.value())
-            .with_context(|| format!("decoding raft log entry {}", k.value()))?;
-        out.push(e);
-    }
-    Ok(out)
+fn decode_entry(index: u64, bytes: &[u8]) -> anyhow::Result<Entry> {
+    serde_json::from_slice(bytes).with_context(|| format!("decoding raft log entry {index}"))
 }
 
-fn read_log_state(db: &Database) -> anyhow::Result<LogState<TypeConfig>> {
-    let last_purged: Option<LogId<NodeId>> = get_meta(db, K_LAST_PURGED)?;
-    let rtx = db.begin_read()?;
-    let log = rtx.open_table(LOG)?;
-    let last = match log.last()? {
-        Some((k, v)) => {
-            let e: Entry = serde_json::from_slice(v.value())
-                .with_context(|| format!("decoding raft log entry {}", k.value()))?;
-            Some(e.log_id)
+/// `range` as inclusive bounds; `None` if it is empty.
+fn inclusive(range: (Bound<u64>, Bound<u64>)) -> Option<(u64, u64)> {
+    let first = match range.0 {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let last = match range.1 {
+        Bound::Included(e) => e,
+        Bound::Excluded(e) => e.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (first <= last).then_some((first, last))
+}
+
+fn read_entries(log: &RaftLog, range: (Bound<u64>, Bound<u64>)) -> anyhow::Result<Vec<Entry>> {
+    let Some((first, last)) = inclusive(range) else {
+        return Ok(Vec::new());
+    };
+    log.read(first, last)?
+        .iter()
+        .map(|(i, bytes)| decode_entry(*i, bytes))
+        .collect()
+}
+
+fn read_log_state(log: &RaftLog) -> anyhow::Result<LogState<TypeConfig>> {
+    let last_purged: Option<LogId<NodeId>> = match log.purged() {
+        Some((i, bytes)) => {
+            Some(serde_json::from_slice(&bytes).with_context(|| format!("decoding the purge marker (index {i})"))?)
         }
+        None => None,
+    };
+    let last = match log.last_index() {
+        Some(l) => match log.read(l, l)?.first() {
+            Some((i, bytes)) => Some(decode_entry(*i, bytes)?.log_id),
+            None => bail!("raft log entry {l} vanished while reading the log state"),
+        },
         None => last_purged,
     };
     Ok(LogState {
@@ -316,11 +383,21 @@ fn read_log_state(db: &Database) -> anyhow::Result<LogState<TypeConfig>> {
 pub struct LogStore {
     db: Arc<Db>,
     /// The committed id last given to `save_committed` and not yet written:
-    /// `Some(hint)` until the next append's transaction carries it to disk.
+    /// `Some(hint)` until the next append carries it to disk.
     pending_committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     /// The newest committed id this store knows (saved, written or read).
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    /// The newest entries, as appended: openraft reads each entry back right
+    /// after appending it (to apply it, and to send it to followers), and
+    /// serving that from memory saves a trip to the blocking pool and a
+    /// decode per proposal. Invariant: if not empty, it is a contiguous run
+    /// of the log ending at the log's last entry (writes keep it so; reads
+    /// of anything else go to the files).
+    recent: Arc<Mutex<VecDeque<Entry>>>,
 }
+
+/// Entries kept in [`LogStore::recent`].
+const RECENT_MAX: usize = 256;
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
@@ -328,7 +405,48 @@ impl LogStore {
             db,
             pending_committed: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
         }
+    }
+
+    /// Adds just-appended entries to `recent`.
+    fn remember(&self, appended: Vec<Entry>) {
+        let mut recent = lock(&self.recent);
+        let follows = match (recent.back(), appended.first()) {
+            (Some(b), Some(a)) => b.log_id.index + 1 == a.log_id.index,
+            _ => true,
+        };
+        if !follows {
+            // Entries the purge point covers were skipped by the log, or
+            // the log restarted after a purge beyond its end.
+            recent.clear();
+        }
+        recent.extend(appended);
+        while recent.len() > RECENT_MAX {
+            recent.pop_front();
+        }
+        // Only what the log holds: it skips entries its purge point covers.
+        let (first, last) = (self.db.log.first_index(), self.db.log.last_index());
+        recent.retain(|e| first.is_some_and(|f| e.log_id.index >= f));
+        if recent.back().map(|e| e.log_id.index) != last {
+            recent.clear();
+        }
+    }
+
+    /// The entries of `range` if they all are in `recent`.
+    fn read_recent(&self, range: (Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let (first, last) = inclusive(range)?;
+        let recent = lock(&self.recent);
+        let (lo, hi) = (recent.front()?.log_id.index, recent.back()?.log_id.index);
+        if first < lo {
+            return None;
+        }
+        if first > hi {
+            // Nothing exists past the log's last entry.
+            return Some(Vec::new());
+        }
+        let (from, to) = ((first - lo) as usize, (last.min(hi) - lo) as usize);
+        Some(recent.range(from..=to).cloned().collect())
     }
 }
 
@@ -342,8 +460,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, SErr> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(hit) = self.read_recent(bounds) {
+            return Ok(hit);
+        }
         let db = self.db.clone();
-        blocking(StorageIOError::read_logs, move || read_entries(&db, bounds)).await
+        blocking(StorageIOError::read_logs, move || read_entries(&db.log, bounds)).await
     }
 }
 
@@ -352,7 +473,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
         let db = self.db.clone();
-        blocking(StorageIOError::read_logs, move || read_log_state(&db)).await
+        blocking(StorageIOError::read_logs, move || read_log_state(&db.log)).await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -378,9 +499,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// depends on it (everything it names is in the durable log, and a leader
     /// re-commits it; a restarted single node starts a new term for that,
     /// see `Ledger::bootstrap`). So it costs no I/O here: it is kept in
-    /// memory and written inside the next append's transaction, at most one
-    /// append behind. A transaction of its own (even without fsync) added
-    /// ~4 page writes to every proposal.
+    /// memory and written after the entries of the next append, in the same
+    /// write, at most one append behind.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         *lock(&self.pending_committed) = Some(committed);
         *lock(&self.committed) = Some(committed);
@@ -391,11 +511,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = *lock(&self.committed) {
             return Ok(c);
         }
-        let db = self.db.clone();
-        let c = blocking(StorageIOError::read, move || {
-            Ok(get_meta::<Option<LogId<NodeId>>>(&db, K_COMMITTED)?.flatten())
-        })
-        .await?;
+        let c: Option<LogId<NodeId>> = match self.db.log.committed() {
+            Some((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| StorageIOError::read(AnyError::error(format!("decoding the committed hint: {e}"))))?,
+            None => None,
+        };
         lock(&self.committed).get_or_insert(c);
         Ok(c)
     }
@@ -406,34 +526,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut appended = Vec::new();
         for e in entries {
             let bytes = serde_json::to_vec(&e)
                 .map_err(|err| StorageIOError::write_log_entry(e.log_id, AnyError::new(&err)))?;
             rows.push((e.log_id.index, bytes));
+            appended.push(e);
         }
         let hint = lock(&self.pending_committed).take();
-        let hint = match hint.map(|h| serde_json::to_vec(&h)).transpose() {
+        let hint = match hint.map(|h| serde_json::to_vec(&h).map(|b| (h.map_or(0, |c| c.index), b))).transpose() {
             Ok(h) => h,
             Err(err) => return Err(StorageIOError::write(AnyError::new(&err)).into()),
         };
         let db = self.db.clone();
         let res = blocking(StorageIOError::write_logs, move || {
-            let wtx = db.begin_write()?;
-            {
-                let mut log = wtx.open_table(LOG)?;
-                for (index, bytes) in &rows {
-                    log.insert(*index, bytes.as_slice())?;
-                }
-            }
-            // The committed hint rides along (one transaction, one fsync).
-            if let Some(h) = &hint {
-                wtx.open_table(META)?.insert(K_COMMITTED, h.as_slice())?;
-            }
-            // Default durability: fsync before commit returns.
-            wtx.commit()?;
-            Ok(())
+            // The committed hint rides along: one write, one fdatasync.
+            let hint = hint.as_ref().map(|(key, bytes)| (*key, bytes.as_slice()));
+            Ok(db.log.append(&rows, hint)?)
         })
         .await;
+        if res.is_ok() {
+            self.remember(appended);
+        }
         // Acknowledge only what is on disk.
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
@@ -443,30 +557,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        // Forget first: meanwhile, readers fall back to the files.
+        lock(&self.recent).retain(|e| e.log_id.index < log_id.index);
         let db = self.db.clone();
-        blocking(StorageIOError::write_logs, move || {
-            let wtx = db.begin_write()?;
-            wtx.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            wtx.commit()?;
-            Ok(())
-        })
-        .await
+        blocking(StorageIOError::write_logs, move || Ok(db.log.truncate(log_id.index)?)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        lock(&self.recent).retain(|e| e.log_id.index > log_id.index);
         let db = self.db.clone();
         blocking(StorageIOError::write_logs, move || {
-            let bytes = serde_json::to_vec(&Some(log_id))?;
-            let wtx = db.begin_write()?;
-            {
-                wtx.open_table(META)?
-                    .insert(K_LAST_PURGED, bytes.as_slice())?;
-                wtx.open_table(LOG)?
-                    .retain_in(..=log_id.index, |_, _| false)?;
-            }
-            wtx.commit()?;
-            Ok(())
+            let marker = serde_json::to_vec(&log_id)?;
+            Ok(db.log.purge(log_id.index, &marker)?)
         })
         .await
     }
