@@ -175,3 +175,60 @@ async fn the_whole_group_restarts_from_disk_with_the_ledger_intact() {
     assert!(committed.contains(&before.last_committed_tid), "tid {} lost across the restart", before.last_committed_tid);
     check_sinks(&g);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_are_added_and_removed_through_the_admin_api() {
+    use lockstep_proto::v1::{self as pb, admin_client::AdminClient};
+    let g = Group::start(NODES, opts());
+    let long = Duration::from_secs(60);
+    let (leader, _) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running").await;
+    let follower = (leader + 1) % NODES;
+
+    // A fourth node started with --join waits to be added.
+    let addr = format!("127.0.0.1:{}", lockstep_tests::free_port());
+    let dir = g.dir.path().join("coordinator-4");
+    let args: Vec<String> = [
+        "serve", "--node-id", "4", "--join", "--listen", &addr, "--data-dir", &dir.display().to_string(), "--cluster-id",
+        &g.opts.cluster_id, "--hosts", "host-0,host-1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _fourth = lockstep_tests::Proc::spawn(
+        "coordinator-4",
+        lockstep_tests::bin_dir().join("coordinator"),
+        args,
+        g.dir.path().join("coordinator-4.log"),
+    );
+
+    // A follower refuses, naming the leader.
+    let mut at_follower = AdminClient::connect(format!("http://{}", g.addrs[follower])).await.expect("admin");
+    let refused = at_follower
+        .add_node(pb::AddNodeRequest { node_id: 4, addr: addr.clone() })
+        .await
+        .expect_err("a follower must not change membership");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.metadata().get(lockstep_proto::LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()),
+        Some(g.addrs[leader].as_str()),
+        "{refused:?}"
+    );
+
+    let mut at_leader = AdminClient::connect(format!("http://{}", g.addrs[leader])).await.expect("admin");
+    let added = at_leader.add_node(pb::AddNodeRequest { node_id: 4, addr: addr.clone() }).await.expect("AddNode").into_inner();
+    let voters: Vec<u64> = added.nodes.iter().filter(|n| n.voter).map(|n| n.node_id).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4], "{added:?}");
+    // The new node has the ledger: its stale read names the same cluster.
+    let fourth = lockstep_tests::status_at(&addr).await.expect("status of node 4");
+    assert_eq!(fourth.cluster_id, g.opts.cluster_id);
+    assert_eq!(fourth.leader_id, leader as u64 + 1);
+
+    let removed = at_leader.remove_node(pb::RemoveNodeRequest { node_id: 4 }).await.expect("RemoveNode").into_inner();
+    let ids: Vec<u64> = removed.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, vec![1, 2, 3], "{removed:?}");
+    let unknown = at_leader.remove_node(pb::RemoveNodeRequest { node_id: 9 }).await.expect_err("not a member");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // The pipeline kept committing throughout.
+    let committed = lockstep_tests::status_at(&g.addrs[leader]).await.expect("status").last_committed_tid;
+    g.wait_leader("commits after the membership changes", long, |s| s.last_committed_tid > committed).await;
+}
