@@ -480,6 +480,12 @@ async fn containers_replicated_coordinator_survives_a_partitioned_leader() {
         .wait_leader("commits after the old leader rejoined", &[old], |x| running(x) && x.last_committed_tid > s.last_committed_tid + 2)
         .await;
     assert!(rejoined.last_committed_tid <= s.last_committed_tid);
+    let old_log = c.log(&c.coordinators[old]);
+    assert!(
+        old_log.contains("this node no longer leads"),
+        "the cut-off leader must say it stopped driving the pipeline\n{}",
+        tail(&old_log, 80)
+    );
 
     c.stop_all();
     c.check_sinks(s.last_committed_tid);
