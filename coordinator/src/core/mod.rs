@@ -84,9 +84,24 @@ pub enum Phase {
     Bumping { epoch: Epoch },
     /// `Restore(checkpoint)` sent; waiting for every host's `Restored`.
     Restoring { checkpoint: Tid },
-    /// Re-running committed transaction `tid`; `queue` holds the committed
-    /// tids still to replay after it.
-    Replaying { tid: Tid, queue: VecDeque<Tid> },
+    /// Re-running the committed tids after the restored checkpoint. Each
+    /// host has its own position in the queue (`at`) and moves on as soon as
+    /// its own report of a tid verifies: the tid is committed in the ledger
+    /// with a record per host, so no host's commit depends on another's
+    /// replay. Only the last committed tid waits for every host, because
+    /// what follows (the open last tid, or a fresh `Begin`) is a
+    /// transaction of all hosts together.
+    Replaying {
+        /// The oldest tid not every host has passed yet: the slowest
+        /// host's. Always `queue[0].tid`.
+        tid: Tid,
+        /// Every committed tid from `tid` on, in ledger order, with what the
+        /// hosts that already passed it reported.
+        queue: VecDeque<ReplayTid>,
+        /// Each member host's tid in `queue`: the one it is replaying, or
+        /// (the last one only) prepared in and waiting for the others.
+        at: BTreeMap<HostId, Tid>,
+    },
     Running(Txn),
     Failed(Diagnosis),
     Stopped { reason: String },
@@ -107,6 +122,18 @@ impl Phase {
     fn is_active(&self) -> bool {
         !matches!(self, Phase::Joining | Phase::Failed(_) | Phase::Stopped { .. })
     }
+}
+
+/// A committed tid in the replay queue, and the hosts that passed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayTid {
+    pub tid: Tid,
+    /// Hosts whose replay of `tid` verified (and, but for the last tid,
+    /// were sent its `Commit`).
+    pub passed: usize,
+    /// Input records those hosts replayed in `tid`, for the `Committed`
+    /// notice that goes out once every host passed it.
+    pub records: u64,
 }
 
 /// Per-host progress in the current transaction.
@@ -310,7 +337,8 @@ impl Core {
         let Some(slot) = self.hosts.get(host) else { return self.unknown_host(host, out) };
         // (tid, replay steps allowed, live steps allowed) in this phase.
         let expected = match &self.phase {
-            Phase::Replaying { tid, .. } => Some((*tid, true, false)),
+            // Every member host has a position (`start_replay`).
+            Phase::Replaying { at, .. } => at.get(host).map(|t| (*t, true, false)),
             Phase::Running(Txn::Open { tid, mode, .. }) | Phase::Running(Txn::Preparing { tid, mode }) => {
                 Some((*tid, *mode == Mode::Replay, true))
             }
@@ -335,6 +363,12 @@ impl Core {
         if r.tid != tid {
             return self.protocol_error(host, Some(r.tid), Some(r.step),
                 format!("step reported for tid {} while tid {tid} is open", r.tid), out);
+        }
+        // A host starts no step once it reported Prepared (DESIGN §5): the
+        // prepared report is what the commit holds it to.
+        if slot.txn.prepared.is_some() {
+            return self.protocol_error(host, Some(r.tid), Some(r.step),
+                format!("step reported after this host's Prepared for tid {tid}"), out);
         }
         let state_ok = match (r.mode, r.state) {
             (Mode::Replay, HostTxnState::OpenReplay) => replay_ok && slot.txn.live_steps == 0,
@@ -375,15 +409,17 @@ impl Core {
             return self.unknown_host(host, out);
         }
         let tid = match &self.phase {
-            Phase::Replaying { tid, .. } | Phase::Running(Txn::Preparing { tid, .. }) => *tid,
+            Phase::Replaying { at, .. } if at.contains_key(host) => at[host],
+            Phase::Running(Txn::Preparing { tid, .. }) => *tid,
             Phase::Failed(_) | Phase::Stopped { .. } => return,
-            Phase::Joining | Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Running(_) => {
+            Phase::Joining | Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_) => {
                 return self.protocol_error(host, Some(r.tid), None,
                     format!("Prepared arrived but no Prepare is outstanding ({})", self.describe()), out);
             }
         };
         if r.tid != tid {
-            return self.protocol_error(host, Some(r.tid), None, format!("Prepared for tid {} while preparing tid {tid}", r.tid), out);
+            let whose = if matches!(self.phase, Phase::Replaying { .. }) { "this host replays" } else { "preparing" };
+            return self.protocol_error(host, Some(r.tid), None, format!("Prepared for tid {} while {whose} tid {tid}", r.tid), out);
         }
         let slot = &self.hosts[host];
         if slot.txn.prepared.is_some() {
@@ -399,6 +435,7 @@ impl Core {
             if let Some(d) = verify::replayed_txn(host, &r, journal, ledger) {
                 return self.fail(d, out);
             }
+            return self.replay_passed(host, r, out);
         }
         self.hosts.get_mut(host).expect("checked").txn.prepared = Some(r);
         if self.hosts.values().all(|s| s.txn.prepared.is_some()) {
@@ -406,34 +443,69 @@ impl Core {
         }
     }
 
-    fn all_prepared(&mut self, tid: Tid, out: &mut Vec<Action>) {
-        match &mut self.phase {
-            Phase::Replaying { queue, .. } => {
-                // Already committed in the ledger: commit on the hosts at
-                // exactly the recorded boundary, and move to the next one.
-                let queue = std::mem::take(queue);
-                let records = self.txn_records();
-                out.push(Action::Notice(Notice::Committed { tid, replayed: true, records }));
-                self.advance_replay(Some(tid), queue, out);
+    /// `host`'s replay of its tid verified (steps, aggregate against its
+    /// journal and the ledger, output digest against the ledger). The tid is
+    /// committed in the ledger, and what this host releases on `Commit` is
+    /// exactly what the ledger recorded for it, so it needs no other host:
+    /// it gets `Commit` and its next tid at once. A divergence found later on
+    /// another host still fails the pipeline and stops everyone; outputs
+    /// released by then were committed long ago. Only the last committed tid
+    /// waits for every host: what follows is one transaction of all hosts
+    /// (`finish_replay`).
+    fn replay_passed(&mut self, host: &str, r: PreparedReport, out: &mut Vec<Action>) {
+        let tid = r.tid;
+        let n_hosts = self.hosts.len();
+        let epoch = self.ledger.epoch;
+        let slot = self.hosts.get_mut(host).expect("checked by the caller");
+        let Phase::Replaying { tid: slowest, queue, at } = &mut self.phase else {
+            unreachable!("called only while replaying")
+        };
+        let Ok(i) = queue.binary_search_by_key(&tid, |q| q.tid) else {
+            unreachable!("a host's position is a tid in the queue until every host passed it")
+        };
+        queue[i].passed += 1;
+        queue[i].records += slot.txn.records;
+        match queue.get(i + 1).map(|q| q.tid) {
+            Some(next) => {
+                at.insert(host.to_owned(), next);
+                slot.txn = HostProgress::default();
+                slot.commit_sent = tid;
+                let cmd = Cmd::Commit { tid, next: Some(Start::replay_committed(next)) };
+                out.push(Action::Send { host: host.to_owned(), epoch, cmd });
             }
-            Phase::Running(Txn::Preparing { .. }) => {
-                self.commits_since_checkpoint += 1;
-                let checkpoint_after = self.checkpoint_requested
-                    || (self.cfg.checkpoint_every_txns > 0 && self.commits_since_checkpoint >= self.cfg.checkpoint_every_txns);
-                let hosts = self
-                    .hosts
-                    .iter()
-                    .map(|(h, s)| {
-                        let p = s.txn.prepared.as_ref().expect("all prepared");
-                        (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest))
-                    })
-                    .collect();
-                let begin_next = (!checkpoint_after).then(|| self.ledger.tid_high_water + 1);
-                out.push(Action::Propose(LedgerEntry::Commit { tid, hosts, begin_next }));
-                self.phase = Phase::Running(Txn::Committing { tid, checkpoint_after });
-            }
-            _ => unreachable!("all_prepared is only called while preparing"),
+            // Prepared in the last committed tid: waits for the others.
+            None => slot.txn.prepared = Some(r),
         }
+        // Tids every host has now passed. Hosts pass tids in queue order, so
+        // these are a prefix of the queue.
+        while let Some(q) = queue.front().filter(|q| q.passed == n_hosts) {
+            out.push(Action::Notice(Notice::Committed { tid: q.tid, replayed: true, records: q.records }));
+            queue.pop_front();
+        }
+        match queue.front() {
+            Some(q) => *slowest = q.tid,
+            // Every host is prepared in the last committed tid.
+            None => self.finish_replay(Some(tid), out),
+        }
+    }
+
+    /// Every host prepared the live (or continued) transaction `tid`:
+    /// record its commit in the ledger.
+    fn all_prepared(&mut self, tid: Tid, out: &mut Vec<Action>) {
+        self.commits_since_checkpoint += 1;
+        let checkpoint_after = self.checkpoint_requested
+            || (self.cfg.checkpoint_every_txns > 0 && self.commits_since_checkpoint >= self.cfg.checkpoint_every_txns);
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(h, s)| {
+                let p = s.txn.prepared.as_ref().expect("all prepared");
+                (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest))
+            })
+            .collect();
+        let begin_next = (!checkpoint_after).then(|| self.ledger.tid_high_water + 1);
+        out.push(Action::Propose(LedgerEntry::Commit { tid, hosts, begin_next }));
+        self.phase = Phase::Running(Txn::Committing { tid, checkpoint_after });
     }
 
     fn on_committed(&mut self, host: &str, tid: Tid, out: &mut Vec<Action>) {
@@ -481,21 +553,21 @@ impl Core {
             Phase::Restoring { checkpoint: want } if *want == checkpoint => {
                 self.hosts.get_mut(host).expect("checked").acked = true;
                 if self.hosts.values().all(|s| s.acked) {
-                    let queue: VecDeque<Tid> = self
+                    let queue: VecDeque<ReplayTid> = self
                         .ledger
                         .txns
                         .values()
                         .filter(|t| t.tid > checkpoint && t.status == TxnStatus::Committed)
-                        .map(|t| t.tid)
+                        .map(|t| ReplayTid { tid: t.tid, passed: 0, records: 0 })
                         .collect();
                     let open_tid = self.ledger.open_txn().map(|t| t.tid);
                     out.push(Action::Notice(Notice::Recovering {
                         epoch: self.ledger.epoch,
                         checkpoint,
-                        replay_tids: queue.iter().copied().collect(),
+                        replay_tids: queue.iter().map(|q| q.tid).collect(),
                         open_tid,
                     }));
-                    self.advance_replay(None, queue, out);
+                    self.start_replay(queue, out);
                 }
             }
             Phase::Failed(_) | Phase::Stopped { .. } => {}
@@ -841,30 +913,40 @@ impl Core {
         self.set_phase(Phase::Restoring { checkpoint }, format!("epoch {} begins", self.ledger.epoch), out);
     }
 
-    /// Replays the next committed tid, or hands over to the open last
-    /// transaction, or begins a fresh one. `committed` is the tid whose
-    /// replay just finished (its hosts-side Commit is sent here,
-    /// piggy-backing the next Start).
-    fn advance_replay(&mut self, committed: Option<Tid>, mut queue: VecDeque<Tid>, out: &mut Vec<Action>) {
+    /// Every host restored the checkpoint: replay the committed tids after
+    /// it, every host from the first, each at its own pace
+    /// (`replay_passed`); with none to replay, go on at once.
+    fn start_replay(&mut self, queue: VecDeque<ReplayTid>, out: &mut Vec<Action>) {
+        let Some(first) = queue.front().map(|q| q.tid) else {
+            return self.finish_replay(None, out);
+        };
         for s in self.hosts.values_mut() {
             s.txn = HostProgress::default();
         }
-        if let Some(next) = queue.pop_front() {
-            self.send_commit_then(committed, Some(Start::replay_committed(next)), out);
-            self.set_phase_quiet(Phase::Replaying { tid: next, queue });
-            return;
+        self.broadcast(Cmd::Start(Start::replay_committed(first)), out);
+        let at = self.hosts.keys().map(|h| (h.clone(), first)).collect();
+        self.set_phase_quiet(Phase::Replaying { tid: first, queue, at });
+    }
+
+    /// Every host has passed every committed tid (`last`, the last of them,
+    /// is prepared everywhere and its Commit is sent here, piggy-backing the
+    /// next Start): hand over to the open last transaction, or begin a
+    /// fresh one.
+    fn finish_replay(&mut self, last: Option<Tid>, out: &mut Vec<Action>) {
+        for s in self.hosts.values_mut() {
+            s.txn = HostProgress::default();
         }
         // Invariant 4: the last transaction may have been begun but never
         // committed (crash mid-transaction). Hosts re-run what they journaled
         // under it (Start{Replay}) and, having no Prepare yet, continue it
         // live; it then commits normally.
         if let Some(open) = self.ledger.open_txn().map(|t| t.tid) {
-            self.send_commit_then(committed, Some(Start::replay_open(open)), out);
+            self.send_commit_then(last, Some(Start::replay_open(open)), out);
             self.open(open, Mode::Replay);
             self.note_phase("Running", format!("replay done; open tid {open} continues"), out);
             return;
         }
-        self.send_commit_then(committed, None, out);
+        self.send_commit_then(last, None, out);
         self.note_phase("Running", "replay done".into(), out);
         self.begin_next(out);
     }
@@ -1011,6 +1093,11 @@ impl Core {
     pub fn describe(&self) -> String {
         match &self.phase {
             Phase::Running(t) => format!("Running, {t:?}"),
+            // Not the whole queue: it may hold thousands of tids.
+            Phase::Replaying { tid, queue, at } => {
+                let last = queue.back().map(|q| q.tid).unwrap_or(*tid);
+                format!("Replaying committed tids {tid}..={last}, hosts at {at:?}")
+            }
             p => format!("{p:?}"),
         }
     }

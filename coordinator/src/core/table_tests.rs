@@ -19,6 +19,8 @@
 //!   summary contains `text`: `propose Fail(tid)` if the failure concerns the
 //!   ledger's open tid (`recorded`), `Stop` to every connected host, the
 //!   `Failed` notice, and the state notice.
+//! - `fails_after(first, recorded, text)`: `first` (what the first of two
+//!   reports did), then fails as above.
 //! - `rejects(text)`: the stream is refused with an error containing `text`,
 //!   nothing else changes.
 //! - `na()`: only for `applied_pending` in a phase that has no proposal in
@@ -57,7 +59,12 @@ const PHASES: &[&str] = &[
     "Bumping",
     "BumpingContinue",
     "Restoring",
+    // Replay of committed tids, each host at its own tid: both in tid 1;
+    // h0 in tid 2 (the last committed) with h1 still in tid 1; h1 prepared
+    // in tid 2 and waiting for h0, which is in tid 2 too.
     "Replaying",
+    "ReplayingApart",
+    "ReplayingLast",
     "Beginning",
     "OpenLive",
     "OpenReplay",
@@ -188,12 +195,39 @@ fn reach(name: &str) -> (Harness, Ctx) {
         };
         return done(h, ctx);
     }
+    // h0's replay of tid 1 verifies: it alone gets Commit(1) and tid 2.
     h.prepared("h0", 1, 2, agg(&[("gen", 2, 20)]), 100);
+    if name == "ReplayingApart" {
+        // h0 replays tid 2 (the last committed tid; it journaled no step of
+        // it), h1 is still in tid 1.
+        ctx = Ctx {
+            tid: 2,
+            mode: Mode::Replay,
+            last_step: 0,
+            prepared: prep(2, 0, agg(&[]), 0),
+            prepared_h1: prep(1, 1, agg(&[("gen", 1, 10)]), 101),
+            ..ctx
+        };
+        return done(h, ctx);
+    }
     h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 101);
     committed_by_both(&mut h, 1);
-    h.prepared("h0", 2, 0, agg(&[]), 0);
     replayed(&mut h, "h1", 2, 2, agg(&[("gen", 1, 10)]));
     h.prepared("h1", 2, 1, agg(&[("gen", 1, 10)]), 102);
+    if name == "ReplayingLast" {
+        // h1 is prepared in the last committed tid 2 and waits for h0,
+        // which has yet to report it.
+        ctx = Ctx {
+            tid: 2,
+            mode: Mode::Replay,
+            last_step: 0,
+            prepared: prep(2, 0, agg(&[]), 0),
+            prepared_h1: prep(2, 1, agg(&[("gen", 1, 10)]), 102),
+            ..ctx
+        };
+        return done(h, ctx);
+    }
+    h.prepared("h0", 2, 0, agg(&[]), 0);
     committed_by_both(&mut h, 2);
     // The open last transaction (invariant 4): h0 replays its journaled step.
     replayed(&mut h, "h0", 3, 3, agg(&[("gen", 5, 5)]));
@@ -499,7 +533,15 @@ fn show_phase(p: &Phase) -> String {
         Phase::Joining => "Joining".into(),
         Phase::Bumping { epoch } => format!("Bumping({epoch})"),
         Phase::Restoring { checkpoint } => format!("Restoring({checkpoint})"),
-        Phase::Replaying { tid, queue } => format!("Replaying({tid},{queue:?})"),
+        // Each host's tid, then the queue with how many hosts passed each
+        // tid: `Replaying(h0@2 h1@1; 1+1 2)`.
+        Phase::Replaying { tid, queue, at } => {
+            assert_eq!(queue.front().map(|q| q.tid), Some(*tid), "tid is the queue's front");
+            let at: Vec<String> = at.iter().map(|(h, t)| format!("{h}@{t}")).collect();
+            let queue: Vec<String> =
+                queue.iter().map(|q| if q.passed == 0 { q.tid.to_string() } else { format!("{}+{}", q.tid, q.passed) }).collect();
+            format!("Replaying({}; {})", at.join(" "), queue.join(" "))
+        }
         Phase::Running(t) => match t {
             Txn::Beginning { tid } => format!("Beginning({tid})"),
             Txn::Open { tid, mode, .. } => format!("Open({tid},{mode:?})"),
@@ -520,6 +562,9 @@ enum Out {
     To(&'static str, Vec<&'static str>),
     Nothing,
     Fails(Option<Tid>, &'static str),
+    /// These actions first (the first of two reports succeeded), then the
+    /// failure as in `Fails`.
+    FailsAfter(Vec<&'static str>, Option<Tid>, &'static str),
     Rejects(&'static str),
     NotApplicable,
 }
@@ -532,6 +577,9 @@ fn nothing() -> Out {
 }
 fn fails(recorded: Option<Tid>, text: &'static str) -> Out {
     Out::Fails(recorded, text)
+}
+fn fails_after(first: &[&'static str], recorded: Option<Tid>, text: &'static str) -> Out {
+    Out::FailsAfter(first.to_vec(), recorded, text)
 }
 fn rejects(text: &'static str) -> Out {
     Out::Rejects(text)
@@ -684,7 +732,7 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Restoring", "checkpoint_done_by_both", fails(Some(3), "protocol violation by host h1: CheckpointDone(3) unexpected")),
         ("Restoring", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
         ("Restoring", "restored_right", nothing()),
-        ("Restoring", "restored_by_both", to("Replaying(1,[2])", &["note recovering epoch 2 from 0 replay [1, 2] open Some(3)", "h0<-Start(ReplayCommitted1)", "h1<-Start(ReplayCommitted1)"])),
+        ("Restoring", "restored_by_both", to("Replaying(h0@1 h1@1; 1 2)", &["note recovering epoch 2 from 0 replay [1, 2] open Some(3)", "h0<-Start(ReplayCommitted1)", "h1<-Start(ReplayCommitted1)"])),
         ("Restoring", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
         ("Restoring", "host_error", fails(Some(3), "host h0 reported an error (kind \"engine\"): boom")),
         ("Restoring", "heartbeat", nothing()),
@@ -711,10 +759,10 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Replaying", "step_replayed_matching", nothing()),
         ("Replaying", "step_replayed_diverging", fails(None, "replay diverged from the journal: the replayed step ingested different input than was recorded")),
         ("Replaying", "step_wrong_state", fails(None, "protocol violation by host h0: host reports state Prepared in mode Live")),
-        ("Replaying", "prepared_right", nothing()),
-        ("Replaying", "prepared_by_both", to("Replaying(2,[])", &["note committed 1 replayed=true records=3", "h0<-Commit(1,ReplayCommitted2)", "h1<-Commit(1,ReplayCommitted2)"])),
-        ("Replaying", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while preparing tid 1")),
-        ("Replaying", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared twice for the same tid")),
+        ("Replaying", "prepared_right", to("Replaying(h0@2 h1@1; 1+1 2)", &["h0<-Commit(1,ReplayCommitted2)"])),
+        ("Replaying", "prepared_by_both", to("Replaying(h0@2 h1@2; 2)", &["h1<-Commit(1,ReplayCommitted2)", "h0<-Commit(1,ReplayCommitted2)", "note committed 1 replayed=true records=3"])),
+        ("Replaying", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while this host replays tid 1")),
+        ("Replaying", "prepared_duplicate", fails_after(&["h0<-Commit(1,ReplayCommitted2)"], None, "protocol violation by host h0: Prepared for tid 1 while this host replays tid 2")),
         ("Replaying", "prepared_miscounted", fails(None, "host prepared 3 steps but reported 2 StepDone for this tid")),
         ("Replaying", "committed_next", fails(None, "protocol violation by host h0: host committed tid 1 but this stream was sent Commit only up to tid 0")),
         ("Replaying", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
@@ -738,6 +786,84 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("Replaying", "admin_checkpoint", nothing()),
         ("Replaying", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Replaying->Stopped"])),
         ("Replaying", "admin_resume", nothing()),
+        // ---- ReplayingApart
+        ("ReplayingApart", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Replaying->Joining", "drop h0#1", "drop h1#3"])),
+        ("ReplayingApart", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Replaying->Joining", "drop h0#3", "drop h1#2"])),
+        ("ReplayingApart", "hello_unknown", rejects("unknown host id \"h9\"")),
+        ("ReplayingApart", "disconnected_current", to("Joining", &["note lost h0", "note Replaying->Joining", "drop h1#2"])),
+        ("ReplayingApart", "disconnected_stale", nothing()),
+        ("ReplayingApart", "step_live", fails(None, "protocol violation by host h0: host reports state OpenLive in mode Live")),
+        ("ReplayingApart", "step_wrong_tid", fails(None, "protocol violation by host h0: step reported for tid 11 while tid 2 is open")),
+        ("ReplayingApart", "step_not_increasing", fails(None, "protocol violation by host h0: step numbers must strictly increase")),
+        ("ReplayingApart", "step_replayed_matching", nothing()),
+        ("ReplayingApart", "step_replayed_diverging", fails(None, "replay diverged from the journal: the replayed step ingested different input than was recorded")),
+        ("ReplayingApart", "step_wrong_state", fails(None, "protocol violation by host h0: host reports state Prepared in mode Live")),
+        ("ReplayingApart", "prepared_right", to("Replaying(h0@2 h1@1; 1+1 2+1)", &[])),
+        ("ReplayingApart", "prepared_by_both", to("Replaying(h0@2 h1@2; 2+1)", &["h1<-Commit(1,ReplayCommitted2)", "note committed 1 replayed=true records=3"])),
+        ("ReplayingApart", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while this host replays tid 2")),
+        ("ReplayingApart", "prepared_duplicate", fails(None, "protocol violation by host h0: Prepared twice for the same tid")),
+        ("ReplayingApart", "prepared_miscounted", fails(None, "host prepared 1 steps but reported 0 StepDone for this tid")),
+        ("ReplayingApart", "committed_next", nothing()),
+        ("ReplayingApart", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
+        ("ReplayingApart", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
+        ("ReplayingApart", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(2) unexpected")),
+        ("ReplayingApart", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(2) unexpected")),
+        ("ReplayingApart", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
+        ("ReplayingApart", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("ReplayingApart", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
+        ("ReplayingApart", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
+        ("ReplayingApart", "host_error", fails(None, "host h0 reported an error (kind \"engine\"): boom")),
+        ("ReplayingApart", "heartbeat", nothing()),
+        ("ReplayingApart", "applied_pending", na()),
+        ("ReplayingApart", "applied_unexpected", fails(None, "the ledger applied NewEpoch(7), which this coordinator did not propose")),
+        ("ReplayingApart", "applied_rejected", fails(None, "the ledger rejected Begin(1): tid 1 is not above the highest tid ever issued")),
+        ("ReplayingApart", "applied_diverging", fails(None, "the ledger applied Begin(1) but this coordinator's copy of it rejects that: tid 1 is not above the highest tid ever issued")),
+        ("ReplayingApart", "propose_failed", fails(None, "the ledger could not record Begin(99): disk full")),
+        ("ReplayingApart", "tick_early", nothing()),
+        ("ReplayingApart", "tick_interval", nothing()),
+        ("ReplayingApart", "tick_deadline", to("Joining", &["drop h0#1", "note lost h0", "note Replaying->Joining", "drop h1#2"])),
+        ("ReplayingApart", "admin_checkpoint", nothing()),
+        ("ReplayingApart", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Replaying->Stopped"])),
+        ("ReplayingApart", "admin_resume", nothing()),
+        // ---- ReplayingLast
+        ("ReplayingLast", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Replaying->Joining", "drop h0#1", "drop h1#3"])),
+        ("ReplayingLast", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Replaying->Joining", "drop h0#3", "drop h1#2"])),
+        ("ReplayingLast", "hello_unknown", rejects("unknown host id \"h9\"")),
+        ("ReplayingLast", "disconnected_current", to("Joining", &["note lost h0", "note Replaying->Joining", "drop h1#2"])),
+        ("ReplayingLast", "disconnected_stale", nothing()),
+        ("ReplayingLast", "step_live", fails(None, "protocol violation by host h0: host reports state OpenLive in mode Live")),
+        ("ReplayingLast", "step_wrong_tid", fails(None, "protocol violation by host h0: step reported for tid 11 while tid 2 is open")),
+        ("ReplayingLast", "step_not_increasing", fails(None, "protocol violation by host h0: step numbers must strictly increase")),
+        ("ReplayingLast", "step_replayed_matching", nothing()),
+        ("ReplayingLast", "step_replayed_diverging", fails(None, "replay diverged from the journal: the replayed step ingested different input than was recorded")),
+        ("ReplayingLast", "step_wrong_state", fails(None, "protocol violation by host h0: host reports state Prepared in mode Live")),
+        ("ReplayingLast", "prepared_right", to("Open(3,Replay)", &["note committed 2 replayed=true records=1", "h0<-Commit(2,ReplayOpen3)", "h1<-Commit(2,ReplayOpen3)", "note Replaying->Running"])),
+        ("ReplayingLast", "prepared_by_both", fails(None, "protocol violation by host h1: Prepared twice for the same tid")),
+        ("ReplayingLast", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while this host replays tid 2")),
+        ("ReplayingLast", "prepared_duplicate", fails_after(&["note committed 2 replayed=true records=1", "h0<-Commit(2,ReplayOpen3)", "h1<-Commit(2,ReplayOpen3)", "note Replaying->Running"], None, "protocol violation by host h0: Prepared arrived but no Prepare is outstanding")),
+        ("ReplayingLast", "prepared_miscounted", fails(None, "host prepared 1 steps but reported 0 StepDone for this tid")),
+        ("ReplayingLast", "committed_next", fails(None, "protocol violation by host h0: host committed tid 2 but this stream was sent Commit only up to tid 1")),
+        ("ReplayingLast", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase")),
+        ("ReplayingLast", "committed_ahead", fails(Some(3), "protocol violation by host h0: host committed tid 3 but the ledger's last commit is 2")),
+        ("ReplayingLast", "checkpoint_done_right", fails(None, "protocol violation by host h0: CheckpointDone(2) unexpected")),
+        ("ReplayingLast", "checkpoint_done_by_both", fails(None, "protocol violation by host h1: CheckpointDone(2) unexpected")),
+        ("ReplayingLast", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected")),
+        ("ReplayingLast", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected")),
+        ("ReplayingLast", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected")),
+        ("ReplayingLast", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected")),
+        ("ReplayingLast", "host_error", fails(None, "host h0 reported an error (kind \"engine\"): boom")),
+        ("ReplayingLast", "heartbeat", nothing()),
+        ("ReplayingLast", "applied_pending", na()),
+        ("ReplayingLast", "applied_unexpected", fails(None, "the ledger applied NewEpoch(7), which this coordinator did not propose")),
+        ("ReplayingLast", "applied_rejected", fails(None, "the ledger rejected Begin(1): tid 1 is not above the highest tid ever issued")),
+        ("ReplayingLast", "applied_diverging", fails(None, "the ledger applied Begin(1) but this coordinator's copy of it rejects that: tid 1 is not above the highest tid ever issued")),
+        ("ReplayingLast", "propose_failed", fails(None, "the ledger could not record Begin(99): disk full")),
+        ("ReplayingLast", "tick_early", nothing()),
+        ("ReplayingLast", "tick_interval", nothing()),
+        ("ReplayingLast", "tick_deadline", to("Joining", &["drop h0#1", "note lost h0", "note Replaying->Joining", "drop h1#2"])),
+        ("ReplayingLast", "admin_checkpoint", nothing()),
+        ("ReplayingLast", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Replaying->Stopped"])),
+        ("ReplayingLast", "admin_resume", nothing()),
         // ---- Beginning
         ("Beginning", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Running->Joining", "drop h0#1", "drop h1#3"])),
         ("Beginning", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Running->Joining", "drop h0#3", "drop h1#2"])),
@@ -1153,7 +1279,13 @@ fn run_row(phase: &str, event: &str, want: Option<&Out>) -> (String, bool) {
                 Action::Propose(LedgerEntry::Fail { tid, .. }) => Some(*tid),
                 _ => None,
             });
-            format!("fails({recorded:?}, {:?})", d.summary)
+            // What the failure itself does; anything before it came from
+            // a first report that succeeded.
+            let failing = usize::from(recorded.is_some()) + connected.len() + 2;
+            match &shown[..shown.len().saturating_sub(failing)] {
+                [] => format!("fails({recorded:?}, {:?})", d.summary),
+                first => format!("fails_after(&{first:?}, {recorded:?}, {:?})", d.summary),
+            }
         }
         _ => format!("to({:?}, &{:?})", show_phase(&after), shown),
     };
@@ -1165,11 +1297,22 @@ fn run_row(phase: &str, event: &str, want: Option<&Out>) -> (String, bool) {
             matches!(&actions[..], [Action::Reject { error, .. }] if error.contains(text)) && after == before
         }
         Some(Out::To(next, want)) => show_phase(&after) == *next && shown == *want,
-        Some(Out::Fails(recorded, text)) => {
-            let mut expected: Vec<String> = recorded.iter().map(|t| format!("propose Fail({t})")).collect();
+        Some(Out::Fails(recorded, text)) | Some(Out::FailsAfter(_, recorded, text)) => {
+            let first = match want {
+                Some(Out::FailsAfter(first, ..)) => first.as_slice(),
+                _ => &[],
+            };
+            let mut expected: Vec<String> = first.iter().map(|a| a.to_string()).collect();
+            expected.extend(recorded.iter().map(|t| format!("propose Fail({t})")));
             expected.extend(connected.iter().map(|h| format!("{h}<-Stop")));
             expected.push("note Failed".into());
-            expected.push(format!("note {}->Failed", before.name()));
+            // The phase the failure leaves: the last one `first` moved to.
+            let from = first
+                .iter()
+                .rev()
+                .find_map(|a| a.strip_prefix("note ").and_then(|n| n.split_once("->")).map(|(_, to)| to))
+                .unwrap_or(before.name());
+            expected.push(format!("note {from}->Failed"));
             let summary_ok = matches!(&after, Phase::Failed(d) if d.summary.contains(text))
                 && actions.iter().any(|a| matches!(a, Action::Notice(Notice::Failed(d)) if d.summary.contains(text)));
             shown == expected && summary_ok

@@ -536,3 +536,190 @@ fn a_commit_entry_this_core_did_not_propose_fails_instead_of_guessing() {
     let d = h.failure().expect("failed, not panicked");
     assert!(d.summary.contains("not the entry this coordinator proposed"), "{d}");
 }
+
+// ------------------------------------------------- replay at each host's pace
+
+/// A ledger with tids 1..=n committed (and tid n+1 open if `open`), in
+/// which each host journaled one step per tid: host i's step of tid t is
+/// step t with one record hashed `10 t + i`, and its output digest `100 t + i`.
+fn recorded_n(n: Tid, open: bool) -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
+    let mut l = LedgerState::default();
+    l.apply(&LedgerEntry::Init { cluster_id: "c1".into(), hosts: vec!["h0".into(), "h1".into()] }).unwrap();
+    l.apply(&LedgerEntry::NewEpoch { epoch: 1 }).unwrap();
+    l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
+    for t in 1..=n {
+        let hosts = (0..2).map(|i| (format!("h{i}"), HostTxnRecord::new(1, &step_agg(t, i), 100 * t + i))).collect();
+        let begin_next = (t < n || open).then_some(t + 1);
+        l.apply(&LedgerEntry::Commit { tid: t, hosts, begin_next }).unwrap();
+    }
+    let journal = |i| {
+        (1..=n)
+            .map(|t| JournalTid { tid: t, first_step: t, last_step: t, steps: 1, aggregate: step_agg(t, i), committed: true })
+            .collect()
+    };
+    (l, journal(0), journal(1))
+}
+
+fn step_agg(t: Tid, host: u64) -> Aggregate {
+    agg(&[("gen", 1, 10 * t + host)])
+}
+
+/// `recorded_n` restored on both hosts: every host at tid 1 of the replay.
+fn replaying_n(n: Tid, open: bool) -> Harness {
+    let (l, j0, j1) = recorded_n(n, open);
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start(Start::replay_committed(1))]);
+    h.notices.clear();
+    h
+}
+
+/// Host `host` (h0 or h1) re-runs its journaled step of tid `t` and
+/// prepares it exactly as the ledger recorded.
+fn replay_tid(h: &mut Harness, host: &str, t: Tid) {
+    let i = if host == "h0" { 0 } else { 1 };
+    h.step(host, t, t, step_agg(t, i), Some(step_agg(t, i)));
+    h.prepared(host, t, 1, step_agg(t, i), 100 * t + i);
+}
+
+fn replayed_notices(h: &Harness) -> Vec<(Tid, u64)> {
+    h.notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Committed { tid, replayed: true, records } => Some((*tid, *records)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_host_moves_through_the_replay_queue_at_its_own_pace() {
+    let mut h = replaying_n(4, true);
+    // h0 runs ahead: each of its verified tids is committed on it alone,
+    // with its next tid, without waiting for h1.
+    for t in 1..=3 {
+        replay_tid(&mut h, "h0", t);
+        let sent = h.take_sent();
+        assert_eq!(sent, vec![("h0".into(), Cmd::Commit { tid: t, next: Some(Start::replay_committed(t + 1)) })]);
+        h.ev(Event::Committed { host: "h0".into(), tid: t });
+    }
+    assert!(replayed_notices(&h).is_empty(), "a tid counts as replayed once every host passed it");
+    match h.core.phase() {
+        Phase::Replaying { tid, at, .. } => {
+            assert_eq!(*tid, 1, "the slowest host's tid");
+            assert_eq!((at["h0"], at["h1"]), (4, 1));
+        }
+        p => panic!("{p:?}"),
+    }
+    // h1 catches up; every tid it passes is now passed by both.
+    for t in 1..=3 {
+        replay_tid(&mut h, "h1", t);
+        assert_eq!(h.take_sent(), vec![("h1".into(), Cmd::Commit { tid: t, next: Some(Start::replay_committed(t + 1)) })]);
+    }
+    assert_eq!(replayed_notices(&h), vec![(1, 2), (2, 2), (3, 2)], "one notice per tid, records of both hosts");
+    assert!(h.failure().is_none());
+    assert_eq!((h.shadow.last_committed, h.shadow.epoch), (4, 2), "replay writes nothing to the ledger");
+}
+
+#[test]
+fn the_open_last_tid_starts_only_when_every_host_is_through() {
+    let mut h = replaying_n(3, true);
+    for t in 1..=3 {
+        replay_tid(&mut h, "h0", t);
+    }
+    for t in 1..=2 {
+        replay_tid(&mut h, "h1", t);
+    }
+    // h0 is prepared in the last committed tid and waits: no Commit(3), no
+    // Start of the open tid 4, while h1 has not passed tid 3.
+    let sent = h.take_sent();
+    assert!(!sent.iter().any(|(_, c)| matches!(c, Cmd::Commit { tid: 3, .. } | Cmd::Start(_))), "{sent:?}");
+    assert!(matches!(h.core.phase(), Phase::Replaying { tid: 3, .. }));
+    replay_tid(&mut h, "h1", 3);
+    let commit = Cmd::Commit { tid: 3, next: Some(Start::replay_open(4)) };
+    assert_eq!(h.take_sent(), vec![("h0".into(), commit.clone()), ("h1".into(), commit)]);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 4, mode: Mode::Replay, .. })));
+    assert_eq!(replayed_notices(&h).last(), Some(&(3, 2)));
+
+    // With no tid open, the next tid is begun once every host is through.
+    let mut h = replaying_n(2, false);
+    replay_tid(&mut h, "h1", 1);
+    replay_tid(&mut h, "h1", 2);
+    replay_tid(&mut h, "h0", 1);
+    assert_eq!(h.shadow.tid_high_water, 2, "nothing begun while h0 is behind");
+    h.take_sent();
+    replay_tid(&mut h, "h0", 2);
+    let sent = h.take_sent();
+    assert_eq!(cmds_for(&sent, "h0"), vec![Cmd::Commit { tid: 2, next: None }, Cmd::Start(Start::live(3))]);
+    assert_eq!(cmds_for(&sent, "h1"), vec![Cmd::Commit { tid: 2, next: None }, Cmd::Start(Start::live(3))]);
+}
+
+#[test]
+fn a_divergence_on_a_host_behind_the_others_fails_with_its_diagnosis() {
+    // A replayed step of h1 differs from its journal while h0 is two tids
+    // ahead (and prepared in the last one).
+    let mut h = replaying_n(3, true);
+    for t in 1..=3 {
+        replay_tid(&mut h, "h0", t);
+    }
+    replay_tid(&mut h, "h1", 1);
+    h.take_sent();
+    h.step("h1", 2, 2, agg(&[("gen", 1, 999)]), Some(step_agg(2, 1)));
+    let d = h.failure().expect("failed").clone();
+    assert_eq!((d.host.as_deref(), d.tid, d.step, d.endpoint.as_deref()), (Some("h1"), Some(2), Some(2), Some("gen")));
+    assert_eq!(d.expected.as_deref(), Some("(count 1, hash 0x0000000000000015)"));
+    assert_eq!(d.actual.as_deref(), Some("(count 1, hash 0x00000000000003e7)"));
+    let stopped: Vec<HostId> = h.take_sent().into_iter().filter(|(_, c)| matches!(c, Cmd::Stop { .. })).map(|(h, _)| h).collect();
+    assert_eq!(stopped, vec!["h0".to_string(), "h1".to_string()], "every host stops, the one ahead too");
+
+    // The output digest of a host behind is held to the ledger's record
+    // the same way.
+    let mut h = replaying_n(3, true);
+    replay_tid(&mut h, "h0", 1);
+    replay_tid(&mut h, "h0", 2);
+    h.step("h1", 1, 1, step_agg(1, 1), Some(step_agg(1, 1)));
+    h.prepared("h1", 1, 1, step_agg(1, 1), 7);
+    let d = h.failure().expect("failed");
+    assert_eq!((d.host.as_deref(), d.tid), (Some("h1"), Some(1)));
+    assert_eq!(d.expected.as_deref(), Some("output digest 0x0000000000000065"));
+    assert!(d.summary.contains("output digest"), "{d}");
+}
+
+#[test]
+fn a_host_lost_mid_replay_sends_every_host_back_to_recovery() {
+    let mut h = replaying_n(3, true);
+    replay_tid(&mut h, "h0", 1);
+    replay_tid(&mut h, "h0", 2);
+    h.take_sent();
+    let conn = h.conns["h1"];
+    let actions = h.ev(Event::Disconnected { conn, host: "h1".into(), reason: "stream reset".into() });
+    assert_eq!(h.core.phase(), &Phase::Joining);
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Drop { host, .. } if host == "h0")),
+        "the host ahead is sent back too: {actions:?}"
+    );
+    // Once both are back, recovery restores and replays from the start,
+    // every host from the first tid again.
+    let (_, j0, j1) = recorded_n(3, true);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    let sent = h.take_sent();
+    for host in ["h0", "h1"] {
+        assert_eq!(cmds_for(&sent, host), vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start(Start::replay_committed(1))]);
+    }
+    assert!(matches!(h.core.phase(), Phase::Replaying { tid: 1, .. }));
+}
+
+#[test]
+fn a_step_after_the_hosts_prepared_is_a_protocol_violation() {
+    let mut h = replaying_n(2, true);
+    replay_tid(&mut h, "h0", 1);
+    replay_tid(&mut h, "h0", 2);
+    // h0 waits prepared in tid 2 for h1; it must run no further step.
+    h.step("h0", 2, 3, step_agg(2, 0), Some(step_agg(2, 0)));
+    let d = h.failure().expect("failed");
+    assert!(d.summary.contains("step reported after this host's Prepared for tid 2"), "{d}");
+}

@@ -200,6 +200,16 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system) a process has used so far, in ms.
+fn cpu_ms(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields, in clock ticks (100 Hz on Linux).
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) * 10)
+}
+
 fn cluster_opts(o: &Opts, commit_interval_ms: u64, step_interval_ms: u64, cluster: &str) -> ClusterOpts {
     ClusterOpts {
         hosts: o.hosts,
@@ -275,6 +285,13 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
             }
             if let Some(r) = s.last_replay.filter(|r| r.micros > 0) {
                 anyhow::ensure!(r.tids == tids, "replayed {} tids, expected {tids}", r.tids);
+                let hosts: Vec<String> =
+                    c.hosts.iter().map(|h| h.pid().and_then(cpu_ms).map_or("?".into(), |ms| ms.to_string())).collect();
+                say(format!(
+                    "  CPU used since start (incl. startup): coordinator {} ms, hosts {} ms",
+                    c.coordinator.pid().and_then(cpu_ms).map_or("?".into(), |ms| ms.to_string()),
+                    hosts.join("/")
+                ));
                 return Ok(Replayed {
                     stats: r,
                     coordinator_peak_kib: coord_peak,
