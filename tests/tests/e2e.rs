@@ -27,7 +27,8 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_cycles_always_return_to_running_with_exactly_once_output() {
     let mut c = Cluster::start(ClusterOpts { commit_interval_ms: 20, ..ClusterOpts::default() });
-    let mut committed = c.wait_for("first commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await.last_committed_tid;
+    let first = c.wait_for("first commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
+    let (mut committed, mut epoch) = (first.last_committed_tid, first.epoch);
     // A fixed pseudo-random schedule keeps the test reproducible.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for cycle in 0..15 {
@@ -50,12 +51,18 @@ async fn crash_cycles_always_return_to_running_with_exactly_once_output() {
             c.hosts[victim].start();
         }
         let s = c
-            .wait_for(&format!("cycle {cycle}: Running and committing past {committed}"), LONG, |s| {
-                s.pipeline_state == "Failed" || s.pipeline_state == "Stopped" || (running(s) && s.last_committed_tid > committed)
+            // A new epoch proves the crash was noticed and recovered from
+            // (a commit alone could be one the victim prepared just before
+            // it died).
+            .wait_for(&format!("cycle {cycle}: Running in an epoch after {epoch}, committing past {committed}"), LONG, |s| {
+                s.pipeline_state == "Failed"
+                    || s.pipeline_state == "Stopped"
+                    || (running(s) && s.epoch > epoch && s.last_committed_tid > committed)
             })
             .await;
         assert!(running(&s), "cycle {cycle}: the pipeline must recover, never stop or fail: {s:#?}\n{}", c.logs());
         committed = s.last_committed_tid;
+        epoch = s.epoch;
     }
     for h in &mut c.hosts {
         h.terminate();
