@@ -135,6 +135,8 @@ pub struct DriverHandle {
     stats: SharedStats,
     /// Set (once) when the driver found it can no longer lead.
     lost: watch::Receiver<Option<String>>,
+    /// How this node names itself (Welcome, GetStatus).
+    coordinator_id: Arc<str>,
 }
 
 impl DriverHandle {
@@ -203,6 +205,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     let state = ledger.state().await;
     let commit_interval_ms = cfg.commit_interval_ms;
     let (core, initial) = Core::new(cfg, state).map_err(anyhow::Error::msg)?;
+    let id_for_status: Arc<str> = coordinator_id.as_str().into();
     let (tx, mut rx) = mpsc::channel::<Msg>(DRIVER_QUEUE_MAX);
     let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
     let (lost_tx, lost_rx) = watch::channel(None::<String>);
@@ -314,7 +317,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         }
         .instrument(info_span!("driver")),
     );
-    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx })
+    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx, coordinator_id: id_for_status })
 }
 
 /// What [`supervise`] needs besides the ledger.
@@ -818,6 +821,7 @@ impl pb::admin_server::Admin for AdminService {
             let st = lock(&driver.stats);
             (st.last_replay, st.histogram())
         };
+        let coordinator_id = driver.coordinator_id.clone();
         let status = driver
             .query(move |core| {
                 let l = core.ledger();
@@ -845,7 +849,7 @@ impl pb::admin_server::Admin for AdminService {
                         Phase::Failed(d) => d.to_string(),
                         _ => String::new(),
                     },
-                    coordinator_id: String::new(),
+                    coordinator_id: coordinator_id.to_string(),
                     is_leader,
                     last_replay: Some(last_replay),
                     commit_latency: Some(commit_latency),

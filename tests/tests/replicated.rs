@@ -47,6 +47,7 @@ async fn killing_the_leader_20_times_never_repeats_a_tid() {
             })
             .await;
         assert_ne!(next, killed, "kill {kill}: the killed node cannot lead");
+        assert_eq!(s.coordinator_id, format!("node-{}@{}", next + 1, g.addrs[next]), "kill {kill}: the leader names itself");
         // The hosts kept their state across the leader's death and agree
         // with the ledger, so the new leader continues without a replay.
         let r = s.last_recovery.clone().unwrap_or_default();
