@@ -244,9 +244,10 @@ pub enum Action {
     /// Send again the `Prepared` report of `tid` that an earlier stream
     /// carried (the outputs are already held; nothing is taken again).
     RepeatPrepared { tid: u64 },
-    /// Journal `tid`'s commit marker (durably; skipped if the journal has
-    /// it), then release the held outputs to the sink (which skips tids it
-    /// already emitted).
+    /// Journal `tid`'s commit marker (queued; durable with the journal's
+    /// next sync, which every later record waits for; skipped if the
+    /// journal has it), then release the held outputs to the sink (which
+    /// skips tids it already emitted, and syncs each batch).
     Commit { tid: u64 },
     /// Forget the open transaction (accounting, held outputs, replay
     /// cursor). Its steps stay in the journal for the next replay.

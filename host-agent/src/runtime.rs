@@ -1095,9 +1095,22 @@ impl<E: Engine> Agent<E> {
         let fail = |kind, message| Failure { kind, tid, message };
         if !self.journal_commits.contains(&tid) {
             let marker = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Commit(pb::CommitMarker { tid, epoch })) };
-            self.journal.append_async(marker).await.map_err(|e| {
-                fail(ErrorKind::Journal, format!("host {host}: journaling the commit marker of tid {tid} failed: {e}; outputs not released"))
-            })?;
+            // Queued now, durable with the next group commit (at the latest
+            // the next step's append), not waited for: the ledger is the
+            // record that `tid` committed, and a marker lost to a crash is
+            // the same as a crash just before `Commit` arrived (recovery
+            // replays `tid` with `prepare`, the sink skips what it holds).
+            // Anything journaled after it (steps of the next tid, a
+            // checkpoint record) is durable only together with it, since
+            // the journal syncs in append order. A failed sync poisons the
+            // journal, so the next append fails and the host stops.
+            let durable = self.journal.append_async(marker);
+            let span_host = host.clone();
+            tokio::spawn(async move {
+                if let Err(e) = durable.await {
+                    warn!(host = %span_host, tid, "journaling the commit marker failed: {e}; the next append will stop this host");
+                }
+            });
             self.journal_commits.insert(tid);
         }
         self.prepared_report = None;
