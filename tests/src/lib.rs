@@ -302,6 +302,11 @@ pub struct Group {
 
 impl Group {
     pub fn start(n: usize, opts: ClusterOpts) -> Group {
+        Self::start_with(n, opts, |_, _| {})
+    }
+
+    /// `tweak(i, args)` may add flags to host i's command line.
+    pub fn start_with(n: usize, opts: ClusterOpts, tweak: impl Fn(usize, &mut Vec<String>)) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
@@ -316,7 +321,7 @@ impl Group {
             })
             .collect();
         let urls = addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
-        let (hosts, _) = spawn_hosts(&opts, dir.path(), &urls, |_, _| {});
+        let (hosts, _) = spawn_hosts(&opts, dir.path(), &urls, tweak);
         Group { dir, opts, nodes, addrs, hosts }
     }
 

@@ -812,80 +812,38 @@ async fn bench_etcd(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<PutRun> {
 // ------------------------------------- replicated coordinator (raft group)
 
 /// `--coordinators` `coordinator serve --peers …` processes on loopback
-/// (raft node ids 1..=N) and `--group-hosts` host agents that list every
-/// coordinator and follow the leader's redirect. Killed on drop.
+/// (raft node ids 1..=N) and `--group-hosts` host agents with empty steps
+/// that list every coordinator and follow the leader's redirect: the test
+/// harness's [`lockstep_tests::Group`], with one Admin channel per node kept
+/// open (the kill benchmark polls every 2 ms) and errors instead of panics.
+/// Killed on drop.
 struct Group {
-    dir: tempfile::TempDir,
-    coordinators: Vec<Proc>,
-    addrs: Vec<String>,
+    group: lockstep_tests::Group,
     admins: Vec<AdminClient<Channel>>,
-    hosts: Vec<Proc>,
 }
 
 impl Group {
     fn start(o: &Opts, checkpoint_every_txns: u64, cluster: &str) -> anyhow::Result<Group> {
-        let bins = bin_dir();
         // Fail with a clear word if this build predates the replicated CLI.
-        let help = Command::new(bins.join("coordinator")).args(["serve", "--help"]).output()?;
+        let help = Command::new(bin_dir().join("coordinator")).args(["serve", "--help"]).output()?;
         anyhow::ensure!(
             String::from_utf8_lossy(&help.stdout).contains("--peers"),
             "this coordinator build has no `serve --peers` (the replicated coordinator CLI); rebuild from a tree that has it"
         );
-        let dir = tempfile::tempdir()?;
-        let addrs: Vec<String> = (0..o.coordinators).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-        let host_ids = (0..o.group_hosts).map(host_id).collect::<Vec<_>>().join(",");
-        let mut coordinators = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let name = format!("coordinator-{}", i + 1);
-            let args: Vec<String> = vec![
-                "serve".into(),
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--peers".into(),
-                peers.clone(),
-                "--data-dir".into(),
-                dir.path().join(&name).display().to_string(),
-                "--cluster-id".into(),
-                cluster.into(),
-                "--hosts".into(),
-                host_ids.clone(),
-                "--commit-interval-ms".into(),
-                o.live_commit_interval_ms.to_string(),
-                "--checkpoint-every-txns".into(),
-                checkpoint_every_txns.to_string(),
-                "--report-deadline-ms".into(),
-                "10000".into(),
-            ];
-            coordinators.push(Proc::spawn(&name, bins.join("coordinator"), args, dir.path().join(format!("{name}.log"))));
-        }
-        let coordinator_urls = addrs.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
-        let mut hosts = Vec::new();
-        for i in 0..o.group_hosts {
-            let args: Vec<String> = vec![
-                "--host-id".into(),
-                host_id(i),
-                "--cluster-id".into(),
-                cluster.into(),
-                "--coordinator".into(),
-                coordinator_urls.clone(),
-                "--data-dir".into(),
-                dir.path().join(host_id(i)).display().to_string(),
-                "--ingest-listen".into(),
-                "127.0.0.1:0".into(),
-                "--generator-seed".into(),
-                "7".into(),
-                "--generator-batch-max".into(),
-                "0".into(),
-                "--step-interval-ms".into(),
-                o.live_step_interval_ms.to_string(),
-            ];
-            hosts.push(Proc::spawn(&host_id(i), bins.join("host-agent"), args, dir.path().join(format!("{}.log", host_id(i)))));
-        }
-        let admins = addrs.iter().map(|a| channel(a).map(AdminClient::new)).collect::<anyhow::Result<_>>()?;
-        Ok(Group { dir, coordinators, addrs, admins, hosts })
+        let opts = ClusterOpts {
+            hosts: o.group_hosts,
+            commit_interval_ms: o.live_commit_interval_ms,
+            checkpoint_every_txns,
+            report_deadline_ms: 10_000,
+            generator_seed: 7,
+            step_interval_ms: o.live_step_interval_ms,
+            cluster_id: cluster.into(),
+        };
+        let group = lockstep_tests::Group::start_with(o.coordinators, opts, |_, args| {
+            args.extend(["--generator-batch-max".into(), "0".into()]);
+        });
+        let admins = group.addrs.iter().map(|a| channel(a).map(AdminClient::new)).collect::<anyhow::Result<_>>()?;
+        Ok(Group { group, admins })
     }
 
     /// GetStatus of node index `i` (raft id i+1); None when it does not answer.
@@ -895,7 +853,7 @@ impl Group {
 
     /// The node that says it leads (and answers from its own, not a stale, ledger).
     async fn leader(&self, skip: Option<usize>) -> Option<(usize, pb::Status)> {
-        for i in (0..self.addrs.len()).filter(|i| Some(*i) != skip) {
+        for i in (0..self.group.addrs.len()).filter(|i| Some(*i) != skip) {
             if let Some(s) = self.status(i).await.filter(|s| s.is_leader && !s.stale) {
                 return Some((i, s));
             }
@@ -921,12 +879,7 @@ impl Group {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for p in self.coordinators.iter().chain(&self.hosts) {
-            out.push_str(&format!("---- {} log ----\n{}\n", p.name, tail(&p.log(), 25)));
-        }
-        out.push_str(&format!("(logs in {})", self.dir.path().display()));
-        out
+        format!("{}\n(logs in {})", self.group.logs(), self.group.dir.path().display())
     }
 }
 
@@ -996,7 +949,7 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
         // leader drove itself. (Overshoot: at most one transaction, ~ms.)
         let before = g.status(li).await.ok_or_else(|| anyhow::anyhow!("leader stopped answering"))?;
         let t0 = Instant::now();
-        g.coordinators[li].kill();
+        g.group.nodes[li].kill();
         let target = before.last_committed_tid + 2;
         let deadline = t0 + step;
         let (mut elected_at, mut reconnected_at) = (None, None);
@@ -1034,7 +987,7 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
         // Bring the killed node back on its data dir and let it catch up to
         // where the new leader is now before the next kill, so every kill
         // leaves a full majority of up-to-date members.
-        g.coordinators[li].start();
+        g.group.nodes[li].start();
         let caught_up_to = new_leader.1.last_committed_tid;
         let deadline = Instant::now() + step;
         loop {
