@@ -416,7 +416,7 @@ pub fn supervise(
                     }
                 };
                 let _ = leading_tx.send(None);
-                handle.stop(not_leader_status("the host session", ledger.leader().filter(|(id, _)| *id != me))).await;
+                handle.stop(not_leader_status("the host session", &ledger)).await;
                 warn!(term, node = me, %why, "this node no longer leads: it stopped driving the pipeline and sent the hosts away");
             }
         }
@@ -650,7 +650,7 @@ fn leading_driver(leading: &Leading, ledger: &Ledger, what: &str) -> Result<Driv
         Some((id, _)) if id == me => Err(Status::unavailable(format!(
             "this coordinator was just elected leader and is catching up with the ledger; retry {what} shortly"
         ))),
-        other => Err(not_leader_status(what, other)),
+        _ => Err(not_leader_status(what, ledger)),
     }
 }
 
@@ -959,7 +959,7 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("AddNode needs node_id > 0 and the node's addr (host:port)"));
         }
         if !self.ledger.is_leader() {
-            return Err(not_leader_status("AddNode", self.ledger.leader()));
+            return Err(not_leader_status("AddNode", &self.ledger));
         }
         let members = self.ledger.members();
         if let Some(addr) = members.voters.get(&r.node_id) {
@@ -982,7 +982,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         let id = request.into_inner().node_id;
         if !self.ledger.is_leader() {
-            return Err(not_leader_status("RemoveNode", self.ledger.leader()));
+            return Err(not_leader_status("RemoveNode", &self.ledger));
         }
         let members = self.ledger.members();
         if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
@@ -1013,7 +1013,11 @@ fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
 
 /// UNAVAILABLE naming the leader (message and `lockstep-leader` metadata),
 /// for requests only the leader can serve.
-pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
+/// The leader is the one this node has heard from lately
+/// (`Ledger::live_leader`): a follower's metrics keep naming a dead leader
+/// until the next election.
+pub fn not_leader_status(what: &str, ledger: &Ledger) -> Status {
+    let leader = ledger.live_leader().filter(|(id, _)| *id != ledger.node_id());
     let mut status = match &leader {
         Some((id, addr)) => Status::unavailable(format!(
             "this coordinator is not the leader; {what} goes to the leader, node {id} at {addr}"
@@ -1032,7 +1036,7 @@ pub fn not_leader_status(what: &str, leader: Option<(u64, String)>) -> Status {
 
 fn propose_status(ledger: &Ledger, e: ProposeError) -> Status {
     match e {
-        ProposeError::NotLeader { .. } => not_leader_status("a membership change", ledger.leader()),
+        ProposeError::NotLeader { .. } => not_leader_status("a membership change", ledger),
         ProposeError::Membership(m) => Status::failed_precondition(m),
         ProposeError::Storage(m) => Status::internal(format!("ledger storage failed: {m}")),
         ProposeError::NoQuorum(m) => Status::unavailable(format!("{m}; retry once the coordinator group has a quorum")),

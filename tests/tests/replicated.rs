@@ -203,14 +203,24 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
     );
 
     // A follower refuses, naming a leader (the one it knows).
+    // (It names only a leader it heard from within an election timeout; on
+    // a busy machine a heartbeat can be late, so ask again until it does.)
     let mut at_follower = AdminClient::connect(format!("http://{}", g.addrs[follower])).await.expect("admin");
-    let refused = at_follower
-        .add_node(pb::AddNodeRequest { node_id: 4, addr: addr.clone() })
-        .await
-        .expect_err("a follower must not change membership");
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let named = refused.metadata().get(lockstep_proto::LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    assert!(named.as_ref().is_some_and(|a| g.addrs.contains(a) && *a != g.addrs[follower]), "{refused:?}");
+    let deadline = std::time::Instant::now() + long;
+    loop {
+        let refused = at_follower
+            .add_node(pb::AddNodeRequest { node_id: 4, addr: addr.clone() })
+            .await
+            .expect_err("a follower must not change membership");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        let named = refused.metadata().get(lockstep_proto::LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if let Some(a) = named {
+            assert!(g.addrs.contains(&a) && a != g.addrs[follower], "{refused:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the follower never named the leader: {refused:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The leader adds it. Leadership may move on a busy machine between
     // finding the leader and asking it: then ask the new one.

@@ -456,13 +456,23 @@ impl Core {
         let tid = r.tid;
         let n_hosts = self.hosts.len();
         let epoch = self.ledger.epoch;
-        let slot = self.hosts.get_mut(host).expect("checked by the caller");
-        let Phase::Replaying { tid: slowest, queue, at } = &mut self.phase else {
-            unreachable!("called only while replaying")
+        // A host's position is a tid in the queue until every host passed
+        // it; if that ever breaks, stop loudly rather than guess (or panic).
+        let position = match &self.phase {
+            Phase::Replaying { queue, .. } => queue.binary_search_by_key(&tid, |q| q.tid).ok(),
+            _ => None,
         };
-        let Ok(i) = queue.binary_search_by_key(&tid, |q| q.tid) else {
-            unreachable!("a host's position is a tid in the queue until every host passed it")
+        let (Some(i), Some(slot)) = (position, self.hosts.get_mut(host)) else {
+            let d = Diagnosis {
+                summary: format!("internal error: host {host}'s replay position tid {tid} is not in the replay queue ({})", self.describe()),
+                host: Some(host.to_owned()),
+                tid: Some(tid),
+                hint: "a coordinator bug: keep the coordinator log and report it; Resume recovers the pipeline".into(),
+                ..Default::default()
+            };
+            return self.fail(d, out);
         };
+        let Phase::Replaying { tid: slowest, queue, at } = &mut self.phase else { return };
         queue[i].passed += 1;
         queue[i].records += slot.txn.records;
         match queue.get(i + 1).map(|q| q.tid) {
