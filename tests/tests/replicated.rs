@@ -79,7 +79,7 @@ async fn a_stale_leader_gets_no_host_to_accept_it() {
     // Freeze the leader: the others elect a new one, which fences the hosts
     // with a newer epoch and carries on.
     g.nodes[old].pause(true);
-    let (new, s) = g
+    let (_, s) = g
         .wait_leader("a new leader after the pause", long, |s| s.pipeline_state == "Running" && s.epoch > old_epoch)
         .await;
     let fenced_epoch = s.epoch;
@@ -120,7 +120,9 @@ async fn a_stale_leader_gets_no_host_to_accept_it() {
     }
     let stale = lockstep_tests::status_at(&g.addrs[old]).await.expect("stale leader answers");
     assert!(stale.epoch < fenced_epoch, "the stale leader's ledger is behind: epoch {}", stale.epoch);
-    assert!(stale.hosts.iter().all(|h| !h.connected), "no host may join a stale leader: {stale:#?}");
+    // Either it stopped driving (it answers as a follower, no hosts of its
+    // own), or it drives with no host connected.
+    assert!(stale.stale || stale.hosts.iter().all(|h| !h.connected), "no host may join a stale leader: {stale:#?}");
     for (i, n) in sinks_before.iter().enumerate() {
         assert_eq!(g.sink(i).len(), *n, "host {i} committed something while only the stale leader was up");
     }
@@ -135,7 +137,6 @@ async fn a_stale_leader_gets_no_host_to_accept_it() {
             s.pipeline_state == "Running" && s.epoch > fenced_epoch && s.last_committed_tid > committed + 5
         })
         .await;
-    let _ = new;
     check_sinks(&g);
     assert!(s.last_committed_tid > committed);
 }
