@@ -180,6 +180,10 @@ struct PolicyArgs {
     /// A host silent for this long is treated as lost.
     #[arg(long, env = "LOCKSTEP_REPORT_DEADLINE_MS", default_value_t = 5000)]
     report_deadline_ms: u64,
+    /// Replay: committed tids a host may run ahead of their verification
+    /// (it holds their outputs until each one's Commit); 1 = one at a time.
+    #[arg(long, env = "LOCKSTEP_REPLAY_WINDOW", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    replay_window: u64,
 }
 
 #[derive(Args)]
@@ -214,6 +218,7 @@ fn core_config(cluster_id: String, hosts: Vec<String>, p: &PolicyArgs) -> CoreCo
         txn_records_max: p.txn_records_max,
         checkpoint_every_txns: p.checkpoint_every_txns,
         report_deadline_ms: p.report_deadline_ms,
+        replay_window: p.replay_window,
     }
 }
 

@@ -45,13 +45,35 @@
 //! | OpenReplay{T, no} | exhausted, no commit marker | OpenLive{T} | — (invariant 4, see `on_replay_exhausted`) |
 //! | ReplayDrained{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
 //! | PausedPrepared{T} | `Prepare{T}` | Prepared{T} | `RepeatPrepared{T}` (the same report again, on this stream) |
-//! | Prepared{T}, PausedPrepared{T} | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
+//! | Prepared{T}, PausedPrepared{T} (nothing awaiting) | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
+//! | OpenReplay{T, yes} sealed | `Start{T' > O, Replay, prepare}` | unchanged, T' queued ahead | — (replay window, below) |
+//! | Prepared{T} sealed | `Start{T' > O, Replay, prepare}` | OpenReplay{T', yes} sealed, T awaiting | `OpenTxn{T', Replay}` |
+//! | OpenReplay{T, yes} sealed, a tid T' queued ahead | journaled steps exhausted | OpenReplay{T', yes} sealed, T awaiting | `Prepare{T}`, `OpenTxn{T', Replay}` |
+//! | any, T = oldest awaiting | `Commit{T}` (no next) | unchanged | `Commit{T}`, report `Committed{T}` |
+//! | Prepared{T} with an older tid awaiting | `Commit{T, ..}` | unchanged | report `HostError{kind:"protocol"}` (commits come in tid order) |
 //! | any | an action failed | Stopped | `AbandonTxn` if open, report the error |
 //! | Idle, Stopped | stream closed | unchanged | — |
 //! | OpenLive{T}, PausedLive{T} | stream closed | PausedLive{T} | — (keeps its steps; see `on_stream_closed`) |
 //! | Prepared{T}, PausedPrepared{T} | stream closed | PausedPrepared{T} | — |
-//! | OpenReplay, ReplayDrained | stream closed | Stopped | `AbandonTxn` |
+//! | OpenReplay, ReplayDrained, or anything awaiting or queued ahead | stream closed | Stopped | `AbandonTxn` |
 //! | any other pair | | unchanged | report `HostError{kind:"protocol"}` |
+//!
+//! **Replay window.** A *sealed* replay is one opened by `Start{T, Replay,
+//! prepare}`: a tid the ledger already committed, which ends at its
+//! journaled boundary. While a sealed replay runs or is prepared, the
+//! coordinator may send the `Start`s of the next committed tids ahead of
+//! `Commit{T}`, so that the host runs T+1 while the coordinator verifies T
+//! instead of waiting a round trip per tid. The host then keeps two queues:
+//! `ahead` (sealed Starts received, not yet opened, in tid order) and
+//! `awaiting` (replayed tids prepared and reported whose `Commit` has not
+//! arrived, oldest first; the runtime holds their outputs). When the
+//! current sealed tid prepares and a Start is queued ahead, the host opens
+//! it at once. `Commit{T}` for the oldest awaiting tid releases T and
+//! changes nothing else. No output leaves the host before its own
+//! `Commit`, so a divergence found in T (the coordinator then sends `Stop`)
+//! still releases nothing unverified: `Stop`, `Restore` and a lost stream
+//! drop every awaiting tid with the open one. Only sealed replays overlap;
+//! a live or open-last transaction never has a tid ahead or awaiting.
 //!
 //! `Stopped` is also the state at process start: the engine's state matches
 //! no committed boundary until the coordinator has sent `Restore`.
@@ -60,6 +82,7 @@
 //! obsolete, and a coordinator may well send it after the next `Start`.
 
 use lockstep_journal::EndpointChecksums;
+use std::collections::VecDeque;
 use std::fmt;
 
 /// How a transaction's steps are produced.
@@ -250,7 +273,8 @@ pub enum Action {
     /// skips tids it already emitted, and syncs each batch).
     Commit { tid: u64 },
     /// Forget the open transaction (accounting, held outputs, replay
-    /// cursor). Its steps stay in the journal for the next replay.
+    /// cursor) and every prepared tid still awaiting its commit (their held
+    /// outputs). Their steps stay in the journal for the next replay.
     AbandonTxn { tid: u64 },
     /// Checkpoint the engine as `tid` durably, then journal a checkpoint
     /// record.
@@ -288,15 +312,33 @@ pub struct HostCore {
     /// Last tid committed since the last restore (the restored checkpoint's
     /// tid right after a restore).
     last_committed: u64,
-    /// Highest tid opened since the last restore: `Start` must exceed it.
+    /// Highest tid opened or queued ahead since the last restore: `Start`
+    /// must exceed it.
     last_opened: u64,
+    /// The open replay was started sealed (`Start{Replay, prepare}`): only
+    /// then may later Starts queue ahead of its commit.
+    sealed: bool,
+    /// Sealed replay Starts received ahead, not yet opened (replay window).
+    ahead: VecDeque<u64>,
+    /// Replayed tids prepared and reported whose `Commit` has not arrived,
+    /// oldest first; all below the open tid.
+    awaiting: VecDeque<u64>,
     stream: Option<StreamState>,
 }
 
 impl HostCore {
     /// A core at process start: `Stopped` until the coordinator restores it.
     pub fn new(highest_epoch: u64) -> Self {
-        HostCore { state: TxnState::Stopped, highest_epoch, last_committed: 0, last_opened: 0, stream: None }
+        HostCore {
+            state: TxnState::Stopped,
+            highest_epoch,
+            last_committed: 0,
+            last_opened: 0,
+            sealed: false,
+            ahead: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            stream: None,
+        }
     }
 
     // ------------------------------------------------------------ getters
@@ -312,6 +354,16 @@ impl HostCore {
 
     pub fn last_committed(&self) -> u64 {
         self.last_committed
+    }
+
+    /// Replayed tids prepared and awaiting their `Commit`, oldest first.
+    pub fn awaiting(&self) -> &VecDeque<u64> {
+        &self.awaiting
+    }
+
+    /// Sealed replay tids started ahead and not yet opened, in order.
+    pub fn ahead(&self) -> &VecDeque<u64> {
+        &self.ahead
     }
 
     /// What this host can offer a coordinator to continue from (the
@@ -378,6 +430,12 @@ impl HostCore {
 
     fn on_stream_closed(&mut self) -> Vec<Action> {
         self.stream = None;
+        if !self.awaiting.is_empty() || !self.ahead.is_empty() {
+            // Mid-window: the engine is past tids whose commit never came,
+            // so it is at no committed boundary; replayed after the next
+            // Restore, like any replay cut short.
+            return self.stop();
+        }
         match self.state {
             // Between transactions the engine state is a committed boundary
             // and stays valid for whichever coordinator we reach next.
@@ -393,6 +451,9 @@ impl HostCore {
             }
             TxnState::Prepared { tid } | TxnState::PausedPrepared { tid } => {
                 self.state = TxnState::PausedPrepared { tid };
+                // A kept transaction is continued or replaced by whoever
+                // comes next, never extended by a window.
+                self.sealed = false;
                 Vec::new()
             }
             // Mid-replay the engine state is between two journaled steps of a
@@ -514,8 +575,28 @@ impl HostCore {
                 self.state = OpenReplay { tid: t, prepare_requested: true };
                 Vec::new()
             }
+            // Replay window (module docs): a committed tid's Start ahead of
+            // the current sealed tid's commit.
+            (OpenReplay { prepare_requested: true, .. }, Command::Start { tid, mode: Mode::Replay, prepare: true })
+                if self.sealed && *tid > self.last_opened =>
+            {
+                self.ahead.push_back(*tid);
+                self.last_opened = *tid;
+                Vec::new()
+            }
+            (Prepared { tid: t }, Command::Start { tid, mode: Mode::Replay, prepare: true })
+                if self.sealed && *tid > self.last_opened =>
+            {
+                self.awaiting.push_back(t);
+                self.open(*tid, Mode::Replay, true)
+            }
+            (_, Command::Commit { tid, next: None }) if self.awaiting.front() == Some(tid) => {
+                self.awaiting.pop_front();
+                self.last_committed = *tid;
+                vec![Action::Commit { tid: *tid }, Action::Report(Report::Committed { tid: *tid })]
+            }
             (Prepared { tid: t } | PausedPrepared { tid: t }, Command::Commit { tid, next })
-                if *tid == t && next.is_none_or(|(n, _, _)| n > t) =>
+                if *tid == t && self.awaiting.is_empty() && next.is_none_or(|(n, _, _)| n > t) =>
             {
                 self.state = Idle;
                 self.last_committed = t;
@@ -538,6 +619,11 @@ impl HostCore {
                     (_, Command::Checkpoint { .. }) => {
                         "checkpoints are taken only with no transaction open (invariant 5)".to_string()
                     }
+                    (_, Command::Commit { tid, .. }) if !self.awaiting.is_empty() => format!(
+                        "tids {:?} await their commit: inside a replay window commits come in tid order and \
+                         carry no next Start (got Commit tid {tid})",
+                        self.awaiting
+                    ),
                     _ => "not allowed in this state".to_string(),
                 };
                 vec![self.protocol_error(command.tid(), format!("{command:?} in state {state}: {why}"))]
@@ -546,7 +632,8 @@ impl HostCore {
     }
 
     fn open(&mut self, tid: u64, mode: Mode, prepare: bool) -> Vec<Action> {
-        self.last_opened = tid;
+        self.last_opened = self.last_opened.max(tid);
+        self.sealed = mode == Mode::Replay && prepare;
         self.state = match mode {
             Mode::Live => TxnState::OpenLive { tid },
             // A sealed replay behaves as if Prepare had already arrived.
@@ -580,7 +667,13 @@ impl HostCore {
         match self.state {
             TxnState::OpenReplay { tid: t, prepare_requested: true } if t == tid => {
                 self.state = TxnState::Prepared { tid };
-                vec![Action::Prepare { tid }]
+                let mut actions = vec![Action::Prepare { tid }];
+                // Replay window: the next committed tid is already started.
+                if let Some(next) = self.ahead.pop_front() {
+                    self.awaiting.push_back(tid);
+                    actions.extend(self.open(next, Mode::Replay, true));
+                }
+                actions
             }
             TxnState::OpenReplay { tid: t, prepare_requested: false } if t == tid && commit_marker => {
                 // The journal says T committed, so T must end exactly here
@@ -613,6 +706,9 @@ impl HostCore {
             None => Vec::new(),
         };
         self.state = TxnState::Stopped;
+        self.sealed = false;
+        self.ahead.clear();
+        self.awaiting.clear();
         actions
     }
 
@@ -634,8 +730,21 @@ impl HostCore {
             highest_epoch,
             last_committed,
             last_opened,
+            sealed: false,
+            ahead: VecDeque::new(),
+            awaiting: VecDeque::new(),
             stream: Some(StreamState { next_seq: 1, welcomed: true }),
         }
+    }
+
+    /// The same core inside a replay window: its open replay sealed, with
+    /// tids queued ahead and tids awaiting their commit.
+    #[cfg(test)]
+    pub(crate) fn with_window(mut self, sealed: bool, ahead: &[u64], awaiting: &[u64]) -> Self {
+        self.sealed = sealed;
+        self.ahead = ahead.iter().copied().collect();
+        self.awaiting = awaiting.iter().copied().collect();
+        self
     }
 }
 

@@ -32,6 +32,10 @@ fn step_done_live() -> Action {
     Action::Report(Report::StepDone { tid: 5, step: 9, checksums: cs(), journaled: None, mode: Mode::Live })
 }
 
+fn step_done_replayed_6() -> Action {
+    Action::Report(Report::StepDone { tid: 6, step: 9, checksums: cs(), journaled: Some(cs()), mode: Mode::Replay })
+}
+
 fn step_done_replayed() -> Action {
     Action::Report(Report::StepDone { tid: 5, step: 9, checksums: cs(), journaled: Some(cs()), mode: Mode::Replay })
 }
@@ -50,9 +54,19 @@ fn state(name: &str) -> HostCore {
         // A kept transaction, on a new (welcomed) stream after the old one ended.
         "PausedLive5" => (PausedLive { tid: 5 }, 5),
         "PausedPrepared5" => (PausedPrepared { tid: 5 }, 5),
+        // Replay window (sealed replays of committed tids; see core.rs).
+        "OpenReplay5Sealed" => return window_state(OpenReplay { tid: 5, prepare_requested: true }, 5, &[], &[]),
+        "OpenReplay5Ahead6" => return window_state(OpenReplay { tid: 5, prepare_requested: true }, 6, &[6], &[]),
+        "Prepared5Sealed" => return window_state(Prepared { tid: 5 }, 5, &[], &[]),
+        "OpenReplay6Awaiting5" => return window_state(OpenReplay { tid: 6, prepare_requested: true }, 6, &[], &[5]),
+        "Prepared6Awaiting5" => return window_state(Prepared { tid: 6 }, 6, &[], &[5]),
         other => panic!("unknown state {other}"),
     };
     HostCore::for_test(state, EPOCH, 4, last_opened)
+}
+
+fn window_state(state: TxnState, last_opened: u64, ahead: &[u64], awaiting: &[u64]) -> HostCore {
+    HostCore::for_test(state, EPOCH, 4, last_opened).with_window(true, ahead, awaiting)
 }
 
 const STATES: &[&str] = &[
@@ -65,6 +79,11 @@ const STATES: &[&str] = &[
     "Prepared5",
     "PausedLive5",
     "PausedPrepared5",
+    "OpenReplay5Sealed",
+    "OpenReplay5Ahead6",
+    "Prepared5Sealed",
+    "OpenReplay6Awaiting5",
+    "Prepared6Awaiting5",
 ];
 
 /// Every event kind of the table (commands carry the current epoch and the
@@ -75,6 +94,8 @@ fn event(name: &str) -> Event {
         "start_6_live" => cmd(Command::Start { tid: 6, mode: Mode::Live, prepare: false }),
         "start_6_replay" => cmd(Command::Start { tid: 6, mode: Mode::Replay, prepare: false }),
         "start_4_live" => cmd(Command::Start { tid: 4, mode: Mode::Live, prepare: false }),
+        "start_6_sealed" => cmd(Command::Start { tid: 6, mode: Mode::Replay, prepare: true }),
+        "start_7_sealed" => cmd(Command::Start { tid: 7, mode: Mode::Replay, prepare: true }),
         "prepare_5" => cmd(Command::Prepare { tid: 5 }),
         "prepare_6" => cmd(Command::Prepare { tid: 6 }),
         "commit_5" => cmd(Command::Commit { tid: 5, next: None }),
@@ -92,6 +113,7 @@ fn event(name: &str) -> Event {
         "step_5_live" => Event::StepFinished { tid: 5, step: 9, checksums: cs(), journaled: None },
         "step_5_replayed" => Event::StepFinished { tid: 5, step: 9, checksums: cs(), journaled: Some(cs()) },
         "step_6_live" => Event::StepFinished { tid: 6, step: 9, checksums: cs(), journaled: None },
+        "step_6_replayed" => Event::StepFinished { tid: 6, step: 9, checksums: cs(), journaled: Some(cs()) },
         "exhausted_5" => Event::ReplayExhausted { tid: 5, commit_marker: false },
         "exhausted_5_marker" => Event::ReplayExhausted { tid: 5, commit_marker: true },
         "exhausted_6" => Event::ReplayExhausted { tid: 6, commit_marker: false },
@@ -106,6 +128,8 @@ const EVENTS: &[&str] = &[
     "start_6_live",
     "start_6_replay",
     "start_4_live",
+    "start_6_sealed",
+    "start_7_sealed",
     "prepare_5",
     "prepare_6",
     "commit_5",
@@ -123,6 +147,7 @@ const EVENTS: &[&str] = &[
     "step_5_live",
     "step_5_replayed",
     "step_6_live",
+    "step_6_replayed",
     "exhausted_5",
     "exhausted_5_marker",
     "exhausted_6",
@@ -396,12 +421,225 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("PausedPrepared5", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
         ("PausedPrepared5", "stream_closed", PausedPrepared { tid: 5 }, vec![]),
         ("PausedPrepared5", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- Starts of sealed replays and steps of tid 6, in the states above
+        ("Stopped", "start_6_sealed", Stopped, vec![perr(6)]),
+        ("Stopped", "start_7_sealed", Stopped, vec![perr(7)]),
+        ("Stopped", "step_6_replayed", Stopped, vec![ierr(6)]),
+        ("Idle", "start_6_sealed", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("Idle", "start_7_sealed", OpenReplay { tid: 7, prepare_requested: true }, vec![Action::OpenTxn { tid: 7, mode: Mode::Replay }]),
+        ("Idle", "step_6_replayed", Stopped, vec![ierr(6)]),
+        ("OpenLive5", "start_6_sealed", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenLive5", "start_7_sealed", OpenLive { tid: 5 }, vec![perr(7)]),
+        ("OpenLive5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5", "start_6_sealed", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5", "start_7_sealed", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(7)]),
+        ("OpenReplay5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Prep", "start_6_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Prep", "start_7_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(7)]),
+        ("OpenReplay5Prep", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("ReplayDrained5", "start_6_sealed", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("ReplayDrained5", "start_7_sealed", ReplayDrained { tid: 5 }, vec![perr(7)]),
+        ("ReplayDrained5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5", "start_6_sealed", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "start_7_sealed", Prepared { tid: 5 }, vec![perr(7)]),
+        ("Prepared5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedLive5", "start_6_sealed", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "start_7_sealed", PausedLive { tid: 5 }, vec![perr(7)]),
+        ("PausedLive5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("PausedPrepared5", "start_6_sealed", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "start_7_sealed", PausedPrepared { tid: 5 }, vec![perr(7)]),
+        ("PausedPrepared5", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        // ---- OpenReplay5Sealed (replay window)
+        ("OpenReplay5Sealed", "start_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Sealed", "start_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Sealed", "start_4_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Sealed", "start_6_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![]),
+        ("OpenReplay5Sealed", "start_7_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![]),
+        ("OpenReplay5Sealed", "prepare_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "prepare_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Sealed", "commit_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "commit_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "commit_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "commit_5_next_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "commit_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Sealed", "checkpoint_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Sealed", "checkpoint_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "checkpoint_complete_4", OpenReplay { tid: 5, prepare_requested: true }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenReplay5Sealed", "restore_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Sealed", "stop", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Sealed", "welcome_again", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Sealed", "malformed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Sealed", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenReplay5Sealed", "step_5_replayed", OpenReplay { tid: 5, prepare_requested: true }, vec![step_done_replayed()]),
+        ("OpenReplay5Sealed", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Sealed", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Sealed", "exhausted_5", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("OpenReplay5Sealed", "exhausted_5_marker", Prepared { tid: 5 }, vec![Action::Prepare { tid: 5 }]),
+        ("OpenReplay5Sealed", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Sealed", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("OpenReplay5Sealed", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Sealed", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- OpenReplay5Ahead6 (replay window)
+        ("OpenReplay5Ahead6", "start_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "start_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "start_4_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Ahead6", "start_6_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "start_7_sealed", OpenReplay { tid: 5, prepare_requested: true }, vec![]),
+        ("OpenReplay5Ahead6", "prepare_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "prepare_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "commit_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "commit_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "commit_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "commit_5_next_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "commit_6", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "checkpoint_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Ahead6", "checkpoint_5", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "checkpoint_complete_4", OpenReplay { tid: 5, prepare_requested: true }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenReplay5Ahead6", "restore_4", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay5Ahead6", "stop", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Ahead6", "welcome_again", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Ahead6", "malformed", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay5Ahead6", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("OpenReplay5Ahead6", "step_5_replayed", OpenReplay { tid: 5, prepare_requested: true }, vec![step_done_replayed()]),
+        ("OpenReplay5Ahead6", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Ahead6", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Ahead6", "exhausted_5", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::Prepare { tid: 5 }, Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("OpenReplay5Ahead6", "exhausted_5_marker", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::Prepare { tid: 5 }, Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("OpenReplay5Ahead6", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("OpenReplay5Ahead6", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("OpenReplay5Ahead6", "stream_closed", Stopped, vec![abandon(5)]),
+        ("OpenReplay5Ahead6", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- Prepared5Sealed (replay window)
+        ("Prepared5Sealed", "start_6_live", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5Sealed", "start_6_replay", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5Sealed", "start_4_live", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5Sealed", "start_6_sealed", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("Prepared5Sealed", "start_7_sealed", OpenReplay { tid: 7, prepare_requested: true }, vec![Action::OpenTxn { tid: 7, mode: Mode::Replay }]),
+        ("Prepared5Sealed", "prepare_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5Sealed", "prepare_6", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5Sealed", "commit_5", Idle, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("Prepared5Sealed", "commit_5_next_6_live", OpenLive { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Live }]),
+        ("Prepared5Sealed", "commit_5_next_6_replay", OpenReplay { tid: 6, prepare_requested: false }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 }), Action::OpenTxn { tid: 6, mode: Mode::Replay }]),
+        ("Prepared5Sealed", "commit_5_next_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5Sealed", "commit_6", Prepared { tid: 5 }, vec![perr(6)]),
+        ("Prepared5Sealed", "checkpoint_4", Prepared { tid: 5 }, vec![perr(4)]),
+        ("Prepared5Sealed", "checkpoint_5", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5Sealed", "checkpoint_complete_4", Prepared { tid: 5 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("Prepared5Sealed", "restore_4", Idle, vec![abandon(5), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("Prepared5Sealed", "stop", Stopped, vec![abandon(5)]),
+        ("Prepared5Sealed", "welcome_again", Prepared { tid: 5 }, vec![perr(0)]),
+        ("Prepared5Sealed", "malformed", Prepared { tid: 5 }, vec![perr(0)]),
+        ("Prepared5Sealed", "step_5_live", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5Sealed", "step_5_replayed", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5Sealed", "step_6_live", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5Sealed", "step_6_replayed", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5Sealed", "exhausted_5", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5Sealed", "exhausted_5_marker", Stopped, vec![abandon(5), ierr(5)]),
+        ("Prepared5Sealed", "exhausted_6", Stopped, vec![abandon(5), ierr(6)]),
+        ("Prepared5Sealed", "action_failed", Stopped, vec![abandon(5), engine_err(5)]),
+        ("Prepared5Sealed", "stream_closed", PausedPrepared { tid: 5 }, vec![]),
+        ("Prepared5Sealed", "stream_opened", Stopped, vec![abandon(5), ierr(0)]),
+        // ---- OpenReplay6Awaiting5 (replay window)
+        ("OpenReplay6Awaiting5", "start_6_live", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "start_6_replay", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "start_4_live", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay6Awaiting5", "start_6_sealed", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "start_7_sealed", OpenReplay { tid: 6, prepare_requested: true }, vec![]),
+        ("OpenReplay6Awaiting5", "prepare_5", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "prepare_6", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "commit_5", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("OpenReplay6Awaiting5", "commit_5_next_6_live", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "commit_5_next_6_replay", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "commit_5_next_5", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "commit_6", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "checkpoint_4", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay6Awaiting5", "checkpoint_5", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "checkpoint_complete_4", OpenReplay { tid: 6, prepare_requested: true }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenReplay6Awaiting5", "restore_4", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(4)]),
+        ("OpenReplay6Awaiting5", "stop", Stopped, vec![abandon(6)]),
+        ("OpenReplay6Awaiting5", "welcome_again", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay6Awaiting5", "malformed", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(0)]),
+        ("OpenReplay6Awaiting5", "step_5_live", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenReplay6Awaiting5", "step_5_replayed", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenReplay6Awaiting5", "step_6_live", Stopped, vec![abandon(6), ierr(6)]),
+        ("OpenReplay6Awaiting5", "step_6_replayed", OpenReplay { tid: 6, prepare_requested: true }, vec![step_done_replayed_6()]),
+        ("OpenReplay6Awaiting5", "exhausted_5", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenReplay6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenReplay6Awaiting5", "exhausted_6", Prepared { tid: 6 }, vec![Action::Prepare { tid: 6 }]),
+        ("OpenReplay6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
+        ("OpenReplay6Awaiting5", "stream_closed", Stopped, vec![abandon(6)]),
+        ("OpenReplay6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
+        // ---- Prepared6Awaiting5 (replay window)
+        ("Prepared6Awaiting5", "start_6_live", Prepared { tid: 6 }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "start_6_replay", Prepared { tid: 6 }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "start_4_live", Prepared { tid: 6 }, vec![perr(4)]),
+        ("Prepared6Awaiting5", "start_6_sealed", Prepared { tid: 6 }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "start_7_sealed", OpenReplay { tid: 7, prepare_requested: true }, vec![Action::OpenTxn { tid: 7, mode: Mode::Replay }]),
+        ("Prepared6Awaiting5", "prepare_5", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "prepare_6", Prepared { tid: 6 }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "commit_5", Prepared { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("Prepared6Awaiting5", "commit_5_next_6_live", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "commit_5_next_6_replay", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "commit_5_next_5", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "commit_6", Prepared { tid: 6 }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "checkpoint_4", Prepared { tid: 6 }, vec![perr(4)]),
+        ("Prepared6Awaiting5", "checkpoint_5", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "checkpoint_complete_4", Prepared { tid: 6 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("Prepared6Awaiting5", "restore_4", Idle, vec![abandon(6), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("Prepared6Awaiting5", "stop", Stopped, vec![abandon(6)]),
+        ("Prepared6Awaiting5", "welcome_again", Prepared { tid: 6 }, vec![perr(0)]),
+        ("Prepared6Awaiting5", "malformed", Prepared { tid: 6 }, vec![perr(0)]),
+        ("Prepared6Awaiting5", "step_5_live", Stopped, vec![abandon(6), ierr(5)]),
+        ("Prepared6Awaiting5", "step_5_replayed", Stopped, vec![abandon(6), ierr(5)]),
+        ("Prepared6Awaiting5", "step_6_live", Stopped, vec![abandon(6), ierr(6)]),
+        ("Prepared6Awaiting5", "step_6_replayed", Stopped, vec![abandon(6), ierr(6)]),
+        ("Prepared6Awaiting5", "exhausted_5", Stopped, vec![abandon(6), ierr(5)]),
+        ("Prepared6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
+        ("Prepared6Awaiting5", "exhausted_6", Stopped, vec![abandon(6), ierr(6)]),
+        ("Prepared6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
+        ("Prepared6Awaiting5", "stream_closed", Stopped, vec![abandon(6)]),
+        ("Prepared6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
     ]
+}
+
+fn window(core: &HostCore) -> (Vec<u64>, Vec<u64>) {
+    (core.ahead().iter().copied().collect(), core.awaiting().iter().copied().collect())
+}
+
+/// The replay window `(ahead, awaiting)` after a pair: the rows that change
+/// it are listed; otherwise it is what the state started with, and empty
+/// wherever the host leaves the window (Stopped, Idle, a kept state).
+#[rustfmt::skip]
+fn window_after(s: &str, e: &str, after: &HostCore) -> (Vec<u64>, Vec<u64>) {
+    let changed = match (s, e) {
+        ("OpenReplay5Sealed", "start_6_sealed") => Some((vec![6], vec![])),
+        ("OpenReplay5Sealed", "start_7_sealed") => Some((vec![7], vec![])),
+        ("OpenReplay5Ahead6", "start_7_sealed") => Some((vec![6, 7], vec![])),
+        ("OpenReplay5Ahead6", "exhausted_5" | "exhausted_5_marker") => Some((vec![], vec![5])),
+        ("Prepared5Sealed", "start_6_sealed" | "start_7_sealed") => Some((vec![], vec![5])),
+        ("OpenReplay6Awaiting5", "start_7_sealed") => Some((vec![7], vec![5])),
+        ("OpenReplay6Awaiting5" | "Prepared6Awaiting5", "commit_5") => Some((vec![], vec![])),
+        ("Prepared6Awaiting5", "start_7_sealed") => Some((vec![], vec![5, 6])),
+        _ => None,
+    };
+    changed.unwrap_or_else(|| match after.state() {
+        Stopped | Idle | PausedLive { .. } | PausedPrepared { .. } => (vec![], vec![]),
+        _ => window(&state(s)),
+    })
 }
 
 #[test]
 fn every_state_event_pair_has_exactly_the_tabled_outcome() {
     let table = table();
+    if std::env::var_os("LOCKSTEP_PRINT_TABLE").is_some() {
+        for s in STATES {
+            for e in EVENTS {
+                let mut core = state(s);
+                let actions = normalize(core.handle(event(e)));
+                println!("(\"{s}\", \"{e}\", {:?}, {actions:?}),", core.state());
+            }
+        }
+    }
     // The table is complete: every pair appears exactly once.
     for s in STATES {
         for e in EVENTS {
@@ -415,6 +653,7 @@ fn every_state_event_pair_has_exactly_the_tabled_outcome() {
         let actions = normalize(core.handle(event(e)));
         assert_eq!(actions, expected_actions, "actions for ({s}, {e})");
         assert_eq!(core.state(), expected_state, "next state for ({s}, {e})");
+        assert_eq!(window(&core), window_after(s, e, &core), "replay window (ahead, awaiting) after ({s}, {e})");
         // Never a silent illegal pair: an unchanged state with no action is
         // only allowed where the table says so explicitly.
     }
@@ -640,4 +879,45 @@ fn prepared_report_is_repeated_once_on_a_new_stream() {
         Action::OpenTxn { tid: 6, mode: Mode::Live }
     ]);
     assert_eq!(core.next_step(), Some((6, Mode::Live)));
+}
+
+#[test]
+fn a_replay_window_runs_ahead_and_commits_in_tid_order() {
+    let mut core = HostCore::for_test(Idle, EPOCH, 0, 0);
+    let mut seq = 0;
+    let mut cmd = |core: &mut HostCore, command| {
+        seq += 1;
+        normalize(core.handle(Event::Command { seq, epoch: EPOCH, command }))
+    };
+    let sealed = |tid| Command::Start { tid, mode: Mode::Replay, prepare: true };
+    assert_eq!(cmd(&mut core, sealed(1)), vec![Action::OpenTxn { tid: 1, mode: Mode::Replay }]);
+    assert_eq!(cmd(&mut core, sealed(2)), vec![]);
+    assert_eq!(cmd(&mut core, sealed(3)), vec![]);
+    assert_eq!(window(&core), (vec![2, 3], vec![]));
+    // Tid 1's journaled steps run out: it prepares and tid 2 opens at once.
+    let actions = core.handle(Event::ReplayExhausted { tid: 1, commit_marker: true });
+    assert_eq!(actions, vec![Action::Prepare { tid: 1 }, Action::OpenTxn { tid: 2, mode: Mode::Replay }]);
+    assert_eq!(core.next_step(), Some((2, Mode::Replay)), "tid 2 runs while tid 1 is verified");
+    let actions = core.handle(Event::ReplayExhausted { tid: 2, commit_marker: true });
+    assert_eq!(actions, vec![Action::Prepare { tid: 2 }, Action::OpenTxn { tid: 3, mode: Mode::Replay }]);
+    assert_eq!(window(&core), (vec![], vec![1, 2]));
+    // Commits must come oldest first.
+    assert_eq!(cmd(&mut core, Command::Commit { tid: 2, next: None }), vec![perr(2)]);
+    assert_eq!(cmd(&mut core, Command::Commit { tid: 1, next: None }), vec![Action::Commit { tid: 1 }, Action::Report(Report::Committed { tid: 1 })]);
+    assert_eq!(cmd(&mut core, Command::Commit { tid: 2, next: None }), vec![Action::Commit { tid: 2 }, Action::Report(Report::Committed { tid: 2 })]);
+    assert_eq!(core.last_committed(), 2);
+    assert_eq!(core.handle(Event::ReplayExhausted { tid: 3, commit_marker: true }), vec![Action::Prepare { tid: 3 }]);
+    // The last committed tid hands over to live as without a window.
+    let actions = cmd(&mut core, Command::Commit { tid: 3, next: Some((4, Mode::Live, false)) });
+    assert_eq!(actions, vec![Action::Commit { tid: 3 }, Action::Report(Report::Committed { tid: 3 }), Action::OpenTxn { tid: 4, mode: Mode::Live }]);
+    assert_eq!((core.state(), window(&core)), (OpenLive { tid: 4 }, (vec![], vec![])));
+}
+
+#[test]
+fn stop_inside_a_replay_window_drops_every_uncommitted_tid() {
+    let mut core = state("OpenReplay6Awaiting5").with_window(true, &[7], &[5]);
+    let actions = core.handle(Event::Command { seq: 1, epoch: EPOCH, command: Command::Stop { reason: "diverged".into() } });
+    assert_eq!(actions, vec![Action::AbandonTxn { tid: 6 }], "the runtime drops the held outputs of 5 with 6");
+    assert_eq!((core.state(), window(&core)), (Stopped, (vec![], vec![])));
+    assert_eq!(core.last_committed(), 4, "nothing awaiting was committed");
 }

@@ -24,7 +24,7 @@ use crate::fsutil::{fsync_dir, DurableU64, DurableU64Error};
 use crate::sink::{EmitOutcome, FileSink, SinkError};
 use lockstep_journal::{pb, EndpointChecksums, Journal, JournalError, JournalIdent, JournalOptions};
 use lockstep_proto::v1;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -363,8 +363,10 @@ struct Agent<E> {
     /// Last step number journaled by this host (0 = none).
     last_step: u64,
     txn: Option<OpenTxn>,
-    /// Outputs of the prepared tid, released at commit.
-    held_outputs: Option<(u64, Vec<OutputRow>)>,
+    /// Outputs of each prepared tid, oldest first, each released at its
+    /// own commit. More than one only inside a replay window (the core's
+    /// `awaiting` tids, then the current prepared one).
+    held_outputs: VecDeque<(u64, Vec<OutputRow>)>,
     /// The `Prepared` report of the prepared tid, kept with its outputs so
     /// that a coordinator on a later stream gets the same report again
     /// (`RepeatPrepared`) and a Hello can offer it (`resumable`).
@@ -429,7 +431,7 @@ impl<E: Engine> Agent<E> {
             journal_commits: BTreeSet::new(),
             last_step: report.last_step,
             txn: None,
-            held_outputs: None,
+            held_outputs: VecDeque::new(),
             prepared_report: None,
             replay: None,
             prefetch: None,
@@ -512,7 +514,7 @@ impl<E: Engine> Agent<E> {
             let engine = self.engine.as_mut().ok_or_else(|| internal("engine missing".into()))?;
             let rows = engine.take_outputs(tid);
             std::hint::black_box(output_digest(&rows));
-            self.held_outputs = Some((tid, rows));
+            self.held_outputs.push_back((tid, rows));
             self.replay = None;
             // The same read-ahead as a coordinated replay's `prepare`.
             if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
@@ -814,7 +816,7 @@ impl<E: Engine> Agent<E> {
     /// state kept for the next coordinator (`Hello.resumable`) is whole. The
     /// lost stream is returned once every action ran.
     async fn execute(&mut self, actions: Vec<Action>, out: &mut Reporter) -> Result<(), SessionEnd> {
-        let mut queue = std::collections::VecDeque::from(actions);
+        let mut queue = VecDeque::from(actions);
         let mut lost: Option<SessionEnd> = None;
         while let Some(action) = queue.pop_front() {
             let result = match action {
@@ -859,8 +861,12 @@ impl<E: Engine> Agent<E> {
                 Action::Commit { tid } => self.commit(tid).await,
                 Action::AbandonTxn { tid } => {
                     warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
+                    if !self.held_outputs.is_empty() {
+                        let held: Vec<u64> = self.held_outputs.iter().map(|(t, _)| *t).collect();
+                        warn!(host = %self.host(), tid, "dropping the held outputs of prepared tids {held:?}; nothing of them was released");
+                    }
                     self.txn = None;
-                    self.held_outputs = None;
+                    self.held_outputs.clear();
                     self.prepared_report = None;
                     self.replay = None;
                     self.prefetch = None;
@@ -883,7 +889,8 @@ impl<E: Engine> Agent<E> {
         let span = tracing::info_span!("txn", host = %self.config.host_id, epoch = self.core.highest_epoch(), tid, step = tracing::field::Empty);
         span.in_scope(|| debug!(?mode, "transaction open"));
         self.txn = Some(OpenTxn { tid, mode, steps: 0, records: 0, aggregate: EndpointChecksums::new(), span });
-        self.held_outputs = None;
+        // Held outputs of earlier prepared tids stay: inside a replay window
+        // they await their own commits.
         self.replay = None;
         match mode {
             Mode::Live => self.next_live_step_at = Instant::now(),
@@ -1048,7 +1055,7 @@ impl<E: Engine> Agent<E> {
         let rows = engine.take_outputs(tid);
         let digest = output_digest(&rows);
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
-        self.held_outputs = Some((tid, rows));
+        self.held_outputs.push_back((tid, rows));
         self.replay = None;
         // While the coordinator verifies `tid`, start reading the journal
         // for the tid a replay most likely continues with. Only when both
@@ -1113,11 +1120,15 @@ impl<E: Engine> Agent<E> {
             });
             self.journal_commits.insert(tid);
         }
-        self.prepared_report = None;
-        let rows = match self.held_outputs.take() {
+        if self.prepared_report.as_ref().is_some_and(|p| p.tid == tid) {
+            self.prepared_report = None;
+        }
+        // Commits come in tid order (the core checks), so `tid` is the
+        // oldest held.
+        let rows = match self.held_outputs.pop_front() {
             Some((t, rows)) if t == tid => rows,
             other => {
-                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the held outputs are of tid {:?}", other.map(|(t, _)| t))))
+                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|(t, _)| t))))
             }
         };
         let row_count = rows.len();
@@ -1133,7 +1144,8 @@ impl<E: Engine> Agent<E> {
                 .map_err(|e| fail(ErrorKind::Internal, e))?
                 .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?
         };
-        if let Some(txn) = self.txn.take() {
+        // Inside a replay window the open transaction is already a later tid.
+        if let Some(txn) = self.txn.take_if(|t| t.tid == tid) {
             txn.span.in_scope(|| match outcome {
                 EmitOutcome::Written => debug!(steps = txn.steps, records = txn.records, rows = row_count, mode = ?txn.mode, "committed"),
                 EmitOutcome::AlreadyEmitted => debug!(steps = txn.steps, "committed (replayed; the sink already held it)"),
@@ -1256,7 +1268,7 @@ impl<E: Engine> Agent<E> {
         result.map_err(|e| fail(ErrorKind::Engine, format!("host {host}: restoring checkpoint {checkpoint_tid} failed: {e}")))?;
         self.sink.lock().unwrap_or_else(|p| p.into_inner()).expect_replay();
         self.txn = None;
-        self.held_outputs = None;
+        self.held_outputs.clear();
         self.prepared_report = None;
         self.replay = None;
         self.prefetch = None;

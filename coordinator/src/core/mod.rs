@@ -40,6 +40,10 @@ pub struct CoreConfig {
     /// A host that sends nothing (reports or heartbeats) for this long is
     /// treated as lost while the pipeline is active.
     pub report_deadline_ms: u64,
+    /// Replay of committed tids: how many tids each host may have started
+    /// and not yet had verified (1 = a host waits for `Commit{T}` before it
+    /// gets `Start` of the next tid). See `Phase::Replaying`.
+    pub replay_window: u64,
 }
 
 impl Default for CoreConfig {
@@ -52,6 +56,7 @@ impl Default for CoreConfig {
             txn_records_max: 1_000_000,
             checkpoint_every_txns: 20,
             report_deadline_ms: 5000,
+            replay_window: 8,
         }
     }
 }
@@ -91,6 +96,14 @@ pub enum Phase {
     /// replay. Only the last committed tid waits for every host, because
     /// what follows (the open last tid, or a fresh `Begin`) is a
     /// transaction of all hosts together.
+    ///
+    /// Replay window: a host gets the `Start` of up to `replay_window`
+    /// committed tids ahead of their `Commit`s (`sent`), so it runs the next
+    /// tid while this coordinator verifies the last one instead of waiting a
+    /// round trip per tid. Its reports still come in tid order (all of T,
+    /// then all of T+1), so `at` is still the tid its next report is about,
+    /// and each report is verified exactly as without a window. The host
+    /// holds every prepared tid's outputs until that tid's own `Commit`.
     Replaying {
         /// The oldest tid not every host has passed yet: the slowest
         /// host's. Always `queue[0].tid`.
@@ -101,6 +114,8 @@ pub enum Phase {
         /// Each member host's tid in `queue`: the one it is replaying, or
         /// (the last one only) prepared in and waiting for the others.
         at: BTreeMap<HostId, Tid>,
+        /// Each member host's furthest tid whose `Start` was sent (`>= at`).
+        sent: BTreeMap<HostId, Tid>,
     },
     Running(Txn),
     Failed(Diagnosis),
@@ -472,7 +487,8 @@ impl Core {
             };
             return self.fail(d, out);
         };
-        let Phase::Replaying { tid: slowest, queue, at } = &mut self.phase else { return };
+        let window = self.cfg.replay_window.max(1) as usize;
+        let Phase::Replaying { tid: slowest, queue, at, sent } = &mut self.phase else { return };
         queue[i].passed += 1;
         queue[i].records += slot.txn.records;
         match queue.get(i + 1).map(|q| q.tid) {
@@ -480,8 +496,27 @@ impl Core {
                 at.insert(host.to_owned(), next);
                 slot.txn = HostProgress::default();
                 slot.commit_sent = tid;
-                let cmd = Cmd::Commit { tid, next: Some(Start::replay_committed(next)) };
+                // The furthest tid started for this host, as a queue index
+                // (tids before the queue's front are all passed).
+                let started = sent.get(host).copied().unwrap_or(tid);
+                let mut last_sent = queue.binary_search_by_key(&started, |q| q.tid).unwrap_or(i).max(i);
+                // Without a window (or at its edge) the next Start rides on
+                // the Commit, as in a live commit.
+                let cmd = if last_sent == i {
+                    last_sent = i + 1;
+                    Cmd::Commit { tid, next: Some(Start::replay_committed(next)) }
+                } else {
+                    Cmd::Commit { tid, next: None }
+                };
                 out.push(Action::Send { host: host.to_owned(), epoch, cmd });
+                // Top the window up: at most `window` tids started and not
+                // yet verified for this host.
+                while last_sent - i < window && last_sent + 1 < queue.len() {
+                    last_sent += 1;
+                    let cmd = Cmd::Start(Start::replay_committed(queue[last_sent].tid));
+                    out.push(Action::Send { host: host.to_owned(), epoch, cmd });
+                }
+                sent.insert(host.to_owned(), queue[last_sent].tid);
             }
             // Prepared in the last committed tid: waits for the others.
             None => slot.txn.prepared = Some(r),
@@ -933,9 +968,16 @@ impl Core {
         for s in self.hosts.values_mut() {
             s.txn = HostProgress::default();
         }
-        self.broadcast(Cmd::Start(Start::replay_committed(first)), out);
+        // The first `replay_window` tids go out at once; each verified tid
+        // then tops its host's window up (`replay_passed`).
+        let window = (self.cfg.replay_window.max(1) as usize).min(queue.len());
+        for q in queue.iter().take(window) {
+            self.broadcast(Cmd::Start(Start::replay_committed(q.tid)), out);
+        }
+        let last_sent = queue[window - 1].tid;
         let at = self.hosts.keys().map(|h| (h.clone(), first)).collect();
-        self.set_phase_quiet(Phase::Replaying { tid: first, queue, at });
+        let sent = self.hosts.keys().map(|h| (h.clone(), last_sent)).collect();
+        self.set_phase_quiet(Phase::Replaying { tid: first, queue, at, sent });
     }
 
     /// Every host has passed every committed tid (`last`, the last of them,
@@ -1104,7 +1146,7 @@ impl Core {
         match &self.phase {
             Phase::Running(t) => format!("Running, {t:?}"),
             // Not the whole queue: it may hold thousands of tids.
-            Phase::Replaying { tid, queue, at } => {
+            Phase::Replaying { tid, queue, at, .. } => {
                 let last = queue.back().map(|q| q.tid).unwrap_or(*tid);
                 format!("Replaying committed tids {tid}..={last}, hosts at {at:?}")
             }

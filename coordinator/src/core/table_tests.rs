@@ -535,7 +535,7 @@ fn show_phase(p: &Phase) -> String {
         Phase::Restoring { checkpoint } => format!("Restoring({checkpoint})"),
         // Each host's tid, then the queue with how many hosts passed each
         // tid: `Replaying(h0@2 h1@1; 1+1 2)`.
-        Phase::Replaying { tid, queue, at } => {
+        Phase::Replaying { tid, queue, at, .. } => {
             assert_eq!(queue.front().map(|q| q.tid), Some(*tid), "tid is the queue's front");
             let at: Vec<String> = at.iter().map(|(h, t)| format!("{h}@{t}")).collect();
             let queue: Vec<String> =

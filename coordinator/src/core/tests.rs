@@ -33,6 +33,7 @@ pub(crate) fn cfg() -> CoreConfig {
         txn_records_max: 1_000_000,
         checkpoint_every_txns: 0,
         report_deadline_ms: 1000,
+        replay_window: 1,
     }
 }
 
@@ -722,4 +723,105 @@ fn a_step_after_the_hosts_prepared_is_a_protocol_violation() {
     h.step("h0", 2, 3, step_agg(2, 0), Some(step_agg(2, 0)));
     let d = h.failure().expect("failed");
     assert!(d.summary.contains("step reported after this host's Prepared for tid 2"), "{d}");
+}
+
+// ------------------------------------------------------------- replay window
+
+/// `recorded_n` restored on both hosts with a replay window of `window`.
+fn replaying_window(n: Tid, open: bool, window: u64) -> Harness {
+    let (l, j0, j1) = recorded_n(n, open);
+    let mut h = Harness::new(CoreConfig { replay_window: window, ..cfg() }, l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    h.notices.clear();
+    h
+}
+
+#[test]
+fn a_replay_window_starts_tids_ahead_and_commits_each_one_as_it_verifies() {
+    let mut h = replaying_window(5, true, 3);
+    let starts = |upto: Tid| (1..=upto).map(|t| Cmd::Start(Start::replay_committed(t))).collect::<Vec<_>>();
+    let sent = h.take_sent();
+    for host in ["h0", "h1"] {
+        let mut want = vec![Cmd::Restore { checkpoint: 0 }];
+        want.extend(starts(3));
+        assert_eq!(cmds_for(&sent, host), want, "the first three tids start at once");
+    }
+    // h0 runs ahead; each verified tid gets its Commit (no next: the next
+    // tid already runs) and one more Start tops the window up to three.
+    replay_tid(&mut h, "h0", 1);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: None }, Cmd::Start(Start::replay_committed(4))]);
+    replay_tid(&mut h, "h0", 2);
+    // The host's Committed for tid 1 arrives between its reports of later tids.
+    h.ev(Event::Committed { host: "h0".into(), tid: 1 });
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: None }, Cmd::Start(Start::replay_committed(5))]);
+    replay_tid(&mut h, "h0", 3);
+    replay_tid(&mut h, "h0", 4);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h0"),
+        vec![Cmd::Commit { tid: 3, next: None }, Cmd::Commit { tid: 4, next: None }],
+        "nothing left to start: tid 5 is the last committed"
+    );
+    h.ev(Event::Committed { host: "h0".into(), tid: 2 });
+    // Prepared in the last committed tid, h0 waits for h1.
+    replay_tid(&mut h, "h0", 5);
+    assert!(h.take_sent().is_empty());
+    match h.core.phase() {
+        Phase::Replaying { tid, at, sent, .. } => {
+            assert_eq!((*tid, at["h0"], at["h1"]), (1, 5, 1));
+            assert_eq!((sent["h0"], sent["h1"]), (5, 3));
+        }
+        p => panic!("{p:?}"),
+    }
+    for t in 1..=5 {
+        replay_tid(&mut h, "h1", t);
+    }
+    let sent = h.take_sent();
+    let last = Cmd::Commit { tid: 5, next: Some(Start::replay_open(6)) };
+    assert_eq!(cmds_for(&sent, "h0"), vec![last.clone()]);
+    assert_eq!(
+        cmds_for(&sent, "h1"),
+        vec![
+            Cmd::Commit { tid: 1, next: None },
+            Cmd::Start(Start::replay_committed(4)),
+            Cmd::Commit { tid: 2, next: None },
+            Cmd::Start(Start::replay_committed(5)),
+            Cmd::Commit { tid: 3, next: None },
+            Cmd::Commit { tid: 4, next: None },
+            last,
+        ]
+    );
+    assert!(h.failure().is_none(), "{:?}", h.failure());
+    assert_eq!(replayed_notices(&h).iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 6, mode: Mode::Replay, .. })));
+}
+
+#[test]
+fn a_replay_window_wider_than_the_queue_starts_every_committed_tid_once() {
+    let mut h = replaying_window(2, false, 8);
+    let sent = h.take_sent();
+    assert_eq!(
+        cmds_for(&sent, "h1"),
+        vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start(Start::replay_committed(1)), Cmd::Start(Start::replay_committed(2))]
+    );
+    replay_tid(&mut h, "h0", 1);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: None }]);
+}
+
+#[test]
+fn inside_a_replay_window_a_divergence_still_fails_before_its_tid_commits() {
+    // h0 has tids 1-3 started; its tid 1 verifies, then a step of tid 2
+    // diverges: tid 2 is never committed to h0 and every host stops, so
+    // the outputs h0 holds for it are dropped unreleased.
+    let mut h = replaying_window(3, true, 3);
+    h.take_sent();
+    replay_tid(&mut h, "h0", 1);
+    h.take_sent();
+    h.step("h0", 2, 2, agg(&[("gen", 1, 999)]), Some(step_agg(2, 0)));
+    let d = h.failure().expect("failed").clone();
+    assert_eq!((d.host.as_deref(), d.tid, d.step), (Some("h0"), Some(2), Some(2)));
+    let sent = h.take_sent();
+    assert!(!sent.iter().any(|(_, c)| matches!(c, Cmd::Commit { .. })), "{sent:?}");
+    assert_eq!(sent.iter().filter(|(_, c)| matches!(c, Cmd::Stop { .. })).count(), 2);
 }
