@@ -203,7 +203,6 @@ struct Driver {
 /// [`supervise`] once this node leads with the whole history applied.
 async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, propose_timeout: Duration) -> anyhow::Result<DriverHandle> {
     let state = ledger.state().await;
-    let commit_interval_ms = cfg.commit_interval_ms;
     let (core, initial) = Core::new(cfg, state).map_err(anyhow::Error::msg)?;
     let id_for_status: Arc<str> = coordinator_id.as_str().into();
     let (tx, mut rx) = mpsc::channel::<Msg>(DRIVER_QUEUE_MAX);
@@ -238,9 +237,9 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         }
     });
 
-    // Timers are checked every TICK_MS, or every commit interval if that is
-    // shorter (at least 1 ms), so a short interval is not rounded up.
-    let tick_ms = TICK_MS.min(commit_interval_ms.max(1));
+    // Report deadlines are checked every TICK_MS; commits are due at exact
+    // times (`Core::commit_due_ms`, in the driver loop below).
+    let tick_ms = TICK_MS;
     let ticks = tx.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
@@ -269,7 +268,20 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     tokio::spawn(
         async move {
             let mut quiesced = false;
-            while let Some(msg) = rx.recv().await {
+            loop {
+                // The periodic tick checks report deadlines; the open
+                // transaction's commit is due at an exact time, so wake for
+                // it then instead of up to a tick late.
+                let due = driver.core.commit_due_ms().filter(|_| !quiesced);
+                let msg = tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until((started + Duration::from_millis(due.unwrap_or(0))).into()), if due.is_some() => {
+                        Msg::Event(Event::Tick)
+                    }
+                };
                 let now_ms = started.elapsed().as_millis() as u64;
                 driver.now_ms = now_ms;
                 if quiesced && !matches!(msg, Msg::Query(_) | Msg::Stop(_)) {

@@ -417,6 +417,7 @@ impl Core {
         }
         p.records += r.checksums.0.values().map(|c| c.count).sum::<u64>();
         p.sum.merge(&r.checksums);
+        self.prepare_if_due(out);
     }
 
     fn on_prepared(&mut self, host: &str, r: PreparedReport, out: &mut Vec<Action>) {
@@ -765,6 +766,14 @@ impl Core {
                 self.lose_host(&host, why, out);
             }
         }
+        self.prepare_if_due(out);
+    }
+
+    /// The commit policy: Prepare the open transaction once it has been
+    /// open for the commit interval, or a host ran `txn_steps_max` steps in
+    /// it, or the hosts ingested `txn_records_max` records. Checked on every
+    /// tick and after every step report, so a size limit acts at once.
+    fn prepare_if_due(&mut self, out: &mut Vec<Action>) {
         if let Phase::Running(Txn::Open { tid, opened_ms, mode }) = self.phase {
             let steps_max = self.hosts.values().map(|s| s.txn.steps).max().unwrap_or(0);
             let due = self.now_ms.saturating_sub(opened_ms) >= self.cfg.commit_interval_ms
@@ -774,6 +783,17 @@ impl Core {
                 self.broadcast(Cmd::Prepare { tid }, out);
                 self.phase = Phase::Running(Txn::Preparing { tid, mode });
             }
+        }
+    }
+
+    /// When the open transaction's commit interval runs out (`now_ms`
+    /// scale), if one is open: the shell sends a `Tick` then rather than
+    /// waiting for its periodic one, so a short interval is not rounded up
+    /// to the tick.
+    pub fn commit_due_ms(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Running(Txn::Open { opened_ms, .. }) => Some(opened_ms.saturating_add(self.cfg.commit_interval_ms)),
+            _ => None,
         }
     }
 

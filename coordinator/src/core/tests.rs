@@ -825,3 +825,19 @@ fn inside_a_replay_window_a_divergence_still_fails_before_its_tid_commits() {
     assert!(!sent.iter().any(|(_, c)| matches!(c, Cmd::Commit { .. })), "{sent:?}");
     assert_eq!(sent.iter().filter(|(_, c)| matches!(c, Cmd::Stop { .. })).count(), 2);
 }
+
+#[test]
+fn a_size_limit_prepares_at_the_step_that_reaches_it_and_the_interval_has_an_exact_due_time() {
+    let mut h = Harness::new(CoreConfig { txn_steps_max: 2, ..cfg() }, LedgerState::default());
+    h.hello("h0", vec![], vec![]);
+    h.hello("h1", vec![], vec![]);
+    h.restored_all(0);
+    assert_eq!(h.core.commit_due_ms(), Some(100), "opened at 0 with a 100 ms interval");
+    h.take_sent();
+    h.step("h0", 1, 1, agg(&[]), None);
+    assert!(h.take_sent().is_empty());
+    // The second step reaches txn_steps_max: Prepare goes out now, not at the next tick.
+    h.step("h0", 1, 2, agg(&[]), None);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Prepare { tid: 1 }]);
+    assert_eq!(h.core.commit_due_ms(), None, "nothing is due while preparing");
+}
