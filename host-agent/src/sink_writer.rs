@@ -335,11 +335,19 @@ mod tests {
         let mut sink = FileSink::open(dir.path()).unwrap();
         sink.fail_append_at = Some(2);
         let mut w = SinkWriter::start(sink).unwrap();
+        // The next `submit` or `sync` reports the failure, however far
+        // behind it the queue went (when depends on the writer thread).
+        let mut reported = None;
         for tid in 1..=50 {
-            w.submit(batch(tid)).await.unwrap();
+            if let Err(e) = w.submit(batch(tid)).await {
+                reported = Some(e);
+                break;
+            }
         }
-        // `sync` reports the failure however far behind it the queue went.
-        let err = w.sync().await.err().unwrap();
+        let err = match reported {
+            Some(e) => e,
+            None => w.sync().await.err().unwrap(),
+        };
         // Tid 1 failed with it if both went in one write.
         assert!(matches!(err, SinkWriterError::Write { first_tid: 1 | 2, last_tid: 2.., .. }), "{err}");
         // Reported once: the writer is re-armed, and an empty sync is fine.
