@@ -269,8 +269,12 @@ pub enum Action {
     RepeatPrepared { tid: u64 },
     /// Journal `tid`'s commit marker (queued; durable with the journal's
     /// next sync, which every later record waits for; skipped if the
-    /// journal has it), then release the held outputs to the sink (which
-    /// skips tids it already emitted, and syncs each batch).
+    /// journal has it), then hand the held outputs to the sink writer
+    /// (queued, written and synced in the background in tid order; skipped
+    /// if the sink holds or has queued the tid). A failed sink write
+    /// surfaces as the failure (kind `sink`) of the next action that needs
+    /// the sink (`Commit`, `Checkpoint`, `Restore`), in whatever state the
+    /// core is then; `Checkpoint` waits until the sink holds every tid.
     Commit { tid: u64 },
     /// Forget the open transaction (accounting, held outputs, replay
     /// cursor) and every prepared tid still awaiting its commit (their held

@@ -9,8 +9,9 @@
 //! `host-agent` daemon and the coordinator's `dev` mode use.
 //!
 //! Modules: `engine` (the trait and its types), `core` (state machine),
-//! `runtime` (async shell), `convert` (protobuf <-> domain), `sink`,
-//! `reference`, `fsutil` (durable small files).
+//! `runtime` (async shell), `convert` (protobuf <-> domain), `sink` (the
+//! file), `sink_writer` (its ordered background writer), `reference`,
+//! `fsutil` (durable small files).
 
 pub mod convert;
 pub mod core;
@@ -19,6 +20,7 @@ pub mod fsutil;
 pub mod reference;
 pub mod runtime;
 pub mod sink;
+pub mod sink_writer;
 
 pub use engine::{
     output_digest, EndpointInput, Engine, EngineError, GeneratorRef, OutputRow, Payload, StepContext, StepInput,

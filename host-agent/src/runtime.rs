@@ -21,7 +21,8 @@ use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
 use crate::engine::{output_digest, Engine, OutputRow, StepContext};
 use crate::fsutil::{fsync_dir, DurableU64, DurableU64Error};
-use crate::sink::{EmitOutcome, FileSink, SinkError};
+use crate::sink::{EmitOutcome, FileSink, SinkBatch, SinkError};
+use crate::sink_writer::{SinkWriter, SinkWriterError};
 use lockstep_journal::{pb, EndpointChecksums, Journal, JournalError, JournalIdent, JournalOptions};
 use lockstep_proto::v1;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -110,6 +111,8 @@ pub enum AgentError {
     Epoch { host: String, cause: DurableU64Error },
     #[error("host {host}: {cause}")]
     Sink { host: String, cause: SinkError },
+    #[error("host {host}: {cause}")]
+    SinkWriter { host: String, cause: SinkWriterError },
     #[error("host {host}: I/O error on {path}: {cause}")]
     Io { host: String, path: PathBuf, cause: std::io::Error },
     #[error("host {host}: cannot serve the ingest API on {addr}: {reason}")]
@@ -161,7 +164,16 @@ pub async fn run<E: Engine>(
     agent.ingest_addr = ingest_addr.to_string();
 
     let mut shutdown = std::pin::pin!(shutdown);
-    let result = agent.connect_loop(&mut shutdown).await;
+    let mut result = agent.connect_loop(&mut shutdown).await;
+    // A clean stop leaves every tid this host reported committed in the
+    // sink (a crash instead leaves the unwritten tail to the replay).
+    match agent.sink.sync().await {
+        Ok(last) => info!(host = %host, last_tid = last, "sink drained"),
+        Err(cause) => {
+            error!(host = %host, "{cause}");
+            result = result.and(Err(AgentError::SinkWriter { host: host.clone(), cause }));
+        }
+    }
     let _ = server_stop.send(());
     let _ = server.await;
     info!(host = %host, "host agent stopped");
@@ -351,7 +363,8 @@ struct Agent<E> {
     /// `None` only while `checkpoint`/`restore` run on a blocking thread.
     engine: Option<E>,
     journal: Arc<Journal>,
-    sink: Arc<Mutex<FileSink>>,
+    /// The sink, written in the background (`sink_writer.rs`).
+    sink: SinkWriter,
     epoch_file: DurableU64,
     complete_file: DurableU64,
     /// Newest checkpoint the ledger declared complete, as far as we know.
@@ -418,12 +431,13 @@ impl<E: Engine> Agent<E> {
 
         let sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
         info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
+        let sink = SinkWriter::start(sink).map_err(|cause| AgentError::SinkWriter { host: host.clone(), cause })?;
 
         let mut agent = Agent {
             core: HostCore::new(highest_epoch),
             engine: Some(engine),
             journal: Arc::new(journal),
-            sink: Arc::new(Mutex::new(sink)),
+            sink,
             epoch_file,
             complete_file,
             complete_tid,
@@ -522,6 +536,9 @@ impl<E: Engine> Agent<E> {
             }
             self.commit(tid).await.map_err(|f| internal(f.message))?;
         }
+        // The baseline includes the sink's writes, as a coordinated replay's
+        // time does.
+        self.sink.sync().await.map_err(|cause| AgentError::SinkWriter { host: host.clone(), cause })?;
         report.micros = started.elapsed().as_micros() as u64;
         Ok(report)
     }
@@ -1132,22 +1149,30 @@ impl<E: Engine> Agent<E> {
             }
         };
         let row_count = rows.len();
-        // A replayed tid the sink already holds is skipped without I/O, so
-        // without a trip to the blocking pool.
-        let outcome = if self.sink.lock().unwrap_or_else(|p| p.into_inner()).already_emitted(tid) {
+        // Handed to the sink writer, not waited for: its write and
+        // fdatasync happen on its own thread while this host opens the next
+        // tid and answers the next command. Safe because the ledger is the
+        // record that `tid` committed: a tid whose line a crash lost is
+        // replayed after recovery (the sink skips the tids it holds), and
+        // everything that needs the sink to hold every committed tid (a
+        // checkpoint, a restore, shutdown) waits for the writer first. An
+        // earlier tid's failed write surfaces here. A replayed tid the sink
+        // holds or has queued is skipped without the engine's metadata.
+        let outcome = if self.sink.already_emitted(tid) {
             EmitOutcome::AlreadyEmitted
         } else {
             let meta = self.engine.as_ref().map(|e| e.output_metadata()).unwrap_or_default();
-            let sink = self.sink.clone();
-            self.blocking(move || sink.lock().unwrap_or_else(|p| p.into_inner()).emit(epoch, tid, &rows, &meta))
+            self.sink
+                .submit(SinkBatch { epoch, tid, rows, meta })
                 .await
-                .map_err(|e| fail(ErrorKind::Internal, e))?
                 .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?
         };
         // Inside a replay window the open transaction is already a later tid.
         if let Some(txn) = self.txn.take_if(|t| t.tid == tid) {
             txn.span.in_scope(|| match outcome {
-                EmitOutcome::Written => debug!(steps = txn.steps, records = txn.records, rows = row_count, mode = ?txn.mode, "committed"),
+                EmitOutcome::Written | EmitOutcome::Queued => {
+                    debug!(steps = txn.steps, records = txn.records, rows = row_count, mode = ?txn.mode, "committed")
+                }
                 EmitOutcome::AlreadyEmitted => debug!(steps = txn.steps, "committed (replayed; the sink already held it)"),
             });
         }
@@ -1157,6 +1182,12 @@ impl<E: Engine> Agent<E> {
     async fn checkpoint(&mut self, tid: u64) -> Result<(), Failure> {
         let host = self.config.host_id.clone();
         let fail = |kind, message| Failure { kind, tid, message };
+        // Once a checkpoint of `tid` is complete, recovery starts after it
+        // and never replays `tid` or any tid before it again: the sink must
+        // hold all of them durably before the checkpoint exists at all.
+        self.sink.sync().await.map_err(|e| {
+            fail(ErrorKind::Sink, format!("host {host}: checkpoint {tid} not taken: the sink does not hold every committed tid: {e}"))
+        })?;
         let dir = self.config.data_dir.join("checkpoints");
         let Some(mut engine) = self.engine.take() else {
             return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at checkpoint")));
@@ -1252,6 +1283,11 @@ impl<E: Engine> Agent<E> {
                 }
             }
         };
+        // The replay after a restore skips every tid the sink holds or has
+        // queued; settle the queue first, so that a failed write is
+        // reported here and re-arms the writer at the last durable tid (the
+        // replay then writes the rest).
+        self.sink.sync().await.map_err(|e| fail(ErrorKind::Sink, format!("host {host}: restoring checkpoint {checkpoint_tid}: {e}")))?;
         let Some(mut engine) = self.engine.take() else {
             return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at restore")));
         };
@@ -1266,7 +1302,7 @@ impl<E: Engine> Agent<E> {
         };
         self.engine = Some(engine);
         result.map_err(|e| fail(ErrorKind::Engine, format!("host {host}: restoring checkpoint {checkpoint_tid} failed: {e}")))?;
-        self.sink.lock().unwrap_or_else(|p| p.into_inner()).expect_replay();
+        self.sink.expect_replay();
         self.txn = None;
         self.held_outputs.clear();
         self.prepared_report = None;

@@ -68,6 +68,12 @@ impl Harness {
         true
     }
 
+    /// Waits until the sink writer has made every committed tid durable
+    /// (a commit only queues its outputs; see `sink_writer.rs`).
+    async fn sink_synced(&mut self) {
+        self.agent.sink.sync().await.expect("the sink writer drains");
+    }
+
     /// Reports sent since the last call, checking seq numbering.
     fn reports(&mut self) -> Vec<R> {
         let mut out = Vec::new();
@@ -153,6 +159,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     assert_eq!(p1.steps, 5);
     assert_eq!(to_checksums(&p1.aggregate), sum_steps(&steps[..5]), "aggregate = sum of the step reports");
     assert!(first.iter().any(|r| matches!(r, R::Committed(v1::Committed { tid: 1 }))));
+    h.sink_synced().await;
     assert_eq!(sink_tids(dir.path()), vec![1]);
     let line1 = sink_lines(dir.path())[0].clone();
     drop(h);
@@ -207,6 +214,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     ]);
     assert_eq!(s2[..3].iter().map(|s| &s.checksums).collect::<Vec<_>>(), steps[5..].iter().map(|s| &s.checksums).collect::<Vec<_>>());
     assert_eq!(prepared(&rest).steps, 5);
+    h.sink_synced().await;
     assert_eq!(sink_tids(dir.path()), vec![1, 2], "each committed tid exactly once");
     assert_eq!(sink_lines(dir.path())[0], line1, "tid 1 was not rewritten");
     let recs: Vec<_> = h.agent.journal.steps_of(2).unwrap().map(|r| r.unwrap()).map(|r| (r.step, r.prev_step, r.epoch)).collect();
@@ -226,6 +234,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     h.cmd(1, Command::Prepare { tid: 1 }).await;
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
+    assert_eq!(sink_tids(dir.path()), vec![1], "a checkpoint waits until the sink holds every tid it covers");
     h.cmd(1, Command::CheckpointComplete { tid: 1 }).await;
     h.cmd(1, Command::Start { tid: 2, mode: Mode::Live, prepare: false }).await;
     for _ in 0..3 {
@@ -242,6 +251,9 @@ async fn checkpoint_gc_and_restore_from_it() {
     assert!(reports.iter().any(|r| matches!(r, R::CheckpointDone(v1::CheckpointDone { tid: 1 }))));
     let p2 = prepared(&reports[reports.iter().position(|r| matches!(r, R::StepDone(v1::StepDone { tid: 2, .. }))).unwrap()..]);
     let offset_after_2 = h.agent.engine.as_ref().unwrap().generator_offset();
+    // One agent per data directory at a time: the old writer must be done
+    // before the next agent reads the file back.
+    h.sink_synced().await;
     drop(h);
 
     let mut h = Harness::open(dir.path(), false).await;
@@ -263,6 +275,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     let rp2 = prepared(&reports);
     assert_eq!((rp2.steps, &rp2.aggregate, rp2.output_digest), (p2.steps, &p2.aggregate, p2.output_digest));
     assert_eq!(h.agent.engine.as_ref().unwrap().generator_offset(), offset_after_2);
+    h.sink_synced().await;
     assert_eq!(sink_tids(dir.path()), vec![1, 2]);
     let last = sink_lines(dir.path()).pop().unwrap();
     assert_eq!(last["generator_offset"].as_u64(), Some(offset_after_2));
@@ -382,6 +395,7 @@ async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
     let reports = h.reports();
     assert!(errors(&reports).is_empty(), "{reports:?}");
     assert!(reports.iter().any(|r| matches!(r, R::Committed(v1::Committed { tid: 1 }))));
+    h.sink_synced().await;
     assert_eq!(sink_tids(dir.path()), vec![1]);
     assert_eq!(sink_lines(dir.path())[0]["rows"].as_array().map(Vec::len), Some(p.output_count as usize));
     h.reconnect().await;
@@ -425,8 +439,56 @@ async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
     let commit = Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) };
     let actions = h.agent.core.handle(Event::Command { seq: 5, epoch: 1, command: commit });
     assert!(h.agent.execute(actions, &mut h.out).await.is_err(), "the lost stream is still reported");
+    h.sink_synced().await;
     assert_eq!(sink_tids(dir.path()), vec![1], "the commit went through");
     h.reconnect().await;
     let r = h.agent.hello().await.unwrap().resumable.expect("tid 2 is kept");
     assert_eq!((r.last_committed_tid, r.state, r.tid, r.steps), (1, v1::HostTxnState::OpenLive as i32, 2, 0));
+}
+
+/// The sink writes in the background: a failed write is not seen by the
+/// commit that queued it, but by the host's next action that needs the
+/// sink (here a checkpoint, which is then not taken); the host stops with
+/// an error of kind `sink`, and after a restore the replay writes the tid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.sink_synced().await;
+    let mut faulty = FileSink::open(&dir.path().join("sink")).unwrap();
+    faulty.fail_append_at = Some(1);
+    h.agent.sink = SinkWriter::start(faulty).unwrap();
+
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for _ in 0..3 {
+        assert!(h.step().await);
+    }
+    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Commit { tid: 1, next: None }).await;
+    let reports = h.reports();
+    assert!(errors(&reports).is_empty(), "{reports:?}");
+    assert!(reports.iter().any(|r| matches!(r, R::Committed(v1::Committed { tid: 1 }))), "the commit only queued the write");
+
+    h.cmd(1, Command::Checkpoint { tid: 1 }).await;
+    let reports = h.reports();
+    let errs = errors(&reports);
+    assert_eq!(errs.len(), 1, "{reports:?}");
+    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("sink", 1), "{}", errs[0].message);
+    assert!(!reports.iter().any(|r| matches!(r, R::CheckpointDone(_))), "no checkpoint over a tid the sink lacks");
+    assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
+    assert!(h.agent.checkpoints.is_empty());
+    assert_eq!(sink_tids(dir.path()), Vec::<u64>::new());
+
+    // The coordinator recovers: restore, replay tid 1; the sink writes it.
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: true }).await;
+    while h.step().await {}
+    h.cmd(2, Command::Commit { tid: 1, next: None }).await;
+    h.cmd(2, Command::Checkpoint { tid: 1 }).await;
+    let reports = h.reports();
+    assert!(errors(&reports).is_empty(), "{reports:?}");
+    assert!(reports.iter().any(|r| matches!(r, R::CheckpointDone(v1::CheckpointDone { tid: 1 }))));
+    assert_eq!(sink_tids(dir.path()), vec![1]);
 }

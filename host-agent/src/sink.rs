@@ -1,6 +1,8 @@
 //! The exactly-once file sink: `<data-dir>/sink/output.jsonl`, one JSON line
 //! per committed tid, `{"epoch":E,"tid":T,"rows":[...], <engine metadata>}`,
-//! appended and fsynced before the host reports `Committed`.
+//! appended and fsynced. The runtime does not call it on its commit path:
+//! the ordered background writer (`sink_writer.rs`) owns it and appends
+//! groups of tids with one fdatasync each.
 //!
 //! Exactly once, in strictly increasing tid order, across any number of
 //! crashes (DESIGN invariant 2): on open the sink reads the file back to
@@ -32,12 +34,27 @@ pub enum SinkError {
     OutOfOrder { path: PathBuf, tid: u64, last: u64 },
 }
 
-/// What `emit` did.
+/// What `emit` (or `SinkWriter::submit`) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmitOutcome {
     Written,
-    /// The tid was already in the file (a replayed, committed tid).
+    /// Handed to the background writer (`SinkWriter::submit`); durable once
+    /// `SinkWriter::sync` returns.
+    Queued,
+    /// The tid was already in the file, or already queued for it (a
+    /// replayed, committed tid).
     AlreadyEmitted,
+}
+
+/// One committed tid's outputs, as the sink writes them (one line).
+#[derive(Clone, Debug)]
+pub struct SinkBatch {
+    pub epoch: u64,
+    pub tid: u64,
+    pub rows: Vec<OutputRow>,
+    /// Engine metadata, flattened into the line (`epoch`, `tid` and `rows`
+    /// are reserved and dropped from it).
+    pub meta: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -62,6 +79,9 @@ pub struct FileSink {
     /// True after open and after `expect_replay` until the next new tid is
     /// written: tids at or below `last_emitted` are skipped, not refused.
     replaying: bool,
+    /// Test fault: the next append holding this tid fails (once).
+    #[cfg(test)]
+    pub(crate) fail_append_at: Option<u64>,
 }
 
 impl FileSink {
@@ -90,7 +110,15 @@ impl FileSink {
             file.set_len(good_len).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
         }
-        Ok(FileSink { path, file, len: good_len, last_emitted, replaying: true })
+        Ok(FileSink {
+            path,
+            file,
+            len: good_len,
+            last_emitted,
+            replaying: true,
+            #[cfg(test)]
+            fail_append_at: None,
+        })
     }
 
     /// Returns (length of the good prefix, last tid, file length).
@@ -144,13 +172,13 @@ impl FileSink {
         &self.path
     }
 
-    /// The last tid in the file (0 = none).
     /// `emit(tid)` would skip `tid` without I/O (replaying a tid the file
     /// already holds).
     pub fn already_emitted(&self, tid: u64) -> bool {
         self.replaying && tid <= self.last_emitted
     }
 
+    /// The last tid in the file (0 = none).
     pub fn last_emitted(&self) -> u64 {
         self.last_emitted
     }
@@ -175,6 +203,37 @@ impl FileSink {
             }
             return Err(SinkError::OutOfOrder { path: self.path.clone(), tid, last: self.last_emitted });
         }
+        let bytes = self.encode_line(epoch, tid, rows, meta)?;
+        self.write_durably(&bytes, tid)?;
+        Ok(EmitOutcome::Written)
+    }
+
+    /// Appends several tids, one line each, with one write and one
+    /// fdatasync: all of them or none (on error the file is cut back to
+    /// where it was). Every tid must exceed the one before it and the last
+    /// in the file; no tid is skipped here, since the caller
+    /// (`SinkWriter`) already dropped those the file holds.
+    pub fn append(&mut self, batches: &[SinkBatch]) -> Result<(), SinkError> {
+        let Some(last) = batches.last() else { return Ok(()) };
+        let mut bytes = Vec::new();
+        let mut prev = self.last_emitted;
+        for b in batches {
+            if b.tid <= prev {
+                return Err(SinkError::OutOfOrder { path: self.path.clone(), tid: b.tid, last: prev });
+            }
+            prev = b.tid;
+            bytes.extend_from_slice(&self.encode_line(b.epoch, b.tid, &b.rows, &b.meta)?);
+        }
+        self.write_durably(&bytes, last.tid)
+    }
+
+    fn encode_line(
+        &self,
+        epoch: u64,
+        tid: u64,
+        rows: &[OutputRow],
+        meta: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<u8>, SinkError> {
         let mut meta = meta.clone();
         for reserved in ["epoch", "tid", "rows"] {
             meta.remove(reserved);
@@ -182,16 +241,38 @@ impl FileSink {
         let line = LineOut { epoch, tid, rows: rows.iter().map(|r| &r.0).collect(), meta };
         let mut bytes = serde_json::to_vec(&line).map_err(|e| SinkError::Io { path: self.path.clone(), source: e.into() })?;
         bytes.push(b'\n');
-        let result = self.file.write_all(&bytes).and_then(|_| self.file.sync_data());
+        Ok(bytes)
+    }
+
+    /// Writes whole lines and fdatasyncs; `last_tid` is the tid of the last
+    /// line in `bytes`.
+    fn write_durably(&mut self, bytes: &[u8], last_tid: u64) -> Result<(), SinkError> {
+        let result = self.inject_fault(last_tid).and_then(|_| self.file.write_all(bytes)).and_then(|_| self.file.sync_data());
         if let Err(source) = result {
-            // Leave no partial line behind for the next emit to follow.
+            // Leave no partial line behind for the next write to follow.
             let _ = self.file.set_len(self.len);
             return Err(SinkError::Io { path: self.path.clone(), source });
         }
         self.len += bytes.len() as u64;
-        self.last_emitted = tid;
+        self.last_emitted = last_tid;
         self.replaying = false;
-        Ok(EmitOutcome::Written)
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn inject_fault(&mut self, last_tid: u64) -> io::Result<()> {
+        match self.fail_append_at {
+            Some(t) if t <= last_tid && t > self.last_emitted => {
+                self.fail_append_at = None;
+                Err(io::Error::other(format!("injected fault at tid {t}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn inject_fault(&mut self, _last_tid: u64) -> io::Result<()> {
+        Ok(())
     }
 }
 

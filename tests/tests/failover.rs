@@ -37,8 +37,9 @@ async fn coordinator_killed_mid_run_continues_without_replay_and_outputs_exactly
         assert_eq!(s.last_replay.unwrap_or_default().tids, 0, "cycle {cycle}: nothing replayed");
     }
     assert_eq!(s.epoch, first_epoch + 5);
-    // Committed is reported after the sink's fsync: once every host has
-    // reported the latest commit, every sink holds it.
+    // Once every host has reported the latest commit, its outputs are at
+    // least queued to the sink; a host that exits cleanly (SIGTERM) first
+    // drains that queue, so every sink then holds it.
     let last = s.last_committed_tid;
     c.wait_for(&format!("every host to report tid {last} committed"), LONG, |s| {
         s.hosts.iter().all(|h| h.last_committed_tid >= last)
