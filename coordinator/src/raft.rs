@@ -547,9 +547,18 @@ impl Ledger {
 
     /// Clone of the applied state machine. On a follower it may lag the
     /// leader; on a new leader it is complete only after
-    /// [`Ledger::wait_applied_leader`].
+    /// [`Ledger::wait_applied_leader`]. The clone shares every transaction
+    /// record with the state machine (`ledger`'s module doc, "Memory"), so
+    /// it costs a map node per tid, not a record; to read a few fields, use
+    /// [`Ledger::with_state`].
     pub async fn state(&self) -> LedgerState {
         store::read_shared(&self.inner.sm).state.clone()
+    }
+
+    /// `f` of the applied state machine (see [`Ledger::state`]), under its
+    /// read lock: keep `f` short, raft applies entries only after it.
+    pub fn with_state<T>(&self, f: impl FnOnce(&LedgerState) -> T) -> T {
+        f(&store::read_shared(&self.inner.sm).state)
     }
 
     /// Whether this node currently leads (from the latest raft metrics).
@@ -781,7 +790,7 @@ mod tests {
     use redb::Database;
 
     use super::*;
-    use crate::ledger::{HostTxnRecord, TxnStatus};
+    use crate::ledger::{HostTxnRecord, TxnHosts, TxnStatus};
 
     fn hosts() -> BTreeMap<String, HostTxnRecord> {
         ["h0", "h1"]
@@ -791,7 +800,7 @@ mod tests {
                     h.to_string(),
                     HostTxnRecord {
                         steps: 3,
-                        aggregate: BTreeMap::new(),
+                        aggregate: Default::default(),
                         output_digest: 7,
                     },
                 )
@@ -857,7 +866,7 @@ mod tests {
         assert_eq!(s.last_committed, 1);
         assert_eq!(s.tid_high_water, 2);
         assert_eq!(s.txn(1).unwrap().status, TxnStatus::Committed);
-        assert_eq!(s.txn(1).unwrap().hosts, hosts());
+        assert_eq!(s.txn(1).unwrap().hosts, TxnHosts::from(&hosts()));
         assert_eq!(s.open_txn().map(|t| t.tid), Some(2));
 
         // Rejected entries: the verdict is the ledger's error, the state is unchanged.
