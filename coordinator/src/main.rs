@@ -284,18 +284,22 @@ async fn run_coordinator(
         Ledger::open(dir, node_id, addr.clone(), peers.clone(), tuning).await
     };
     let ledger = opened.with_context(|| format!("opening the ledger in {}", dir.display()))?;
-    let state = ledger.state().await;
-    if state.is_initialised() && state.cluster_id != args.cluster_id {
+    // Only the header fields: the state lives in the state machine, and a
+    // copy held here would last as long as the process.
+    let (initialised, cluster_id, epoch, last_committed, checkpoint) = ledger.with_state(|s| {
+        (s.is_initialised(), s.cluster_id.clone(), s.epoch, s.last_committed, s.newest_checkpoint())
+    });
+    if initialised && cluster_id != args.cluster_id {
         ledger.shutdown().await?;
         bail!(
             "the ledger in {} belongs to cluster {:?}, but this coordinator was started for cluster {:?}; start it with \
              --cluster-id {:?} or point --data-dir at this cluster's ledger",
-            dir.display(), state.cluster_id, args.cluster_id, state.cluster_id
+            dir.display(), cluster_id, args.cluster_id, cluster_id
         );
     }
     info!(
-        node_id, %addr, group = ?ledger.members().voters, cluster = %state.cluster_id, epoch = state.epoch,
-        last_committed = state.last_committed, checkpoint = state.newest_checkpoint(), "ledger opened"
+        node_id, %addr, group = ?ledger.members().voters, cluster = %cluster_id, epoch, last_committed, checkpoint,
+        "ledger opened"
     );
     let cfg = SupervisorConfig {
         core: core_config(args.cluster_id.clone(), args.hosts.clone(), &args.policy),

@@ -8,13 +8,14 @@
 //! # Shape
 //!
 //! - [`TypeConfig`]: `NodeId = u64`, `Node = BasicNode` whose `addr` is the
-//!   member's gRPC address, `D = LedgerEntry`, `R = Verdict`, snapshots as
-//!   in-memory bytes (the ledger is small: it keeps full detail only after the
-//!   newest complete checkpoint plus a bounded history).
+//!   member's gRPC address, `D = LedgerEntry`, `R = Verdict`, snapshot data
+//!   as a file ([`snapshot`]: written, read and sent to followers as a
+//!   stream, never whole in memory).
 //! - [`store`]: durable storage (see "Storage" below): the log in
-//!   [`log`]'s segment files, vote and snapshots in `<data dir>/ledger.redb`;
-//!   the state machine lives in memory and is rebuilt on start from the
-//!   current snapshot plus the committed entries after it.
+//!   [`log`]'s segment files, the snapshot in [`snapshot`]'s directory, vote
+//!   and snapshot meta in `<data dir>/ledger.redb`; the state machine lives
+//!   in memory and is rebuilt on start from the current snapshot plus the
+//!   committed entries after it.
 //! - [`network`]: openraft's peer RPCs over tonic (`lockstep.v1.RaftPeer`,
 //!   `proto/lockstep/v1/raft.proto`): a client per peer dialing
 //!   `BasicNode::addr`, and [`peer_service`], which the coordinator serves
@@ -50,12 +51,17 @@
 //!   transaction of ~8 page writes (~29 KB) before its fsync, which the
 //!   live latency goal could not afford (`raft::bench`: ~1.7x the floor,
 //!   where the log file append is the floor).
-//! - The **vote** and the current **snapshot** (plus a format marker) stay
-//!   in `<data dir>/ledger.redb` ([`store`]): rare writes (elections, one
-//!   snapshot per ~1000 entries) that must be replaced atomically, which a
-//!   redb transaction gives, and redb's exclusive file lock keeps a second
-//!   coordinator off the whole data directory (the log files have no lock
-//!   of their own; redb is opened first and closed last).
+//! - The **vote** and the current **snapshot's meta** (plus a format
+//!   marker) stay in `<data dir>/ledger.redb` ([`store`]): rare writes
+//!   (elections, one snapshot per ~1000 entries) that must be replaced
+//!   atomically, which a redb transaction gives, and redb's exclusive file
+//!   lock keeps a second coordinator off the whole data directory (the log
+//!   and snapshot files have no lock of their own; redb is opened first and
+//!   closed last).
+//! - The **snapshot** is a file in `<data dir>/snapshots/` ([`snapshot`]),
+//!   named by its meta: it grows with the tids the ledger keeps, and redb
+//!   holds a value whole in memory (plus a cached copy) to write or read
+//!   it, where a file streams.
 //!
 //! Not the journal crate for the log: it is built for a host's step journal
 //! (only a torn tail is ever cut, only whole segments before a complete
@@ -69,10 +75,10 @@
 mod bench;
 pub mod log;
 pub mod network;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -104,7 +110,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -547,9 +553,18 @@ impl Ledger {
 
     /// Clone of the applied state machine. On a follower it may lag the
     /// leader; on a new leader it is complete only after
-    /// [`Ledger::wait_applied_leader`].
+    /// [`Ledger::wait_applied_leader`]. The clone shares every transaction
+    /// record with the state machine (`ledger`'s module doc, "Memory"), so
+    /// it costs a map node per tid, not a record; to read a few fields, use
+    /// [`Ledger::with_state`].
     pub async fn state(&self) -> LedgerState {
         store::read_shared(&self.inner.sm).state.clone()
+    }
+
+    /// `f` of the applied state machine (see [`Ledger::state`]), under its
+    /// read lock: keep `f` short, raft applies entries only after it.
+    pub fn with_state<T>(&self, f: impl FnOnce(&LedgerState) -> T) -> T {
+        f(&store::read_shared(&self.inner.sm).state)
     }
 
     /// Whether this node currently leads (from the latest raft metrics).
@@ -781,7 +796,7 @@ mod tests {
     use redb::Database;
 
     use super::*;
-    use crate::ledger::{HostTxnRecord, TxnStatus};
+    use crate::ledger::{HostTxnRecord, TxnHosts, TxnStatus};
 
     fn hosts() -> BTreeMap<String, HostTxnRecord> {
         ["h0", "h1"]
@@ -791,7 +806,7 @@ mod tests {
                     h.to_string(),
                     HostTxnRecord {
                         steps: 3,
-                        aggregate: BTreeMap::new(),
+                        aggregate: Default::default(),
                         output_digest: 7,
                     },
                 )
@@ -857,7 +872,7 @@ mod tests {
         assert_eq!(s.last_committed, 1);
         assert_eq!(s.tid_high_water, 2);
         assert_eq!(s.txn(1).unwrap().status, TxnStatus::Committed);
-        assert_eq!(s.txn(1).unwrap().hosts, hosts());
+        assert_eq!(s.txn(1).unwrap().hosts, TxnHosts::from(&hosts()));
         assert_eq!(s.open_txn().map(|t| t.tid), Some(2));
 
         // Rejected entries: the verdict is the ledger's error, the state is unchanged.
@@ -972,6 +987,76 @@ mod tests {
         let l = Ledger::open_single_with(dir.path(), 7, "127.0.0.1:1".into(), tuning)
             .await
             .unwrap();
+        assert_eq!(l.state().await, after);
+        l.shutdown().await.unwrap();
+    }
+
+    /// The files in the snapshot directory of the data directory `dir`.
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(snapshot::SNAPSHOT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A ledger with a snapshot (and entries after it) in `dir`, closed;
+    /// returns its state.
+    async fn ledger_with_snapshot(dir: &Path) -> LedgerState {
+        let tuning = RaftTuning { snapshot_after_logs: 5, logs_kept_after_snapshot: 2, ..fast() };
+        let l = Ledger::open_single_with(dir, 1, "a".into(), tuning).await.unwrap();
+        ok(&l, init()).await;
+        ok(&l, LedgerEntry::Begin { tid: 1 }).await;
+        for t in 1..=12 {
+            ok(&l, LedgerEntry::Commit { tid: t, hosts: hosts(), begin_next: Some(t + 1) }).await;
+        }
+        l.raft().wait(Some(Duration::from_secs(5))).metrics(|m| m.snapshot.is_some(), "snapshot").await.unwrap();
+        let state = l.state().await;
+        l.shutdown().await.unwrap();
+        state
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_files_and_superseded_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = ledger_with_snapshot(dir.path()).await;
+        // Several snapshots were built; one file is left, no temporary ones.
+        let files = snapshot_files(dir.path());
+        assert!(files.len() == 1 && files[0].ends_with(".json"), "{files:?}");
+        assert_eq!(store::redb_snapshot_and_format(dir.path()).unwrap(), (false, store::FORMAT.to_string()));
+
+        // Leftovers of an interrupted write are deleted on open.
+        let snaps = dir.path().join(snapshot::SNAPSHOT_DIR);
+        std::fs::write(snaps.join("1-9.tmp"), b"half").unwrap();
+        std::fs::write(snaps.join("00000000000000000001-1-1.json"), b"superseded").unwrap();
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        assert_eq!(l.state().await, want);
+        l.shutdown().await.unwrap();
+        assert_eq!(snapshot_files(dir.path()), files);
+
+        // The current snapshot's file missing: a clear error, not an empty ledger.
+        std::fs::remove_file(snaps.join(&files[0])).unwrap();
+        let msg = format!("{:#}", Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap_err());
+        assert!(msg.contains("current snapshot") && msg.contains("is missing"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_format_2_directory_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = ledger_with_snapshot(dir.path()).await;
+        store::downgrade_to_v2(dir.path()).unwrap();
+        assert_eq!(store::redb_snapshot_and_format(dir.path()).unwrap(), (true, "lockstep-ledger/2".to_string()));
+
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        assert_eq!(l.state().await, want);
+        ok(&l, LedgerEntry::Commit { tid: 13, hosts: hosts(), begin_next: None }).await;
+        let after = l.state().await;
+        l.shutdown().await.unwrap();
+        assert_eq!(store::redb_snapshot_and_format(dir.path()).unwrap(), (false, store::FORMAT.to_string()));
+        assert_eq!(snapshot_files(dir.path()).len(), 1);
+
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
         assert_eq!(l.state().await, after);
         l.shutdown().await.unwrap();
     }
@@ -1143,6 +1228,14 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join(store::LOG_DIR)).unwrap();
         let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
         assert!(msg.contains(store::LOG_DIR) && msg.contains("is missing"), "{msg}");
+
+        // Snapshot files left without their ledger are not silently dropped.
+        let dir = tempfile::tempdir().unwrap();
+        ledger_with_snapshot(dir.path()).await;
+        std::fs::remove_file(dir.path().join(store::LEDGER_FILE)).unwrap();
+        std::fs::remove_dir_all(dir.path().join(store::LOG_DIR)).unwrap();
+        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        assert!(msg.contains(snapshot::SNAPSHOT_DIR) && msg.contains("was just created"), "{msg}");
 
         let dir = tempfile::tempdir().unwrap();
         {

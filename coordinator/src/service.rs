@@ -39,6 +39,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use tokio::sync::watch;
 
 use crate::core::{Action, Cmd, ConnId, Core, CoreConfig, Event, HostId, LedgerEntry, Notice, Phase, Txn};
+use crate::ledger::TxnRecord;
 use crate::raft::{Ledger, ProposeError};
 use crate::wire;
 
@@ -111,6 +112,10 @@ fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ShellStats> {
 
 enum Msg {
     Event(Event),
+    /// A proposal applied (`Event::Applied`), with the state machine's
+    /// records of the tids it touched: the core's copy of the ledger takes
+    /// them instead of keeping equal records of its own.
+    Applied(Event, Vec<Arc<TxnRecord>>),
     /// A stream opened: register its command sender before its Hello.
     Open { conn: ConnId, tx: mpsc::Sender<Result<pb::Command, Status>> },
     Query(Query),
@@ -219,7 +224,12 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     tokio::spawn(async move {
         while let Some(entry) = propose_rx.recv().await {
             let msg = match tokio::time::timeout(propose_timeout, proposer_ledger.propose(entry.clone())).await {
-                Ok(Ok(result)) => Msg::Event(Event::Applied { entry, result }),
+                Ok(Ok(result)) => {
+                    let records = proposer_ledger.with_state(|l| {
+                        entry_tids(&entry).filter_map(|t| l.txns.get(&t).cloned()).collect::<Vec<_>>()
+                    });
+                    Msg::Applied(Event::Applied { entry, result }, records)
+                }
                 Ok(Err(ProposeError::Shutdown)) => break,
                 Ok(Err(e @ (ProposeError::NotLeader { .. } | ProposeError::NoQuorum(_)))) => {
                     Msg::LeadershipLost(format!("the ledger did not take {entry:?}: {e}"))
@@ -313,6 +323,11 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         let actions = driver.core.handle(now_ms, e);
                         driver.execute(actions);
                     }
+                    Msg::Applied(e, records) => {
+                        let actions = driver.core.handle(now_ms, e);
+                        driver.core.share_records(records);
+                        driver.execute(actions);
+                    }
                     Msg::Open { conn, tx } => {
                         driver.conns.insert(conn, Conn { tx, host: None, next_seq: 1 });
                     }
@@ -330,6 +345,16 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         .instrument(info_span!("driver")),
     );
     Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx, coordinator_id: id_for_status })
+}
+
+/// The tids whose ledger records `entry` creates or changes.
+fn entry_tids(entry: &LedgerEntry) -> impl Iterator<Item = u64> {
+    let (a, b) = match entry {
+        LedgerEntry::Begin { tid } | LedgerEntry::Fail { tid, .. } => (Some(*tid), None),
+        LedgerEntry::Commit { tid, begin_next, .. } => (Some(*tid), *begin_next),
+        LedgerEntry::Init { .. } | LedgerEntry::NewEpoch { .. } | LedgerEntry::CheckpointComplete { .. } => (None, None),
+    };
+    a.into_iter().chain(b)
 }
 
 /// What [`supervise`] needs besides the ledger.
@@ -688,7 +713,12 @@ impl pb::host_session_server::HostSession for HostSessionService {
                 )))
             }
         };
-        let hello = wire::hello_from(hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Journal summaries that match the ledger's records share them.
+        let host_id = hello.host_id.clone();
+        let hello = self
+            .ledger
+            .with_state(|l| wire::hello_from(hello, |tid| l.txn(tid)?.hosts.get(&host_id).map(|r| &r.aggregate)))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let host = hello.host_id.clone();
         let driver = self.await_driver().await?;
         let conn = driver.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -795,7 +825,7 @@ fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
             .hosts
             .iter()
             .map(|(h, r)| pb::HostRecord {
-                host_id: h.clone(),
+                host_id: h.to_owned(),
                 steps: r.steps,
                 aggregate: wire::aggregate_to(&r.aggregate()),
                 output_digest: r.output_digest,
@@ -814,8 +844,7 @@ impl pb::admin_server::Admin for AdminService {
         let Some(driver) = self.driver_if_leading() else {
             // A follower (or a leader still catching up): the ledger as this
             // node has applied it; the pipeline lives on the leader.
-            let l = self.ledger.state().await;
-            return Ok(stale(Response::new(pb::Status {
+            let status = self.ledger.with_state(|l| pb::Status {
                 cluster_id: l.cluster_id.clone(),
                 epoch: l.epoch,
                 last_committed_tid: l.last_committed,
@@ -827,7 +856,8 @@ impl pb::admin_server::Admin for AdminService {
                 leader_addr,
                 stale: true,
                 ..Default::default()
-            })));
+            });
+            return Ok(stale(Response::new(status)));
         };
         let (last_replay, commit_latency) = {
             let st = lock(&driver.stats);
@@ -895,7 +925,7 @@ impl pb::admin_server::Admin for AdminService {
             l.txns.range(r.from_tid..).take(limit).map(|(_, t)| txn_to(t)).collect()
         };
         let Some(driver) = self.driver_if_leading() else {
-            let transactions = list(&self.ledger.state().await);
+            let transactions = self.ledger.with_state(list);
             return Ok(stale(Response::new(pb::ListTransactionsResponse { transactions })));
         };
         let transactions = driver.query(move |core| list(core.ledger())).await?;
@@ -910,7 +940,7 @@ impl pb::admin_server::Admin for AdminService {
             ))
         };
         let Some(driver) = self.driver_if_leading() else {
-            let found = self.ledger.state().await.txn(tid).map(txn_to);
+            let found = self.ledger.with_state(|l| l.txn(tid).map(txn_to));
             return found.map(|t| stale(Response::new(t))).ok_or_else(not_found);
         };
         let found = driver.query(move |core| core.ledger().txn(tid).map(txn_to)).await?;

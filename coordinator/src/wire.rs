@@ -7,6 +7,7 @@ use lockstep_proto::v1 as pb;
 
 use crate::core::{
     Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, Resumable, Start, StepReport,
+    Sums, Tid,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +36,27 @@ pub fn aggregate_to(a: &Aggregate) -> Vec<pb::EndpointChecksum> {
     a.0.iter().map(|(e, c)| pb::EndpointChecksum { endpoint: e.clone(), count: c.count, hash: c.hash }).collect()
 }
 
-pub fn hello_from(h: pb::Hello) -> Result<Hello, WireError> {
-    let journal = h
-        .journal
-        .into_iter()
-        .map(|j| {
-            Ok(JournalTid {
-                tid: j.tid,
-                first_step: j.first_step,
-                last_step: j.last_step,
-                steps: j.steps,
-                aggregate: aggregate_from(&j.aggregate)?,
-                committed: j.committed,
-            })
-        })
-        .collect::<Result<_, WireError>>()?;
+/// The Hello as the core takes it. `recorded(tid)` is what the ledger
+/// recorded for this host in `tid`, if anything: a journal summary equal to
+/// it is kept as that same allocation.
+pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) -> Result<Hello, WireError> {
+    // One summary per tid after the host's checkpoint, kept for the whole
+    // recovery: compact, the ledger's own record when it matches (nearly
+    // always), else with endpoint names shared with the tid before.
+    let mut journal: Vec<JournalTid> = Vec::with_capacity(h.journal.len());
+    for j in h.journal {
+        let sums = j.aggregate.iter().map(|c| (c.endpoint.as_str(), c.count, c.hash));
+        let aggregate = Sums::build_as(sums, journal.last().map(|p| &p.aggregate), recorded(j.tid))
+            .map_err(|endpoint| WireError::DuplicateEndpoint { endpoint })?;
+        journal.push(JournalTid {
+            tid: j.tid,
+            first_step: j.first_step,
+            last_step: j.last_step,
+            steps: j.steps,
+            aggregate,
+            committed: j.committed,
+        });
+    }
     let resumable = h
         .resumable
         .map(|r| {
@@ -195,5 +202,32 @@ mod tests {
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
         ];
         assert!(aggregate_from(&dup).is_err());
+    }
+
+    #[test]
+    fn hello_journal_summaries_are_compact_and_checked() {
+        let ep = |e: &str, n| pb::EndpointChecksum { endpoint: e.into(), count: n, hash: n };
+        let tid = |t, agg| pb::TidSummary { tid: t, first_step: t, last_step: t, steps: 1, aggregate: agg, committed: true };
+        let hello = |journal| pb::Hello { host_id: "h0".into(), journal, ..Default::default() };
+        let h = hello_from(hello(vec![tid(1, vec![ep("push", 0), ep("gen", 3)]), tid(2, vec![ep("gen", 4), ep("push", 1)])]), |_| None)
+            .unwrap();
+        let want: Aggregate = [("gen", 4), ("push", 1)]
+            .iter()
+            .map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: *n }))
+            .collect();
+        assert_eq!(h.journal[1].aggregate.to_aggregate(), want);
+        assert_eq!(format!("{:?}", h.journal[0].aggregate), r#"{"gen": (3, 3), "push": (0, 0)}"#);
+        let dup = hello(vec![tid(1, vec![ep("gen", 1), ep("gen", 2)])]);
+        assert!(matches!(hello_from(dup, |_| None), Err(WireError::DuplicateEndpoint { endpoint }) if endpoint == "gen"));
+
+        // A summary equal to the ledger's record is that record; another is not.
+        let recorded = Sums::build([("gen", 4, 4), ("push", 1, 1)], None).unwrap();
+        let j = vec![tid(1, vec![ep("push", 0), ep("gen", 3)]), tid(2, vec![ep("push", 1), ep("gen", 4)])];
+        let h = hello_from(hello(j), |_| Some(&recorded)).unwrap();
+        assert!(h.journal[1].aggregate.same_allocation(&recorded));
+        assert!(!h.journal[0].aggregate.same_allocation(&recorded));
+        assert_eq!(h.journal[1].aggregate.to_aggregate(), want);
+        let dup = hello(vec![tid(2, vec![ep("gen", 4), ep("gen", 4)])]);
+        assert!(hello_from(dup, |_| Some(&recorded)).is_err(), "a duplicate is refused even against a record");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep_coordinator::ledger::{HostTxnRecord, LedgerEntry, LedgerError, LedgerState, TxnStatus};
+use lockstep_coordinator::ledger::{HostTxnRecord, LedgerEntry, LedgerError, LedgerState, Sums, TxnStatus};
 use lockstep_coordinator::raft::network::TonicNetwork;
 use lockstep_coordinator::raft::{peer_service, Ledger, NodeId, ProposeError, RaftTuning};
 use openraft::error::RPCError;
@@ -186,7 +186,7 @@ fn hosts() -> BTreeMap<String, HostTxnRecord> {
                 h.to_string(),
                 HostTxnRecord {
                     steps: 2,
-                    aggregate: BTreeMap::from([("in".to_string(), (3, 99))]),
+                    aggregate: Sums::build([("in", 3, 99)], None).unwrap(),
                     output_digest: 5,
                 },
             )

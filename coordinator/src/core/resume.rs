@@ -55,7 +55,7 @@ pub fn plan(ledger: &LedgerState, hosts: &BTreeMap<HostId, HostSlot>) -> Result<
             continue;
         };
         let journal = |tid: Tid| {
-            hello.journal.iter().find(|j| j.tid == tid).map(|j| (j.steps, j.aggregate.clone())).unwrap_or_default()
+            hello.journal.iter().find(|j| j.tid == tid).map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default()
         };
         match fit(host, ledger, hello.resumable.as_ref(), journal) {
             Ok(r) => {

@@ -75,7 +75,7 @@ fn open_and_commit_pending_hosts_continue_and_the_open_tid_commits() {
     assert!(h.failure().is_none(), "{:?}", h.failure());
     let t3 = h.shadow.txn(3).expect("tid 3");
     assert_eq!(t3.status, TxnStatus::Committed);
-    assert_eq!(t3.hosts["h0"].steps, 1);
+    assert_eq!(t3.hosts.get("h0").unwrap().steps, 1);
     assert_eq!(sent_to(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 3, next: Some(Start::live(4)) }]);
     assert_eq!(h.shadow.epoch, 2, "fenced: the new epoch is durable before anything is sent");
 }
@@ -253,7 +253,7 @@ fn a_crashed_host_sends_everyone_down_the_replay_path() {
     let conn = h.conns["h1"];
     h.ev(Event::Disconnected { conn, host: "h1".into(), reason: "killed".into() });
     let kept = Resumable { last_committed: 0, state: HostTxnState::OpenLive, tid: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]), prepared: None };
-    let j0 = vec![JournalTid { tid: 1, first_step: 1, last_step: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]), committed: false }];
+    let j0 = vec![JournalTid { tid: 1, first_step: 1, last_step: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]).into(), committed: false }];
     h.take_sent();
     h.hello_with("h0", j0, vec![], Some(kept));
     h.hello_with("h1", vec![], vec![], None);

@@ -205,8 +205,8 @@ fn live_transaction_commits_after_interval_and_piggybacks_next_start() {
     assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Commit { tid: 1, next: Some(Start::live(2)) }]);
     let rec = h.shadow.txn(1).unwrap();
     assert_eq!(rec.status, TxnStatus::Committed);
-    assert_eq!(rec.hosts["h0"].output_digest, 9);
-    assert_eq!(rec.hosts["h1"].aggregate(), agg(&[("gen", 3, 8)]));
+    assert_eq!(rec.hosts.get("h0").unwrap().output_digest, 9);
+    assert_eq!(rec.hosts.get("h1").unwrap().aggregate(), agg(&[("gen", 3, 8)]));
     assert_eq!(h.shadow.open_txn().map(|t| t.tid), Some(2));
 }
 
@@ -303,7 +303,7 @@ pub(crate) fn recorded() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
         first_step: first,
         last_step: first + steps - 1,
         steps,
-        aggregate: a.clone(),
+        aggregate: a.into(),
         committed: true,
     };
     let h0 = vec![j(1, 1, 2, &h0_1), j(3, 3, 1, &agg(&[("gen", 5, 5)]))];
@@ -402,7 +402,7 @@ fn endpoint_present_on_one_side_only_is_named() {
 #[test]
 fn journal_naming_a_tid_the_ledger_never_began_fails_at_startup() {
     let (l, mut j0, j1) = recorded();
-    j0.push(JournalTid { tid: 9, first_step: 7, last_step: 7, steps: 1, aggregate: agg(&[]), committed: false });
+    j0.push(JournalTid { tid: 9, first_step: 7, last_step: 7, steps: 1, aggregate: agg(&[]).into(), committed: false });
     let mut h = Harness::new(cfg(), l);
     h.hello("h0", j0, vec![]);
     h.hello("h1", j1, vec![]);
@@ -512,7 +512,7 @@ fn h_journal(h: &Harness, _host: &str) -> Vec<JournalTid> {
         .txns
         .values()
         .filter(|t| t.status == TxnStatus::Committed)
-        .map(|t| JournalTid { tid: t.tid, first_step: 0, last_step: 0, steps: 0, aggregate: agg(&[]), committed: true })
+        .map(|t| JournalTid { tid: t.tid, first_step: 0, last_step: 0, steps: 0, aggregate: agg(&[]).into(), committed: true })
         .collect()
 }
 
@@ -555,7 +555,7 @@ fn recorded_n(n: Tid, open: bool) -> (LedgerState, Vec<JournalTid>, Vec<JournalT
     }
     let journal = |i| {
         (1..=n)
-            .map(|t| JournalTid { tid: t, first_step: t, last_step: t, steps: 1, aggregate: step_agg(t, i), committed: true })
+            .map(|t| JournalTid { tid: t, first_step: t, last_step: t, steps: 1, aggregate: step_agg(t, i).into(), committed: true })
             .collect()
     };
     (l, journal(0), journal(1))

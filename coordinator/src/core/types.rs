@@ -5,7 +5,7 @@ use std::fmt;
 
 use lockstep_journal::Aggregate;
 
-pub use crate::ledger::{Epoch, HostId, LedgerEntry, LedgerError, Tid};
+pub use crate::ledger::{Epoch, HostId, LedgerEntry, LedgerError, Sums, Tid};
 
 /// Identifies one host stream; a reconnecting host gets a new one.
 pub type ConnId = u64;
@@ -26,14 +26,17 @@ pub enum HostTxnState {
     Prepared,
 }
 
-/// What a host's journal holds for one tid (from its Hello).
+/// What a host's journal holds for one tid (from its Hello). A Hello lists
+/// every tid after the host's newest checkpoint and the core keeps it for
+/// the whole recovery, so the aggregate is kept compact: a [`Sums`] that is
+/// the ledger's record itself when the two are equal (`wire::hello_from`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalTid {
     pub tid: Tid,
     pub first_step: u64,
     pub last_step: u64,
     pub steps: u64,
-    pub aggregate: Aggregate,
+    pub aggregate: Sums,
     pub committed: bool,
 }
 

@@ -5,7 +5,7 @@
 //! host's journal (the same recorded steps re-run), never across hosts or
 //! across live runs, where the number of steps legitimately varies.
 
-use lockstep_journal::{Aggregate, Difference};
+use lockstep_journal::Difference;
 
 use super::{Diagnosis, Hello, HostProgress, JournalTid, PreparedReport, StepReport};
 use crate::ledger::{HostTxnRecord, LedgerState, Tid, TxnStatus};
@@ -70,8 +70,7 @@ pub fn replayed_txn(
     journal: Option<&JournalTid>,
     ledger: Option<&HostTxnRecord>,
 ) -> Option<Diagnosis> {
-    let empty = Aggregate::default();
-    let (journal_steps, journal_agg) = journal.map(|j| (j.steps, &j.aggregate)).unwrap_or((0, &empty));
+    let (journal_steps, journal_agg) = journal.map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default();
     if r.steps != journal_steps {
         let first_missing = journal.map(|j| j.first_step + r.steps);
         return Some(Diagnosis {

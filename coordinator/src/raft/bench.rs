@@ -40,7 +40,7 @@ fn commit(tid: u64) -> LedgerEntry {
                 h.to_string(),
                 HostTxnRecord {
                     steps: 3,
-                    aggregate: BTreeMap::new(),
+                    aggregate: Default::default(),
                     output_digest: 7,
                 },
             )

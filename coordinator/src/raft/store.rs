@@ -1,6 +1,8 @@
 //! Durable raft storage for the ledger group: the log in append-only
-//! segment files ([`super::log`], `<data dir>/raft-log/`), everything else in
-//! one redb file (`<data dir>/ledger.redb`).
+//! segment files ([`super::log`], `<data dir>/raft-log/`), the current
+//! snapshot in a file of its own ([`super::snapshot`],
+//! `<data dir>/snapshots/`), everything else in one redb file
+//! (`<data dir>/ledger.redb`).
 //!
 //! Layout of `ledger.redb` (table `raft_meta`, key → value):
 //!
@@ -8,29 +10,35 @@
 //! |---|---|
 //! | `"format"` | [`FORMAT`]: marks the file as a Lockstep ledger, with its version |
 //! | `"vote"` | JSON `Vote` |
-//! | `"snapshot_meta"` | JSON `SnapshotMeta` of the current snapshot |
-//! | `"snapshot_data"` | the snapshot bytes (JSON [`SnapshotPayload`]) |
+//! | `"snapshot_meta"` | JSON `SnapshotMeta` of the current snapshot, which names its file |
 //!
-//! and in the raft log directory: each entry as JSON of
+//! in the raft log directory: each entry as JSON of
 //! `openraft::Entry<TypeConfig>`, the committed id (JSON `Option<LogId>`) as
 //! the log's committed hint, and the last purged id (JSON `LogId`) as its
-//! purge marker.
+//! purge marker; in the snapshot directory: the snapshot as JSON
+//! [`SnapshotPayload`], in a file named after its last log id.
 //!
 //! Why the split: appends are the hot path (one per proposal) and are a
 //! few hundred bytes at the end of a file, which the log writes with one
 //! `pwrite` and one `fdatasync`; a redb transaction costs ~8 page writes
-//! before its fsync. Vote and snapshot are rare (elections, every ~1000
-//! entries), must be replaced atomically, and redb gives that plus the
-//! exclusive file lock that keeps a second coordinator off the whole data
-//! directory (the log has no lock of its own: redb is opened first and
-//! closed last, see [`Db`]).
+//! before its fsync. The vote and the snapshot's meta are rare writes
+//! (elections, every ~1000 entries) that must be replaced atomically, and
+//! redb gives that plus the exclusive file lock that keeps a second
+//! coordinator off the whole data directory (the log and the snapshot files
+//! have no lock of their own: redb is opened first and closed last, see
+//! [`Db`]). The snapshot itself grows with the tids the ledger keeps
+//! (hundreds of bytes each), and a redb value is held whole in memory to
+//! write or read it; as a file it is written, read and sent as a stream.
+//! Format 2 kept it in `ledger.redb` (`"snapshot_data"`); opening such a
+//! directory moves it to a file (`migrate_v2`).
 //!
-//! Durability: the vote and snapshot writes are redb transactions with
-//! redb's default durability (fsync before `commit` returns); an append is
-//! durable before openraft hears `LogFlushed`. The committed id is a hint
-//! (see `LogStore::save_committed`) kept in memory and written after the
-//! entries of the next append, in the same write. Storage calls do blocking
-//! file I/O, so each runs on tokio's blocking pool.
+//! Durability: the vote and snapshot meta writes are redb transactions with
+//! redb's default durability (fsync before `commit` returns), and a snapshot
+//! file is fsynced and in place before the meta naming it commits; an
+//! append is durable before openraft hears `LogFlushed`. The committed id is
+//! a hint (see `LogStore::save_committed`) kept in memory and written after
+//! the entries of the next append, in the same write. Storage calls do
+//! blocking file I/O, so each runs on tokio's blocking pool.
 //!
 //! The state machine ([`StateMachine`]) is the ledger in memory plus the last
 //! applied log id and membership. It is not written on every apply: on
@@ -38,8 +46,7 @@
 //! the committed entries after it (`read_committed`).
 
 use std::collections::VecDeque;
-use std::io::Cursor;
-use std::io::Read as _;
+use std::io::{BufReader, BufWriter, Read as _, Seek as _, SeekFrom, Write as _};
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -65,6 +72,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::log::{RaftLog, DEFAULT_SEGMENT_BYTES};
+use super::snapshot::{self, SnapshotDir, SNAPSHOT_DIR};
 use super::{NodeId, TypeConfig, Verdict};
 use crate::ledger::LedgerState;
 
@@ -73,13 +81,21 @@ pub const LEDGER_FILE: &str = "ledger.redb";
 /// The raft log directory inside the coordinator's data directory.
 pub const LOG_DIR: &str = "raft-log";
 /// Format marker stored under `raft_meta["format"]`. Version 1 kept the raft
-/// log inside `ledger.redb`; version 2 keeps it in [`LOG_DIR`].
-pub const FORMAT: &str = "lockstep-ledger/2";
+/// log inside `ledger.redb`; version 2 keeps it in [`LOG_DIR`]; version 3
+/// keeps the snapshot in [`SNAPSHOT_DIR`] (version 2 is upgraded on open).
+pub const FORMAT: &str = "lockstep-ledger/3";
+const FORMAT_V2: &str = "lockstep-ledger/2";
 const SNAPSHOT_FORMAT: &str = "lockstep-ledger-snapshot/1";
 /// The first bytes of every redb file (redb's `MAGICNUMBER`).
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// redb's page cache. Its default (1 GiB) keeps every page ever read or
+/// written, and the pages here are mostly the snapshot's, read once on start
+/// and written every ~1000 entries: cached, they would hold a copy of the
+/// snapshot (hundreds of bytes per tid) for the life of the process. The
+/// few pages of the table tree fit in this.
+const REDB_CACHE_BYTES: usize = 64 << 10;
 
 const K_FORMAT: &str = "format";
 const K_VOTE: &str = "vote";
@@ -100,16 +116,21 @@ pub fn open(dir: &Path) -> anyhow::Result<(Db, tokio::sync::watch::Receiver<()>,
 
 /// [`open`] with a given segment size of the raft log.
 pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::sync::watch::Receiver<()>, PathBuf)> {
-    let (db, path, fresh) = open_db(dir)?;
+    let (db, path, found) = open_db(dir)?;
+    let fresh = found == Found::Fresh;
     let log_dir = dir.join(LOG_DIR);
-    let shown = log_dir.display();
-    if fresh && log_dir.exists() && std::fs::read_dir(&log_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!(
-            "{shown} holds raft log files but {} was just created: this data directory is incomplete or mixes two \
-             ledgers; restore the whole directory, or move {shown} away to start an empty ledger",
-            path.display()
-        );
+    let snap_dir = dir.join(SNAPSHOT_DIR);
+    for d in [&log_dir, &snap_dir] {
+        let shown = d.display();
+        if fresh && d.exists() && std::fs::read_dir(d).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!(
+                "{shown} holds files but {} was just created: this data directory is incomplete or mixes two \
+                 ledgers; restore the whole directory, or move {shown} away to start an empty ledger",
+                path.display()
+            );
+        }
     }
+    let shown = log_dir.display();
     if !fresh && !log_dir.exists() {
         let has_vote = get_meta::<Vote<NodeId>>(&db, K_VOTE)?.is_some();
         let has_snapshot = get_meta::<Meta>(&db, K_SNAPSHOT_META)?.is_some();
@@ -122,18 +143,38 @@ pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::s
             );
         }
     }
+    let snapshots = SnapshotDir::open(snap_dir)?;
+    if found == Found::V2 {
+        migrate_v2(&db, &snapshots, &path)?;
+    }
+    // Nothing writes yet: leftovers of interrupted writes go too.
+    let current = get_meta::<Meta>(&db, K_SNAPSHOT_META)?.map(|m| snapshot::file_name(m.last_log_id.as_ref()));
+    let removed = snapshots.remove_superseded(current.as_deref(), true)?;
+    if !removed.is_empty() {
+        tracing::info!(?removed, "superseded or incomplete snapshot files deleted on open");
+    }
     let (log, report) = RaftLog::open(&log_dir, segment_bytes)?;
     if report.torn_tail.is_some() || !report.removed.is_empty() {
         tracing::warn!(?report, "raft log repaired on open");
     }
     let (tx, rx) = tokio::sync::watch::channel(());
-    Ok((Db { log, db, _closed: tx }, rx, path))
+    Ok((Db { log, snapshots, snapshot_lock: Mutex::new(()), db, _closed: tx }, rx, path))
+}
+
+/// What [`check_format`] found in `ledger.redb`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// A new file (now stamped with [`FORMAT`]).
+    Fresh,
+    Current,
+    /// [`FORMAT_V2`]: the snapshot is still inside `ledger.redb`.
+    V2,
 }
 
 /// Opens (creating if new) `<dir>/ledger.redb`, holding redb's exclusive
-/// file lock for as long as the returned database lives; `true` if the file
-/// was new.
-fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, bool)> {
+/// file lock for as long as the returned database lives, and says which
+/// format it found.
+fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, Found)> {
     if dir.exists() && !dir.is_dir() {
         bail!(
             "ledger data directory {} exists but is not a directory; pass a directory path",
@@ -165,7 +206,7 @@ fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, bool)> {
 
     // redb checks its own invariants with debug assertions; a damaged file
     // must still be an error, never a crash of the coordinator.
-    let opened = std::panic::catch_unwind(|| Database::create(&path));
+    let opened = std::panic::catch_unwind(|| Database::builder().set_cache_size(REDB_CACHE_BYTES).create(&path));
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(DatabaseError::DatabaseAlreadyOpen)) | Ok(Err(DatabaseError::LockProtocolMismatch)) => bail!(
@@ -191,8 +232,8 @@ fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, bool)> {
              backup (or, in a multi-node group, remove it so the node catches up from the leader)"
         ),
     };
-    let fresh = check_format(&db, &path)?;
-    Ok((db, path, fresh))
+    let found = check_format(&db, &path)?;
+    Ok((db, path, found))
 }
 
 /// The open ledger storage, shared by the log store and the state machine.
@@ -204,6 +245,10 @@ pub struct Db {
     /// Dropped first: the log is closed while redb's lock still guards it
     /// (fields drop in declaration order).
     pub log: RaftLog,
+    snapshots: SnapshotDir,
+    /// One snapshot commit at a time: a commit deletes the files it
+    /// supersedes, which must not include one another commit is installing.
+    snapshot_lock: Mutex<()>,
     db: Database,
     /// Dropped last.
     _closed: tokio::sync::watch::Sender<()>,
@@ -216,9 +261,9 @@ impl std::ops::Deref for Db {
     }
 }
 
-/// Stamps a brand-new file with [`FORMAT`] (returning `true`); refuses a redb
-/// file that is not a Lockstep ledger or has another format version.
-fn check_format(db: &Database, path: &Path) -> anyhow::Result<bool> {
+/// Stamps a brand-new file with [`FORMAT`]; refuses a redb file that is not
+/// a Lockstep ledger or has a format version this build cannot read.
+fn check_format(db: &Database, path: &Path) -> anyhow::Result<Found> {
     let shown = path.display();
     let rtx = db
         .begin_read()
@@ -238,7 +283,7 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<bool> {
             meta.insert(K_FORMAT, FORMAT.as_bytes())?;
         }
         wtx.commit().with_context(|| format!("writing {shown}"))?;
-        return Ok(true);
+        return Ok(Found::Fresh);
     }
     let not_ours = || {
         anyhow!(
@@ -258,11 +303,12 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<bool> {
         .with_context(|| format!("reading {shown}"))?
         .map(|v| v.value().to_vec());
     match found {
-        Some(v) if v == FORMAT.as_bytes() => Ok(false),
+        Some(v) if v == FORMAT.as_bytes() => Ok(Found::Current),
+        Some(v) if v == FORMAT_V2.as_bytes() => Ok(Found::V2),
         Some(v) => bail!(
-            "{shown} has ledger format {:?}, this build supports {FORMAT:?} (format 1 kept the raft log inside \
-             ledger.redb, format 2 in {LOG_DIR}/); open it with the Lockstep version that wrote it, or move the \
-             data directory away to start an empty ledger",
+            "{shown} has ledger format {:?}, this build supports {FORMAT:?} and {FORMAT_V2:?} (format 1 kept the raft \
+             log inside ledger.redb, format 2 in {LOG_DIR}/, format 3 also the snapshot in {SNAPSHOT_DIR}/); open it \
+             with the Lockstep version that wrote it, or move the data directory away to start an empty ledger",
             String::from_utf8_lossy(&v)
         ),
         None => Err(not_ours()),
@@ -273,7 +319,7 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<bool> {
 
 /// Runs blocking redb work on tokio's blocking pool, mapping any failure to
 /// the openraft storage error `wrap` builds.
-async fn blocking<T, F>(wrap: fn(AnyError) -> StorageIOError<NodeId>, f: F) -> Result<T, SErr>
+async fn blocking<T, F>(wrap: impl FnOnce(AnyError) -> StorageIOError<NodeId>, f: F) -> Result<T, SErr>
 where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
@@ -315,6 +361,45 @@ pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId<NodeId>>) -> an
     let hint = serde_json::to_vec(&committed)?;
     log.append(&entries, Some((committed.map_or(0, |c| c.index), &hint)))?;
     Ok(())
+}
+
+/// Test hook: turn a closed format-3 data directory into the format-2
+/// layout (the snapshot's bytes inside `ledger.redb`, no snapshot files).
+#[cfg(test)]
+pub fn downgrade_to_v2(dir: &Path) -> anyhow::Result<()> {
+    let (db, _, _) = open(dir)?;
+    let bytes = match current_snapshot(&db)? {
+        Some((_, mut f)) => {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)?;
+            Some(b)
+        }
+        None => None,
+    };
+    let wtx = db.begin_write()?;
+    {
+        let mut t = wtx.open_table(META)?;
+        if let Some(b) = &bytes {
+            t.insert(K_SNAPSHOT_DATA, b.as_slice())?;
+        }
+        t.insert(K_FORMAT, FORMAT_V2.as_bytes())?;
+    }
+    wtx.commit()?;
+    drop(db);
+    std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR))?;
+    Ok(())
+}
+
+/// Test hook: whether `ledger.redb` still holds snapshot bytes, and its
+/// format marker (read as they are, without the upgrade `open` does).
+#[cfg(test)]
+pub fn redb_snapshot_and_format(dir: &Path) -> anyhow::Result<(bool, String)> {
+    let db = Database::open(dir.join(LEDGER_FILE))?;
+    let rtx = db.begin_read()?;
+    let t = rtx.open_table(META)?;
+    let has_data = t.get(K_SNAPSHOT_DATA)?.is_some();
+    let format = t.get(K_FORMAT)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()).unwrap_or_default();
+    Ok((has_data, format))
 }
 
 fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> anyhow::Result<()> {
@@ -591,6 +676,13 @@ pub struct SnapshotPayload {
     pub state: LedgerState,
 }
 
+/// [`SnapshotPayload`] to write, borrowing the state.
+#[derive(Serialize)]
+struct SnapshotPayloadRef<'a> {
+    format: &'a str,
+    state: &'a LedgerState,
+}
+
 /// The ledger state machine. Clones share the same state (the snapshot
 /// builder is a clone).
 #[derive(Clone)]
@@ -603,12 +695,8 @@ impl StateMachine {
     /// Loads the current snapshot, if any, as the starting state.
     pub fn load(db: Arc<Db>) -> anyhow::Result<Self> {
         let mut data = SmData::default();
-        if let Some((meta, bytes)) = read_snapshot(&db)? {
-            data = SmData {
-                state: decode_snapshot(&bytes).context("decoding the current snapshot")?,
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership,
-            };
+        if let Some((meta, state)) = load_snapshot(&db)? {
+            data = SmData { state, last_applied: meta.last_log_id, membership: meta.last_membership };
         }
         Ok(StateMachine {
             db,
@@ -632,9 +720,10 @@ pub fn read_shared(data: &RwLock<SmData>) -> RwLockReadGuard<'_, SmData> {
     data.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn decode_snapshot(bytes: &[u8]) -> anyhow::Result<LedgerState> {
-    let p: SnapshotPayload =
-        serde_json::from_slice(bytes).context("snapshot is not valid ledger JSON")?;
+/// Decodes a snapshot as it streams in from `r` (never the whole bytes in
+/// memory beside the state).
+fn decode_snapshot(r: impl std::io::Read) -> anyhow::Result<LedgerState> {
+    let p: SnapshotPayload = serde_json::from_reader(r).context("snapshot is not valid ledger JSON")?;
     if p.format != SNAPSHOT_FORMAT {
         bail!(
             "snapshot format {:?} is not the supported {SNAPSHOT_FORMAT:?}",
@@ -646,22 +735,54 @@ fn decode_snapshot(bytes: &[u8]) -> anyhow::Result<LedgerState> {
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
-fn read_snapshot(db: &Database) -> anyhow::Result<Option<(Meta, Vec<u8>)>> {
+/// The current snapshot's meta and its open file.
+fn current_snapshot(db: &Db) -> anyhow::Result<Option<(Meta, std::fs::File)>> {
     let Some(meta) = get_meta::<Meta>(db, K_SNAPSHOT_META)? else {
         return Ok(None);
     };
-    let rtx = db.begin_read()?;
-    let t = rtx.open_table(META)?;
-    let data = t
-        .get(K_SNAPSHOT_DATA)?
-        .ok_or_else(|| anyhow!("snapshot meta present but snapshot data missing"))?;
-    Ok(Some((meta, data.value().to_vec())))
+    let file = db.snapshots.open_file(&snapshot::file_name(meta.last_log_id.as_ref()))?;
+    Ok(Some((meta, file)))
 }
 
-/// Stores `meta`/`bytes` as the current snapshot unless a newer one is
-/// already stored (a slow build must not replace a later install).
-fn write_snapshot(db: &Database, meta: &Meta, bytes: &[u8]) -> anyhow::Result<()> {
+/// The current snapshot's meta and state, decoded from its file.
+fn load_snapshot(db: &Db) -> anyhow::Result<Option<(Meta, LedgerState)>> {
+    let Some((meta, file)) = current_snapshot(db)? else {
+        return Ok(None);
+    };
+    let state = decode_snapshot(BufReader::new(file)).context("decoding the current snapshot")?;
+    Ok(Some((meta, state)))
+}
+
+/// Writes `state` as a snapshot into a new temporary file, streamed, and
+/// fsyncs it. Returns its path and the file, positioned at its start.
+fn write_state_file(db: &Db, state: &LedgerState) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let (path, file) = db.snapshots.temp()?;
+    let res = (|| {
+        let mut w = BufWriter::new(file);
+        serde_json::to_writer(&mut w, &SnapshotPayloadRef { format: SNAPSHOT_FORMAT, state })?;
+        let mut file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        file.seek(SeekFrom::Start(0))?;
+        anyhow::Ok(file)
+    })();
+    match res {
+        Ok(file) => Ok((path, file)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e.context(format!("writing the snapshot file {}", path.display())))
+        }
+    }
+}
+
+/// Makes the complete, fsynced snapshot file `temp` the current snapshot
+/// with `meta`, unless a newer one is already current (a slow build must
+/// not replace a later install): then `temp` is deleted and this returns
+/// `false`. The file is in place (renamed, directory fsynced) before the
+/// meta naming it commits; superseded files go after (see `snapshot`).
+fn commit_snapshot(db: &Db, meta: &Meta, temp: &Path) -> anyhow::Result<bool> {
+    let _one_at_a_time = lock(&db.snapshot_lock);
     let meta_bytes = serde_json::to_vec(meta)?;
+    let name = snapshot::file_name(meta.last_log_id.as_ref());
     let wtx = db.begin_write()?;
     {
         let mut t = wtx.open_table(META)?;
@@ -672,12 +793,42 @@ fn write_snapshot(db: &Database, meta: &Meta, bytes: &[u8]) -> anyhow::Result<()
             None => None,
         };
         if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
-            return Ok(());
+            drop(t);
+            wtx.abort()?;
+            std::fs::remove_file(temp).with_context(|| format!("deleting {}", temp.display()))?;
+            return Ok(false);
         }
+        db.snapshots.install(temp, &name)?;
         t.insert(K_SNAPSHOT_META, meta_bytes.as_slice())?;
-        t.insert(K_SNAPSHOT_DATA, bytes)?;
     }
     wtx.commit()?;
+    db.snapshots.remove_superseded(Some(&name), false)?;
+    Ok(true)
+}
+
+/// Format 2 kept the snapshot's bytes in `ledger.redb`: move them to a
+/// snapshot file (in place before the value goes) and stamp format 3. A
+/// crash half-way redoes it on the next open.
+fn migrate_v2(db: &Database, snapshots: &SnapshotDir, path: &Path) -> anyhow::Result<()> {
+    if let Some(meta) = get_meta::<Meta>(db, K_SNAPSHOT_META)? {
+        let rtx = db.begin_read()?;
+        let t = rtx.open_table(META)?;
+        let data = t
+            .get(K_SNAPSHOT_DATA)?
+            .ok_or_else(|| anyhow!("{}: snapshot meta present but snapshot data missing", path.display()))?;
+        let (temp, mut file) = snapshots.temp()?;
+        file.write_all(data.value()).and_then(|()| file.sync_all())
+            .with_context(|| format!("writing the snapshot file {}", temp.display()))?;
+        snapshots.install(&temp, &snapshot::file_name(meta.last_log_id.as_ref()))?;
+    }
+    let wtx = db.begin_write()?;
+    {
+        let mut t = wtx.open_table(META)?;
+        t.remove(K_SNAPSHOT_DATA)?;
+        t.insert(K_FORMAT, FORMAT.as_bytes())?;
+    }
+    wtx.commit()?;
+    tracing::info!(ledger = %path.display(), "ledger format 2 upgraded to 3: the snapshot moved to {SNAPSHOT_DIR}/");
     Ok(())
 }
 
@@ -687,11 +838,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let d = read_shared(&self.data);
             (d.state.clone(), d.last_applied, d.membership.clone())
         };
-        let bytes = serde_json::to_vec(&SnapshotPayload {
-            format: SNAPSHOT_FORMAT.into(),
-            state,
-        })
-        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
@@ -705,15 +851,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        let (db, m, b) = (self.db.clone(), meta.clone(), bytes.clone());
-        blocking(
+        // Streamed into its file; `state` shares its records with the
+        // state machine, so the build holds no second copy of the ledger.
+        let (db, m) = (self.db.clone(), meta.clone());
+        let file = blocking(
             |e| StorageIOError::write_snapshot(None, e),
-            move || write_snapshot(&db, &m, &b),
+            move || {
+                let (temp, file) = write_state_file(&db, &state)?;
+                commit_snapshot(&db, &m, &temp)?;
+                Ok(file)
+            },
         )
         .await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -756,39 +908,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A nameless file in the snapshot directory: openraft writes the
+    /// chunks a leader sends into it, and an abandoned transfer leaves
+    /// nothing behind.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SErr> {
+        let db = self.db.clone();
+        let file = blocking(|e| StorageIOError::write_snapshot(None, e), move || Ok(db.snapshots.anonymous()?)).await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
+    /// Copies the received snapshot into a file of our own (streamed: the
+    /// data may be any file, not only one `begin_receiving_snapshot` made),
+    /// decodes the state from it, makes it current, then the state.
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SErr> {
-        let bytes = snapshot.into_inner();
-        let state = decode_snapshot(&bytes).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(format!("{e:#}")))
-        })?;
+        let received = snapshot.into_std().await;
         let (db, m) = (self.db.clone(), meta.clone());
         let sig = meta.signature();
-        let res = tokio::task::spawn_blocking(move || write_snapshot(&db, &m, &bytes)).await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(StorageIOError::write_snapshot(
-                    Some(sig),
-                    AnyError::error(format!("{e:#}")),
-                )
-                .into())
-            }
-            Err(e) => {
-                return Err(StorageIOError::write_snapshot(
-                    Some(sig),
-                    AnyError::error(e.to_string()),
-                )
-                .into())
-            }
-        }
+        let state = blocking(
+            move |e| StorageIOError::write_snapshot(Some(sig), e),
+            move || {
+                let (temp, mut file) = db.snapshots.temp()?;
+                let res = (|| {
+                    let mut received = received;
+                    received.seek(SeekFrom::Start(0))?;
+                    std::io::copy(&mut received, &mut file)?;
+                    file.sync_all()?;
+                    file.seek(SeekFrom::Start(0))?;
+                    decode_snapshot(BufReader::new(&mut file))
+                })();
+                let state = match res {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&temp);
+                        return Err(e.context("installing a received snapshot"));
+                    }
+                };
+                commit_snapshot(&db, &m, &temp)?;
+                Ok(state)
+            },
+        )
+        .await?;
         let mut d = self.write();
         *d = SmData {
             state,
@@ -799,15 +962,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        // Opened, not read: openraft reads it in chunks when it sends it to
+        // a follower (and on start only looks at the meta).
         let db = self.db.clone();
         let snap = blocking(
             |e| StorageIOError::read_snapshot(None, e),
-            move || read_snapshot(&db),
+            move || current_snapshot(&db),
         )
         .await?;
-        Ok(snap.map(|(meta, bytes)| Snapshot {
+        Ok(snap.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
