@@ -381,8 +381,8 @@ pub enum LedgerError {
     StaleEpoch { proposed: Epoch, current: Epoch },
     #[error("tid {proposed} is not above the highest tid ever issued ({high_water}); tids are never reused")]
     TidReused { proposed: Tid, high_water: Tid },
-    #[error("cannot begin tid {proposed}: tid {open} is still open")]
-    TxnStillOpen { proposed: Tid, open: Tid },
+    #[error("tid {tid} cannot commit before tid {older}, which is still open (commits come in tid order)")]
+    CommitOutOfOrder { tid: Tid, older: Tid },
     #[error("tid {tid} cannot be {action}: it is {state}")]
     WrongTxnState { tid: Tid, action: String, state: String },
     #[error("commit of tid {tid} lacks hosts {missing:?} (fail closed: every host must have prepared)")]
@@ -429,9 +429,19 @@ impl LedgerState {
         self.checkpoints.last().copied().unwrap_or(0)
     }
 
-    /// The transaction begun but neither committed nor failed, if any.
+    /// The oldest transaction begun but neither committed nor failed, if
+    /// any: the one whose commit comes next.
     pub fn open_txn(&self) -> Option<&TxnRecord> {
-        self.txns.values().next_back().map(|t| &**t).filter(|t| t.status == TxnStatus::Begun)
+        self.open_tids().next().and_then(|t| self.txn(t))
+    }
+
+    /// Every transaction begun but neither committed nor failed, ascending.
+    /// More than one only with a commit pipeline (the coordinator's
+    /// `--pipeline-depth`): tids begun ahead of the open one, and tids
+    /// prepared whose commit is not yet recorded. All lie above the last
+    /// commit, since commits come in tid order.
+    pub fn open_tids(&self) -> impl Iterator<Item = Tid> + '_ {
+        self.txns.range(self.last_committed + 1..).filter(|(_, t)| t.status == TxnStatus::Begun).map(|(tid, _)| *tid)
     }
 
     pub fn txn(&self, tid: Tid) -> Option<&TxnRecord> {
@@ -486,6 +496,9 @@ impl LedgerState {
             LedgerEntry::Begin { tid } => self.begin(*tid),
             LedgerEntry::Commit { tid, hosts, begin_next } => {
                 self.check_begun(*tid, "committed")?;
+                if let Some(older) = self.open_tids().next().filter(|o| o < tid) {
+                    return Err(LedgerError::CommitOutOfOrder { tid: *tid, older });
+                }
                 let missing: Vec<HostId> = self.hosts.iter().filter(|h| !hosts.contains_key(*h)).cloned().collect();
                 if !missing.is_empty() {
                     return Err(LedgerError::MissingHosts { tid: *tid, missing });
@@ -539,9 +552,6 @@ impl LedgerState {
     fn begin(&mut self, tid: Tid) -> Result<(), LedgerError> {
         if tid <= self.tid_high_water {
             return Err(LedgerError::TidReused { proposed: tid, high_water: self.tid_high_water });
-        }
-        if let Some(open) = self.open_txn() {
-            return Err(LedgerError::TxnStillOpen { proposed: tid, open: open.tid });
         }
         self.tid_high_water = tid;
         self.txns.insert(
@@ -659,6 +669,30 @@ mod tests {
         assert_eq!(
             l.apply(&LedgerEntry::CheckpointComplete { tid: 1 }),
             Err(LedgerError::CheckpointWhileOpen { tid: 1, open: 2 })
+        );
+    }
+
+    #[test]
+    fn pipelined_tids_stay_open_together_and_commit_in_tid_order() {
+        let mut l = init();
+        for t in 1..=3 {
+            l.apply(&LedgerEntry::Begin { tid: t }).unwrap();
+        }
+        assert_eq!(l.open_tids().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(l.open_txn().map(|t| t.tid), Some(1), "the oldest open tid commits next");
+        let before = l.clone();
+        assert_eq!(
+            l.apply(&LedgerEntry::Commit { tid: 2, hosts: all_hosts(), begin_next: None }),
+            Err(LedgerError::CommitOutOfOrder { tid: 2, older: 1 })
+        );
+        assert_eq!(l, before, "a rejected entry changes nothing");
+        l.apply(&LedgerEntry::Commit { tid: 1, hosts: all_hosts(), begin_next: Some(4) }).unwrap();
+        l.apply(&LedgerEntry::Commit { tid: 2, hosts: all_hosts(), begin_next: None }).unwrap();
+        assert_eq!(l.open_tids().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            l.apply(&LedgerEntry::CheckpointComplete { tid: 2 }),
+            Err(LedgerError::CheckpointWhileOpen { tid: 2, open: 3 }),
+            "a tid begun ahead is open: invariant 5 holds for it too"
         );
     }
 

@@ -184,6 +184,14 @@ struct PolicyArgs {
     /// (it holds their outputs until each one's Commit); 1 = one at a time.
     #[arg(long, env = "LOCKSTEP_REPLAY_WINDOW", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     replay_window: u64,
+    /// Live commit pipeline: how many live tids may be begun and not yet
+    /// committed at once. 1 = one at a time (the next tid starts with the
+    /// previous one's Commit); above 1, hosts go on with the next tid while
+    /// the coordinator records the previous one's commit, so a ledger round
+    /// no longer stalls them (docs/ARCHITECTURE.md, "Commit pipeline").
+    /// Recovery after a crash replays the begun, uncommitted tids.
+    #[arg(long, env = "LOCKSTEP_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pipeline_depth: u64,
 }
 
 #[derive(Args)]
@@ -219,6 +227,7 @@ fn core_config(cluster_id: String, hosts: Vec<String>, p: &PolicyArgs) -> CoreCo
         checkpoint_every_txns: p.checkpoint_every_txns,
         report_deadline_ms: p.report_deadline_ms,
         replay_window: p.replay_window,
+        pipeline_depth: p.pipeline_depth,
     }
 }
 

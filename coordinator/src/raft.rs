@@ -551,6 +551,24 @@ impl Ledger {
         }
     }
 
+    /// Hands `entry` to raft and returns once it is queued, with a future
+    /// that resolves as [`Ledger::propose`] would. Entries queued one after
+    /// another are appended in that order, so a caller can keep several in
+    /// flight (the commit pipeline) and still see results in log order.
+    pub async fn propose_queued(
+        &self,
+        entry: LedgerEntry,
+    ) -> Result<impl std::future::Future<Output = Result<Result<(), LedgerError>, ProposeError>> + Send + 'static, ProposeError> {
+        let rx = self.inner.raft.client_write_ff(entry).await?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(resp)) => Ok(resp.data.0),
+                Ok(Err(e)) => Err(RaftError::APIError(e).into()),
+                Err(_) => Err(ProposeError::Shutdown),
+            }
+        })
+    }
+
     /// Clone of the applied state machine. On a follower it may lag the
     /// leader; on a new leader it is complete only after
     /// [`Ledger::wait_applied_leader`]. The clone shares every transaction

@@ -48,6 +48,9 @@ const HOST_COMMANDS_QUEUE_MAX: usize = 1024;
 /// Bound of the driver's input queue.
 const DRIVER_QUEUE_MAX: usize = 4096;
 /// How often timers are checked.
+/// Ledger writes handed to raft whose result the driver has not seen yet
+/// (beyond it, the core's proposals wait in the proposer's queue).
+const PROPOSALS_IN_FLIGHT_MAX: usize = 256;
 const TICK_MS: u64 = 10;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
@@ -71,8 +74,9 @@ struct ShellStats {
     /// A replay in progress: started at "recovering", expects this many tids.
     replay: Option<(Instant, usize, u64, u64)>,
     last_replay: pb::ReplayStats,
-    /// The live tid whose Prepare went out, and when.
-    prepare_sent: Option<(u64, Instant)>,
+    /// Live tids whose Prepare went out and whose Commit has not, oldest
+    /// first (more than one with a commit pipeline).
+    prepare_sent: std::collections::VecDeque<(u64, Instant)>,
     bounds: Vec<u64>,
     counts: Vec<u64>,
     total: u64,
@@ -83,7 +87,7 @@ impl ShellStats {
     fn new() -> Self {
         let bounds = latency_bounds_micros();
         let counts = vec![0; bounds.len()];
-        ShellStats { replay: None, last_replay: pb::ReplayStats::default(), prepare_sent: None, bounds, counts, total: 0, sum_micros: 0 }
+        ShellStats { replay: None, last_replay: pb::ReplayStats::default(), prepare_sent: Default::default(), bounds, counts, total: 0, sum_micros: 0 }
     }
 
     fn observe_commit_latency(&mut self, micros: u64) {
@@ -214,18 +218,34 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
     let (lost_tx, lost_rx) = watch::channel(None::<String>);
 
-    // Proposer: one proposal at a time, so results return in log order. A
-    // write this node cannot commit (deposed, or no quorum within the
-    // timeout) is not a pipeline failure: it means another node leads, or
-    // will, and that node recovers from the ledger. Nothing after it is
-    // proposed.
-    let events = tx.clone();
+    // Proposer: entries are handed to raft one after another, in the order
+    // the core proposed them, and several may be in flight (the commit
+    // pipeline); a second task awaits their results in that same order, so
+    // the core sees them in log order. A write this node cannot commit
+    // (deposed, or no quorum within the timeout) is not a pipeline failure:
+    // it means another node leads, or will, and that node recovers from the
+    // ledger. Nothing after it is reported.
+    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Result<(), crate::ledger::LedgerError>, ProposeError>> + Send>>;
+    let (queued_tx, mut queued_rx) = mpsc::channel::<(LedgerEntry, Pending)>(PROPOSALS_IN_FLIGHT_MAX);
     let proposer_ledger = ledger.clone();
     tokio::spawn(async move {
         while let Some(entry) = propose_rx.recv().await {
-            let msg = match tokio::time::timeout(propose_timeout, proposer_ledger.propose(entry.clone())).await {
+            let pending: Pending = match proposer_ledger.propose_queued(entry.clone()).await {
+                Ok(f) => Box::pin(f),
+                Err(e) => Box::pin(async move { Err(e) }),
+            };
+            if queued_tx.send((entry, pending)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let events = tx.clone();
+    let results_ledger = ledger.clone();
+    tokio::spawn(async move {
+        while let Some((entry, pending)) = queued_rx.recv().await {
+            let msg = match tokio::time::timeout(propose_timeout, pending).await {
                 Ok(Ok(result)) => {
-                    let records = proposer_ledger.with_state(|l| {
+                    let records = results_ledger.with_state(|l| {
                         entry_tids(&entry).filter_map(|t| l.txns.get(&t).cloned()).collect::<Vec<_>>()
                     });
                     Msg::Applied(Event::Applied { entry, result }, records)
@@ -548,19 +568,21 @@ impl Driver {
     /// apart). Replayed tids carry their prepare in Start and are not timed.
     fn time_commit(&self, cmd: &Cmd) {
         match cmd {
-            Cmd::Prepare { tid } => {
+            Cmd::Prepare { tid, .. } => {
                 let mut st = lock(&self.stats);
-                if st.prepare_sent.is_none_or(|(t, _)| t != *tid) {
-                    st.prepare_sent = Some((*tid, Instant::now()));
+                if st.prepare_sent.back().is_none_or(|(t, _)| t < tid) {
+                    st.prepare_sent.push_back((*tid, Instant::now()));
                 }
             }
             Cmd::Commit { tid, .. } => {
                 let mut st = lock(&self.stats);
-                if let Some((t, at)) = st.prepare_sent {
-                    if t == *tid {
-                        st.prepare_sent = None;
-                        st.observe_commit_latency(at.elapsed().as_micros() as u64);
-                    }
+                // Older entries belong to tids abandoned by a recovery.
+                while st.prepare_sent.front().is_some_and(|(t, _)| t < tid) {
+                    st.prepare_sent.pop_front();
+                }
+                if let Some((_, at)) = st.prepare_sent.front().filter(|(t, _)| t == tid).copied() {
+                    st.prepare_sent.pop_front();
+                    st.observe_commit_latency(at.elapsed().as_micros() as u64);
                 }
             }
             _ => {}
@@ -573,7 +595,7 @@ impl Driver {
         let mut st = lock(&self.stats);
         match n {
             Notice::Recovering { replay_tids, .. } => {
-                st.prepare_sent = None;
+                st.prepare_sent.clear();
                 st.replay = Some((Instant::now(), replay_tids.len(), 0, 0));
             }
             Notice::Committed { replayed: true, records, .. } => {

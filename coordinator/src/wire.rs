@@ -157,7 +157,7 @@ pub fn command_to(seq: u64, epoch: u64, cmd: &Cmd) -> pb::Command {
     use pb::command::Command as C;
     let command = match cmd {
         Cmd::Start(start) => C::Start(start_to(start)),
-        Cmd::Prepare { tid } => C::Prepare(pb::Prepare { tid: *tid }),
+        Cmd::Prepare { tid, next } => C::Prepare(pb::Prepare { tid: *tid, next: next.as_ref().map(start_to) }),
         Cmd::Commit { tid, next } => C::Commit(pb::Commit { tid: *tid, next: next.as_ref().map(start_to) }),
         Cmd::Checkpoint { tid } => C::Checkpoint(pb::Checkpoint { tid: *tid }),
         Cmd::CheckpointComplete { tid } => C::CheckpointComplete(pb::CheckpointComplete { tid: *tid }),

@@ -14,7 +14,13 @@ pub fn command_from_proto(cmd: Option<v1::command::Command>) -> Result<Command, 
     Ok(match cmd.ok_or("the command has no body (empty oneof)")? {
         C::Welcome(w) => Command::Welcome { coordinator_id: w.coordinator_id },
         C::Start(s) => Command::Start { tid: s.tid, mode: mode_from_proto(s.mode)?, prepare: s.prepare },
-        C::Prepare(p) => Command::Prepare { tid: p.tid },
+        C::Prepare(p) => Command::Prepare {
+            tid: p.tid,
+            next: match p.next {
+                Some(s) => Some((s.tid, mode_from_proto(s.mode)?, s.prepare)),
+                None => None,
+            },
+        },
         C::Commit(c) => Command::Commit {
             tid: c.tid,
             next: match c.next {

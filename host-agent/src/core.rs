@@ -37,6 +37,7 @@
 //! | Idle | `Start{T > O, Replay, prepare}` | OpenReplay{T, prepare} | `OpenTxn{T, Replay}` (T is committed: ends at the journaled boundary) |
 //! | Idle | `Checkpoint{C}` | Idle | `Checkpoint{C}`, report `CheckpointDone{C}` |
 //! | OpenLive{T}, PausedLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
+//! | OpenLive{T} | `Prepare{T, next: Start{N > O, Live}}` | OpenLive{N}, T awaiting | `Prepare{T}`, `OpenTxn{N, Live}` (commit pipeline, below) |
 //! | OpenLive{T} | step of T finished (live) | OpenLive{T} | report `StepDone` |
 //! | OpenReplay{T, p} | step of T finished (replayed) | unchanged | report `StepDone` (with journaled) |
 //! | OpenReplay{T, no} | `Prepare{T}` | OpenReplay{T, yes} | — (the journaled steps still run) |
@@ -72,8 +73,16 @@
 //! changes nothing else. No output leaves the host before its own
 //! `Commit`, so a divergence found in T (the coordinator then sends `Stop`)
 //! still releases nothing unverified: `Stop`, `Restore` and a lost stream
-//! drop every awaiting tid with the open one. Only sealed replays overlap;
-//! a live or open-last transaction never has a tid ahead or awaiting.
+//! drop every awaiting tid with the open one.
+//!
+//! **Commit pipeline.** Live tids overlap the same way when the coordinator
+//! runs with `--pipeline-depth` above 1: `Prepare{T, next: Start{N, Live}}`
+//! prepares T (its outputs held, T awaiting) and opens N at once, so the
+//! host's steps go on while the coordinator collects every host's Prepared
+//! and records T's commit. `Commit{T}` (no next) for the oldest awaiting tid
+//! releases it. A lost stream with a tid awaiting stops the host (its
+//! outputs are dropped unreleased, its steps stay journaled): the next
+//! coordinator restores and replays, and commits the journaled tids again.
 //!
 //! `Stopped` is also the state at process start: the engine's state matches
 //! no committed boundary until the coordinator has sent `Restore`.
@@ -164,7 +173,8 @@ pub enum Command {
     /// `prepare`: replay of a tid the ledger already committed; it ends at
     /// the journaled boundary (see `Start.prepare` in the proto).
     Start { tid: u64, mode: Mode, prepare: bool },
-    Prepare { tid: u64 },
+    /// `next`: the commit pipeline's next live tid (see the module docs).
+    Prepare { tid: u64, next: Option<(u64, Mode, bool)> },
     Commit { tid: u64, next: Option<(u64, Mode, bool)> },
     Checkpoint { tid: u64 },
     CheckpointComplete { tid: u64 },
@@ -177,7 +187,7 @@ impl Command {
         match self {
             Command::Welcome { .. } | Command::Stop { .. } => 0,
             Command::Start { tid, .. }
-            | Command::Prepare { tid }
+            | Command::Prepare { tid, .. }
             | Command::Commit { tid, .. }
             | Command::Checkpoint { tid }
             | Command::CheckpointComplete { tid } => *tid,
@@ -563,17 +573,29 @@ impl HostCore {
             (Idle, Command::Checkpoint { tid }) if *tid == self.last_committed => {
                 vec![Action::Checkpoint { tid: *tid }, Action::Report(Report::CheckpointDone { tid: *tid })]
             }
-            (OpenLive { tid: t } | ReplayDrained { tid: t } | PausedLive { tid: t }, Command::Prepare { tid }) if *tid == t => {
+            (OpenLive { tid: t } | ReplayDrained { tid: t } | PausedLive { tid: t }, Command::Prepare { tid, next: None })
+                if *tid == t =>
+            {
                 self.state = Prepared { tid: t };
                 vec![Action::Prepare { tid: t }]
             }
-            (PausedPrepared { tid: t }, Command::Prepare { tid }) if *tid == t => {
+            // Commit pipeline (module docs): T waits for its commit with its
+            // outputs held while the next live tid runs.
+            (OpenLive { tid: t }, Command::Prepare { tid, next: Some((n, Mode::Live, false)) })
+                if *tid == t && *n > self.last_opened =>
+            {
+                self.awaiting.push_back(t);
+                let mut actions = vec![Action::Prepare { tid: t }];
+                actions.extend(self.open(*n, Mode::Live, false));
+                actions
+            }
+            (PausedPrepared { tid: t }, Command::Prepare { tid, next: None }) if *tid == t => {
                 // The coordinator on this stream has not seen our report (a
                 // new leader, or the same coordinator after a rejoin).
                 self.state = Prepared { tid: t };
                 vec![Action::RepeatPrepared { tid: t }]
             }
-            (OpenReplay { tid: t, prepare_requested: false }, Command::Prepare { tid }) if *tid == t => {
+            (OpenReplay { tid: t, prepare_requested: false }, Command::Prepare { tid, next: None }) if *tid == t => {
                 // Replay ends at the journaled boundary, not now: the
                 // remaining journaled steps of T still belong to T.
                 self.state = OpenReplay { tid: t, prepare_requested: true };
@@ -624,9 +646,13 @@ impl HostCore {
                         "checkpoints are taken only with no transaction open (invariant 5)".to_string()
                     }
                     (_, Command::Commit { tid, .. }) if !self.awaiting.is_empty() => format!(
-                        "tids {:?} await their commit: inside a replay window commits come in tid order and \
-                         carry no next Start (got Commit tid {tid})",
+                        "tids {:?} await their commit: inside a replay window or a commit pipeline commits come in \
+                         tid order and carry no next Start (got Commit tid {tid})",
                         self.awaiting
+                    ),
+                    (OpenLive { .. }, Command::Prepare { next: Some((n, mode, prepare)), .. }) => format!(
+                        "a pipelined Prepare must name a live next tid above {} (got tid {n}, {mode:?}, prepare {prepare})",
+                        self.last_opened
                     ),
                     _ => "not allowed in this state".to_string(),
                 };

@@ -60,6 +60,10 @@ fn state(name: &str) -> HostCore {
         "Prepared5Sealed" => return window_state(Prepared { tid: 5 }, 5, &[], &[]),
         "OpenReplay6Awaiting5" => return window_state(OpenReplay { tid: 6, prepare_requested: true }, 6, &[], &[5]),
         "Prepared6Awaiting5" => return window_state(Prepared { tid: 6 }, 6, &[], &[5]),
+        // Commit pipeline: live 6 opened by a pipelined Prepare{5, next 6}.
+        "OpenLive6Awaiting5" => {
+            return HostCore::for_test(OpenLive { tid: 6 }, EPOCH, 4, 6).with_window(false, &[], &[5])
+        }
         other => panic!("unknown state {other}"),
     };
     HostCore::for_test(state, EPOCH, 4, last_opened)
@@ -84,6 +88,7 @@ const STATES: &[&str] = &[
     "Prepared5Sealed",
     "OpenReplay6Awaiting5",
     "Prepared6Awaiting5",
+    "OpenLive6Awaiting5",
 ];
 
 /// Every event kind of the table (commands carry the current epoch and the
@@ -96,8 +101,11 @@ fn event(name: &str) -> Event {
         "start_4_live" => cmd(Command::Start { tid: 4, mode: Mode::Live, prepare: false }),
         "start_6_sealed" => cmd(Command::Start { tid: 6, mode: Mode::Replay, prepare: true }),
         "start_7_sealed" => cmd(Command::Start { tid: 7, mode: Mode::Replay, prepare: true }),
-        "prepare_5" => cmd(Command::Prepare { tid: 5 }),
-        "prepare_6" => cmd(Command::Prepare { tid: 6 }),
+        "prepare_5" => cmd(Command::Prepare { tid: 5, next: None }),
+        "prepare_6" => cmd(Command::Prepare { tid: 6, next: None }),
+        "prepare_5_next_6_live" => cmd(Command::Prepare { tid: 5, next: Some((6, Mode::Live, false)) }),
+        "prepare_5_next_6_replay" => cmd(Command::Prepare { tid: 5, next: Some((6, Mode::Replay, false)) }),
+        "prepare_6_next_7_live" => cmd(Command::Prepare { tid: 6, next: Some((7, Mode::Live, false)) }),
         "commit_5" => cmd(Command::Commit { tid: 5, next: None }),
         "commit_5_next_6_live" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Live, false)) }),
         "commit_5_next_6_replay" => cmd(Command::Commit { tid: 5, next: Some((6, Mode::Replay, false)) }),
@@ -132,6 +140,9 @@ const EVENTS: &[&str] = &[
     "start_7_sealed",
     "prepare_5",
     "prepare_6",
+    "prepare_5_next_6_live",
+    "prepare_5_next_6_replay",
+    "prepare_6_next_7_live",
     "commit_5",
     "commit_5_next_6_live",
     "commit_5_next_6_replay",
@@ -599,6 +610,82 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("Prepared6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
         ("Prepared6Awaiting5", "stream_closed", Stopped, vec![abandon(6)]),
         ("Prepared6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
+        // ---- pipelined Prepare{T, next} in every other state (commit pipeline)
+        ("Stopped", "prepare_5_next_6_live", Stopped, vec![perr(5)]),
+        ("Stopped", "prepare_5_next_6_replay", Stopped, vec![perr(5)]),
+        ("Stopped", "prepare_6_next_7_live", Stopped, vec![perr(6)]),
+        ("Idle", "prepare_5_next_6_live", Idle, vec![perr(5)]),
+        ("Idle", "prepare_5_next_6_replay", Idle, vec![perr(5)]),
+        ("Idle", "prepare_6_next_7_live", Idle, vec![perr(6)]),
+        ("OpenLive5", "prepare_5_next_6_live", OpenLive { tid: 6 }, vec![Action::Prepare { tid: 5 }, Action::OpenTxn { tid: 6, mode: Mode::Live }]),
+        ("OpenLive5", "prepare_5_next_6_replay", OpenLive { tid: 5 }, vec![perr(5)]),
+        ("OpenLive5", "prepare_6_next_7_live", OpenLive { tid: 5 }, vec![perr(6)]),
+        ("OpenReplay5", "prepare_5_next_6_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "prepare_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(5)]),
+        ("OpenReplay5", "prepare_6_next_7_live", OpenReplay { tid: 5, prepare_requested: false }, vec![perr(6)]),
+        ("OpenReplay5Prep", "prepare_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "prepare_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Prep", "prepare_6_next_7_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("ReplayDrained5", "prepare_5_next_6_live", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "prepare_5_next_6_replay", ReplayDrained { tid: 5 }, vec![perr(5)]),
+        ("ReplayDrained5", "prepare_6_next_7_live", ReplayDrained { tid: 5 }, vec![perr(6)]),
+        ("Prepared5", "prepare_5_next_6_live", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5", "prepare_5_next_6_replay", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5", "prepare_6_next_7_live", Prepared { tid: 5 }, vec![perr(6)]),
+        ("PausedLive5", "prepare_5_next_6_live", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "prepare_5_next_6_replay", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "prepare_6_next_7_live", PausedLive { tid: 5 }, vec![perr(6)]),
+        ("PausedPrepared5", "prepare_5_next_6_live", PausedPrepared { tid: 5 }, vec![perr(5)]),
+        ("PausedPrepared5", "prepare_5_next_6_replay", PausedPrepared { tid: 5 }, vec![perr(5)]),
+        ("PausedPrepared5", "prepare_6_next_7_live", PausedPrepared { tid: 5 }, vec![perr(6)]),
+        ("OpenReplay5Sealed", "prepare_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "prepare_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Sealed", "prepare_6_next_7_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("OpenReplay5Ahead6", "prepare_5_next_6_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "prepare_5_next_6_replay", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay5Ahead6", "prepare_6_next_7_live", OpenReplay { tid: 5, prepare_requested: true }, vec![perr(6)]),
+        ("Prepared5Sealed", "prepare_5_next_6_live", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5Sealed", "prepare_5_next_6_replay", Prepared { tid: 5 }, vec![perr(5)]),
+        ("Prepared5Sealed", "prepare_6_next_7_live", Prepared { tid: 5 }, vec![perr(6)]),
+        ("OpenReplay6Awaiting5", "prepare_5_next_6_live", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "prepare_5_next_6_replay", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(5)]),
+        ("OpenReplay6Awaiting5", "prepare_6_next_7_live", OpenReplay { tid: 6, prepare_requested: true }, vec![perr(6)]),
+        ("Prepared6Awaiting5", "prepare_5_next_6_live", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "prepare_5_next_6_replay", Prepared { tid: 6 }, vec![perr(5)]),
+        ("Prepared6Awaiting5", "prepare_6_next_7_live", Prepared { tid: 6 }, vec![perr(6)]),
+        // ---- OpenLive6Awaiting5 (commit pipeline: Prepare{5, next 6} taken)
+        ("OpenLive6Awaiting5", "start_6_live", OpenLive { tid: 6 }, vec![perr(6)]),
+        ("OpenLive6Awaiting5", "start_6_replay", OpenLive { tid: 6 }, vec![perr(6)]),
+        ("OpenLive6Awaiting5", "start_4_live", OpenLive { tid: 6 }, vec![perr(4)]),
+        ("OpenLive6Awaiting5", "start_6_sealed", OpenLive { tid: 6 }, vec![perr(6)]),
+        ("OpenLive6Awaiting5", "start_7_sealed", OpenLive { tid: 6 }, vec![perr(7)]),
+        ("OpenLive6Awaiting5", "prepare_5", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "prepare_6", Prepared { tid: 6 }, vec![Action::Prepare { tid: 6 }]),
+        ("OpenLive6Awaiting5", "prepare_5_next_6_live", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "prepare_5_next_6_replay", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "prepare_6_next_7_live", OpenLive { tid: 7 }, vec![Action::Prepare { tid: 6 }, Action::OpenTxn { tid: 7, mode: Mode::Live }]),
+        ("OpenLive6Awaiting5", "commit_5", OpenLive { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("OpenLive6Awaiting5", "commit_5_next_6_live", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "commit_5_next_6_replay", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "commit_5_next_5", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "commit_6", OpenLive { tid: 6 }, vec![perr(6)]),
+        ("OpenLive6Awaiting5", "checkpoint_4", OpenLive { tid: 6 }, vec![perr(4)]),
+        ("OpenLive6Awaiting5", "checkpoint_5", OpenLive { tid: 6 }, vec![perr(5)]),
+        ("OpenLive6Awaiting5", "checkpoint_complete_4", OpenLive { tid: 6 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("OpenLive6Awaiting5", "restore_4", Idle, vec![abandon(6), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("OpenLive6Awaiting5", "stop", Stopped, vec![abandon(6)]),
+        ("OpenLive6Awaiting5", "welcome_again", OpenLive { tid: 6 }, vec![perr(0)]),
+        ("OpenLive6Awaiting5", "malformed", OpenLive { tid: 6 }, vec![perr(0)]),
+        ("OpenLive6Awaiting5", "step_5_live", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenLive6Awaiting5", "step_5_replayed", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenLive6Awaiting5", "step_6_live", OpenLive { tid: 6 }, vec![Action::Report(Report::StepDone { tid: 6, step: 9, checksums: cs(), journaled: None, mode: Mode::Live })]),
+        ("OpenLive6Awaiting5", "step_6_replayed", Stopped, vec![abandon(6), ierr(6)]),
+        ("OpenLive6Awaiting5", "exhausted_5", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenLive6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
+        ("OpenLive6Awaiting5", "exhausted_6", Stopped, vec![abandon(6), ierr(6)]),
+        ("OpenLive6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
+        ("OpenLive6Awaiting5", "stream_closed", Stopped, vec![abandon(6)]),
+        ("OpenLive6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
     ]
 }
 
@@ -620,6 +707,9 @@ fn window_after(s: &str, e: &str, after: &HostCore) -> (Vec<u64>, Vec<u64>) {
         ("OpenReplay6Awaiting5", "start_7_sealed") => Some((vec![7], vec![5])),
         ("OpenReplay6Awaiting5" | "Prepared6Awaiting5", "commit_5") => Some((vec![], vec![])),
         ("Prepared6Awaiting5", "start_7_sealed") => Some((vec![], vec![5, 6])),
+        ("OpenLive5", "prepare_5_next_6_live") => Some((vec![], vec![5])),
+        ("OpenLive6Awaiting5", "prepare_6_next_7_live") => Some((vec![], vec![5, 6])),
+        ("OpenLive6Awaiting5", "commit_5") => Some((vec![], vec![])),
         _ => None,
     };
     changed.unwrap_or_else(|| match after.state() {
@@ -719,7 +809,7 @@ fn higher_epoch_is_persisted_before_the_command_is_acted_on() {
 #[test]
 fn command_seq_gap_drops_the_stream() {
     let mut core = state("OpenLive5");
-    let actions = normalize(core.handle(Event::Command { seq: 2, epoch: EPOCH, command: Command::Prepare { tid: 5 } }));
+    let actions = normalize(core.handle(Event::Command { seq: 2, epoch: EPOCH, command: Command::Prepare { tid: 5, next: None } }));
     assert_eq!(actions, vec![perr(5), Action::DropStream { reason: String::new() }]);
     assert_eq!(core.state(), OpenLive { tid: 5 }, "the drop itself comes back as StreamClosed");
     let actions = normalize(core.handle(Event::StreamClosed));
@@ -825,7 +915,7 @@ fn open_last_transaction_is_replayed_then_continues_live() {
     core.handle(Event::StepFinished { tid: 1, step: 1, checksums: cs(), journaled: Some(cs()) });
     assert_eq!(core.handle(Event::ReplayExhausted { tid: 1, commit_marker: false }), vec![]);
     assert_eq!(core.next_step(), Some((1, Mode::Live)));
-    assert_eq!(cmd(&mut core, 2, Command::Prepare { tid: 1 }), vec![Action::Prepare { tid: 1 }]);
+    assert_eq!(cmd(&mut core, 2, Command::Prepare { tid: 1, next: None }), vec![Action::Prepare { tid: 1 }]);
     assert_eq!(cmd(&mut core, 2, Command::Commit { tid: 1, next: None }), vec![
         Action::Commit { tid: 1 },
         Action::Report(Report::Committed { tid: 1 })
@@ -867,7 +957,7 @@ fn prepared_report_is_repeated_once_on_a_new_stream() {
     assert_eq!(core.handle(Event::Command { seq: 1, epoch: EPOCH + 1, command: welcome }), vec![Action::PersistEpoch {
         epoch: EPOCH + 1
     }]);
-    let prepare = Command::Prepare { tid: 5 };
+    let prepare = Command::Prepare { tid: 5, next: None };
     assert_eq!(core.handle(Event::Command { seq: 2, epoch: EPOCH + 1, command: prepare.clone() }), vec![
         Action::RepeatPrepared { tid: 5 }
     ]);

@@ -140,7 +140,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     for _ in 0..5 {
         assert!(h.step().await);
     }
-    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     assert!(!h.step().await, "no step after Prepared");
     h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) }).await;
     for _ in 0..3 {
@@ -177,7 +177,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     assert_eq!(h.agent.epoch_file.load().unwrap(), 2, "a higher epoch is persisted");
     h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
     h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false }).await;
-    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    h.cmd(2, Command::Prepare { tid: 1, next: None }).await;
     while h.step().await {}
     let replay1 = h.reports();
     assert!(errors(&replay1).is_empty(), "{replay1:?}");
@@ -200,7 +200,7 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     assert_eq!(h.agent.core.state(), crate::core::TxnState::OpenLive { tid: 2 }, "invariant 4: tid 2 continues live");
     assert!(h.step().await);
     assert!(h.step().await);
-    h.cmd(2, Command::Prepare { tid: 2 }).await;
+    h.cmd(2, Command::Prepare { tid: 2, next: None }).await;
     h.cmd(2, Command::Commit { tid: 2, next: None }).await;
     let rest = h.reports();
     assert!(errors(&rest).is_empty(), "{rest:?}");
@@ -231,7 +231,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     for _ in 0..4 {
         h.step().await;
     }
-    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
     assert_eq!(sink_tids(dir.path()), vec![1], "a checkpoint waits until the sink holds every tid it covers");
@@ -242,7 +242,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     }
     // Invariant 5: no checkpoint with a transaction open.
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
-    h.cmd(1, Command::Prepare { tid: 2 }).await;
+    h.cmd(1, Command::Prepare { tid: 2, next: None }).await;
     h.cmd(1, Command::Commit { tid: 2, next: None }).await;
     let reports = h.reports();
     let errs = errors(&reports);
@@ -267,7 +267,7 @@ async fn checkpoint_gc_and_restore_from_it() {
     assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
     h.cmd(2, Command::Restore { checkpoint_tid: 1 }).await;
     h.cmd(2, Command::Start { tid: 2, mode: Mode::Replay, prepare: false }).await;
-    h.cmd(2, Command::Prepare { tid: 2 }).await;
+    h.cmd(2, Command::Prepare { tid: 2, next: None }).await;
     while h.step().await {}
     h.cmd(2, Command::Commit { tid: 2, next: None }).await;
     let reports = h.reports();
@@ -339,7 +339,7 @@ async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
     h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
     h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
     h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false }).await;
-    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    h.cmd(2, Command::Prepare { tid: 1, next: None }).await;
     while h.step().await {}
     let replayed = step_dones(&h.reports());
     let diverged: Vec<u64> = replayed.iter().filter(|s| s.checksums != s.journaled).map(|s| s.step).collect();
@@ -380,7 +380,7 @@ async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
     assert!(r.prepared.is_none());
 
     h.cmd(2, Command::Welcome { coordinator_id: "c2".into() }).await;
-    h.cmd(2, Command::Prepare { tid: 1 }).await;
+    h.cmd(2, Command::Prepare { tid: 1, next: None }).await;
     let p = prepared(&h.reports());
     assert_eq!(p.steps, 3);
     h.reconnect().await;
@@ -389,7 +389,7 @@ async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
     assert_eq!(r.prepared.as_ref(), Some(&p), "with the report it sent");
 
     h.cmd(3, Command::Welcome { coordinator_id: "c3".into() }).await;
-    h.cmd(3, Command::Prepare { tid: 1 }).await;
+    h.cmd(3, Command::Prepare { tid: 1, next: None }).await;
     assert_eq!(prepared(&h.reports()), p, "the same report again, nothing taken twice");
     h.cmd(3, Command::Commit { tid: 1, next: None }).await;
     let reports = h.reports();
@@ -431,7 +431,7 @@ async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
     h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
     h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     assert!(h.step().await);
-    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     // The coordinator goes away: nothing can be reported any more.
     let (tx, rx) = mpsc::channel(1);
     drop(rx);
@@ -465,7 +465,7 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     for _ in 0..3 {
         assert!(h.step().await);
     }
-    h.cmd(1, Command::Prepare { tid: 1 }).await;
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     let reports = h.reports();
     assert!(errors(&reports).is_empty(), "{reports:?}");

@@ -13,7 +13,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_v1_descriptor.bin"));
 
 /// The wire protocol version this build speaks (`Hello.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `Prepare.next` (the commit pipeline).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// gRPC metadata key under which a coordinator that is not the leader names
 /// the leader's address (`host:port`, no scheme) when it answers UNAVAILABLE.

@@ -151,6 +151,8 @@ pub struct ClusterOpts {
     pub generator_seed: u64,
     pub step_interval_ms: u64,
     pub cluster_id: String,
+    /// The coordinator's `--pipeline-depth`.
+    pub pipeline_depth: u64,
 }
 
 impl Default for ClusterOpts {
@@ -163,6 +165,7 @@ impl Default for ClusterOpts {
             generator_seed: 7,
             step_interval_ms: 5,
             cluster_id: "e2e".into(),
+            pipeline_depth: 1,
         }
     }
 }
@@ -250,6 +253,8 @@ fn coordinator_args(opts: &ClusterOpts, addr: &str, data_dir: &Path) -> Vec<Stri
         opts.checkpoint_every_txns.to_string(),
         "--report-deadline-ms".into(),
         opts.report_deadline_ms.to_string(),
+        "--pipeline-depth".into(),
+        opts.pipeline_depth.to_string(),
     ]
 }
 

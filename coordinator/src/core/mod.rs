@@ -10,6 +10,25 @@
 //! invariant 7). The transition table as built is in docs/ARCHITECTURE.md,
 //! section "Coordinator state machine", and `table_tests.rs` pins every
 //! (phase, event) pair of it row by row.
+//!
+//! **Commit pipeline** (`pipeline_depth` > 1, live tids only). With one tid
+//! at a time, every tid costs a ledger round (raft append, replication,
+//! fsyncs) during which the hosts wait. With a pipeline, tids are begun in
+//! the ledger ahead of use (`ahead`, up to the depth); when the open live
+//! tid T is due, the hosts get `Prepare{T, next: Start{N}}` with N begun
+//! ahead: each finishes its step, reports `Prepared{T}`, holds T's outputs
+//! and runs N at once. T waits in `inflight` until every host prepared it,
+//! then its commit is proposed while N runs; commits are proposed and
+//! applied in tid order, and `Commit{T}` (no next) goes out when the ledger
+//! holds it. Each host's reports still come in its own tid order, so a
+//! host's reports are about the oldest inflight tid it has not prepared,
+//! else the open tid. Checkpoints still need no tid open: tids are begun
+//! ahead only up to the next scheduled checkpoint, and the tid before a
+//! checkpoint prepares without a next. After a crash the ledger may hold
+//! several begun, uncommitted tids (`finish_replay`): those before the last
+//! one any host journaled steps for are replayed at their journaled
+//! boundary and committed (`recovering`); that last one continues live
+//! (invariant 4); tids after it, begun but never started, are used next.
 
 mod resume;
 mod types;
@@ -44,6 +63,11 @@ pub struct CoreConfig {
     /// and not yet had verified (1 = a host waits for `Commit{T}` before it
     /// gets `Start` of the next tid). See `Phase::Replaying`.
     pub replay_window: u64,
+    /// Live commit pipeline: how many live tids may be begun and not yet
+    /// committed at once, the open one included (1 = one tid at a time:
+    /// the next tid starts only with the previous one's `Commit`). See
+    /// "Commit pipeline" in the module docs.
+    pub pipeline_depth: u64,
 }
 
 impl Default for CoreConfig {
@@ -57,6 +81,7 @@ impl Default for CoreConfig {
             checkpoint_every_txns: 20,
             report_deadline_ms: 5000,
             replay_window: 8,
+            pipeline_depth: 1,
         }
     }
 }
@@ -181,12 +206,39 @@ pub struct HostSlot {
     pub acked: bool,
 }
 
+/// A live tid prepared with the next tid opened (commit pipeline), whose
+/// commit the ledger does not hold yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub tid: Tid,
+    /// The hosts that reported `Prepared{tid}`, and what they reported.
+    pub prepared: BTreeMap<HostId, PreparedReport>,
+    /// Input records the hosts reported in `tid`.
+    pub records: u64,
+    /// Its `Commit` entry went to the ledger.
+    pub proposed: bool,
+}
+
 pub struct Core {
     cfg: CoreConfig,
     ledger: LedgerState,
     phase: Phase,
     hosts: BTreeMap<HostId, HostSlot>,
-    commits_since_checkpoint: u64,
+    /// Commit pipeline: live tids prepared with the next one opened, not
+    /// yet committed, oldest first.
+    inflight: VecDeque<Inflight>,
+    /// Tids begun in the ledger ahead of the open one, never started.
+    ahead: VecDeque<Tid>,
+    /// `Begin` entries proposed for `ahead`, not yet applied.
+    beginning: VecDeque<Tid>,
+    /// Recovery: begun, uncommitted tids replayed at their journaled
+    /// boundary and then committed, one after the other (`finish_replay`).
+    recovering: VecDeque<Tid>,
+    /// Recovery: the begun tid that continues live after `recovering`
+    /// (invariant 4).
+    open_last: Option<Tid>,
+    /// Live tids prepared since the last complete checkpoint.
+    prepared_since_checkpoint: u64,
     checkpoint_requested: bool,
     now_ms: u64,
     /// The path the last new epoch took, and why (for the Admin API).
@@ -223,7 +275,12 @@ impl Core {
                 ledger,
                 phase: Phase::Joining,
                 hosts,
-                commits_since_checkpoint: 0,
+                inflight: VecDeque::new(),
+                ahead: VecDeque::new(),
+                beginning: VecDeque::new(),
+                recovering: VecDeque::new(),
+                open_last: None,
+                prepared_since_checkpoint: 0,
                 checkpoint_requested: false,
                 now_ms: 0,
                 last_recovery: None,
@@ -248,6 +305,14 @@ impl Core {
     }
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
+    }
+    /// Commit pipeline: prepared live tids whose commit is not recorded yet.
+    pub fn inflight(&self) -> &VecDeque<Inflight> {
+        &self.inflight
+    }
+    /// Commit pipeline: tids begun ahead of the open one.
+    pub fn ahead(&self) -> &VecDeque<Tid> {
+        &self.ahead
     }
     /// How the last new epoch of this core picked up the pipeline.
     pub fn last_recovery(&self) -> Option<&Recovery> {
@@ -351,6 +416,7 @@ impl Core {
         match &self.phase {
             Phase::Failed(_) | Phase::Stopped { .. } | Phase::Joining => {}
             Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_) => {
+                self.reset_pipeline();
                 self.set_phase(Phase::Joining, format!("host {host} lost: {why}"), out);
                 self.rejoin_all(format!("host {host} lost; recovering"), out);
             }
@@ -359,10 +425,14 @@ impl Core {
 
     fn on_step(&mut self, host: &str, r: StepReport, out: &mut Vec<Action>) {
         let Some(slot) = self.hosts.get(host) else { return self.unknown_host(host, out) };
+        let behind = self.behind_in(host);
         // (tid, replay steps allowed, live steps allowed) in this phase.
         let expected = match &self.phase {
             // Every member host has a position (`start_replay`).
             Phase::Replaying { at, .. } => at.get(host).map(|t| (*t, true, false)),
+            // Commit pipeline: a host's steps belong to the oldest tid it
+            // has not prepared yet.
+            Phase::Running(Txn::Open { .. } | Txn::Preparing { .. }) if behind.is_some() => behind.map(|t| (t, false, true)),
             Phase::Running(Txn::Open { tid, mode, .. }) | Phase::Running(Txn::Preparing { tid, mode }) => {
                 Some((*tid, *mode == Mode::Replay, true))
             }
@@ -433,8 +503,10 @@ impl Core {
         if !self.hosts.contains_key(host) {
             return self.unknown_host(host, out);
         }
+        let behind = self.behind_in(host);
         let tid = match &self.phase {
             Phase::Replaying { at, .. } if at.contains_key(host) => at[host],
+            Phase::Running(Txn::Open { .. } | Txn::Preparing { .. }) if behind.is_some() => behind.unwrap_or_default(),
             Phase::Running(Txn::Preparing { tid, .. }) => *tid,
             Phase::Failed(_) | Phase::Stopped { .. } => return,
             Phase::Joining | Phase::Bumping { .. } | Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_) => {
@@ -461,6 +533,17 @@ impl Core {
                 return self.fail(d, out);
             }
             return self.replay_passed(host, r, out);
+        }
+        if behind == Some(tid) {
+            // Commit pipeline: the host has moved on to the next tid.
+            let slot = self.hosts.get_mut(host).expect("checked");
+            let progress = std::mem::take(&mut slot.txn);
+            if let Some(entry) = self.inflight.iter_mut().find(|e| e.tid == tid) {
+                entry.records += progress.records;
+                entry.prepared.insert(host.to_owned(), r);
+            }
+            self.propose_ready_commits(out);
+            return;
         }
         self.hosts.get_mut(host).expect("checked").txn.prepared = Some(r);
         if self.hosts.values().all(|s| s.txn.prepared.is_some()) {
@@ -547,9 +630,9 @@ impl Core {
     /// Every host prepared the live (or continued) transaction `tid`:
     /// record its commit in the ledger.
     fn all_prepared(&mut self, tid: Tid, out: &mut Vec<Action>) {
-        self.commits_since_checkpoint += 1;
-        let checkpoint_after = self.checkpoint_requested
-            || (self.cfg.checkpoint_every_txns > 0 && self.commits_since_checkpoint >= self.cfg.checkpoint_every_txns);
+        // A checkpoint needs no tid open in the ledger (invariant 5): not
+        // while tids are begun ahead or wait to be recovered.
+        let checkpoint_after = self.checkpoint_wanted() && !self.next_tid_begun();
         let hosts = self
             .hosts
             .iter()
@@ -558,7 +641,7 @@ impl Core {
                 (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest))
             })
             .collect();
-        let begin_next = (!checkpoint_after).then(|| self.ledger.tid_high_water + 1);
+        let begin_next = (!checkpoint_after && !self.next_tid_begun()).then(|| self.ledger.tid_high_water + 1);
         out.push(Action::Propose(LedgerEntry::Commit { tid, hosts, begin_next }));
         self.phase = Phase::Running(Txn::Committing { tid, checkpoint_after });
     }
@@ -687,6 +770,23 @@ impl Core {
                 let tid = *tid;
                 self.broadcast(Cmd::Start(Start::live(tid)), out);
                 self.open(tid, Mode::Live);
+                self.fill_ahead(out);
+            }
+            // Commit pipeline: a tid begun ahead.
+            (Phase::Running(_), LedgerEntry::Begin { tid: t }) if self.beginning.front() == Some(t) => {
+                self.beginning.pop_front();
+                self.ahead.push_back(*t);
+                self.prepare_if_due(out);
+            }
+            // Commit pipeline: the oldest inflight tid is committed.
+            (Phase::Running(_), LedgerEntry::Commit { tid: t, begin_next: None, .. })
+                if self.inflight.front().is_some_and(|e| e.tid == *t && e.proposed) =>
+            {
+                let entry = self.inflight.pop_front().expect("checked");
+                out.push(Action::Notice(Notice::Committed { tid: entry.tid, replayed: false, records: entry.records }));
+                self.broadcast_commit(entry.tid, None, out);
+                self.fill_ahead(out);
+                self.prepare_if_due(out);
             }
             (Phase::Running(Txn::Committing { tid, checkpoint_after }), LedgerEntry::Commit { tid: t, begin_next, .. })
                 if tid == t =>
@@ -706,7 +806,22 @@ impl Core {
                     (false, Some(next)) => {
                         self.broadcast_commit(tid, Some(Start::live(next)), out);
                         self.open(next, Mode::Live);
+                        self.fill_ahead(out);
                     }
+                    // The next tid was begun before: ahead in a pipeline, or
+                    // a begun tid that recovery continues.
+                    (false, None) if self.next_tid_begun() => match self.start_next_begun(out) {
+                        Some(start) => self.broadcast_commit(tid, Some(start), out),
+                        None => self.fail(
+                            Diagnosis {
+                                summary: format!("internal error: tid {tid} committed with no next tid begun ({})", self.describe()),
+                                tid: Some(tid),
+                                hint: "a coordinator bug: keep the coordinator log and report it; Resume recovers the pipeline".into(),
+                                ..Default::default()
+                            },
+                            out,
+                        ),
+                    },
                     // Not the entry this core proposed: someone else writes
                     // this ledger. Never guess; stop.
                     (_, other) => self.fail(
@@ -725,15 +840,15 @@ impl Core {
             (Phase::Running(Txn::RecordingCheckpoint { tid }), LedgerEntry::CheckpointComplete { tid: t }) if tid == t => {
                 let tid = *tid;
                 self.checkpoint_requested = false;
-                self.commits_since_checkpoint = 0;
+                self.prepared_since_checkpoint = 0;
                 out.push(Action::Notice(Notice::CheckpointComplete { tid }));
                 self.broadcast(Cmd::CheckpointComplete { tid }, out);
                 self.begin_next(out);
             }
-            // From Restoring on, the core has at most one proposal in flight
-            // and it is the one matched above: entries proposed before the
-            // epoch began were applied before its NewEpoch (proposals are
-            // applied in order). Anything else was written by someone else.
+            // From Restoring on, the core's proposals are the ones matched
+            // above, applied in the order proposed: entries proposed before
+            // the epoch began were applied before its NewEpoch. Anything
+            // else was written by someone else.
             (Phase::Restoring { .. } | Phase::Replaying { .. } | Phase::Running(_), _) => {
                 let d = Diagnosis {
                     summary: format!(
@@ -783,16 +898,138 @@ impl Core {
     /// it, or the hosts ingested `txn_records_max` records. Checked on every
     /// tick and after every step report, so a size limit acts at once.
     fn prepare_if_due(&mut self, out: &mut Vec<Action>) {
-        if let Phase::Running(Txn::Open { tid, opened_ms, mode }) = self.phase {
-            let steps_max = self.hosts.values().map(|s| s.txn.steps).max().unwrap_or(0);
-            let due = self.now_ms.saturating_sub(opened_ms) >= self.cfg.commit_interval_ms
-                || steps_max >= self.cfg.txn_steps_max
-                || self.txn_records() >= self.cfg.txn_records_max;
-            if due {
-                self.broadcast(Cmd::Prepare { tid }, out);
-                self.phase = Phase::Running(Txn::Preparing { tid, mode });
+        let Phase::Running(Txn::Open { tid, opened_ms, mode }) = self.phase else { return };
+        // Hosts still in an inflight tid have not started this one.
+        let current = || self.hosts.iter().filter(|(h, _)| self.behind_in(h).is_none()).map(|(_, s)| s);
+        let steps_max = current().map(|s| s.txn.steps).max().unwrap_or(0);
+        let records: u64 = current().map(|s| s.txn.records).sum();
+        let due = self.now_ms.saturating_sub(opened_ms) >= self.cfg.commit_interval_ms
+            || steps_max >= self.cfg.txn_steps_max
+            || records >= self.cfg.txn_records_max;
+        if !due || self.pipeline_waits() {
+            return;
+        }
+        self.prepared_since_checkpoint += 1;
+        if self.pipelined(mode) {
+            if let Some(next) = self.ahead.pop_front() {
+                self.broadcast(Cmd::Prepare { tid, next: Some(Start::live(next)) }, out);
+                self.inflight.push_back(Inflight { tid, prepared: BTreeMap::new(), records: 0, proposed: false });
+                // Each host's progress in `tid` stays until its Prepared.
+                self.phase = Phase::Running(Txn::Open { tid: next, mode: Mode::Live, opened_ms: self.now_ms });
+                self.fill_ahead(out);
+                return;
             }
         }
+        self.broadcast(Cmd::Prepare { tid, next: None }, out);
+        self.phase = Phase::Running(Txn::Preparing { tid, mode });
+    }
+
+    /// The open tid may be prepared with the next one opened (module docs,
+    /// "Commit pipeline").
+    fn pipelined(&self, mode: Mode) -> bool {
+        self.cfg.pipeline_depth > 1 && mode == Mode::Live && (self.inflight.len() as u64) + 1 < self.cfg.pipeline_depth
+    }
+
+    /// A due open tid waits rather than prepares: the pipeline is full (an
+    /// older commit must land first), or the next tid's `Begin` is on its
+    /// way.
+    fn pipeline_waits(&self) -> bool {
+        let Phase::Running(Txn::Open { mode: Mode::Live, .. }) = self.phase else { return false };
+        if self.cfg.pipeline_depth <= 1 {
+            return false;
+        }
+        let full = (self.inflight.len() as u64) + 1 >= self.cfg.pipeline_depth;
+        full || (self.ahead.is_empty() && !self.beginning.is_empty())
+    }
+
+    /// Commit pipeline: begins tids ahead of the open one, up to the depth,
+    /// and not past the next scheduled checkpoint (invariant 5: the tid
+    /// before a checkpoint must be the last begun).
+    fn fill_ahead(&mut self, out: &mut Vec<Action>) {
+        // Only with the open tid's Begin applied and no commit entry that
+        // begins a tid in flight: every tid above the ledger's high-water
+        // mark is then in `beginning`.
+        if self.cfg.pipeline_depth <= 1 || self.checkpoint_requested || !matches!(self.phase, Phase::Running(Txn::Open { .. })) {
+            return;
+        }
+        loop {
+            let unprepared = 1 + self.ahead.len() as u64 + self.beginning.len() as u64;
+            let begun = self.inflight.len() as u64 + unprepared;
+            let every = self.cfg.checkpoint_every_txns;
+            if begun >= self.cfg.pipeline_depth || (every > 0 && self.prepared_since_checkpoint + unprepared >= every) {
+                return;
+            }
+            let last = self.beginning.back().or(self.ahead.back()).copied().unwrap_or(0);
+            let tid = self.ledger.tid_high_water.max(last) + 1;
+            self.beginning.push_back(tid);
+            out.push(Action::Propose(LedgerEntry::Begin { tid }));
+        }
+    }
+
+    /// The tid the host's next report is about when it is still in an
+    /// inflight tid (commit pipeline), else `None`.
+    fn behind_in(&self, host: &str) -> Option<Tid> {
+        self.inflight.iter().find(|e| !e.prepared.contains_key(host)).map(|e| e.tid)
+    }
+
+    /// Proposes the commit of every inflight tid, oldest first, that every
+    /// host has prepared. Hosts prepare in tid order, so these are a prefix.
+    fn propose_ready_commits(&mut self, out: &mut Vec<Action>) {
+        let n = self.hosts.len();
+        for entry in self.inflight.iter_mut().filter(|e| !e.proposed) {
+            if entry.prepared.len() < n {
+                break;
+            }
+            let hosts = entry
+                .prepared
+                .iter()
+                .map(|(h, p)| (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest)))
+                .collect();
+            entry.proposed = true;
+            out.push(Action::Propose(LedgerEntry::Commit { tid: entry.tid, hosts, begin_next: None }));
+        }
+    }
+
+    fn checkpoint_wanted(&self) -> bool {
+        self.checkpoint_requested
+            || (self.cfg.checkpoint_every_txns > 0 && self.prepared_since_checkpoint >= self.cfg.checkpoint_every_txns)
+    }
+
+    /// A tid after the one committing is already begun in the ledger (or
+    /// its `Begin` is applied before this commit): it goes next.
+    fn next_tid_begun(&self) -> bool {
+        !self.recovering.is_empty() || self.open_last.is_some() || !self.ahead.is_empty() || !self.beginning.is_empty()
+    }
+
+    /// Opens the next begun tid (`next_tid_begun`) in the core and returns
+    /// the `Start` that goes with the commit before it. `None` only if
+    /// nothing is begun after all (a bug the caller reports).
+    fn start_next_begun(&mut self, out: &mut Vec<Action>) -> Option<Start> {
+        if let Some(t) = self.recovering.pop_front() {
+            self.open(t, Mode::Replay);
+            self.phase = Phase::Running(Txn::Preparing { tid: t, mode: Mode::Replay });
+            return Some(Start::replay_committed(t));
+        }
+        if let Some(t) = self.open_last.take() {
+            self.open(t, Mode::Replay);
+            return Some(Start::replay_open(t));
+        }
+        // Begins proposed before this commit are applied by now (`fill_ahead`
+        // proposes none while a commit that begins a tid is in flight).
+        let t = self.ahead.pop_front()?;
+        self.open(t, Mode::Live);
+        self.fill_ahead(out);
+        Some(Start::live(t))
+    }
+
+    /// Forgets the pipeline and recovery queues: a new epoch rebuilds them
+    /// from the ledger.
+    fn reset_pipeline(&mut self) {
+        self.inflight.clear();
+        self.ahead.clear();
+        self.beginning.clear();
+        self.recovering.clear();
+        self.open_last = None;
     }
 
     /// When the open transaction's commit interval runs out (`now_ms`
@@ -801,6 +1038,8 @@ impl Core {
     /// to the tick.
     pub fn commit_due_ms(&self) -> Option<u64> {
         match self.phase {
+            // A tid waiting on the pipeline is woken by the ledger instead.
+            Phase::Running(Txn::Open { .. }) if self.pipeline_waits() => None,
             Phase::Running(Txn::Open { opened_ms, .. }) => Some(opened_ms.saturating_add(self.cfg.commit_interval_ms)),
             _ => None,
         }
@@ -896,6 +1135,7 @@ impl Core {
     /// the ledger, otherwise restore and replay (`resume::plan`).
     fn start_epoch(&mut self, out: &mut Vec<Action>) {
         let epoch = self.ledger.epoch;
+        self.reset_pipeline();
         match resume::plan(&self.ledger, &self.hosts) {
             Ok(plan) => self.continue_epoch(plan, out),
             Err(why) => {
@@ -920,6 +1160,10 @@ impl Core {
     fn continue_epoch(&mut self, plan: BTreeMap<HostId, resume::HostResume>, out: &mut Vec<Action>) {
         let c = self.ledger.last_committed;
         let open = self.ledger.open_txn().map(|t| t.tid);
+        // Tids a pipeline began ahead of the open one go next (`resume::plan`
+        // continues only hosts that never started them).
+        self.reset_pipeline();
+        self.ahead = self.ledger.open_tids().filter(|t| Some(*t) != open).collect();
         let mut states = Vec::new();
         let mut sends = Vec::new();
         for (host, resume) in plan {
@@ -964,7 +1208,8 @@ impl Core {
         }));
         match open {
             Some(o) => {
-                self.broadcast(Cmd::Prepare { tid: o }, out);
+                self.prepared_since_checkpoint += 1;
+                self.broadcast(Cmd::Prepare { tid: o, next: None }, out);
                 self.phase = Phase::Running(Txn::Preparing { tid: o, mode: Mode::Live });
             }
             None => self.begin_next(out),
@@ -1020,16 +1265,71 @@ impl Core {
         // Invariant 4: the last transaction may have been begun but never
         // committed (crash mid-transaction). Hosts re-run what they journaled
         // under it (Start{Replay}) and, having no Prepare yet, continue it
-        // live; it then commits normally.
-        if let Some(open) = self.ledger.open_txn().map(|t| t.tid) {
-            self.send_commit_then(last, Some(Start::replay_open(open)), out);
-            self.open(open, Mode::Replay);
-            self.note_phase("Running", format!("replay done; open tid {open} continues"), out);
+        // live; it then commits normally. With a commit pipeline several
+        // tids may be begun and uncommitted (`plan_open_tids`).
+        self.plan_open_tids();
+        if self.next_tid_begun() {
+            let Some(start) = self.start_next_begun(out) else { return };
+            self.send_commit_then(last, Some(start), out);
+            let why = match (start.mode, start.prepare) {
+                (Mode::Replay, true) => format!(
+                    "replay done; tids {:?}, prepared but not committed before the crash, are replayed at their journaled \
+                     boundary and committed, then {}",
+                    std::iter::once(start.tid).chain(self.recovering.iter().copied()).collect::<Vec<_>>(),
+                    match self.open_last {
+                        Some(t) => format!("open tid {t} continues"),
+                        None => "the next tid begins".into(),
+                    }
+                ),
+                (Mode::Replay, false) => format!("replay done; open tid {} continues", start.tid),
+                _ => format!("replay done; tid {}, begun before, starts", start.tid),
+            };
+            self.note_phase("Running", why, out);
             return;
         }
         self.send_commit_then(last, None, out);
         self.note_phase("Running", "replay done".into(), out);
         self.begin_next(out);
+    }
+
+    /// Sorts the ledger's begun, uncommitted tids for the pipeline after a
+    /// replay (module docs, "Commit pipeline"): the last one any host
+    /// journaled steps for (or that lies under a failed tid's steps)
+    /// continues live (`open_last`, invariant 4); those before it were
+    /// prepared before the crash and are replayed at their journaled
+    /// boundary and committed (`recovering`); those after it were begun
+    /// ahead and never started (`ahead`). Without a pipeline there is at
+    /// most one, the open last tid.
+    fn plan_open_tids(&mut self) {
+        self.reset_pipeline();
+        let open: Vec<Tid> = self.ledger.open_tids().collect();
+        let Some(&first) = open.first() else { return };
+        let journaled = |t: Tid| {
+            self.hosts.values().any(|s| s.hello.as_ref().is_some_and(|h| h.journal.iter().any(|j| j.tid == t && j.steps > 0)))
+        };
+        let failed_above = self
+            .ledger
+            .txns
+            .range(first..)
+            .filter(|(_, r)| r.status == TxnStatus::Failed)
+            .map(|(t, _)| *t)
+            .next_back();
+        let with_steps = open.iter().rev().copied().find(|t| journaled(*t));
+        let last = match (with_steps, failed_above) {
+            (Some(s), Some(f)) if f > s => open.iter().copied().find(|t| *t > f),
+            (Some(s), _) => Some(s),
+            (None, Some(f)) => open.iter().copied().find(|t| *t > f),
+            (None, None) => Some(first),
+        };
+        match last {
+            Some(l) => {
+                self.recovering = open.iter().copied().filter(|t| *t < l).collect();
+                self.open_last = Some(l);
+                self.ahead = open.iter().copied().filter(|t| *t > l).collect();
+            }
+            // Every begun tid lies under a failed tid's journaled steps.
+            None => self.recovering = open.into_iter().collect(),
+        }
     }
 
     fn send_commit_then(&mut self, committed: Option<Tid>, next: Option<Start>, out: &mut Vec<Action>) {
@@ -1061,15 +1361,14 @@ impl Core {
         // ledger still has open.
         // Not while its Commit is in flight: the ledger would apply the
         // Commit first and then reject the Fail.
-        let committing = match self.phase {
-            Phase::Running(Txn::Committing { tid, .. }) => Some(tid),
-            _ => None,
+        let committing = |t: Tid| {
+            matches!(self.phase, Phase::Running(Txn::Committing { tid, .. }) if tid == t)
+                || self.inflight.iter().any(|e| e.tid == t && e.proposed)
         };
-        if let Some(open) = self.ledger.open_txn().filter(|t| Some(t.tid) != committing) {
-            if d.tid == Some(open.tid) {
-                out.push(Action::Propose(LedgerEntry::Fail { tid: open.tid, diagnosis: d.to_string() }));
-            }
+        if let Some(t) = d.tid.filter(|t| self.ledger.open_tids().any(|o| o == *t) && !committing(*t)) {
+            out.push(Action::Propose(LedgerEntry::Fail { tid: t, diagnosis: d.to_string() }));
         }
+        self.reset_pipeline();
         self.broadcast(Cmd::Stop { reason: format!("pipeline failed: {}", d.summary) }, out);
         out.push(Action::Notice(Notice::Failed(d.clone())));
         let why = d.summary.clone();
@@ -1208,6 +1507,8 @@ fn entry_name(e: &LedgerEntry) -> String {
     }
 }
 
+#[cfg(test)]
+mod pipeline_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

@@ -63,8 +63,8 @@ fn open_and_commit_pending_hosts_continue_and_the_open_tid_commits() {
     assert!(r.why.contains("h1 prepared in tid 2"), "{}", r.why);
     assert_eq!(h.core.last_recovery(), Some(&r));
     let sent = h.take_sent();
-    assert_eq!(sent_to(&sent, "h0"), vec![Cmd::Prepare { tid: 3 }]);
-    assert_eq!(sent_to(&sent, "h1"), vec![Cmd::Commit { tid: 2, next: Some(Start::live(3)) }, Cmd::Prepare { tid: 3 }]);
+    assert_eq!(sent_to(&sent, "h0"), vec![Cmd::Prepare { tid: 3, next: None }]);
+    assert_eq!(sent_to(&sent, "h1"), vec![Cmd::Commit { tid: 2, next: Some(Start::live(3)) }, Cmd::Prepare { tid: 3, next: None }]);
     assert!(!sent.iter().any(|(_, c)| matches!(c, Cmd::Restore { .. })));
     // h1 commits 2 and, before Prepare reached it, runs a live step of 3.
     h.ev(Event::Committed { host: "h1".into(), tid: 2 });
@@ -101,7 +101,7 @@ fn an_idle_host_is_started_in_the_open_tid() {
     let mut h = rejoin(l, j0, j1, Some(r0), Some(idle(2)));
     assert_eq!(recovery(&h).path, RecoveryPath::Continue);
     let sent = h.take_sent();
-    assert_eq!(sent_to(&sent, "h1"), vec![Cmd::Start(Start::live(3)), Cmd::Prepare { tid: 3 }]);
+    assert_eq!(sent_to(&sent, "h1"), vec![Cmd::Start(Start::live(3)), Cmd::Prepare { tid: 3, next: None }]);
     assert!(matches!(h.core.phase(), Phase::Running(Txn::Preparing { tid: 3, mode: Mode::Live })));
     h.prepared("h0", 3, 1, agg(&[("gen", 5, 5)]), 7);
     h.prepared("h1", 3, 0, agg(&[]), 8);

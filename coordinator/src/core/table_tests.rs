@@ -470,7 +470,8 @@ fn show_start(s: &Start) -> String {
 fn show_cmd(c: &Cmd) -> String {
     match c {
         Cmd::Start(s) => format!("Start({})", show_start(s)),
-        Cmd::Prepare { tid } => format!("Prepare({tid})"),
+        Cmd::Prepare { tid, next: None } => format!("Prepare({tid})"),
+        Cmd::Prepare { tid, next: Some(n) } => format!("Prepare({tid},next {})", n.tid),
         Cmd::Commit { tid, next: None } => format!("Commit({tid})"),
         Cmd::Commit { tid, next: Some(s) } => format!("Commit({tid},{})", show_start(s)),
         Cmd::Checkpoint { tid } => format!("Checkpoint({tid})"),

@@ -34,6 +34,7 @@ pub(crate) fn cfg() -> CoreConfig {
         checkpoint_every_txns: 0,
         report_deadline_ms: 1000,
         replay_window: 1,
+        pipeline_depth: 1,
     }
 }
 
@@ -196,7 +197,7 @@ fn live_transaction_commits_after_interval_and_piggybacks_next_start() {
     assert!(h.take_sent().is_empty(), "not due before the commit interval");
     h.now = 100;
     h.ev(Event::Tick);
-    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Prepare { tid: 1 }]);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Prepare { tid: 1, next: None }]);
     // A step already under way when Prepare arrived still counts.
     h.step("h1", 1, 2, agg(&[("gen", 1, 1)]), None);
     h.prepared("h0", 1, 2, agg(&[("gen", 4, 35)]), 9);
@@ -838,6 +839,6 @@ fn a_size_limit_prepares_at_the_step_that_reaches_it_and_the_interval_has_an_exa
     assert!(h.take_sent().is_empty());
     // The second step reaches txn_steps_max: Prepare goes out now, not at the next tick.
     h.step("h0", 1, 2, agg(&[]), None);
-    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Prepare { tid: 1 }]);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Prepare { tid: 1, next: None }]);
     assert_eq!(h.core.commit_due_ms(), None, "nothing is due while preparing");
 }

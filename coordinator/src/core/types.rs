@@ -147,7 +147,9 @@ impl Start {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cmd {
     Start(Start),
-    Prepare { tid: Tid },
+    /// `next`: the commit pipeline's next live tid, begun in the ledger;
+    /// hosts open it as soon as they have prepared `tid`.
+    Prepare { tid: Tid, next: Option<Start> },
     Commit { tid: Tid, next: Option<Start> },
     Checkpoint { tid: Tid },
     CheckpointComplete { tid: Tid },

@@ -67,6 +67,7 @@ options (defaults in brackets):
   --etcd-puts-max N            at most this many etcd puts in the window [200000]
   --kills N                    leader kills [20]
   --kill-checkpoint-every-txns N  checkpoint interval during leader-kill [50]
+  --pipeline-depth N           the coordinators' --pipeline-depth in replicated [8]
 ";
 
 #[derive(Clone, Debug)]
@@ -88,6 +89,7 @@ struct Opts {
     group_secs: u64,
     etcd_puts_max: u64,
     kills: usize,
+    pipeline_depth: u64,
     kill_checkpoint_every_txns: u64,
 }
 
@@ -111,6 +113,7 @@ impl Default for Opts {
             group_secs: 10,
             etcd_puts_max: 200_000,
             kills: 20,
+            pipeline_depth: 8,
             kill_checkpoint_every_txns: 50,
         }
     }
@@ -144,6 +147,7 @@ fn parse_args() -> Result<(String, Opts), String> {
             "--group-secs" => o.group_secs = n,
             "--etcd-puts-max" => o.etcd_puts_max = n,
             "--kills" => o.kills = n as usize,
+            "--pipeline-depth" => o.pipeline_depth = n,
             "--kill-checkpoint-every-txns" => o.kill_checkpoint_every_txns = n,
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -219,6 +223,7 @@ fn cluster_opts(o: &Opts, commit_interval_ms: u64, step_interval_ms: u64, cluste
         generator_seed: 7,
         step_interval_ms,
         cluster_id: cluster.into(),
+        pipeline_depth: 1,
     }
 }
 
@@ -823,7 +828,7 @@ struct Group {
 }
 
 impl Group {
-    fn start(o: &Opts, checkpoint_every_txns: u64, cluster: &str) -> anyhow::Result<Group> {
+    fn start(o: &Opts, checkpoint_every_txns: u64, pipeline_depth: u64, cluster: &str) -> anyhow::Result<Group> {
         // Fail with a clear word if this build predates the replicated CLI.
         let help = Command::new(bin_dir().join("coordinator")).args(["serve", "--help"]).output()?;
         anyhow::ensure!(
@@ -838,6 +843,7 @@ impl Group {
             generator_seed: 7,
             step_interval_ms: o.live_step_interval_ms,
             cluster_id: cluster.into(),
+            pipeline_depth,
         };
         let group = lockstep_tests::Group::start_with(o.coordinators, opts, |_, args| {
             args.extend(["--generator-batch-max".into(), "0".into()]);
@@ -888,7 +894,7 @@ async fn bench_replicated(o: &Opts, etcd: Option<&PutRun>, rows: &mut Vec<Row>) 
         "replicated: {} coordinators (raft) + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
         o.coordinators, o.group_hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.group_secs
     ));
-    let g = Group::start(o, 0, "bench-replicated")?;
+    let g = Group::start(o, 0, o.pipeline_depth, "bench-replicated")?;
     let (li, s0) = g
         .wait_leader("a leader, Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
             s.pipeline_state == "Running" && s.last_committed_tid >= 20
@@ -935,7 +941,9 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
     ));
     // Checkpoints bound what a new leader may have to replay, so the 20th
     // kill measures the same thing as the first.
-    let mut g = Group::start(o, o.kill_checkpoint_every_txns, "bench-leader-kill")?;
+    // One tid at a time: with a pipeline, a leader kill always finds tids
+    // prepared and awaiting their commit, and recovery replays.
+    let mut g = Group::start(o, o.kill_checkpoint_every_txns, 1, "bench-leader-kill")?;
     let step = Duration::from_secs(60);
     // Per kill: kill -> a survivor leads; -> it has every host connected
     // again; -> it shows a commit of its own (the measured one).

@@ -1,0 +1,192 @@
+//! Scenario tests of the live commit pipeline (`pipeline_depth` > 1) and of
+//! recovery from a ledger that holds several begun, uncommitted tids.
+
+use super::tests::{agg, cfg, Harness};
+use super::*;
+use crate::ledger::HostTxnRecord;
+
+fn cmds_for(sent: &[(HostId, Cmd)], host: &str) -> Vec<Cmd> {
+    sent.iter().filter(|(h, _)| h == host).map(|(_, c)| c.clone()).collect()
+}
+
+fn pipelined(depth: u64, checkpoint_every_txns: u64) -> Harness {
+    let mut h = Harness::new(CoreConfig { pipeline_depth: depth, checkpoint_every_txns, ..cfg() }, LedgerState::default());
+    h.hello("h0", vec![], vec![]);
+    h.hello("h1", vec![], vec![]);
+    h.restored_all(0);
+    h
+}
+
+fn open_tid(h: &Harness) -> Option<Tid> {
+    match h.core.phase() {
+        Phase::Running(Txn::Open { tid, .. }) => Some(*tid),
+        _ => None,
+    }
+}
+
+/// Both hosts prepare `t` having run one live step of it each.
+fn prepare_both(h: &mut Harness, t: Tid, step0: u64, step1: u64) {
+    h.step("h0", t, step0, agg(&[("gen", 1, t)]), None);
+    h.prepared("h0", t, 1, agg(&[("gen", 1, t)]), 10 * t);
+    h.step("h1", t, step1, agg(&[("gen", 2, t)]), None);
+    h.prepared("h1", t, 1, agg(&[("gen", 2, t)]), 10 * t + 1);
+}
+
+#[test]
+fn tids_are_begun_ahead_and_a_due_tid_prepares_with_the_next_one_opened() {
+    let mut h = pipelined(3, 0);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Restore { checkpoint: 0 }, Cmd::Start(Start::live(1))]);
+    assert_eq!(h.core.ahead().iter().copied().collect::<Vec<_>>(), vec![2, 3], "begun ahead up to the depth");
+    assert_eq!(h.shadow.open_tids().collect::<Vec<_>>(), vec![1, 2, 3]);
+    h.now = 100;
+    h.ev(Event::Tick);
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Prepare { tid: 1, next: Some(Start::live(2)) }]);
+    assert_eq!(open_tid(&h), Some(2), "tid 2 runs while tid 1 commits");
+    // A host's reports are about its oldest unprepared tid: h0 still
+    // finishes its step of 1, then prepares 1, then steps in 2.
+    h.step("h0", 1, 1, agg(&[("gen", 1, 1)]), None);
+    h.prepared("h0", 1, 1, agg(&[("gen", 1, 1)]), 10);
+    h.step("h0", 2, 2, agg(&[("gen", 1, 2)]), None);
+    assert!(h.failure().is_none(), "{:?}", h.failure());
+    assert_eq!(h.shadow.last_committed, 0, "not before every host prepared");
+    h.prepared("h1", 1, 0, agg(&[]), 11);
+    assert_eq!(h.shadow.last_committed, 1);
+    let rec = h.shadow.txn(1).unwrap();
+    assert_eq!(rec.hosts.get("h0").unwrap(), &HostTxnRecord::new(1, &agg(&[("gen", 1, 1)]), 10));
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: None }], "no next: tid 2 already runs");
+    assert!(h.notices.contains(&Notice::Committed { tid: 1, replayed: false, records: 1 }));
+    assert_eq!(h.core.ahead().iter().copied().collect::<Vec<_>>(), vec![3, 4], "topped up again");
+    assert!(h.failure().is_none());
+}
+
+#[test]
+fn commits_are_recorded_and_sent_in_tid_order_and_a_full_pipeline_waits() {
+    let mut h = pipelined(3, 0);
+    h.take_sent();
+    h.hold = true;
+    h.now = 100;
+    h.ev(Event::Tick); // Prepare{1, next 2}
+    prepare_both(&mut h, 1, 1, 1);
+    h.now = 200;
+    h.ev(Event::Tick); // Prepare{2, next 3}
+    prepare_both(&mut h, 2, 2, 2);
+    assert_eq!(open_tid(&h), Some(3));
+    assert_eq!(h.core.inflight().len(), 2);
+    h.take_sent();
+    h.now = 300;
+    h.ev(Event::Tick);
+    assert!(h.take_sent().is_empty(), "full: tid 3 waits for an older commit rather than prepare");
+    assert_eq!(h.core.commit_due_ms(), None, "and the shell does not spin on its deadline");
+    // The two commits were proposed in order; each lands and goes out in order.
+    let held: Vec<Tid> = h.held.iter().filter_map(|e| if let LedgerEntry::Commit { tid, .. } = e { Some(*tid) } else { None }).collect();
+    assert_eq!(held, vec![1, 2]);
+    h.hold = false;
+    while !h.held.is_empty() {
+        h.apply_held();
+    }
+    let sent = cmds_for(&h.take_sent(), "h0");
+    let commits: Vec<&Cmd> = sent.iter().filter(|c| matches!(c, Cmd::Commit { .. })).collect();
+    assert_eq!(commits, [&Cmd::Commit { tid: 1, next: None }, &Cmd::Commit { tid: 2, next: None }]);
+    assert!(sent.contains(&Cmd::Prepare { tid: 3, next: Some(Start::live(4)) }), "room again: the due tid 3 prepares, {sent:?}");
+    assert_eq!(h.shadow.last_committed, 2);
+    assert!(h.failure().is_none());
+}
+
+#[test]
+fn a_step_for_the_open_tid_before_the_hosts_prepared_the_older_one_is_a_protocol_violation() {
+    let mut h = pipelined(3, 0);
+    h.now = 100;
+    h.ev(Event::Tick); // Prepare{1, next 2}
+    h.step("h0", 2, 1, agg(&[("gen", 1, 1)]), None);
+    let d = h.failure().expect("failed");
+    assert!(d.summary.contains("tid 2 while tid 1 is open"), "{d}");
+}
+
+#[test]
+fn tids_are_not_begun_past_the_next_checkpoint_which_comes_with_no_tid_open() {
+    let mut h = pipelined(4, 3);
+    h.take_sent();
+    for t in 1..=3 {
+        h.now = 100 * t;
+        h.ev(Event::Tick);
+        prepare_both(&mut h, t, t, t);
+    }
+    assert!(h.shadow.tid_high_water <= 3, "never begun past the checkpoint: {}", h.shadow.tid_high_water);
+    let sent = cmds_for(&h.take_sent(), "h0");
+    assert!(sent.contains(&Cmd::Prepare { tid: 3, next: None }), "the last tid before it prepares alone: {sent:?}");
+    assert_eq!(sent[sent.len() - 2..], [Cmd::Commit { tid: 3, next: None }, Cmd::Checkpoint { tid: 3 }]);
+    for host in ["h0", "h1"] {
+        h.ev(Event::CheckpointDone { host: host.into(), tid: 3 });
+    }
+    assert_eq!(h.shadow.checkpoints, vec![3]);
+    assert_eq!(open_tid(&h), Some(4));
+    assert_eq!(h.core.ahead().iter().copied().collect::<Vec<_>>(), vec![5, 6], "the pipeline fills again after it");
+    assert!(h.failure().is_none());
+}
+
+/// A ledger as a pipelined coordinator leaves it when it dies: tid 1
+/// committed, 2 prepared everywhere but its commit never recorded, 3 open
+/// (h0 journaled a step of it), 4 begun ahead and never started.
+fn crashed_pipeline() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
+    let mut l = LedgerState::default();
+    l.apply(&LedgerEntry::Init { cluster_id: "c1".into(), hosts: vec!["h0".into(), "h1".into()] }).unwrap();
+    l.apply(&LedgerEntry::NewEpoch { epoch: 1 }).unwrap();
+    for t in 1..=4 {
+        l.apply(&LedgerEntry::Begin { tid: t }).unwrap();
+    }
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
+    let hosts = (0..2).map(|i| (format!("h{i}"), HostTxnRecord::new(1, &a(1, i), 100 + i))).collect();
+    l.apply(&LedgerEntry::Commit { tid: 1, hosts, begin_next: None }).unwrap();
+    let j = |tid: Tid, step: u64, i: u64| JournalTid {
+        tid,
+        first_step: step,
+        last_step: step,
+        steps: 1,
+        aggregate: (&a(tid, i)).into(),
+        committed: tid == 1,
+    };
+    (l, vec![j(1, 1, 0), j(2, 2, 0), j(3, 3, 0)], vec![j(1, 1, 1), j(2, 2, 1)])
+}
+
+#[test]
+fn recovery_commits_the_prepared_tids_continues_the_last_journaled_one_and_uses_the_ones_begun_ahead() {
+    let (l, j0, j1) = crashed_pipeline();
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
+    // Even a coordinator restarted without a pipeline recovers it.
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.hello("h1", j1, vec![]);
+    h.restored_all(0);
+    h.take_sent();
+    for (host, i) in [("h0", 0), ("h1", 1)] {
+        h.step(host, 1, 1, a(1, i), Some(a(1, i)));
+        h.prepared(host, 1, 1, a(1, i), 100 + i);
+    }
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: Some(Start::replay_committed(2)) }],
+        "tid 2 was prepared before the crash: replayed at its journaled boundary");
+    for (host, i) in [("h0", 0), ("h1", 1)] {
+        h.step(host, 2, 2, a(2, i), Some(a(2, i)));
+        h.prepared(host, 2, 1, a(2, i), 200 + i);
+    }
+    assert_eq!(h.shadow.last_committed, 2, "and committed through the ledger");
+    assert_eq!(h.shadow.txn(2).unwrap().hosts.get("h1").unwrap(), &HostTxnRecord::new(1, &a(2, 1), 201));
+    assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Commit { tid: 2, next: Some(Start::replay_open(3)) }]);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 3, mode: Mode::Replay, .. })));
+    // Tid 3 (invariant 4): h0 replays its journaled step, then both go on live.
+    h.step("h0", 3, 3, a(3, 0), Some(a(3, 0)));
+    h.step("h1", 3, 3, agg(&[("gen", 1, 7)]), None);
+    h.now = 1000;
+    h.ev(Event::Heartbeat { host: "h0".into() });
+    h.ev(Event::Heartbeat { host: "h1".into() });
+    h.ev(Event::Tick);
+    h.prepared("h0", 3, 1, a(3, 0), 300);
+    h.prepared("h1", 3, 1, agg(&[("gen", 1, 7)]), 301);
+    assert_eq!(h.shadow.last_committed, 3);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h0").last(),
+        Some(&Cmd::Commit { tid: 3, next: Some(Start::live(4)) }),
+        "tid 4, begun ahead and never started, goes next without a new Begin"
+    );
+    assert_eq!(h.shadow.tid_high_water, 4);
+    assert!(h.failure().is_none(), "{:?}", h.failure());
+}
