@@ -167,6 +167,8 @@ pub trait Engine: Send + 'static {
 
     /// Extra fields written next to the rows of each committed tid in the
     /// sink (e.g. a generator's offset, so tests can recompute expectations).
+    /// Taken together with the tid's outputs, right after `take_outputs`:
+    /// by the tid's commit the engine may already run later tids.
     fn output_metadata(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
     }

@@ -377,9 +377,11 @@ struct Agent<E> {
     last_step: u64,
     txn: Option<OpenTxn>,
     /// Outputs of each prepared tid, oldest first, each released at its
-    /// own commit. More than one only inside a replay window (the core's
-    /// `awaiting` tids, then the current prepared one).
-    held_outputs: VecDeque<(u64, Vec<OutputRow>)>,
+    /// own commit, with the engine's output metadata of that moment (by
+    /// commit time later tids' steps may have run). More than one inside a
+    /// replay window or a commit pipeline (the core's `awaiting` tids, then
+    /// the current prepared one).
+    held_outputs: VecDeque<(u64, Vec<OutputRow>, serde_json::Map<String, serde_json::Value>)>,
     /// The `Prepared` report of the prepared tid, kept with its outputs so
     /// that a coordinator on a later stream gets the same report again
     /// (`RepeatPrepared`) and a Hello can offer it (`resumable`).
@@ -528,7 +530,8 @@ impl<E: Engine> Agent<E> {
             let engine = self.engine.as_mut().ok_or_else(|| internal("engine missing".into()))?;
             let rows = engine.take_outputs(tid);
             std::hint::black_box(output_digest(&rows));
-            self.held_outputs.push_back((tid, rows));
+            let meta = engine.output_metadata();
+            self.held_outputs.push_back((tid, rows, meta));
             self.replay = None;
             // The same read-ahead as a coordinated replay's `prepare`.
             if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
@@ -879,7 +882,7 @@ impl<E: Engine> Agent<E> {
                 Action::AbandonTxn { tid } => {
                     warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
                     if !self.held_outputs.is_empty() {
-                        let held: Vec<u64> = self.held_outputs.iter().map(|(t, _)| *t).collect();
+                        let held: Vec<u64> = self.held_outputs.iter().map(|(t, _, _)| *t).collect();
                         warn!(host = %self.host(), tid, "dropping the held outputs of prepared tids {held:?}; nothing of them was released");
                     }
                     self.txn = None;
@@ -1071,8 +1074,9 @@ impl<E: Engine> Agent<E> {
         };
         let rows = engine.take_outputs(tid);
         let digest = output_digest(&rows);
+        let meta = engine.output_metadata();
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
-        self.held_outputs.push_back((tid, rows));
+        self.held_outputs.push_back((tid, rows, meta));
         self.replay = None;
         // While the coordinator verifies `tid`, start reading the journal
         // for the tid a replay most likely continues with. Only when both
@@ -1142,10 +1146,10 @@ impl<E: Engine> Agent<E> {
         }
         // Commits come in tid order (the core checks), so `tid` is the
         // oldest held.
-        let rows = match self.held_outputs.pop_front() {
-            Some((t, rows)) if t == tid => rows,
+        let (rows, meta) = match self.held_outputs.pop_front() {
+            Some((t, rows, meta)) if t == tid => (rows, meta),
             other => {
-                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|(t, _)| t))))
+                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|(t, _, _)| t))))
             }
         };
         let row_count = rows.len();
@@ -1161,7 +1165,6 @@ impl<E: Engine> Agent<E> {
         let outcome = if self.sink.already_emitted(tid) {
             EmitOutcome::AlreadyEmitted
         } else {
-            let meta = self.engine.as_ref().map(|e| e.output_metadata()).unwrap_or_default();
             self.sink
                 .submit(SinkBatch { epoch, tid, rows, meta })
                 .await
