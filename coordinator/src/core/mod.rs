@@ -778,10 +778,16 @@ impl Core {
                 self.ahead.push_back(*t);
                 self.prepare_if_due(out);
             }
-            // Commit pipeline: the oldest inflight tid is committed.
-            (Phase::Running(_), LedgerEntry::Commit { tid: t, begin_next: None, .. })
-                if self.inflight.front().is_some_and(|e| e.tid == *t && e.proposed) =>
+            // Commit pipeline: the oldest inflight tid is committed (and
+            // maybe one more tid begun ahead in the same entry).
+            (Phase::Running(_), LedgerEntry::Commit { tid: t, begin_next, .. })
+                if self.inflight.front().is_some_and(|e| e.tid == *t && e.proposed)
+                    && begin_next.is_none_or(|b| self.beginning.front() == Some(&b)) =>
             {
+                if begin_next.is_some() {
+                    let b = self.beginning.pop_front().expect("checked");
+                    self.ahead.push_back(b);
+                }
                 let entry = self.inflight.pop_front().expect("checked");
                 out.push(Action::Notice(Notice::Committed { tid: entry.tid, replayed: false, records: entry.records }));
                 self.broadcast_commit(entry.tid, None, out);
@@ -942,26 +948,44 @@ impl Core {
         full || (self.ahead.is_empty() && !self.beginning.is_empty())
     }
 
-    /// Commit pipeline: begins tids ahead of the open one, up to the depth,
-    /// and not past the next scheduled checkpoint (invariant 5: the tid
-    /// before a checkpoint must be the last begun).
-    fn fill_ahead(&mut self, out: &mut Vec<Action>) {
-        // Only with the open tid's Begin applied and no commit entry that
-        // begins a tid in flight: every tid above the ledger's high-water
-        // mark is then in `beginning`.
+    /// Commit pipeline: one more tid should be begun ahead of the open one
+    /// (fewer than the depth are begun, and not past the next scheduled
+    /// checkpoint: invariant 5 wants the tid before it to be the last
+    /// begun). Only with the open tid's Begin applied and no commit entry
+    /// that begins a tid in flight outside `beginning`, so that every tid
+    /// above the ledger's high-water mark is in `beginning`.
+    fn begin_wanted(&self) -> bool {
         if self.cfg.pipeline_depth <= 1 || self.checkpoint_requested || !matches!(self.phase, Phase::Running(Txn::Open { .. })) {
-            return;
+            return false;
         }
-        loop {
-            let unprepared = 1 + self.ahead.len() as u64 + self.beginning.len() as u64;
-            let begun = self.inflight.len() as u64 + unprepared;
-            let every = self.cfg.checkpoint_every_txns;
-            if begun >= self.cfg.pipeline_depth || (every > 0 && self.prepared_since_checkpoint + unprepared >= every) {
+        let unprepared = 1 + self.ahead.len() as u64 + self.beginning.len() as u64;
+        // A tid whose commit is proposed counts as gone: a Begin riding on
+        // that commit entry becomes usable only when the commit applies.
+        let begun = self.inflight.iter().filter(|e| !e.proposed).count() as u64 + unprepared;
+        let every = self.cfg.checkpoint_every_txns;
+        begun < self.cfg.pipeline_depth && (every == 0 || self.prepared_since_checkpoint + unprepared < every)
+    }
+
+    /// Reserves the next tid to begin ahead (`begin_wanted`).
+    fn next_begin(&mut self) -> Tid {
+        let last = self.beginning.back().or(self.ahead.back()).copied().unwrap_or(0);
+        let tid = self.ledger.tid_high_water.max(last) + 1;
+        self.beginning.push_back(tid);
+        tid
+    }
+
+    /// Commit pipeline: begins tids ahead of the open one (`begin_wanted`).
+    /// A `Begin` rides on the next inflight commit entry when one is coming
+    /// (`propose_ready_commits`), so a steady pipeline writes one ledger
+    /// entry per tid; a `Begin` entry of its own only when no commit is
+    /// coming or nothing at all is begun ahead.
+    fn fill_ahead(&mut self, out: &mut Vec<Action>) {
+        while self.begin_wanted() {
+            let carrier = self.inflight.iter().any(|e| !e.proposed);
+            if carrier && !(self.ahead.is_empty() && self.beginning.is_empty()) {
                 return;
             }
-            let last = self.beginning.back().or(self.ahead.back()).copied().unwrap_or(0);
-            let tid = self.ledger.tid_high_water.max(last) + 1;
-            self.beginning.push_back(tid);
+            let tid = self.next_begin();
             out.push(Action::Propose(LedgerEntry::Begin { tid }));
         }
     }
@@ -976,17 +1000,19 @@ impl Core {
     /// host has prepared. Hosts prepare in tid order, so these are a prefix.
     fn propose_ready_commits(&mut self, out: &mut Vec<Action>) {
         let n = self.hosts.len();
-        for entry in self.inflight.iter_mut().filter(|e| !e.proposed) {
-            if entry.prepared.len() < n {
+        while let Some(i) = self.inflight.iter().position(|e| !e.proposed) {
+            if self.inflight[i].prepared.len() < n {
                 break;
             }
+            self.inflight[i].proposed = true;
+            let begin_next = self.begin_wanted().then(|| self.next_begin());
+            let entry = &self.inflight[i];
             let hosts = entry
                 .prepared
                 .iter()
                 .map(|(h, p)| (h.clone(), HostTxnRecord::new(p.steps, &p.aggregate, p.output_digest)))
                 .collect();
-            entry.proposed = true;
-            out.push(Action::Propose(LedgerEntry::Commit { tid: entry.tid, hosts, begin_next: None }));
+            out.push(Action::Propose(LedgerEntry::Commit { tid: entry.tid, hosts, begin_next }));
         }
     }
 

@@ -78,8 +78,13 @@ fn commits_are_recorded_and_sent_in_tid_order_and_a_full_pipeline_waits() {
     assert!(h.take_sent().is_empty(), "full: tid 3 waits for an older commit rather than prepare");
     assert_eq!(h.core.commit_due_ms(), None, "and the shell does not spin on its deadline");
     // The two commits were proposed in order; each lands and goes out in order.
-    let held: Vec<Tid> = h.held.iter().filter_map(|e| if let LedgerEntry::Commit { tid, .. } = e { Some(*tid) } else { None }).collect();
-    assert_eq!(held, vec![1, 2]);
+    let held: Vec<(Tid, Option<Tid>)> = h
+        .held
+        .iter()
+        .filter_map(|e| if let LedgerEntry::Commit { tid, begin_next, .. } = e { Some((*tid, *begin_next)) } else { None })
+        .collect();
+    assert_eq!(held, vec![(1, Some(4)), (2, Some(5))], "each commit entry also begins a tid ahead: one entry per tid");
+    assert_eq!(h.held.len(), 2, "and no Begin entry of its own");
     h.hold = false;
     while !h.held.is_empty() {
         h.apply_held();
