@@ -67,6 +67,7 @@ pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) 
                 steps: r.steps,
                 aggregate: aggregate_from(&r.aggregate)?,
                 prepared: r.prepared.map(prepared_from).transpose()?,
+                awaiting: r.awaiting.into_iter().map(prepared_from).collect::<Result<_, _>>()?,
             })
         })
         .transpose()?;

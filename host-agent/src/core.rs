@@ -37,7 +37,7 @@
 //! | Idle | `Start{T > O, Replay, prepare}` | OpenReplay{T, prepare} | `OpenTxn{T, Replay}` (T is committed: ends at the journaled boundary) |
 //! | Idle | `Checkpoint{C}` | Idle | `Checkpoint{C}`, report `CheckpointDone{C}` |
 //! | OpenLive{T}, PausedLive{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
-//! | OpenLive{T} | `Prepare{T, next: Start{N > O, Live}}` | OpenLive{N}, T awaiting | `Prepare{T}`, `OpenTxn{N, Live}` (commit pipeline, below) |
+//! | OpenLive{T}, PausedLive{T} | `Prepare{T, next: Start{N > O, Live}}` | OpenLive{N}, T awaiting | `Prepare{T}`, `OpenTxn{N, Live}` (commit pipeline, below) |
 //! | OpenLive{T} | step of T finished (live) | OpenLive{T} | report `StepDone` |
 //! | OpenReplay{T, p} | step of T finished (replayed) | unchanged | report `StepDone` (with journaled) |
 //! | OpenReplay{T, no} | `Prepare{T}` | OpenReplay{T, yes} | — (the journaled steps still run) |
@@ -56,7 +56,7 @@
 //! | Idle, Stopped | stream closed | unchanged | — |
 //! | OpenLive{T}, PausedLive{T} | stream closed | PausedLive{T} | — (keeps its steps; see `on_stream_closed`) |
 //! | Prepared{T}, PausedPrepared{T} | stream closed | PausedPrepared{T} | — |
-//! | OpenReplay, ReplayDrained, or anything awaiting or queued ahead | stream closed | Stopped | `AbandonTxn` |
+//! | OpenReplay, ReplayDrained, or anything queued ahead or awaiting in a replay window | stream closed | Stopped | `AbandonTxn` |
 //! | any other pair | | unchanged | report `HostError{kind:"protocol"}` |
 //!
 //! **Replay window.** A *sealed* replay is one opened by `Start{T, Replay,
@@ -80,9 +80,11 @@
 //! prepares T (its outputs held, T awaiting) and opens N at once, so the
 //! host's steps go on while the coordinator collects every host's Prepared
 //! and records T's commit. `Commit{T}` (no next) for the oldest awaiting tid
-//! releases it. A lost stream with a tid awaiting stops the host (its
-//! outputs are dropped unreleased, its steps stay journaled): the next
-//! coordinator restores and replays, and commits the journaled tids again.
+//! releases it. A lost stream keeps the awaiting tids (outputs held) with
+//! the open or prepared tid after them (`PausedLive`/`PausedPrepared`), and
+//! the next Hello offers them (`resumable`), so a new coordinator can
+//! continue the pipeline without a restore: `Commit{T}` for what the ledger
+//! holds, `Prepare{T, next}` to catch up.
 //!
 //! `Stopped` is also the state at process start: the engine's state matches
 //! no committed boundary until the coordinator has sent `Restore`.
@@ -303,12 +305,15 @@ pub enum Action {
 }
 
 /// Where a host stands between coordinator streams (see `HostCore::resumable`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResumePoint {
     /// Last tid committed since the last restore.
     pub last_committed: u64,
     /// The kept transaction: `(tid, prepared)`; `None` when Idle.
     pub open: Option<(u64, bool)>,
+    /// Live tids prepared before `open` whose commit has not come (commit
+    /// pipeline), oldest first.
+    pub awaiting: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,7 +396,7 @@ impl HostCore {
             TxnState::PausedPrepared { tid } => Some((tid, true)),
             _ => return None,
         };
-        Some(ResumePoint { last_committed: self.last_committed, open })
+        Some(ResumePoint { last_committed: self.last_committed, open, awaiting: self.awaiting.iter().copied().collect() })
     }
 
     /// True once the current stream has received `Welcome`.
@@ -444,12 +449,17 @@ impl HostCore {
 
     fn on_stream_closed(&mut self) -> Vec<Action> {
         self.stream = None;
-        if !self.awaiting.is_empty() || !self.ahead.is_empty() {
-            // Mid-window: the engine is past tids whose commit never came,
-            // so it is at no committed boundary; replayed after the next
-            // Restore, like any replay cut short.
+        let live = matches!(self.state, TxnState::OpenLive { .. } | TxnState::PausedLive { .. } | TxnState::Prepared { .. } | TxnState::PausedPrepared { .. });
+        if !self.ahead.is_empty() || (!self.awaiting.is_empty() && (self.sealed || !live)) {
+            // Mid-window: the engine is past replayed tids whose commit
+            // never came, so it is at no committed boundary; replayed after
+            // the next Restore, like any replay cut short.
             return self.stop();
         }
+        // A commit pipeline's awaiting tids (live, prepared and reported)
+        // are kept with the open or prepared tid after them and offered
+        // with it in the next Hello (`resumable`): a new coordinator can
+        // commit them from the ledger or from every host's report.
         match self.state {
             // Between transactions the engine state is a committed boundary
             // and stays valid for whichever coordinator we reach next.
@@ -581,7 +591,7 @@ impl HostCore {
             }
             // Commit pipeline (module docs): T waits for its commit with its
             // outputs held while the next live tid runs.
-            (OpenLive { tid: t }, Command::Prepare { tid, next: Some((n, Mode::Live, false)) })
+            (OpenLive { tid: t } | PausedLive { tid: t }, Command::Prepare { tid, next: Some((n, Mode::Live, false)) })
                 if *tid == t && *n > self.last_opened =>
             {
                 self.awaiting.push_back(t);

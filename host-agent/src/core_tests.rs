@@ -64,6 +64,13 @@ fn state(name: &str) -> HostCore {
         "OpenLive6Awaiting5" => {
             return HostCore::for_test(OpenLive { tid: 6 }, EPOCH, 4, 6).with_window(false, &[], &[5])
         }
+        // The same kept on a new stream after the old one ended.
+        "PausedLive6Awaiting5" => {
+            return HostCore::for_test(PausedLive { tid: 6 }, EPOCH, 4, 6).with_window(false, &[], &[5])
+        }
+        "PausedPrepared6Awaiting5" => {
+            return HostCore::for_test(PausedPrepared { tid: 6 }, EPOCH, 4, 6).with_window(false, &[], &[5])
+        }
         other => panic!("unknown state {other}"),
     };
     HostCore::for_test(state, EPOCH, 4, last_opened)
@@ -89,6 +96,8 @@ const STATES: &[&str] = &[
     "OpenReplay6Awaiting5",
     "Prepared6Awaiting5",
     "OpenLive6Awaiting5",
+    "PausedLive6Awaiting5",
+    "PausedPrepared6Awaiting5",
 ];
 
 /// Every event kind of the table (commands carry the current epoch and the
@@ -632,7 +641,7 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("Prepared5", "prepare_5_next_6_live", Prepared { tid: 5 }, vec![perr(5)]),
         ("Prepared5", "prepare_5_next_6_replay", Prepared { tid: 5 }, vec![perr(5)]),
         ("Prepared5", "prepare_6_next_7_live", Prepared { tid: 5 }, vec![perr(6)]),
-        ("PausedLive5", "prepare_5_next_6_live", PausedLive { tid: 5 }, vec![perr(5)]),
+        ("PausedLive5", "prepare_5_next_6_live", OpenLive { tid: 6 }, vec![Action::Prepare { tid: 5 }, Action::OpenTxn { tid: 6, mode: Mode::Live }]),
         ("PausedLive5", "prepare_5_next_6_replay", PausedLive { tid: 5 }, vec![perr(5)]),
         ("PausedLive5", "prepare_6_next_7_live", PausedLive { tid: 5 }, vec![perr(6)]),
         ("PausedPrepared5", "prepare_5_next_6_live", PausedPrepared { tid: 5 }, vec![perr(5)]),
@@ -684,8 +693,73 @@ fn table() -> Vec<(&'static str, &'static str, TxnState, Vec<Action>)> {
         ("OpenLive6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
         ("OpenLive6Awaiting5", "exhausted_6", Stopped, vec![abandon(6), ierr(6)]),
         ("OpenLive6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
-        ("OpenLive6Awaiting5", "stream_closed", Stopped, vec![abandon(6)]),
+        ("OpenLive6Awaiting5", "stream_closed", PausedLive { tid: 6 }, vec![]),
         ("OpenLive6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
+        // ---- PausedLive6Awaiting5, PausedPrepared6Awaiting5 (a kept pipeline on a new stream)
+        ("PausedLive6Awaiting5", "start_6_live", PausedLive { tid: 6 }, vec![perr(6)]),
+        ("PausedLive6Awaiting5", "start_6_replay", PausedLive { tid: 6 }, vec![perr(6)]),
+        ("PausedLive6Awaiting5", "start_4_live", PausedLive { tid: 6 }, vec![perr(4)]),
+        ("PausedLive6Awaiting5", "start_6_sealed", PausedLive { tid: 6 }, vec![perr(6)]),
+        ("PausedLive6Awaiting5", "start_7_sealed", PausedLive { tid: 6 }, vec![perr(7)]),
+        ("PausedLive6Awaiting5", "prepare_5", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "prepare_6", Prepared { tid: 6 }, vec![Action::Prepare { tid: 6 }]),
+        ("PausedLive6Awaiting5", "prepare_5_next_6_live", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "prepare_5_next_6_replay", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "prepare_6_next_7_live", OpenLive { tid: 7 }, vec![Action::Prepare { tid: 6 }, Action::OpenTxn { tid: 7, mode: Mode::Live }]),
+        ("PausedLive6Awaiting5", "commit_5", PausedLive { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("PausedLive6Awaiting5", "commit_5_next_6_live", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "commit_5_next_6_replay", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "commit_5_next_5", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "commit_6", PausedLive { tid: 6 }, vec![perr(6)]),
+        ("PausedLive6Awaiting5", "checkpoint_4", PausedLive { tid: 6 }, vec![perr(4)]),
+        ("PausedLive6Awaiting5", "checkpoint_5", PausedLive { tid: 6 }, vec![perr(5)]),
+        ("PausedLive6Awaiting5", "checkpoint_complete_4", PausedLive { tid: 6 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("PausedLive6Awaiting5", "restore_4", Idle, vec![abandon(6), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("PausedLive6Awaiting5", "stop", Stopped, vec![abandon(6)]),
+        ("PausedLive6Awaiting5", "welcome_again", PausedLive { tid: 6 }, vec![perr(0)]),
+        ("PausedLive6Awaiting5", "malformed", PausedLive { tid: 6 }, vec![perr(0)]),
+        ("PausedLive6Awaiting5", "step_5_live", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedLive6Awaiting5", "step_5_replayed", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedLive6Awaiting5", "step_6_live", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedLive6Awaiting5", "step_6_replayed", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedLive6Awaiting5", "exhausted_5", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedLive6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedLive6Awaiting5", "exhausted_6", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedLive6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
+        ("PausedLive6Awaiting5", "stream_closed", PausedLive { tid: 6 }, vec![]),
+        ("PausedLive6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
+        ("PausedPrepared6Awaiting5", "start_6_live", PausedPrepared { tid: 6 }, vec![perr(6)]),
+        ("PausedPrepared6Awaiting5", "start_6_replay", PausedPrepared { tid: 6 }, vec![perr(6)]),
+        ("PausedPrepared6Awaiting5", "start_4_live", PausedPrepared { tid: 6 }, vec![perr(4)]),
+        ("PausedPrepared6Awaiting5", "start_6_sealed", PausedPrepared { tid: 6 }, vec![perr(6)]),
+        ("PausedPrepared6Awaiting5", "start_7_sealed", PausedPrepared { tid: 6 }, vec![perr(7)]),
+        ("PausedPrepared6Awaiting5", "prepare_5", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "prepare_6", Prepared { tid: 6 }, vec![Action::RepeatPrepared { tid: 6 }]),
+        ("PausedPrepared6Awaiting5", "prepare_5_next_6_live", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "prepare_5_next_6_replay", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "prepare_6_next_7_live", PausedPrepared { tid: 6 }, vec![perr(6)]),
+        ("PausedPrepared6Awaiting5", "commit_5", PausedPrepared { tid: 6 }, vec![Action::Commit { tid: 5 }, Action::Report(Report::Committed { tid: 5 })]),
+        ("PausedPrepared6Awaiting5", "commit_5_next_6_live", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "commit_5_next_6_replay", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "commit_5_next_5", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "commit_6", PausedPrepared { tid: 6 }, vec![perr(6)]),
+        ("PausedPrepared6Awaiting5", "checkpoint_4", PausedPrepared { tid: 6 }, vec![perr(4)]),
+        ("PausedPrepared6Awaiting5", "checkpoint_5", PausedPrepared { tid: 6 }, vec![perr(5)]),
+        ("PausedPrepared6Awaiting5", "checkpoint_complete_4", PausedPrepared { tid: 6 }, vec![Action::CheckpointComplete { tid: 4 }]),
+        ("PausedPrepared6Awaiting5", "restore_4", Idle, vec![abandon(6), Action::Restore { checkpoint_tid: 4 }, Action::Report(Report::Restored { checkpoint_tid: 4 })]),
+        ("PausedPrepared6Awaiting5", "stop", Stopped, vec![abandon(6)]),
+        ("PausedPrepared6Awaiting5", "welcome_again", PausedPrepared { tid: 6 }, vec![perr(0)]),
+        ("PausedPrepared6Awaiting5", "malformed", PausedPrepared { tid: 6 }, vec![perr(0)]),
+        ("PausedPrepared6Awaiting5", "step_5_live", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedPrepared6Awaiting5", "step_5_replayed", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedPrepared6Awaiting5", "step_6_live", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedPrepared6Awaiting5", "step_6_replayed", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedPrepared6Awaiting5", "exhausted_5", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedPrepared6Awaiting5", "exhausted_5_marker", Stopped, vec![abandon(6), ierr(5)]),
+        ("PausedPrepared6Awaiting5", "exhausted_6", Stopped, vec![abandon(6), ierr(6)]),
+        ("PausedPrepared6Awaiting5", "action_failed", Stopped, vec![abandon(6), engine_err(5)]),
+        ("PausedPrepared6Awaiting5", "stream_closed", PausedPrepared { tid: 6 }, vec![]),
+        ("PausedPrepared6Awaiting5", "stream_opened", Stopped, vec![abandon(6), ierr(0)]),
     ]
 }
 
@@ -693,9 +767,9 @@ fn window(core: &HostCore) -> (Vec<u64>, Vec<u64>) {
     (core.ahead().iter().copied().collect(), core.awaiting().iter().copied().collect())
 }
 
-/// The replay window `(ahead, awaiting)` after a pair: the rows that change
-/// it are listed; otherwise it is what the state started with, and empty
-/// wherever the host leaves the window (Stopped, Idle, a kept state).
+/// The window `(ahead, awaiting)` after a pair: the rows that change it are
+/// listed; otherwise it is what the state started with, and empty wherever
+/// the host leaves it (Stopped, Idle).
 #[rustfmt::skip]
 fn window_after(s: &str, e: &str, after: &HostCore) -> (Vec<u64>, Vec<u64>) {
     let changed = match (s, e) {
@@ -710,10 +784,14 @@ fn window_after(s: &str, e: &str, after: &HostCore) -> (Vec<u64>, Vec<u64>) {
         ("OpenLive5", "prepare_5_next_6_live") => Some((vec![], vec![5])),
         ("OpenLive6Awaiting5", "prepare_6_next_7_live") => Some((vec![], vec![5, 6])),
         ("OpenLive6Awaiting5", "commit_5") => Some((vec![], vec![])),
+        ("PausedLive5", "prepare_5_next_6_live") => Some((vec![], vec![5])),
+        ("PausedLive6Awaiting5", "prepare_6_next_7_live") => Some((vec![], vec![5, 6])),
+        ("PausedLive6Awaiting5" | "PausedPrepared6Awaiting5", "commit_5") => Some((vec![], vec![])),
         _ => None,
     };
     changed.unwrap_or_else(|| match after.state() {
-        Stopped | Idle | PausedLive { .. } | PausedPrepared { .. } => (vec![], vec![]),
+        Stopped | Idle => (vec![], vec![]),
+        // A kept state keeps a commit pipeline's awaiting tids.
         _ => window(&state(s)),
     })
 }
@@ -929,20 +1007,32 @@ fn open_last_transaction_is_replayed_then_continues_live() {
 fn resumable_is_offered_only_from_a_continuable_state() {
     let point = |name: &str| state(name).resumable();
     assert_eq!(point("Stopped"), None);
-    assert_eq!(point("Idle"), Some(ResumePoint { last_committed: 4, open: None }));
-    assert_eq!(point("PausedLive5"), Some(ResumePoint { last_committed: 4, open: Some((5, false)) }));
-    assert_eq!(point("PausedPrepared5"), Some(ResumePoint { last_committed: 4, open: Some((5, true)) }));
+    assert_eq!(point("Idle"), Some(ResumePoint { last_committed: 4, open: None, awaiting: vec![] }));
+    assert_eq!(point("PausedLive5"), Some(ResumePoint { last_committed: 4, open: Some((5, false)), awaiting: vec![] }));
+    assert_eq!(point("PausedPrepared5"), Some(ResumePoint { last_committed: 4, open: Some((5, true)), awaiting: vec![] }));
     for s in ["OpenLive5", "OpenReplay5", "OpenReplay5Prep", "ReplayDrained5", "Prepared5"] {
         assert_eq!(point(s), None, "{s}: a stream is still open");
         let mut core = state(s);
         core.handle(Event::StreamClosed);
         let expected = match s {
-            "OpenLive5" => Some(ResumePoint { last_committed: 4, open: Some((5, false)) }),
-            "Prepared5" => Some(ResumePoint { last_committed: 4, open: Some((5, true)) }),
+            "OpenLive5" => Some(ResumePoint { last_committed: 4, open: Some((5, false)), awaiting: vec![] }),
+            "Prepared5" => Some(ResumePoint { last_committed: 4, open: Some((5, true)), awaiting: vec![] }),
             _ => None,
         };
         assert_eq!(core.resumable(), expected, "{s} after the stream closed");
     }
+    // Commit pipeline: awaiting tids are kept and offered with the kept one.
+    let mut core = state("OpenLive6Awaiting5");
+    assert_eq!(core.handle(Event::StreamClosed), vec![]);
+    assert_eq!(core.resumable(), Some(ResumePoint { last_committed: 4, open: Some((6, false)), awaiting: vec![5] }));
+    assert_eq!(
+        point("PausedPrepared6Awaiting5"),
+        Some(ResumePoint { last_committed: 4, open: Some((6, true)), awaiting: vec![5] })
+    );
+    // A replay window's are not: the host is mid-replay.
+    let mut core = state("OpenReplay6Awaiting5");
+    core.handle(Event::StreamClosed);
+    assert_eq!(core.resumable(), None);
 }
 
 /// A prepared host loses its coordinator, a new one asks again: the same

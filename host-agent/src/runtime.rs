@@ -253,6 +253,17 @@ fn spawn_server(
     }))
 }
 
+/// A prepared tid's outputs, held until its commit.
+struct Held {
+    tid: u64,
+    rows: Vec<OutputRow>,
+    /// The engine's output metadata when the outputs were taken.
+    meta: serde_json::Map<String, serde_json::Value>,
+    /// The `Prepared` report sent for it (none in `--replay-alone`), offered
+    /// again in the next Hello while it awaits its commit.
+    report: Option<v1::Prepared>,
+}
+
 /// The open transaction's accounting.
 struct OpenTxn {
     tid: u64,
@@ -381,7 +392,7 @@ struct Agent<E> {
     /// commit time later tids' steps may have run). More than one inside a
     /// replay window or a commit pipeline (the core's `awaiting` tids, then
     /// the current prepared one).
-    held_outputs: VecDeque<(u64, Vec<OutputRow>, serde_json::Map<String, serde_json::Value>)>,
+    held_outputs: VecDeque<Held>,
     /// The `Prepared` report of the prepared tid, kept with its outputs so
     /// that a coordinator on a later stream gets the same report again
     /// (`RepeatPrepared`) and a Hello can offer it (`resumable`).
@@ -531,7 +542,7 @@ impl<E: Engine> Agent<E> {
             let rows = engine.take_outputs(tid);
             std::hint::black_box(output_digest(&rows));
             let meta = engine.output_metadata();
-            self.held_outputs.push_back((tid, rows, meta));
+            self.held_outputs.push_back(Held { tid, rows, meta, report: None });
             self.replay = None;
             // The same read-ahead as a coordinated replay's `prepare`.
             if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
@@ -673,6 +684,17 @@ impl<E: Engine> Agent<E> {
                 return None;
             }
         };
+        // Commit pipeline: the reports of the tids awaiting their commit.
+        let mut awaiting = Vec::with_capacity(point.awaiting.len());
+        for t in &point.awaiting {
+            match self.held_outputs.iter().find(|h| h.tid == *t).and_then(|h| h.report.clone()) {
+                Some(r) => awaiting.push(r),
+                None => {
+                    warn!(host = %self.host(), tid = t, "tid {t} awaits its commit but its Prepared report is not kept; offering nothing to resume");
+                    return None;
+                }
+            }
+        }
         let state = if prepared { v1::HostTxnState::Prepared } else { v1::HostTxnState::OpenLive };
         Some(v1::Resumable {
             last_committed_tid: point.last_committed,
@@ -681,6 +703,7 @@ impl<E: Engine> Agent<E> {
             steps: txn.steps,
             aggregate: convert::checksums_to_proto(&txn.aggregate),
             prepared: report,
+            awaiting,
         })
     }
 
@@ -882,7 +905,7 @@ impl<E: Engine> Agent<E> {
                 Action::AbandonTxn { tid } => {
                     warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
                     if !self.held_outputs.is_empty() {
-                        let held: Vec<u64> = self.held_outputs.iter().map(|(t, _, _)| *t).collect();
+                        let held: Vec<u64> = self.held_outputs.iter().map(|h| h.tid).collect();
                         warn!(host = %self.host(), tid, "dropping the held outputs of prepared tids {held:?}; nothing of them was released");
                     }
                     self.txn = None;
@@ -1076,7 +1099,6 @@ impl<E: Engine> Agent<E> {
         let digest = output_digest(&rows);
         let meta = engine.output_metadata();
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
-        self.held_outputs.push_back((tid, rows, meta));
         self.replay = None;
         // While the coordinator verifies `tid`, start reading the journal
         // for the tid a replay most likely continues with. Only when both
@@ -1096,6 +1118,7 @@ impl<E: Engine> Agent<E> {
             output_count: digest.count,
         };
         self.prepared_report = Some(report.clone());
+        self.held_outputs.push_back(Held { tid, rows, meta, report: Some(report.clone()) });
         out.send(v1::host_report::Report::Prepared(report)).await?;
         Ok(Ok(()))
     }
@@ -1147,9 +1170,9 @@ impl<E: Engine> Agent<E> {
         // Commits come in tid order (the core checks), so `tid` is the
         // oldest held.
         let (rows, meta) = match self.held_outputs.pop_front() {
-            Some((t, rows, meta)) if t == tid => (rows, meta),
+            Some(h) if h.tid == tid => (h.rows, h.meta),
             other => {
-                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|(t, _, _)| t))))
+                return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|h| h.tid))))
             }
         };
         let row_count = rows.len();

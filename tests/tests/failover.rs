@@ -15,7 +15,27 @@ fn running(s: &Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_run_continues_without_replay_and_outputs_exactly_once() {
-    let mut c = Cluster::start(ClusterOpts { commit_interval_ms: 20, checkpoint_every_txns: 4, ..ClusterOpts::default() });
+    killed_coordinator_continues(ClusterOpts { commit_interval_ms: 20, checkpoint_every_txns: 4, ..ClusterOpts::default() }).await;
+}
+
+/// The same with a commit pipeline: the kill finds tids prepared and
+/// awaiting their commit on some hosts and not yet prepared on others; the
+/// new coordinator commits them from the kept reports and catches the hosts
+/// up, still without a restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_coordinator_killed_mid_run_continues_without_replay_and_outputs_exactly_once() {
+    killed_coordinator_continues(ClusterOpts {
+        commit_interval_ms: 3,
+        step_interval_ms: 1,
+        checkpoint_every_txns: 10,
+        pipeline_depth: 4,
+        ..ClusterOpts::default()
+    })
+    .await;
+}
+
+async fn killed_coordinator_continues(opts: ClusterOpts) {
+    let mut c = Cluster::start(opts);
     let mut s = c.wait_for("first commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
     let first_epoch = s.epoch;
     for cycle in 0..5 {

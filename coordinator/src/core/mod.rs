@@ -1185,11 +1185,26 @@ impl Core {
     /// no tid open, every host is idle at the last commit: begin the next.
     fn continue_epoch(&mut self, plan: BTreeMap<HostId, resume::HostResume>, out: &mut Vec<Action>) {
         let c = self.ledger.last_committed;
-        let open = self.ledger.open_txn().map(|t| t.tid);
-        // Tids a pipeline began ahead of the open one go next (`resume::plan`
-        // continues only hosts that never started them).
+        let opens: Vec<Tid> = self.ledger.open_tids().collect();
+        let open = opens.first().copied();
+        // The tid every host is brought to: the furthest any host reached
+        // (commit pipeline), else the oldest open one. Hosts behind it are
+        // caught up with `Prepare{T, next}`; the tids before it wait in
+        // `inflight` for their commit; the tids after it were begun ahead.
+        let target = plan.values().filter_map(|r| r.current(open)).max().or(open);
         self.reset_pipeline();
-        self.ahead = self.ledger.open_tids().filter(|t| Some(*t) != open).collect();
+        self.ahead = opens.iter().copied().filter(|t| target.is_some_and(|m| *t > m)).collect();
+        self.inflight = opens
+            .iter()
+            .copied()
+            .filter(|t| target.is_some_and(|m| *t < m))
+            .map(|tid| Inflight { tid, prepared: BTreeMap::new(), records: 0, proposed: false })
+            .collect();
+        // `Prepare{t, next}` for every open tid from `from` up to the target.
+        let catch_up = |from: Tid| -> Vec<Cmd> {
+            let path: Vec<Tid> = opens.iter().copied().filter(|t| *t >= from && target.is_some_and(|m| *t <= m)).collect();
+            path.windows(2).map(|w| Cmd::Prepare { tid: w[0], next: Some(Start::live(w[1])) }).collect()
+        };
         let mut states = Vec::new();
         let mut sends = Vec::new();
         for (host, resume) in plan {
@@ -1203,24 +1218,51 @@ impl Core {
                 resume::HostResume::Idle => {
                     states.push(format!("{host} idle"));
                     if let Some(o) = open {
-                        sends.push((host, Cmd::Start(Start::live(o))));
+                        sends.push((host.clone(), Cmd::Start(Start::live(o))));
+                        sends.extend(catch_up(o).into_iter().map(|cmd| (host.clone(), cmd)));
                     }
                 }
                 resume::HostResume::Open(progress) => {
                     states.push(format!("{host} in tid {} with {} steps", open.unwrap_or_default(), progress.steps));
                     slot.txn = progress;
+                    if let Some(o) = open {
+                        sends.extend(catch_up(o).into_iter().map(|cmd| (host.clone(), cmd)));
+                    }
                 }
                 resume::HostResume::CommitPending => {
                     states.push(format!("{host} prepared in tid {c}, missing its Commit"));
                     slot.commit_sent = c;
-                    sends.push((host, Cmd::Commit { tid: c, next: open.map(Start::live) }));
+                    sends.push((host.clone(), Cmd::Commit { tid: c, next: open.map(Start::live) }));
+                    if let Some(o) = open {
+                        sends.extend(catch_up(o).into_iter().map(|cmd| (host.clone(), cmd)));
+                    }
+                }
+                resume::HostResume::Pipelined { commit, prepared, tid, progress } => {
+                    states.push(format!(
+                        "{host} holding prepared tids {:?} and in tid {tid} with {} steps",
+                        commit.iter().copied().chain(prepared.iter().map(|p| p.tid)).collect::<Vec<_>>(),
+                        progress.steps
+                    ));
+                    if let Some(last) = commit.last() {
+                        slot.commit_sent = *last;
+                    }
+                    slot.txn = progress;
+                    sends.extend(commit.into_iter().map(|t| (host.clone(), Cmd::Commit { tid: t, next: None })));
+                    for p in prepared {
+                        if let Some(entry) = self.inflight.iter_mut().find(|e| e.tid == p.tid) {
+                            entry.records += p.aggregate.0.values().map(|c| c.count).sum::<u64>();
+                            entry.prepared.insert(host.clone(), p);
+                        }
+                    }
+                    sends.extend(catch_up(tid).into_iter().map(|cmd| (host.clone(), cmd)));
                 }
             }
         }
         let epoch = self.ledger.epoch;
-        let at = match open {
-            Some(o) => format!("last commit tid {c}, open tid {o}"),
-            None => format!("last commit tid {c}, no tid open"),
+        let at = match (open, target) {
+            (Some(o), Some(m)) if m > o => format!("last commit tid {c}, open tids {o}..={m}"),
+            (Some(o), _) => format!("last commit tid {c}, open tid {o}"),
+            (None, _) => format!("last commit tid {c}, no tid open"),
         };
         let why = format!("every host kept a state that fits the ledger ({at}): {}", states.join(", "));
         self.note_recovery(Recovery { epoch, path: RecoveryPath::Continue, why }, out);
@@ -1232,11 +1274,13 @@ impl Core {
             to: "Running".into(),
             why: format!("epoch {epoch} continues without a restore"),
         }));
-        match open {
-            Some(o) => {
-                self.prepared_since_checkpoint += 1;
-                self.broadcast(Cmd::Prepare { tid: o, next: None }, out);
-                self.phase = Phase::Running(Txn::Preparing { tid: o, mode: Mode::Live });
+        match target {
+            Some(m) => {
+                self.prepared_since_checkpoint += 1 + self.inflight.len() as u64;
+                self.broadcast(Cmd::Prepare { tid: m, next: None }, out);
+                self.phase = Phase::Running(Txn::Preparing { tid: m, mode: Mode::Live });
+                // Tids every host had prepared before the failover.
+                self.propose_ready_commits(out);
             }
             None => self.begin_next(out),
         }

@@ -195,3 +195,83 @@ fn recovery_commits_the_prepared_tids_continues_the_last_journaled_one_and_uses_
     assert_eq!(h.shadow.tid_high_water, 4);
     assert!(h.failure().is_none(), "{:?}", h.failure());
 }
+
+fn prep(tid: Tid, steps: u64, a: Aggregate, digest: u64) -> PreparedReport {
+    PreparedReport { tid, steps, aggregate: a, output_digest: digest, output_count: 0 }
+}
+
+/// The ledger a pipelined leader leaves when it dies: tid 1 committed, 2 and
+/// 3 open, 4 begun ahead. h0 had prepared 2 and ran a step of 3; h1 had not
+/// yet prepared 2 (its `Prepare{2, next 3}` was lost with the leader).
+fn kept_pipeline() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>, Resumable, Resumable) {
+    let (l, _, _) = crashed_pipeline();
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
+    let j = |tid: Tid, step: u64, i: u64| JournalTid {
+        tid,
+        first_step: step,
+        last_step: step,
+        steps: 1,
+        aggregate: (&a(tid, i)).into(),
+        committed: tid == 1,
+    };
+    let h0 = Resumable {
+        last_committed: 1,
+        state: HostTxnState::OpenLive,
+        tid: 3,
+        steps: 1,
+        aggregate: a(3, 0),
+        prepared: None,
+        awaiting: vec![prep(2, 1, a(2, 0), 200)],
+    };
+    let h1 = Resumable { last_committed: 1, state: HostTxnState::OpenLive, tid: 2, steps: 1, aggregate: a(2, 1), prepared: None, awaiting: vec![] };
+    (l, vec![j(1, 1, 0), j(2, 2, 0), j(3, 3, 0)], vec![j(1, 1, 1), j(2, 2, 1)], h0, h1)
+}
+
+fn recovery(h: &Harness) -> Recovery {
+    h.notices.iter().rev().find_map(|n| if let Notice::Recovery(r) = n { Some(r.clone()) } else { None }).expect("a recovery notice")
+}
+
+#[test]
+fn a_new_leader_continues_a_pipeline_catching_behind_hosts_up_without_a_restore() {
+    let (l, j0, j1, r0, r1) = kept_pipeline();
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
+    let mut h = Harness::new(CoreConfig { pipeline_depth: 4, ..cfg() }, l);
+    h.hello_with("h0", j0, vec![], Some(r0));
+    h.hello_with("h1", j1, vec![], Some(r1));
+    let r = recovery(&h);
+    assert_eq!(r.path, RecoveryPath::Continue, "{}", r.why);
+    let sent = h.take_sent();
+    assert_eq!(cmds_for(&sent, "h0"), vec![Cmd::Prepare { tid: 3, next: None }]);
+    assert_eq!(
+        cmds_for(&sent, "h1"),
+        vec![Cmd::Prepare { tid: 2, next: Some(Start::live(3)) }, Cmd::Prepare { tid: 3, next: None }],
+        "the host that never got Prepare{{2, next 3}} is caught up"
+    );
+    // h1 prepares 2 with the step it had kept: 2 commits from h0's kept
+    // report and h1's fresh one.
+    h.prepared("h1", 2, 1, a(2, 1), 201);
+    assert_eq!(h.shadow.last_committed, 2);
+    assert_eq!(h.shadow.txn(2).unwrap().hosts.get("h0").unwrap(), &HostTxnRecord::new(1, &a(2, 0), 200));
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: None }]);
+    h.prepared("h1", 3, 0, agg(&[]), 300);
+    h.prepared("h0", 3, 1, a(3, 0), 301);
+    assert_eq!(h.shadow.last_committed, 3);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h0"),
+        vec![Cmd::Commit { tid: 3, next: Some(Start::live(4)) }],
+        "tid 4, begun ahead, goes next"
+    );
+    assert!(h.failure().is_none(), "{:?}", h.failure());
+}
+
+#[test]
+fn a_pipelined_host_whose_held_tids_do_not_fit_the_ledger_sends_everyone_to_replay() {
+    let (l, j0, j1, mut r0, r1) = kept_pipeline();
+    r0.awaiting[0].steps = 2;
+    let mut h = Harness::new(CoreConfig { pipeline_depth: 4, ..cfg() }, l);
+    h.hello_with("h0", j0, vec![], Some(r0));
+    h.hello_with("h1", j1, vec![], Some(r1));
+    let r = recovery(&h);
+    assert_eq!(r.path, RecoveryPath::Replay);
+    assert!(r.why.contains("host h0's Prepared of tid 2 says 2 steps"), "{}", r.why);
+}

@@ -16,6 +16,16 @@
 //!   host (steps, aggregate, output digest): the ledger committed `C` but
 //!   this host never got `Commit{C}`.
 //!
+//! - (d) commit pipeline: holding prepared tids awaiting their commit
+//!   (`Resumable.awaiting`): those at or below `C` must be exactly the
+//!   tids the ledger committed since the host's last commit, each report
+//!   equal to the ledger's record (they get `Commit`); those above `C` must
+//!   be the ledger's oldest open tids in order, each report equal to the
+//!   journal; the host is then open (or prepared) in the next open tid
+//!   with exactly its journaled steps. Hosts that are behind are caught up
+//!   with `Prepare{T, next}` to the furthest host's tid; a host prepared
+//!   without a next below that tid cannot be, and replays.
+//!
 //! Anything else (no resumable: a restarted host, or one that lost its
 //! stream mid-replay; a tid the ledger does not have open; progress that
 //! differs from the journal or the ledger) sends the pipeline down the
@@ -42,6 +52,23 @@ pub enum HostResume {
     Open(HostProgress),
     /// (c) Prepared in the last committed tid: `Commit{C, next}`.
     CommitPending,
+    /// (d) Commit pipeline: the host holds prepared tids awaiting their
+    /// commit. `commit`: those the ledger committed (each gets `Commit{T}`);
+    /// `prepared`: those still open, the ledger's oldest open tids in order,
+    /// each report equal to the journal; then it is in open tid `tid` with
+    /// `progress` (open live, or prepared without a next).
+    Pipelined { commit: Vec<Tid>, prepared: Vec<PreparedReport>, tid: Tid, progress: HostProgress },
+}
+
+impl HostResume {
+    /// The open tid this host is in, if any (`open`: the ledger's oldest).
+    pub fn current(&self, open: Option<Tid>) -> Option<Tid> {
+        match self {
+            HostResume::Idle | HostResume::CommitPending => None,
+            HostResume::Open(_) => open,
+            HostResume::Pipelined { tid, .. } => Some(*tid),
+        }
+    }
 }
 
 /// Every host's continuation, or why the pipeline must replay (one line per
@@ -57,17 +84,124 @@ pub fn plan(ledger: &LedgerState, hosts: &BTreeMap<HostId, HostSlot>) -> Result<
         let journal = |tid: Tid| {
             hello.journal.iter().find(|j| j.tid == tid).map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default()
         };
-        match fit(host, ledger, hello.resumable.as_ref(), journal) {
+        let fitted = match hello.resumable.as_ref() {
+            Some(r) if !r.awaiting.is_empty() => fit_pipelined(host, ledger, r, journal),
+            r => fit(host, ledger, r, journal),
+        };
+        match fitted {
             Ok(r) => {
                 plan.insert(host.clone(), r);
             }
             Err(why) => misfits.push(why),
         }
     }
+    // A host prepared without a next tid (the tid before a checkpoint, or
+    // a pipeline that had no tid begun ahead) cannot be caught up: the
+    // coordinator that sent that Prepare sent no host a later tid.
+    let open = ledger.open_txn().map(|t| t.tid);
+    if let Some(furthest) = plan.values().filter_map(|r| r.current(open)).max() {
+        for (host, r) in &plan {
+            let resumable = hosts.get(host).and_then(|s| s.hello.as_ref()).and_then(|h| h.resumable.as_ref());
+            let current = r.current(open);
+            if resumable.is_some_and(|k| k.state == HostTxnState::Prepared) && current.is_some_and(|c| c < furthest) {
+                misfits.push(format!(
+                    "host {host} is prepared in tid {} with no next tid, but another host went on to tid {furthest}",
+                    current.unwrap_or_default()
+                ));
+            }
+        }
+    }
     if misfits.is_empty() {
         Ok(plan)
     } else {
         Err(misfits.join("; "))
+    }
+}
+
+/// (d): a host that holds prepared tids awaiting their commit (commit
+/// pipeline, `Resumable.awaiting`).
+fn fit_pipelined(
+    host: &str,
+    ledger: &LedgerState,
+    r: &Resumable,
+    journal: impl Fn(Tid) -> (u64, Aggregate),
+) -> Result<HostResume, String> {
+    let c = ledger.last_committed;
+    let open: Vec<Tid> = ledger.open_tids().collect();
+    let mut commit = Vec::new();
+    let mut prepared = Vec::new();
+    for p in &r.awaiting {
+        if p.tid <= c {
+            let Some(rec) = ledger.txn(p.tid).filter(|t| t.status == TxnStatus::Committed).and_then(|t| t.hosts.get(host)) else {
+                return Err(format!(
+                    "host {host} holds tid {} awaiting its commit, of which the ledger keeps no committed record for this host",
+                    p.tid
+                ));
+            };
+            let what = Resumable { steps: p.steps, aggregate: p.aggregate.clone(), ..r.clone() };
+            prepared_says(host, p.tid, &what, Some(p), rec.steps, &rec.aggregate(), Some(rec.output_digest))?;
+            commit.push(p.tid);
+        } else {
+            let (steps, aggregate) = journal(p.tid);
+            if (p.steps, &p.aggregate) != (steps, &aggregate) {
+                return Err(format!(
+                    "host {host}'s Prepared of tid {} says {} steps (aggregate {}), its journal says {steps} (aggregate {})",
+                    p.tid,
+                    p.steps,
+                    show(&p.aggregate),
+                    show(&aggregate)
+                ));
+            }
+            prepared.push(p.clone());
+        }
+    }
+    // (A host that claims commits beyond the ledger's gets an empty range,
+    // not a panic, and is named below.)
+    let committed_since: Vec<Tid> = ledger
+        .txns
+        .range(r.last_committed.saturating_add(1)..)
+        .take_while(|(t, _)| **t <= c)
+        .filter(|(_, t)| t.status == TxnStatus::Committed)
+        .map(|(t, _)| *t)
+        .collect();
+    if r.last_committed > c || commit != committed_since {
+        return Err(format!(
+            "host {host} committed tid {} and holds {commit:?} awaiting their commit, but the ledger committed {committed_since:?} \
+             since",
+            r.last_committed
+        ));
+    }
+    let held: Vec<Tid> = prepared.iter().map(|p| p.tid).collect();
+    if open.get(..held.len()) != Some(&held[..]) {
+        return Err(format!("host {host} holds prepared tids {held:?}, but the ledger's open tids are {open:?}"));
+    }
+    let next = open.get(held.len()).copied();
+    match r.state {
+        HostTxnState::OpenLive | HostTxnState::Prepared if Some(r.tid) == next => {
+            let (steps, aggregate) = journal(r.tid);
+            if (steps, &aggregate) != (r.steps, &r.aggregate) {
+                return Err(format!(
+                    "host {host} ran {} steps of tid {} (aggregate {}), but its journal holds {steps} (aggregate {})",
+                    r.steps,
+                    r.tid,
+                    show(&r.aggregate),
+                    show(&aggregate)
+                ));
+            }
+            if r.state == HostTxnState::Prepared {
+                prepared_says(host, r.tid, r, r.prepared.as_ref(), r.steps, &r.aggregate, None)?;
+            }
+            let records = r.aggregate.0.values().map(|c| c.count).sum();
+            let progress =
+                HostProgress { steps: r.steps, live_steps: r.steps, last_step: 0, records, sum: r.aggregate.clone(), prepared: None };
+            Ok(HostResume::Pipelined { commit, prepared, tid: r.tid, progress })
+        }
+        _ => Err(format!(
+            "host {host} is {:?} in tid {} after the tids it holds ({:?}), but the ledger's next open tid is {next:?}",
+            r.state,
+            r.tid,
+            r.awaiting.iter().map(|p| p.tid).collect::<Vec<_>>()
+        )),
     }
 }
 

@@ -31,7 +31,7 @@ fn rejoin(ledger: LedgerState, j0: Vec<JournalTid>, j1: Vec<JournalTid>, r0: Opt
 }
 
 fn idle(last_committed: Tid) -> Resumable {
-    Resumable { last_committed, state: HostTxnState::Idle, tid: 0, steps: 0, aggregate: agg(&[]), prepared: None }
+    Resumable { last_committed, state: HostTxnState::Idle, tid: 0, steps: 0, aggregate: agg(&[]), prepared: None, awaiting: vec![] }
 }
 
 fn prep(tid: Tid, steps: u64, a: Aggregate, digest: u64) -> PreparedReport {
@@ -47,6 +47,7 @@ fn prepared_in(last_committed: Tid, tid: Tid, steps: u64, a: Aggregate, digest: 
         steps,
         aggregate: a.clone(),
         prepared: Some(prep(tid, steps, a, digest)),
+        awaiting: vec![],
     }
 }
 
@@ -252,7 +253,7 @@ fn a_crashed_host_sends_everyone_down_the_replay_path() {
     h.step("h0", 1, 1, agg(&[("gen", 1, 1)]), None);
     let conn = h.conns["h1"];
     h.ev(Event::Disconnected { conn, host: "h1".into(), reason: "killed".into() });
-    let kept = Resumable { last_committed: 0, state: HostTxnState::OpenLive, tid: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]), prepared: None };
+    let kept = Resumable { last_committed: 0, state: HostTxnState::OpenLive, tid: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]), prepared: None, awaiting: vec![] };
     let j0 = vec![JournalTid { tid: 1, first_step: 1, last_step: 1, steps: 1, aggregate: agg(&[("gen", 1, 1)]).into(), committed: false }];
     h.take_sent();
     h.hello_with("h0", j0, vec![], Some(kept));

@@ -311,6 +311,7 @@ pub(crate) fn kept_states() -> (Resumable, Resumable) {
         steps: 1,
         aggregate: agg(&[("gen", 5, 5)]),
         prepared: None,
+        awaiting: vec![],
     };
     let a1 = agg(&[("gen", 1, 10)]);
     let h1 = Resumable {
@@ -320,6 +321,7 @@ pub(crate) fn kept_states() -> (Resumable, Resumable) {
         steps: 1,
         aggregate: a1.clone(),
         prepared: Some(prep(2, 1, a1, 102)),
+        awaiting: vec![],
     };
     (h0, h1)
 }

@@ -71,6 +71,9 @@ pub struct Resumable {
     pub aggregate: Aggregate,
     /// When prepared: the report the host sent for `tid`.
     pub prepared: Option<PreparedReport>,
+    /// Commit pipeline: the reports of the tids before `tid` the host
+    /// prepared and holds, awaiting their commit, oldest first.
+    pub awaiting: Vec<PreparedReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
