@@ -69,6 +69,9 @@ const PHASES: &[&str] = &[
     "OpenLive",
     "OpenReplay",
     "PreparingLive",
+    // Commit pipeline (depth 3): tid 4 prepared with tid 5 opened; no host
+    // has reported Prepared(4) yet, so h0's reports are about tid 4.
+    "PipelinedLive",
     "PreparingReplay",
     "Committing",
     "Checkpointing",
@@ -136,7 +139,8 @@ fn committed_by_both(h: &mut Harness, tid: Tid) {
 /// phases are visited in the order a recovery and two commits visit them.
 fn reach(name: &str) -> (Harness, Ctx) {
     let (l, j0, j1) = recorded();
-    let mut h = Harness::new(cfg(), l);
+    let config = if name == "PipelinedLive" { CoreConfig { pipeline_depth: 3, ..cfg() } } else { cfg() };
+    let mut h = Harness::new(config, l);
     let mut ctx = Ctx {
         tid: 3,
         mode: Mode::Live,
@@ -274,6 +278,10 @@ fn reach(name: &str) -> (Harness, Ctx) {
     h.now = 200;
     h.ev(Event::Tick);
     if name == "PreparingLive" {
+        return done(h, ctx);
+    }
+    if name == "PipelinedLive" {
+        assert_eq!(h.take_sent().last().map(|(_, c)| c.clone()), Some(Cmd::Prepare { tid: 4, next: Some(Start::live(5)) }));
         return done(h, ctx);
     }
     if name == "Committing" {
@@ -1023,6 +1031,45 @@ fn table() -> Vec<(&'static str, &'static str, Out)> {
         ("PreparingLive", "admin_checkpoint", nothing()),
         ("PreparingLive", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Running->Stopped"])),
         ("PreparingLive", "admin_resume", nothing()),
+        // ---- PipelinedLive (commit pipeline)
+        ("PipelinedLive", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Running->Joining", "drop h0#1", "drop h1#3"])),
+        ("PipelinedLive", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Running->Joining", "drop h0#3", "drop h1#2"])),
+        ("PipelinedLive", "hello_unknown", rejects("unknown host id \"h9\": members of cluster \"c1\" are [\"h0\", \"h1\"]; check the host's --host-id")),
+        ("PipelinedLive", "disconnected_current", to("Joining", &["note lost h0", "note Running->Joining", "drop h1#2"])),
+        ("PipelinedLive", "disconnected_stale", nothing()),
+        ("PipelinedLive", "step_live", nothing()),
+        ("PipelinedLive", "step_wrong_tid", fails(None, "protocol violation by host h0: step reported for tid 11 while tid 4 is open")),
+        ("PipelinedLive", "step_not_increasing", fails(Some(4), "protocol violation by host h0: step numbers must strictly increase; previous step was 4")),
+        ("PipelinedLive", "step_replayed_matching", fails(Some(4), "protocol violation by host h0: host reports state OpenReplay in mode Replay, coordinator expects Running, Open { tid: 5, mode: Live, opened_ms: 200 }")),
+        ("PipelinedLive", "step_replayed_diverging", fails(Some(4), "protocol violation by host h0: host reports state OpenReplay in mode Replay, coordinator expects Running, Open { tid: 5, mode: Live, opened_ms: 200 }")),
+        ("PipelinedLive", "step_wrong_state", fails(Some(4), "protocol violation by host h0: host reports state Prepared in mode Live, coordinator expects Running, Open { tid: 5, mode: Live, opened_ms: 200 }")),
+        ("PipelinedLive", "prepared_right", nothing()),
+        ("PipelinedLive", "prepared_by_both", to("Open(5,Live)", &["propose Commit(4,begin 7)"])),
+        ("PipelinedLive", "prepared_wrong_tid", fails(None, "protocol violation by host h0: Prepared for tid 11 while preparing tid 4")),
+        ("PipelinedLive", "prepared_duplicate", fails(Some(4), "protocol violation by host h0: Prepared arrived but no Prepare is outstanding (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "prepared_miscounted", fails(Some(4), "host prepared 2 steps but reported 1 StepDone for this tid")),
+        ("PipelinedLive", "committed_next", nothing()),
+        ("PipelinedLive", "committed_repeated", fails(None, "protocol violation by host h0: Committed tids must increase; this host already committed 2")),
+        ("PipelinedLive", "committed_ahead", fails(Some(4), "protocol violation by host h0: host committed tid 4 but the ledger's last commit is 3")),
+        ("PipelinedLive", "checkpoint_done_right", fails(Some(4), "protocol violation by host h0: CheckpointDone(4) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "checkpoint_done_by_both", fails(Some(4), "protocol violation by host h1: CheckpointDone(4) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "checkpoint_done_wrong", fails(None, "protocol violation by host h0: CheckpointDone(11) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "restored_right", fails(None, "protocol violation by host h0: Restored(0) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "restored_by_both", fails(None, "protocol violation by host h1: Restored(0) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "restored_wrong", fails(None, "protocol violation by host h0: Restored(7) unexpected (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "host_error", fails(Some(4), "host h0 reported an error (kind \"engine\"): boom")),
+        ("PipelinedLive", "heartbeat", nothing()),
+        ("PipelinedLive", "applied_pending", na()),
+        ("PipelinedLive", "applied_unexpected", fails(None, "the ledger applied NewEpoch(7), which this coordinator did not propose (Running, Open { tid: 5, mode: Live, opened_ms: 200 })")),
+        ("PipelinedLive", "applied_rejected", fails(None, "the ledger rejected Begin(1): tid 1 is not above the highest tid ever issued (6); tids are never reused")),
+        ("PipelinedLive", "applied_diverging", fails(None, "the ledger applied Begin(1) but this coordinator's copy of it rejects that: tid 1 is not above the highest tid ever issued (6); tids are never reused")),
+        ("PipelinedLive", "propose_failed", fails(None, "the ledger could not record Begin(99): disk full")),
+        ("PipelinedLive", "tick_early", nothing()),
+        ("PipelinedLive", "tick_interval", to("Open(6,Live)", &["h0<-Prepare(5,next 6)", "h1<-Prepare(5,next 6)"])),
+        ("PipelinedLive", "tick_deadline", to("Joining", &["drop h0#1", "note lost h0", "note Running->Joining", "drop h1#2"])),
+        ("PipelinedLive", "admin_checkpoint", nothing()),
+        ("PipelinedLive", "admin_stop", to("Stopped", &["h0<-Stop", "h1<-Stop", "note Running->Stopped"])),
+        ("PipelinedLive", "admin_resume", nothing()),
         // ---- PreparingReplay
         ("PreparingReplay", "hello_h1_new", to("Joining", &["drop h1#2", "accept#3 h1", "note joined h1", "note lost h1", "note Running->Joining", "drop h0#1", "drop h1#3"])),
         ("PreparingReplay", "hello_h0_replaces", to("Joining", &["drop h0#1", "accept#3 h0", "note joined h0", "note lost h0", "note Running->Joining", "drop h0#3", "drop h1#2"])),
