@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use lockstep_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,6 +47,9 @@ use crate::wire;
 const HOST_COMMANDS_QUEUE_MAX: usize = 1024;
 /// Bound of the driver's input queue.
 const DRIVER_QUEUE_MAX: usize = 4096;
+/// Reports of one host stream forwarded to the driver as one message at
+/// most (those already received; the reader never waits to fill it).
+const REPORTS_FORWARDED_MAX: usize = 64;
 /// How often timers are checked.
 const TICK_MS: u64 = 10;
 
@@ -119,8 +122,10 @@ enum Msg {
     /// A stream opened: register its command sender before its Hello.
     Open { conn: ConnId, tx: mpsc::Sender<Result<pb::Command, Status>> },
     Query(Query),
-    /// An event from a host stream; dropped unless the stream was accepted.
-    FromConn { conn: ConnId, event: Event },
+    /// Events from a host stream, in the order its reports came (one or
+    /// more reports' worth: see the stream reader in `session`); each is
+    /// dropped unless the stream is accepted when its turn comes.
+    FromConn { conn: ConnId, events: Vec<Event> },
     /// The process is shutting down: stop deciding anything (host streams
     /// closing now are the shutdown, not a failure to recover from).
     Quiesce,
@@ -332,11 +337,16 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         driver.conns.insert(conn, Conn { tx, host: None, next_seq: 1 });
                     }
                     Msg::Query(f) => f(&driver.core),
-                    Msg::FromConn { conn, event } => {
-                        let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
-                        if accepted || matches!(event, Event::Disconnected { .. }) {
-                            let actions = driver.core.handle(now_ms, event);
-                            driver.execute(actions);
+                    Msg::FromConn { conn, events } => {
+                        // One event at a time, as if each had come alone: an
+                        // event may drop this stream, and what follows it
+                        // on the stream then counts for nothing.
+                        for event in events {
+                            let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
+                            if accepted || matches!(event, Event::Disconnected { .. }) {
+                                let actions = driver.core.handle(now_ms, event);
+                                driver.execute(actions);
+                            }
                         }
                     }
                 }
@@ -731,31 +741,53 @@ impl pb::host_session_server::HostSession for HostSessionService {
             async move {
                 let mut expected_seq = 2;
                 let mut clean = false;
-                let reason = loop {
-                    match reports.next().await {
-                        None => {
-                            // The host ended its stream itself (e.g. a graceful shutdown).
-                            clean = true;
-                            break "stream closed by the host".to_string();
-                        }
-                        Some(Err(e)) => break format!("stream error: {e}"),
-                        Some(Ok(r)) => {
-                            if r.seq != expected_seq {
-                                break format!(
-                                    "report sequence gap: expected #{expected_seq}, got #{} (a report was lost)",
-                                    r.seq
-                                );
+                let mut events: Vec<Event> = Vec::new();
+                let reason = 'stream: loop {
+                    // Wait for one report, then take every report already
+                    // received (up to a bound) without waiting: they go to
+                    // the driver as one message, so the driver wakes once
+                    // per burst, not once per report. Order is kept.
+                    let mut next = reports.next().await;
+                    let mut taken = 0;
+                    let end = loop {
+                        match next {
+                            None => {
+                                // The host ended its stream itself (e.g. a graceful shutdown).
+                                clean = true;
+                                break Some("stream closed by the host".to_string());
                             }
-                            expected_seq += 1;
-                            match wire::report_to_event(&host, r) {
-                                Ok(event) => {
-                                    if driver.tx.send(Msg::FromConn { conn, event }).await.is_err() {
-                                        return;
-                                    }
+                            Some(Err(e)) => break Some(format!("stream error: {e}")),
+                            Some(Ok(r)) => {
+                                if r.seq != expected_seq {
+                                    break Some(format!(
+                                        "report sequence gap: expected #{expected_seq}, got #{} (a report was lost)",
+                                        r.seq
+                                    ));
                                 }
-                                Err(e) => break format!("malformed report: {e}"),
+                                expected_seq += 1;
+                                if let Err(e) = wire::report_to_events(&host, r, &mut events) {
+                                    break Some(format!("malformed report: {e}"));
+                                }
                             }
                         }
+                        taken += 1;
+                        if taken >= REPORTS_FORWARDED_MAX {
+                            break None;
+                        }
+                        match reports.next().now_or_never() {
+                            Some(n) => next = n,
+                            None => break None,
+                        }
+                    };
+                    // What arrived before an error or the end still counts.
+                    if !events.is_empty() {
+                        let batch = std::mem::take(&mut events);
+                        if driver.tx.send(Msg::FromConn { conn, events: batch }).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(reason) = end {
+                        break 'stream reason;
                     }
                 };
                 if clean {
@@ -763,7 +795,8 @@ impl pb::host_session_server::HostSession for HostSessionService {
                 } else {
                     warn!(%host, conn, %reason, "host stream ended");
                 }
-                let _ = driver.tx.send(Msg::FromConn { conn, event: Event::Disconnected { conn, host, reason } }).await;
+                let events = vec![Event::Disconnected { conn, host, reason }];
+                let _ = driver.tx.send(Msg::FromConn { conn, events }).await;
             }
             .instrument(info_span!("host_stream", conn)),
         );
