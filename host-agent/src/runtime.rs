@@ -199,6 +199,19 @@ pub struct ReplayAloneReport {
     pub steps: u64,
     pub records: u64,
     pub micros: u64,
+    /// CPU time of the whole process (every thread) over the same span,
+    /// for comparing with a coordinated replay's (the benchmark).
+    pub cpu_micros: u64,
+}
+
+/// CPU time used so far by this process, all threads; 0 if unavailable.
+fn process_cpu_micros() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Benchmark baseline for coordinated replay: replays this host's journal
@@ -552,6 +565,7 @@ impl<E: Engine> Agent<E> {
             .collect();
         self.restore(checkpoint).await.map_err(|f| internal(f.message))?;
         let started = std::time::Instant::now();
+        let cpu_started = process_cpu_micros();
         let mut report = ReplayAloneReport { checkpoint, ..Default::default() };
         for tid in tids {
             self.open_txn(tid, Mode::Replay);
@@ -582,6 +596,7 @@ impl<E: Engine> Agent<E> {
         // time does.
         self.sink.sync().await.map_err(|cause| AgentError::SinkWriter { host: host.clone(), cause })?;
         report.micros = started.elapsed().as_micros() as u64;
+        report.cpu_micros = process_cpu_micros().saturating_sub(cpu_started);
         Ok(report)
     }
 
