@@ -911,17 +911,21 @@ impl<E: Engine> Agent<E> {
                     if let Report::Error { kind, tid, message } = &report {
                         warn!(host = %self.host(), kind = kind.as_str(), tid, "reporting error to the coordinator: {message}");
                     }
-                    // A replayed step's report joins its tid's batch and a
-                    // `Committed` waits in the queue (the drive loop flushes
-                    // both once the host stops replaying: mid-replay-window
-                    // a `Committed` would otherwise split the running tid's
-                    // batch); every other report goes out at once, behind
-                    // what is queued.
+                    // A replayed step's report joins its tid's batch, and a
+                    // `Committed` while the host goes on replaying (inside a
+                    // replay window, or a Start riding on the Commit) waits
+                    // in the queue: it would otherwise split the running
+                    // tid's batch. The drive loop flushes both once the
+                    // host stops replaying. Every other report (a live
+                    // `Committed` too) goes out at once, behind the queue.
+                    let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
                     match report {
                         Report::StepDone { tid, step, checksums, journaled: Some(journaled), mode: Mode::Replay } => {
                             out.queue_replayed_step(tid, convert::replayed_step_to_proto(step, &checksums, &journaled));
                         }
-                        Report::Committed { tid } => out.queue(v1::host_report::Report::Committed(v1::Committed { tid })),
+                        Report::Committed { tid } if replaying => {
+                            out.queue(v1::host_report::Report::Committed(v1::Committed { tid }))
+                        }
                         report => {
                             if let Err(end) = out.send(convert::report_to_proto(report)).await {
                                 lost.get_or_insert(end);
