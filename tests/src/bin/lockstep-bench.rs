@@ -542,7 +542,7 @@ async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>)
             (coord + hosts.iter().sum::<u64>()) as f64 / 1000.0,
             (coord + hosts.iter().sum::<u64>()) as f64 / alone_cpu.max(1) as f64
         )),
-        None => say("  CPU during the replay: not sampled (no status showed Replaying)".to_string()),
+        None => say("  CPU during the replay: not sampled (no status showed Replaying)"),
     }
     if r.stats.records != alone.records {
         say(format!("  WARNING: records differ: coordinated {} vs alone {}", r.stats.records, alone.records));
