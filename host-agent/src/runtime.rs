@@ -15,7 +15,8 @@
 //! (durable) → engine told the input is durable → engine step → `StepDone`.
 //! Replay step: the next step record of the tid from the journal (read ahead
 //! by a blocking reader thread through a bounded channel, so memory does not
-//! grow with the journal) → engine step → `StepDone` with both checksums.
+//! grow with the journal) → engine step → the step, with both checksums, in
+//! its tid's `ReplayedSteps` report (see `Reporter`).
 
 use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
