@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use lockstep_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,10 +43,18 @@ use crate::ledger::TxnRecord;
 use crate::raft::{Ledger, ProposeError};
 use crate::wire;
 
-/// Bound of each host stream's outgoing command queue.
+/// Bound of each host stream's outgoing command queue, in batches (each
+/// the commands the driver decided for that stream in one turn).
 const HOST_COMMANDS_QUEUE_MAX: usize = 1024;
+
+/// What the driver hands a host stream in one go: the commands of one
+/// driver turn, in order (and, last, the status that ends the stream).
+type CommandBatch = Vec<Result<pb::Command, Status>>;
 /// Bound of the driver's input queue.
 const DRIVER_QUEUE_MAX: usize = 4096;
+/// Reports of one host stream forwarded to the driver as one message at
+/// most (those already received; the reader never waits to fill it).
+const REPORTS_FORWARDED_MAX: usize = 64;
 /// How often timers are checked.
 /// Ledger writes handed to raft whose result the driver has not seen yet
 /// (beyond it, the core's proposals wait in the proposer's queue).
@@ -121,10 +129,12 @@ enum Msg {
     /// them instead of keeping equal records of its own.
     Applied(Event, Vec<Arc<TxnRecord>>),
     /// A stream opened: register its command sender before its Hello.
-    Open { conn: ConnId, tx: mpsc::Sender<Result<pb::Command, Status>> },
+    Open { conn: ConnId, tx: mpsc::Sender<CommandBatch> },
     Query(Query),
-    /// An event from a host stream; dropped unless the stream was accepted.
-    FromConn { conn: ConnId, event: Event },
+    /// Events from a host stream, in the order its reports came (one or
+    /// more reports' worth: see the stream reader in `session`); each is
+    /// dropped unless the stream is accepted when its turn comes.
+    FromConn { conn: ConnId, events: Vec<Event> },
     /// The process is shutting down: stop deciding anything (host streams
     /// closing now are the shutdown, not a failure to recover from).
     Quiesce,
@@ -191,9 +201,21 @@ impl DriverHandle {
 }
 
 struct Conn {
-    tx: mpsc::Sender<Result<pb::Command, Status>>,
+    tx: mpsc::Sender<CommandBatch>,
     host: Option<HostId>,
     next_seq: u64,
+    /// Commands decided in this driver turn, not yet handed to the stream
+    /// (`Driver::flush_commands`).
+    outbox: CommandBatch,
+}
+
+impl Conn {
+    /// Hands `outbox` plus a final `status` to the stream at once (the
+    /// stream is being closed); a full or closed queue changes nothing.
+    fn close_with(mut self, status: Status) {
+        self.outbox.push(Err(status));
+        let _ = self.tx.try_send(std::mem::take(&mut self.outbox));
+    }
 }
 
 struct Driver {
@@ -205,6 +227,8 @@ struct Driver {
     stats: SharedStats,
     /// Time of the event being handled, for events the shell itself raises.
     now_ms: u64,
+    /// Streams with commands in their `outbox`.
+    dirty: Vec<ConnId>,
 }
 
 /// Starts the driver, the proposer and the ticker over the ledger as this
@@ -293,8 +317,10 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         coordinator_id,
         stats: stats.clone(),
         now_ms: 0,
+        dirty: Vec::new(),
     };
     driver.execute(initial);
+    driver.flush_commands();
     tokio::spawn(
         async move {
             let mut quiesced = false;
@@ -328,7 +354,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                             if c.host.is_some() {
                                 info!(conn, host = c.host.as_deref().unwrap_or(""), "closing host stream: {}", status.message());
                             }
-                            let _ = c.tx.try_send(Err(status.clone()));
+                            c.close_with(status.clone());
                         }
                         break;
                     }
@@ -349,17 +375,25 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         driver.execute(actions);
                     }
                     Msg::Open { conn, tx } => {
-                        driver.conns.insert(conn, Conn { tx, host: None, next_seq: 1 });
+                        driver.conns.insert(conn, Conn { tx, host: None, next_seq: 1, outbox: Vec::new() });
                     }
                     Msg::Query(f) => f(&driver.core),
-                    Msg::FromConn { conn, event } => {
-                        let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
-                        if accepted || matches!(event, Event::Disconnected { .. }) {
-                            let actions = driver.core.handle(now_ms, event);
-                            driver.execute(actions);
+                    Msg::FromConn { conn, events } => {
+                        // One event at a time, as if each had come alone: an
+                        // event may drop this stream, and what follows it
+                        // on the stream then counts for nothing.
+                        for event in events {
+                            let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
+                            if accepted || matches!(event, Event::Disconnected { .. }) {
+                                let actions = driver.core.handle(now_ms, event);
+                                driver.execute(actions);
+                            }
                         }
                     }
                 }
+                // Whatever this turn decided for each stream goes out as
+                // one message: one wake-up of its writer, one write.
+                driver.flush_commands();
             }
         }
         .instrument(info_span!("driver")),
@@ -484,33 +518,30 @@ pub fn supervise(
 
 impl Driver {
     /// The one place where the core's decisions become I/O.
+    ///
+    /// Commands are numbered here and queued in their stream's `outbox`;
+    /// `flush_commands` hands them over at the end of the driver's turn.
     fn execute(&mut self, actions: Vec<Action>) {
-        // Streams whose command queue overflowed or closed: closed here and
-        // reported to the core as lost (fail closed), after this batch.
-        let mut lost: Vec<(ConnId, HostId)> = Vec::new();
         for action in actions {
             match action {
                 Action::Send { host, epoch, cmd } => {
                     self.time_commit(&cmd);
-                    let Some(conn) = self.host_conn.get(&host).and_then(|c| self.conns.get_mut(c)) else {
+                    let Some(&id) = self.host_conn.get(&host) else {
                         // The core only addresses connected hosts; a stream
                         // that just died is reported to it as Disconnected.
                         warn!(%host, ?cmd, "command for a host without a stream dropped");
                         continue;
                     };
+                    let Some(conn) = self.conns.get_mut(&id) else {
+                        warn!(%host, ?cmd, "command for a host without a stream dropped");
+                        continue;
+                    };
                     let seq = conn.next_seq;
                     conn.next_seq += 1;
-                    if conn.tx.try_send(Ok(wire::command_to(seq, epoch, &cmd))).is_err() {
-                        // A command must never be dropped silently: close the
-                        // stream (dropping its sender ends it) so the host
-                        // reconnects and the pipeline recovers.
-                        warn!(%host, "host command queue full or closed; closing the stream");
-                        if let Some(c) = self.host_conn.get(&host).copied() {
-                            self.conns.remove(&c);
-                            self.host_conn.remove(&host);
-                            lost.push((c, host.clone()));
-                        }
+                    if conn.outbox.is_empty() {
+                        self.dirty.push(id);
                     }
+                    conn.outbox.push(Ok(wire::command_to(seq, epoch, &cmd)));
                 }
                 Action::Accept { conn, host } => {
                     if let Some(old) = self.host_conn.insert(host.clone(), conn) {
@@ -529,20 +560,23 @@ impl Driver {
                                 coordinator_id: self.coordinator_id.clone(),
                             })),
                         };
-                        let _ = c.tx.try_send(Ok(welcome));
+                        if c.outbox.is_empty() {
+                            self.dirty.push(conn);
+                        }
+                        c.outbox.push(Ok(welcome));
                     }
                     info!(%host, conn, "host joined");
                 }
                 Action::Reject { conn, error } => {
                     warn!(conn, %error, "host stream rejected");
                     if let Some(c) = self.conns.remove(&conn) {
-                        let _ = c.tx.try_send(Err(Status::failed_precondition(error)));
+                        c.close_with(Status::failed_precondition(error));
                     }
                 }
                 Action::Drop { conn, host, why } => {
                     warn!(%host, conn, %why, "dropping host stream");
                     if let Some(c) = self.conns.remove(&conn) {
-                        let _ = c.tx.try_send(Err(Status::aborted(format!("coordinator dropped this stream: {why}"))));
+                        c.close_with(Status::aborted(format!("coordinator dropped this stream: {why}")));
                     }
                     if self.host_conn.get(&host) == Some(&conn) {
                         self.host_conn.remove(&host);
@@ -556,10 +590,37 @@ impl Driver {
                 Action::Notice(n) => self.notice(n),
             }
         }
-        for (conn, host) in lost {
-            let reason = "its command queue overflowed or closed".to_string();
-            let actions = self.core.handle(self.now_ms, Event::Disconnected { conn, host, reason });
-            self.execute(actions);
+    }
+
+    /// Hands each stream the commands queued for it in this turn, as one
+    /// message (one wake-up of its writer instead of one per command). A
+    /// stream whose queue is full or closed is closed (dropping its sender
+    /// ends it: a command is never dropped silently) and reported to the
+    /// core as lost, fail closed; what the core decides then is flushed too.
+    fn flush_commands(&mut self) {
+        while !self.dirty.is_empty() {
+            let mut lost: Vec<(ConnId, HostId)> = Vec::new();
+            for id in std::mem::take(&mut self.dirty) {
+                let Some(conn) = self.conns.get_mut(&id) else { continue };
+                if conn.outbox.is_empty() {
+                    continue;
+                }
+                let batch = std::mem::take(&mut conn.outbox);
+                if conn.tx.try_send(batch).is_err() {
+                    let host = conn.host.clone();
+                    warn!(host = host.as_deref().unwrap_or(""), conn = id, "host command queue full or closed; closing the stream");
+                    self.conns.remove(&id);
+                    if let Some(host) = host.filter(|h| self.host_conn.get(h) == Some(&id)) {
+                        self.host_conn.remove(&host);
+                        lost.push((id, host));
+                    }
+                }
+            }
+            for (conn, host) in lost {
+                let reason = "its command queue overflowed or closed".to_string();
+                let actions = self.core.handle(self.now_ms, Event::Disconnected { conn, host, reason });
+                self.execute(actions);
+            }
         }
     }
 
@@ -753,31 +814,53 @@ impl pb::host_session_server::HostSession for HostSessionService {
             async move {
                 let mut expected_seq = 2;
                 let mut clean = false;
-                let reason = loop {
-                    match reports.next().await {
-                        None => {
-                            // The host ended its stream itself (e.g. a graceful shutdown).
-                            clean = true;
-                            break "stream closed by the host".to_string();
-                        }
-                        Some(Err(e)) => break format!("stream error: {e}"),
-                        Some(Ok(r)) => {
-                            if r.seq != expected_seq {
-                                break format!(
-                                    "report sequence gap: expected #{expected_seq}, got #{} (a report was lost)",
-                                    r.seq
-                                );
+                let mut events: Vec<Event> = Vec::new();
+                let reason = 'stream: loop {
+                    // Wait for one report, then take every report already
+                    // received (up to a bound) without waiting: they go to
+                    // the driver as one message, so the driver wakes once
+                    // per burst, not once per report. Order is kept.
+                    let mut next = reports.next().await;
+                    let mut taken = 0;
+                    let end = loop {
+                        match next {
+                            None => {
+                                // The host ended its stream itself (e.g. a graceful shutdown).
+                                clean = true;
+                                break Some("stream closed by the host".to_string());
                             }
-                            expected_seq += 1;
-                            match wire::report_to_event(&host, r) {
-                                Ok(event) => {
-                                    if driver.tx.send(Msg::FromConn { conn, event }).await.is_err() {
-                                        return;
-                                    }
+                            Some(Err(e)) => break Some(format!("stream error: {e}")),
+                            Some(Ok(r)) => {
+                                if r.seq != expected_seq {
+                                    break Some(format!(
+                                        "report sequence gap: expected #{expected_seq}, got #{} (a report was lost)",
+                                        r.seq
+                                    ));
                                 }
-                                Err(e) => break format!("malformed report: {e}"),
+                                expected_seq += 1;
+                                if let Err(e) = wire::report_to_events(&host, r, &mut events) {
+                                    break Some(format!("malformed report: {e}"));
+                                }
                             }
                         }
+                        taken += 1;
+                        if taken >= REPORTS_FORWARDED_MAX {
+                            break None;
+                        }
+                        match reports.next().now_or_never() {
+                            Some(n) => next = n,
+                            None => break None,
+                        }
+                    };
+                    // What arrived before an error or the end still counts.
+                    if !events.is_empty() {
+                        let batch = std::mem::take(&mut events);
+                        if driver.tx.send(Msg::FromConn { conn, events: batch }).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(reason) = end {
+                        break 'stream reason;
                     }
                 };
                 if clean {
@@ -785,11 +868,13 @@ impl pb::host_session_server::HostSession for HostSessionService {
                 } else {
                     warn!(%host, conn, %reason, "host stream ended");
                 }
-                let _ = driver.tx.send(Msg::FromConn { conn, event: Event::Disconnected { conn, host, reason } }).await;
+                let events = vec![Event::Disconnected { conn, host, reason }];
+                let _ = driver.tx.send(Msg::FromConn { conn, events }).await;
             }
             .instrument(info_span!("host_stream", conn)),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let commands = futures::StreamExt::flat_map(ReceiverStream::new(rx), futures::stream::iter);
+        Ok(Response::new(Box::pin(commands)))
     }
 }
 

@@ -20,6 +20,24 @@ pub enum WireError {
     SecondHello { seq: u64 },
     #[error("endpoint {endpoint:?} appears twice in one checksum list")]
     DuplicateEndpoint { endpoint: String },
+    /// A `ReplayedSteps` batch that is not a run of replayed steps of one
+    /// tid (optionally ending with that tid's Prepared). `step` is the step
+    /// at fault, 0 when none is (an empty batch, a Prepared of another tid).
+    #[error("report #{seq}: malformed ReplayedSteps from host {host} for tid {tid} (step {step}): {problem}")]
+    BadBatch { seq: u64, host: String, tid: u64, step: u64, problem: BatchProblem },
+}
+
+/// What is wrong with a `ReplayedSteps` batch.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchProblem {
+    #[error("it holds neither a step nor a Prepared")]
+    Empty,
+    #[error("step numbers must strictly increase within a batch; step {step} follows step {previous}")]
+    StepsOutOfOrder { step: u64, previous: u64 },
+    #[error("step number 0 (steps are numbered from 1)")]
+    StepZero,
+    #[error("its Prepared names tid {prepared_tid}")]
+    PreparedOtherTid { prepared_tid: u64 },
 }
 
 pub fn aggregate_from(list: &[pb::EndpointChecksum]) -> Result<Aggregate, WireError> {
@@ -113,12 +131,17 @@ fn state_from(seq: u64, v: i32) -> Result<HostTxnState, WireError> {
     })
 }
 
-/// A report after the Hello, as a core event for `host`.
-pub fn report_to_event(host: &HostId, r: pb::HostReport) -> Result<Event, WireError> {
+/// A report after the Hello, as core events for `host`, appended to `out`
+/// in the order the host reported them. Every report is one event, except
+/// `ReplayedSteps`: one `Step` event per listed step, then a `Prepared` if
+/// it carries one, exactly the events the separate `StepDone` and
+/// `Prepared` reports would have been, so the core checks and diagnoses
+/// them the same way. On an error nothing is appended.
+pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) -> Result<(), WireError> {
     use pb::host_report::Report;
     let seq = r.seq;
     let host = host.clone();
-    Ok(match r.report.ok_or(WireError::Empty { seq })? {
+    let event = match r.report.ok_or(WireError::Empty { seq })? {
         Report::Hello(_) => return Err(WireError::SecondHello { seq }),
         Report::StepDone(s) => {
             let mode = mode_from(seq, s.mode)?;
@@ -134,13 +157,73 @@ pub fn report_to_event(host: &HostId, r: pb::HostReport) -> Result<Event, WireEr
                 },
             }
         }
+        Report::ReplayedSteps(b) => return replayed_steps_to_events(seq, host, b, out),
         Report::Prepared(p) => Event::Prepared { host, report: prepared_from(p)? },
         Report::Committed(c) => Event::Committed { host, tid: c.tid },
         Report::CheckpointDone(c) => Event::CheckpointDone { host, tid: c.tid },
         Report::Restored(r) => Event::Restored { host, checkpoint: r.checkpoint_tid },
         Report::Error(e) => Event::HostError { host, kind: e.kind, message: e.message, tid: e.tid },
         Report::Heartbeat(_) => Event::Heartbeat { host },
-    })
+    };
+    out.push(event);
+    Ok(())
+}
+
+/// `ReplayedSteps` as the `StepDone`s (state OpenReplay, mode Replay) and
+/// the `Prepared` it stands for. The batch's own shape is checked here,
+/// before any event reaches the core, so that a malformed one is refused
+/// whole (and named) rather than half-applied; whether the steps fit the
+/// host's position is the core's check, as for single reports.
+fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &mut Vec<Event>) -> Result<(), WireError> {
+    let tid = b.tid;
+    let bad = |step: u64, problem: BatchProblem| WireError::BadBatch { seq, host: host.clone(), tid, step, problem };
+    if b.steps.is_empty() && b.prepared.is_none() {
+        return Err(bad(0, BatchProblem::Empty));
+    }
+    if let Some(p) = b.prepared.as_ref().filter(|p| p.tid != tid) {
+        return Err(bad(0, BatchProblem::PreparedOtherTid { prepared_tid: p.tid }));
+    }
+    let mut previous = 0u64;
+    for s in &b.steps {
+        if s.step == 0 {
+            return Err(bad(0, BatchProblem::StepZero));
+        }
+        if s.step <= previous {
+            return Err(bad(s.step, BatchProblem::StepsOutOfOrder { step: s.step, previous }));
+        }
+        previous = s.step;
+    }
+    let start = out.len();
+    out.reserve(b.steps.len() + 1);
+    for s in b.steps {
+        let decoded = aggregate_from(&s.checksums).and_then(|c| Ok((c, aggregate_from(&s.journaled)?)));
+        let (checksums, journaled) = match decoded {
+            Ok(c) => c,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        let report = StepReport {
+            tid,
+            step: s.step,
+            checksums,
+            journaled: Some(journaled),
+            state: HostTxnState::OpenReplay,
+            mode: Mode::Replay,
+        };
+        out.push(Event::Step { host: host.clone(), report });
+    }
+    if let Some(p) = b.prepared {
+        match prepared_from(p) {
+            Ok(report) => out.push(Event::Prepared { host, report }),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mode_to(m: Mode) -> i32 {
@@ -192,12 +275,14 @@ mod tests {
     #[test]
     fn malformed_reports_are_typed_errors() {
         let host = "h0".to_string();
-        assert!(matches!(report_to_event(&host, pb::HostReport { seq: 3, report: None }), Err(WireError::Empty { seq: 3 })));
+        let mut out = Vec::new();
+        assert!(matches!(report_to_events(&host, pb::HostReport { seq: 3, report: None }, &mut out), Err(WireError::Empty { seq: 3 })));
         let bad_mode = pb::HostReport {
             seq: 4,
             report: Some(pb::host_report::Report::StepDone(pb::StepDone { mode: 42, ..Default::default() })),
         };
-        assert!(matches!(report_to_event(&host, bad_mode), Err(WireError::BadEnum { what: "TxnMode", .. })));
+        assert!(matches!(report_to_events(&host, bad_mode, &mut out), Err(WireError::BadEnum { what: "TxnMode", .. })));
+        assert!(out.is_empty());
         let dup = vec![
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
@@ -230,5 +315,88 @@ mod tests {
         assert_eq!(h.journal[1].aggregate.to_aggregate(), want);
         let dup = hello(vec![tid(2, vec![ep("gen", 4), ep("gen", 4)])]);
         assert!(hello_from(dup, |_| Some(&recorded)).is_err(), "a duplicate is refused even against a record");
+    }
+
+    fn ep(e: &str, n: u64) -> pb::EndpointChecksum {
+        pb::EndpointChecksum { endpoint: e.into(), count: n, hash: n * 7 }
+    }
+
+    fn replayed(step: u64, n: u64) -> pb::ReplayedStep {
+        pb::ReplayedStep { step, checksums: vec![ep("gen", n), ep("push", 0)], journaled: vec![ep("gen", n), ep("push", 0)] }
+    }
+
+    fn batch(seq: u64, tid: u64, steps: Vec<pb::ReplayedStep>, prepared: Option<pb::Prepared>) -> pb::HostReport {
+        pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps { tid, steps, prepared })) }
+    }
+
+    /// A batch decodes into exactly the events its separate reports would
+    /// have been: one `Step` per listed step, in order, then `Prepared`.
+    #[test]
+    fn replayed_steps_decode_into_the_events_of_single_reports() {
+        let host = "h0".to_string();
+        let prepared = pb::Prepared { tid: 5, steps: 2, aggregate: vec![ep("gen", 5), ep("push", 0)], output_digest: 9, output_count: 1 };
+        let mut from_batch = Vec::new();
+        report_to_events(&host, batch(7, 5, vec![replayed(11, 2), replayed(12, 3)], Some(prepared.clone())), &mut from_batch).unwrap();
+
+        let mut from_singles = Vec::new();
+        for (seq, s) in [(7, replayed(11, 2)), (8, replayed(12, 3))] {
+            let single = pb::StepDone {
+                tid: 5,
+                step: s.step,
+                checksums: s.checksums,
+                journaled: s.journaled,
+                state: pb::HostTxnState::OpenReplay as i32,
+                mode: pb::TxnMode::Replay as i32,
+            };
+            let r = pb::HostReport { seq, report: Some(pb::host_report::Report::StepDone(single)) };
+            report_to_events(&host, r, &mut from_singles).unwrap();
+        }
+        let r = pb::HostReport { seq: 9, report: Some(pb::host_report::Report::Prepared(prepared)) };
+        report_to_events(&host, r, &mut from_singles).unwrap();
+        assert_eq!(from_batch.len(), 3);
+        assert_eq!(format!("{from_batch:?}"), format!("{from_singles:?}"));
+
+        // Steps alone, and a Prepared alone (the tid's steps went out in
+        // an earlier batch), are batches too.
+        let mut out = Vec::new();
+        report_to_events(&host, batch(10, 6, vec![replayed(13, 1)], None), &mut out).unwrap();
+        assert!(matches!(&out[..], [Event::Step { report, .. }] if report.tid == 6 && report.step == 13 && report.mode == Mode::Replay));
+        let prepared_only = pb::Prepared { tid: 6, steps: 1, ..Default::default() };
+        report_to_events(&host, batch(11, 6, vec![], Some(prepared_only)), &mut out).unwrap();
+        assert!(matches!(&out[1], Event::Prepared { report, .. } if report.tid == 6));
+    }
+
+    /// A malformed batch is refused whole, with an error naming the host,
+    /// the tid and the step at fault; nothing of it reaches the core.
+    #[test]
+    fn malformed_replayed_steps_are_refused_whole_and_named() {
+        let host = "h2".to_string();
+        let refuse = |r: pb::HostReport| {
+            let mut out = vec![Event::Heartbeat { host: "h2".into() }];
+            let e = report_to_events(&host, r, &mut out).unwrap_err();
+            assert_eq!(out.len(), 1, "nothing appended on error");
+            e
+        };
+        let e = refuse(batch(4, 9, vec![], None));
+        assert!(matches!(&e, WireError::BadBatch { seq: 4, tid: 9, problem: BatchProblem::Empty, .. }), "{e}");
+        assert!(e.to_string().contains("host h2") && e.to_string().contains("tid 9"), "{e}");
+
+        let e = refuse(batch(5, 9, vec![replayed(21, 1), replayed(23, 1), replayed(22, 1)], None));
+        assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::StepsOutOfOrder { step: 22, previous: 23 }, .. }), "{e}");
+        assert!(e.to_string().contains("step 22 follows step 23"), "{e}");
+        let e = refuse(batch(5, 9, vec![replayed(21, 1), replayed(21, 1)], None));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepsOutOfOrder { .. }, .. }), "{e}");
+        let e = refuse(batch(5, 9, vec![replayed(0, 1)], None));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepZero, .. }), "{e}");
+
+        let other = pb::Prepared { tid: 8, ..Default::default() };
+        let e = refuse(batch(6, 9, vec![replayed(21, 1)], Some(other)));
+        assert!(matches!(&e, WireError::BadBatch { tid: 9, problem: BatchProblem::PreparedOtherTid { prepared_tid: 8 }, .. }), "{e}");
+
+        // A bad checksum list in a later step drops the steps decoded before it.
+        let mut dup = replayed(22, 1);
+        dup.journaled.push(ep("gen", 1));
+        let e = refuse(batch(7, 9, vec![replayed(21, 1), dup], None));
+        assert!(matches!(e, WireError::DuplicateEndpoint { .. }), "{e}");
     }
 }

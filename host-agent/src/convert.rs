@@ -81,6 +81,12 @@ pub fn report_to_proto(report: Report) -> v1::host_report::Report {
     }
 }
 
+/// A replayed step's report as an entry of `ReplayedSteps` (which stands
+/// for `StepDone{.., state: OpenReplay, mode: Replay}`).
+pub fn replayed_step_to_proto(step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> v1::ReplayedStep {
+    v1::ReplayedStep { step, checksums: checksums_to_proto(checksums), journaled: checksums_to_proto(journaled) }
+}
+
 pub fn tid_summary_to_proto(s: &lockstep_journal::TidSummary) -> v1::TidSummary {
     v1::TidSummary {
         tid: s.tid,

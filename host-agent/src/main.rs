@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     if args.fault_nondeterministic_replay {
         tracing::warn!(host = %args.host_id, "fault injection enabled: replay will diverge (test only)");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "host": args.host_id, "checkpoint": r.checkpoint, "tids": r.tids, "steps": r.steps,
-                "records": r.records, "micros": r.micros, "records_per_s": per_s,
+                "records": r.records, "micros": r.micros, "cpu_micros": r.cpu_micros, "records_per_s": per_s,
                 "started_unix_us": now_us.saturating_sub(r.micros),
             })
         );

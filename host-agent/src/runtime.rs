@@ -15,7 +15,8 @@
 //! (durable) → engine told the input is durable → engine step → `StepDone`.
 //! Replay step: the next step record of the tid from the journal (read ahead
 //! by a blocking reader thread through a bounded channel, so memory does not
-//! grow with the journal) → engine step → `StepDone` with both checksums.
+//! grow with the journal) → engine step → the step, with both checksums, in
+//! its tid's `ReplayedSteps` report (see `Reporter`).
 
 use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
@@ -199,6 +200,19 @@ pub struct ReplayAloneReport {
     pub steps: u64,
     pub records: u64,
     pub micros: u64,
+    /// CPU time of the whole process (every thread) over the same span,
+    /// for comparing with a coordinated replay's (the benchmark).
+    pub cpu_micros: u64,
+}
+
+/// CPU time used so far by this process, all threads; 0 if unavailable.
+fn process_cpu_micros() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Benchmark baseline for coordinated replay: replays this host's journal
@@ -329,20 +343,28 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// Reports travel in batches (one channel message, so one wake-up of the
 /// stream's encoder, which writes them in one HTTP/2 DATA frame sequence
 /// and one flush). `send` queues and flushes at once; `queue` only numbers
-/// and queues, for replayed `StepDone`s, which the drive loop flushes every
-/// `REPORT_BATCH_MAX` reports and whenever it could block (no journaled
-/// step ready, a command, the heartbeat, anything not a replayed step).
-/// Every report is still sent, numbered and in order; a batch only delays a
-/// replayed step's report by at most the time to replay the next few steps.
+/// and queues (`Committed`), and `queue_replayed_step` adds a replayed
+/// step to the `ReplayedSteps` report at the end of the queue (or starts
+/// one): the drive loop flushes every `REPORT_BATCH_MAX` replayed steps and
+/// whenever the host stops replaying (a tid prepared, drained, continued
+/// live) or reports anything else. A tid's `Prepared` joins the batch of
+/// its own steps when that is still queued (`send_prepared`), so a replayed
+/// tid of up to `REPORT_BATCH_MAX` steps is one report, not one per step.
+/// Every step is still reported explicitly with its number and checksums,
+/// every report is numbered, and the order is the order the host decided
+/// them; a batch only delays a replayed step's report until its tid has
+/// run (invariant 8, ARCHITECTURE "Replay timing").
 struct Reporter {
     tx: mpsc::Sender<Vec<v1::HostReport>>,
     next_seq: u64,
     pending: Vec<v1::HostReport>,
+    /// Replayed steps in `pending`, across its batches.
+    pending_steps: usize,
 }
 
 impl Reporter {
     fn new(tx: mpsc::Sender<Vec<v1::HostReport>>) -> Self {
-        Reporter { tx, next_seq: 1, pending: Vec::new() }
+        Reporter { tx, next_seq: 1, pending: Vec::new(), pending_steps: 0 }
     }
 
     /// Numbers `report` and queues it for the next flush.
@@ -352,12 +374,46 @@ impl Reporter {
         self.pending.push(v1::HostReport { seq, report: Some(report) });
     }
 
+    /// The `ReplayedSteps` of `tid` at the end of the queue, if it can take
+    /// more: nothing was queued behind it and it holds no Prepared yet.
+    fn open_batch(&mut self, tid: u64) -> Option<&mut v1::ReplayedSteps> {
+        match self.pending.last_mut().and_then(|r| r.report.as_mut()) {
+            Some(v1::host_report::Report::ReplayedSteps(b)) if b.tid == tid && b.prepared.is_none() => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Queues the report of a replayed step of `tid`: appended to the
+    /// batch of `tid` at the end of the queue, or the first of a new one.
+    fn queue_replayed_step(&mut self, tid: u64, step: v1::ReplayedStep) {
+        self.pending_steps += 1;
+        match self.open_batch(tid) {
+            Some(b) => b.steps.push(step),
+            None => self.queue(v1::host_report::Report::ReplayedSteps(v1::ReplayedSteps {
+                tid,
+                steps: vec![step],
+                prepared: None,
+            })),
+        }
+    }
+
+    /// Queues `tid`'s Prepared (into the queued batch of its steps, if
+    /// any) and flushes.
+    async fn send_prepared(&mut self, report: v1::Prepared) -> Result<(), SessionEnd> {
+        match self.open_batch(report.tid) {
+            Some(b) => b.prepared = Some(report),
+            None => self.queue(v1::host_report::Report::Prepared(report)),
+        }
+        self.flush().await
+    }
+
     /// Hands every queued report to the stream.
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
+        self.pending_steps = 0;
         self.tx.send(batch).await.map_err(|_| SessionEnd::Lost("the report stream to the coordinator is closed".into()))
     }
 
@@ -523,6 +579,7 @@ impl<E: Engine> Agent<E> {
             .collect();
         self.restore(checkpoint).await.map_err(|f| internal(f.message))?;
         let started = std::time::Instant::now();
+        let cpu_started = process_cpu_micros();
         let mut report = ReplayAloneReport { checkpoint, ..Default::default() };
         for tid in tids {
             self.open_txn(tid, Mode::Replay);
@@ -554,6 +611,7 @@ impl<E: Engine> Agent<E> {
         // time does.
         self.sink.sync().await.map_err(|cause| AgentError::SinkWriter { host: host.clone(), cause })?;
         report.micros = started.elapsed().as_micros() as u64;
+        report.cpu_micros = process_cpu_micros().saturating_sub(cpu_started);
         Ok(report)
     }
 
@@ -792,11 +850,13 @@ impl<E: Engine> Agent<E> {
                 Some((_, Mode::Live)) => self.next_live_step_at,
                 _ => Instant::now(),
             };
-            // Replayed steps' reports go out in batches; flush whenever the
-            // next turn could wait (no journaled step read ahead, not
-            // replaying) or the batch is full.
-            let replay_ready = matches!(next, Some((_, Mode::Replay))) && self.replay.as_ref().is_some_and(|c| !c.rx.is_empty());
-            if !replay_ready || out.pending.len() >= REPORT_BATCH_MAX {
+            // Replayed steps' reports go out in batches: flush once the
+            // host stops replaying (the tid prepared, drained or continued
+            // live: see `Reporter`) or the batch is full. Not when the
+            // journal reader is merely behind: that wait is short, and
+            // flushing then split most tids into several reports.
+            let replaying = matches!(next, Some((_, Mode::Replay)));
+            if !replaying || out.pending_steps >= REPORT_BATCH_MAX {
                 if let Err(end) = out.flush().await {
                     return end;
                 }
@@ -878,14 +938,26 @@ impl<E: Engine> Agent<E> {
                     if let Report::Error { kind, tid, message } = &report {
                         warn!(host = %self.host(), kind = kind.as_str(), tid, "reporting error to the coordinator: {message}");
                     }
-                    // A replayed step's report waits for the batch (the drive
-                    // loop flushes it); every other report goes out at once,
-                    // behind what is queued.
-                    let batchable = matches!(report, Report::StepDone { mode: Mode::Replay, .. });
-                    if batchable {
-                        out.queue(convert::report_to_proto(report));
-                    } else if let Err(end) = out.send(convert::report_to_proto(report)).await {
-                        lost.get_or_insert(end);
+                    // A replayed step's report joins its tid's batch, and a
+                    // `Committed` while the host goes on replaying (inside a
+                    // replay window, or a Start riding on the Commit) waits
+                    // in the queue: it would otherwise split the running
+                    // tid's batch. The drive loop flushes both once the
+                    // host stops replaying. Every other report (a live
+                    // `Committed` too) goes out at once, behind the queue.
+                    let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
+                    match report {
+                        Report::StepDone { tid, step, checksums, journaled: Some(journaled), mode: Mode::Replay } => {
+                            out.queue_replayed_step(tid, convert::replayed_step_to_proto(step, &checksums, &journaled));
+                        }
+                        Report::Committed { tid } if replaying => {
+                            out.queue(v1::host_report::Report::Committed(v1::Committed { tid }))
+                        }
+                        report => {
+                            if let Err(end) = out.send(convert::report_to_proto(report)).await {
+                                lost.get_or_insert(end);
+                            }
+                        }
                     }
                     Ok(())
                 }
@@ -1119,7 +1191,7 @@ impl<E: Engine> Agent<E> {
         };
         self.prepared_report = Some(report.clone());
         self.held_outputs.push_back(Held { tid, rows, meta, report: Some(report.clone()) });
-        out.send(v1::host_report::Report::Prepared(report)).await?;
+        out.send_prepared(report).await?;
         Ok(Ok(()))
     }
 

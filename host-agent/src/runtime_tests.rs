@@ -41,6 +41,17 @@ impl Harness {
         self.seq += 1;
         let actions = self.agent.core.handle(Event::Command { seq: self.seq, epoch, command });
         assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
+        self.flush_as_drive_loop().await;
+    }
+
+    /// Flushes the queued reports when the drive loop would: unless the
+    /// next step is a replayed one and fewer than `REPORT_BATCH_MAX`
+    /// replayed steps are queued.
+    async fn flush_as_drive_loop(&mut self) {
+        let replaying = matches!(self.agent.core.next_step(), Some((_, Mode::Replay)));
+        if !replaying || self.out.pending_steps >= REPORT_BATCH_MAX {
+            assert!(self.out.flush().await.is_ok());
+        }
     }
 
     /// The stream ends and a new one opens (as `session` does): the core
@@ -63,8 +74,7 @@ impl Harness {
         };
         let actions = self.agent.core.handle(event);
         assert!(self.agent.execute(actions, &mut self.out).await.is_ok());
-        // As the drive loop does before it could wait.
-        assert!(self.out.flush().await.is_ok());
+        self.flush_as_drive_loop().await;
         true
     }
 
@@ -74,8 +84,8 @@ impl Harness {
         self.agent.sink.sync().await.expect("the sink writer drains");
     }
 
-    /// Reports sent since the last call, checking seq numbering.
-    fn reports(&mut self) -> Vec<R> {
+    /// Reports sent since the last call, as sent, checking seq numbering.
+    fn raw_reports(&mut self) -> Vec<R> {
         let mut out = Vec::new();
         while let Ok(batch) = self.rx.try_recv() {
             for r in batch {
@@ -86,6 +96,38 @@ impl Harness {
         }
         out
     }
+
+    /// Reports sent since the last call, each `ReplayedSteps` as the
+    /// `StepDone`s and `Prepared` it stands for (as the coordinator reads it).
+    fn reports(&mut self) -> Vec<R> {
+        self.raw_reports().into_iter().flat_map(expand).collect()
+    }
+}
+
+/// A `ReplayedSteps` batch as the single reports it stands for.
+fn expand(r: R) -> Vec<R> {
+    let R::ReplayedSteps(b) = r else { return vec![r] };
+    assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty batch was sent");
+    assert!(b.steps.windows(2).all(|w| w[0].step < w[1].step), "batched steps in order: {b:?}");
+    let mut out: Vec<R> = b
+        .steps
+        .into_iter()
+        .map(|s| {
+            R::StepDone(v1::StepDone {
+                tid: b.tid,
+                step: s.step,
+                checksums: s.checksums,
+                journaled: s.journaled,
+                state: v1::HostTxnState::OpenReplay as i32,
+                mode: v1::TxnMode::Replay as i32,
+            })
+        })
+        .collect();
+    if let Some(p) = b.prepared {
+        assert_eq!(p.tid, b.tid, "a batch carries the Prepared of its own tid");
+        out.push(R::Prepared(p));
+    }
+    out
 }
 
 fn step_dones(reports: &[R]) -> Vec<v1::StepDone> {
@@ -491,4 +533,67 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     assert!(errors(&reports).is_empty(), "{reports:?}");
     assert!(reports.iter().any(|r| matches!(r, R::CheckpointDone(v1::CheckpointDone { tid: 1 }))));
     assert_eq!(sink_tids(dir.path()), vec![1]);
+}
+
+/// A sealed replay reports each tid as one `ReplayedSteps` (its steps, in
+/// order, and its Prepared), not one report per step; a `Committed` that
+/// arrives mid-tid waits in the queue and goes out in order, and every
+/// report is numbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_replay_reports_one_batch_per_tid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for _ in 0..3 {
+        assert!(h.step().await);
+    }
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
+    h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) }).await;
+    for _ in 0..2 {
+        assert!(h.step().await);
+    }
+    h.cmd(1, Command::Prepare { tid: 2, next: None }).await;
+    h.cmd(1, Command::Commit { tid: 2, next: None }).await;
+    let live = h.reports();
+    assert!(errors(&live).is_empty(), "{live:?}");
+    let live_steps = step_dones(&live);
+    h.sink_synced().await;
+    drop(h);
+
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    assert!(matches!(h.raw_reports()[..], [R::Restored(_)]));
+    // Both committed tids started at once (replay window).
+    h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: true }).await;
+    h.cmd(2, Command::Start { tid: 2, mode: Mode::Replay, prepare: true }).await;
+    for _ in 0..4 {
+        assert!(h.step().await, "three steps of tid 1, then its end (tid 2 opens)");
+    }
+    assert!(h.step().await, "the first step of tid 2");
+    h.cmd(2, Command::Commit { tid: 1, next: None }).await;
+    while h.step().await {}
+    let raw = h.raw_reports();
+    let batch = |r: &R| match r {
+        R::ReplayedSteps(b) => (b.tid, b.steps.iter().map(|s| s.step).collect::<Vec<_>>(), b.prepared.as_ref().map(|p| p.tid)),
+        other => panic!("expected ReplayedSteps, got {other:?}"),
+    };
+    assert_eq!(raw.len(), 4, "{raw:?}");
+    assert_eq!(batch(&raw[0]), (1, vec![1, 2, 3], Some(1)), "tid 1 whole, with its Prepared");
+    assert_eq!(batch(&raw[1]), (2, vec![4], None));
+    assert!(matches!(raw[2], R::Committed(v1::Committed { tid: 1 })), "{raw:?}");
+    assert_eq!(batch(&raw[3]), (2, vec![5], Some(2)));
+
+    // Decoded, they are the single reports: every step with its own
+    // checksums, equal to what the live run ingested and journaled.
+    let decoded: Vec<R> = raw.into_iter().flat_map(expand).collect();
+    let replayed = step_dones(&decoded);
+    assert_eq!(replayed.iter().map(|s| (s.tid, s.step)).collect::<Vec<_>>(), vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)]);
+    for (r, l) in replayed.iter().zip(&live_steps) {
+        assert_eq!((&r.checksums, &r.journaled), (&l.checksums, &l.checksums));
+    }
+    let prepared: Vec<_> = decoded.iter().filter_map(|r| if let R::Prepared(p) = r { Some((p.tid, p.steps)) } else { None }).collect();
+    assert_eq!(prepared, vec![(1, 3), (2, 2)]);
 }

@@ -136,3 +136,52 @@ async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit(
     let s = c.status().await.unwrap();
     assert_eq!(s.pipeline_state, "Running", "a stranger does not disturb the pipeline: {s:#?}");
 }
+
+/// A malformed `ReplayedSteps` batch from a member host is refused whole:
+/// the coordinator closes that stream naming the host, tid, step and the
+/// problem, and commits nothing. (Our impersonating Hello offers an empty
+/// journal, which fails the pipeline by invariant 6; after Resume the real
+/// host recovers it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() {
+    use lockstep_proto::v1::{self as pb, host_session_client::HostSessionClient};
+    let mut c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.last_committed_tid >= 2).await;
+    // The real host-0 goes away, so that only our stream speaks for it.
+    c.hosts[0].terminate();
+    let before = c.status().await.unwrap().last_committed_tid;
+    let hello = pb::HostReport {
+        seq: 1,
+        report: Some(pb::host_report::Report::Hello(pb::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: host_id(0),
+            cluster_id: c.opts.cluster_id.clone(),
+            ..Default::default()
+        })),
+    };
+    let step = |step| pb::ReplayedStep { step, ..Default::default() };
+    let batch = pb::HostReport {
+        seq: 2,
+        report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps {
+            tid: 5,
+            steps: vec![step(7), step(9), step(8)],
+            prepared: None,
+        })),
+    };
+    let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();
+    // Kept open until the end: the coordinator reads our reports, decodes
+    // the batch and ends the stream's reader with the error.
+    let _commands = client.session(tokio_stream::iter(vec![hello, batch])).await.expect("stream opens").into_inner();
+    wait_log(
+        &c.coordinator,
+        "malformed ReplayedSteps from host host-0 for tid 5 (step 8): step numbers must strictly increase within a batch; step 8 follows step 9",
+        &c,
+    )
+    .await;
+    let s = c.status().await.unwrap();
+    assert_eq!(s.last_committed_tid, before, "nothing commits without the host: {s:#?}");
+    // The real host comes back and, once resumed, the pipeline recovers.
+    c.hosts[0].start();
+    c.admin().await.unwrap().resume(pb::ResumeRequest {}).await.expect("resume");
+    c.wait_for("recovered", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 1).await;
+}

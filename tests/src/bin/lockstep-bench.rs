@@ -214,6 +214,17 @@ fn cpu_ms(pid: u32) -> Option<u64> {
     Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) * 10)
 }
 
+/// CPU time used so far by every thread of `pid` still alive, in µs
+/// (`/proc/<pid>/task/*/schedstat`, nanosecond resolution).
+fn cpu_micros(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0) / 1000;
+    }
+    Some(total)
+}
+
 fn cluster_opts(o: &Opts, commit_interval_ms: u64, step_interval_ms: u64, cluster: &str) -> ClusterOpts {
     ClusterOpts {
         hosts: o.hosts,
@@ -258,6 +269,9 @@ async fn record(o: &Opts, tids: u64, cluster: &str) -> anyhow::Result<(Cluster, 
 /// replay of `tids` committed tids done. Samples RSS meanwhile.
 struct Replayed {
     stats: pb::ReplayStats,
+    /// CPU of the coordinator and of the hosts from the first status seen
+    /// Replaying to the one showing the replay done (polled every 10 ms).
+    cpu_micros: Option<(u64, Vec<u64>)>,
     coordinator_peak_kib: u64,
     host_peak_kib: u64,
     coordinator_sampled_kib: u64,
@@ -282,9 +296,17 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
         }
         (ch, host_peak)
     };
+    let cpu_all = |c: &Cluster| -> (u64, Vec<u64>) {
+        let host = c.hosts.iter().map(|h| h.pid().and_then(cpu_micros).unwrap_or(0)).collect();
+        (c.coordinator.pid().and_then(cpu_micros).unwrap_or(0), host)
+    };
+    let mut cpu_at_replay_start: Option<(u64, Vec<u64>)> = None;
     loop {
         let (coord_peak, host_peak) = sample(c, &mut coord_sampled, &mut host_sampled);
         if let Ok(s) = c.status().await {
+            if s.pipeline_state == "Replaying" && cpu_at_replay_start.is_none() {
+                cpu_at_replay_start = Some(cpu_all(c));
+            }
             if s.pipeline_state == "Failed" {
                 anyhow::bail!("replay failed: {}\n{}", s.failure, c.logs());
             }
@@ -297,8 +319,13 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
                     c.coordinator.pid().and_then(cpu_ms).map_or("?".into(), |ms| ms.to_string()),
                     hosts.join("/")
                 ));
+                let cpu_micros = cpu_at_replay_start.as_ref().map(|(c0, h0)| {
+                    let (c1, h1) = cpu_all(c);
+                    (c1.saturating_sub(*c0), h1.iter().zip(h0).map(|(b, a)| b.saturating_sub(*a)).collect())
+                });
                 return Ok(Replayed {
                     stats: r,
+                    cpu_micros,
                     coordinator_peak_kib: coord_peak,
                     host_peak_kib: host_peak,
                     coordinator_sampled_kib: coord_sampled,
@@ -319,6 +346,8 @@ struct Alone {
     /// Wall time from the first host's start to the last host's end.
     span_micros: u64,
     per_host: Vec<(u64, f64)>,
+    /// Each host's CPU time over its replay (all threads).
+    cpu_micros: Vec<u64>,
 }
 
 /// Every host replays its journal alone, all at once, no coordinator.
@@ -336,7 +365,7 @@ fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
             .spawn()?;
         children.push(child);
     }
-    let mut out = Alone { records: 0, tids: 0, span_micros: 0, per_host: Vec::new() };
+    let mut out = Alone { records: 0, tids: 0, span_micros: 0, per_host: Vec::new(), cpu_micros: Vec::new() };
     let (mut first_start, mut last_end) = (u64::MAX, 0u64);
     for (i, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output()?;
@@ -354,6 +383,7 @@ fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
         first_start = first_start.min(get("started_unix_us"));
         last_end = last_end.max(get("started_unix_us") + get("micros"));
         out.per_host.push((get("records"), v["records_per_s"].as_f64().unwrap_or(0.0)));
+        out.cpu_micros.push(get("cpu_micros"));
     }
     out.span_micros = last_end.saturating_sub(first_start).max(1);
     Ok(out)
@@ -504,6 +534,21 @@ async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>)
     let r = replay_coordinated(c, last).await?;
     let coord_rps = r.stats.records as f64 * 1e6 / r.stats.micros.max(1) as f64;
     say(format!("  {} tids, {} records in {} -> {coord_rps:.0} records/s", r.stats.tids, r.stats.records, micros(r.stats.micros as f64)));
+    // CPU is steadier than wall time on a shared machine: compare it too.
+    let ms = |v: &[u64]| v.iter().map(|u| format!("{:.0}", *u as f64 / 1000.0)).collect::<Vec<_>>().join("/");
+    let alone_cpu: u64 = alone.cpu_micros.iter().sum();
+    match &r.cpu_micros {
+        Some((coord, hosts)) => say(format!(
+            "  CPU during the replay: alone hosts {} ms (sum {:.0}); coordinated: coordinator {:.0} ms, hosts {} ms (sum {:.0}, {:.2}× alone)",
+            ms(&alone.cpu_micros),
+            alone_cpu as f64 / 1000.0,
+            *coord as f64 / 1000.0,
+            ms(hosts),
+            (coord + hosts.iter().sum::<u64>()) as f64 / 1000.0,
+            (coord + hosts.iter().sum::<u64>()) as f64 / alone_cpu.max(1) as f64
+        )),
+        None => say("  CPU during the replay: not sampled (no status showed Replaying)"),
+    }
     if r.stats.records != alone.records {
         say(format!("  WARNING: records differ: coordinated {} vs alone {}", r.stats.records, alone.records));
     }
