@@ -369,6 +369,12 @@ pub enum LedgerEntry {
     Fail { tid: Tid, diagnosis: String },
     /// Every host reported checkpoint `tid` durable.
     CheckpointComplete { tid: Tid },
+    /// Several entries in one raft entry (one log write and one replication
+    /// round for all of them), applied in order, each with its own verdict
+    /// as if it were an entry of its own. Written by the coordinator's
+    /// proposer when entries queue up behind a ledger write in flight (the
+    /// commit pipeline). Never nested.
+    Batch(Vec<LedgerEntry>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -391,6 +397,8 @@ pub enum LedgerError {
     CheckpointWhileOpen { tid: Tid, open: Tid },
     #[error("checkpoint {tid} is not at or before the last committed tid {last_committed}")]
     CheckpointAhead { tid: Tid, last_committed: Tid },
+    #[error("a batch entry inside a batch entry")]
+    NestedBatch,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,7 +474,17 @@ impl LedgerState {
         self.txns.range(..tid).rev().take(NAMES_LOOKBACK).map(|(_, t)| t).find(|t| !t.hosts.is_empty()).cloned()
     }
 
-    /// Applies one entry: the only way the ledger changes.
+    /// Applies one raft entry and returns one verdict per ledger entry it
+    /// carries (a [`LedgerEntry::Batch`] carries several).
+    pub fn apply_all(&mut self, entry: &LedgerEntry) -> Vec<Result<(), LedgerError>> {
+        match entry {
+            LedgerEntry::Batch(entries) => entries.iter().map(|e| self.apply(e)).collect(),
+            e => vec![self.apply(e)],
+        }
+    }
+
+    /// Applies one entry: the only way the ledger changes. A batch must go
+    /// through [`LedgerState::apply_all`]; here it is refused whole.
     pub fn apply(&mut self, entry: &LedgerEntry) -> Result<(), LedgerError> {
         if !self.is_initialised() && !matches!(entry, LedgerEntry::Init { .. }) {
             return Err(LedgerError::NotInitialised);
@@ -493,6 +511,7 @@ impl LedgerState {
                 self.epoch = *epoch;
                 Ok(())
             }
+            LedgerEntry::Batch(_) => Err(LedgerError::NestedBatch),
             LedgerEntry::Begin { tid } => self.begin(*tid),
             LedgerEntry::Commit { tid, hosts, begin_next } => {
                 self.check_begun(*tid, "committed")?;
@@ -694,6 +713,32 @@ mod tests {
             Err(LedgerError::CheckpointWhileOpen { tid: 2, open: 3 }),
             "a tid begun ahead is open: invariant 5 holds for it too"
         );
+    }
+
+    #[test]
+    fn a_batch_applies_each_entry_in_order_with_its_own_verdict() {
+        let mut l = init();
+        l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
+        let batch = LedgerEntry::Batch(vec![
+            LedgerEntry::Commit { tid: 1, hosts: all_hosts(), begin_next: Some(2) },
+            LedgerEntry::Begin { tid: 2 },
+            LedgerEntry::Commit { tid: 2, hosts: all_hosts(), begin_next: Some(3) },
+            LedgerEntry::Batch(vec![]),
+        ]);
+        let verdicts = l.apply_all(&batch);
+        assert_eq!(
+            verdicts,
+            vec![
+                Ok(()),
+                Err(LedgerError::TidReused { proposed: 2, high_water: 2 }),
+                Ok(()),
+                Err(LedgerError::NestedBatch),
+            ],
+            "a rejected entry changes nothing and the next one still applies"
+        );
+        assert_eq!(l.last_committed, 2);
+        assert_eq!(l.open_tids().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(l.apply(&batch), Err(LedgerError::NestedBatch), "apply refuses a batch whole");
     }
 
     #[test]

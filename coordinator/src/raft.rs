@@ -97,10 +97,11 @@ use store::{LogStore, SmData, StateMachine};
 
 pub type NodeId = u64;
 
-/// The ledger's answer to one applied entry: `Ok(())`, or the error that
+/// The ledger's answer to one applied raft entry, one per ledger entry it
+/// carries (several for a `LedgerEntry::Batch`): `Ok(())`, or the error that
 /// left the state unchanged (see `LedgerState::apply`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict(pub Result<(), LedgerError>);
+pub struct Verdict(pub Vec<Result<(), LedgerError>>);
 
 openraft::declare_raft_types!(
     /// openraft type configuration of the ledger group.
@@ -541,7 +542,7 @@ impl Ledger {
         entry: LedgerEntry,
     ) -> Result<Result<(), LedgerError>, ProposeError> {
         match self.inner.raft.client_write(entry).await {
-            Ok(resp) => Ok(resp.data.0),
+            Ok(resp) => Ok(resp.data.0.into_iter().next().unwrap_or(Ok(()))),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ProposeError::Storage(format!(
                     "unexpected membership error on a ledger write: {e}"
@@ -552,13 +553,15 @@ impl Ledger {
     }
 
     /// Hands `entry` to raft and returns once it is queued, with a future
-    /// that resolves as [`Ledger::propose`] would. Entries queued one after
+    /// that resolves with one verdict per ledger entry it carries (one, or a
+    /// batch's). Entries queued one after
     /// another are appended in that order, so a caller can keep several in
     /// flight (the commit pipeline) and still see results in log order.
     pub async fn propose_queued(
         &self,
         entry: LedgerEntry,
-    ) -> Result<impl std::future::Future<Output = Result<Result<(), LedgerError>, ProposeError>> + Send + 'static, ProposeError> {
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Result<(), LedgerError>>, ProposeError>> + Send + 'static, ProposeError>
+    {
         let rx = self.inner.raft.client_write_ff(entry).await?;
         Ok(async move {
             match rx.await {
@@ -1057,6 +1060,30 @@ mod tests {
         std::fs::remove_file(snaps.join(&files[0])).unwrap();
         let msg = format!("{:#}", Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap_err());
         assert!(msg.contains("current snapshot") && msg.contains("is missing"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_format_3_directory_is_restamped_on_open_and_takes_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = ledger_with_snapshot(dir.path()).await;
+        store::stamp_v3(dir.path()).unwrap();
+        assert_eq!(store::redb_snapshot_and_format(dir.path()).unwrap(), (false, "lockstep-ledger/3".to_string()));
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        assert_eq!(l.state().await, want);
+        let batch = LedgerEntry::Batch(vec![
+            LedgerEntry::Commit { tid: 13, hosts: hosts(), begin_next: Some(14) },
+            LedgerEntry::Commit { tid: 14, hosts: hosts(), begin_next: Some(15) },
+        ]);
+        let verdicts = l.propose_queued(batch).await.unwrap().await.unwrap();
+        assert_eq!(verdicts, vec![Ok(()), Ok(())]);
+        let after = l.state().await;
+        assert_eq!(after.last_committed, 14);
+        l.shutdown().await.unwrap();
+        assert_eq!(store::redb_snapshot_and_format(dir.path()).unwrap(), (false, store::FORMAT.to_string()));
+        // The batch entry is read back from the log on the next open.
+        let l = Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap();
+        assert_eq!(l.state().await, after);
+        l.shutdown().await.unwrap();
     }
 
     #[tokio::test]

@@ -56,9 +56,11 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 /// most (those already received; the reader never waits to fill it).
 const REPORTS_FORWARDED_MAX: usize = 64;
 /// How often timers are checked.
-/// Ledger writes handed to raft whose result the driver has not seen yet
-/// (beyond it, the core's proposals wait in the proposer's queue).
-const PROPOSALS_IN_FLIGHT_MAX: usize = 256;
+/// Raft writes handed over whose result the driver has not seen yet; the
+/// core's proposals meanwhile queue up for the next write (a batch).
+const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+/// At most this many ledger entries in one raft entry.
+const PROPOSAL_BATCH_MAX: usize = 64;
 const TICK_MS: u64 = 10;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
@@ -242,23 +244,40 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<LedgerEntry>();
     let (lost_tx, lost_rx) = watch::channel(None::<String>);
 
-    // Proposer: entries are handed to raft one after another, in the order
-    // the core proposed them, and several may be in flight (the commit
-    // pipeline); a second task awaits their results in that same order, so
-    // the core sees them in log order. A write this node cannot commit
-    // (deposed, or no quorum within the timeout) is not a pipeline failure:
-    // it means another node leads, or will, and that node recovers from the
-    // ledger. Nothing after it is reported.
-    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Result<(), crate::ledger::LedgerError>, ProposeError>> + Send>>;
-    let (queued_tx, mut queued_rx) = mpsc::channel::<(LedgerEntry, Pending)>(PROPOSALS_IN_FLIGHT_MAX);
+    // Proposer: entries are handed to raft in the order the core proposed
+    // them, with at most PROPOSALS_IN_FLIGHT_MAX raft writes outstanding;
+    // whatever the core proposes meanwhile queues up and goes as ONE raft
+    // entry (`LedgerEntry::Batch`): one log write and one replication round
+    // for all of it, which is what lets a commit pipeline commit several
+    // tids per ledger round. (openraft 0.9 appends one raft entry at a time,
+    // waiting for its fsync, so only fewer, larger entries raise the rate.)
+    // A second task awaits the results in order and reports each ledger
+    // entry on its own, so the core sees them in log order exactly as if
+    // each had been a raft entry. A write this node cannot commit (deposed,
+    // or no quorum within the timeout) is not a pipeline failure: it means
+    // another node leads, or will, and that node recovers from the ledger.
+    // Nothing after it is reported.
+    type Pending =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Result<(), crate::ledger::LedgerError>>, ProposeError>> + Send>>;
+    let (queued_tx, mut queued_rx) = mpsc::channel::<(Vec<LedgerEntry>, Pending)>(PROPOSALS_IN_FLIGHT_MAX);
     let proposer_ledger = ledger.clone();
     tokio::spawn(async move {
-        while let Some(entry) = propose_rx.recv().await {
-            let pending: Pending = match proposer_ledger.propose_queued(entry.clone()).await {
+        while let Some(first) = propose_rx.recv().await {
+            let mut entries = vec![first];
+            while entries.len() < PROPOSAL_BATCH_MAX {
+                match propose_rx.try_recv() {
+                    Ok(e) => entries.push(e),
+                    Err(_) => break,
+                }
+            }
+            let raft_entry = if entries.len() == 1 { entries[0].clone() } else { LedgerEntry::Batch(entries.clone()) };
+            let pending: Pending = match proposer_ledger.propose_queued(raft_entry).await {
                 Ok(f) => Box::pin(f),
                 Err(e) => Box::pin(async move { Err(e) }),
             };
-            if queued_tx.send((entry, pending)).await.is_err() {
+            // Blocks while PROPOSALS_IN_FLIGHT_MAX writes are outstanding:
+            // that is when the next batch fills up.
+            if queued_tx.send((entries, pending)).await.is_err() {
                 break;
             }
         }
@@ -266,27 +285,40 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     let events = tx.clone();
     let results_ledger = ledger.clone();
     tokio::spawn(async move {
-        while let Some((entry, pending)) = queued_rx.recv().await {
-            let msg = match tokio::time::timeout(propose_timeout, pending).await {
-                Ok(Ok(result)) => {
-                    let records = results_ledger.with_state(|l| {
-                        entry_tids(&entry).filter_map(|t| l.txns.get(&t).cloned()).collect::<Vec<_>>()
-                    });
-                    Msg::Applied(Event::Applied { entry, result }, records)
+        'writes: while let Some((entries, pending)) = queued_rx.recv().await {
+            let outcome = tokio::time::timeout(propose_timeout, pending).await;
+            let what = || if entries.len() == 1 { format!("{:?}", entries[0]) } else { format!("a batch of {} entries", entries.len()) };
+            let msgs: Vec<Msg> = match outcome {
+                Ok(Ok(verdicts)) if verdicts.len() == entries.len() => entries
+                    .into_iter()
+                    .zip(verdicts)
+                    .map(|(entry, result)| {
+                        let records = results_ledger.with_state(|l| {
+                            entry_tids(&entry).filter_map(|t| l.txns.get(&t).cloned()).collect::<Vec<_>>()
+                        });
+                        Msg::Applied(Event::Applied { entry, result }, records)
+                    })
+                    .collect(),
+                Ok(Ok(verdicts)) => {
+                    let error = format!("the ledger returned {} verdicts for {} entries", verdicts.len(), entries.len());
+                    entries.into_iter().map(|entry| Msg::Event(Event::ProposeFailed { entry, error: error.clone() })).collect()
                 }
                 Ok(Err(ProposeError::Shutdown)) => break,
                 Ok(Err(e @ (ProposeError::NotLeader { .. } | ProposeError::NoQuorum(_)))) => {
-                    Msg::LeadershipLost(format!("the ledger did not take {entry:?}: {e}"))
+                    vec![Msg::LeadershipLost(format!("the ledger did not take {}: {e}", what()))]
                 }
-                Ok(Err(e)) => Msg::Event(Event::ProposeFailed { entry, error: e.to_string() }),
-                Err(_) => Msg::LeadershipLost(format!(
-                    "a ledger write ({entry:?}) did not commit within {propose_timeout:?}: this node cannot reach a quorum \
-                     of the coordinator group"
-                )),
+                Ok(Err(e)) => entries.into_iter().map(|entry| Msg::Event(Event::ProposeFailed { entry, error: e.to_string() })).collect(),
+                Err(_) => vec![Msg::LeadershipLost(format!(
+                    "a ledger write ({}) did not commit within {propose_timeout:?}: this node cannot reach a quorum of the \
+                     coordinator group",
+                    what()
+                ))],
             };
-            let last = matches!(msg, Msg::LeadershipLost(_));
-            if events.send(msg).await.is_err() || last {
-                break;
+            for msg in msgs {
+                let last = matches!(msg, Msg::LeadershipLost(_));
+                if events.send(msg).await.is_err() || last {
+                    break 'writes;
+                }
             }
         }
     });
@@ -406,7 +438,10 @@ fn entry_tids(entry: &LedgerEntry) -> impl Iterator<Item = u64> {
     let (a, b) = match entry {
         LedgerEntry::Begin { tid } | LedgerEntry::Fail { tid, .. } => (Some(*tid), None),
         LedgerEntry::Commit { tid, begin_next, .. } => (Some(*tid), *begin_next),
-        LedgerEntry::Init { .. } | LedgerEntry::NewEpoch { .. } | LedgerEntry::CheckpointComplete { .. } => (None, None),
+        LedgerEntry::Init { .. }
+        | LedgerEntry::NewEpoch { .. }
+        | LedgerEntry::CheckpointComplete { .. }
+        | LedgerEntry::Batch(_) => (None, None),
     };
     a.into_iter().chain(b)
 }

@@ -1574,6 +1574,7 @@ fn entry_name(e: &LedgerEntry) -> String {
         LedgerEntry::Commit { tid, .. } => format!("Commit({tid})"),
         LedgerEntry::Fail { tid, .. } => format!("Fail({tid})"),
         LedgerEntry::CheckpointComplete { tid } => format!("CheckpointComplete({tid})"),
+        LedgerEntry::Batch(entries) => format!("Batch({})", entries.iter().map(entry_name).collect::<Vec<_>>().join(", ")),
     }
 }
 

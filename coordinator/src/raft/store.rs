@@ -82,8 +82,12 @@ pub const LEDGER_FILE: &str = "ledger.redb";
 pub const LOG_DIR: &str = "raft-log";
 /// Format marker stored under `raft_meta["format"]`. Version 1 kept the raft
 /// log inside `ledger.redb`; version 2 keeps it in [`LOG_DIR`]; version 3
-/// keeps the snapshot in [`SNAPSHOT_DIR`] (version 2 is upgraded on open).
-pub const FORMAT: &str = "lockstep-ledger/3";
+/// keeps the snapshot in [`SNAPSHOT_DIR`]; version 4 may hold
+/// `LedgerEntry::Batch` entries in the log, which a version-3 build cannot
+/// decode (versions 2 and 3 are upgraded on open; from 3 only the stamp
+/// changes).
+pub const FORMAT: &str = "lockstep-ledger/4";
+const FORMAT_V3: &str = "lockstep-ledger/3";
 const FORMAT_V2: &str = "lockstep-ledger/2";
 const SNAPSHOT_FORMAT: &str = "lockstep-ledger-snapshot/1";
 /// The first bytes of every redb file (redb's `MAGICNUMBER`).
@@ -147,6 +151,15 @@ pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::s
     if found == Found::V2 {
         migrate_v2(&db, &snapshots, &path)?;
     }
+    if found == Found::V3 {
+        let wtx = db.begin_write()?;
+        {
+            let mut t = wtx.open_table(META)?;
+            t.insert(K_FORMAT, FORMAT.as_bytes())?;
+        }
+        wtx.commit()?;
+        tracing::info!(ledger = %path.display(), "ledger format 3 upgraded to 4 (the raft log may now hold batch entries)");
+    }
     // Nothing writes yet: leftovers of interrupted writes go too.
     let current = get_meta::<Meta>(&db, K_SNAPSHOT_META)?.map(|m| snapshot::file_name(m.last_log_id.as_ref()));
     let removed = snapshots.remove_superseded(current.as_deref(), true)?;
@@ -167,6 +180,8 @@ enum Found {
     /// A new file (now stamped with [`FORMAT`]).
     Fresh,
     Current,
+    /// [`FORMAT_V3`]: the same layout; restamped on open.
+    V3,
     /// [`FORMAT_V2`]: the snapshot is still inside `ledger.redb`.
     V2,
 }
@@ -304,11 +319,13 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<Found> {
         .map(|v| v.value().to_vec());
     match found {
         Some(v) if v == FORMAT.as_bytes() => Ok(Found::Current),
+        Some(v) if v == FORMAT_V3.as_bytes() => Ok(Found::V3),
         Some(v) if v == FORMAT_V2.as_bytes() => Ok(Found::V2),
         Some(v) => bail!(
-            "{shown} has ledger format {:?}, this build supports {FORMAT:?} and {FORMAT_V2:?} (format 1 kept the raft \
-             log inside ledger.redb, format 2 in {LOG_DIR}/, format 3 also the snapshot in {SNAPSHOT_DIR}/); open it \
-             with the Lockstep version that wrote it, or move the data directory away to start an empty ledger",
+            "{shown} has ledger format {:?}, this build supports {FORMAT:?}, {FORMAT_V3:?} and {FORMAT_V2:?} (format 1 \
+             kept the raft log inside ledger.redb, format 2 in {LOG_DIR}/, format 3 also the snapshot in \
+             {SNAPSHOT_DIR}/, format 4 may hold batch entries in the log); open it with the Lockstep version that \
+             wrote it, or move the data directory away to start an empty ledger",
             String::from_utf8_lossy(&v)
         ),
         None => Err(not_ours()),
@@ -363,7 +380,21 @@ pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId<NodeId>>) -> an
     Ok(())
 }
 
-/// Test hook: turn a closed format-3 data directory into the format-2
+/// Test hook: stamp a closed data directory as format 3 (the layout of
+/// format 4, before batch entries).
+#[cfg(test)]
+pub fn stamp_v3(dir: &Path) -> anyhow::Result<()> {
+    let (db, _, _) = open(dir)?;
+    let wtx = db.begin_write()?;
+    {
+        let mut t = wtx.open_table(META)?;
+        t.insert(K_FORMAT, FORMAT_V3.as_bytes())?;
+    }
+    wtx.commit()?;
+    Ok(())
+}
+
+/// Test hook: turn a closed format-4 data directory into the format-2
 /// layout (the snapshot's bytes inside `ledger.redb`, no snapshot files).
 #[cfg(test)]
 pub fn downgrade_to_v2(dir: &Path) -> anyhow::Result<()> {
@@ -828,7 +859,7 @@ fn migrate_v2(db: &Database, snapshots: &SnapshotDir, path: &Path) -> anyhow::Re
         t.insert(K_FORMAT, FORMAT.as_bytes())?;
     }
     wtx.commit()?;
-    tracing::info!(ledger = %path.display(), "ledger format 2 upgraded to 3: the snapshot moved to {SNAPSHOT_DIR}/");
+    tracing::info!(ledger = %path.display(), "ledger format 2 upgraded to 4: the snapshot moved to {SNAPSHOT_DIR}/");
     Ok(())
 }
 
@@ -890,13 +921,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             d.last_applied = Some(e.log_id);
             let verdict = match e.payload {
-                EntryPayload::Blank => Ok(()),
+                EntryPayload::Blank => vec![Ok(())],
                 // The ledger's verdict: a rejected entry leaves the state
                 // unchanged, identically on every replica.
-                EntryPayload::Normal(entry) => d.state.apply(&entry),
+                EntryPayload::Normal(entry) => d.state.apply_all(&entry),
                 EntryPayload::Membership(m) => {
                     d.membership = StoredMembership::new(Some(e.log_id), m);
-                    Ok(())
+                    vec![Ok(())]
                 }
             };
             out.push(Verdict(verdict));

@@ -68,6 +68,7 @@ options (defaults in brackets):
   --kills N                    leader kills [20]
   --kill-checkpoint-every-txns N  checkpoint interval during leader-kill [50]
   --pipeline-depth N           the coordinators' --pipeline-depth in replicated [8]
+  --group-commit-interval-ms   commit interval in replicated (0: prepare a tid as soon as it opens) [0]
 ";
 
 #[derive(Clone, Debug)]
@@ -90,6 +91,7 @@ struct Opts {
     etcd_puts_max: u64,
     kills: usize,
     pipeline_depth: u64,
+    group_commit_interval_ms: u64,
     kill_checkpoint_every_txns: u64,
 }
 
@@ -114,6 +116,7 @@ impl Default for Opts {
             etcd_puts_max: 200_000,
             kills: 20,
             pipeline_depth: 8,
+            group_commit_interval_ms: 0,
             kill_checkpoint_every_txns: 50,
         }
     }
@@ -148,6 +151,7 @@ fn parse_args() -> Result<(String, Opts), String> {
             "--etcd-puts-max" => o.etcd_puts_max = n,
             "--kills" => o.kills = n as usize,
             "--pipeline-depth" => o.pipeline_depth = n,
+            "--group-commit-interval-ms" => o.group_commit_interval_ms = n,
             "--kill-checkpoint-every-txns" => o.kill_checkpoint_every_txns = n,
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -873,7 +877,7 @@ struct Group {
 }
 
 impl Group {
-    fn start(o: &Opts, checkpoint_every_txns: u64, pipeline_depth: u64, cluster: &str) -> anyhow::Result<Group> {
+    fn start(o: &Opts, checkpoint_every_txns: u64, pipeline_depth: u64, commit_interval_ms: u64, cluster: &str) -> anyhow::Result<Group> {
         // Fail with a clear word if this build predates the replicated CLI.
         let help = Command::new(bin_dir().join("coordinator")).args(["serve", "--help"]).output()?;
         anyhow::ensure!(
@@ -882,7 +886,7 @@ impl Group {
         );
         let opts = ClusterOpts {
             hosts: o.group_hosts,
-            commit_interval_ms: o.live_commit_interval_ms,
+            commit_interval_ms,
             checkpoint_every_txns,
             report_deadline_ms: 10_000,
             generator_seed: 7,
@@ -937,9 +941,9 @@ impl Group {
 async fn bench_replicated(o: &Opts, etcd: Option<&PutRun>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     say(format!(
         "replicated: {} coordinators (raft) + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
-        o.coordinators, o.group_hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.group_secs
+        o.coordinators, o.group_hosts, o.live_step_interval_ms, o.group_commit_interval_ms, o.group_secs
     ));
-    let g = Group::start(o, 0, o.pipeline_depth, "bench-replicated")?;
+    let g = Group::start(o, 0, o.pipeline_depth, o.group_commit_interval_ms, "bench-replicated")?;
     let (li, s0) = g
         .wait_leader("a leader, Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
             s.pipeline_state == "Running" && s.last_committed_tid >= 20
@@ -988,7 +992,7 @@ async fn bench_leader_kill(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> 
     // kill measures the same thing as the first.
     // One tid at a time: with a pipeline, a leader kill always finds tids
     // prepared and awaiting their commit, and recovery replays.
-    let mut g = Group::start(o, o.kill_checkpoint_every_txns, 1, "bench-leader-kill")?;
+    let mut g = Group::start(o, o.kill_checkpoint_every_txns, 1, o.live_commit_interval_ms, "bench-leader-kill")?;
     let step = Duration::from_secs(60);
     // Per kill: kill -> a survivor leads; -> it has every host connected
     // again; -> it shows a commit of its own (the measured one).
