@@ -204,16 +204,10 @@ fn prep(tid: Tid, steps: u64, a: Aggregate, digest: u64) -> PreparedReport {
 /// 3 open, 4 begun ahead. h0 had prepared 2 and ran a step of 3; h1 had not
 /// yet prepared 2 (its `Prepare{2, next 3}` was lost with the leader).
 fn kept_pipeline() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>, Resumable, Resumable) {
-    let (l, _, _) = crashed_pipeline();
+    // The journals are those of a crashed pipeline: what the hosts kept is
+    // what they journaled.
+    let (l, j0, j1) = crashed_pipeline();
     let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
-    let j = |tid: Tid, step: u64, i: u64| JournalTid {
-        tid,
-        first_step: step,
-        last_step: step,
-        steps: 1,
-        aggregate: (&a(tid, i)).into(),
-        committed: tid == 1,
-    };
     let h0 = Resumable {
         last_committed: 1,
         state: HostTxnState::OpenLive,
@@ -224,7 +218,7 @@ fn kept_pipeline() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>, Resumable,
         awaiting: vec![prep(2, 1, a(2, 0), 200)],
     };
     let h1 = Resumable { last_committed: 1, state: HostTxnState::OpenLive, tid: 2, steps: 1, aggregate: a(2, 1), prepared: None, awaiting: vec![] };
-    (l, vec![j(1, 1, 0), j(2, 2, 0), j(3, 3, 0)], vec![j(1, 1, 1), j(2, 2, 1)], h0, h1)
+    (l, j0, j1, h0, h1)
 }
 
 fn recovery(h: &Harness) -> Recovery {
