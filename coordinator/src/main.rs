@@ -189,7 +189,8 @@ struct PolicyArgs {
     /// previous one's Commit); above 1, hosts go on with the next tid while
     /// the coordinator records the previous one's commit, so a ledger round
     /// no longer stalls them (docs/ARCHITECTURE.md, "Commit pipeline").
-    /// Recovery after a crash replays the begun, uncommitted tids.
+    /// After a crash or a leader change the begun, uncommitted tids are
+    /// continued or replayed: nothing is lost or emitted twice.
     #[arg(long, env = "LOCKSTEP_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pipeline_depth: u64,
 }
