@@ -74,8 +74,11 @@ async fn kill_the_leader(opts: ClusterOpts, kills: usize) {
         leader = next;
     }
     // Let the hosts catch up on the last commit, then check every sink.
-    let (_, s) = g.wait_leader("commits after the last kill", long, |s| s.last_committed_tid > committed + 3).await;
+    g.wait_leader("commits after the last kill", long, |s| s.last_committed_tid > committed + 3).await;
     let sinks = check_sinks(&g);
+    // Read after the sinks: hosts go on committing, and a tid reaches a sink
+    // only after the ledger holds it, so this bounds every tid read above.
+    let (_, s) = g.wait_leader("the ledger's last commit after reading the sinks", long, |_| true).await;
     for (i, tids) in sinks.iter().enumerate() {
         assert!(tids.len() as u64 >= committed, "host {i} emitted {} tids, the ledger committed {committed}", tids.len());
         assert!(tids.iter().all(|t| *t <= s.last_committed_tid), "host {i} emitted a tid the ledger never committed");

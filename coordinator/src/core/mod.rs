@@ -1237,24 +1237,39 @@ impl Core {
                         sends.extend(catch_up(o).into_iter().map(|cmd| (host.clone(), cmd)));
                     }
                 }
-                resume::HostResume::Pipelined { commit, prepared, tid, progress } => {
-                    states.push(format!(
-                        "{host} holding prepared tids {:?} and in tid {tid} with {} steps",
-                        commit.iter().copied().chain(prepared.iter().map(|p| p.tid)).collect::<Vec<_>>(),
-                        progress.steps
-                    ));
+                resume::HostResume::Pipelined { commit, prepared, at } => {
+                    let held = commit.iter().copied().chain(prepared.iter().map(|p| p.tid)).collect::<Vec<_>>();
+                    match &at {
+                        Some((tid, progress)) => {
+                            states.push(format!("{host} holding prepared tids {held:?} and in tid {tid} with {} steps", progress.steps))
+                        }
+                        None => states.push(format!("{host} holding prepared tids {held:?}, all committed")),
+                    }
                     if let Some(last) = commit.last() {
                         slot.commit_sent = *last;
                     }
-                    slot.txn = progress;
-                    sends.extend(commit.into_iter().map(|t| (host.clone(), Cmd::Commit { tid: t, next: None })));
+                    let n = commit.len();
+                    for (i, t) in commit.into_iter().enumerate() {
+                        // Idle after the last one: it carries the next Start.
+                        let next = if i + 1 == n && at.is_none() { open.map(Start::live) } else { None };
+                        sends.push((host.clone(), Cmd::Commit { tid: t, next }));
+                    }
                     for p in prepared {
                         if let Some(entry) = self.inflight.iter_mut().find(|e| e.tid == p.tid) {
                             entry.records += p.aggregate.0.values().map(|c| c.count).sum::<u64>();
                             entry.prepared.insert(host.clone(), p);
                         }
                     }
-                    sends.extend(catch_up(tid).into_iter().map(|cmd| (host.clone(), cmd)));
+                    let from = match at {
+                        Some((tid, progress)) => {
+                            slot.txn = progress;
+                            Some(tid)
+                        }
+                        None => open,
+                    };
+                    if let Some(from) = from {
+                        sends.extend(catch_up(from).into_iter().map(|cmd| (host.clone(), cmd)));
+                    }
                 }
             }
         }

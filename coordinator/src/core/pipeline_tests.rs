@@ -269,3 +269,58 @@ fn a_pipelined_host_whose_held_tids_do_not_fit_the_ledger_sends_everyone_to_repl
     assert_eq!(r.path, RecoveryPath::Replay);
     assert!(r.why.contains("host h0's Prepared of tid 2 says 2 steps"), "{}", r.why);
 }
+
+/// The leader died after the ledger committed 2 and 3 (3 prepared without a
+/// next, e.g. no tid was begun ahead yet) and before any host got either
+/// Commit: each host holds 2 awaiting and is prepared in 3. The new leader
+/// sends both Commits, the last with the next Start, without a restore.
+#[test]
+fn hosts_holding_only_committed_tids_get_their_commits_and_go_on() {
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
+    let mut l = LedgerState::default();
+    l.apply(&LedgerEntry::Init { cluster_id: "c1".into(), hosts: vec!["h0".into(), "h1".into()] }).unwrap();
+    l.apply(&LedgerEntry::NewEpoch { epoch: 1 }).unwrap();
+    for t in 1..=4 {
+        l.apply(&LedgerEntry::Begin { tid: t }).unwrap();
+    }
+    for t in 1..=3 {
+        let hosts = (0..2).map(|i| (format!("h{i}"), HostTxnRecord::new(1, &a(t, i), 100 * t + i))).collect();
+        l.apply(&LedgerEntry::Commit { tid: t, hosts, begin_next: None }).unwrap();
+    }
+    let journal = |i: u64| {
+        (1..=3)
+            .map(|t| JournalTid { tid: t, first_step: t, last_step: t, steps: 1, aggregate: (&a(t, i)).into(), committed: t == 1 })
+            .collect::<Vec<_>>()
+    };
+    let kept = |i: u64| Resumable {
+        last_committed: 1,
+        state: HostTxnState::Prepared,
+        tid: 3,
+        steps: 1,
+        aggregate: a(3, i),
+        prepared: Some(prep(3, 1, a(3, i), 300 + i)),
+        awaiting: vec![prep(2, 1, a(2, i), 200 + i)],
+    };
+    let mut h = Harness::new(CoreConfig { pipeline_depth: 4, ..cfg() }, l);
+    h.hello_with("h0", journal(0), vec![], Some(kept(0)));
+    h.hello_with("h1", journal(1), vec![], Some(kept(1)));
+    let r = recovery(&h);
+    assert_eq!(r.path, RecoveryPath::Continue, "{}", r.why);
+    assert_eq!(
+        cmds_for(&h.take_sent(), "h1"),
+        vec![
+            Cmd::Commit { tid: 2, next: None },
+            Cmd::Commit { tid: 3, next: Some(Start::live(4)) },
+            Cmd::Prepare { tid: 4, next: None }
+        ]
+    );
+    // A report that differs from the ledger's record is named instead.
+    let mut h = Harness::new(CoreConfig { pipeline_depth: 4, ..cfg() }, h.shadow.clone());
+    let mut bad = kept(0);
+    bad.prepared = Some(prep(3, 1, a(3, 0), 999));
+    h.hello_with("h0", journal(0), vec![], Some(bad));
+    h.hello_with("h1", journal(1), vec![], Some(kept(1)));
+    let r = recovery(&h);
+    assert_eq!(r.path, RecoveryPath::Replay);
+    assert!(r.why.contains("host h0's Prepared of tid 3 has output digest"), "{}", r.why);
+}

@@ -53,11 +53,13 @@ pub enum HostResume {
     /// (c) Prepared in the last committed tid: `Commit{C, next}`.
     CommitPending,
     /// (d) Commit pipeline: the host holds prepared tids awaiting their
-    /// commit. `commit`: those the ledger committed (each gets `Commit{T}`);
-    /// `prepared`: those still open, the ledger's oldest open tids in order,
-    /// each report equal to the journal; then it is in open tid `tid` with
-    /// `progress` (open live, or prepared without a next).
-    Pipelined { commit: Vec<Tid>, prepared: Vec<PreparedReport>, tid: Tid, progress: HostProgress },
+    /// commit. `commit`: those the ledger committed (each gets `Commit{T}`,
+    /// the host's own prepared tid among them when the ledger committed it
+    /// too); `prepared`: those still open, the ledger's oldest open tids in
+    /// order, each report equal to the journal; then `at`: the open tid it
+    /// is in with its progress (open live, or prepared without a next), or
+    /// `None`: idle at the last commit once `commit` is sent.
+    Pipelined { commit: Vec<Tid>, prepared: Vec<PreparedReport>, at: Option<(Tid, HostProgress)> },
 }
 
 impl HostResume {
@@ -66,7 +68,7 @@ impl HostResume {
         match self {
             HostResume::Idle | HostResume::CommitPending => None,
             HostResume::Open(_) => open,
-            HostResume::Pipelined { tid, .. } => Some(*tid),
+            HostResume::Pipelined { at, .. } => at.as_ref().map(|(t, _)| *t),
         }
     }
 }
@@ -130,7 +132,18 @@ fn fit_pipelined(
     let open: Vec<Tid> = ledger.open_tids().collect();
     let mut commit = Vec::new();
     let mut prepared = Vec::new();
-    for p in &r.awaiting {
+    // Prepared (without a next) in a tid the ledger committed: it is held
+    // like the awaiting ones, and the host is idle at C after them.
+    let committed_current = r.state == HostTxnState::Prepared && r.tid <= c && r.tid > 0;
+    let current_report = if committed_current {
+        match r.prepared.as_ref().filter(|p| p.tid == r.tid) {
+            Some(p) => Some(p.clone()),
+            None => return Err(format!("host {host} is prepared in tid {} but offers no Prepared report of it", r.tid)),
+        }
+    } else {
+        None
+    };
+    for p in r.awaiting.iter().chain(current_report.as_ref()) {
         if p.tid <= c {
             let Some(rec) = ledger.txn(p.tid).filter(|t| t.status == TxnStatus::Committed).and_then(|t| t.hosts.get(host)) else {
                 return Err(format!(
@@ -175,6 +188,17 @@ fn fit_pipelined(
     if open.get(..held.len()) != Some(&held[..]) {
         return Err(format!("host {host} holds prepared tids {held:?}, but the ledger's open tids are {open:?}"));
     }
+    if committed_current {
+        if !prepared.is_empty() {
+            return Err(format!("host {host} holds open tids {held:?} before its prepared tid {}, which the ledger committed", r.tid));
+        }
+        // Idle at C once its commits are sent, like (c): no journaled step
+        // of an open tid may be left unrun.
+        if let Some((t, steps)) = open.iter().map(|t| (*t, journal(*t).0)).find(|(_, s)| *s > 0) {
+            return Err(format!("host {host} is prepared in tid {}, but its journal holds {steps} steps of the open tid {t}", r.tid));
+        }
+        return Ok(HostResume::Pipelined { commit, prepared, at: None });
+    }
     let next = open.get(held.len()).copied();
     match r.state {
         HostTxnState::OpenLive | HostTxnState::Prepared if Some(r.tid) == next => {
@@ -194,7 +218,7 @@ fn fit_pipelined(
             let records = r.aggregate.0.values().map(|c| c.count).sum();
             let progress =
                 HostProgress { steps: r.steps, live_steps: r.steps, last_step: 0, records, sum: r.aggregate.clone(), prepared: None };
-            Ok(HostResume::Pipelined { commit, prepared, tid: r.tid, progress })
+            Ok(HostResume::Pipelined { commit, prepared, at: Some((r.tid, progress)) })
         }
         _ => Err(format!(
             "host {host} is {:?} in tid {} after the tids it holds ({:?}), but the ledger's next open tid is {next:?}",
