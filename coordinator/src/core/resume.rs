@@ -22,7 +22,8 @@
 //!   equal to the ledger's record (they get `Commit`); those above `C` must
 //!   be the ledger's oldest open tids in order, each report equal to the
 //!   journal; the host is then open (or prepared) in the next open tid
-//!   with exactly its journaled steps. Hosts that are behind are caught up
+//!   with exactly its journaled steps, or prepared in a tid the ledger
+//!   committed (counted with the committed ones; idle after them). Hosts that are behind are caught up
 //!   with `Prepare{T, next}` to the furthest host's tid; a host prepared
 //!   without a next below that tid cannot be, and replays.
 //!
