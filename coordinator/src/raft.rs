@@ -542,7 +542,8 @@ impl Ledger {
         entry: LedgerEntry,
     ) -> Result<Result<(), LedgerError>, ProposeError> {
         match self.inner.raft.client_write(entry).await {
-            Ok(resp) => Ok(resp.data.0.into_iter().next().unwrap_or(Ok(()))),
+            // One ledger entry, one verdict; none would be a bug, never a pass.
+            Ok(resp) => resp.data.0.into_iter().next().ok_or_else(|| ProposeError::Storage("the ledger returned no verdict".into())),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ProposeError::Storage(format!(
                     "unexpected membership error on a ledger write: {e}"

@@ -55,12 +55,12 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 /// Reports of one host stream forwarded to the driver as one message at
 /// most (those already received; the reader never waits to fill it).
 const REPORTS_FORWARDED_MAX: usize = 64;
-/// How often timers are checked.
 /// Raft writes handed over whose result the driver has not seen yet; the
 /// core's proposals meanwhile queue up for the next write (a batch).
 const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 /// At most this many ledger entries in one raft entry.
 const PROPOSAL_BATCH_MAX: usize = 64;
+/// How often timers are checked.
 const TICK_MS: u64 = 10;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
@@ -561,13 +561,10 @@ impl Driver {
             match action {
                 Action::Send { host, epoch, cmd } => {
                     self.time_commit(&cmd);
-                    let Some(&id) = self.host_conn.get(&host) else {
+                    let stream = self.host_conn.get(&host).copied().and_then(|id| Some((id, self.conns.get_mut(&id)?)));
+                    let Some((id, conn)) = stream else {
                         // The core only addresses connected hosts; a stream
                         // that just died is reported to it as Disconnected.
-                        warn!(%host, ?cmd, "command for a host without a stream dropped");
-                        continue;
-                    };
-                    let Some(conn) = self.conns.get_mut(&id) else {
                         warn!(%host, ?cmd, "command for a host without a stream dropped");
                         continue;
                     };

@@ -449,11 +449,12 @@ impl HostCore {
 
     fn on_stream_closed(&mut self) -> Vec<Action> {
         self.stream = None;
-        let live = matches!(self.state, TxnState::OpenLive { .. } | TxnState::PausedLive { .. } | TxnState::Prepared { .. } | TxnState::PausedPrepared { .. });
-        if !self.ahead.is_empty() || (!self.awaiting.is_empty() && (self.sealed || !live)) {
-            // Mid-window: the engine is past replayed tids whose commit
-            // never came, so it is at no committed boundary; replayed after
-            // the next Restore, like any replay cut short.
+        if self.sealed && !self.awaiting.is_empty() {
+            // Mid-replay-window, prepared: the engine is past replayed tids
+            // whose commit never came, so it is at no committed boundary;
+            // replayed after the next Restore, like any replay cut short
+            // (a window with tids queued ahead is still replaying: the
+            // `OpenReplay` arm below stops it).
             return self.stop();
         }
         // A commit pipeline's awaiting tids (live, prepared and reported)

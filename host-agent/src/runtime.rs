@@ -448,11 +448,10 @@ struct Agent<E> {
     /// commit time later tids' steps may have run). More than one inside a
     /// replay window or a commit pipeline (the core's `awaiting` tids, then
     /// the current prepared one).
+    /// Each keeps its `Prepared` report, so that a coordinator on a later
+    /// stream gets the same report again (`RepeatPrepared`) and a Hello can
+    /// offer it (`resumable`).
     held_outputs: VecDeque<Held>,
-    /// The `Prepared` report of the prepared tid, kept with its outputs so
-    /// that a coordinator on a later stream gets the same report again
-    /// (`RepeatPrepared`) and a Hello can offer it (`resumable`).
-    prepared_report: Option<v1::Prepared>,
     replay: Option<ReplayCursor>,
     /// The journal cursor of the tid most likely replayed next, opened while
     /// the coordinator verifies the prepared one (see `prepare`).
@@ -515,7 +514,6 @@ impl<E: Engine> Agent<E> {
             last_step: report.last_step,
             txn: None,
             held_outputs: VecDeque::new(),
-            prepared_report: None,
             replay: None,
             prefetch: None,
             replay_prev_step: None,
@@ -734,7 +732,7 @@ impl<E: Engine> Agent<E> {
             warn!(host = %self.host(), tid, "kept transaction {tid} has no accounting; offering nothing to resume");
             return None;
         };
-        let report = match (prepared, self.prepared_report.as_ref().filter(|p| p.tid == tid)) {
+        let report = match (prepared, self.held_report(tid)) {
             (false, _) => None,
             (true, Some(p)) => Some(p.clone()),
             (true, None) => {
@@ -745,7 +743,7 @@ impl<E: Engine> Agent<E> {
         // Commit pipeline: the reports of the tids awaiting their commit.
         let mut awaiting = Vec::with_capacity(point.awaiting.len());
         for t in &point.awaiting {
-            match self.held_outputs.iter().find(|h| h.tid == *t).and_then(|h| h.report.clone()) {
+            match self.held_report(*t).cloned() {
                 Some(r) => awaiting.push(r),
                 None => {
                     warn!(host = %self.host(), tid = t, "tid {t} awaits its commit but its Prepared report is not kept; offering nothing to resume");
@@ -982,7 +980,6 @@ impl<E: Engine> Agent<E> {
                     }
                     self.txn = None;
                     self.held_outputs.clear();
-                    self.prepared_report = None;
                     self.replay = None;
                     self.prefetch = None;
                     Ok(())
@@ -998,6 +995,11 @@ impl<E: Engine> Agent<E> {
             }
         }
         lost.map_or(Ok(()), Err)
+    }
+
+    /// The `Prepared` report sent for `tid`, while its outputs are held.
+    fn held_report(&self, tid: u64) -> Option<&v1::Prepared> {
+        self.held_outputs.iter().find(|h| h.tid == tid).and_then(|h| h.report.as_ref())
     }
 
     fn open_txn(&mut self, tid: u64, mode: Mode) {
@@ -1044,7 +1046,7 @@ impl<E: Engine> Agent<E> {
     fn account(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums) {
         if let Some(txn) = self.txn.as_mut().filter(|t| t.tid == tid) {
             txn.steps += 1;
-            txn.records += checksums.0.values().map(|c| c.count).sum::<u64>();
+            txn.records += checksums.records();
             txn.aggregate.merge(checksums);
             txn.span.record("step", step);
         }
@@ -1189,7 +1191,6 @@ impl<E: Engine> Agent<E> {
             output_digest: digest.hash,
             output_count: digest.count,
         };
-        self.prepared_report = Some(report.clone());
         self.held_outputs.push_back(Held { tid, rows, meta, report: Some(report.clone()) });
         out.send_prepared(report).await?;
         Ok(Ok(()))
@@ -1198,7 +1199,7 @@ impl<E: Engine> Agent<E> {
     /// The `Prepared` report of `tid` again, for a coordinator on a new
     /// stream (`Action::RepeatPrepared`).
     async fn repeat_prepared(&mut self, tid: u64, out: &mut Reporter) -> Result<Result<(), Failure>, SessionEnd> {
-        match self.prepared_report.clone().filter(|p| p.tid == tid) {
+        match self.held_report(tid).cloned() {
             Some(report) => {
                 info!(host = %self.host(), tid, steps = report.steps, "sending the Prepared report of tid {tid} again to this coordinator");
                 out.send(v1::host_report::Report::Prepared(report)).await?;
@@ -1235,9 +1236,6 @@ impl<E: Engine> Agent<E> {
                 }
             });
             self.journal_commits.insert(tid);
-        }
-        if self.prepared_report.as_ref().is_some_and(|p| p.tid == tid) {
-            self.prepared_report = None;
         }
         // Commits come in tid order (the core checks), so `tid` is the
         // oldest held.
@@ -1403,7 +1401,6 @@ impl<E: Engine> Agent<E> {
         self.sink.expect_replay();
         self.txn = None;
         self.held_outputs.clear();
-        self.prepared_report = None;
         self.replay = None;
         self.prefetch = None;
         self.replay_prev_step = None;

@@ -81,6 +81,12 @@ impl EndpointChecksums {
         }
     }
 
+    /// Records over every endpoint (the wrapping sum of their counts, as
+    /// the counts themselves wrap).
+    pub fn records(&self) -> u64 {
+        self.0.values().fold(0u64, |n, c| n.wrapping_add(c.count))
+    }
+
     /// Adds every endpoint of `other` (summing a step into an aggregate).
     pub fn merge(&mut self, other: &EndpointChecksums) {
         for (endpoint, c) in &other.0 {

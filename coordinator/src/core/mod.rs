@@ -494,7 +494,7 @@ impl Core {
         if r.mode == Mode::Live {
             p.live_steps += 1;
         }
-        p.records += r.checksums.0.values().map(|c| c.count).sum::<u64>();
+        p.records += r.checksums.records();
         p.sum.merge(&r.checksums);
         self.prepare_if_due(out);
     }
@@ -916,7 +916,9 @@ impl Core {
             return;
         }
         self.prepared_since_checkpoint += 1;
-        if self.pipelined(mode) {
+        // Not full here (`pipeline_waits`): prepare with the next tid opened
+        // when one is begun ahead.
+        if self.cfg.pipeline_depth > 1 && mode == Mode::Live {
             if let Some(next) = self.ahead.pop_front() {
                 self.broadcast(Cmd::Prepare { tid, next: Some(Start::live(next)) }, out);
                 self.inflight.push_back(Inflight { tid, prepared: BTreeMap::new(), records: 0, proposed: false });
@@ -928,12 +930,6 @@ impl Core {
         }
         self.broadcast(Cmd::Prepare { tid, next: None }, out);
         self.phase = Phase::Running(Txn::Preparing { tid, mode });
-    }
-
-    /// The open tid may be prepared with the next one opened (module docs,
-    /// "Commit pipeline").
-    fn pipelined(&self, mode: Mode) -> bool {
-        self.cfg.pipeline_depth > 1 && mode == Mode::Live && (self.inflight.len() as u64) + 1 < self.cfg.pipeline_depth
     }
 
     /// A due open tid waits rather than prepares: the pipeline is full (an
@@ -1192,7 +1188,6 @@ impl Core {
         // caught up with `Prepare{T, next}`; the tids before it wait in
         // `inflight` for their commit; the tids after it were begun ahead.
         let target = plan.values().filter_map(|r| r.current(open)).max().or(open);
-        self.reset_pipeline();
         self.ahead = opens.iter().copied().filter(|t| target.is_some_and(|m| *t > m)).collect();
         self.inflight = opens
             .iter()
@@ -1256,7 +1251,7 @@ impl Core {
                     }
                     for p in prepared {
                         if let Some(entry) = self.inflight.iter_mut().find(|e| e.tid == p.tid) {
-                            entry.records += p.aggregate.0.values().map(|c| c.count).sum::<u64>();
+                            entry.records += p.aggregate.records();
                             entry.prepared.insert(host.clone(), p);
                         }
                     }

@@ -152,20 +152,11 @@ fn fit_pipelined(
                     p.tid
                 ));
             };
-            let what = Resumable { steps: p.steps, aggregate: p.aggregate.clone(), ..r.clone() };
-            prepared_says(host, p.tid, &what, Some(p), rec.steps, &rec.aggregate(), Some(rec.output_digest))?;
+            prepared_says(host, p.tid, None, Some(p), rec.steps, &rec.aggregate(), Some(rec.output_digest))?;
             commit.push(p.tid);
         } else {
             let (steps, aggregate) = journal(p.tid);
-            if (p.steps, &p.aggregate) != (steps, &aggregate) {
-                return Err(format!(
-                    "host {host}'s Prepared of tid {} says {} steps (aggregate {}), its journal says {steps} (aggregate {})",
-                    p.tid,
-                    p.steps,
-                    show(&p.aggregate),
-                    show(&aggregate)
-                ));
-            }
+            prepared_says(host, p.tid, None, Some(p), steps, &aggregate, None)?;
             prepared.push(p.clone());
         }
     }
@@ -203,23 +194,7 @@ fn fit_pipelined(
     let next = open.get(held.len()).copied();
     match r.state {
         HostTxnState::OpenLive | HostTxnState::Prepared if Some(r.tid) == next => {
-            let (steps, aggregate) = journal(r.tid);
-            if (steps, &aggregate) != (r.steps, &r.aggregate) {
-                return Err(format!(
-                    "host {host} ran {} steps of tid {} (aggregate {}), but its journal holds {steps} (aggregate {})",
-                    r.steps,
-                    r.tid,
-                    show(&r.aggregate),
-                    show(&aggregate)
-                ));
-            }
-            if r.state == HostTxnState::Prepared {
-                prepared_says(host, r.tid, r, r.prepared.as_ref(), r.steps, &r.aggregate, None)?;
-            }
-            let records = r.aggregate.0.values().map(|c| c.count).sum();
-            let progress =
-                HostProgress { steps: r.steps, live_steps: r.steps, last_step: 0, records, sum: r.aggregate.clone(), prepared: None };
-            Ok(HostResume::Pipelined { commit, prepared, at: Some((r.tid, progress)) })
+            Ok(HostResume::Pipelined { commit, prepared, at: Some((r.tid, kept_progress(host, r, journal)?)) })
         }
         _ => Err(format!(
             "host {host} is {:?} in tid {} after the tids it holds ({:?}), but the ledger's next open tid is {next:?}",
@@ -266,28 +241,7 @@ fn fit(
             if r.last_committed != c {
                 return wrong(format!("is in tid {o} after committing tid {}", r.last_committed));
             }
-            let (steps, aggregate) = journal(o);
-            if (steps, &aggregate) != (r.steps, &r.aggregate) {
-                return Err(format!(
-                    "host {host} ran {} steps of the open tid {o} (aggregate {}), but its journal holds {steps} (aggregate \
-                     {})",
-                    r.steps,
-                    show(&r.aggregate),
-                    show(&aggregate)
-                ));
-            }
-            if r.state == HostTxnState::Prepared {
-                prepared_says(host, o, r, r.prepared.as_ref(), r.steps, &r.aggregate, None)?;
-            }
-            let records = r.aggregate.0.values().map(|c| c.count).sum();
-            Ok(HostResume::Open(HostProgress {
-                steps: r.steps,
-                live_steps: r.steps,
-                last_step: 0,
-                records,
-                sum: r.aggregate.clone(),
-                prepared: None,
-            }))
+            Ok(HostResume::Open(kept_progress(host, r, journal)?))
         }
         HostTxnState::Prepared if r.tid == c && c > 0 => {
             let before = ledger.txns.range(..c).rev().find(|(_, t)| t.status == TxnStatus::Committed).map(|(t, _)| *t);
@@ -297,7 +251,8 @@ fn fit(
             let Some(rec) = ledger.txn(c).and_then(|t| t.hosts.get(host)) else {
                 return wrong(format!("is prepared in tid {c}, of which the ledger keeps no record for this host"));
             };
-            prepared_says(host, c, r, r.prepared.as_ref(), rec.steps, &rec.aggregate(), Some(rec.output_digest))?;
+            let kept = Some((r.steps, &r.aggregate));
+            prepared_says(host, c, kept, r.prepared.as_ref(), rec.steps, &rec.aggregate(), Some(rec.output_digest))?;
             Ok(HostResume::CommitPending)
         }
         state => {
@@ -312,12 +267,42 @@ fn fit(
     }
 }
 
+/// A host open live (or prepared) in the open tid `r.tid`: what it ran must
+/// be exactly what its journal holds for the tid (and a prepared host's
+/// report must say the same); that is its progress to continue from.
+fn kept_progress(host: &str, r: &Resumable, journal: impl Fn(Tid) -> (u64, Aggregate)) -> Result<HostProgress, String> {
+    let o = r.tid;
+    let (steps, aggregate) = journal(o);
+    if (steps, &aggregate) != (r.steps, &r.aggregate) {
+        return Err(format!(
+            "host {host} ran {} steps of the open tid {o} (aggregate {}), but its journal holds {steps} (aggregate {})",
+            r.steps,
+            show(&r.aggregate),
+            show(&aggregate)
+        ));
+    }
+    if r.state == HostTxnState::Prepared {
+        prepared_says(host, o, None, r.prepared.as_ref(), r.steps, &r.aggregate, None)?;
+    }
+    Ok(HostProgress {
+        steps: r.steps,
+        live_steps: r.steps,
+        last_step: 0,
+        records: r.aggregate.records(),
+        sum: r.aggregate.clone(),
+        prepared: None,
+    })
+}
+
 /// A prepared host's kept report must be of `tid`, say what the host ran,
 /// and equal what the ledger (or the journal) expects.
+/// `kept`: what the host says it ran in `tid` beside the report (its
+/// accounting of the tid it is prepared in; none for an awaiting tid, whose
+/// report is all it keeps).
 fn prepared_says(
     host: &str,
     tid: Tid,
-    r: &Resumable,
+    kept: Option<(u64, &Aggregate)>,
     p: Option<&PreparedReport>,
     steps: u64,
     aggregate: &Aggregate,
@@ -327,7 +312,7 @@ fn prepared_says(
         return Err(format!("host {host} is prepared in tid {tid} but offers no Prepared report of it"));
     };
     let what = if digest.is_some() { "the ledger's record" } else { "its journal" };
-    if (p.steps, &p.aggregate) != (r.steps, &r.aggregate) || (p.steps, &p.aggregate) != (steps, aggregate) {
+    if kept.is_some_and(|k| k != (p.steps, &p.aggregate)) || (p.steps, &p.aggregate) != (steps, aggregate) {
         return Err(format!(
             "host {host}'s Prepared of tid {tid} says {} steps (aggregate {}), {what} says {steps} (aggregate {})",
             p.steps,
