@@ -6,8 +6,8 @@ use lockstep_journal::{Aggregate, Checksum, EndpointChecksums};
 use lockstep_proto::v1 as pb;
 
 use crate::core::{
-    Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, Resumable, Start, StepReport,
-    Sums, Tid,
+    Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, ReplayedBatch, Resumable, Start,
+    StepReport, Sums, Tid,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,12 @@ pub enum BatchProblem {
     StepZero,
     #[error("its Prepared names tid {prepared_tid}")]
     PreparedOtherTid { prepared_tid: u64 },
+    #[error("endpoint {endpoint:?} appears twice in its endpoint table")]
+    DuplicateEndpoint { endpoint: String },
+    #[error("its {side} columns hold {counts} counts and {hashes} hashes; steps × endpoints is {cells}")]
+    ColumnLength { side: &'static str, counts: usize, hashes: usize, cells: usize },
+    #[error("its {side} absent index {index} is out of range, not ascending, or has a nonzero count or hash")]
+    BadAbsent { side: &'static str, index: u32 },
 }
 
 pub fn aggregate_from(list: &[pb::EndpointChecksum]) -> Result<Aggregate, WireError> {
@@ -169,11 +175,12 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
     Ok(())
 }
 
-/// `ReplayedSteps` as the `StepDone`s (state OpenReplay, mode Replay) and
-/// the `Prepared` it stands for. The batch's own shape is checked here,
-/// before any event reaches the core, so that a malformed one is refused
-/// whole (and named) rather than half-applied; whether the steps fit the
-/// host's position is the core's check, as for single reports.
+/// `ReplayedSteps` as the core's `ReplayedBatch` (the `StepDone`s, state
+/// OpenReplay, mode Replay, and the `Prepared` it stands for). The batch's
+/// own shape is checked here, before it reaches the core, so that a
+/// malformed one is refused whole (and named) rather than half-applied;
+/// whether the steps fit the host's position is the core's check, as for
+/// single reports.
 fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &mut Vec<Event>) -> Result<(), WireError> {
     let tid = b.tid;
     let bad = |step: u64, problem: BatchProblem| WireError::BadBatch { seq, host: host.clone(), tid, step, problem };
@@ -184,45 +191,43 @@ fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &
         return Err(bad(0, BatchProblem::PreparedOtherTid { prepared_tid: p.tid }));
     }
     let mut previous = 0u64;
-    for s in &b.steps {
-        if s.step == 0 {
+    for &step in &b.steps {
+        if step == 0 {
             return Err(bad(0, BatchProblem::StepZero));
         }
-        if s.step <= previous {
-            return Err(bad(s.step, BatchProblem::StepsOutOfOrder { step: s.step, previous }));
+        if step <= previous {
+            return Err(bad(step, BatchProblem::StepsOutOfOrder { step, previous }));
         }
-        previous = s.step;
+        previous = step;
     }
-    let start = out.len();
-    out.reserve(b.steps.len() + 1);
-    for s in b.steps {
-        let decoded = aggregate_from(&s.checksums).and_then(|c| Ok((c, aggregate_from(&s.journaled)?)));
-        let (checksums, journaled) = match decoded {
-            Ok(c) => c,
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        };
-        let report = StepReport {
-            tid,
-            step: s.step,
-            checksums,
-            journaled: Some(journaled),
-            state: HostTxnState::OpenReplay,
-            mode: Mode::Replay,
-        };
-        out.push(Event::Step { host: host.clone(), report });
+    let mut names: Vec<&String> = b.endpoints.iter().collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad(0, BatchProblem::DuplicateEndpoint { endpoint: w[0].clone() }));
     }
-    if let Some(p) = b.prepared {
-        match prepared_from(p) {
-            Ok(report) => out.push(Event::Prepared { host, report }),
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
+    let cells = b.steps.len() * b.endpoints.len();
+    let column = |counts: Vec<u64>, hashes: Vec<u64>, absent: Vec<u32>, side: &'static str| {
+        if counts.len() != cells || hashes.len() != cells {
+            return Err(bad(0, BatchProblem::ColumnLength { side, counts: counts.len(), hashes: hashes.len(), cells }));
         }
-    }
+        let mut cells: Vec<Option<Checksum>> =
+            counts.into_iter().zip(hashes).map(|(count, hash)| Some(Checksum { count, hash })).collect();
+        let mut previous: Option<u32> = None;
+        for index in absent {
+            let step = b.steps.get(index as usize / b.endpoints.len().max(1)).copied().unwrap_or(0);
+            match cells.get_mut(index as usize) {
+                Some(cell) if previous.is_none_or(|p| index > p) && *cell == Some(Checksum::EMPTY) => *cell = None,
+                _ => return Err(bad(step, BatchProblem::BadAbsent { side, index })),
+            }
+            previous = Some(index);
+        }
+        Ok(cells)
+    };
+    let replayed = column(b.counts, b.hashes, b.absent, "replayed")?;
+    let journaled = column(b.journaled_counts, b.journaled_hashes, b.journaled_absent, "journaled")?;
+    let prepared = b.prepared.map(prepared_from).transpose()?;
+    let batch = ReplayedBatch { tid, endpoints: b.endpoints, steps: b.steps, replayed, journaled, prepared };
+    out.push(Event::Replayed { host, batch });
     Ok(())
 }
 
@@ -321,49 +326,89 @@ mod tests {
         pb::EndpointChecksum { endpoint: e.into(), count: n, hash: n * 7 }
     }
 
-    fn replayed(step: u64, n: u64) -> pb::ReplayedStep {
-        pb::ReplayedStep { step, checksums: vec![ep("gen", n), ep("push", 0)], journaled: vec![ep("gen", n), ep("push", 0)] }
+    type Side<'a> = &'a [(&'a str, u64)];
+
+    /// A `ReplayedSteps` in columns over the endpoints `gen` and `push`,
+    /// built by hand (as a foreign host would): each step lists its
+    /// (endpoint, n) pairs per side; a missing endpoint is marked absent.
+    fn batch(seq: u64, tid: u64, steps: &[(u64, Side, Side)], prepared: Option<pb::Prepared>) -> pb::HostReport {
+        let endpoints = vec!["gen".to_string(), "push".to_string()];
+        let mut b = pb::ReplayedSteps { tid, prepared, endpoints: endpoints.clone(), ..Default::default() };
+        for (i, (step, got, journaled)) in steps.iter().enumerate() {
+            b.steps.push(*step);
+            for (j, e) in endpoints.iter().enumerate() {
+                let index = (i * endpoints.len() + j) as u32;
+                let put = |side: Side, counts: &mut Vec<u64>, hashes: &mut Vec<u64>, absent: &mut Vec<u32>| {
+                    match side.iter().find(|(name, _)| name == e) {
+                        Some((_, n)) => {
+                            counts.push(*n);
+                            hashes.push(n * 7);
+                        }
+                        None => {
+                            counts.push(0);
+                            hashes.push(0);
+                            absent.push(index);
+                        }
+                    }
+                };
+                put(got, &mut b.counts, &mut b.hashes, &mut b.absent);
+                put(journaled, &mut b.journaled_counts, &mut b.journaled_hashes, &mut b.journaled_absent);
+            }
+        }
+        pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedSteps(b)) }
     }
 
-    fn batch(seq: u64, tid: u64, steps: Vec<pb::ReplayedStep>, prepared: Option<pb::Prepared>) -> pb::HostReport {
-        pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps { tid, steps, prepared })) }
+    fn single(seq: u64, tid: u64, step: u64, got: Side, journaled: Side) -> pb::HostReport {
+        let list = |side: Side| side.iter().map(|(e, n)| ep(e, *n)).collect();
+        let s = pb::StepDone {
+            tid,
+            step,
+            checksums: list(got),
+            journaled: list(journaled),
+            state: pb::HostTxnState::OpenReplay as i32,
+            mode: pb::TxnMode::Replay as i32,
+        };
+        pb::HostReport { seq, report: Some(pb::host_report::Report::StepDone(s)) }
     }
 
-    /// A batch decodes into exactly the events its separate reports would
-    /// have been: one `Step` per listed step, in order, then `Prepared`.
+    /// A batch decodes into one `Replayed` event that stands for exactly
+    /// the events its separate reports would have been: one `Step` per
+    /// listed step, in order (absent endpoints absent, on each side on its
+    /// own), then `Prepared`.
     #[test]
     fn replayed_steps_decode_into_the_events_of_single_reports() {
         let host = "h0".to_string();
-        let prepared = pb::Prepared { tid: 5, steps: 2, aggregate: vec![ep("gen", 5), ep("push", 0)], output_digest: 9, output_count: 1 };
+        let prepared = pb::Prepared { tid: 5, steps: 3, aggregate: vec![ep("gen", 5), ep("push", 0)], output_digest: 9, output_count: 1 };
+        let steps: &[(u64, Side, Side)] = &[
+            (11, &[("gen", 2), ("push", 0)], &[("gen", 2), ("push", 0)]),
+            (12, &[("gen", 3)], &[("gen", 3), ("push", 0)]),
+            (14, &[], &[("push", 1)]),
+        ];
         let mut from_batch = Vec::new();
-        report_to_events(&host, batch(7, 5, vec![replayed(11, 2), replayed(12, 3)], Some(prepared.clone())), &mut from_batch).unwrap();
+        report_to_events(&host, batch(7, 5, steps, Some(prepared.clone())), &mut from_batch).unwrap();
+        let [Event::Replayed { host: h, batch: b }] = &from_batch[..] else { panic!("one Replayed event: {from_batch:?}") };
+        assert_eq!(h, "h0");
+        let mut expanded: Vec<Event> =
+            (0..b.steps.len()).map(|i| Event::Step { host: host.clone(), report: b.step_report(i) }).collect();
+        expanded.extend(b.prepared.clone().map(|report| Event::Prepared { host: host.clone(), report }));
 
         let mut from_singles = Vec::new();
-        for (seq, s) in [(7, replayed(11, 2)), (8, replayed(12, 3))] {
-            let single = pb::StepDone {
-                tid: 5,
-                step: s.step,
-                checksums: s.checksums,
-                journaled: s.journaled,
-                state: pb::HostTxnState::OpenReplay as i32,
-                mode: pb::TxnMode::Replay as i32,
-            };
-            let r = pb::HostReport { seq, report: Some(pb::host_report::Report::StepDone(single)) };
-            report_to_events(&host, r, &mut from_singles).unwrap();
+        for (seq, (step, got, journaled)) in steps.iter().enumerate() {
+            report_to_events(&host, single(seq as u64, 5, *step, got, journaled), &mut from_singles).unwrap();
         }
         let r = pb::HostReport { seq: 9, report: Some(pb::host_report::Report::Prepared(prepared)) };
         report_to_events(&host, r, &mut from_singles).unwrap();
-        assert_eq!(from_batch.len(), 3);
-        assert_eq!(format!("{from_batch:?}"), format!("{from_singles:?}"));
+        assert_eq!(from_singles.len(), 4);
+        assert_eq!(format!("{expanded:?}"), format!("{from_singles:?}"));
 
         // Steps alone, and a Prepared alone (the tid's steps went out in
         // an earlier batch), are batches too.
         let mut out = Vec::new();
-        report_to_events(&host, batch(10, 6, vec![replayed(13, 1)], None), &mut out).unwrap();
-        assert!(matches!(&out[..], [Event::Step { report, .. }] if report.tid == 6 && report.step == 13 && report.mode == Mode::Replay));
+        report_to_events(&host, batch(10, 6, &[(13, &[("gen", 1)], &[("gen", 1)])], None), &mut out).unwrap();
+        assert!(matches!(&out[..], [Event::Replayed { batch, .. }] if batch.tid == 6 && batch.steps == [13] && batch.prepared.is_none()));
         let prepared_only = pb::Prepared { tid: 6, steps: 1, ..Default::default() };
-        report_to_events(&host, batch(11, 6, vec![], Some(prepared_only)), &mut out).unwrap();
-        assert!(matches!(&out[1], Event::Prepared { report, .. } if report.tid == 6));
+        report_to_events(&host, batch(11, 6, &[], Some(prepared_only)), &mut out).unwrap();
+        assert!(matches!(&out[1], Event::Replayed { batch, .. } if batch.steps.is_empty() && batch.prepared.as_ref().is_some_and(|p| p.tid == 6)));
     }
 
     /// A malformed batch is refused whole, with an error naming the host,
@@ -377,26 +422,45 @@ mod tests {
             assert_eq!(out.len(), 1, "nothing appended on error");
             e
         };
-        let e = refuse(batch(4, 9, vec![], None));
+        let one: Side = &[("gen", 1)];
+        let e = refuse(batch(4, 9, &[], None));
         assert!(matches!(&e, WireError::BadBatch { seq: 4, tid: 9, problem: BatchProblem::Empty, .. }), "{e}");
         assert!(e.to_string().contains("host h2") && e.to_string().contains("tid 9"), "{e}");
 
-        let e = refuse(batch(5, 9, vec![replayed(21, 1), replayed(23, 1), replayed(22, 1)], None));
+        let e = refuse(batch(5, 9, &[(21, one, one), (23, one, one), (22, one, one)], None));
         assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::StepsOutOfOrder { step: 22, previous: 23 }, .. }), "{e}");
         assert!(e.to_string().contains("step 22 follows step 23"), "{e}");
-        let e = refuse(batch(5, 9, vec![replayed(21, 1), replayed(21, 1)], None));
+        let e = refuse(batch(5, 9, &[(21, one, one), (21, one, one)], None));
         assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepsOutOfOrder { .. }, .. }), "{e}");
-        let e = refuse(batch(5, 9, vec![replayed(0, 1)], None));
+        let e = refuse(batch(5, 9, &[(0, one, one)], None));
         assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepZero, .. }), "{e}");
 
         let other = pb::Prepared { tid: 8, ..Default::default() };
-        let e = refuse(batch(6, 9, vec![replayed(21, 1)], Some(other)));
+        let e = refuse(batch(6, 9, &[(21, one, one)], Some(other)));
         assert!(matches!(&e, WireError::BadBatch { tid: 9, problem: BatchProblem::PreparedOtherTid { prepared_tid: 8 }, .. }), "{e}");
 
-        // A bad checksum list in a later step drops the steps decoded before it.
-        let mut dup = replayed(22, 1);
-        dup.journaled.push(ep("gen", 1));
-        let e = refuse(batch(7, 9, vec![replayed(21, 1), dup], None));
-        assert!(matches!(e, WireError::DuplicateEndpoint { .. }), "{e}");
+        // The columns must fit the table and the steps.
+        let edit = |f: &dyn Fn(&mut pb::ReplayedSteps)| {
+            let mut r = batch(7, 9, &[(21, one, one), (22, &[("gen", 1), ("push", 2)], one)], None);
+            let Some(pb::host_report::Report::ReplayedSteps(b)) = r.report.as_mut() else { unreachable!() };
+            f(b);
+            refuse(r)
+        };
+        let e = edit(&|b| b.endpoints[1] = "gen".into());
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::DuplicateEndpoint { endpoint }, .. } if endpoint == "gen"), "{e}");
+        let e = edit(&|b| {
+            b.hashes.pop();
+        });
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "replayed", counts: 4, hashes: 3, cells: 4 }, .. }), "{e}");
+        let e = edit(&|b| b.journaled_counts.push(1));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "journaled", .. }, .. }), "{e}");
+        let e = edit(&|b| b.absent.push(9));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::BadAbsent { side: "replayed", index: 9 }, .. }), "{e}");
+        // Journaled absent indices are 1 and 3; repeating one, or marking
+        // a present (nonzero) cell absent, is malformed too.
+        let e = edit(&|b| b.journaled_absent.push(3));
+        assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::BadAbsent { side: "journaled", index: 3 }, .. }), "{e}");
+        let e = edit(&|b| b.absent.push(2));
+        assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::BadAbsent { index: 2, .. }, .. }), "{e}");
     }
 }

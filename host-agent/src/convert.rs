@@ -81,10 +81,42 @@ pub fn report_to_proto(report: Report) -> v1::host_report::Report {
     }
 }
 
-/// A replayed step's report as an entry of `ReplayedSteps` (which stands
-/// for `StepDone{.., state: OpenReplay, mode: Replay}`).
-pub fn replayed_step_to_proto(step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> v1::ReplayedStep {
-    v1::ReplayedStep { step, checksums: checksums_to_proto(checksums), journaled: checksums_to_proto(journaled) }
+/// Appends a replayed step's report to `batch` (a `ReplayedSteps` in
+/// columns, which stands for `StepDone{.., state: OpenReplay, mode:
+/// Replay}` per step). A batch with no step yet takes its endpoint table
+/// from this step (both sides' endpoints, sorted). Returns `false`, and
+/// changes nothing, when the step names an endpoint the table lacks: the
+/// caller then starts another batch for the same tid.
+pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> bool {
+    if batch.steps.is_empty() {
+        batch.endpoints = checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    } else {
+        let known = |e: &String| batch.endpoints.binary_search(e).is_ok();
+        if !checksums.0.keys().all(known) || !journaled.0.keys().all(known) {
+            return false;
+        }
+    }
+    // Index of this step's row in the columns.
+    let row = batch.steps.len() * batch.endpoints.len();
+    let fill = |side: &EndpointChecksums, counts: &mut Vec<u64>, hashes: &mut Vec<u64>, absent: &mut Vec<u32>| {
+        for (j, endpoint) in batch.endpoints.iter().enumerate() {
+            match side.0.get(endpoint) {
+                Some(c) => {
+                    counts.push(c.count);
+                    hashes.push(c.hash);
+                }
+                None => {
+                    counts.push(0);
+                    hashes.push(0);
+                    absent.push((row + j) as u32);
+                }
+            }
+        }
+    };
+    fill(checksums, &mut batch.counts, &mut batch.hashes, &mut batch.absent);
+    fill(journaled, &mut batch.journaled_counts, &mut batch.journaled_hashes, &mut batch.journaled_absent);
+    batch.steps.push(step);
+    true
 }
 
 pub fn tid_summary_to_proto(s: &lockstep_journal::TidSummary) -> v1::TidSummary {
@@ -177,5 +209,25 @@ mod tests {
         let mut broken = step_input_to_pb(&input);
         broken[0].payload = None;
         assert!(step_input_from_pb(&broken).unwrap_err().contains("generator"));
+    }
+
+    /// Steps go into the columns in order, an endpoint missing on one side
+    /// is marked absent on that side only, and a step naming an endpoint
+    /// the batch's table lacks is refused without changing the batch.
+    #[test]
+    fn replayed_steps_fill_the_columns_and_refuse_a_new_endpoint() {
+        let sums = |pairs: &[(&str, u64)]| -> EndpointChecksums {
+            pairs.iter().map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: n * 10 })).collect()
+        };
+        let mut b = v1::ReplayedSteps { tid: 4, ..Default::default() };
+        assert!(push_replayed_step(&mut b, 7, &sums(&[("gen", 2)]), &sums(&[("gen", 2), ("push", 1)])));
+        assert!(push_replayed_step(&mut b, 8, &sums(&[("push", 3)]), &sums(&[("push", 3)])));
+        assert_eq!(b.endpoints, ["gen", "push"]);
+        assert_eq!(b.steps, [7, 8]);
+        assert_eq!((b.counts.clone(), b.hashes.clone(), b.absent.clone()), (vec![2, 0, 0, 3], vec![20, 0, 0, 30], vec![1, 2]));
+        assert_eq!((b.journaled_counts.clone(), b.journaled_absent.clone()), (vec![2, 1, 0, 3], vec![2]));
+        let before = b.clone();
+        assert!(!push_replayed_step(&mut b, 9, &sums(&[("other", 1)]), &sums(&[("other", 1)])));
+        assert_eq!(b, before);
     }
 }

@@ -52,7 +52,9 @@ const KEEPALIVE_TIMEOUT_MS: u64 = 2000;
 /// Report batches queued towards the coordinator before the agent waits.
 pub const REPORTS_QUEUED_MAX: usize = 1_024;
 /// Replayed steps' reports sent together at most (see `Reporter`).
-pub const REPORT_BATCH_MAX: usize = 64;
+pub const REPORT_BATCH_MAX: usize = 256;
+/// Prepared replayed tids sent together at most (see `Reporter`).
+pub const REPORT_BATCH_TIDS_MAX: usize = 16;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
 /// How long a stream we drop for a protocol violation stays open so the
@@ -270,7 +272,9 @@ fn spawn_server(
 /// A prepared tid's outputs, held until its commit.
 struct Held {
     tid: u64,
-    rows: Vec<OutputRow>,
+    /// `None`: dropped at prepare, because the sink already held the tid
+    /// (a replayed tid), so its commit skips it (see `Agent::hold`).
+    rows: Option<Vec<OutputRow>>,
     /// The engine's output metadata when the outputs were taken.
     meta: serde_json::Map<String, serde_json::Value>,
     /// The `Prepared` report sent for it (none in `--replay-alone`), offered
@@ -343,13 +347,22 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// Reports travel in batches (one channel message, so one wake-up of the
 /// stream's encoder, which writes them in one HTTP/2 DATA frame sequence
 /// and one flush). `send` queues and flushes at once; `queue` only numbers
-/// and queues (`Committed`), and `queue_replayed_step` adds a replayed
-/// step to the `ReplayedSteps` report at the end of the queue (or starts
-/// one): the drive loop flushes every `REPORT_BATCH_MAX` replayed steps and
-/// whenever the host stops replaying (a tid prepared, drained, continued
-/// live) or reports anything else. A tid's `Prepared` joins the batch of
-/// its own steps when that is still queued (`send_prepared`), so a replayed
-/// tid of up to `REPORT_BATCH_MAX` steps is one report, not one per step.
+/// and queues (`Committed`), `queue_replayed_step` adds a replayed step to
+/// the `ReplayedSteps` report at the end of the queue (or starts one), and
+/// `queue_prepared` puts a tid's `Prepared` into the batch of its own steps
+/// when that is still queued.
+///
+/// The drive loop flushes (`flush_unless_replaying`) whenever the host has
+/// no replayed step to run next (live, idle, or waiting for the
+/// coordinator's next command) and, while it goes on replaying, once
+/// `REPORT_BATCH_TIDS_MAX` prepared tids or `REPORT_BATCH_MAX` steps are
+/// queued. Inside a replay window a report therefore carries several tids:
+/// per message cost (an HTTP/2 frame, a write, a wake-up on each side) is
+/// paid once per batch instead of once per tid, which is what the
+/// coordinated replay's overhead was made of. The window
+/// (`--replay-window`, 64) is wider than a batch, so a host keeps replaying
+/// while the coordinator verifies the batch it sent.
+///
 /// Every step is still reported explicitly with its number and checksums,
 /// every report is numbered, and the order is the order the host decided
 /// them; a batch only delays a replayed step's report until its tid has
@@ -360,11 +373,13 @@ struct Reporter {
     pending: Vec<v1::HostReport>,
     /// Replayed steps in `pending`, across its batches.
     pending_steps: usize,
+    /// Prepared reports in `pending`.
+    pending_tids: usize,
 }
 
 impl Reporter {
     fn new(tx: mpsc::Sender<Vec<v1::HostReport>>) -> Self {
-        Reporter { tx, next_seq: 1, pending: Vec::new(), pending_steps: 0 }
+        Reporter { tx, next_seq: 1, pending: Vec::new(), pending_steps: 0, pending_tids: 0 }
     }
 
     /// Numbers `report` and queues it for the next flush.
@@ -385,24 +400,34 @@ impl Reporter {
 
     /// Queues the report of a replayed step of `tid`: appended to the
     /// batch of `tid` at the end of the queue, or the first of a new one.
-    fn queue_replayed_step(&mut self, tid: u64, step: v1::ReplayedStep) {
+    fn queue_replayed_step(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) {
         self.pending_steps += 1;
-        match self.open_batch(tid) {
-            Some(b) => b.steps.push(step),
-            None => self.queue(v1::host_report::Report::ReplayedSteps(v1::ReplayedSteps {
-                tid,
-                steps: vec![step],
-                prepared: None,
-            })),
+        if let Some(b) = self.open_batch(tid) {
+            if convert::push_replayed_step(b, step, checksums, journaled) {
+                return;
+            }
         }
+        let mut b = v1::ReplayedSteps { tid, ..Default::default() };
+        convert::push_replayed_step(&mut b, step, checksums, journaled);
+        self.queue(v1::host_report::Report::ReplayedSteps(b));
     }
 
     /// Queues `tid`'s Prepared (into the queued batch of its steps, if
-    /// any) and flushes.
-    async fn send_prepared(&mut self, report: v1::Prepared) -> Result<(), SessionEnd> {
+    /// any); the drive loop flushes it.
+    fn queue_prepared(&mut self, report: v1::Prepared) {
+        self.pending_tids += 1;
         match self.open_batch(report.tid) {
             Some(b) => b.prepared = Some(report),
             None => self.queue(v1::host_report::Report::Prepared(report)),
+        }
+    }
+
+    /// The drive loop's flush: everything queued goes out, unless the
+    /// host goes on replaying (`replaying`: its next step is a replayed
+    /// one) and the batch is not full yet.
+    async fn flush_unless_replaying(&mut self, replaying: bool) -> Result<(), SessionEnd> {
+        if replaying && self.pending_steps < REPORT_BATCH_MAX && self.pending_tids < REPORT_BATCH_TIDS_MAX {
+            return Ok(());
         }
         self.flush().await
     }
@@ -414,6 +439,7 @@ impl Reporter {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_steps = 0;
+        self.pending_tids = 0;
         self.tx.send(batch).await.map_err(|_| SessionEnd::Lost("the report stream to the coordinator is closed".into()))
     }
 
@@ -597,7 +623,7 @@ impl<E: Engine> Agent<E> {
             let rows = engine.take_outputs(tid);
             std::hint::black_box(output_digest(&rows));
             let meta = engine.output_metadata();
-            self.held_outputs.push_back(Held { tid, rows, meta, report: None });
+            self.hold(Held { tid, rows: Some(rows), meta, report: None });
             self.replay = None;
             // The same read-ahead as a coordinated replay's `prepare`.
             if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
@@ -849,15 +875,13 @@ impl<E: Engine> Agent<E> {
                 _ => Instant::now(),
             };
             // Replayed steps' reports go out in batches: flush once the
-            // host stops replaying (the tid prepared, drained or continued
-            // live: see `Reporter`) or the batch is full. Not when the
-            // journal reader is merely behind: that wait is short, and
-            // flushing then split most tids into several reports.
-            let replaying = matches!(next, Some((_, Mode::Replay)));
-            if !replaying || out.pending_steps >= REPORT_BATCH_MAX {
-                if let Err(end) = out.flush().await {
-                    return end;
-                }
+            // host stops replaying (drained, continued live, or waiting
+            // for a command: see `Reporter`) or the batch is full. Not
+            // when the journal reader is merely behind: that wait is
+            // short, and flushing then split most tids into several
+            // reports.
+            if let Err(end) = out.flush_unless_replaying(matches!(next, Some((_, Mode::Replay)))).await {
+                return end;
             }
             let actions = tokio::select! {
                 biased;
@@ -946,7 +970,7 @@ impl<E: Engine> Agent<E> {
                     let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
                     match report {
                         Report::StepDone { tid, step, checksums, journaled: Some(journaled), mode: Mode::Replay } => {
-                            out.queue_replayed_step(tid, convert::replayed_step_to_proto(step, &checksums, &journaled));
+                            out.queue_replayed_step(tid, step, &checksums, &journaled);
                         }
                         Report::Committed { tid } if replaying => {
                             out.queue(v1::host_report::Report::Committed(v1::Committed { tid }))
@@ -997,13 +1021,30 @@ impl<E: Engine> Agent<E> {
         lost.map_or(Ok(()), Err)
     }
 
+    /// Keeps a prepared tid's outputs until its commit. A replayed tid the
+    /// sink already holds keeps no rows: its commit skips them
+    /// (`SinkWriter::already_emitted` stays true until a later tid is
+    /// submitted, and commits come in tid order), and inside a replay
+    /// window dropping them now, while they are hot, costs less than
+    /// keeping up to a window of them until their commits.
+    fn hold(&mut self, mut held: Held) {
+        if self.sink.already_emitted(held.tid) {
+            held.rows = None;
+        }
+        self.held_outputs.push_back(held);
+    }
+
     /// The `Prepared` report sent for `tid`, while its outputs are held.
     fn held_report(&self, tid: u64) -> Option<&v1::Prepared> {
         self.held_outputs.iter().find(|h| h.tid == tid).and_then(|h| h.report.as_ref())
     }
 
     fn open_txn(&mut self, tid: u64, mode: Mode) {
-        let span = tracing::info_span!("txn", host = %self.config.host_id, epoch = self.core.highest_epoch(), tid, step = tracing::field::Empty);
+        // The step is a field of each event inside a step, not of this
+        // span: a span field recorded again is appended again by the fmt
+        // layer (every line would list every step so far), and formatting
+        // it per step cost more than the step's own bookkeeping.
+        let span = tracing::info_span!("txn", host = %self.config.host_id, epoch = self.core.highest_epoch(), tid);
         span.in_scope(|| debug!(?mode, "transaction open"));
         self.txn = Some(OpenTxn { tid, mode, steps: 0, records: 0, aggregate: EndpointChecksums::new(), span });
         // Held outputs of earlier prepared tids stay: inside a replay window
@@ -1043,12 +1084,11 @@ impl<E: Engine> Agent<E> {
         ReplayCursor { tid, rx }
     }
 
-    fn account(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums) {
+    fn account(&mut self, tid: u64, checksums: &EndpointChecksums) {
         if let Some(txn) = self.txn.as_mut().filter(|t| t.tid == tid) {
             txn.steps += 1;
             txn.records += checksums.records();
             txn.aggregate.merge(checksums);
-            txn.span.record("step", step);
         }
     }
 
@@ -1107,7 +1147,7 @@ impl<E: Engine> Agent<E> {
                 format!("host {host}: live step {step} of tid {tid}: the engine ingested something other than the journaled input: {}", diff.join("; ")),
             );
         }
-        self.account(tid, step, &checksums);
+        self.account(tid, &checksums);
         self.next_live_step_at = Instant::now() + self.config.step_interval;
         Event::StepFinished { tid, step, checksums, journaled: None }
     }
@@ -1156,7 +1196,7 @@ impl<E: Engine> Agent<E> {
             warn!(host = %host, tid, step, "replayed step ingested something other than the journal recorded");
         }
         self.replay_prev_step = Some(step);
-        self.account(tid, step, &checksums);
+        self.account(tid, &checksums);
         Event::StepFinished { tid, step, checksums, journaled: Some(journaled) }
     }
 
@@ -1191,8 +1231,8 @@ impl<E: Engine> Agent<E> {
             output_digest: digest.hash,
             output_count: digest.count,
         };
-        self.held_outputs.push_back(Held { tid, rows, meta, report: Some(report.clone()) });
-        out.send_prepared(report).await?;
+        self.hold(Held { tid, rows: Some(rows), meta, report: Some(report.clone()) });
+        out.queue_prepared(report);
         Ok(Ok(()))
     }
 
@@ -1245,7 +1285,7 @@ impl<E: Engine> Agent<E> {
                 return Err(fail(ErrorKind::Internal, format!("host {host}: commit of tid {tid}, but the oldest held outputs are of tid {:?}", other.map(|h| h.tid))))
             }
         };
-        let row_count = rows.len();
+        let row_count = rows.as_ref().map_or(0, Vec::len);
         // Handed to the sink writer, not waited for: its write and
         // fdatasync happen on its own thread while this host opens the next
         // tid and answers the next command. Safe because the ledger is the
@@ -1255,13 +1295,19 @@ impl<E: Engine> Agent<E> {
         // checkpoint, a restore, shutdown) waits for the writer first. An
         // earlier tid's failed write surfaces here. A replayed tid the sink
         // holds or has queued is skipped without the engine's metadata.
-        let outcome = if self.sink.already_emitted(tid) {
-            EmitOutcome::AlreadyEmitted
-        } else {
-            self.sink
+        let outcome = match rows {
+            _ if self.sink.already_emitted(tid) => EmitOutcome::AlreadyEmitted,
+            Some(rows) => self
+                .sink
                 .submit(SinkBatch { epoch, tid, rows, meta })
                 .await
-                .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?
+                .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?,
+            None => {
+                return Err(fail(
+                    ErrorKind::Internal,
+                    format!("host {host}: the outputs of tid {tid} were dropped at prepare because the sink held it, but now the sink does not; nothing was released, and a restore replays it"),
+                ))
+            }
         };
         // Inside a replay window the open transaction is already a later tid.
         if let Some(txn) = self.txn.take_if(|t| t.tid == tid) {

@@ -44,14 +44,10 @@ impl Harness {
         self.flush_as_drive_loop().await;
     }
 
-    /// Flushes the queued reports when the drive loop would: unless the
-    /// next step is a replayed one and fewer than `REPORT_BATCH_MAX`
-    /// replayed steps are queued.
+    /// Flushes the queued reports when the drive loop would.
     async fn flush_as_drive_loop(&mut self) {
         let replaying = matches!(self.agent.core.next_step(), Some((_, Mode::Replay)));
-        if !replaying || self.out.pending_steps >= REPORT_BATCH_MAX {
-            assert!(self.out.flush().await.is_ok());
-        }
+        assert!(self.out.flush_unless_replaying(replaying).await.is_ok());
     }
 
     /// The stream ends and a new one opens (as `session` does): the core
@@ -84,17 +80,25 @@ impl Harness {
         self.agent.sink.sync().await.expect("the sink writer drains");
     }
 
-    /// Reports sent since the last call, as sent, checking seq numbering.
-    fn raw_reports(&mut self) -> Vec<R> {
+    /// Reports sent since the last call, one `Vec` per message handed to
+    /// the stream, checking seq numbering.
+    fn raw_messages(&mut self) -> Vec<Vec<R>> {
         let mut out = Vec::new();
         while let Ok(batch) = self.rx.try_recv() {
+            let mut message = Vec::new();
             for r in batch {
                 self.report_seq += 1;
                 assert_eq!(r.seq, self.report_seq, "reports are numbered 1, 2, 3, ...");
-                out.push(r.report.expect("report body"));
+                message.push(r.report.expect("report body"));
             }
+            out.push(message);
         }
         out
+    }
+
+    /// Reports sent since the last call, as sent, checking seq numbering.
+    fn raw_reports(&mut self) -> Vec<R> {
+        self.raw_messages().into_iter().flatten().collect()
     }
 
     /// Reports sent since the last call, each `ReplayedSteps` as the
@@ -108,16 +112,25 @@ impl Harness {
 fn expand(r: R) -> Vec<R> {
     let R::ReplayedSteps(b) = r else { return vec![r] };
     assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty batch was sent");
-    assert!(b.steps.windows(2).all(|w| w[0].step < w[1].step), "batched steps in order: {b:?}");
+    assert!(b.steps.windows(2).all(|w| w[0] < w[1]), "batched steps in order: {b:?}");
+    let n = b.endpoints.len();
+    assert_eq!((b.counts.len(), b.journaled_counts.len()), (b.steps.len() * n, b.steps.len() * n), "{b:?}");
+    let side = |counts: &[u64], hashes: &[u64], absent: &[u32], i: usize| -> Vec<v1::EndpointChecksum> {
+        (0..n)
+            .filter(|j| !absent.contains(&((i * n + j) as u32)))
+            .map(|j| v1::EndpointChecksum { endpoint: b.endpoints[j].clone(), count: counts[i * n + j], hash: hashes[i * n + j] })
+            .collect()
+    };
     let mut out: Vec<R> = b
         .steps
-        .into_iter()
-        .map(|s| {
+        .iter()
+        .enumerate()
+        .map(|(i, &step)| {
             R::StepDone(v1::StepDone {
                 tid: b.tid,
-                step: s.step,
-                checksums: s.checksums,
-                journaled: s.journaled,
+                step,
+                checksums: side(&b.counts, &b.hashes, &b.absent, i),
+                journaled: side(&b.journaled_counts, &b.journaled_hashes, &b.journaled_absent, i),
                 state: v1::HostTxnState::OpenReplay as i32,
                 mode: v1::TxnMode::Replay as i32,
             })
@@ -538,7 +551,8 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
 /// A sealed replay reports each tid as one `ReplayedSteps` (its steps, in
 /// order, and its Prepared), not one report per step; a `Committed` that
 /// arrives mid-tid waits in the queue and goes out in order, and every
-/// report is numbered.
+/// report is numbered. Inside a replay window the reports of several tids
+/// go out as one message, once the host has nothing left to replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_replay_reports_one_batch_per_tid() {
     let dir = tempfile::tempdir().unwrap();
@@ -575,9 +589,11 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     assert!(h.step().await, "the first step of tid 2");
     h.cmd(2, Command::Commit { tid: 1, next: None }).await;
     while h.step().await {}
-    let raw = h.raw_reports();
+    let messages = h.raw_messages();
+    assert_eq!(messages.len(), 1, "both tids' reports in one message: {messages:?}");
+    let raw: Vec<R> = messages.into_iter().flatten().collect();
     let batch = |r: &R| match r {
-        R::ReplayedSteps(b) => (b.tid, b.steps.iter().map(|s| s.step).collect::<Vec<_>>(), b.prepared.as_ref().map(|p| p.tid)),
+        R::ReplayedSteps(b) => (b.tid, b.steps.clone(), b.prepared.as_ref().map(|p| p.tid)),
         other => panic!("expected ReplayedSteps, got {other:?}"),
     };
     assert_eq!(raw.len(), 4, "{raw:?}");
@@ -596,4 +612,48 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     }
     let prepared: Vec<_> = decoded.iter().filter_map(|r| if let R::Prepared(p) = r { Some((p.tid, p.steps)) } else { None }).collect();
     assert_eq!(prepared, vec![(1, 3), (2, 2)]);
+}
+
+/// A host that goes on replaying does not sit on its reports: once
+/// `REPORT_BATCH_TIDS_MAX` tids are prepared, they go out while the host
+/// still has started tids to replay, so the coordinator can verify and
+/// commit them (and top the window up) meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_window_sends_its_reports_in_bounded_batches() {
+    let tids = REPORT_BATCH_TIDS_MAX as u64 + 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for tid in 1..=tids {
+        assert!(h.step().await);
+        let next = (tid < tids).then_some((tid + 1, Mode::Live, false));
+        h.cmd(1, Command::Prepare { tid, next: None }).await;
+        h.cmd(1, Command::Commit { tid, next }).await;
+    }
+    assert!(errors(&h.reports()).is_empty());
+    h.sink_synced().await;
+    drop(h);
+
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.raw_reports();
+    for tid in 1..=tids {
+        h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
+    }
+    let mut sizes = Vec::new();
+    while h.step().await {
+        let messages = h.raw_messages();
+        if !messages.is_empty() {
+            let prepared = messages.iter().flatten().filter(|r| matches!(r, R::ReplayedSteps(b) if b.prepared.is_some())).count();
+            sizes.push((prepared, h.agent.core.next_step().is_some()));
+        }
+    }
+    assert_eq!(
+        sizes,
+        vec![(REPORT_BATCH_TIDS_MAX, true), (2, false)],
+        "a full batch while replaying goes on, then the rest once nothing is left to replay"
+    );
 }

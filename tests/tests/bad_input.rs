@@ -159,13 +159,12 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
             ..Default::default()
         })),
     };
-    let step = |step| pb::ReplayedStep { step, ..Default::default() };
     let batch = pb::HostReport {
         seq: 2,
         report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps {
             tid: 5,
-            steps: vec![step(7), step(9), step(8)],
-            prepared: None,
+            steps: vec![7, 9, 8],
+            ..Default::default()
         })),
     };
     let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();

@@ -1408,3 +1408,77 @@ fn every_phase_event_pair_has_its_pinned_outcome() {
     }
     assert!(wrong.is_empty(), "{} rows differ; observed:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// A `ReplayedBatch` over the union of its steps' endpoints (sorted), as
+/// the wire layer hands it over.
+fn batch_of(tid: Tid, steps: &[(u64, Aggregate, Aggregate)], prepared: Option<PreparedReport>) -> ReplayedBatch {
+    let endpoints: Vec<String> =
+        steps.iter().flat_map(|(_, r, j)| r.0.keys().chain(j.0.keys()).cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let row = |a: &Aggregate| endpoints.iter().map(|e| a.get(e)).collect::<Vec<_>>();
+    ReplayedBatch {
+        tid,
+        endpoints: endpoints.clone(),
+        steps: steps.iter().map(|(s, _, _)| *s).collect(),
+        replayed: steps.iter().flat_map(|(_, r, _)| row(r)).collect(),
+        journaled: steps.iter().flat_map(|(_, _, j)| row(j)).collect(),
+        prepared,
+    }
+}
+
+/// `Event::Replayed` is defined as its single reports: in every phase, for
+/// batches that match the journal, diverge, skip back, name another tid,
+/// lack an endpoint on one side, or carry a Prepared, the batch leaves the
+/// same actions, phase and host progress as its `Step`s and `Prepared` fed
+/// one by one (whose outcomes the table above pins). This covers the new
+/// event in every phase, and the core's column fast path against the
+/// per-step path.
+#[test]
+fn a_replayed_batch_does_exactly_what_its_single_reports_do() {
+    let one = || agg(&[("gen", 1, 1)]);
+    let shapes: Vec<(&str, Box<dyn Fn(&Ctx) -> ReplayedBatch>)> = vec![
+        ("matching", Box::new(move |c: &Ctx| batch_of(c.tid, &[(c.last_step + 1, one(), one()), (c.last_step + 3, one(), one())], None))),
+        (
+            "second diverging",
+            Box::new(move |c: &Ctx| {
+                batch_of(c.tid, &[(c.last_step + 1, one(), one()), (c.last_step + 2, agg(&[("gen", 1, 2)]), one())], None)
+            }),
+        ),
+        ("not increasing", Box::new(move |c: &Ctx| batch_of(c.tid, &[(c.last_step + 1, one(), one()), (c.last_step, one(), one())], None))),
+        ("at the last step", Box::new(move |c: &Ctx| batch_of(c.tid, &[(c.last_step, one(), one())], None))),
+        ("another tid", Box::new(move |c: &Ctx| batch_of(11, &[(c.last_step + 1, one(), one())], None))),
+        (
+            "endpoint on one side only",
+            Box::new(move |c: &Ctx| {
+                batch_of(c.tid, &[(c.last_step + 1, agg(&[("gen", 1, 1), ("push", 0, 0)]), one())], None)
+            }),
+        ),
+        ("prepared only", Box::new(move |c: &Ctx| batch_of(c.tid, &[], Some(c.prepared.clone())))),
+        (
+            "steps and prepared",
+            Box::new(move |c: &Ctx| batch_of(c.tid, &[(c.last_step + 1, one(), one())], Some(c.prepared.clone()))),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for phase in PHASES {
+        for (shape, make) in &shapes {
+            let (mut batched, ctx) = reach(phase);
+            let b = make(&ctx);
+            let (mut single, _) = reach(phase);
+            let mut want = Vec::new();
+            for i in 0..b.steps.len() {
+                want.extend(single.ev(Event::Step { host: "h0".into(), report: b.step_report(i) }));
+            }
+            if let Some(report) = b.prepared.clone() {
+                want.extend(single.ev(Event::Prepared { host: "h0".into(), report }));
+            }
+            let got = batched.ev(Event::Replayed { host: "h0".into(), batch: b });
+            let same = got == want
+                && batched.core.phase() == single.core.phase()
+                && format!("{:?}", batched.core.hosts()) == format!("{:?}", single.core.hosts());
+            if !same {
+                wrong.push(format!("{phase}, {shape}: batch {:?} -> {}; singles {:?} -> {}", got.iter().map(show).collect::<Vec<_>>(), show_phase(batched.core.phase()), want.iter().map(show).collect::<Vec<_>>(), show_phase(single.core.phase())));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} cases differ:\n{}", wrong.len(), wrong.join("\n"));
+}

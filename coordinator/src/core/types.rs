@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use lockstep_journal::Aggregate;
+use lockstep_journal::{Aggregate, Checksum};
 
 pub use crate::ledger::{Epoch, HostId, LedgerEntry, LedgerError, Sums, Tid};
 
@@ -87,6 +87,49 @@ pub struct StepReport {
     pub mode: Mode,
 }
 
+/// A host's replayed steps of one tid, as they travel (`ReplayedSteps`, in
+/// columns), shape already checked by the wire layer: the reports
+/// `StepReport{tid, steps[i], .., OpenReplay, Replay}` for each step, then
+/// `prepared`. Kept in columns so that the core checks a replayed step
+/// without building two maps for it (`Core::on_replayed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedBatch {
+    pub tid: Tid,
+    pub endpoints: Vec<String>,
+    pub steps: Vec<u64>,
+    /// What the engine ingested: row `i` (step `steps[i]`) at
+    /// `i * endpoints.len()..`, one entry per endpoint; `None`, the step
+    /// has no checksum for that endpoint.
+    pub replayed: Vec<Option<Checksum>>,
+    /// What the journal recorded, laid out as `replayed`.
+    pub journaled: Vec<Option<Checksum>>,
+    pub prepared: Option<PreparedReport>,
+}
+
+impl ReplayedBatch {
+    /// Row `i` of both sides: (replayed, journaled).
+    pub fn row(&self, i: usize) -> (&[Option<Checksum>], &[Option<Checksum>]) {
+        let n = self.endpoints.len();
+        (&self.replayed[i * n..(i + 1) * n], &self.journaled[i * n..(i + 1) * n])
+    }
+
+    /// The single report step `i` stands for.
+    pub fn step_report(&self, i: usize) -> StepReport {
+        let (replayed, journaled) = self.row(i);
+        let side = |row: &[Option<Checksum>]| -> Aggregate {
+            self.endpoints.iter().zip(row).filter_map(|(e, c)| c.map(|c| (e.clone(), c))).collect()
+        };
+        StepReport {
+            tid: self.tid,
+            step: self.steps[i],
+            checksums: side(replayed),
+            journaled: Some(side(journaled)),
+            state: HostTxnState::OpenReplay,
+            mode: Mode::Replay,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedReport {
     pub tid: Tid,
@@ -104,6 +147,9 @@ pub enum Event {
     /// A stream ended (or the shell dropped it).
     Disconnected { conn: ConnId, host: HostId, reason: String },
     Step { host: HostId, report: StepReport },
+    /// Replayed steps of one tid and maybe its Prepared, in one report:
+    /// exactly what their single `Step`s and `Prepared` would do.
+    Replayed { host: HostId, batch: ReplayedBatch },
     Prepared { host: HostId, report: PreparedReport },
     Committed { host: HostId, tid: Tid },
     CheckpointDone { host: HostId, tid: Tid },
