@@ -25,6 +25,22 @@ pub enum WireError {
     /// at fault, 0 when none is (an empty batch, a Prepared of another tid).
     #[error("report #{seq}: malformed ReplayedSteps from host {host} for tid {tid} (step {step}): {problem}")]
     BadBatch { seq: u64, host: String, tid: u64, step: u64, problem: BatchProblem },
+    /// A Hello whose journal summaries do not fit its endpoint table. `tid`
+    /// is the summary at fault, 0 when the table itself is.
+    #[error("Hello from host {host}: malformed journal summary (tid {tid}): {problem}")]
+    BadJournal { host: String, tid: u64, problem: JournalProblem },
+}
+
+/// What is wrong with a Hello's journal summaries (`Hello.journal`,
+/// columns over `Hello.journal_endpoints`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JournalProblem {
+    #[error("endpoint {endpoint:?} appears twice in its endpoint table")]
+    DuplicateEndpoint { endpoint: String },
+    #[error("its columns hold {counts} counts and {hashes} hashes; the endpoint table has {endpoints} names")]
+    ColumnLength { counts: usize, hashes: usize, endpoints: usize },
+    #[error("its absent index {index} is out of range, not ascending, or has a nonzero count or hash")]
+    BadAbsent { index: u32 },
 }
 
 /// What is wrong with a `ReplayedSteps` batch.
@@ -62,16 +78,40 @@ pub fn aggregate_to(a: &Aggregate) -> Vec<pb::EndpointChecksum> {
 
 /// The Hello as the core takes it. `recorded(tid)` is what the ledger
 /// recorded for this host in `tid`, if anything: a journal summary equal to
-/// it is kept as that same allocation.
+/// it is kept as that same allocation. The summaries' columns are checked
+/// against the endpoint table (`WireError::BadJournal`).
 pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) -> Result<Hello, WireError> {
+    let table = &h.journal_endpoints;
+    let bad = |tid: Tid, problem: JournalProblem| WireError::BadJournal { host: h.host_id.clone(), tid, problem };
+    let mut names: Vec<&String> = table.iter().collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad(0, JournalProblem::DuplicateEndpoint { endpoint: w[0].clone() }));
+    }
     // One summary per tid after the host's checkpoint, kept for the whole
     // recovery: compact, the ledger's own record when it matches (nearly
     // always), else with endpoint names shared with the tid before.
     let mut journal: Vec<JournalTid> = Vec::with_capacity(h.journal.len());
-    for j in h.journal {
-        let sums = j.aggregate.iter().map(|c| (c.endpoint.as_str(), c.count, c.hash));
+    for j in &h.journal {
+        if j.counts.len() != table.len() || j.hashes.len() != table.len() {
+            let problem = JournalProblem::ColumnLength { counts: j.counts.len(), hashes: j.hashes.len(), endpoints: table.len() };
+            return Err(bad(j.tid, problem));
+        }
+        let mut previous: Option<u32> = None;
+        for &index in &j.absent {
+            let i = index as usize;
+            if i >= table.len() || previous.is_some_and(|p| index <= p) || j.counts[i] != 0 || j.hashes[i] != 0 {
+                return Err(bad(j.tid, JournalProblem::BadAbsent { index }));
+            }
+            previous = Some(index);
+        }
+        // `absent` is ascending: the cells it skips are the aggregate.
+        let mut absent = j.absent.iter().map(|&i| i as usize).peekable();
+        let sums = (0..table.len())
+            .filter(|&i| absent.next_if_eq(&i).is_none())
+            .map(|i| (table[i].as_str(), j.counts[i], j.hashes[i]));
         let aggregate = Sums::build_as(sums, journal.last().map(|p| &p.aggregate), recorded(j.tid))
-            .map_err(|endpoint| WireError::DuplicateEndpoint { endpoint })?;
+            .map_err(|endpoint| bad(j.tid, JournalProblem::DuplicateEndpoint { endpoint }))?;
         journal.push(JournalTid {
             tid: j.tid,
             first_step: j.first_step,
@@ -295,31 +335,93 @@ mod tests {
         assert!(aggregate_from(&dup).is_err());
     }
 
+    /// A Hello's journal summary: columns over `table`, `(endpoint, n)`
+    /// per listed endpoint (count and hash `n`), the others absent.
+    fn summary(table: &[&str], t: u64, sums: &[(&str, u64)]) -> pb::TidSummary {
+        let mut s = pb::TidSummary { tid: t, first_step: t, last_step: t, steps: 1, committed: true, ..Default::default() };
+        for (j, e) in table.iter().enumerate() {
+            let n = sums.iter().find(|(name, _)| name == e).map(|(_, n)| *n);
+            s.counts.push(n.unwrap_or(0));
+            s.hashes.push(n.unwrap_or(0));
+            if n.is_none() {
+                s.absent.push(j as u32);
+            }
+        }
+        s
+    }
+
+    fn hello_with(table: &[&str], journal: Vec<pb::TidSummary>) -> pb::Hello {
+        pb::Hello {
+            host_id: "h0".into(),
+            journal_endpoints: table.iter().map(|e| e.to_string()).collect(),
+            journal,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn hello_journal_summaries_are_compact_and_checked() {
-        let ep = |e: &str, n| pb::EndpointChecksum { endpoint: e.into(), count: n, hash: n };
-        let tid = |t, agg| pb::TidSummary { tid: t, first_step: t, last_step: t, steps: 1, aggregate: agg, committed: true };
-        let hello = |journal| pb::Hello { host_id: "h0".into(), journal, ..Default::default() };
-        let h = hello_from(hello(vec![tid(1, vec![ep("push", 0), ep("gen", 3)]), tid(2, vec![ep("gen", 4), ep("push", 1)])]), |_| None)
-            .unwrap();
+        let table = ["gen", "push", "zz"];
+        let h = hello_from(
+            hello_with(&table, vec![summary(&table, 1, &[("push", 0), ("gen", 3)]), summary(&table, 2, &[("gen", 4), ("push", 1)])]),
+            |_| None,
+        )
+        .unwrap();
         let want: Aggregate = [("gen", 4), ("push", 1)]
             .iter()
             .map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: *n }))
             .collect();
         assert_eq!(h.journal[1].aggregate.to_aggregate(), want);
-        assert_eq!(format!("{:?}", h.journal[0].aggregate), r#"{"gen": (3, 3), "push": (0, 0)}"#);
-        let dup = hello(vec![tid(1, vec![ep("gen", 1), ep("gen", 2)])]);
-        assert!(matches!(hello_from(dup, |_| None), Err(WireError::DuplicateEndpoint { endpoint }) if endpoint == "gen"));
+        assert_eq!(format!("{:?}", h.journal[0].aggregate), r#"{"gen": (3, 3), "push": (0, 0)}"#, "absent is not count 0");
+        assert_eq!((h.journal[1].tid, h.journal[1].steps, h.journal[1].committed), (2, 1, true));
+
+        // The table may come in any order; the aggregate is by name.
+        let unsorted = ["zz", "push", "gen"];
+        let h = hello_from(hello_with(&unsorted, vec![summary(&unsorted, 2, &[("gen", 4), ("push", 1)])]), |_| None).unwrap();
+        assert_eq!(h.journal[0].aggregate.to_aggregate(), want);
 
         // A summary equal to the ledger's record is that record; another is not.
         let recorded = Sums::build([("gen", 4, 4), ("push", 1, 1)], None).unwrap();
-        let j = vec![tid(1, vec![ep("push", 0), ep("gen", 3)]), tid(2, vec![ep("push", 1), ep("gen", 4)])];
-        let h = hello_from(hello(j), |_| Some(&recorded)).unwrap();
+        let j = vec![summary(&table, 1, &[("push", 0), ("gen", 3)]), summary(&table, 2, &[("push", 1), ("gen", 4)])];
+        let h = hello_from(hello_with(&table, j), |_| Some(&recorded)).unwrap();
         assert!(h.journal[1].aggregate.same_allocation(&recorded));
         assert!(!h.journal[0].aggregate.same_allocation(&recorded));
         assert_eq!(h.journal[1].aggregate.to_aggregate(), want);
-        let dup = hello(vec![tid(2, vec![ep("gen", 4), ep("gen", 4)])]);
-        assert!(hello_from(dup, |_| Some(&recorded)).is_err(), "a duplicate is refused even against a record");
+    }
+
+    /// A Hello whose summaries do not fit its endpoint table is refused
+    /// with an error naming the host, the tid and the problem.
+    #[test]
+    fn malformed_hello_journal_summaries_are_refused_and_named() {
+        let table = ["gen", "push"];
+        let refuse = |table: &[&str], edit: &dyn Fn(&mut pb::TidSummary)| {
+            let mut s = summary(table, 7, &[("gen", 4)]);
+            edit(&mut s);
+            let e = hello_from(hello_with(table, vec![summary(table, 6, &[("gen", 1), ("push", 1)]), s]), |_| None).unwrap_err();
+            let WireError::BadJournal { host, tid, problem } = &e else { panic!("{e}") };
+            assert_eq!(host, "h0");
+            assert!(e.to_string().contains("host h0") && e.to_string().contains(&format!("tid {tid}")), "{e}");
+            (*tid, problem.clone())
+        };
+        let dup = refuse(&["gen", "push", "gen"], &|_| {});
+        assert_eq!(dup, (0, JournalProblem::DuplicateEndpoint { endpoint: "gen".into() }));
+        assert_eq!(refuse(&table, &|s| {
+            s.hashes.pop();
+        }), (7, JournalProblem::ColumnLength { counts: 2, hashes: 1, endpoints: 2 }));
+        assert_eq!(refuse(&table, &|s| s.counts.push(0)), (7, JournalProblem::ColumnLength { counts: 3, hashes: 2, endpoints: 2 }));
+        // `push` (index 1) is absent; out of range, repeated, out of order
+        // or on a nonzero cell is malformed.
+        assert_eq!(refuse(&table, &|s| s.absent.push(2)), (7, JournalProblem::BadAbsent { index: 2 }));
+        assert_eq!(refuse(&table, &|s| s.absent.push(1)), (7, JournalProblem::BadAbsent { index: 1 }));
+        assert_eq!(refuse(&table, &|s| s.absent.insert(0, 0)), (7, JournalProblem::BadAbsent { index: 0 }));
+        assert_eq!(refuse(&table, &|s| s.absent = vec![1, 0]), (7, JournalProblem::BadAbsent { index: 0 }));
+        assert_eq!(refuse(&table, &|s| s.counts[1] = 1), (7, JournalProblem::BadAbsent { index: 1 }));
+        assert_eq!(refuse(&table, &|s| s.hashes[1] = 1), (7, JournalProblem::BadAbsent { index: 1 }));
+        // Without summaries, or without a table and with empty columns, a
+        // Hello is fine.
+        assert!(hello_from(hello_with(&table, vec![]), |_| None).is_ok());
+        let h = hello_from(hello_with(&[], vec![summary(&[], 3, &[])]), |_| None).unwrap();
+        assert!(h.journal[0].aggregate.is_empty());
     }
 
     fn ep(e: &str, n: u64) -> pb::EndpointChecksum {

@@ -5,7 +5,7 @@
 
 use crate::core::{Command, Mode, Report};
 use crate::engine::{EndpointInput, GeneratorRef, Payload, StepInput};
-use lockstep_journal::{pb, Checksum, EndpointChecksums};
+use lockstep_journal::{pb, Checksum, EndpointChecksums, JournalSummary};
 use lockstep_proto::v1;
 
 /// Decodes a command body; `Err` names what is missing or unknown.
@@ -119,15 +119,37 @@ pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &
     true
 }
 
-pub fn tid_summary_to_proto(s: &lockstep_journal::TidSummary) -> v1::TidSummary {
-    v1::TidSummary {
-        tid: s.tid,
-        first_step: s.first_step,
-        last_step: s.last_step,
-        steps: s.steps,
-        aggregate: checksums_to_proto(&s.aggregate),
-        committed: s.committed,
-    }
+/// A journal summary in its wire form: `Hello.journal_endpoints` (the
+/// summary's sorted endpoint table) and `Hello.journal` (per tid, counts
+/// and hashes in columns over that table, endpoints the tid lacks listed
+/// in `absent`). Consumes the summary, each tid's entry as it is converted.
+pub fn journal_summary_to_proto(summary: JournalSummary) -> (Vec<String>, Vec<v1::TidSummary>) {
+    let JournalSummary { endpoints, tids, .. } = summary;
+    let n = endpoints.len();
+    let tids = tids
+        .into_iter()
+        .map(|t| {
+            let (mut counts, mut hashes) = (vec![0; n], vec![0; n]);
+            for &(i, c) in &t.sums {
+                counts[i as usize] = c.count;
+                hashes[i as usize] = c.hash;
+            }
+            // `sums` is ascending by index: the indices it skips are absent.
+            let mut present = t.sums.iter().map(|(i, _)| *i).peekable();
+            let absent = (0..n as u32).filter(|j| present.next_if_eq(j).is_none()).collect();
+            v1::TidSummary {
+                tid: t.tid,
+                first_step: t.first_step,
+                last_step: t.last_step,
+                steps: t.steps,
+                committed: t.committed,
+                counts,
+                hashes,
+                absent,
+            }
+        })
+        .collect();
+    (endpoints, tids)
 }
 
 /// A step's input as journaled.
@@ -209,6 +231,29 @@ mod tests {
         let mut broken = step_input_to_pb(&input);
         broken[0].payload = None;
         assert!(step_input_from_pb(&broken).unwrap_err().contains("generator"));
+    }
+
+    /// A summary's aggregates go into columns over its endpoint table; an
+    /// endpoint a tid's steps never named is absent (count 0 is not).
+    #[test]
+    fn journal_summary_goes_into_columns_over_its_endpoint_table() {
+        use lockstep_journal::TidSummary;
+        let c = |n: u64| Checksum { count: n, hash: n * 10 };
+        let tid = |tid, sums: Vec<(u32, Checksum)>| TidSummary { tid, first_step: tid, last_step: tid, steps: 1, sums, committed: tid == 1 };
+        let summary = JournalSummary {
+            endpoints: vec!["a".into(), "gen".into(), "push".into()],
+            tids: vec![tid(1, vec![(1, c(2)), (2, c(0))]), tid(2, vec![]), tid(3, vec![(0, c(1)), (1, c(3)), (2, c(4))])],
+            checkpoints: vec![],
+            last_step: 3,
+        };
+        let (endpoints, tids) = journal_summary_to_proto(summary);
+        assert_eq!(endpoints, ["a", "gen", "push"]);
+        let cols: Vec<_> = tids.iter().map(|t| (t.tid, t.counts.clone(), t.hashes.clone(), t.absent.clone(), t.committed)).collect();
+        assert_eq!(cols, vec![
+            (1, vec![0, 2, 0], vec![0, 20, 0], vec![0], true),
+            (2, vec![0, 0, 0], vec![0, 0, 0], vec![0, 1, 2], false),
+            (3, vec![1, 3, 4], vec![10, 30, 40], vec![], false),
+        ]);
     }
 
     /// Steps go into the columns in order, an endpoint missing on one side

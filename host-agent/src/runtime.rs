@@ -563,9 +563,8 @@ impl<E: Engine> Agent<E> {
     /// Reads the journal's checkpoint records; keeps those whose file exists.
     async fn load_checkpoints(&mut self) -> Result<(), AgentError> {
         let journal = self.journal.clone();
-        let after = self.complete_tid;
-        let summary = self
-            .blocking(move || journal.summarize(after))
+        let checkpoints = self
+            .blocking(move || journal.checkpoint_records())
             .await
             .map_err(|message| AgentError::Internal { host: self.host().into(), message })?
             .map_err(|cause| AgentError::Journal {
@@ -573,7 +572,7 @@ impl<E: Engine> Agent<E> {
                 dir: self.config.data_dir.join("journal"),
                 cause: Box::new(cause),
             })?;
-        for (tid, location) in summary.checkpoints {
+        for (tid, location) in checkpoints {
             let path = self.config.data_dir.join(&location);
             if path.exists() {
                 self.checkpoints.insert(tid, path);
@@ -589,18 +588,24 @@ impl<E: Engine> Agent<E> {
         let internal = |message: String| AgentError::Internal { host: host.clone(), message };
         let journal = self.journal.clone();
         let checkpoint = self.complete_tid;
-        let summary = self
-            .blocking(move || journal.summarize(checkpoint))
+        // Only which tids to replay and which are committed outlive the
+        // summary, which is dropped on the blocking thread.
+        let (commits, tids) = self
+            .blocking(move || {
+                let summary = journal.summarize(checkpoint)?;
+                let commits: BTreeSet<u64> = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
+                let tids: Vec<u64> = summary
+                    .tids
+                    .iter()
+                    .filter(|t| t.tid > checkpoint && through_tid.map_or(t.committed, |max| t.tid <= max))
+                    .map(|t| t.tid)
+                    .collect();
+                Ok::<_, JournalError>((commits, tids))
+            })
             .await
             .map_err(&internal)?
             .map_err(|e| internal(format!("summarizing the journal failed: {e}")))?;
-        self.journal_commits = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
-        let tids: Vec<u64> = summary
-            .tids
-            .iter()
-            .filter(|t| t.tid > checkpoint && through_tid.map_or(t.committed, |max| t.tid <= max))
-            .map(|t| t.tid)
-            .collect();
+        self.journal_commits = commits;
         self.restore(checkpoint).await.map_err(|f| internal(f.message))?;
         let started = std::time::Instant::now();
         let cpu_started = process_cpu_micros();
@@ -722,18 +727,28 @@ impl<E: Engine> Agent<E> {
     async fn hello(&mut self) -> Result<v1::Hello, String> {
         let journal = self.journal.clone();
         let after = self.complete_tid;
-        let summary = self
-            .blocking(move || journal.summarize(after))
+        // A Hello lists every tid after the checkpoint: the summary is put
+        // in its wire form (columns over one endpoint table) on the
+        // blocking thread and dropped there, tid by tid as it is converted,
+        // so only the compact wire form reaches this thread.
+        let (commits, journal_endpoints, journal_tids) = self
+            .blocking(move || {
+                let summary = journal.summarize(after)?;
+                let commits: BTreeSet<u64> = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
+                let (endpoints, tids) = convert::journal_summary_to_proto(summary);
+                Ok::<_, JournalError>((commits, endpoints, tids))
+            })
             .await?
             .map_err(|e| format!("summarizing the journal for Hello failed: {e}"))?;
-        self.journal_commits = summary.tids.iter().filter(|t| t.committed).map(|t| t.tid).collect();
+        self.journal_commits = commits;
         Ok(v1::Hello {
             protocol_version: lockstep_proto::PROTOCOL_VERSION,
             host_id: self.config.host_id.clone(),
             cluster_id: self.config.cluster_id.clone(),
             highest_epoch: self.core.highest_epoch(),
             checkpoints: self.checkpoints.keys().copied().collect(),
-            journal: summary.tids.iter().map(convert::tid_summary_to_proto).collect(),
+            journal: journal_tids,
+            journal_endpoints,
             last_step: self.last_step,
             ingest_addr: self.ingest_addr.clone(),
             resumable: self.resumable(),

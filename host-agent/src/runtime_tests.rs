@@ -171,6 +171,17 @@ fn to_checksums(v: &[v1::EndpointChecksum]) -> EndpointChecksums {
     v.iter().map(|c| (c.endpoint.clone(), lockstep_journal::Checksum { count: c.count, hash: c.hash })).collect()
 }
 
+/// A Hello's journal summary `t` as an aggregate, from its columns over
+/// the Hello's endpoint table `endpoints`.
+fn summary_checksums(endpoints: &[String], t: &v1::TidSummary) -> EndpointChecksums {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| !t.absent.contains(&(*j as u32)))
+        .map(|(j, e)| (e.clone(), lockstep_journal::Checksum { count: t.counts[j], hash: t.hashes[j] }))
+        .collect()
+}
+
 fn sink_lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("sink").join("output.jsonl"))
         .unwrap_or_default()
@@ -226,7 +237,9 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
     assert_eq!(hello.protocol_version, lockstep_proto::PROTOCOL_VERSION);
     let summary: Vec<_> = hello.journal.iter().map(|t| (t.tid, t.first_step, t.last_step, t.steps, t.committed)).collect();
     assert_eq!(summary, vec![(1, 1, 5, 5, true), (2, 6, 8, 3, false)]);
-    assert_eq!(to_checksums(&hello.journal[0].aggregate), to_checksums(&p1.aggregate));
+    assert_eq!(hello.journal_endpoints, [GENERATOR_ENDPOINT, PUSH_ENDPOINT]);
+    assert_eq!(summary_checksums(&hello.journal_endpoints, &hello.journal[0]), to_checksums(&p1.aggregate));
+    assert!(hello.journal.iter().all(|t| t.absent.is_empty()), "every tid's steps named both endpoints");
 
     h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
     assert_eq!(h.agent.epoch_file.load().unwrap(), 2, "a higher epoch is persisted");
@@ -431,7 +444,7 @@ async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
     let r = hello.resumable.expect("an open live tid is offered");
     assert_eq!((r.last_committed_tid, r.state, r.tid, r.steps), (0, v1::HostTxnState::OpenLive as i32, 1, 3));
     assert_eq!(to_checksums(&r.aggregate), sum_steps(&live), "what the host ran");
-    assert_eq!(to_checksums(&hello.journal[0].aggregate), to_checksums(&r.aggregate), "= what it journaled");
+    assert_eq!(summary_checksums(&hello.journal_endpoints, &hello.journal[0]), to_checksums(&r.aggregate), "= what it journaled");
     assert!(r.prepared.is_none());
 
     h.cmd(2, Command::Welcome { coordinator_id: "c2".into() }).await;

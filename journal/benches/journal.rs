@@ -476,7 +476,8 @@ fn bench_replay_section(root: &Path, replay_records: usize, replay_payload: usiz
         rss_max.max(rss_after_replay).saturating_sub(rss_before)
     );
     println!(
-        "    then summarize: VmRSS {rss_after} KiB while holding the summary of {} tids (it grows with tids, not bytes)",
-        summary.tids.len()
+        "    then summarize: VmRSS {rss_after} KiB while holding the summary of {} tids over {} endpoints (it grows with tids, not bytes)",
+        summary.tids.len(),
+        summary.endpoints.len()
     );
 }

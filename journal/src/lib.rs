@@ -132,26 +132,61 @@ pub struct OpenReport {
     pub last_step: u64,
 }
 
-/// Per-tid view of the journal, computed without keeping payloads.
+/// Per-tid view of the journal, computed without keeping payloads. Its
+/// aggregate is kept as numbers only, by index into the summary's endpoint
+/// table ([`JournalSummary::endpoints`]); [`JournalSummary::aggregate`]
+/// gives it by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TidSummary {
     pub tid: u64,
     pub first_step: u64,
     pub last_step: u64,
     pub steps: u64,
-    pub aggregate: Aggregate,
+    /// The tid's input aggregate: per endpoint its steps named, `(index in
+    /// JournalSummary::endpoints, sum of their checksums)`, ascending by
+    /// index, each index once.
+    pub sums: Vec<(u32, Checksum)>,
     /// A commit marker for this tid is in the journal.
     pub committed: bool,
 }
 
 /// Journal summary for a host's Hello.
-#[derive(Clone, Debug, Default)]
+///
+/// A Hello lists every tid after the host's newest checkpoint, so the
+/// summary keeps endpoint names once (`endpoints`) and per tid only numbers:
+/// a fixed-size entry and one small vector, ~130 bytes per tid with two
+/// endpoints, where a map from name to checksum per tid cost ~0.5 KiB (a
+/// B-tree node and a `String` per endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JournalSummary {
+    /// Every endpoint named in a summarized tid's steps, sorted, each once.
+    pub endpoints: Vec<String>,
     /// Tids that have step records or commit markers, ascending.
     pub tids: Vec<TidSummary>,
     /// Checkpoint records found (tid, location), ascending by tid.
     pub checkpoints: Vec<(u64, String)>,
     pub last_step: u64,
+}
+
+impl JournalSummary {
+    /// The summary of `tid`, if the journal holds anything of it after the
+    /// summarized checkpoint.
+    pub fn tid(&self, tid: u64) -> Option<&TidSummary> {
+        self.tids.binary_search_by_key(&tid, |t| t.tid).ok().map(|i| &self.tids[i])
+    }
+
+    /// `(endpoint, checksum)` of `t`'s aggregate, in endpoint order. `t`
+    /// must be one of this summary's tids (its indices are into
+    /// `self.endpoints`).
+    pub fn sums<'a>(&'a self, t: &'a TidSummary) -> impl Iterator<Item = (&'a str, Checksum)> + 'a {
+        t.sums.iter().map(|(i, c)| (self.endpoints[*i as usize].as_str(), *c))
+    }
+
+    /// `t`'s aggregate by endpoint name (allocates: for callers that
+    /// compare or merge, not for keeping one per tid).
+    pub fn aggregate(&self, t: &TidSummary) -> Aggregate {
+        EndpointChecksums(self.sums(t).map(|(e, c)| (e.to_owned(), c)).collect())
+    }
 }
 
 /// Handle to an open journal. `Send + Sync`; share it behind an `Arc`.
@@ -358,9 +393,17 @@ impl Journal {
     }
 
     /// Per-tid summary of every tid strictly after `after_tid`, plus all
-    /// checkpoint records. Streams the journal; memory does not grow with it.
+    /// checkpoint records. Streams the journal; memory grows with the tids
+    /// summarized (see [`JournalSummary`]), not with the journal's bytes.
     pub fn summarize(&self, after_tid: u64) -> Result<JournalSummary> {
         read::summarize(self.shared.span(), after_tid)
+    }
+
+    /// Every checkpoint record `(tid, location)`, ascending by tid: the
+    /// summary without any tid, for callers that need only checkpoints.
+    /// Reads (and checks) the whole journal, as `summarize` does.
+    pub fn checkpoint_records(&self) -> Result<Vec<(u64, String)>> {
+        Ok(read::summarize(self.shared.span(), u64::MAX)?.checkpoints)
     }
 
     /// The step records of one tid, in step order, streamed.

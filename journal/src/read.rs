@@ -3,14 +3,13 @@
 //! record body), the step-chain check, and the iterators and summary built
 //! on them.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format::{self, Frame, FrameReader, HeaderRead, SegmentHeader};
-use crate::{pb, view, Aggregate, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
+use crate::{pb, view, Checksum, JournalIdent, JournalSummary, Position, TidSummary};
 
 /// Tells the kernel a segment is about to be read front to back (a larger
 /// readahead window for cold reads). Advisory: failure is ignored.
@@ -410,36 +409,34 @@ impl RecordViews {
 /// every record as fully as `read_from` (payload fields included).
 pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
     let mut cursor = Cursor::new(span, Position::default())?;
-    let mut tids: BTreeMap<u64, TidSummary> = BTreeMap::new();
+    let mut tids: Vec<TidSummary> = Vec::new();
+    let mut names = Names::default();
     let mut checkpoints = Vec::new();
     let mut last_step = 0u64;
-    let blank = |tid| TidSummary {
-        tid,
-        first_step: 0,
-        last_step: 0,
-        steps: 0,
-        aggregate: Aggregate::new(),
-        committed: false,
-    };
     while let Some((_, record)) = cursor.next_view()? {
         match record {
             view::RecordView::Step(s) => {
                 last_step = s.step;
                 if s.tid > after_tid {
-                    let t = tids.entry(s.tid).or_insert_with(|| blank(s.tid));
+                    let t = tid_entry(&mut tids, s.tid);
                     if t.steps == 0 {
                         t.first_step = s.step;
                     }
                     t.last_step = s.step;
                     t.steps += 1;
                     for e in s.endpoints() {
-                        t.aggregate.add(e.endpoint, Checksum { count: e.count, hash: e.hash });
+                        let index = names.index(e.endpoint);
+                        let checksum = Checksum { count: e.count, hash: e.hash };
+                        match t.sums.binary_search_by_key(&index, |(i, _)| *i) {
+                            Ok(i) => t.sums[i].1.merge(checksum),
+                            Err(i) => t.sums.insert(i, (index, checksum)),
+                        }
                     }
                 }
             }
             view::RecordView::Commit(c) => {
                 if c.tid > after_tid {
-                    tids.entry(c.tid).or_insert_with(|| blank(c.tid)).committed = true;
+                    tid_entry(&mut tids, c.tid).committed = true;
                 }
             }
             view::RecordView::Checkpoint(c) => checkpoints.push((c.tid, c.location.to_owned())),
@@ -447,5 +444,73 @@ pub(crate) fn summarize(span: Span, after_tid: u64) -> Result<JournalSummary> {
     }
     // Stable: equal tids keep journal order.
     checkpoints.sort_by_key(|(tid, _)| *tid);
-    Ok(JournalSummary { tids: tids.into_values().collect(), checkpoints, last_step })
+    let endpoints = names.into_sorted(&mut tids);
+    Ok(JournalSummary { endpoints, tids, checkpoints, last_step })
+}
+
+/// The entry of `tid` in `tids` (ascending by tid), added if missing. Step
+/// records come in tid order, so it is nearly always the last one or a new
+/// last one; a commit marker may name an earlier tid.
+fn tid_entry(tids: &mut Vec<TidSummary>, tid: u64) -> &mut TidSummary {
+    let at = match tids.last() {
+        Some(last) if last.tid == tid => tids.len() - 1,
+        Some(last) if last.tid > tid => match tids.binary_search_by_key(&tid, |t| t.tid) {
+            Ok(i) => i,
+            Err(i) => {
+                tids.insert(i, blank(tid));
+                i
+            }
+        },
+        _ => {
+            tids.push(blank(tid));
+            tids.len() - 1
+        }
+    };
+    &mut tids[at]
+}
+
+fn blank(tid: u64) -> TidSummary {
+    TidSummary { tid, first_step: 0, last_step: 0, steps: 0, sums: Vec::new(), committed: false }
+}
+
+/// The summary's endpoint table while it is built: names in the order they
+/// were first seen (a tid's sums index them), and those indices sorted by
+/// name, for lookups.
+#[derive(Default)]
+struct Names {
+    seen: Vec<String>,
+    by_name: Vec<u32>,
+}
+
+impl Names {
+    fn index(&mut self, name: &str) -> u32 {
+        match self.by_name.binary_search_by(|&i| self.seen[i as usize].as_str().cmp(name)) {
+            Ok(at) => self.by_name[at],
+            Err(at) => {
+                let index = self.seen.len() as u32;
+                self.seen.push(name.to_owned());
+                self.by_name.insert(at, index);
+                index
+            }
+        }
+    }
+
+    /// The names sorted, with every tid's sums renumbered to match (and
+    /// kept ascending by index).
+    fn into_sorted(self, tids: &mut [TidSummary]) -> Vec<String> {
+        let Names { mut seen, by_name } = self;
+        let mut rank = vec![0u32; seen.len()];
+        for (r, &i) in by_name.iter().enumerate() {
+            rank[i as usize] = r as u32;
+        }
+        if rank.iter().enumerate().any(|(i, &r)| i as u32 != r) {
+            for t in tids.iter_mut() {
+                for (i, _) in t.sums.iter_mut() {
+                    *i = rank[*i as usize];
+                }
+                t.sums.sort_unstable_by_key(|(i, _)| *i);
+            }
+        }
+        by_name.iter().map(|&i| std::mem::take(&mut seen[i as usize])).collect()
+    }
 }

@@ -77,7 +77,11 @@ fn summarize_and_steps_of() {
     for s in [5u64, 6] {
         expect.merge(Checksum { count: 1 + s % 3, hash: s.wrapping_mul(0x9e37_79b9_7f4a_7c15) });
     }
-    assert_eq!(t3.aggregate.get("in"), Some(expect));
+    assert_eq!(summary.endpoints, ["in"]);
+    assert_eq!(t3.sums, [(0, expect)]);
+    assert_eq!(summary.aggregate(t3).get("in"), Some(expect));
+    assert_eq!(summary.tid(5), Some(&summary.tids[2]));
+    assert_eq!(summary.tid(2), None, "tids up to the one summarized after are left out");
     assert!(!summary.tids[3].committed);
     assert_eq!(summary.checkpoints, vec![(3, "checkpoints/3".to_string())]);
     assert_eq!(summary.last_step, 11);
@@ -92,6 +96,58 @@ fn summarize_and_steps_of() {
     }
     assert_eq!(n, 1);
     assert_eq!(j.steps_of(99).unwrap().count(), 0);
+}
+
+/// A step record naming `endpoints` `(name, count, hash)` in this order.
+fn step_naming(step: u64, tid: u64, endpoints: &[(&str, u64, u64)]) -> pb::JournalRecord {
+    let endpoints = endpoints
+        .iter()
+        .map(|(e, count, hash)| pb::EndpointInput {
+            endpoint: e.to_string(),
+            count: *count,
+            hash: *hash,
+            payload: Some(pb::endpoint_input::Payload::Value(vec![1])),
+        })
+        .collect();
+    pb::JournalRecord { kind: Some(Kind::Step(pb::StepRecord { step, prev_step: step - 1, tid, epoch: 1, endpoints })) }
+}
+
+/// The summary names each endpoint once, sorted, whatever order steps name
+/// them in; a tid's sums index that table in ascending order; commit
+/// markers of tids without steps (also of a tid before the last one seen)
+/// are tids of their own; only tids after `after_tid` contribute names.
+#[test]
+fn summary_endpoint_table_is_sorted_and_tids_index_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    j.append(&step_naming(1, 1, &[("zeta", 1, 1), ("alpha", 2, 2)])).unwrap();
+    j.append(&step_naming(2, 1, &[("mid", 3, 3), ("zeta", 1, 10)])).unwrap();
+    j.append(&commit(1)).unwrap();
+    j.append(&checkpoint(1)).unwrap();
+    j.append(&commit(3)).unwrap();
+    j.append(&step_naming(3, 4, &[("alpha", 5, 5)])).unwrap();
+    j.append(&commit(2)).unwrap();
+
+    let s = j.summarize(0).unwrap();
+    assert_eq!(s.endpoints, ["alpha", "mid", "zeta"]);
+    let c = |count, hash| Checksum { count, hash };
+    let rows: Vec<_> = s.tids.iter().map(|t| (t.tid, t.first_step, t.last_step, t.steps, t.committed, t.sums.clone())).collect();
+    assert_eq!(rows, vec![
+        (1, 1, 2, 2, true, vec![(0, c(2, 2)), (1, c(3, 3)), (2, c(2, 11))]),
+        (2, 0, 0, 0, true, vec![]),
+        (3, 0, 0, 0, true, vec![]),
+        (4, 3, 3, 1, false, vec![(0, c(5, 5))]),
+    ]);
+    let t1: Vec<_> = s.sums(&s.tids[0]).collect();
+    assert_eq!(t1, [("alpha", c(2, 2)), ("mid", c(3, 3)), ("zeta", c(2, 11))]);
+    assert_eq!(s.aggregate(&s.tids[0]).get("zeta"), Some(c(2, 11)));
+    assert!(s.aggregate(&s.tids[1]).0.is_empty());
+
+    let after = j.summarize(1).unwrap();
+    assert_eq!(after.endpoints, ["alpha"], "names only the summarized tids' endpoints");
+    assert_eq!(after.tids.iter().map(|t| t.tid).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(after.tid(4).unwrap().sums, [(0, c(5, 5))]);
+    assert_eq!(j.checkpoint_records().unwrap(), [(1, "checkpoints/1".to_string())]);
 }
 
 #[test]

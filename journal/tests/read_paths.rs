@@ -145,6 +145,73 @@ proptest! {
         prop_assert_eq!(assert_same(&j, Position::default()).unwrap(), all);
     }
 
+        /// Random journals whose steps name random endpoints in random order,
+    /// and commit markers of random tids: the summary equals one computed
+    /// naively from the records (a map per tid), its endpoint table is
+    /// sorted and names exactly the summarized tids' endpoints, and every
+    /// tid's sums index it in ascending order.
+    #[test]
+    fn summary_matches_the_records(
+        ops in prop::collection::vec((any::<bool>(), prop::collection::vec((0usize..5, 0u64..4), 0..5), any::<bool>(), 0u64..12), 1..80),
+        after_tid in 0u64..6,
+    ) {
+        use std::collections::{BTreeMap, BTreeSet};
+        const NAMES: [&str; 5] = ["push", "gen", "b", "zz", "a"];
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        // tid -> (first, last, steps, endpoint -> (count, hash), committed)
+        type Naive = (u64, u64, u64, BTreeMap<String, (u64, u64)>, bool);
+        let mut naive: BTreeMap<u64, Naive> = BTreeMap::new();
+        let (mut tid, mut last_step) = (1u64, 0u64);
+        for (next_tid, endpoints, is_commit, commit_tid) in ops {
+            if is_commit {
+                j.append(&commit(commit_tid)).unwrap();
+                naive.entry(commit_tid).or_default().4 = true;
+                continue;
+            }
+            tid += next_tid as u64;
+            last_step += 1;
+            let mut seen = BTreeSet::new();
+            let endpoints: Vec<pb::EndpointInput> = endpoints
+                .into_iter()
+                .filter(|(n, _)| seen.insert(*n))
+                .map(|(n, count)| pb::EndpointInput {
+                    endpoint: NAMES[n].into(),
+                    count,
+                    hash: last_step * 1000 + n as u64,
+                    payload: Some(pb::endpoint_input::Payload::Value(vec![])),
+                })
+                .collect();
+            let t = naive.entry(tid).or_default();
+            if t.2 == 0 {
+                t.0 = last_step;
+            }
+            t.1 = last_step;
+            t.2 += 1;
+            for e in &endpoints {
+                let sum = t.3.entry(e.endpoint.clone()).or_default();
+                *sum = (sum.0.wrapping_add(e.count), sum.1.wrapping_add(e.hash));
+            }
+            let kind = pb::journal_record::Kind::Step(pb::StepRecord { step: last_step, prev_step: last_step - 1, tid, epoch: 1, endpoints });
+            j.append(&pb::JournalRecord { kind: Some(kind) }).unwrap();
+        }
+        let naive: Vec<_> = naive.into_iter().filter(|(t, _)| *t > after_tid).collect();
+        let names: BTreeSet<&String> = naive.iter().flat_map(|(_, t)| t.3.keys()).collect();
+        let s = j.summarize(after_tid).unwrap();
+        prop_assert_eq!(s.endpoints.iter().collect::<BTreeSet<_>>(), names);
+        prop_assert!(s.endpoints.windows(2).all(|w| w[0] < w[1]), "sorted, each once: {:?}", s.endpoints);
+        prop_assert!(s.tids.iter().all(|t| t.sums.windows(2).all(|w| w[0].0 < w[1].0)));
+        let got: Vec<_> = s
+            .tids
+            .iter()
+            .map(|t| {
+                let sums: BTreeMap<String, (u64, u64)> = s.sums(t).map(|(e, c)| (e.to_string(), (c.count, c.hash))).collect();
+                (t.tid, (t.first_step, t.last_step, t.steps, sums, t.committed))
+            })
+            .collect();
+        prop_assert_eq!(got, naive);
+    }
+
     /// A torn tail cut anywhere in the last segment: after reopen both
     /// iterators give the same prefix.
     #[test]

@@ -14,7 +14,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The wire protocol version this build speaks (`Hello.protocol_version`).
 /// 2: `Prepare.next` (the commit pipeline).
-/// 3: `ReplayedSteps` in columns.
+/// 3: `ReplayedSteps` in columns; `Hello.journal` aggregates in columns
+/// over `Hello.journal_endpoints`.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// gRPC metadata key under which a coordinator that is not the leader names

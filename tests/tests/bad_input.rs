@@ -119,6 +119,25 @@ async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit(
     let err = client.session(tokio_stream::iter(vec![first])).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("must be Hello"), "{}", err.message());
+    // A Hello whose journal summary does not fit its endpoint table.
+    let hello = pb::HostReport {
+        seq: 1,
+        report: Some(pb::host_report::Report::Hello(pb::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: host_id(0),
+            cluster_id: c.opts.cluster_id.clone(),
+            journal_endpoints: vec!["generator".into(), "push".into()],
+            journal: vec![pb::TidSummary { tid: 4, counts: vec![1, 2], hashes: vec![3], ..Default::default() }],
+            ..Default::default()
+        })),
+    };
+    let err = client.session(tokio_stream::iter(vec![hello])).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("Hello from host host-0: malformed journal summary (tid 4): its columns hold 2 counts and 1 hashes"),
+        "{}",
+        err.message()
+    );
     // A Hello from a host that is not a member.
     let hello = pb::HostReport {
         seq: 1,
