@@ -1435,7 +1435,8 @@ fn batch_of(tid: Tid, steps: &[(u64, Aggregate, Aggregate)], prepared: Option<Pr
 #[test]
 fn a_replayed_batch_does_exactly_what_its_single_reports_do() {
     let one = || agg(&[("gen", 1, 1)]);
-    let shapes: Vec<(&str, Box<dyn Fn(&Ctx) -> ReplayedBatch>)> = vec![
+    type Shape = Box<dyn Fn(&Ctx) -> ReplayedBatch>;
+    let shapes: Vec<(&str, Shape)> = vec![
         ("matching", Box::new(move |c: &Ctx| batch_of(c.tid, &[(c.last_step + 1, one(), one()), (c.last_step + 3, one(), one())], None))),
         (
             "second diverging",
