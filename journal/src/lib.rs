@@ -366,17 +366,17 @@ impl Journal {
 
     /// Calls `f` with each step record of `tid`, in step order, decoded in
     /// place ([`view::StepView`]: no allocation per record). The same steps,
-    /// checks and errors as `steps_of` (which reads every record from the
-    /// tid's first step up to the first step of a later tid). Stops at the
+    /// checks and errors as `steps_of` (both read every record from the
+    /// tid's first step up to, not including, the first step of a later
+    /// tid: `tid_span`). Stops at the
     /// first error, of the journal or of `f`; returns how many steps `f` saw.
     pub fn for_each_step<E, F>(&self, tid: u64, mut f: F) -> std::result::Result<u64, E>
     where
         E: From<JournalError>,
         F: FnMut(view::StepView<'_>) -> std::result::Result<(), E>,
     {
-        let start = self.shared.lock().tid_first.get(&tid).copied();
-        let Some(start) = start else { return Ok(0) };
-        let mut records = RecordViews::new(read::Cursor::new(self.shared.span(), start)?);
+        let Some((span, start)) = self.tid_span(tid) else { return Ok(0) };
+        let mut records = RecordViews::new(read::Cursor::new(span, start)?);
         let mut steps = 0;
         while let Some((_, record)) = records.next_record()? {
             if let view::RecordView::Step(step) = record {
@@ -406,15 +406,37 @@ impl Journal {
         Ok(read::summarize(self.shared.span(), u64::MAX)?.checkpoints)
     }
 
-    /// The step records of one tid, in step order, streamed.
+    /// The step records of one tid, in step order, streamed (reading only
+    /// the part of the journal that can hold them, `tid_span`).
     pub fn steps_of(&self, tid: u64) -> Result<impl Iterator<Item = Result<pb::StepRecord>>> {
-        let span = self.shared.span();
-        let start = self.shared.lock().tid_first.get(&tid).copied();
-        let records = match start {
-            Some(pos) => Some(RecordIter::new(read::Cursor::new(span, pos)?)),
+        let records = match self.tid_span(tid) {
+            Some((span, start)) => Some(RecordIter::new(read::Cursor::new(span, start)?)),
             None => None,
         };
         Ok(StepsIter::new(records, tid))
+    }
+
+    /// Where the step records of `tid` lie: from its first one up to the
+    /// first step record of a later tid (step records never go back to an
+    /// earlier tid, so none of `tid`'s lies beyond), else up to the durable
+    /// end. `None`: the journal has no step of `tid`.
+    ///
+    /// A reader of one tid reads no further, so its read buffer is the
+    /// size of the tid's records, not a whole read chunk: a replay opens a
+    /// reader per tid, and 256 KiB buffers (each read in full) made a
+    /// host's peak RSS grow with the journal up to the chunk size.
+    fn tid_span(&self, tid: u64) -> Option<(read::Span, Position)> {
+        let mut span = self.shared.span();
+        let st = self.shared.lock();
+        let start = *st.tid_first.get(&tid)?;
+        let next = st.tid_first.range(tid + 1..).next().map(|(_, p)| *p);
+        // Only ever narrowed: a later tid appended since `span` was taken
+        // lies beyond its durable end already.
+        if let Some(next) = next.filter(|n| (n.segment, n.offset) < (span.last, span.last_end)) {
+            span.last = next.segment;
+            span.last_end = next.offset;
+        }
+        Some((span, start))
     }
 
     /// Deletes whole segments whose every record lies before the checkpoint

@@ -457,20 +457,24 @@ fn tid_entry(tids: &mut Vec<TidSummary>, tid: u64) -> &mut TidSummary {
         Some(last) if last.tid > tid => match tids.binary_search_by_key(&tid, |t| t.tid) {
             Ok(i) => i,
             Err(i) => {
-                tids.insert(i, blank(tid));
+                tids.insert(i, blank(tid, 0));
                 i
             }
         },
-        _ => {
-            tids.push(blank(tid));
+        // A tid's steps nearly always name the endpoints the tid before
+        // named: room for exactly as many (a first push would make room
+        // for four).
+        last => {
+            let endpoints = last.map_or(0, |t| t.sums.len());
+            tids.push(blank(tid, endpoints));
             tids.len() - 1
         }
     };
     &mut tids[at]
 }
 
-fn blank(tid: u64) -> TidSummary {
-    TidSummary { tid, first_step: 0, last_step: 0, steps: 0, sums: Vec::new(), committed: false }
+fn blank(tid: u64, endpoints: usize) -> TidSummary {
+    TidSummary { tid, first_step: 0, last_step: 0, steps: 0, sums: Vec::with_capacity(endpoints), committed: false }
 }
 
 /// The summary's endpoint table while it is built: names in the order they

@@ -150,6 +150,52 @@ fn summary_endpoint_table_is_sorted_and_tids_index_it() {
     assert_eq!(j.checkpoint_records().unwrap(), [(1, "checkpoints/1".to_string())]);
 }
 
+/// A reader of one tid (`steps_of`, `for_each_step`) reads from the tid's
+/// first step up to the next tid's first step and no further: with the
+/// commit pipeline's interleaving (a tid's commit marker after the next
+/// tid's steps) and tids spread over segments it yields exactly the tid's
+/// steps, and damage in a later tid's records is that tid's readers'
+/// error only.
+#[test]
+fn a_tid_reader_reads_up_to_the_next_tid_only() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), small_segments(1024)).unwrap();
+    let mut first_of = std::collections::BTreeMap::new();
+    let mut s = 0;
+    for tid in 1..=6u64 {
+        for _ in 0..3 {
+            s += 1;
+            let at = j.append(&step(s, s - 1, tid, 150)).unwrap();
+            first_of.entry(tid).or_insert(at);
+        }
+        if tid > 1 {
+            j.append(&commit(tid - 1)).unwrap();
+        }
+    }
+    assert!(j.segments().1 > 2, "tids spread over segments");
+    let steps = |tid| -> Result<Vec<u64>, JournalError> { j.steps_of(tid)?.map(|r| r.map(|s| s.step)).collect() };
+    for tid in 1..=6u64 {
+        let want: Vec<u64> = (3 * tid - 2..=3 * tid).collect();
+        assert_eq!(steps(tid).unwrap(), want, "tid {tid}");
+        let mut seen = Vec::new();
+        let n = j.for_each_step(tid, |v| -> Result<(), JournalError> {
+            seen.push(v.step);
+            Ok(())
+        });
+        assert_eq!((n.unwrap(), seen), (3, want));
+    }
+    // Damage tid 4's first step record (after open, so readers meet it).
+    let victim = first_of[&4];
+    let mut f = fs::OpenOptions::new().write(true).open(seg_path(dir.path(), victim.segment)).unwrap();
+    f.seek(SeekFrom::Start(victim.offset + 8 + 4)).unwrap();
+    f.write_all(&[0xA5]).unwrap();
+    drop(f);
+    assert_eq!(steps(3).unwrap(), [7, 8, 9], "tid 3's reader stops before tid 4's first step");
+    assert!(matches!(steps(4), Err(JournalError::BadCrc { offset, .. }) if offset == victim.offset));
+    assert!(matches!(j.for_each_step(4, |_| -> Result<(), JournalError> { Ok(()) }), Err(JournalError::BadCrc { .. })));
+}
+
 #[test]
 fn append_async_and_concurrent_appenders() {
     let dir = tempfile::tempdir().unwrap();
