@@ -216,7 +216,6 @@ impl Journal {
             gc_lock: Mutex::new(()),
             queue: Mutex::new(Queue { requests: Vec::new(), writer: None, shutdown: false, dead: false, sleeping: false }),
             work: Condvar::new(),
-            queued: Default::default(),
             #[cfg(test)]
             faults: Default::default(),
         });

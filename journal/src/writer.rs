@@ -28,9 +28,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format;
@@ -50,9 +48,6 @@ pub(crate) struct Shared {
     /// Signals the commit thread: something is queued and the token is free,
     /// or the journal is shutting down.
     pub work: Condvar,
-    /// Length of `queue.requests`, readable without the lock (the commit
-    /// thread polls it briefly after a batch).
-    pub queued: AtomicUsize,
     #[cfg(test)]
     pub faults: Faults,
 }
@@ -93,8 +88,7 @@ pub(crate) struct Queue {
     /// A committer panicked: the writer state is lost, appends fail with
     /// `WriterGone` (reads keep working; reopening recovers).
     pub dead: bool,
-    /// The commit thread is waiting on `work` (not committing, not
-    /// polling): only then does queueing need to wake it. std's
+    /// The commit thread is waiting on `work` (not committing): only then does queueing need to wake it. std's
     /// `notify_one` is a futex syscall even with nobody waiting, and
     /// `append_async` callers are async runtime threads.
     pub sleeping: bool,
@@ -120,7 +114,6 @@ impl Shared {
             return Err(JournalError::WriterGone);
         }
         q.requests.push(req);
-        self.queued.store(q.requests.len(), Ordering::Release);
         let wake = q.writer.is_some() && q.sleeping;
         drop(q);
         if wake {
@@ -148,7 +141,6 @@ impl Shared {
         if q.writer.is_some() && q.requests.len() < batch_max {
             let writer = q.writer.take().expect("checked");
             let mut batch = std::mem::take(&mut q.requests);
-            self.queued.store(0, Ordering::Release);
             drop(q);
             batch.push(req);
             let mut token = Token { shared: self, writer: Some(writer) };
@@ -156,7 +148,6 @@ impl Shared {
             drop(token);
         } else {
             q.requests.push(req);
-            self.queued.store(q.requests.len(), Ordering::Release);
             let wake = q.writer.is_some() && q.sleeping;
             drop(q);
             if wake {
@@ -345,7 +336,6 @@ impl Drop for Token<'_> {
             q.dead = true;
             // Dropping the replies makes every waiter see `WriterGone`.
             q.requests.clear();
-            self.shared.queued.store(0, Ordering::Release);
             drop(q);
             self.shared.work.notify_all();
             return;
@@ -359,12 +349,6 @@ impl Drop for Token<'_> {
     }
 }
 
-/// How long the commit thread keeps polling for the next request after a
-/// batch before it sleeps: an async appender that appends again right
-/// after its acknowledgement then does not also pay the commit thread's
-/// wake-up.
-const COMMIT_THREAD_SPIN: Duration = Duration::from_micros(50);
-
 /// The commit thread: commits whatever is queued whenever the token is free.
 pub(crate) fn run_commit_thread(shared: Arc<Shared>) {
     let batch_max = shared.opts.group_commit_records_max.max(1);
@@ -377,23 +361,15 @@ pub(crate) fn run_commit_thread(shared: Arc<Shared>) {
             let writer = q.writer.take().expect("checked");
             let n = q.requests.len().min(batch_max);
             let mut batch: Vec<Request> = q.requests.drain(..n).collect();
-            shared.queued.store(q.requests.len(), Ordering::Release);
             drop(q);
             let mut token = Token { shared: &shared, writer: Some(writer) };
             token.writer().commit(&mut batch);
             assert!(batch.is_empty(), "every request of a batch is answered");
             drop(token);
-            // Poll briefly for a follow-up append before sleeping.
-            let t0 = Instant::now();
-            let mut spins = 0u32;
-            while shared.queued.load(Ordering::Acquire) == 0 && t0.elapsed() < COMMIT_THREAD_SPIN {
-                spins += 1;
-                if spins.is_multiple_of(16) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
+            // No polling for a follow-up append before sleeping: on a
+            // machine with few cores the spin took the CPU the appender
+            // needed to act on this acknowledgement, and it delayed the
+            // very append it waited for.
             q = shared.queue();
             continue;
         }
