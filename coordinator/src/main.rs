@@ -18,6 +18,13 @@ use tracing::info;
 struct Cli {
     #[arg(long, env = "LOCKSTEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Threads of the async runtime. 1 (the default) runs everything on one
+    /// thread, raft log appends included: the lowest commit latency, since
+    /// a decision never waits for another thread to wake. More threads
+    /// spread gRPC work over cores (large clusters) at a few tens of µs per
+    /// hand-off; appends then run on the blocking pool.
+    #[arg(long, env = "LOCKSTEP_WORKER_THREADS", default_value_t = 1, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -356,11 +363,23 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {listen} (is another coordinator running? use --listen to pick another address)"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    match cli.command {
+    let runtime = if cli.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.worker_threads.into())
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -153,6 +153,9 @@ pub struct ClusterOpts {
     pub cluster_id: String,
     /// The coordinator's `--pipeline-depth`.
     pub pipeline_depth: u64,
+    /// More `coordinator` flags (global ones such as `--worker-threads`
+    /// go before the subcommand, the rest after it; both parse).
+    pub coordinator_flags: Vec<String>,
 }
 
 impl Default for ClusterOpts {
@@ -166,6 +169,7 @@ impl Default for ClusterOpts {
             step_interval_ms: 5,
             cluster_id: "e2e".into(),
             pipeline_depth: 1,
+            coordinator_flags: Vec::new(),
         }
     }
 }
@@ -256,6 +260,9 @@ fn coordinator_args(opts: &ClusterOpts, addr: &str, data_dir: &Path) -> Vec<Stri
         "--pipeline-depth".into(),
         opts.pipeline_depth.to_string(),
     ]
+    .into_iter()
+    .chain(opts.coordinator_flags.iter().cloned())
+    .collect()
 }
 
 /// Starts `opts.hosts` host agents with data under `dir`, pointed at

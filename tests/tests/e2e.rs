@@ -207,9 +207,17 @@ async fn pipelined_live_run_commits_every_tid_exactly_once_and_matches_the_gener
 /// Crashes with a pipeline leave several tids begun and uncommitted in the
 /// ledger (prepared ones awaiting their commit, the open one, ones begun
 /// ahead): recovery replays and commits them, and output stays
-/// exactly-once.
+/// exactly-once. The coordinator runs a two-thread runtime here (its raft
+/// log appends on the blocking pool), the other tests its default one
+/// thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_crash_cycles_recover_every_begun_tid_with_exactly_once_output() {
-    let opts = ClusterOpts { pipeline_depth: 4, commit_interval_ms: 5, step_interval_ms: 1, ..ClusterOpts::default() };
+    let opts = ClusterOpts {
+        pipeline_depth: 4,
+        commit_interval_ms: 5,
+        step_interval_ms: 1,
+        coordinator_flags: vec!["--worker-threads".into(), "2".into()],
+        ..ClusterOpts::default()
+    };
     crash_cycles(opts, 6, 2, 4).await;
 }

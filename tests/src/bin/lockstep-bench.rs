@@ -240,6 +240,7 @@ fn cluster_opts(o: &Opts, commit_interval_ms: u64, step_interval_ms: u64, cluste
         step_interval_ms,
         cluster_id: cluster.into(),
         pipeline_depth: 1,
+        coordinator_flags: Vec::new(),
     }
 }
 
@@ -951,6 +952,7 @@ impl Group {
             step_interval_ms: o.live_step_interval_ms,
             cluster_id: cluster.into(),
             pipeline_depth,
+            coordinator_flags: Vec::new(),
         };
         let group = lockstep_tests::Group::start_with(o.coordinators, opts, |_, args| {
             args.extend(["--generator-batch-max".into(), "0".into()]);
