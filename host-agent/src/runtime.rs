@@ -57,6 +57,9 @@ pub const REPORT_BATCH_MAX: usize = 256;
 pub const REPORT_BATCH_TIDS_MAX: usize = 16;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
+/// Replayed steps run back to back before the drive loop looks at the
+/// stream, the heartbeat and shutdown again (see `Agent::drive`).
+const REPLAY_BURST_STEPS: u32 = 32;
 /// How long a stream we drop for a protocol violation stays open so the
 /// coordinator can read our error report.
 pub const DROP_GRACE_MS: u64 = 200;
@@ -883,8 +886,30 @@ impl<E: Engine> Agent<E> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await; // the first tick is immediate; Hello just went out
+        // Replayed steps since the select below last found nothing else to
+        // do. Up to REPLAY_BURST_STEPS of them run without it: a replayed
+        // step has no timing of its own, and polling the stream, the
+        // heartbeat timer and shutdown before each one cost about as much
+        // as the step's own bookkeeping. Once a burst is used up, the
+        // select runs until it picks a step again (every command that has
+        // arrived is handled first), so a command waits at most one burst.
+        let mut burst = 0u32;
         loop {
             let next = self.core.next_step();
+            if let Some((tid, Mode::Replay)) = next.filter(|_| burst < REPLAY_BURST_STEPS) {
+                burst += 1;
+                let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
+                let event = self.replay_step(tid).instrument(span).await;
+                let actions = self.core.handle(event);
+                if let Err(end) = self.execute(actions, out).await {
+                    return end;
+                }
+                let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
+                if let Err(end) = out.flush_unless_replaying(replaying).await {
+                    return end;
+                }
+                continue;
+            }
             let step_at = match next {
                 Some((_, Mode::Live)) => self.next_live_step_at,
                 _ => Instant::now(),
@@ -929,6 +954,7 @@ impl<E: Engine> Agent<E> {
                     continue;
                 }
                 _ = step_due(step_at), if next.is_some() => {
+                    burst = 0;
                     let (tid, mode) = next.expect("guarded by the branch condition");
                     let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
                     let event = match mode {
