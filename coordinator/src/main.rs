@@ -273,12 +273,19 @@ async fn run_coordinator(
     after_quiesce: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the coordinator data directory {}", args.data_dir.display()))?;
     let node_id = args.node_id.resolve()?;
     let peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {
         bail!("--peers lists a node id twice: {:?}", args.peers);
+    }
+    let mut by_addr: BTreeMap<&str, u64> = BTreeMap::new();
+    for (id, a) in &peers {
+        if let Some(other) = by_addr.insert(a.as_str(), *id) {
+            bail!(
+                "--peers gives nodes {other} and {id} the same address {a}; every member needs its own address (one \
+                 node would answer for both and send raft messages to itself)"
+            );
+        }
     }
     if !peers.is_empty() && !peers.contains_key(&node_id) {
         bail!("--peers {:?} does not list this node (--node-id {node_id}); list every member, this one included", args.peers);
@@ -293,6 +300,7 @@ async fn run_coordinator(
     };
     let dir = &args.data_dir;
     let tuning = args.raft.tuning()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the coordinator data directory {}", dir.display()))?;
     let opened = if args.join {
         Ledger::join(dir, node_id, addr.clone(), tuning).await
     } else if peers.is_empty() {
@@ -351,6 +359,17 @@ async fn run_coordinator(
             (r, (&mut server).await)
         }
         s = &mut server => (Ok(()), s),
+        why = ledger.core_stopped() => {
+            // Nothing durable is lost: the log and snapshot are on disk, and
+            // a restarted node rejoins from them.
+            let _ = ledger.shutdown().await;
+            bail!(
+                "the ledger's raft core stopped: {why}. This node can no longer lead or follow, so the coordinator \
+                 exits; restart it on the same data directory ({}) and it rejoins the group from its durable log \
+                 (under Kubernetes or compose the restart policy does this)",
+                dir.display()
+            );
+        }
     };
     ledger.shutdown().await?;
     supervised_result?;
@@ -434,6 +453,7 @@ mod dev {
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };
+        let stop_hosts_now = stop_tx.clone();
         let stop_hosts = move || {
             let _ = stop_tx.send(true);
         };
@@ -462,7 +482,20 @@ mod dev {
             "local cluster running; try: grpcurl -plaintext {addr} lockstep.v1.Admin/GetStatus ; Ctrl-C stops"
         );
 
-        shutdown_signal().await;
+        let mut coordinator = coordinator;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            // The coordinator ended on its own: nothing will commit, so
+            // stop the hosts and say why.
+            r = &mut coordinator => {
+                let _ = stop_hosts_now.send(true);
+                for agent in agents {
+                    let _ = agent.await;
+                }
+                r.context("the coordinator task panicked")??;
+                anyhow::bail!("the coordinator stopped on its own; see the log above");
+            }
+        }
         info!("stopping the local cluster");
         // The hosts stop once the coordinator has quiesced (`stop_hosts`).
         let _ = quiesce_tx.send(true);

@@ -619,6 +619,23 @@ impl Ledger {
         Some(m.membership_config.membership().get_node(&id?)?.addr.clone())
     }
 
+    /// Resolves if the raft core stops on its own (a storage error, or a
+    /// panic inside openraft), with the reason; never while it runs. A node
+    /// whose core stopped can neither lead nor follow, so the daemon exits
+    /// on it rather than linger as a member that answers every RPC with an
+    /// error.
+    pub async fn core_stopped(&self) -> String {
+        let mut rx = self.inner.metrics.clone();
+        loop {
+            if let Err(fatal) = &rx.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the raft core task ended".into();
+            }
+        }
+    }
+
     /// A watch of [`Leadership`]: changes whenever the term or the known
     /// leader changes. When it names this node, call
     /// [`Ledger::wait_applied_leader`] before acting on [`Ledger::state`].

@@ -1152,6 +1152,14 @@ impl pb::admin_server::Admin for AdminService {
             }
             return Ok(Response::new(pb::AddNodeResponse { nodes: nodes_of(&self.ledger) }));
         }
+        if let Some((other, _)) = members.voters.iter().find(|(_, a)| **a == r.addr) {
+            // One process would answer for both ids and send raft messages
+            // to itself.
+            return Err(Status::already_exists(format!(
+                "node {other} is already a voter at {}; give node {} its own address",
+                r.addr, r.node_id
+            )));
+        }
         self.ledger.add_learner(r.node_id, r.addr.clone()).await.map_err(|e| propose_status(&self.ledger, e))?;
         let mut voters: std::collections::BTreeSet<u64> = self.ledger.members().voters.keys().copied().collect();
         voters.insert(r.node_id);

@@ -41,8 +41,19 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
+/// A loopback port nothing listens on now, never handed out before in
+/// this test process: the kernel may give a just-released port to the next
+/// bind, and two daemons of one test given the same port made one of them
+/// fail to start while the other answered for both (a 3-node group that
+/// was really 2 nodes, one of them sending raft RPCs to itself).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A daemon child process, killed on drop.
@@ -225,9 +236,9 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = format!("---- coordinator log ----\n{}", tail(&self.coordinator.log(), 60));
+        let mut out = format!("---- coordinator log ----\n{}", excerpt(&self.coordinator.log(), 60));
         for h in &self.hosts {
-            out.push_str(&format!("\n---- {} log ----\n{}", h.name, tail(&h.log(), 30)));
+            out.push_str(&format!("\n---- {} log ----\n{}", h.name, excerpt(&h.log(), 30)));
         }
         out
     }
@@ -301,6 +312,39 @@ fn spawn_hosts(
     (hosts, ingest_ports)
 }
 
+/// When a test fails (its thread is panicking), copies the process logs in
+/// `dir` to a directory that outlives the test and says where: the output
+/// of a failed test shows only each log's tail.
+fn keep_logs_if_failing(dir: &Path) {
+    if !std::thread::panicking() {
+        return;
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches('.').to_string()).unwrap_or_default();
+    let keep = std::env::temp_dir().join(format!("lockstep-failed-{name}"));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    if std::fs::create_dir_all(&keep).is_err() {
+        return;
+    }
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+        }
+    }
+    eprintln!("the failed test's process logs are kept in {}", keep.display());
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        keep_logs_if_failing(self.dir.path());
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        keep_logs_if_failing(self.dir.path());
+    }
+}
+
 /// A replicated coordinator group (`serve --peers`, node ids 1..=n on
 /// loopback) and host agents that know every coordinator address.
 pub struct Group {
@@ -366,7 +410,7 @@ impl Group {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for p in self.nodes.iter().chain(&self.hosts) {
-            out.push_str(&format!("\n---- {} log ----\n{}", p.name, tail(&p.log(), 40)));
+            out.push_str(&format!("\n---- {} log ----\n{}", p.name, excerpt(&p.log(), 40)));
         }
         out
     }
@@ -418,6 +462,22 @@ pub async fn wait_for_status(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The last `lines` lines of a process log, after every panic message in
+/// it (a panic early in a long log would otherwise scroll out of a failed
+/// test's output).
+pub fn excerpt(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    let mut out = String::new();
+    for (i, l) in all.iter().enumerate() {
+        if l.contains("panicked at") {
+            out.push_str("(panic) ");
+            out.push_str(&all[i..(i + 3).min(all.len())].join("\n"));
+            out.push('\n');
+        }
+    }
+    out + &tail(log, lines)
 }
 
 pub fn tail(s: &str, lines: usize) -> String {

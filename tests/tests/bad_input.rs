@@ -203,3 +203,25 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
     c.admin().await.unwrap().resume(pb::ResumeRequest {}).await.expect("resume");
     c.wait_for("recovered", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 1).await;
 }
+
+/// Two members of a coordinator group at one address would be one process
+/// answering for both (and sending raft messages to itself): refused at
+/// startup, naming both, before anything is written.
+#[test]
+fn a_group_listing_one_address_twice_is_refused_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(bin_dir().join("coordinator"))
+        .args(["serve", "--node-id", "1", "--listen", &addr, "--peers"])
+        .arg(format!("1={addr},2={addr},3=127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run coordinator");
+    assert!(!out.status.success(), "must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("--peers gives nodes 1 and 2 the same address {addr}")), "{err}");
+    let written = std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(written, 0, "nothing may be written to {}", data.display());
+}

@@ -258,6 +258,15 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
     assert_eq!(fourth.cluster_id, g.opts.cluster_id);
     assert_ne!(fourth.leader_id, 0);
 
+    // A second id at a member's address is refused: one process would
+    // answer for both.
+    let twice = at_leader
+        .add_node(pb::AddNodeRequest { node_id: 5, addr: g.addrs[0].clone() })
+        .await
+        .expect_err("an address already in the group");
+    assert_eq!(twice.code(), tonic::Code::AlreadyExists, "{twice:?}");
+    assert!(twice.message().contains("node 1 is already a voter"), "{twice:?}");
+
     let removed = at_leader.remove_node(pb::RemoveNodeRequest { node_id: 4 }).await.expect("RemoveNode").into_inner();
     let ids: Vec<u64> = removed.nodes.iter().map(|n| n.node_id).collect();
     assert_eq!(ids, vec![1, 2, 3], "{removed:?}");
