@@ -57,6 +57,9 @@ pub const REPORT_BATCH_MAX: usize = 256;
 pub const REPORT_BATCH_TIDS_MAX: usize = 16;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
+/// Commit markers queued without a step to carry them before the host
+/// makes them durable on their own (see `Agent::commit`).
+const MARKERS_QUEUED_MAX: usize = 64;
 /// Replayed steps run back to back before the drive loop looks at the
 /// stream, the heartbeat and shutdown again (see `Agent::drive`).
 const REPLAY_BURST_STEPS: u32 = 32;
@@ -469,6 +472,8 @@ struct Agent<E> {
     checkpoints: BTreeMap<u64, PathBuf>,
     /// Tids whose commit marker the journal holds (after `complete_tid`).
     journal_commits: BTreeSet<u64>,
+    /// Commit markers queued but not yet known durable (see `commit`).
+    markers: Vec<tokio::task::JoinHandle<Result<lockstep_journal::Position, JournalError>>>,
     /// Last step number journaled by this host (0 = none).
     last_step: u64,
     txn: Option<OpenTxn>,
@@ -540,6 +545,7 @@ impl<E: Engine> Agent<E> {
             complete_tid,
             checkpoints: BTreeMap::new(),
             journal_commits: BTreeSet::new(),
+            markers: Vec::new(),
             last_step: report.last_step,
             txn: None,
             held_outputs: VecDeque::new(),
@@ -728,6 +734,9 @@ impl<E: Engine> Agent<E> {
     }
 
     async fn hello(&mut self) -> Result<v1::Hello, String> {
+        // The summary reads what is durable; a committed tid's marker
+        // must be in it.
+        self.markers_durable().await?;
         let journal = self.journal.clone();
         let after = self.complete_tid;
         // A Hello lists every tid after the checkpoint: the summary is put
@@ -1171,6 +1180,8 @@ impl<E: Engine> Agent<E> {
             );
         }
         self.last_step = step;
+        // Queued before the step, so durable with it.
+        self.markers.clear();
         let engine = self.engine.as_mut().expect("checked above");
         engine.input_durable(tid, step);
         let checksums = match engine.step(&ctx, &input) {
@@ -1300,23 +1311,25 @@ impl<E: Engine> Agent<E> {
         let fail = |kind, message| Failure { kind, tid, message };
         if !self.journal_commits.contains(&tid) {
             let marker = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Commit(pb::CommitMarker { tid, epoch })) };
-            // Queued now, durable with the next group commit (at the latest
-            // the next step's append), not waited for: the ledger is the
-            // record that `tid` committed, and a marker lost to a crash is
-            // the same as a crash just before `Commit` arrived (recovery
-            // replays `tid` with `prepare`, the sink skips what it holds).
-            // Anything journaled after it (steps of the next tid, a
-            // checkpoint record) is durable only together with it, since
-            // the journal syncs in append order. A failed sync poisons the
-            // journal, so the next append fails and the host stops.
-            let durable = self.journal.append_async(marker);
-            let span_host = host.clone();
-            tokio::spawn(async move {
-                if let Err(e) = durable.await {
-                    warn!(host = %span_host, tid, "journaling the commit marker failed: {e}; the next append will stop this host");
-                }
-            });
+            // Deferred, not waited for: it becomes durable with the next
+            // append (the next tid's first step, a checkpoint record), in
+            // the same write and fdatasync, instead of costing an fdatasync
+            // of its own just before that step's. The ledger is the record
+            // that `tid` committed, and a marker lost to a crash is the same
+            // as a crash just before `Commit` arrived (recovery replays
+            // `tid` with `prepare`, the sink skips what it holds). Anything
+            // journaled after it is durable only together with it, since
+            // the journal syncs in append order; a failed sync poisons the
+            // journal, so the next append fails and the host stops. A Hello
+            // summarises the journal only after every queued marker is
+            // durable (`markers_durable`).
+            self.markers.push(tokio::spawn(self.journal.append_deferred(marker)));
             self.journal_commits.insert(tid);
+            if self.markers.len() >= MARKERS_QUEUED_MAX {
+                // A long replay of tids whose markers were lost appends no
+                // step to carry them.
+                self.markers_durable().await.map_err(|e| fail(ErrorKind::Journal, e))?;
+            }
         }
         // Commits come in tid order (the core checks), so `tid` is the
         // oldest held.
@@ -1358,6 +1371,24 @@ impl<E: Engine> Agent<E> {
                 }
                 EmitOutcome::AlreadyEmitted => debug!(steps = txn.steps, "committed (replayed; the sink already held it)"),
             });
+        }
+        Ok(())
+    }
+
+    /// Makes every queued commit marker durable.
+    async fn markers_durable(&mut self) -> Result<(), String> {
+        self.journal.commit_queued();
+        for m in self.markers.drain(..) {
+            let failed = match m.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("its task failed: {e}"),
+            };
+            return Err(format!(
+                "host {}: journaling a commit marker failed: {failed}; check the disk under {}",
+                self.config.host_id,
+                self.config.data_dir.display()
+            ));
         }
         Ok(())
     }

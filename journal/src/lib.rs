@@ -309,6 +309,31 @@ impl Journal {
         }
     }
 
+    /// Like `append_async`, but the record does not start a commit of its
+    /// own: it waits in the queue and becomes durable with the next
+    /// append of any kind (in call order, in the same write and
+    /// `fdatasync`), at [`Journal::commit_queued`], or when the journal is
+    /// dropped. For a record whose durability may lag (the host's commit
+    /// marker: the ledger is the record of the commit) and that would
+    /// otherwise cost an `fdatasync` of its own just before the next
+    /// record's. Until then readers do not see it.
+    pub fn append_deferred(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + 'static {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let queued = self
+            .prepare(&record)
+            .and_then(|(frame, meta)| self.shared.enqueue_deferred(Request { frame, meta, reply: Reply::Async(tx) }));
+        async move {
+            queued?;
+            rx.await.map_err(|_| JournalError::WriterGone)?
+        }
+    }
+
+    /// Starts committing whatever is queued (deferred records included)
+    /// now; await their futures to know when they are durable.
+    pub fn commit_queued(&self) {
+        self.shared.wake_if_queued();
+    }
+
     /// Streams every record from `from` (inclusive) to the durable end.
     /// `Position::default()` means the start of the journal. Memory stays
     /// bounded (one read buffer and one record).

@@ -122,6 +122,28 @@ impl Shared {
         Ok(())
     }
 
+    /// Queues a request without waking the commit thread
+    /// (`append_deferred`): the next wake-up commits it with whatever is
+    /// queued then.
+    pub fn enqueue_deferred(&self, req: Request) -> Result<()> {
+        let mut q = self.queue();
+        if q.dead || q.shutdown {
+            return Err(JournalError::WriterGone);
+        }
+        q.requests.push(req);
+        Ok(())
+    }
+
+    /// Wakes the commit thread if anything is queued (`commit_queued`).
+    pub fn wake_if_queued(&self) {
+        let q = self.queue();
+        let wake = !q.requests.is_empty() && q.writer.is_some() && q.sleeping;
+        drop(q);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
     /// `append`: commits on the caller's thread if the token is free (the
     /// caller becomes the leader and also commits what was queued before
     /// it), else queues and waits for the committer to acknowledge.

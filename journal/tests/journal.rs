@@ -216,6 +216,42 @@ fn append_async_and_concurrent_appenders() {
     assert_eq!(read_all(&j).len(), 401);
 }
 
+/// A deferred record waits for the next append and is written before it,
+/// in call order; `commit_queued` and closing the journal also commit it.
+#[test]
+fn deferred_records_are_durable_with_the_next_append_in_call_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let kinds = |j: &Journal| -> Vec<String> {
+        read_all(j)
+            .into_iter()
+            .map(|(_, r)| match r.kind {
+                Some(Kind::Step(s)) => format!("step {}", s.step),
+                Some(Kind::Commit(c)) => format!("commit {}", c.tid),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    {
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        j.append(&step(1, 0, 1, 10)).unwrap();
+        let marker = j.append_deferred(commit(1));
+        let next = j.append(&step(2, 1, 2, 10)).unwrap();
+        let at = block_on(marker).unwrap();
+        assert!(at < next, "the deferred record precedes the append after it: {at:?} vs {next:?}");
+        assert_eq!(kinds(&j), ["step 1", "commit 1", "step 2"]);
+
+        let marker = j.append_deferred(commit(2));
+        j.commit_queued();
+        block_on(marker).unwrap();
+        assert_eq!(kinds(&j).last().map(String::as_str), Some("commit 2"));
+
+        // Never awaited, never followed by an append: closing commits it.
+        let _queued = j.append_deferred(commit(3));
+    }
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!(kinds(&j), ["step 1", "commit 1", "step 2", "commit 2", "commit 3"]);
+}
+
 #[test]
 fn append_rejects_bad_records() {
     let dir = tempfile::tempdir().unwrap();
