@@ -51,6 +51,7 @@
 //! | Prepared{T} sealed | `Start{T' > O, Replay, prepare}` | OpenReplay{T', yes} sealed, T awaiting | `OpenTxn{T', Replay}` |
 //! | OpenReplay{T, yes} sealed, a tid T' queued ahead | journaled steps exhausted | OpenReplay{T', yes} sealed, T awaiting | `Prepare{T}`, `OpenTxn{T', Replay}` |
 //! | any, T = oldest awaiting | `Commit{T}` (no next) | unchanged | `Commit{T}`, report `Committed{T}` |
+//! | OpenReplay{_, yes} or Prepared{_}, sealed, T = oldest awaiting | `Commit{T, next: Start{T' > O, Replay, prepare}}` | as `Start{T'}` alone would leave it | `Commit{T}`, report `Committed{T}`, then what `Start{T'}` does (replay window) |
 //! | Prepared{T} with an older tid awaiting | `Commit{T, ..}` | unchanged | report `HostError{kind:"protocol"}` (commits come in tid order) |
 //! | any | an action failed | Stopped | `AbandonTxn` if open, report the error |
 //! | Idle, Stopped | stream closed | unchanged | — |
@@ -70,7 +71,8 @@
 //! arrived, oldest first; the runtime holds their outputs). When the
 //! current sealed tid prepares and a Start is queued ahead, the host opens
 //! it at once. `Commit{T}` for the oldest awaiting tid releases T and
-//! changes nothing else. No output leaves the host before its own
+//! changes nothing else, unless it carries the next sealed `Start`, which
+//! then does exactly what it does alone (one command per replayed tid). No output leaves the host before its own
 //! `Commit`, so a divergence found in T (the coordinator then sends `Stop`)
 //! still releases nothing unverified: `Stop`, `Restore` and a lost stream
 //! drop every awaiting tid with the open one.
@@ -627,6 +629,19 @@ impl HostCore {
                 self.awaiting.push_back(t);
                 self.open(*tid, Mode::Replay, true)
             }
+            // Replay window: the Commit of the oldest awaiting tid may carry
+            // the next sealed Start, which then does exactly what that
+            // Start alone would (one command per tid instead of two).
+            (OpenReplay { prepare_requested: true, .. } | Prepared { .. }, Command::Commit { tid, next: Some((n, Mode::Replay, true)) })
+                if self.sealed && self.awaiting.front() == Some(tid) && *n > self.last_opened =>
+            {
+                let (t, n) = (*tid, *n);
+                self.awaiting.pop_front();
+                self.last_committed = t;
+                let mut actions = vec![Action::Commit { tid: t }, Action::Report(Report::Committed { tid: t })];
+                actions.extend(self.on_txn_command(Command::Start { tid: n, mode: Mode::Replay, prepare: true }));
+                actions
+            }
             (_, Command::Commit { tid, next: None }) if self.awaiting.front() == Some(tid) => {
                 self.awaiting.pop_front();
                 self.last_committed = *tid;
@@ -658,8 +673,9 @@ impl HostCore {
                     }
                     (_, Command::Commit { tid, .. }) if !self.awaiting.is_empty() => format!(
                         "tids {:?} await their commit: inside a replay window or a commit pipeline commits come in \
-                         tid order and carry no next Start (got Commit tid {tid})",
-                        self.awaiting
+                         tid order, and only a replay window's may carry a next Start (sealed, above {}) (got Commit \
+                         tid {tid})",
+                        self.awaiting, self.last_opened
                     ),
                     (OpenLive { .. }, Command::Prepare { next: Some((n, mode, prepare)), .. }) => format!(
                         "a pipelined Prepare must name a live next tid above {} (got tid {n}, {mode:?}, prepare {prepare})",

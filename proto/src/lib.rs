@@ -16,7 +16,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// 2: `Prepare.next` (the commit pipeline).
 /// 3: `ReplayedSteps` in columns; `Hello.journal` aggregates in columns
 /// over `Hello.journal_endpoints`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: inside a replay window, `Commit{T}` may carry the next sealed
+/// `Start` (one command per replayed tid instead of two).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// gRPC metadata key under which a coordinator that is not the leader names
 /// the leader's address (`host:port`, no scheme) when it answers UNAVAILABLE.

@@ -654,14 +654,21 @@ impl Core {
                 // (tids before the queue's front are all passed).
                 let started = sent.get(host).copied().unwrap_or(tid);
                 let mut last_sent = queue.binary_search_by_key(&started, |q| q.tid).unwrap_or(i).max(i);
-                // Without a window (or at its edge) the next Start rides on
-                // the Commit, as in a live commit.
-                let cmd = if last_sent == i {
+                // The next Start rides on the Commit: without a window (or
+                // at its edge) the host's next tid, as in a live commit;
+                // inside one, the Start that tops the window up (the host
+                // does with it exactly what it does with that Start alone).
+                // One command per verified tid instead of two.
+                let ride = if last_sent == i {
                     last_sent = i + 1;
-                    Cmd::Commit { tid, next: Some(Start::replay_committed(next)) }
+                    Some(next)
+                } else if last_sent - i < window && last_sent + 1 < queue.len() {
+                    last_sent += 1;
+                    Some(queue[last_sent].tid)
                 } else {
-                    Cmd::Commit { tid, next: None }
+                    None
                 };
+                let cmd = Cmd::Commit { tid, next: ride.map(Start::replay_committed) };
                 out.push(Action::Send { host: host.to_owned(), epoch, cmd });
                 // Top the window up: at most `window` tids started and not
                 // yet verified for this host.

@@ -749,14 +749,14 @@ fn a_replay_window_starts_tids_ahead_and_commits_each_one_as_it_verifies() {
         want.extend(starts(3));
         assert_eq!(cmds_for(&sent, host), want, "the first three tids start at once");
     }
-    // h0 runs ahead; each verified tid gets its Commit (no next: the next
-    // tid already runs) and one more Start tops the window up to three.
+    // h0 runs ahead; each verified tid gets its Commit, carrying the Start
+    // that tops the window up to three (one command per tid).
     replay_tid(&mut h, "h0", 1);
-    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: None }, Cmd::Start(Start::replay_committed(4))]);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 1, next: Some(Start::replay_committed(4)) }]);
     replay_tid(&mut h, "h0", 2);
     // The host's Committed for tid 1 arrives between its reports of later tids.
     h.ev(Event::Committed { host: "h0".into(), tid: 1 });
-    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: None }, Cmd::Start(Start::replay_committed(5))]);
+    assert_eq!(cmds_for(&h.take_sent(), "h0"), vec![Cmd::Commit { tid: 2, next: Some(Start::replay_committed(5)) }]);
     replay_tid(&mut h, "h0", 3);
     replay_tid(&mut h, "h0", 4);
     assert_eq!(
@@ -784,10 +784,8 @@ fn a_replay_window_starts_tids_ahead_and_commits_each_one_as_it_verifies() {
     assert_eq!(
         cmds_for(&sent, "h1"),
         vec![
-            Cmd::Commit { tid: 1, next: None },
-            Cmd::Start(Start::replay_committed(4)),
-            Cmd::Commit { tid: 2, next: None },
-            Cmd::Start(Start::replay_committed(5)),
+            Cmd::Commit { tid: 1, next: Some(Start::replay_committed(4)) },
+            Cmd::Commit { tid: 2, next: Some(Start::replay_committed(5)) },
             Cmd::Commit { tid: 3, next: None },
             Cmd::Commit { tid: 4, next: None },
             last,
