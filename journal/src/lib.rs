@@ -299,14 +299,7 @@ impl Journal {
     /// first polled, so records are journaled in call order: callers that
     /// number steps under a lock can drop the lock before awaiting.
     pub fn append_async(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + 'static {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        let queued = self
-            .prepare(&record)
-            .and_then(|(frame, meta)| self.shared.enqueue(Request { frame, meta, reply: Reply::Async(tx) }));
-        async move {
-            queued?;
-            rx.await.map_err(|_| JournalError::WriterGone)?
-        }
+        self.queue_async(record, true)
     }
 
     /// Like `append_async`, but the record does not start a commit of its
@@ -318,10 +311,16 @@ impl Journal {
     /// otherwise cost an `fdatasync` of its own just before the next
     /// record's. Until then readers do not see it.
     pub fn append_deferred(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + 'static {
+        self.queue_async(record, false)
+    }
+
+    /// Queues `record` for the commit thread (waking it if `wake`); the
+    /// future resolves once it is durable.
+    fn queue_async(&self, record: pb::JournalRecord, wake: bool) -> impl Future<Output = Result<Position>> + Send + 'static {
         let (tx, rx) = futures_channel::oneshot::channel();
         let queued = self
             .prepare(&record)
-            .and_then(|(frame, meta)| self.shared.enqueue_deferred(Request { frame, meta, reply: Reply::Async(tx) }));
+            .and_then(|(frame, meta)| self.shared.enqueue(Request { frame, meta, reply: Reply::Async(tx) }, wake));
         async move {
             queued?;
             rx.await.map_err(|_| JournalError::WriterGone)?

@@ -106,31 +106,20 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a request for the commit thread (`append_async`, and
-    /// `append` when someone else holds the token).
-    pub fn enqueue(&self, req: Request) -> Result<()> {
+    /// Queues a request for the commit thread (`append_async`), waking it
+    /// if `wake` and it sleeps; without `wake` (`append_deferred`) the next
+    /// wake-up commits the request with whatever is queued then.
+    pub fn enqueue(&self, req: Request, wake: bool) -> Result<()> {
         let mut q = self.queue();
         if q.dead || q.shutdown {
             return Err(JournalError::WriterGone);
         }
         q.requests.push(req);
-        let wake = q.writer.is_some() && q.sleeping;
+        let wake = wake && q.writer.is_some() && q.sleeping;
         drop(q);
         if wake {
             self.work.notify_one();
         }
-        Ok(())
-    }
-
-    /// Queues a request without waking the commit thread
-    /// (`append_deferred`): the next wake-up commits it with whatever is
-    /// queued then.
-    pub fn enqueue_deferred(&self, req: Request) -> Result<()> {
-        let mut q = self.queue();
-        if q.dead || q.shutdown {
-            return Err(JournalError::WriterGone);
-        }
-        q.requests.push(req);
         Ok(())
     }
 
