@@ -96,6 +96,10 @@ struct RaftArgs {
     raft_election_min_ms: u64,
     #[arg(long, env = "LOCKSTEP_RAFT_ELECTION_MAX_MS", default_value_t = 120)]
     raft_election_max_ms: u64,
+    /// TEST ONLY: every raft log append after the first N fails as on a
+    /// full disk, so the full-disk path can be exercised.
+    #[arg(long, env = "LOCKSTEP_FAULT_FAIL_LOG_APPENDS_AFTER", hide = true)]
+    fault_fail_log_appends_after: Option<u64>,
 }
 
 impl RaftArgs {
@@ -106,13 +110,19 @@ impl RaftArgs {
                 "raft timing needs 0 < --raft-heartbeat-ms ({h}) < --raft-election-min-ms ({min}) < --raft-election-max-ms ({max})"
             );
         }
-        Ok(RaftTuning { heartbeat_ms: h, election_timeout_min_ms: min, election_timeout_max_ms: max, ..RaftTuning::default() })
+        Ok(RaftTuning {
+            heartbeat_ms: h,
+            election_timeout_min_ms: min,
+            election_timeout_max_ms: max,
+            fault_fail_log_appends_after: self.fault_fail_log_appends_after,
+            ..RaftTuning::default()
+        })
     }
 }
 
 impl Default for RaftArgs {
     fn default() -> Self {
-        RaftArgs { raft_heartbeat_ms: 20, raft_election_min_ms: 80, raft_election_max_ms: 120 }
+        RaftArgs { raft_heartbeat_ms: 20, raft_election_min_ms: 80, raft_election_max_ms: 120, fault_fail_log_appends_after: None }
     }
 }
 
@@ -365,8 +375,9 @@ async fn run_coordinator(
             let _ = ledger.shutdown().await;
             bail!(
                 "the ledger's raft core stopped: {why}. This node can no longer lead or follow, so the coordinator \
-                 exits; restart it on the same data directory ({}) and it rejoins the group from its durable log \
-                 (under Kubernetes or compose the restart policy does this)",
+                 exits. Fix the cause (a full disk: free space under {}), then restart it on the same data directory; \
+                 it rejoins the group from its durable log (under Kubernetes or compose the restart policy restarts \
+                 it)",
                 dir.display()
             );
         }

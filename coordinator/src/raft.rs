@@ -134,6 +134,9 @@ pub struct RaftTuning {
     /// Bound on sending one snapshot chunk and, for the last one, the
     /// receiver installing it (fsync included).
     pub install_snapshot_timeout_ms: u64,
+    /// Test-only fault: every raft log append after the first N fails with
+    /// ENOSPC, as on a full disk (`--fault-fail-log-appends-after`).
+    pub fault_fail_log_appends_after: Option<u64>,
 }
 
 impl Default for RaftTuning {
@@ -149,6 +152,7 @@ impl Default for RaftTuning {
             logs_kept_after_snapshot: 1000,
             open_timeout: Duration::from_secs(30),
             install_snapshot_timeout_ms: 2000,
+            fault_fail_log_appends_after: None,
         }
     }
 }
@@ -396,7 +400,8 @@ impl Ledger {
         let shown = path.display().to_string();
 
         let shared = sm.shared();
-        let raft = Raft::new(node_id, config, TonicNetwork::new(), LogStore::new(db.clone()), sm)
+        let log_store = LogStore::new(db.clone()).failing_appends_after(tuning.fault_fail_log_appends_after);
+        let raft = Raft::new(node_id, config, TonicNetwork::new(), log_store, sm)
             .await
             .with_context(|| format!("starting the raft node on {shown}"))?;
         drop(db);

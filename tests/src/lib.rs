@@ -60,7 +60,8 @@ pub fn free_port() -> u16 {
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
-    args: Vec<String>,
+    /// The command line `start` uses (a test may change it between runs).
+    pub args: Vec<String>,
     bin: PathBuf,
     log: PathBuf,
 }
@@ -85,6 +86,23 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
         self.child = Some(child);
+    }
+
+    /// Waits (bounded) for the process to exit on its own; its exit status,
+    /// or `None` if it still runs after `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut()?.try_wait().expect("try_wait");
+            if let Some(status) = status {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL and reap.

@@ -225,3 +225,37 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
     let written = std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(0);
     assert_eq!(written, 0, "nothing may be written to {}", data.display());
 }
+
+/// A coordinator whose ledger cannot be written (a full disk, injected)
+/// does not linger: its raft core stops, and the daemon exits non-zero
+/// naming the cause and the data directory. Nothing is lost: restarted on
+/// the same data with the disk "freed", it recovers and the hosts' output
+/// stays exactly-once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_whose_ledger_cannot_be_written_exits_naming_it_and_recovers_on_restart() {
+    let fault = ["--fault-fail-log-appends-after".to_string(), "40".to_string()];
+    let opts = ClusterOpts { hosts: 2, coordinator_flags: fault.to_vec(), ..ClusterOpts::default() };
+    let mut c = Cluster::start(opts);
+    let status = c.coordinator.exited(LONG).await.unwrap_or_else(|| panic!("the coordinator kept running\n{}", c.logs()));
+    assert!(!status.success(), "it must exit with an error: {status:?}");
+    let log = c.coordinator.log();
+    let data = c.dir.path().join("coordinator");
+    for needle in ["the ledger's raft core stopped", "No space left on device", &data.display().to_string()] {
+        assert!(log.contains(needle), "the coordinator's last words must name {needle:?}\n{}", tail(&log, 30));
+    }
+
+    c.coordinator.args.retain(|a| !fault.contains(a));
+    c.coordinator.start();
+    let s = c.wait_for("Running again after the restart", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+    let committed = s.last_committed_tid;
+    c.wait_for("commits past the restart", LONG, |s| s.last_committed_tid > committed + 3).await;
+    for h in &mut c.hosts {
+        h.terminate();
+    }
+    let last = c.status().await.expect("status").last_committed_tid;
+    for i in 0..2 {
+        let tids = sink_tids(&c.sink(i));
+        assert!(tids.iter().all(|t| *t <= last), "host {i} emitted a tid the ledger never committed: {tids:?}");
+        assert!(tids.len() as u64 >= committed, "host {i} emitted {} tids, the ledger committed {committed}", tids.len());
+    }
+}

@@ -520,6 +520,9 @@ pub struct LogStore {
     /// of the log ending at the log's last entry (writes keep it so; reads
     /// of anything else go to the files).
     recent: Arc<Mutex<VecDeque<Entry>>>,
+    /// Test-only fault: appends left before every append fails with ENOSPC
+    /// (`RaftTuning::fault_fail_log_appends_after`).
+    appends_before_fault: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Entries kept in [`LogStore::recent`].
@@ -532,7 +535,15 @@ impl LogStore {
             pending_committed: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
             recent: Arc::new(Mutex::new(VecDeque::new())),
+            appends_before_fault: None,
         }
+    }
+
+    /// Test-only fault: after `n` appends, every append fails as on a full
+    /// disk (nothing is written).
+    pub fn failing_appends_after(mut self, n: Option<u64>) -> Self {
+        self.appends_before_fault = n.map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
+        self
     }
 
     /// Adds just-appended entries to `recent`.
@@ -651,6 +662,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(left) = &self.appends_before_fault {
+            use std::sync::atomic::Ordering;
+            if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+                let full = std::io::Error::from_raw_os_error(28);
+                let e = anyhow!(full).context(format!(
+                    "appending to the raft log in {} (injected by --fault-fail-log-appends-after)",
+                    self.db.log.dir().display()
+                ));
+                return Err(StorageIOError::write_logs(AnyError::error(format!("{e:#}"))).into());
+            }
+        }
         let mut rows = Vec::new();
         let mut appended = Vec::new();
         for e in entries {
