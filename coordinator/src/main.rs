@@ -361,30 +361,39 @@ async fn run_coordinator(
     };
     let mut server = tokio::spawn(service::serve(listener, leading, ledger.clone(), server_shutdown));
     tokio::pin!(supervised);
+    // A raft core that stopped on its own also ends the supervisor (its
+    // leadership watch closes), so that branch checks for it too: either
+    // may be polled first.
     let (supervised_result, server_result) = tokio::select! {
+        biased;
+        why = ledger.core_stopped() => return core_stopped_exit(&ledger, dir, why).await,
         r = &mut supervised => {
+            if let Some(why) = ledger.core_failure() {
+                return core_stopped_exit(&ledger, dir, why).await;
+            }
             if r.is_err() {
                 let _ = stop_server_tx.send(());
             }
             (r, (&mut server).await)
         }
         s = &mut server => (Ok(()), s),
-        why = ledger.core_stopped() => {
-            // Nothing durable is lost: the log and snapshot are on disk, and
-            // a restarted node rejoins from them.
-            let _ = ledger.shutdown().await;
-            bail!(
-                "the ledger's raft core stopped: {why}. This node can no longer lead or follow, so the coordinator \
-                 exits. Fix the cause (a full disk: free space under {}), then restart it on the same data directory; \
-                 it rejoins the group from its durable log (under Kubernetes or compose the restart policy restarts \
-                 it)",
-                dir.display()
-            );
-        }
     };
     ledger.shutdown().await?;
     supervised_result?;
     server_result.context("the gRPC server task failed")?
+}
+
+/// The daemon's exit when the ledger's raft core stopped on its own.
+async fn core_stopped_exit(ledger: &Ledger, dir: &std::path::Path, why: String) -> anyhow::Result<()> {
+    // Nothing durable is lost: the log and snapshot are on disk, and a
+    // restarted node rejoins from them.
+    let _ = ledger.shutdown().await;
+    bail!(
+        "the ledger's raft core stopped: {why}. This node can no longer lead or follow, so the coordinator exits. \
+         Fix the cause (a full disk: free space under {}), then restart it on the same data directory; it rejoins \
+         the group from its durable log (under Kubernetes or compose the restart policy restarts it)",
+        dir.display()
+    );
 }
 
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -641,6 +641,15 @@ impl Ledger {
         }
     }
 
+    /// Why the raft core stopped, if it has (see [`Ledger::core_stopped`]).
+    pub fn core_failure(&self) -> Option<String> {
+        if let Err(fatal) = &self.inner.metrics.borrow().running_state {
+            return Some(fatal.to_string());
+        }
+        // The core drops its metrics sender when it ends.
+        self.inner.metrics.has_changed().is_err().then(|| "the raft core task ended".into())
+    }
+
     /// A watch of [`Leadership`]: changes whenever the term or the known
     /// leader changes. When it names this node, call
     /// [`Ledger::wait_applied_leader`] before acting on [`Ledger::state`].
