@@ -477,7 +477,7 @@ mod dev {
         let stop_hosts = move || {
             let _ = stop_tx.send(true);
         };
-        let coordinator = tokio::spawn(run_coordinator(
+        let mut coordinator = tokio::spawn(run_coordinator(
             serve,
             listener,
             stopped(quiesce_rx),
@@ -502,7 +502,6 @@ mod dev {
             "local cluster running; try: grpcurl -plaintext {addr} lockstep.v1.Admin/GetStatus ; Ctrl-C stops"
         );
 
-        let mut coordinator = coordinator;
         tokio::select! {
             _ = shutdown_signal() => {}
             // The coordinator ended on its own: nothing will commit, so

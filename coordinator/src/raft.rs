@@ -632,12 +632,12 @@ impl Ledger {
     pub async fn core_stopped(&self) -> String {
         let mut rx = self.inner.metrics.clone();
         loop {
-            if let Err(fatal) = &rx.borrow_and_update().running_state {
-                return fatal.to_string();
+            if let Some(why) = self.core_failure() {
+                return why;
             }
-            if rx.changed().await.is_err() {
-                return "the raft core task ended".into();
-            }
+            // An error here means the sender is gone, which the next
+            // `core_failure` reports.
+            let _ = rx.changed().await;
         }
     }
 

@@ -72,8 +72,8 @@
 //! current sealed tid prepares and a Start is queued ahead, the host opens
 //! it at once. `Commit{T}` for the oldest awaiting tid releases T and
 //! changes nothing else, unless it carries the next sealed `Start`, which
-//! then does exactly what it does alone (one command per replayed tid). No output leaves the host before its own
-//! `Commit`, so a divergence found in T (the coordinator then sends `Stop`)
+//! then does exactly what it does alone (one command per replayed tid).
+//! No output leaves the host before its own `Commit`, so a divergence found in T (the coordinator then sends `Stop`)
 //! still releases nothing unverified: `Stop`, `Restore` and a lost stream
 //! drop every awaiting tid with the open one.
 //!

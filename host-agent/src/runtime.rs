@@ -57,6 +57,9 @@ pub const REPORT_BATCH_MAX: usize = 256;
 pub const REPORT_BATCH_TIDS_MAX: usize = 16;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
+/// Resolves once a queued commit marker is durable (`Journal::append_deferred`).
+type MarkerDurable = Pin<Box<dyn Future<Output = Result<lockstep_journal::Position, JournalError>> + Send + Sync>>;
+
 /// Commit markers queued without a step to carry them before the host
 /// makes them durable on their own (see `Agent::commit`).
 const MARKERS_QUEUED_MAX: usize = 64;
@@ -472,8 +475,12 @@ struct Agent<E> {
     checkpoints: BTreeMap<u64, PathBuf>,
     /// Tids whose commit marker the journal holds (after `complete_tid`).
     journal_commits: BTreeSet<u64>,
-    /// Commit markers queued but not yet known durable (see `commit`).
-    markers: Vec<tokio::task::JoinHandle<Result<lockstep_journal::Position, JournalError>>>,
+    /// The newest commit marker queued and not yet known durable (see
+    /// `commit`), and how many are queued with it: the journal commits in
+    /// queue order and poisons itself on a failed sync, so the newest one
+    /// durable means all of them are.
+    marker: Option<MarkerDurable>,
+    markers_queued: usize,
     /// Last step number journaled by this host (0 = none).
     last_step: u64,
     txn: Option<OpenTxn>,
@@ -545,7 +552,8 @@ impl<E: Engine> Agent<E> {
             complete_tid,
             checkpoints: BTreeMap::new(),
             journal_commits: BTreeSet::new(),
-            markers: Vec::new(),
+            marker: None,
+            markers_queued: 0,
             last_step: report.last_step,
             txn: None,
             held_outputs: VecDeque::new(),
@@ -905,24 +913,6 @@ impl<E: Engine> Agent<E> {
         let mut burst = 0u32;
         loop {
             let next = self.core.next_step();
-            if let Some((tid, Mode::Replay)) = next.filter(|_| burst < REPLAY_BURST_STEPS) {
-                burst += 1;
-                let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
-                let event = self.replay_step(tid).instrument(span).await;
-                let actions = self.core.handle(event);
-                if let Err(end) = self.execute(actions, out).await {
-                    return end;
-                }
-                let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
-                if let Err(end) = out.flush_unless_replaying(replaying).await {
-                    return end;
-                }
-                continue;
-            }
-            let step_at = match next {
-                Some((_, Mode::Live)) => self.next_live_step_at,
-                _ => Instant::now(),
-            };
             // Replayed steps' reports go out in batches: flush once the
             // host stops replaying (drained, continued live, or waiting
             // for a command: see `Reporter`) or the batch is full. Not
@@ -932,50 +922,68 @@ impl<E: Engine> Agent<E> {
             if let Err(end) = out.flush_unless_replaying(matches!(next, Some((_, Mode::Replay)))).await {
                 return end;
             }
-            let actions = tokio::select! {
-                biased;
-                _ = shutdown.as_mut() => return SessionEnd::Shutdown,
-                msg = inbound.message() => match msg {
-                    Ok(Some(cmd)) => {
-                        let event = match convert::command_from_proto(cmd.command) {
-                            Ok(command) => Event::Command { seq: cmd.seq, epoch: cmd.epoch, command },
-                            Err(reason) => Event::MalformedCommand { seq: cmd.seq, epoch: cmd.epoch, reason },
-                        };
-                        match &event {
-                            Event::Command { command: crate::core::Command::Stop { reason }, .. } => {
-                                info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
-                            }
-                            Event::Command { command: crate::core::Command::Welcome { coordinator_id }, epoch, .. } => {
-                                info!(host = %self.host(), coordinator = %addr, coordinator_id = %coordinator_id, epoch, state = %self.core.state(), "connected: welcomed by the coordinator");
-                            }
-                            _ => {}
-                        }
-                        debug!(host = %self.host(), ?event, "command");
-                        self.core.handle(event)
-                    }
-                    Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-                    Err(status) => return status_end(&status, "stream ended", true),
-                },
-                _ = heartbeat.tick() => {
-                    if let Err(end) = out.send(v1::host_report::Report::Heartbeat(v1::Heartbeat {})).await {
-                        return end;
-                    }
-                    continue;
-                }
-                _ = step_due(step_at), if next.is_some() => {
-                    burst = 0;
-                    let (tid, mode) = next.expect("guarded by the branch condition");
-                    let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
-                    let event = match mode {
-                        Mode::Live => self.live_step(tid).instrument(span).await,
-                        Mode::Replay => self.replay_step(tid).instrument(span).await,
-                    };
+            let actions = match next {
+                Some((tid, Mode::Replay)) if burst < REPLAY_BURST_STEPS => {
+                    burst += 1;
+                    let event = self.step(tid, Mode::Replay).await;
                     self.core.handle(event)
+                }
+                _ => {
+                    let step_at = match next {
+                        Some((_, Mode::Live)) => self.next_live_step_at,
+                        _ => Instant::now(),
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.as_mut() => return SessionEnd::Shutdown,
+                        msg = inbound.message() => match msg {
+                            Ok(Some(cmd)) => {
+                                let event = match convert::command_from_proto(cmd.command) {
+                                    Ok(command) => Event::Command { seq: cmd.seq, epoch: cmd.epoch, command },
+                                    Err(reason) => Event::MalformedCommand { seq: cmd.seq, epoch: cmd.epoch, reason },
+                                };
+                                match &event {
+                                    Event::Command { command: crate::core::Command::Stop { reason }, .. } => {
+                                        info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
+                                    }
+                                    Event::Command { command: crate::core::Command::Welcome { coordinator_id }, epoch, .. } => {
+                                        info!(host = %self.host(), coordinator = %addr, coordinator_id = %coordinator_id, epoch, state = %self.core.state(), "connected: welcomed by the coordinator");
+                                    }
+                                    _ => {}
+                                }
+                                debug!(host = %self.host(), ?event, "command");
+                                self.core.handle(event)
+                            }
+                            Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                            Err(status) => return status_end(&status, "stream ended", true),
+                        },
+                        _ = heartbeat.tick() => {
+                            if let Err(end) = out.send(v1::host_report::Report::Heartbeat(v1::Heartbeat {})).await {
+                                return end;
+                            }
+                            continue;
+                        }
+                        _ = step_due(step_at), if next.is_some() => {
+                            burst = 0;
+                            let (tid, mode) = next.expect("guarded by the branch condition");
+                            let event = self.step(tid, mode).await;
+                            self.core.handle(event)
+                        }
+                    }
                 }
             };
             if let Err(end) = self.execute(actions, out).await {
                 return end;
             }
+        }
+    }
+
+    /// Runs the step the core asked for, inside its transaction's span.
+    async fn step(&mut self, tid: u64, mode: Mode) -> Event {
+        let span = self.txn.as_ref().map(|t| t.span.clone()).unwrap_or_else(Span::none);
+        match mode {
+            Mode::Live => self.live_step(tid).instrument(span).await,
+            Mode::Replay => self.replay_step(tid).instrument(span).await,
         }
     }
 
@@ -1181,7 +1189,8 @@ impl<E: Engine> Agent<E> {
         }
         self.last_step = step;
         // Queued before the step, so durable with it.
-        self.markers.clear();
+        self.marker = None;
+        self.markers_queued = 0;
         let engine = self.engine.as_mut().expect("checked above");
         engine.input_durable(tid, step);
         let checksums = match engine.step(&ctx, &input) {
@@ -1323,9 +1332,10 @@ impl<E: Engine> Agent<E> {
             // journal, so the next append fails and the host stops. A Hello
             // summarises the journal only after every queued marker is
             // durable (`markers_durable`).
-            self.markers.push(tokio::spawn(self.journal.append_deferred(marker)));
+            self.marker = Some(Box::pin(self.journal.append_deferred(marker)));
+            self.markers_queued += 1;
             self.journal_commits.insert(tid);
-            if self.markers.len() >= MARKERS_QUEUED_MAX {
+            if self.markers_queued >= MARKERS_QUEUED_MAX {
                 // A long replay of tids whose markers were lost appends no
                 // step to carry them.
                 self.markers_durable().await.map_err(|e| fail(ErrorKind::Journal, e))?;
@@ -1377,20 +1387,16 @@ impl<E: Engine> Agent<E> {
 
     /// Makes every queued commit marker durable.
     async fn markers_durable(&mut self) -> Result<(), String> {
+        self.markers_queued = 0;
+        let Some(newest) = self.marker.take() else { return Ok(()) };
         self.journal.commit_queued();
-        for m in self.markers.drain(..) {
-            let failed = match m.await {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("its task failed: {e}"),
-            };
-            return Err(format!(
-                "host {}: journaling a commit marker failed: {failed}; check the disk under {}",
+        newest.await.map(drop).map_err(|e| {
+            format!(
+                "host {}: journaling a commit marker failed: {e}; check the disk under {}",
                 self.config.host_id,
                 self.config.data_dir.display()
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 
     async fn checkpoint(&mut self, tid: u64) -> Result<(), Failure> {

@@ -310,13 +310,13 @@ impl Journal {
     /// marker: the ledger is the record of the commit) and that would
     /// otherwise cost an `fdatasync` of its own just before the next
     /// record's. Until then readers do not see it.
-    pub fn append_deferred(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + 'static {
+    pub fn append_deferred(&self, record: pb::JournalRecord) -> impl Future<Output = Result<Position>> + Send + Sync + 'static {
         self.queue_async(record, false)
     }
 
     /// Queues `record` for the commit thread (waking it if `wake`); the
     /// future resolves once it is durable.
-    fn queue_async(&self, record: pb::JournalRecord, wake: bool) -> impl Future<Output = Result<Position>> + Send + 'static {
+    fn queue_async(&self, record: pb::JournalRecord, wake: bool) -> impl Future<Output = Result<Position>> + Send + Sync + 'static {
         let (tx, rx) = futures_channel::oneshot::channel();
         let queued = self
             .prepare(&record)

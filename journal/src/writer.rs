@@ -88,9 +88,10 @@ pub(crate) struct Queue {
     /// A committer panicked: the writer state is lost, appends fail with
     /// `WriterGone` (reads keep working; reopening recovers).
     pub dead: bool,
-    /// The commit thread is waiting on `work` (not committing): only then does queueing need to wake it. std's
-    /// `notify_one` is a futex syscall even with nobody waiting, and
-    /// `append_async` callers are async runtime threads.
+    /// The commit thread is waiting on `work` (not committing): only then
+    /// does queueing need to wake it. std's `notify_one` is a futex syscall
+    /// even with nobody waiting, and `append_async` callers are async
+    /// runtime threads.
     pub sleeping: bool,
 }
 
@@ -115,10 +116,8 @@ impl Shared {
             return Err(JournalError::WriterGone);
         }
         q.requests.push(req);
-        let wake = wake && q.writer.is_some() && q.sleeping;
-        drop(q);
         if wake {
-            self.work.notify_one();
+            self.wake_commit_thread(q);
         }
         Ok(())
     }
@@ -126,7 +125,15 @@ impl Shared {
     /// Wakes the commit thread if anything is queued (`commit_queued`).
     pub fn wake_if_queued(&self) {
         let q = self.queue();
-        let wake = !q.requests.is_empty() && q.writer.is_some() && q.sleeping;
+        if !q.requests.is_empty() {
+            self.wake_commit_thread(q);
+        }
+    }
+
+    /// Wakes the commit thread if it sleeps and the token is free (else it
+    /// finds the queue when the token comes back), after releasing `q`.
+    fn wake_commit_thread(&self, q: MutexGuard<'_, Queue>) {
+        let wake = q.writer.is_some() && q.sleeping;
         drop(q);
         if wake {
             self.work.notify_one();
@@ -159,11 +166,7 @@ impl Shared {
             drop(token);
         } else {
             q.requests.push(req);
-            let wake = q.writer.is_some() && q.sleeping;
-            drop(q);
-            if wake {
-                self.work.notify_one();
-            }
+            self.wake_commit_thread(q);
         }
         // A leader finds its own result already there.
         slot.wait()
