@@ -94,6 +94,13 @@ impl Sums {
         EndpointChecksums(self.iter().map(|(e, count, hash)| (e.to_owned(), Checksum { count, hash })).collect())
     }
 
+    /// Whether `a` holds exactly these endpoints with these checksums, as
+    /// `self.to_aggregate().diff(a).is_empty()` would say, without
+    /// building the aggregate (a replay checks every host's every tid).
+    pub fn matches(&self, a: &Aggregate) -> bool {
+        self.len() == a.0.len() && self.iter().zip(&a.0).all(|((e, count, hash), (ae, c))| e == ae && count == c.count && hash == c.hash)
+    }
+
     /// `(endpoint, count, hash)` in endpoint order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
         self.0.iter().map(|(e, c, h)| (&**e, *c, *h))
@@ -649,6 +656,24 @@ mod tests {
 
     fn all_hosts() -> BTreeMap<HostId, HostTxnRecord> {
         ["h0", "h1"].iter().map(|h| (h.to_string(), HostTxnRecord::default())).collect()
+    }
+
+    proptest::proptest! {
+        /// `Sums::matches` is the allocation-free form of "the diff is
+        /// empty": small endpoint and value ranges make equal, missing,
+        /// extra and differing endpoints all common.
+        #[test]
+        fn sums_match_an_aggregate_exactly_when_their_diff_is_empty(
+            a in proptest::collection::btree_map("[abc]", (0u64..2, 0u64..2), 0..3),
+            b in proptest::collection::btree_map("[abc]", (0u64..2, 0u64..2), 0..3),
+        ) {
+            let agg = |m: &BTreeMap<String, (u64, u64)>| lockstep_journal::EndpointChecksums(
+                m.iter().map(|(e, &(count, hash))| (e.clone(), lockstep_journal::Checksum { count, hash })).collect());
+            let (a, b) = (agg(&a), agg(&b));
+            let sums = Sums::from_aggregate(&a, None);
+            proptest::prop_assert_eq!(sums.matches(&b), a.diff(&b).is_empty());
+            proptest::prop_assert!(sums.matches(&a));
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum JournalProblem {
     ColumnLength { counts: usize, hashes: usize, endpoints: usize },
     #[error("its absent index {index} is out of range, not ascending, or has a nonzero count or hash")]
     BadAbsent { index: u32 },
+    #[error("it follows the summary of tid {previous}; summaries come one per tid in ascending tid order")]
+    OutOfOrder { previous: u64 },
 }
 
 /// What is wrong with a `ReplayedSteps` batch.
@@ -93,6 +95,11 @@ pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) 
     // always), else with endpoint names shared with the tid before.
     let mut journal: Vec<JournalTid> = Vec::with_capacity(h.journal.len());
     for j in &h.journal {
+        // Ascending, so that the core finds a tid's summary by binary
+        // search (`Hello::journaled`) over a journal of any length.
+        if let Some(previous) = journal.last().map(|p| p.tid).filter(|&p| p >= j.tid) {
+            return Err(bad(j.tid, JournalProblem::OutOfOrder { previous }));
+        }
         if j.counts.len() != table.len() || j.hashes.len() != table.len() {
             let problem = JournalProblem::ColumnLength { counts: j.counts.len(), hashes: j.hashes.len(), endpoints: table.len() };
             return Err(bad(j.tid, problem));
@@ -417,6 +424,10 @@ mod tests {
         assert_eq!(refuse(&table, &|s| s.absent = vec![1, 0]), (7, JournalProblem::BadAbsent { index: 0 }));
         assert_eq!(refuse(&table, &|s| s.counts[1] = 1), (7, JournalProblem::BadAbsent { index: 1 }));
         assert_eq!(refuse(&table, &|s| s.hashes[1] = 1), (7, JournalProblem::BadAbsent { index: 1 }));
+        // Summaries come in ascending tid order, one per tid: the core
+        // looks them up by binary search.
+        assert_eq!(refuse(&table, &|s| s.tid = 6), (6, JournalProblem::OutOfOrder { previous: 6 }));
+        assert_eq!(refuse(&table, &|s| s.tid = 5), (5, JournalProblem::OutOfOrder { previous: 6 }));
         // Without summaries, or without a table and with empty columns, a
         // Hello is fine.
         assert!(hello_from(hello_with(&table, vec![]), |_| None).is_ok());

@@ -588,7 +588,7 @@ impl Core {
             return self.fail(d, out);
         }
         if matches!(self.phase, Phase::Replaying { .. }) {
-            let journal = slot.hello.as_ref().and_then(|h| h.journal.iter().find(|j| j.tid == tid));
+            let journal = slot.hello.as_ref().and_then(|h| h.journaled(tid));
             let ledger = self.ledger.txn(tid).and_then(|t| t.hosts.get(host));
             if let Some(d) = verify::replayed_txn(host, &r, journal, ledger) {
                 return self.fail(d, out);
@@ -1453,7 +1453,7 @@ impl Core {
         let open: Vec<Tid> = self.ledger.open_tids().collect();
         let Some(&first) = open.first() else { return };
         let journaled = |t: Tid| {
-            self.hosts.values().any(|s| s.hello.as_ref().is_some_and(|h| h.journal.iter().any(|j| j.tid == t && j.steps > 0)))
+            self.hosts.values().any(|s| s.hello.as_ref().and_then(|h| h.journaled(t)).is_some_and(|j| j.steps > 0))
         };
         let failed_above = self
             .ledger

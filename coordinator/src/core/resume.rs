@@ -85,7 +85,7 @@ pub fn plan(ledger: &LedgerState, hosts: &BTreeMap<HostId, HostSlot>) -> Result<
             continue;
         };
         let journal = |tid: Tid| {
-            hello.journal.iter().find(|j| j.tid == tid).map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default()
+            hello.journaled(tid).map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default()
         };
         let fitted = match hello.resumable.as_ref() {
             Some(r) if !r.awaiting.is_empty() => fit_pipelined(host, ledger, r, journal),

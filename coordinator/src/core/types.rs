@@ -55,6 +55,15 @@ pub struct Hello {
     pub resumable: Option<Resumable>,
 }
 
+impl Hello {
+    /// The journal's summary of `tid`. `journal` is in ascending tid order
+    /// (`wire::hello_from` refuses a Hello that is not), so a replay of n
+    /// tids looks up n summaries in O(n log n), not O(n^2).
+    pub fn journaled(&self, tid: Tid) -> Option<&JournalTid> {
+        self.journal.binary_search_by_key(&tid, |j| j.tid).ok().map(|i| &self.journal[i])
+    }
+}
+
 /// A host's engine state when its previous coordinator stream ended
 /// (`Hello.resumable`): a new leader, or a restarted coordinator, continues
 /// from it without a restore when every host's fits the ledger

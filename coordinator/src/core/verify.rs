@@ -5,7 +5,7 @@
 //! host's journal (the same recorded steps re-run), never across hosts or
 //! across live runs, where the number of steps legitimately varies.
 
-use lockstep_journal::Difference;
+use lockstep_journal::{Aggregate, Difference};
 
 use super::{Diagnosis, Hello, HostProgress, JournalTid, PreparedReport, StepReport};
 use crate::ledger::{HostTxnRecord, LedgerState, Tid, TxnStatus};
@@ -70,7 +70,7 @@ pub fn replayed_txn(
     journal: Option<&JournalTid>,
     ledger: Option<&HostTxnRecord>,
 ) -> Option<Diagnosis> {
-    let (journal_steps, journal_agg) = journal.map(|j| (j.steps, j.aggregate.to_aggregate())).unwrap_or_default();
+    let journal_steps = journal.map_or(0, |j| j.steps);
     if r.steps != journal_steps {
         let first_missing = journal.map(|j| j.first_step + r.steps);
         return Some(Diagnosis {
@@ -84,7 +84,14 @@ pub fn replayed_txn(
             ..Default::default()
         });
     }
-    let diffs = journal_agg.diff(&r.aggregate);
+    // The usual case, everything equal, is checked without building an
+    // aggregate; a difference is then diagnosed in full.
+    let journal_matches = journal.map_or(r.aggregate.0.is_empty(), |j| j.aggregate.matches(&r.aggregate));
+    let diffs = match journal {
+        _ if journal_matches => Vec::new(),
+        Some(j) => j.aggregate.to_aggregate().diff(&r.aggregate),
+        None => Aggregate::default().diff(&r.aggregate),
+    };
     if let Some(first) = diffs.first() {
         return Some(divergence(
             "replayed input aggregate differs from the journaled aggregate",
@@ -105,7 +112,7 @@ pub fn replayed_txn(
             ..Default::default()
         });
     };
-    let diffs = ledger.aggregate().diff(&r.aggregate);
+    let diffs = if ledger.aggregate.matches(&r.aggregate) { Vec::new() } else { ledger.aggregate().diff(&r.aggregate) };
     if let Some(first) = diffs.first() {
         return Some(divergence(
             "replayed input aggregate differs from the aggregate the ledger recorded at commit",
@@ -156,7 +163,7 @@ pub fn journal_against_ledger(host: &str, hello: &Hello, ledger: &LedgerState, c
     }
     for t in ledger.txns.values().filter(|t| t.tid > checkpoint && t.status == TxnStatus::Committed) {
         let Some(rec) = t.hosts.get(host) else { continue };
-        let journaled = hello.journal.iter().find(|j| j.tid == t.tid);
+        let journaled = hello.journaled(t.tid);
         let steps = journaled.map(|j| j.steps).unwrap_or(0);
         if steps != rec.steps {
             return Some(Diagnosis {
