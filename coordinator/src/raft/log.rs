@@ -67,7 +67,23 @@
 //!   finishes a purge that a crash interrupted.
 //! - A new segment's header is fsynced, and then the directory, before the
 //!   segment receives frames; a last segment whose header never became
-//!   complete is removed on open.
+//!   complete (whatever follows it is zeros) is removed on open.
+//! - **Preallocation**: the active segment is allocated up to the segment
+//!   size when it is created (`fallocate`: zeros, the file's final size),
+//!   so an append overwrites allocated space and its `fdatasync` has no
+//!   file size or block allocation to journal. On ext4 that took a ledger
+//!   write's fdatasync from ~100-130 µs to ~65 µs, and its p99 from
+//!   milliseconds (a journal commit behind other files' writes) to a few
+//!   hundred µs; the ledger write is on every commit's path. The
+//!   frames therefore end in zeros in the last segment: on open, the
+//!   first frame position from which every byte is zero ends the log (no
+//!   torn tail, nothing to cut). A full segment is cut back to its frames,
+//!   and fsynced, before the next one is created, so every segment but the
+//!   last is exactly its frames and a zero in it is damage. Only the last
+//!   batch is ever unsynced (see Append), so zeros where its pages never
+//!   reached the disk, with some later page of it that did, are a torn
+//!   tail like any other. Where `fallocate` is not supported, the file
+//!   grows with each append as before.
 //! - A failed write or fsync poisons the log: after a failed `fsync` the
 //!   page cache says nothing about the disk, so every later write is
 //!   refused ([`LogError::Poisoned`]) until a restart re-reads the files.
@@ -83,7 +99,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 const SEGMENT_MAGIC: [u8; 8] = *b"LSRAFTLG";
 const PURGED_MAGIC: [u8; 8] = *b"LSPURGED";
@@ -247,6 +263,34 @@ fn later_write(buf: &[u8], bad: usize) -> Option<usize> {
         .find(|&q| parse_frame(buf, q).is_ok_and(|f| f.batch_start > bad as u64))
 }
 
+/// Whether every byte from `at` on is zero: space preallocated and never
+/// written, the end of the frames of the last segment.
+fn zeros_from(buf: &[u8], at: usize) -> bool {
+    buf.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0))
+}
+
+/// Allocates `from..to` of `file` (zeros; the file's size becomes `to`)
+/// so that appends there need no metadata in their fdatasync (module doc,
+/// "Preallocation"). Best effort: where the filesystem cannot, appends
+/// grow the file as they would without it.
+fn preallocate(file: &File, path: &Path, from: u64, to: u64) {
+    if from >= to {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else { return };
+        // SAFETY: a plain syscall on a descriptor `file` keeps open.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } != 0 {
+            let e = io::Error::last_os_error();
+            debug!(segment = %path.display(), "raft log: cannot preallocate ({e}); appends grow the file instead");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, path);
+}
+
 /// The purge marker as stored in [`PURGED_FILE`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Purged {
@@ -327,6 +371,16 @@ struct Segment {
 }
 
 impl Segment {
+    /// Cuts the preallocated space after the frames off, durably, so that a
+    /// segment that is no longer the last one is exactly its frames.
+    fn trim(&self) -> Result<(), LogError> {
+        let size = self.file.metadata().map_err(io_err("reading the size of", &self.path))?.len();
+        if size > self.len {
+            self.file.set_len(self.len).and_then(|()| self.file.sync_all()).map_err(io_err("trimming", &self.path))?;
+        }
+        Ok(())
+    }
+
     fn add_entries(&mut self, first: u64, last: u64) {
         self.entries = Some(self.entries.map_or((first, last), |(a, b)| (a.min(first), b.max(last))));
     }
@@ -375,7 +429,10 @@ impl State {
     /// The active segment, a new one first if there is none or it is full.
     fn active(&mut self, dir: &Path, segment_bytes: u64) -> Result<(u64, &mut Segment), LogError> {
         if self.segments.values().next_back().is_none_or(|s| s.len >= segment_bytes) {
-            self.create_segment(dir)?;
+            if let Some(full) = self.segments.values().next_back() {
+                full.trim()?;
+            }
+            self.create_segment(dir, segment_bytes)?;
         }
         self.segments
             .iter_mut()
@@ -384,8 +441,9 @@ impl State {
             .ok_or_else(|| missing_segment(0))
     }
 
-    /// Creates the next segment, header durable and directory entry durable.
-    fn create_segment(&mut self, dir: &Path) -> Result<(), LogError> {
+    /// Creates the next segment, preallocated to `segment_bytes`, header
+    /// durable and directory entry durable.
+    fn create_segment(&mut self, dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
         let seq = self.next_seq;
         let path = dir.join(segment_name(seq));
         let file = OpenOptions::new()
@@ -394,8 +452,9 @@ impl State {
             .create_new(true)
             .open(&path)
             .map_err(io_err("creating", &path))?;
-        file.write_all_at(&segment_header(), 0)
-            .and_then(|()| file.sync_all())
+        file.write_all_at(&segment_header(), 0).map_err(io_err("writing the header of", &path))?;
+        preallocate(&file, &path, SEGMENT_HEADER_BYTES, segment_bytes);
+        file.sync_all()
             .map_err(io_err("writing the header of", &path))?;
         sync_dir(dir)?;
         self.segments.insert(seq, Segment { path, file: Arc::new(file), len: SEGMENT_HEADER_BYTES, entries: None });
@@ -593,6 +652,11 @@ impl RaftLog {
             report.removed.extend(removed);
         }
         report.segments = state.segments.len();
+        if let Some(last) = state.segments.values().next_back() {
+            // Written before preallocation, or cut back to its frames (a torn
+            // tail): allocated again for the appends to come.
+            preallocate(&last.file, &last.path, last.len, segment_bytes);
+        }
         let log = RaftLog { dir: dir.to_path_buf(), segment_bytes, state: Mutex::new(state), writer: Mutex::new(()) };
         Ok((log, report))
     }
@@ -611,8 +675,9 @@ impl RaftLog {
         io::Read::read_to_end(&mut &file, &mut buf).map_err(io_err("reading", path))?;
         let header = segment_header();
         let hl = SEGMENT_HEADER_BYTES as usize;
-        // Nothing is written after the header before the header is synced.
-        if is_last && buf.len() <= hl && buf[..] != header[..] {
+        // Nothing is written after the header before the header is synced
+        // (what follows it then is nothing, or preallocated zeros).
+        if is_last && buf.get(..hl) != Some(&header[..]) && zeros_from(&buf, hl.min(buf.len())) {
             return Ok(None);
         }
         if buf.len() < hl || buf[..hl] != header {
@@ -633,6 +698,11 @@ impl RaftLog {
                         offset: at as u64,
                         what: format!("unknown record kind {}", f.kind),
                     })
+                }
+                Err(_) if is_last && zeros_from(&buf, at) => {
+                    // Preallocated, never written: the end of the log.
+                    buf.truncate(at);
+                    break;
                 }
                 Err(what) => {
                     if !is_last {
@@ -820,7 +890,7 @@ impl RaftLog {
         }
         let from = from.max(st.first);
         let cut = st.locs[(from - st.first) as usize];
-        let res = Self::cut(&mut st, &self.dir, cut, from);
+        let res = Self::cut(&mut st, &self.dir, cut, from, self.segment_bytes);
         if res.is_err() {
             st.poisoned = true;
         }
@@ -830,7 +900,7 @@ impl RaftLog {
         Ok(())
     }
 
-    fn cut(st: &mut State, dir: &Path, cut: Loc, from: u64) -> Result<(), LogError> {
+    fn cut(st: &mut State, dir: &Path, cut: Loc, from: u64, segment_bytes: u64) -> Result<(), LogError> {
         // Newest first, and the directory synced before the cut: a crash
         // part-way must leave a prefix of the log, never a hole.
         let later: Vec<u64> = st.segments.range(cut.seg + 1..).map(|(&s, _)| s).rev().collect();
@@ -843,10 +913,10 @@ impl RaftLog {
             sync_dir(dir)?;
         }
         let seg = st.segments.get_mut(&cut.seg).ok_or_else(|| missing_segment(cut.seg))?;
-        seg.file
-            .set_len(cut.frame)
-            .and_then(|()| seg.file.sync_all())
-            .map_err(io_err("truncating", &seg.path))?;
+        seg.file.set_len(cut.frame).map_err(io_err("truncating", &seg.path))?;
+        // The cut segment is the last one again.
+        preallocate(&seg.file, &seg.path, cut.frame, segment_bytes);
+        seg.file.sync_all().map_err(io_err("truncating", &seg.path))?;
         seg.len = cut.frame;
         seg.entries = seg.entries.and_then(|(a, _)| (a < from).then(|| (a, from - 1)));
         Ok(())
@@ -941,12 +1011,13 @@ mod tests {
         }
     }
 
-    /// Offsets of every frame of a segment file (checked).
+    /// Offsets of every frame of a segment file (checked), up to its
+    /// preallocated zeros.
     fn frames(path: &Path) -> Vec<(usize, Frame)> {
         let buf = std::fs::read(path).unwrap();
         let mut at = SEGMENT_HEADER_BYTES as usize;
         let mut out = Vec::new();
-        while at < buf.len() {
+        while !zeros_from(&buf, at) {
             let f = parse_frame(&buf, at).unwrap();
             let next = f.end;
             out.push((at, f));
@@ -1005,8 +1076,8 @@ mod tests {
             }
         }
         let seg = seg_files(&dir).pop().unwrap();
-        let len = std::fs::metadata(&seg).unwrap().len();
-        let (last_at, _) = frames(&seg).pop().unwrap();
+        let (last_at, last) = frames(&seg).pop().unwrap();
+        let len = last.end as u64;
         want.pop();
         for cut in last_at as u64..len {
             let t = d.path().join(format!("cut{cut}"));
@@ -1016,7 +1087,9 @@ mod tests {
             let (log, report) = open(&t, 4096);
             assert_eq!(report.torn_tail, (cut > last_at as u64).then(|| (name.clone(), last_at as u64, cut - last_at as u64)));
             assert_eq!(all(&log), want, "cut at {cut}");
-            assert_eq!(std::fs::metadata(&name).unwrap().len(), last_at as u64, "the torn bytes are gone");
+            let bytes = std::fs::read(&name).unwrap();
+            assert!(zeros_from(&bytes, last_at), "the torn bytes are gone (cut, and the space preallocated again)");
+            assert_eq!(bytes.len(), 4096, "preallocated again");
             log.append(&batch(7..=8, 3), None).unwrap();
             drop(log);
             let (log, report) = open(&t, 4096);
@@ -1048,6 +1121,88 @@ mod tests {
         let (log, report) = open(&dir, 1 << 20);
         assert_eq!(report.torn_tail.map(|t| t.1), Some(at4 as u64));
         assert_eq!(all(&log), batch(1..=3, 0));
+    }
+
+    /// The active segment is allocated to the segment size up front; a full
+    /// one is cut back to its frames before the next is created; a reopen
+    /// reads the zeros after the last frame as the end, not a torn tail.
+    #[test]
+    fn segments_are_preallocated_and_full_ones_trimmed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        {
+            let (log, _) = open(&dir, 400);
+            for r in [(1u64..=3), (4..=6), (7..=9)] {
+                let key = r.start() - 1;
+                log.append(&batch(r, 4), Some((key, b"hint"))).unwrap();
+            }
+        }
+        let segs = seg_files(&dir);
+        assert_eq!(segs.len(), 2);
+        let full = std::fs::read(&segs[0]).unwrap();
+        assert_eq!(full.len(), frames(&segs[0]).last().unwrap().1.end, "a full segment is exactly its frames");
+        let active = std::fs::read(&segs[1]).unwrap();
+        let end = frames(&segs[1]).last().unwrap().1.end;
+        assert_eq!(active.len(), 400, "the active segment is preallocated");
+        assert!(end < 400 && zeros_from(&active, end));
+        let (log, report) = open(&dir, 400);
+        assert_eq!((report.torn_tail, report.removed), (None, vec![]), "zeros after the last frame are no torn tail");
+        assert_eq!(all(&log), batch(1..=9, 4));
+        log.append(&batch(10..=10, 4), None).unwrap();
+        assert_eq!(log.read(10, 10).unwrap(), batch(10..=10, 4));
+    }
+
+    /// A crash in the middle of the last write into preallocated space
+    /// leaves its bytes, or some of them, before zeros: a torn tail, cut,
+    /// and the space is zeros and preallocated again. Zeros in a segment
+    /// that is not the last one are damage.
+    #[test]
+    fn a_torn_write_into_preallocated_space_is_cut_and_zeros_in_a_full_segment_are_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        {
+            let (log, _) = open(&dir, 4096);
+            log.append(&batch(1..=3, 6), None).unwrap();
+            log.append(&batch(4..=6, 6), None).unwrap();
+        }
+        let seg = seg_files(&dir).pop().unwrap();
+        let fr = frames(&seg);
+        let (at4, f4_end) = (fr[3].0, fr[3].1.end);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Entry 4's page never reached the disk; entry 6's did.
+        bytes[at4..f4_end].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+        let (log, report) = open(&dir, 4096);
+        assert_eq!(report.torn_tail.as_ref().map(|t| t.1), Some(at4 as u64));
+        assert_eq!(all(&log), batch(1..=3, 6));
+        let after = std::fs::read(&seg).unwrap();
+        assert_eq!(after.len(), 4096);
+        assert!(zeros_from(&after, at4), "the torn bytes are gone");
+        log.append(&batch(4..=4, 7), None).unwrap();
+        drop(log);
+        let (log, report) = open(&dir, 4096);
+        assert_eq!((report.torn_tail, report.removed), (None, vec![]));
+        assert_eq!(log.read(4, 4).unwrap(), batch(4..=4, 7));
+        drop(log);
+
+        // Two segments; the first one's last frame zeroed.
+        let dir = d.path().join("two");
+        {
+            let (log, _) = open(&dir, 300);
+            for r in [(1u64..=3), (4..=6), (7..=9)] {
+                log.append(&batch(r, 8), None).unwrap();
+            }
+        }
+        let first = seg_files(&dir).remove(0);
+        let (at, f) = frames(&first).pop().unwrap();
+        let mut bytes = std::fs::read(&first).unwrap();
+        assert_eq!(f.end, bytes.len());
+        bytes[at..].fill(0);
+        std::fs::write(&first, &bytes).unwrap();
+        match RaftLog::open(&dir, 300) {
+            Err(LogError::Corrupt { path, offset, .. }) => assert_eq!((path, offset), (first, at as u64)),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
     }
 
     #[test]
@@ -1242,6 +1397,15 @@ mod tests {
         assert_eq!(segs.len(), 3);
         let next = dir.join(segment_name(4));
         std::fs::write(&next, &segment_header()[..7]).unwrap();
+        let (log, report) = open(&dir, 150);
+        assert_eq!(report.removed, vec![next.clone()]);
+        assert_eq!(all(&log), batch(1..=9, 0));
+        drop(log);
+
+        // The same, preallocated: part of the header, then zeros.
+        let mut partial = segment_header()[..5].to_vec();
+        partial.resize(150, 0);
+        std::fs::write(&next, &partial).unwrap();
         let (log, report) = open(&dir, 150);
         assert_eq!(report.removed, vec![next.clone()]);
         assert_eq!(all(&log), batch(1..=9, 0));
