@@ -58,10 +58,36 @@ pub struct Hello {
 impl Hello {
     /// The journal's summary of `tid`. `journal` is in ascending tid order
     /// (`wire::hello_from` refuses a Hello that is not), so a replay of n
-    /// tids looks up n summaries in O(n log n), not O(n^2).
+    /// tids looks up n summaries in O(n) ([`index_of_tid`]), not O(n^2).
     pub fn journaled(&self, tid: Tid) -> Option<&JournalTid> {
-        self.journal.binary_search_by_key(&tid, |j| j.tid).ok().map(|i| &self.journal[i])
+        index_of_tid(self.journal.len(), |i| self.journal[i].tid, tid).map(|i| &self.journal[i])
     }
+}
+
+/// The index of `tid` among `len` items in strictly ascending tid order
+/// (`tid_at(i)`). Looked for first where it is when the tids from the
+/// first one on have no gaps, which a replay's nearly always are; else by
+/// binary search. One or two lookups per host and tid sit in the
+/// coordinator's hottest replay path, where binary searches over
+/// thousands of tids took a quarter of its CPU (perf, 3000 tids).
+pub(crate) fn index_of_tid(len: usize, tid_at: impl Fn(usize) -> Tid, tid: Tid) -> Option<usize> {
+    if len == 0 {
+        return None;
+    }
+    let guess = tid.checked_sub(tid_at(0)).and_then(|d| usize::try_from(d).ok()).filter(|&g| g < len);
+    if let Some(g) = guess.filter(|&g| tid_at(g) == tid) {
+        return Some(g);
+    }
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match tid_at(mid).cmp(&tid) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(mid),
+        }
+    }
+    None
 }
 
 /// A host's engine state when its previous coordinator stream ended
@@ -307,5 +333,22 @@ impl fmt::Display for Diagnosis {
             write!(f, ". What to do: {}", self.hint)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever the gaps, the lookup agrees with a binary search.
+        #[test]
+        fn index_of_tid_finds_exactly_what_a_binary_search_finds(
+            tids in proptest::collection::btree_set(0u64..64, 0..24),
+            tid in 0u64..70,
+        ) {
+            let tids: Vec<Tid> = tids.into_iter().collect();
+            proptest::prop_assert_eq!(index_of_tid(tids.len(), |i| tids[i], tid), tids.binary_search(&tid).ok());
+        }
     }
 }
