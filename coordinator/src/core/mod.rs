@@ -164,6 +164,11 @@ impl Phase {
     }
 }
 
+/// The index of `tid` in the replay queue (see [`index_of_tid`]).
+fn replay_index(queue: &VecDeque<ReplayTid>, tid: Tid) -> Option<usize> {
+    index_of_tid(tid, queue.front().map(|q| q.tid), |i| queue.get(i).map(|q| q.tid), || queue.binary_search_by_key(&tid, |q| q.tid))
+}
+
 /// A committed tid in the replay queue, and the hosts that passed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayTid {
@@ -628,7 +633,7 @@ impl Core {
         // A host's position is a tid in the queue until every host passed
         // it; if that ever breaks, stop loudly rather than guess (or panic).
         let position = match &self.phase {
-            Phase::Replaying { queue, .. } => index_of_tid(queue.len(), |i| queue[i].tid, tid),
+            Phase::Replaying { queue, .. } => replay_index(queue, tid),
             _ => None,
         };
         let (Some(i), Some(slot)) = (position, self.hosts.get_mut(host)) else {
@@ -653,7 +658,7 @@ impl Core {
                 // The furthest tid started for this host, as a queue index
                 // (tids before the queue's front are all passed).
                 let started = sent.get(host).copied().unwrap_or(tid);
-                let mut last_sent = index_of_tid(queue.len(), |q| queue[q].tid, started).unwrap_or(i).max(i);
+                let mut last_sent = replay_index(queue, started).unwrap_or(i).max(i);
                 // The next Start rides on the Commit: without a window (or
                 // at its edge) the host's next tid, as in a live commit;
                 // inside one, the Start that tops the window up (the host

@@ -86,9 +86,8 @@ pub fn replayed_txn(
     }
     // The usual case, everything equal, is checked without building an
     // aggregate; a difference is then diagnosed in full.
-    let journal_matches = journal.map_or(r.aggregate.0.is_empty(), |j| j.aggregate.matches(&r.aggregate));
     let diffs = match journal {
-        _ if journal_matches => Vec::new(),
+        Some(j) if j.aggregate.matches(&r.aggregate) => Vec::new(),
         Some(j) => j.aggregate.to_aggregate().diff(&r.aggregate),
         None => Aggregate::default().diff(&r.aggregate),
     };

@@ -346,7 +346,12 @@ where
         Ok(r) => r,
         Err(e) => Err(anyhow!("ledger storage task failed: {e}")),
     };
-    res.map_err(|e| wrap(AnyError::error(format!("{e:#}"))).into())
+    res.map_err(|e| storage_error(wrap, e))
+}
+
+/// A storage failure as openraft takes it, with the whole context chain.
+fn storage_error(wrap: impl FnOnce(AnyError) -> StorageIOError<NodeId>, e: anyhow::Error) -> SErr {
+    wrap(AnyError::error(format!("{e:#}"))).into()
 }
 
 /// True on a current-thread tokio runtime (the coordinator's default, see
@@ -670,7 +675,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     "appending to the raft log in {} (injected by --fault-fail-log-appends-after)",
                     self.db.log.dir().display()
                 ));
-                return Err(StorageIOError::write_logs(AnyError::error(format!("{e:#}"))).into());
+                return Err(storage_error(StorageIOError::write_logs, e));
             }
         }
         let mut rows = Vec::new();
@@ -700,7 +705,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // which waits for this append anyway. Appends are the hot path;
             // the rare storage calls (vote, truncate, purge, snapshots) stay
             // on the pool.
-            write().map_err(|e| StorageIOError::write_logs(AnyError::error(format!("{e:#}"))).into())
+            write().map_err(|e| storage_error(StorageIOError::write_logs, e))
         } else {
             blocking(StorageIOError::write_logs, write).await
         };
