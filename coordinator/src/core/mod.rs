@@ -652,7 +652,12 @@ impl Core {
         queue[i].records += slot.txn.records;
         match queue.get(i + 1).map(|q| q.tid) {
             Some(next) => {
-                at.insert(host.to_owned(), next);
+                // The host is in both maps from `start_replay` on: update in
+                // place rather than allocate its id twice per tid.
+                match at.get_mut(host) {
+                    Some(t) => *t = next,
+                    None => drop(at.insert(host.to_owned(), next)),
+                }
                 slot.txn = HostProgress::default();
                 slot.commit_sent = tid;
                 // The furthest tid started for this host, as a queue index
@@ -682,7 +687,10 @@ impl Core {
                     let cmd = Cmd::Start(Start::replay_committed(queue[last_sent].tid));
                     out.push(Action::Send { host: host.to_owned(), epoch, cmd });
                 }
-                sent.insert(host.to_owned(), queue[last_sent].tid);
+                match sent.get_mut(host) {
+                    Some(t) => *t = queue[last_sent].tid,
+                    None => drop(sent.insert(host.to_owned(), queue[last_sent].tid)),
+                }
             }
             // Prepared in the last committed tid: waits for the others.
             None => slot.txn.prepared = Some(r),

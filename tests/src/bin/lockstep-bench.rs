@@ -579,6 +579,16 @@ async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut 
     Ok(result.expect("at least one run"))
 }
 
+/// Writes every dirty page back before a measured replay starts. The
+/// recording and each run's restore of the data directories leave tens of
+/// MiB dirty; the kernel writes them back whenever they expire (30 s here),
+/// which lands in one side of the comparison or the other at random and
+/// slows every fdatasync of that side (the sinks sync per tid).
+fn settle_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
 /// One replay run's measurements.
 struct ReplayRun {
     coordinated_rps: f64,
@@ -597,6 +607,7 @@ impl ReplayRun {
 
 async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64) -> anyhow::Result<(Replayed, ReplayRun)> {
     say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
+    settle_disk();
     let alone = replay_alone(c, last)?;
     let alone_rps = alone.records as f64 * 1e6 / alone.span_micros as f64;
     for (i, (records, rps)) in alone.per_host.iter().enumerate() {
@@ -604,6 +615,7 @@ async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64) -> anyhow::Result<(R
     }
     say(format!("  together: {} records in {} -> {alone_rps:.0} records/s", alone.records, micros(alone.span_micros as f64)));
     say(format!("replay: restart the cluster; the coordinator drives the replay of {last} tids"));
+    settle_disk();
     let r = replay_coordinated(c, last).await?;
     let coord_rps = r.stats.records as f64 * 1e6 / r.stats.micros.max(1) as f64;
     say(format!("  {} tids, {} records in {} -> {coord_rps:.0} records/s", r.stats.tids, r.stats.records, micros(r.stats.micros as f64)));
