@@ -199,7 +199,7 @@ struct PolicyArgs {
     report_deadline_ms: u64,
     /// Replay: committed tids a host may run ahead of their verification
     /// (it holds their outputs until each one's Commit); 1 = one at a time.
-    #[arg(long, env = "LOCKSTEP_REPLAY_WINDOW", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "LOCKSTEP_REPLAY_WINDOW", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1024))]
     replay_window: u64,
     /// Live commit pipeline: how many live tids may be begun and not yet
     /// committed at once. 1 = one at a time (the next tid starts with the

@@ -52,9 +52,9 @@ const KEEPALIVE_TIMEOUT_MS: u64 = 2000;
 /// Report batches queued towards the coordinator before the agent waits.
 pub const REPORTS_QUEUED_MAX: usize = 1_024;
 /// Replayed steps' reports sent together at most (see `Reporter`).
-pub const REPORT_BATCH_MAX: usize = 256;
+pub const REPORT_BATCH_MAX: usize = 512;
 /// Prepared replayed tids sent together at most (see `Reporter`).
-pub const REPORT_BATCH_TIDS_MAX: usize = 16;
+pub const REPORT_BATCH_TIDS_MAX: usize = 32;
 /// Journaled steps read ahead of the replaying engine.
 pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
 /// Resolves once a queued commit marker is durable (`Journal::append_deferred`).
@@ -369,7 +369,7 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// per message cost (an HTTP/2 frame, a write, a wake-up on each side) is
 /// paid once per batch instead of once per tid, which is what the
 /// coordinated replay's overhead was made of. The window
-/// (`--replay-window`, 64) is wider than a batch, so a host keeps replaying
+/// (`--replay-window`, 128) is wider than a batch, so a host keeps replaying
 /// while the coordinator verifies the batch it sent.
 ///
 /// Every step is still reported explicitly with its number and checksums,

@@ -80,7 +80,7 @@ impl Default for CoreConfig {
             txn_records_max: 1_000_000,
             checkpoint_every_txns: 20,
             report_deadline_ms: 5000,
-            replay_window: 64,
+            replay_window: 128,
             pipeline_depth: 1,
         }
     }
