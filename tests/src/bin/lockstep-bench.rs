@@ -519,13 +519,35 @@ fn copy_data_dirs(c: &Cluster, from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// `bench_replay` `--replay-repeat` times on the same recording (restored
 /// from a copy before each run after the first): one row per run, then the
-/// goal's row over the runs' median. Alone and coordinated alternate, so
-/// both see the same machine. Single runs scatter widely on the 2-core VM
+/// goal's row over the runs' median. Alone and coordinated alternate (in
+/// every other run the coordinated replay goes first), so both see the
+/// same machine. Single runs scatter widely on the 2-core VM
 /// (0.75-1.09x for one build, standard deviation 0.09 over 45 runs): three
 /// CPU-bound hosts share two cores, and where the scheduler puts them
 /// decides which host finishes first and how long a core then idles,
 /// alike in both modes. The median of 5 still moved by about 0.05 from one
 /// invocation to the next; of 11, by about a third less.
+fn bench_replay_alone(o: &Opts, c: &Cluster, last: u64) -> anyhow::Result<Alone> {
+    say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
+    settle_disk();
+    let alone = replay_alone(c, last)?;
+    let alone_rps = alone.records as f64 * 1e6 / alone.span_micros as f64;
+    for (i, (records, rps)) in alone.per_host.iter().enumerate() {
+        say(format!("  {}: {records} records, {rps:.0} records/s alone", host_id(i)));
+    }
+    say(format!("  together: {} records in {} -> {alone_rps:.0} records/s", alone.records, micros(alone.span_micros as f64)));
+    Ok(alone)
+}
+
+async fn bench_replay_coordinated(c: &mut Cluster, last: u64) -> anyhow::Result<Replayed> {
+    say(format!("replay: restart the cluster; the coordinator drives the replay of {last} tids"));
+    settle_disk();
+    let r = replay_coordinated(c, last).await?;
+    let coord_rps = r.stats.records as f64 * 1e6 / r.stats.micros.max(1) as f64;
+    say(format!("  {} tids, {} records in {} -> {coord_rps:.0} records/s", r.stats.tids, r.stats.records, micros(r.stats.micros as f64)));
+    Ok(r)
+}
+
 async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
     let snapshot = tempfile::tempdir()?;
     if o.replay_repeat > 1 {
@@ -539,7 +561,10 @@ async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut 
             copy_data_dirs(c, snapshot.path(), c.dir.path())?;
         }
         say(format!("replay run {run} of {}", o.replay_repeat));
-        let (r, measured) = bench_replay(o, c, last).await?;
+        // Even runs replay coordinated first (needs the snapshot to restore
+        // in between); the last run is an odd one when the count is odd.
+        let coordinated_first = (run % 2 == 0 && o.replay_repeat > 1).then(|| snapshot.path());
+        let (r, measured) = bench_replay(o, c, last, coordinated_first).await?;
         rows.push(row(
             &format!("replay run {run}: {last} tids × {} hosts, records/s (coordinated vs alone)", o.hosts),
             format!("{:.0}/s", measured.coordinated_rps),
@@ -617,20 +642,26 @@ impl ReplayRun {
     }
 }
 
-async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64) -> anyhow::Result<(Replayed, ReplayRun)> {
-    say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
-    settle_disk();
-    let alone = replay_alone(c, last)?;
+/// One run: the replay alone and the coordinated one on the same
+/// recording. With `coordinated_first` (a snapshot of the recording to
+/// restore in between), the coordinated replay goes first, so that
+/// alternating runs cancel whatever the first side leaves the second (a
+/// warm page cache, a busy disk).
+async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, coordinated_first: Option<&Path>) -> anyhow::Result<(Replayed, ReplayRun)> {
+    let (alone, r) = match coordinated_first {
+        Some(snapshot) => {
+            let r = bench_replay_coordinated(c, last).await?;
+            stop_cluster(c).await.ok();
+            copy_data_dirs(c, snapshot, c.dir.path())?;
+            (bench_replay_alone(o, c, last)?, r)
+        }
+        None => {
+            let alone = bench_replay_alone(o, c, last)?;
+            (alone, bench_replay_coordinated(c, last).await?)
+        }
+    };
     let alone_rps = alone.records as f64 * 1e6 / alone.span_micros as f64;
-    for (i, (records, rps)) in alone.per_host.iter().enumerate() {
-        say(format!("  {}: {records} records, {rps:.0} records/s alone", host_id(i)));
-    }
-    say(format!("  together: {} records in {} -> {alone_rps:.0} records/s", alone.records, micros(alone.span_micros as f64)));
-    say(format!("replay: restart the cluster; the coordinator drives the replay of {last} tids"));
-    settle_disk();
-    let r = replay_coordinated(c, last).await?;
     let coord_rps = r.stats.records as f64 * 1e6 / r.stats.micros.max(1) as f64;
-    say(format!("  {} tids, {} records in {} -> {coord_rps:.0} records/s", r.stats.tids, r.stats.records, micros(r.stats.micros as f64)));
     // CPU is steadier than wall time on a shared machine: compare it too.
     let ms = |v: &[u64]| v.iter().map(|u| format!("{:.0}", *u as f64 / 1000.0)).collect::<Vec<_>>().join("/");
     let alone_cpu: u64 = alone.cpu_micros.iter().sum();
