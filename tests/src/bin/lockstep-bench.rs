@@ -696,6 +696,10 @@ async fn bench_replay(o: &Opts, c: &mut Cluster, last: u64, coordinated_first: O
 }
 
 async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    // In `all` the replay and memory benchmarks ran just before and left
+    // tens of MiB dirty: written back now, not under the floor or the
+    // commits measured here.
+    settle_disk();
     let dir = tempfile::tempdir()?;
     say(format!("live: floor = loopback round trip + fdatasync in {}, {} samples", dir.path().display(), o.floor_samples));
     let floor_before = measure_floor(dir.path(), o.floor_samples)?;
@@ -964,6 +968,8 @@ async fn etcd_puts(addr: &str, secs: u64, max: u64) -> anyhow::Result<PutRun> {
 }
 
 async fn bench_etcd(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<PutRun> {
+    // The baseline and `replicated` after it each start on a settled disk.
+    settle_disk();
     say(format!("etcd: 3 members on loopback ({}), 1 client, sequential puts, {} s", etcd_binary().map(|p| p.display().to_string()).unwrap_or_default(), o.group_secs));
     let etcd = EtcdCluster::start(3)?;
     let leader = etcd.wait_healthy(Duration::from_secs(60)).await?;
@@ -1059,6 +1065,7 @@ impl Group {
 }
 
 async fn bench_replicated(o: &Opts, etcd: Option<&PutRun>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    settle_disk();
     say(format!(
         "replicated: {} coordinators (raft) + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
         o.coordinators, o.group_hosts, o.live_step_interval_ms, o.group_commit_interval_ms, o.group_secs
