@@ -656,7 +656,9 @@ impl Core {
                 // place rather than allocate its id twice per tid.
                 match at.get_mut(host) {
                     Some(t) => *t = next,
-                    None => drop(at.insert(host.to_owned(), next)),
+                    None => {
+                        at.insert(host.to_owned(), next);
+                    }
                 }
                 slot.txn = HostProgress::default();
                 slot.commit_sent = tid;
@@ -689,7 +691,9 @@ impl Core {
                 }
                 match sent.get_mut(host) {
                     Some(t) => *t = queue[last_sent].tid,
-                    None => drop(sent.insert(host.to_owned(), queue[last_sent].tid)),
+                    None => {
+                        sent.insert(host.to_owned(), queue[last_sent].tid);
+                    }
                 }
             }
             // Prepared in the last committed tid: waits for the others.
