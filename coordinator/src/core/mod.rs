@@ -169,6 +169,18 @@ fn replay_index(queue: &VecDeque<ReplayTid>, tid: Tid) -> Option<usize> {
     index_of_tid(tid, queue.front().map(|q| q.tid), |i| queue.get(i).map(|q| q.tid), || queue.binary_search_by_key(&tid, |q| q.tid))
 }
 
+/// Sets `host`'s tid in a replay position map. Every host is in both maps
+/// (`at`, `sent`) from `start_replay` on, so this updates in place and
+/// allocates no host id per tid; the insert only keeps it total.
+fn set_host_tid(map: &mut BTreeMap<HostId, Tid>, host: &str, tid: Tid) {
+    match map.get_mut(host) {
+        Some(t) => *t = tid,
+        None => {
+            map.insert(host.to_owned(), tid);
+        }
+    }
+}
+
 /// A committed tid in the replay queue, and the hosts that passed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayTid {
@@ -652,14 +664,7 @@ impl Core {
         queue[i].records += slot.txn.records;
         match queue.get(i + 1).map(|q| q.tid) {
             Some(next) => {
-                // The host is in both maps from `start_replay` on: update in
-                // place rather than allocate its id twice per tid.
-                match at.get_mut(host) {
-                    Some(t) => *t = next,
-                    None => {
-                        at.insert(host.to_owned(), next);
-                    }
-                }
+                set_host_tid(at, host, next);
                 slot.txn = HostProgress::default();
                 slot.commit_sent = tid;
                 // The furthest tid started for this host, as a queue index
@@ -689,12 +694,7 @@ impl Core {
                     let cmd = Cmd::Start(Start::replay_committed(queue[last_sent].tid));
                     out.push(Action::Send { host: host.to_owned(), epoch, cmd });
                 }
-                match sent.get_mut(host) {
-                    Some(t) => *t = queue[last_sent].tid,
-                    None => {
-                        sent.insert(host.to_owned(), queue[last_sent].tid);
-                    }
-                }
+                set_host_tid(sent, host, queue[last_sent].tid);
             }
             // Prepared in the last committed tid: waits for the others.
             None => slot.txn.prepared = Some(r),

@@ -13,8 +13,8 @@
 //!   the replay of every committed tid (timed inside the coordinator, from
 //!   "recovering" to "replay done", `Admin/GetStatus.last_replay`).
 //!   Goal: (b) >= 0.9x (a) in records/s, the median over `--replay-repeat`
-//!   runs (11) of (a) then (b) on the same recording, shown with the
-//!   runs' interquartile range.
+//!   runs (11) of (a) and (b) on the same recording, (b) first in every
+//!   other run, shown with the middle half of the runs' ratios.
 //! - `live`: empty steps, 1 coordinator + N hosts, a tiny commit interval;
 //!   committed tids/s and commit latency (Prepare sent -> Commit sent,
 //!   `Admin/GetStatus.commit_latency`) vs the floor measured here: a
@@ -53,7 +53,7 @@ const USAGE: &str = "usage: lockstep-bench <replay|live|memory|etcd|replicated|l
 options (defaults in brackets):
   --hosts N                    host agents [3]
   --replay-tids N              tids recorded for the replay benchmark [1000]
-  --replay-repeat N            replay the same recording N times (alone, then coordinated); the goal is judged on the median [11]
+  --replay-repeat N            replay the same recording N times (alone and coordinated, coordinated first in every other run); the goal is judged on the median [11]
   --memory-tids N              tids of the short journal of the memory benchmark [100]
   --memory-factor K            the long journal has K x as many tids [10]
   --record-commit-interval-ms  commit interval while recording [20]
@@ -517,16 +517,7 @@ fn copy_data_dirs(c: &Cluster, from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bench_replay` `--replay-repeat` times on the same recording (restored
-/// from a copy before each run after the first): one row per run, then the
-/// goal's row over the runs' median. Alone and coordinated alternate (in
-/// every other run the coordinated replay goes first), so both see the
-/// same machine. Single runs scatter widely on the 2-core VM
-/// (0.75-1.09x for one build, standard deviation 0.09 over 45 runs): three
-/// CPU-bound hosts share two cores, and where the scheduler puts them
-/// decides which host finishes first and how long a core then idles,
-/// alike in both modes. The median of 5 still moved by about 0.05 from one
-/// invocation to the next; of 11, by about a third less.
+/// The replay alone of one run, reported as it ends.
 fn bench_replay_alone(o: &Opts, c: &Cluster, last: u64) -> anyhow::Result<Alone> {
     say(format!("replay: {} hosts replay {last} tids alone (no coordinator), all at once", o.hosts));
     settle_disk();
@@ -539,6 +530,7 @@ fn bench_replay_alone(o: &Opts, c: &Cluster, last: u64) -> anyhow::Result<Alone>
     Ok(alone)
 }
 
+/// The coordinated replay of one run, reported as it ends.
 async fn bench_replay_coordinated(c: &mut Cluster, last: u64) -> anyhow::Result<Replayed> {
     say(format!("replay: restart the cluster; the coordinator drives the replay of {last} tids"));
     settle_disk();
@@ -548,6 +540,16 @@ async fn bench_replay_coordinated(c: &mut Cluster, last: u64) -> anyhow::Result<
     Ok(r)
 }
 
+/// `bench_replay` `--replay-repeat` times on the same recording (restored
+/// from a copy before each run after the first): one row per run, then the
+/// goal's row over the runs' median. Alone and coordinated alternate (in
+/// every other run the coordinated replay goes first), so both see the
+/// same machine. Single runs scatter widely on the 2-core VM
+/// (0.75-1.09x for one build, standard deviation 0.09 over 45 runs): three
+/// CPU-bound hosts share two cores, and where the scheduler puts them
+/// decides which host finishes first and how long a core then idles,
+/// alike in both modes. The median of 5 still moved by about 0.05 from one
+/// invocation to the next; of 11, by about a third less.
 async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
     let snapshot = tempfile::tempdir()?;
     if o.replay_repeat > 1 {
@@ -584,7 +586,7 @@ async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut 
     let ratio = median(&|r| r.ratio());
     let mut ratios: Vec<f64> = runs.iter().map(ReplayRun::ratio).collect();
     ratios.sort_by(f64::total_cmp);
-    let (q1, q3) = (ratios[(ratios.len() - 1) / 4], ratios[(3 * (ratios.len() - 1)).div_ceil(4)]);
+    let (q1, q3) = (percentile(&ratios, 0.25), percentile(&ratios, 0.75));
     rows.push(row(
         &format!(
             "replay {last} tids × {} hosts, records/s (coordinated vs alone), median of {} runs (middle half {q1:.2}–{q3:.2}×)",
@@ -616,11 +618,11 @@ async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut 
     Ok(result.expect("at least one run"))
 }
 
-/// Writes every dirty page back before a measured replay starts. The
-/// recording and each run's restore of the data directories leave tens of
-/// MiB dirty; the kernel writes them back whenever they expire (30 s here),
-/// which lands in one side of the comparison or the other at random and
-/// slows every fdatasync of that side (the sinks sync per tid).
+/// Writes every dirty page back before a measurement starts. A recording,
+/// a restore of the data directories or the benchmark before leaves tens
+/// of MiB dirty; the kernel writes them back whenever they expire (30 s
+/// here), which lands under whichever measurement runs then and slows
+/// every fdatasync in it.
 fn settle_disk() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() }
