@@ -1,6 +1,7 @@
 //! Failure injection inside the crate: a failed write (disk full) or a
 //! failed fdatasync must reach every waiting appender, poison the journal,
-//! and leave it readable up to the last durable record.
+//! and leave it readable up to the last durable record. A failed
+//! preallocation is no failure of the journal at all.
 
 use std::sync::atomic::Ordering;
 
@@ -60,4 +61,33 @@ fn disk_full_reaches_every_waiting_appender() {
     let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
     assert_eq!(report.records, 1);
     j.append(&commit(2)).unwrap();
+}
+
+/// Where `fallocate` is not supported, appends grow the file as they did
+/// before preallocation (the file is exactly its records) and the journal
+/// works as ever, across a roll and a reopen.
+#[test]
+fn without_preallocation_appends_grow_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = JournalOptions { segment_bytes_max: 4096, ..JournalOptions::default() };
+    let path = dir.path().join(crate::format::segment_file_name(1));
+    let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+    j.faults().fail_next_preallocate.store(true, Ordering::SeqCst);
+    let mut end = 0;
+    for tid in 1..=3 {
+        let at = j.append(&commit(tid)).unwrap();
+        end = at.offset + crate::format::encode_frame(&commit(tid)).len() as u64;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "the file is exactly its records");
+    }
+    for tid in 4..=300 {
+        j.append(&commit(tid)).unwrap();
+    }
+    assert!(j.segments().1 > 1, "rolled");
+    assert!(std::fs::metadata(&path).unwrap().len() > end);
+    assert_eq!(read_count(&j), 300);
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+    assert_eq!((report.records, report.torn_tail_bytes), (300, 0));
+    j.append(&commit(301)).unwrap();
+    assert_eq!(read_count(&j), 301);
 }

@@ -1,7 +1,8 @@
 //! The on-disk format: segment file names, the segment header, record
 //! frames (length prefix + CRC32C + prost body), the streaming frame reader,
-//! and the torn-tail rule. Pure byte handling; no directory logic, no
-//! threads. `decode_segment` is the entry point for the fuzz targets.
+//! and the end-of-records rules of the last segment (zero tail, torn tail).
+//! Pure byte handling; no directory logic, no threads. `decode_segment` is
+//! the entry point for the fuzz targets.
 //!
 //! ```text
 //! segment header (format version 1), little-endian:
@@ -27,6 +28,11 @@
 //!
 //! The CRC covers the length prefix too, so a damaged length is caught even
 //! when it happens to point at another plausible frame boundary.
+//!
+//! A length of 0 is never a frame, so in the last segment zeros from a
+//! frame position to the end of the file are unambiguous: preallocated
+//! space after the last record (crate doc, "Preallocation"), the end of the
+//! records. Every other segment is exactly its header and frames.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -671,11 +677,20 @@ pub fn find_valid_frame_after(rest: &[u8]) -> Option<usize> {
     })
 }
 
+/// Whether every byte of `rest` is zero: space the writer preallocated
+/// and never wrote (crate doc, "Preallocation").
+fn all_zeros(rest: &[u8]) -> bool {
+    rest.iter().all(|&b| b == 0)
+}
+
 /// What the torn-tail rule decided for a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tail {
     /// The segment ends with a complete record (or its header).
     Clean,
+    /// The records end at `valid_end` and every byte after it is zero:
+    /// preallocated space of the last segment, not damage. Nothing to cut.
+    Preallocated,
     /// Damage at `torn.offset` with nothing valid after it: cut there.
     Torn(Torn),
 }
@@ -691,8 +706,11 @@ pub enum Scan {
 
 /// Scans a whole segment from its start. Every frame body is passed to
 /// `on_record(offset, body)`. `last` says whether this is the last segment,
-/// where a torn tail is allowed (`Tail::Torn`); anywhere else damage is an
-/// error. Used by `Journal::open` (on files) and `decode_segment` (fuzzing).
+/// where a zero tail ends the records (`Tail::Preallocated`) and a torn
+/// tail is allowed (`Tail::Torn`); anywhere else a zero or damage where a
+/// frame should start is an error (sealed segments are trimmed to their
+/// records). Used by `Journal::open` (on files) and `decode_segment`
+/// (fuzzing).
 pub fn scan_segment<R: Read>(
     mut r: R,
     path: &Path,
@@ -780,6 +798,12 @@ fn scan_frames<R: Read>(
                 // Gather every byte from the damage to the end (bounded by
                 // the segment size) and look for a valid frame in it.
                 let rest = frames.rest_from_damage(&torn.kind).map_err(io)?;
+                // The common case on every open (preallocated space after
+                // the last record), so it is checked first: one pass over
+                // zeros, not a frame parse at every offset.
+                if all_zeros(&rest) {
+                    return Ok(Scan::Ok { header, records, valid_end: torn.offset, tail: Tail::Preallocated });
+                }
                 if find_valid_frame_after(&rest).is_some() {
                     return Err(torn.into_error(path, " (valid records follow it, so this is not a torn tail)"));
                 }
@@ -795,13 +819,14 @@ fn scan_frames<R: Read>(
 pub struct DecodedSegment {
     pub header: Option<SegmentHeader>,
     pub records: Vec<(u64, pb::JournalRecord)>,
-    /// Bytes a torn tail would cut (0 if clean).
+    /// Bytes a torn tail would cut (0 if clean, or if only zeros follow
+    /// the records).
     pub torn_tail_bytes: u64,
 }
 
 /// Decodes one segment held in memory as if it were the last segment of a
-/// journal (torn tail allowed), without identity checks. For fuzzing and
-/// tools: never panics, whatever the bytes.
+/// journal (zero tail and torn tail allowed), without identity checks. For
+/// fuzzing and tools: never panics, whatever the bytes.
 pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment> {
     let path = PathBuf::from("<memory>");
     let mut records = Vec::new();
@@ -812,7 +837,10 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment> {
     })?;
     Ok(match scan {
         Scan::TornHeader { available } => DecodedSegment { header: None, records, torn_tail_bytes: available },
-        Scan::Ok { header, valid_end, .. } => {
+        Scan::Ok { header, tail: Tail::Clean | Tail::Preallocated, .. } => {
+            DecodedSegment { header: Some(header), records, torn_tail_bytes: 0 }
+        }
+        Scan::Ok { header, valid_end, tail: Tail::Torn(_), .. } => {
             DecodedSegment { header: Some(header), records, torn_tail_bytes: bytes.len() as u64 - valid_end }
         }
     })

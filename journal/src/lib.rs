@@ -16,12 +16,15 @@
 //! - Step records form a chain (`prev_step` of each is the `step` of the one
 //!   before; tids never go backwards). `append` refuses a record that would
 //!   break it; readers check it and report a gap as a typed error.
-//! - On open, a torn tail of the last segment (an interrupted append: short
-//!   frame or bad CRC with nothing valid after it) is cut off with a warning
-//!   and counted in [`OpenReport::torn_tail_bytes`]. Any other damage — bad
-//!   CRC elsewhere, a missing segment, a foreign header, an unknown format
-//!   version — is a [`JournalError`] naming file, offset, expected vs found
-//!   and what to do. Nothing is skipped silently.
+//! - On open, zeros after the last record of the last segment are its
+//!   preallocated space (see "Preallocation"): the end of the records,
+//!   nothing to repair. A torn tail of the last segment (an interrupted
+//!   append: short frame or bad CRC with nothing valid after it, zeros
+//!   included) is cut off with a warning and counted in
+//!   [`OpenReport::torn_tail_bytes`]. Any other damage — bad CRC elsewhere,
+//!   zeros in any other segment, a missing segment, a foreign header, an
+//!   unknown format version — is a [`JournalError`] naming file, offset,
+//!   expected vs found and what to do. Nothing is skipped silently.
 //! - A failed write or fsync poisons the journal: further appends fail, and
 //!   readers still see everything up to the last durable record.
 //!
@@ -46,19 +49,64 @@
 //!    compatible and needs no bump (old readers skip them); renumbering or
 //!    changing a field's type is not allowed.
 //!
+//! Preallocation (below) changed no byte of the format and needs no bump:
+//! a journal written before it is a journal whose last segment has no zero
+//! tail, and opens as it always did. A build from before it opening a
+//! journal written since sees the zero tail as a torn tail (a frame length
+//! of 0 with nothing valid after it) and cuts it with a warning: no record
+//! is lost, and that build then grows the file as it always did.
+//!
 //! # Crash safety
 //!
 //! Segments are created under a temporary name, header synced, renamed,
 //! directory synced; so a `.seg` file always has a full header. Before a
-//! new segment is created the previous one is synced, so only the last
-//! segment can have a torn tail. GC deletes the oldest segments first and
-//! syncs the directory after each, so a crash mid-GC leaves a journal whose
-//! sequence starts later but has no holes; open accepts that.
+//! new segment is created the previous one is trimmed to its records and
+//! synced, so only the last segment can have a torn tail or a zero tail. GC
+//! deletes the oldest segments first and syncs the directory after each,
+//! so a crash mid-GC leaves a journal whose sequence starts later but has
+//! no holes; open accepts that.
+//!
+//! A crash while a full segment is being trimmed, before the next segment
+//! exists, leaves it the last segment, with or without its zero tail:
+//! either opens cleanly.
 //!
 //! Limitation: a power loss may persist later pages of an unsynced batch
-//! but not earlier ones. Such a tail has valid frames after damaged ones,
+//! but not earlier ones (in preallocated space: zeros where the earlier
+//! pages should be). Such a tail has valid frames after damaged ones,
 //! which open cannot tell apart from corruption, so it refuses it (loudly)
 //! rather than guessing. A killed process (no power loss) never causes it.
+//!
+//! # Preallocation
+//!
+//! Every live engine step appends a small record (~63 bytes) and waits for
+//! its `fdatasync`. An append that grows the file makes that fdatasync
+//! commit the new file size and block allocation through the filesystem's
+//! journal (ext4: jbd2); an append into space allocated beforehand has no
+//! size or allocation to commit. On the development machine (64-byte
+//! `pwrite` + `fdatasync`, idle disk) that is p50 115-170 µs appending
+//! against 80-110 µs overwriting space allocated with `fallocate`; under
+//! load (three hosts and the coordinator fsyncing on one disk) the size
+//! commits queue behind each other, and the host journal's fdatasync was
+//! p50 ~315 µs. So the writer allocates the active segment ahead of its
+//! records (`fallocate` mode 0: zeros, the file size covers them), 4 MiB at
+//! a time up to `segment_bytes_max`, as the coordinator's raft log does.
+//! `Journal::append` of a 55-byte frame, one appender, alternating builds:
+//! p50 124 -> 86 µs; four such processes at once on one disk: p50 232 ->
+//! 184 µs, p99 498 -> 391 µs. Where `fallocate` is not supported, the file
+//! grows with each batch as before. The rules that keep this safe:
+//!
+//! - In the last segment, a frame position from which every byte to the
+//!   end of the file is zero ends the records: not a torn tail, nothing is
+//!   cut, no warning; the writer resumes there (a frame's length is never
+//!   0, so zeros from a frame position on hold no record). A torn record
+//!   followed by zeros is still a torn tail, and zeros followed by a valid
+//!   frame are still refused (the limitation above).
+//! - A full segment is trimmed to exactly its records (`set_len`, then
+//!   synced) before the next segment is created, so every segment but the
+//!   last is exactly its records, its length is the next header's
+//!   `prev_segment_bytes`, and a zero in it is damage, a hard error.
+//! - Readers never look past the published durable end of the last
+//!   segment, so they never see the zeros.
 
 pub mod checksum;
 mod error;
@@ -99,6 +147,8 @@ pub struct JournalIdent {
 #[derive(Clone, Debug)]
 pub struct JournalOptions {
     /// A new segment is started once the current one reaches this size.
+    /// The active segment is preallocated up to it at most (crate doc,
+    /// "Preallocation").
     pub segment_bytes_max: u64,
     /// Largest encoded record accepted by `append`.
     pub record_bytes_max: u32,
@@ -126,7 +176,8 @@ pub struct Position {
 pub struct OpenReport {
     pub segments: usize,
     pub records: u64,
-    /// Bytes cut from a torn tail of the last segment (0 if none).
+    /// Bytes cut from a torn tail of the last segment (0 if none; zeros
+    /// after the last record are preallocated space, not a torn tail).
     pub torn_tail_bytes: u64,
     /// The last step number journaled (0 = none).
     pub last_step: u64,
@@ -226,6 +277,8 @@ impl Journal {
             segment: active,
             header_bytes: opened.header_bytes,
             size,
+            allocated: opened.allocated,
+            preallocate: true,
             last: opened.last,
             buf: Vec::new(),
         };

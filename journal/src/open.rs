@@ -1,12 +1,12 @@
 //! Opening a journal directory: find the segments, check the sequence has
 //! no holes (it may start at any number: GC deletes from the front), check
-//! every header and record, rebuild the indexes, and repair a torn tail of
-//! the last segment. Everything else that is wrong is a hard error.
+//! every header and record, rebuild the indexes, find where the records of
+//! the last segment end (before its preallocated zeros, if any) and repair
+//! a torn tail there. Everything else that is wrong is a hard error.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{io_err, JournalError, Result};
@@ -21,8 +21,21 @@ pub(crate) struct Opened {
     pub report: OpenReport,
     pub file: File,
     pub header_bytes: u64,
+    /// Length of the active segment file: its records end at
+    /// `state.durable_end`, preallocated zeros may follow.
+    pub allocated: u64,
     /// (step, tid) of the last step record (or the anchor of the segments).
     pub last: (u64, u64),
+}
+
+/// The segment the writer resumes in.
+struct Active {
+    seq: u64,
+    /// Where its records end.
+    end: u64,
+    header_bytes: u64,
+    /// Its file length (at least `end`).
+    allocated: u64,
 }
 
 pub(crate) fn check_options(opts: &JournalOptions, ident: &JournalIdent) -> Result<()> {
@@ -107,8 +120,7 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
     let mut chain = Chain::default();
     let mut checkpoints = BTreeMap::new();
     let mut tid_first = BTreeMap::new();
-    // (seq, valid end, header bytes) of the last segment that survives.
-    let mut tail_seg: Option<(u64, u64, u64)> = None;
+    let mut tail_seg: Option<Active> = None;
     // Path and length of the previous segment, to check the next header's
     // record of it.
     let mut prev: Option<(std::path::PathBuf, u64)> = None;
@@ -171,9 +183,12 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
                 let step_before = chain.last.map_or(0, |(s, _)| s);
                 let prev_bytes = prev.as_ref().map_or(0, |(_, b)| *b);
                 let (_, hb) = create_segment(dir, seq, step_before, prev_bytes, ident)?;
-                tail_seg = Some((seq, hb, hb));
+                tail_seg = Some(Active { seq, end: hb, header_bytes: hb, allocated: hb });
             }
             Scan::Ok { valid_end, tail, .. } => {
+                // Preallocated zeros (`Tail::Preallocated`) stay: the
+                // writer overwrites them, which is what they are for.
+                let mut allocated = file_bytes;
                 if let Tail::Torn(torn) = tail {
                     let cut = file_bytes - valid_end;
                     tracing::warn!(
@@ -187,22 +202,24 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
                     f.set_len(valid_end).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                     report.torn_tail_bytes += cut;
+                    allocated = valid_end;
                 }
-                tail_seg = Some((seq, valid_end, header_bytes));
+                tail_seg = Some(Active { seq, end: valid_end, header_bytes, allocated });
             }
         }
         prev = Some((path, file_bytes));
     }
-    let (active, end, header_bytes) = match tail_seg {
+    let Active { seq: active, end, header_bytes, allocated } = match tail_seg {
         Some(t) => t,
         None => {
             let (_, hb) = create_segment(dir, 1, 0, 0, ident)?;
-            (1, hb, hb)
+            Active { seq: 1, end: hb, header_bytes: hb, allocated: hb }
         }
     };
     let path = dir.join(format::segment_file_name(active));
-    let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
-    file.seek(SeekFrom::Start(end)).map_err(io_err(&path))?;
+    // The writer writes at its own offsets (`end` onwards), not at the
+    // file position.
+    let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
     let last = chain.last.unwrap_or((0, 0));
     let first = seqs.first().copied().unwrap_or(1);
     report.segments = (active - first + 1) as usize;
@@ -217,5 +234,5 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
         tid_first,
         poisoned: None,
     };
-    Ok(Opened { state, report, file, header_bytes, last })
+    Ok(Opened { state, report, file, header_bytes, allocated, last })
 }

@@ -19,6 +19,13 @@ fn read_all(j: &Journal) -> Vec<(Position, pb::JournalRecord)> {
     j.read_from(Position::default()).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
 }
 
+/// Where the records of `written`'s last segment end (the file may go on
+/// with preallocated zeros).
+fn records_end(written: &[(Position, pb::JournalRecord)]) -> u64 {
+    let (pos, r) = written.last().expect("records written");
+    pos.offset + format::encode_frame(r).len() as u64
+}
+
 /// Appends steps 1..=n, two per tid, commit markers after each tid.
 fn fill(j: &Journal, n: u64, payload_bytes: usize) -> Vec<(Position, pb::JournalRecord)> {
     let mut out = Vec::new();
@@ -364,7 +371,9 @@ fn torn_tail_is_truncated_and_counted() {
         fill(&j, 5, 100)
     };
     let path = seg_path(dir.path(), 1);
-    let len = fs::metadata(&path).unwrap().len();
+    // Cut inside the last record (the file goes on with preallocated
+    // zeros: cut them too, as a crash of a build without them would).
+    let len = records_end(&written);
     fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
     let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
     let last_frame = written.last().unwrap().0.offset;
@@ -376,6 +385,174 @@ fn torn_tail_is_truncated_and_counted() {
     let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
     assert_eq!(report.torn_tail_bytes, 0);
     assert_eq!(read_all(&j).len(), written.len());
+}
+
+/// The active segment is allocated ahead of its records (zeros after
+/// them); reopening finds the records' end there without reporting a torn
+/// tail, and appends continue at exactly that position, into the space
+/// already allocated.
+#[cfg(target_os = "linux")]
+#[test]
+fn active_segment_is_preallocated_and_reopen_resumes_at_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut written = {
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        fill(&j, 10, 40)
+    };
+    let path = seg_path(dir.path(), 1);
+    let end = records_end(&written);
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes.len() as u64 > end, "file {} bytes, records end at {end}: not preallocated", bytes.len());
+    assert!(bytes[end as usize..].iter().all(|&b| b == 0), "preallocated space is zeros");
+
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records, report.last_step), (0, written.len() as u64, 10));
+    assert_eq!(read_all(&j), written);
+    let r = step(11, 10, 6, 40);
+    let at = j.append(&r).unwrap();
+    assert_eq!(at, Position { segment: 1, offset: end }, "appends resume right after the last record");
+    assert_eq!(fs::metadata(&path).unwrap().len(), bytes.len() as u64, "the append wrote into the allocated space");
+    written.push((at, r));
+    assert_eq!(read_all(&j), written);
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
+    assert_eq!(read_all(&j), written);
+}
+
+/// The header of segment `seq`.
+fn header_of(dir: &Path, seq: u64) -> format::SegmentHeader {
+    let path = seg_path(dir, seq);
+    let len = fs::metadata(&path).unwrap().len();
+    match format::read_header(&mut fs::File::open(&path).unwrap(), &path, len).unwrap() {
+        format::HeaderRead::Ok(h) => h,
+        torn => panic!("{}: {torn:?}", path.display()),
+    }
+}
+
+/// A roll trims the full segment to exactly its records: its length is
+/// what the next header records, and the journal reopens (and rolls on)
+/// across many such segments.
+#[test]
+fn a_roll_leaves_the_sealed_segment_exactly_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(4096);
+    let check = |written: &[(Position, pb::JournalRecord)]| {
+        let last = written.last().unwrap().0.segment;
+        for seq in 1..last {
+            let len = fs::metadata(seg_path(dir.path(), seq)).unwrap().len();
+            let in_seq: Vec<_> = written.iter().filter(|(p, _)| p.segment == seq).cloned().collect();
+            assert_eq!(len, records_end(&in_seq), "segment {seq} is its records and nothing else");
+            assert_eq!(len, header_of(dir.path(), seq + 1).prev_segment_bytes, "segment {seq}");
+        }
+        last
+    };
+    let mut written = {
+        let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+        fill(&j, 60, 200)
+    };
+    let before = check(&written);
+    assert!(before >= 4, "small segments roll: {before} segments");
+    let (j, report) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
+    assert_eq!(read_all(&j), written);
+    // Rolls after a reopen seal the segment the reopen resumed in too.
+    for s in 61..=90 {
+        let r = step(s, s - 1, 31 + s, 200);
+        written.push((j.append(&r).unwrap(), r));
+    }
+    drop(j);
+    assert!(check(&written) > before + 1);
+    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
+    assert_eq!(read_all(&j), written);
+}
+
+/// A record torn by a crash in preallocated space (its first bytes written,
+/// the rest still the allocation's zeros) is a torn tail: cut with the
+/// zeros after it and counted; the journal then appends where it was.
+#[test]
+fn a_torn_record_followed_by_zeros_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = {
+        let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+        fill(&j, 5, 100)
+    };
+    let path = seg_path(dir.path(), 1);
+    let (torn_at, end) = (written.last().unwrap().0.offset, records_end(&written));
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // Keep the frame header and a few body bytes; zeros from there on. A
+    // longer file: zeros after the records even without preallocation.
+    let len = f.metadata().unwrap().len().max(end + 4096);
+    f.set_len(torn_at + 12).unwrap();
+    f.set_len(len).unwrap();
+    drop(f);
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!(report.torn_tail_bytes, len - torn_at, "the torn record and the zeros after it are cut");
+    assert_eq!(report.records, written.len() as u64 - 1);
+    assert_eq!(fs::metadata(&path).unwrap().len(), torn_at);
+    assert_eq!(read_all(&j), written[..written.len() - 1]);
+    let (_, last) = &written[written.len() - 1];
+    assert_eq!(j.append(last).unwrap(), Position { segment: 1, offset: torn_at });
+    j.append(&step(6, 5, 3, 100)).unwrap();
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64 + 1));
+    assert_eq!(read_all(&j)[..written.len()], written[..]);
+}
+
+/// Zeros in a sealed segment, even from a record boundary to its end
+/// (what a zero tail of the last segment looks like), are damage: sealed
+/// segments are trimmed to their records.
+#[test]
+fn zeros_in_a_sealed_segment_are_a_hard_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(1024);
+    let written = {
+        let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+        fill(&j, 20, 200)
+    };
+    let victim = written.iter().filter(|(p, _)| p.segment == 1).nth(1).expect("two records in segment 1").0;
+    assert!(written.last().unwrap().0.segment > 2);
+    let path = seg_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[victim.offset as usize..].fill(0);
+    fs::write(&path, bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), opts).err().unwrap();
+    assert!(matches!(err, JournalError::BadLength { found: 0, offset, .. } if offset == victim.offset), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()) && msg.contains(&format!("offset {}", victim.offset)), "{msg}");
+    assert!(msg.contains("sealed segment") && msg.contains("hint"), "{msg}");
+}
+
+/// A journal written before preallocation (its last segment ends with its
+/// last record) opens as it always did: no torn tail, appends continue
+/// right after the last record.
+#[test]
+fn a_last_segment_without_zero_tail_opens_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(2048);
+    let mut written = {
+        let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+        fill(&j, 12, 150)
+    };
+    let last = written.last().unwrap().0.segment;
+    assert!(last > 1);
+    let in_last: Vec<_> = written.iter().filter(|(p, _)| p.segment == last).cloned().collect();
+    let end = records_end(&in_last);
+    let path = seg_path(dir.path(), last);
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(end).unwrap();
+    let (j, report) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records, report.last_step), (0, written.len() as u64, 12));
+    assert_eq!(read_all(&j), written);
+    let r = commit(6);
+    let at = j.append(&r).unwrap();
+    assert_eq!(at, Position { segment: last, offset: end });
+    written.push((at, r));
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
+    assert_eq!(read_all(&j), written);
 }
 
 #[test]

@@ -97,6 +97,7 @@ proptest! {
         let len = fs::metadata(&path).unwrap().len();
         let cut = cut_at.index(len as usize) as u64; // < len: always cuts something
         fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let left = fs::read(&path).unwrap();
         match Journal::open(dir.path(), ident(), opts) {
             Ok((j, report)) => {
                 prop_assert_eq!(seq, last, "only the last segment may lose its tail");
@@ -105,7 +106,22 @@ proptest! {
                     p.segment < seq || p.offset + format::encode_frame(r).len() as u64 <= cut
                 }).cloned().collect();
                 prop_assert_eq!(got, expected);
-                prop_assert!(report.torn_tail_bytes > 0 || cut == 0 || written.iter().any(|(p, _)| p.segment == seq && p.offset == cut));
+                // Torn unless the bytes after the last whole record are all
+                // zeros (a cut at a record boundary or among the
+                // preallocated zeros after the records).
+                let header_end = format::encode_header(seq, 0, 0, &ident()).len() as u64;
+                let torn = if cut < header_end {
+                    cut > 0
+                } else {
+                    let valid_end = written
+                        .iter()
+                        .filter(|(p, _)| p.segment == seq)
+                        .map(|(p, r)| p.offset + format::encode_frame(r).len() as u64)
+                        .filter(|&end| end <= cut)
+                        .fold(header_end, u64::max);
+                    !left[valid_end as usize..].iter().all(|&b| b == 0)
+                };
+                prop_assert_eq!(report.torn_tail_bytes > 0, torn, "cut at {} of {}", cut, len);
             }
             Err(e) => {
                 prop_assert!(seq < last, "the last segment's tail is repaired, got {}", e);
@@ -141,6 +157,33 @@ fn every_truncation_of_a_segment_yields_the_prefix() {
             assert_eq!(decoded.torn_tail_bytes, cut as u64);
         }
     }
+}
+
+/// Zeros after the last record (preallocated space, of any length, also
+/// shorter than a frame header) are the end of the records, not a torn
+/// tail; a partial record before them still is one.
+#[test]
+fn a_zero_tail_ends_the_records() {
+    let recs = records(&[Op::Step { payload_bytes: 30, next_tid: false }, Op::Commit, Op::Checkpoint]);
+    let (bytes, ends) = segment(&recs);
+    for zeros in [1usize, 7, 8, 9, 4096, 1 << 20] {
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + zeros, 0);
+        let d = format::decode_segment(&padded).unwrap_or_else(|e| panic!("{zeros} zeros: {e}"));
+        assert_eq!(d.records.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), recs, "{zeros} zeros");
+        assert_eq!(d.torn_tail_bytes, 0, "{zeros} zeros");
+        // The last record torn after its frame header: torn, zeros and all.
+        let mut torn = bytes[..ends[1] + format::FRAME_HEADER_BYTES].to_vec();
+        torn.resize(bytes.len() + zeros, 0);
+        let d = format::decode_segment(&torn).unwrap_or_else(|e| panic!("{zeros} zeros: {e}"));
+        assert_eq!(d.records.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), recs[..2], "{zeros} zeros");
+        assert_eq!(d.torn_tail_bytes, (torn.len() - ends[1]) as u64, "{zeros} zeros");
+    }
+    // A header followed by nothing but zeros: no records, nothing torn.
+    let mut empty = format::encode_header(1, 0, 0, &ident());
+    empty.resize(empty.len() + 100, 0);
+    let d = format::decode_segment(&empty).unwrap();
+    assert!(d.header.is_some() && d.records.is_empty() && d.torn_tail_bytes == 0, "{d:?}");
 }
 
 /// Flipping any single byte never yields altered records: the result is an
@@ -181,10 +224,17 @@ fn decoders_never_panic_on_random_bytes() {
     let recs = records(&[Op::Step { payload_bytes: 64, next_tid: false }, Op::Commit, Op::Checkpoint]);
     let (valid, _) = segment(&recs);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 2000, ..ProptestConfig::default() });
-    let strategy = (prop::collection::vec(any::<u8>(), 0..300), prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4), any::<bool>());
+    let strategy = (
+        prop::collection::vec(any::<u8>(), 0..300),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        any::<bool>(),
+        prop_oneof![Just(0usize), 1usize..40],
+    );
     runner
-        .run(&strategy, |(random, edits, use_valid)| {
+        .run(&strategy, |(random, edits, use_valid, zeros)| {
             let mut bytes = if use_valid { valid.clone() } else { random.clone() };
+            // A zero tail, as preallocation leaves after the records.
+            bytes.resize(bytes.len() + zeros, 0);
             for (i, b) in edits {
                 if !bytes.is_empty() {
                     let i = i.index(bytes.len());
