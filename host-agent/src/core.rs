@@ -46,7 +46,7 @@
 //! | OpenReplay{T, no} | exhausted, no commit marker | OpenLive{T} | — (invariant 4, see `on_replay_exhausted`) |
 //! | ReplayDrained{T} | `Prepare{T}` | Prepared{T} | `Prepare{T}` |
 //! | PausedPrepared{T} | `Prepare{T}` | Prepared{T} | `RepeatPrepared{T}` (the same report again, on this stream) |
-//! | Prepared{T}, PausedPrepared{T} (nothing awaiting) | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, [`OpenTxn{next}`] |
+//! | Prepared{T}, PausedPrepared{T} (nothing awaiting) | `Commit{T, next?}` (next > T) | Idle, or Open{next} | `Commit{T}`, report `Committed{T}`, \[`OpenTxn{next}`\] |
 //! | OpenReplay{T, yes} sealed | `Start{T' > O, Replay, prepare}` | unchanged, T' queued ahead | — (replay window, below) |
 //! | Prepared{T} sealed | `Start{T' > O, Replay, prepare}` | OpenReplay{T', yes} sealed, T awaiting | `OpenTxn{T', Replay}` |
 //! | OpenReplay{T, yes} sealed, a tid T' queued ahead | journaled steps exhausted | OpenReplay{T', yes} sealed, T awaiting | `Prepare{T}`, `OpenTxn{T', Replay}` |

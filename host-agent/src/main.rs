@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
     coordinator: Vec<String>,
 
-    /// Data directory (journal, checkpoints, sink, epoch) [default: ./lockstep-data/<host-id>].
+    /// Data directory (journal, checkpoints, sink, epoch) [default: ./lockstep-data/{host-id}].
     #[arg(long, env = "LOCKSTEP_DATA_DIR")]
     data_dir: Option<PathBuf>,
 

@@ -10,7 +10,7 @@
 //! - Segments `NNNNNNNNNNNNNNNNNNNN.seg` (20-digit sequence number), each
 //!   starting with a header (magic, format version, segment number, the
 //!   last step before it, cluster id, host id, CRC32C); records are framed
-//!   as length + CRC32C + prost body. See [`format`] for the byte layout.
+//!   as length + CRC32C + prost body. See [`format`](mod@format) for the byte layout.
 //! - [`Journal::append`] returns once the record is durable (group commit:
 //!   one `fdatasync` for every record queued meanwhile, no batch timer).
 //! - Step records form a chain (`prev_step` of each is the `step` of the one

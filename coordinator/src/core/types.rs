@@ -58,7 +58,7 @@ pub struct Hello {
 impl Hello {
     /// The journal's summary of `tid`. `journal` is in ascending tid order
     /// (`wire::hello_from` refuses a Hello that is not), so a replay of n
-    /// tids looks up n summaries in O(n) ([`index_of_tid`]), not O(n^2).
+    /// tids looks up n summaries in O(n) (`index_of_tid`), not O(n^2).
     pub fn journaled(&self, tid: Tid) -> Option<&JournalTid> {
         let j = &self.journal;
         index_of_tid(tid, j.first().map(|f| f.tid), |i| j.get(i).map(|e| e.tid), || j.binary_search_by_key(&tid, |e| e.tid))
