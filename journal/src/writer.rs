@@ -496,10 +496,13 @@ impl Writer {
             Err(e) => {
                 // Not an error of the journal: appends work as they did
                 // before preallocation, only their fdatasync costs more.
-                tracing::debug!(
+                // Once per writer (preallocation stays off until the
+                // journal is reopened): worth an operator's notice, since
+                // every step's fdatasync now also commits a file size.
+                tracing::warn!(
                     path = %self.path.display(),
                     error = %e,
-                    "journal: cannot preallocate the segment; appends grow the file instead"
+                    "journal: cannot preallocate the segment (filesystem without fallocate, or the disk nearly full); appends grow the file instead, and each fdatasync costs more until the journal is reopened"
                 );
                 self.preallocate = false;
             }

@@ -99,7 +99,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::{debug, warn};
+use tracing::warn;
 
 const SEGMENT_MAGIC: [u8; 8] = *b"LSRAFTLG";
 const PURGED_MAGIC: [u8; 8] = *b"LSPURGED";
@@ -284,7 +284,9 @@ fn preallocate(file: &File, path: &Path, from: u64, to: u64) {
         // SAFETY: a plain syscall on a descriptor `file` keeps open.
         if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } != 0 {
             let e = io::Error::last_os_error();
-            debug!(segment = %path.display(), "raft log: cannot preallocate ({e}); appends grow the file instead");
+            // Once per segment: the ledger write on every commit's path
+            // then also commits a file size in its fdatasync.
+            warn!(segment = %path.display(), "raft log: cannot preallocate ({e}); appends grow the file instead, and each ledger write's fdatasync costs more (filesystem without fallocate, or the disk nearly full)");
         }
     }
     #[cfg(not(target_os = "linux"))]
