@@ -63,9 +63,10 @@ fn disk_full_reaches_every_waiting_appender() {
     j.append(&commit(2)).unwrap();
 }
 
-/// Where `fallocate` is not supported, appends grow the file as they did
-/// before preallocation (the file is exactly its records) and the journal
-/// works as ever, across a roll and a reopen.
+/// Where `fallocate` fails, that segment's appends grow the file as they
+/// did before preallocation (the file is exactly its records), the next
+/// segment is preallocated again, and the journal works as ever, across a
+/// roll and a reopen.
 #[test]
 fn without_preallocation_appends_grow_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,11 +80,15 @@ fn without_preallocation_appends_grow_the_file() {
         end = at.offset + crate::format::encode_frame(&commit(tid)).len() as u64;
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "the file is exactly its records");
     }
+    let mut last = Position::default();
     for tid in 4..=300 {
-        j.append(&commit(tid)).unwrap();
+        last = j.append(&commit(tid)).unwrap();
     }
     assert!(j.segments().1 > 1, "rolled");
     assert!(std::fs::metadata(&path).unwrap().len() > end);
+    let active = dir.path().join(crate::format::segment_file_name(last.segment));
+    let records_end = last.offset + crate::format::encode_frame(&commit(300)).len() as u64;
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), opts.segment_bytes_max.max(records_end), "the next segment is preallocated again");
     assert_eq!(read_count(&j), 300);
     drop(j);
     let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();

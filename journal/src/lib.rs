@@ -92,8 +92,10 @@
 //! a time up to `segment_bytes_max`, as the coordinator's raft log does.
 //! `Journal::append` of a 55-byte frame, one appender, alternating builds:
 //! p50 124 -> 86 µs; four such processes at once on one disk: p50 232 ->
-//! 184 µs, p99 498 -> 391 µs. Where `fallocate` is not supported, the file
-//! grows with each batch as before. The rules that keep this safe:
+//! 184 µs, p99 498 -> 391 µs. Where `fallocate` fails (a filesystem without
+//! it, a nearly full disk), the rest of that segment grows with each batch
+//! as before, with a warning; the next segment tries again. The syscall
+//! wrapper is [`prealloc::fallocate`], shared with the raft log. The rules that keep this safe:
 //!
 //! - In the last segment, a frame position from which every byte to the
 //!   end of the file is zero ends the records: not a torn tail, nothing is
@@ -114,6 +116,7 @@ mod error;
 mod fault_tests;
 pub mod format;
 mod open;
+pub mod prealloc;
 mod read;
 pub mod view;
 mod writer;

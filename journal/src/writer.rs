@@ -343,8 +343,9 @@ pub(crate) struct Writer {
     /// Length of the active segment file as this writer made it (at least
     /// `size`; beyond `size`, zeros).
     pub allocated: u64,
-    /// Cleared once `fallocate` fails (a filesystem without it): from then
-    /// on batches grow the file as they go.
+    /// Cleared once `fallocate` fails (a filesystem without it, a nearly
+    /// full disk): the rest of the segment grows as batches go; the next
+    /// segment tries again.
     pub preallocate: bool,
     /// (step, tid) of the last step record written.
     pub last: (u64, u64),
@@ -487,22 +488,22 @@ impl Writer {
         let result = if self.shared.faults.fail_next_preallocate.swap(false, std::sync::atomic::Ordering::SeqCst) {
             Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
         } else {
-            fallocate(&self.file, self.allocated, to)
+            crate::prealloc::fallocate(&self.file, self.allocated, to)
         };
         #[cfg(not(test))]
-        let result = fallocate(&self.file, self.allocated, to);
+        let result = crate::prealloc::fallocate(&self.file, self.allocated, to);
         match result {
             Ok(()) => self.allocated = to,
             Err(e) => {
                 // Not an error of the journal: appends work as they did
                 // before preallocation, only their fdatasync costs more.
-                // Once per writer (preallocation stays off until the
-                // journal is reopened): worth an operator's notice, since
-                // every step's fdatasync now also commits a file size.
+                // Once per segment (the next one tries again): worth an
+                // operator's notice, since every step's fdatasync now also
+                // commits a file size.
                 tracing::warn!(
                     path = %self.path.display(),
                     error = %e,
-                    "journal: cannot preallocate the segment (filesystem without fallocate, or the disk nearly full); appends grow the file instead, and each fdatasync costs more until the journal is reopened"
+                    "journal: cannot preallocate the segment (filesystem without fallocate, or the disk nearly full); its appends grow the file instead, and each fdatasync costs more"
                 );
                 self.preallocate = false;
             }
@@ -625,35 +626,10 @@ impl Writer {
         self.header_bytes = header_bytes;
         self.size = header_bytes;
         self.allocated = header_bytes;
+        self.preallocate = true;
         let mut st = self.shared.lock();
         st.active_segment = seq;
         st.durable_end = header_bytes;
         Ok(())
     }
-}
-
-/// Allocates `from..to` of `file` with `fallocate` mode 0: zeros, and the
-/// file's size becomes `to`, so a write there changes no file size and
-/// allocates no block.
-#[cfg(target_os = "linux")]
-fn fallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let range = |v: u64| libc::off_t::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (offset, len) = (range(from)?, range(to - from)?);
-    loop {
-        // SAFETY: a plain syscall on a descriptor `file` keeps open; no
-        // memory is passed.
-        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn fallocate(_file: &File, _from: u64, _to: u64) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
 }

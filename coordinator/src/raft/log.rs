@@ -274,23 +274,11 @@ fn zeros_from(buf: &[u8], at: usize) -> bool {
 /// "Preallocation"). Best effort: where the filesystem cannot, appends
 /// grow the file as they would without it.
 fn preallocate(file: &File, path: &Path, from: u64, to: u64) {
-    if from >= to {
-        return;
+    if let Err(e) = lockstep_journal::prealloc::fallocate(file, from, to) {
+        // Once per segment: the ledger write on every commit's path then
+        // also commits a file size in its fdatasync.
+        warn!(segment = %path.display(), "raft log: cannot preallocate ({e}); appends grow the file instead, and each ledger write's fdatasync costs more (filesystem without fallocate, or the disk nearly full)");
     }
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd as _;
-        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else { return };
-        // SAFETY: a plain syscall on a descriptor `file` keeps open.
-        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } != 0 {
-            let e = io::Error::last_os_error();
-            // Once per segment: the ledger write on every commit's path
-            // then also commits a file size in its fdatasync.
-            warn!(segment = %path.display(), "raft log: cannot preallocate ({e}); appends grow the file instead, and each ledger write's fdatasync costs more (filesystem without fallocate, or the disk nearly full)");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, path);
 }
 
 /// The purge marker as stored in [`PURGED_FILE`].
