@@ -69,6 +69,13 @@ struct Args {
     #[arg(long, requires = "replay_alone")]
     replay_through_tid: Option<u64>,
 
+    /// With --replay-alone: once the engine is restored, print
+    /// `{"ready": <host id>}` on stdout and start replaying only when a line
+    /// (or the end of input) arrives on stdin. A benchmark starts several
+    /// hosts' replays at one instant with it.
+    #[arg(long, requires = "replay_alone")]
+    replay_start_on_stdin: bool,
+
     /// Test only: make replay diverge (drops a generator record of the first replayed step).
     #[arg(long, env = "LOCKSTEP_FAULT_NONDETERMINISTIC_REPLAY", hide = true)]
     fault_nondeterministic_replay: bool,
@@ -134,8 +141,14 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     if args.replay_alone {
         let engine = lockstep_host_agent::ReferenceEngine::new(reference);
+        let host_id = args.host_id.clone();
+        let gate = async move {
+            if args.replay_start_on_stdin {
+                start_on_stdin(&host_id).await;
+            }
+        };
         let r = runtime
-            .block_on(lockstep_host_agent::replay_alone(config, engine, args.replay_through_tid))
+            .block_on(lockstep_host_agent::replay_alone(config, engine, args.replay_through_tid, gate))
             .with_context(|| format!("host agent {}: replay alone failed", args.host_id))?;
         let per_s = if r.micros == 0 { 0.0 } else { r.records as f64 * 1e6 / r.micros as f64 };
         let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
@@ -152,4 +165,20 @@ fn main() -> anyhow::Result<()> {
     runtime
         .block_on(run_reference(config, reference, shutdown_signal()))
         .with_context(|| format!("host agent {} failed", args.host_id))
+}
+
+/// `--replay-start-on-stdin`: says it is ready on stdout, then waits for a
+/// line on stdin (or its end: a parent that went away releases the host
+/// rather than leaving it stuck).
+async fn start_on_stdin(host_id: &str) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout only means nobody waits for the line.
+    let _ = writeln!(out, "{}", serde_json::json!({ "ready": host_id })).and_then(|()| out.flush());
+    drop(out);
+    let mut line = String::new();
+    if let Err(e) = tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line).await {
+        tracing::warn!(host = %host_id, "reading the start line from stdin failed ({e}); starting the replay now");
+    }
 }

@@ -233,13 +233,20 @@ fn process_cpu_micros() -> u64 {
 /// same code as a coordinator-driven replay: the journal cursor, the engine
 /// over each step, the output digest, the commit (marker if missing, sink).
 /// No session, no reports, no verification against a ledger.
+///
+/// `start` is awaited after the restore, just before the clock starts: a
+/// benchmark running several hosts' replays at once passes a gate that
+/// opens when every host is ready, so that no host's replay overlaps
+/// another's start-up (opening and summarising its journal), which a
+/// coordinated replay's clock does not include either.
 pub async fn replay_alone<E: Engine>(
     config: HostConfig,
     engine: E,
     through_tid: Option<u64>,
+    start: impl Future<Output = ()>,
 ) -> Result<ReplayAloneReport, AgentError> {
     let mut agent = Agent::open(config, engine).await?;
-    agent.replay_alone(through_tid).await
+    agent.replay_alone(through_tid, start).await
 }
 
 fn spawn_server(
@@ -356,10 +363,11 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// Reports travel in batches (one channel message, so one wake-up of the
 /// stream's encoder, which writes them in one HTTP/2 DATA frame sequence
 /// and one flush). `send` queues and flushes at once; `queue` only numbers
-/// and queues (`Committed`), `queue_replayed_step` adds a replayed step to
-/// the `ReplayedSteps` report at the end of the queue (or starts one), and
+/// and queues, `queue_replayed_step` adds a replayed step to the
+/// `ReplayedSteps` report at the end of the queue (or starts one),
 /// `queue_prepared` puts a tid's `Prepared` into the batch of its own steps
-/// when that is still queued.
+/// when that is still queued, and `set_aside_committed` keeps a replayed
+/// tid's `Committed` out of the queue for a while (below).
 ///
 /// The drive loop flushes (`flush_unless_replaying`) whenever the host has
 /// no replayed step to run next (live, idle, or waiting for the
@@ -375,7 +383,15 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// Every step is still reported explicitly with its number and checksums,
 /// every report is numbered, and the order is the order the host decided
 /// them; a batch only delays a replayed step's report until its tid has
-/// run (invariant 8, ARCHITECTURE "Replay timing").
+/// run (invariant 8, ARCHITECTURE "Replay timing"). The one exception is
+/// a `Committed` while the host goes on replaying: it waits aside and is
+/// queued, each one its own numbered report in commit order, at the next
+/// flush (after the batch) or before the next other report `queue` takes
+/// (so that a live `Committed` never precedes it). Queued at once, it
+/// closed the running tid's `ReplayedSteps`, whose later steps then went
+/// in a second report. None is merged into another (invariant 8: no
+/// latest-value report); the coordinator only checks that a host's
+/// `Committed` tids increase and were sent `Commit`.
 struct Reporter {
     tx: mpsc::Sender<Vec<v1::HostReport>>,
     next_seq: u64,
@@ -384,15 +400,38 @@ struct Reporter {
     pending_steps: usize,
     /// Prepared reports in `pending`.
     pending_tids: usize,
+    /// Replayed tids committed since the last flush, oldest first, not
+    /// queued yet (`set_aside_committed`).
+    committed_aside: Vec<u64>,
 }
 
 impl Reporter {
     fn new(tx: mpsc::Sender<Vec<v1::HostReport>>) -> Self {
-        Reporter { tx, next_seq: 1, pending: Vec::new(), pending_steps: 0, pending_tids: 0 }
+        Reporter { tx, next_seq: 1, pending: Vec::new(), pending_steps: 0, pending_tids: 0, committed_aside: Vec::new() }
     }
 
-    /// Numbers `report` and queues it for the next flush.
+    /// Numbers `report` and queues it for the next flush, behind the
+    /// `Committed` reports set aside.
     fn queue(&mut self, report: v1::host_report::Report) {
+        self.queue_committed_aside();
+        self.queue_raw(report);
+    }
+
+    /// Keeps the `Committed` of a replayed `tid` out of the queue until the
+    /// next flush or the next report `queue` takes.
+    fn set_aside_committed(&mut self, tid: u64) {
+        self.committed_aside.push(tid);
+    }
+
+    fn queue_committed_aside(&mut self) {
+        for tid in std::mem::take(&mut self.committed_aside) {
+            self.queue_raw(v1::host_report::Report::Committed(v1::Committed { tid }));
+        }
+    }
+
+    /// Numbers `report` and queues it, leaving the `Committed` reports set
+    /// aside where they are.
+    fn queue_raw(&mut self, report: v1::host_report::Report) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push(v1::HostReport { seq, report: Some(report) });
@@ -418,7 +457,7 @@ impl Reporter {
         }
         let mut b = v1::ReplayedSteps { tid, ..Default::default() };
         convert::push_replayed_step(&mut b, step, checksums, journaled);
-        self.queue(v1::host_report::Report::ReplayedSteps(b));
+        self.queue_raw(v1::host_report::Report::ReplayedSteps(b));
     }
 
     /// Queues `tid`'s Prepared (into the queued batch of its steps, if
@@ -427,7 +466,7 @@ impl Reporter {
         self.pending_tids += 1;
         match self.open_batch(report.tid) {
             Some(b) => b.prepared = Some(report),
-            None => self.queue(v1::host_report::Report::Prepared(report)),
+            None => self.queue_raw(v1::host_report::Report::Prepared(report)),
         }
     }
 
@@ -443,6 +482,7 @@ impl Reporter {
 
     /// Hands every queued report to the stream.
     async fn flush(&mut self) -> Result<(), SessionEnd> {
+        self.queue_committed_aside();
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -600,7 +640,7 @@ impl<E: Engine> Agent<E> {
         Ok(())
     }
 
-    async fn replay_alone(&mut self, through_tid: Option<u64>) -> Result<ReplayAloneReport, AgentError> {
+    async fn replay_alone(&mut self, through_tid: Option<u64>, start: impl Future<Output = ()>) -> Result<ReplayAloneReport, AgentError> {
         let host = self.host().to_string();
         let internal = |message: String| AgentError::Internal { host: host.clone(), message };
         let journal = self.journal.clone();
@@ -624,6 +664,7 @@ impl<E: Engine> Agent<E> {
             .map_err(|e| internal(format!("summarizing the journal failed: {e}")))?;
         self.journal_commits = commits;
         self.restore(checkpoint).await.map_err(|f| internal(f.message))?;
+        start.await;
         let started = std::time::Instant::now();
         let cpu_started = process_cpu_micros();
         let mut report = ReplayAloneReport { checkpoint, ..Default::default() };
@@ -1023,18 +1064,16 @@ impl<E: Engine> Agent<E> {
                     // A replayed step's report joins its tid's batch, and a
                     // `Committed` while the host goes on replaying (inside a
                     // replay window, or a Start riding on the Commit) waits
-                    // in the queue: it would otherwise split the running
-                    // tid's batch. The drive loop flushes both once the
-                    // host stops replaying. Every other report (a live
-                    // `Committed` too) goes out at once, behind the queue.
+                    // aside, to go out after the batch (`Reporter`). The drive loop
+                    // flushes both once the host stops replaying. Every
+                    // other report (a live `Committed` too) goes out at
+                    // once, behind the queue.
                     let replaying = matches!(self.core.next_step(), Some((_, Mode::Replay)));
                     match report {
                         Report::StepDone { tid, step, checksums, journaled: Some(journaled), mode: Mode::Replay } => {
                             out.queue_replayed_step(tid, step, &checksums, &journaled);
                         }
-                        Report::Committed { tid } if replaying => {
-                            out.queue(v1::host_report::Report::Committed(v1::Committed { tid }))
-                        }
+                        Report::Committed { tid } if replaying => out.set_aside_committed(tid),
                         report => {
                             if let Err(end) = out.send(convert::report_to_proto(report)).await {
                                 lost.get_or_insert(end);

@@ -563,9 +563,10 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
 
 /// A sealed replay reports each tid as one `ReplayedSteps` (its steps, in
 /// order, and its Prepared), not one report per step; a `Committed` that
-/// arrives mid-tid waits in the queue and goes out in order, and every
-/// report is numbered. Inside a replay window the reports of several tids
-/// go out as one message, once the host has nothing left to replay.
+/// arrives mid-tid waits aside and goes out after the batch, without
+/// splitting the running tid's report, and every report is numbered.
+/// Inside a replay window the reports of several tids go out as one
+/// message, once the host has nothing left to replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_replay_reports_one_batch_per_tid() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,11 +610,10 @@ async fn sealed_replay_reports_one_batch_per_tid() {
         R::ReplayedSteps(b) => (b.tid, b.steps.clone(), b.prepared.as_ref().map(|p| p.tid)),
         other => panic!("expected ReplayedSteps, got {other:?}"),
     };
-    assert_eq!(raw.len(), 4, "{raw:?}");
+    assert_eq!(raw.len(), 3, "{raw:?}");
     assert_eq!(batch(&raw[0]), (1, vec![1, 2, 3], Some(1)), "tid 1 whole, with its Prepared");
-    assert_eq!(batch(&raw[1]), (2, vec![4], None));
+    assert_eq!(batch(&raw[1]), (2, vec![4, 5], Some(2)), "tid 2 whole: the Commit of tid 1 mid-tid does not split it");
     assert!(matches!(raw[2], R::Committed(v1::Committed { tid: 1 })), "{raw:?}");
-    assert_eq!(batch(&raw[3]), (2, vec![5], Some(2)));
 
     // Decoded, they are the single reports: every step with its own
     // checksums, equal to what the live run ingested and journaled.
@@ -625,6 +625,61 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     }
     let prepared: Vec<_> = decoded.iter().filter_map(|r| if let R::Prepared(p) = r { Some((p.tid, p.steps)) } else { None }).collect();
     assert_eq!(prepared, vec![(1, 3), (2, 2)]);
+}
+
+/// The tids a replaying host commits between two flushes are reported
+/// behind the batch, one `Committed` each (none merged into another:
+/// invariant 8), in commit order, without splitting the running tid's
+/// `ReplayedSteps`; once the host has nothing left to replay, a commit is
+/// reported at once again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for tid in 1..=3 {
+        for _ in 0..2 {
+            assert!(h.step().await);
+        }
+        h.cmd(1, Command::Prepare { tid, next: None }).await;
+        h.cmd(1, Command::Commit { tid, next: (tid < 3).then_some((tid + 1, Mode::Live, false)) }).await;
+    }
+    assert!(errors(&h.reports()).is_empty());
+    h.sink_synced().await;
+    drop(h);
+
+    let mut h = Harness::open(dir.path(), false).await;
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.raw_reports();
+    for tid in 1..=3 {
+        h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
+    }
+    for _ in 0..7 {
+        assert!(h.step().await, "tids 1 and 2 (two steps and the end each), then tid 3's first step");
+    }
+    h.cmd(2, Command::Commit { tid: 1, next: None }).await;
+    h.cmd(2, Command::Commit { tid: 2, next: None }).await;
+    assert!(h.raw_messages().is_empty(), "nothing goes out while tid 3 replays");
+    while h.step().await {}
+    let messages = h.raw_messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let kinds: Vec<String> = messages[0]
+        .iter()
+        .map(|r| match r {
+            R::ReplayedSteps(b) => format!("steps of {}", b.tid),
+            R::Committed(c) => format!("committed {}", c.tid),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["steps of 1", "steps of 2", "steps of 3", "committed 1", "committed 2"]);
+    // Nothing left to replay: the next commit goes out at once (numbered
+    // without gaps, which `raw_messages` checks).
+    h.cmd(2, Command::Commit { tid: 3, next: None }).await;
+    let messages = h.raw_messages();
+    assert!(matches!(messages[..], [ref m] if matches!(m[..], [R::Committed(v1::Committed { tid: 3 })])), "{messages:?}");
 }
 
 /// A host that goes on replaying does not sit on its reports: once
