@@ -627,6 +627,35 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     assert_eq!(prepared, vec![(1, 3), (2, 2)]);
 }
 
+/// Runs `tids` live tids of `steps` steps each in `dir` and commits them,
+/// then reopens the host as a restarted one: restored to the empty state,
+/// every tid started at once (a replay window), reports so far drained.
+async fn replay_window_after_live(dir: &Path, tids: u64, steps: usize) -> Harness {
+    let mut h = Harness::open(dir, false).await;
+    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
+    for tid in 1..=tids {
+        for _ in 0..steps {
+            assert!(h.step().await);
+        }
+        h.cmd(1, Command::Prepare { tid, next: None }).await;
+        h.cmd(1, Command::Commit { tid, next: (tid < tids).then_some((tid + 1, Mode::Live, false)) }).await;
+    }
+    assert!(errors(&h.reports()).is_empty());
+    h.sink_synced().await;
+    drop(h);
+
+    let mut h = Harness::open(dir, false).await;
+    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
+    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.raw_reports();
+    for tid in 1..=tids {
+        h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
+    }
+    h
+}
+
 /// The tids a replaying host commits between two flushes are reported
 /// behind the batch, one `Committed` each (none merged into another:
 /// invariant 8), in commit order, without splitting the running tid's
@@ -635,28 +664,7 @@ async fn sealed_replay_reports_one_batch_per_tid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for tid in 1..=3 {
-        for _ in 0..2 {
-            assert!(h.step().await);
-        }
-        h.cmd(1, Command::Prepare { tid, next: None }).await;
-        h.cmd(1, Command::Commit { tid, next: (tid < 3).then_some((tid + 1, Mode::Live, false)) }).await;
-    }
-    assert!(errors(&h.reports()).is_empty());
-    h.sink_synced().await;
-    drop(h);
-
-    let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
-    h.raw_reports();
-    for tid in 1..=3 {
-        h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
-    }
+    let mut h = replay_window_after_live(dir.path(), 3, 2).await;
     for _ in 0..7 {
         assert!(h.step().await, "tids 1 and 2 (two steps and the end each), then tid 3's first step");
     }
@@ -688,29 +696,8 @@ async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its
 /// commit them (and top the window up) meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_replay_window_sends_its_reports_in_bounded_batches() {
-    let tids = REPORT_BATCH_TIDS_MAX as u64 + 2;
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for tid in 1..=tids {
-        assert!(h.step().await);
-        let next = (tid < tids).then_some((tid + 1, Mode::Live, false));
-        h.cmd(1, Command::Prepare { tid, next: None }).await;
-        h.cmd(1, Command::Commit { tid, next }).await;
-    }
-    assert!(errors(&h.reports()).is_empty());
-    h.sink_synced().await;
-    drop(h);
-
-    let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
-    h.raw_reports();
-    for tid in 1..=tids {
-        h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
-    }
+    let mut h = replay_window_after_live(dir.path(), REPORT_BATCH_TIDS_MAX as u64 + 2, 1).await;
     let mut sizes = Vec::new();
     while h.step().await {
         let messages = h.raw_messages();
