@@ -688,10 +688,9 @@ impl<E: Engine> Agent<E> {
             let meta = engine.output_metadata();
             self.hold(Held { tid, rows: Some(rows), meta, report: None });
             self.replay = None;
-            // The same read-ahead as a coordinated replay's `prepare`.
-            if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
-                self.prefetch = Some(self.spawn_cursor(tid + 1));
-            }
+            // The same read-ahead as a coordinated replay's (opened with
+            // `tid`, kept here).
+            self.read_ahead(tid);
             self.commit(tid).await.map_err(|f| internal(f.message))?;
         }
         // The baseline includes the sink's writes, as a coordinated replay's
@@ -1157,7 +1156,32 @@ impl<E: Engine> Agent<E> {
                     _ => self.spawn_cursor(tid),
                 };
                 self.replay = Some(cursor);
+                // Read ahead while this tid replays: when its first step
+                // runs, the next tid's records are on their way (see
+                // `read_ahead`).
+                self.read_ahead(tid);
             }
+        }
+    }
+
+    /// Opens the journal cursor of `tid + 1` while `tid` replays, when
+    /// both tids' commit markers are in this host's journal: then the
+    /// records of `tid + 1` are final (its commit appends nothing, and nor
+    /// does the commit of `tid`), so reading them early sees what a later
+    /// read would. The cursor is used only if the next replayed tid opened
+    /// is `tid + 1`; nothing of it runs before that, and the reader thread
+    /// stops at its bounded channel (`REPLAY_READ_AHEAD_STEPS_MAX` steps)
+    /// or when the cursor is dropped. Opened when `tid` opens rather than
+    /// when it prepares, the next tid's first step no longer waits for its
+    /// reader thread to start: that wait was ~45 µs of each tid in a replay
+    /// alone (one host, 1000 tids, ~107 µs per tid in all).
+    fn read_ahead(&mut self, tid: u64) {
+        if self.prefetch.as_ref().is_some_and(|c| c.tid == tid + 1) {
+            return;
+        }
+        self.prefetch = None;
+        if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
+            self.prefetch = Some(self.spawn_cursor(tid + 1));
         }
     }
 
@@ -1336,15 +1360,13 @@ impl<E: Engine> Agent<E> {
         let meta = engine.output_metadata();
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
         self.replay = None;
-        // While the coordinator verifies `tid`, start reading the journal
-        // for the tid a replay most likely continues with. Only when both
-        // are committed in this journal (their markers are in it): then the
-        // commit of `tid` appends nothing and `tid + 1`'s records are final.
-        // Reading ahead is all it does; `OpenTxn` uses the cursor only for
-        // the tid it was opened for, and nothing runs before that.
-        self.prefetch = None;
-        if txn_mode == Mode::Replay && self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
-            self.prefetch = Some(self.spawn_cursor(tid + 1));
+        // The read-ahead of the tid a replay most likely continues with,
+        // opened with `tid` (`read_ahead`; kept if it is there). A live tid
+        // has none.
+        if txn_mode == Mode::Replay {
+            self.read_ahead(tid);
+        } else {
+            self.prefetch = None;
         }
         let report = v1::Prepared {
             tid,

@@ -30,6 +30,9 @@ impl Harness {
             fault_nondeterministic_replay: fault,
         });
         let mut agent = Agent::open(cfg, engine).await.expect("open agent");
+        // What a session does first: summarise the journal for its Hello
+        // (which also tells the host which tids have commit markers).
+        agent.hello().await.expect("hello");
         let (tx, rx) = mpsc::channel(100_000);
         let mut out = Reporter::new(tx);
         let actions = agent.core.handle(Event::StreamOpened);
@@ -688,6 +691,35 @@ async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its
     h.cmd(2, Command::Commit { tid: 3, next: None }).await;
     let messages = h.raw_messages();
     assert!(matches!(messages[..], [ref m] if matches!(m[..], [R::Committed(v1::Committed { tid: 3 })])), "{messages:?}");
+}
+
+/// A replayed tid whose commit marker is in the journal, like the next
+/// one's, opens the next tid's journal cursor as soon as it opens itself,
+/// so that the next tid's first step does not wait for a reader thread to
+/// start; the last journaled tid reads nothing ahead. The replay reports
+/// exactly the journaled steps either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_tid_reads_the_next_one_ahead_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = replay_window_after_live(dir.path(), 3, 2).await;
+    let ahead = |h: &Harness| h.agent.prefetch.as_ref().map(|c| c.tid);
+    assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(1), "tid 1 is open");
+    assert_eq!(ahead(&h), Some(2), "tid 2 is read ahead before tid 1 ran a step");
+    for _ in 0..3 {
+        assert!(h.step().await, "two steps of tid 1 and its end");
+    }
+    assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(2));
+    assert_eq!(ahead(&h), Some(3), "the read-ahead of tid 2 was used; tid 3 is next");
+    for _ in 0..3 {
+        assert!(h.step().await, "two steps of tid 2 and its end");
+    }
+    assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(3));
+    assert_eq!(ahead(&h), None, "no tid after 3 in the journal");
+    while h.step().await {}
+    let reports = h.reports();
+    assert!(errors(&reports).is_empty(), "{reports:?}");
+    let steps: Vec<(u64, u64)> = step_dones(&reports).iter().map(|s| (s.tid, s.step)).collect();
+    assert_eq!(steps, vec![(1, 1), (1, 2), (2, 3), (2, 4), (3, 5), (3, 6)]);
 }
 
 /// A host that goes on replaying does not sit on its reports: once
