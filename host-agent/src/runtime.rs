@@ -688,9 +688,6 @@ impl<E: Engine> Agent<E> {
             let meta = engine.output_metadata();
             self.hold(Held { tid, rows: Some(rows), meta, report: None });
             self.replay = None;
-            // The same read-ahead as a coordinated replay's (opened with
-            // `tid`, kept here).
-            self.read_ahead(tid);
             self.commit(tid).await.map_err(|f| internal(f.message))?;
         }
         // The baseline includes the sink's writes, as a coordinated replay's
@@ -1157,8 +1154,8 @@ impl<E: Engine> Agent<E> {
                 };
                 self.replay = Some(cursor);
                 // Read ahead while this tid replays: when its first step
-                // runs, the next tid's records are on their way (see
-                // `read_ahead`).
+                // runs, the next tid's records are on their way. The
+                // replay alone opens tids here too, so it reads ahead alike.
                 self.read_ahead(tid);
             }
         }
@@ -1174,15 +1171,11 @@ impl<E: Engine> Agent<E> {
     /// or when the cursor is dropped. Opened when `tid` opens rather than
     /// when it prepares, the next tid's first step no longer waits for its
     /// reader thread to start: that wait was ~45 µs of each tid in a replay
-    /// alone (one host, 1000 tids, ~107 µs per tid in all).
+    /// alone (one host, 1000 tids, ~107 µs per tid in all). Called only by
+    /// `open_txn`, which has just taken any earlier read-ahead.
     fn read_ahead(&mut self, tid: u64) {
-        if self.prefetch.as_ref().is_some_and(|c| c.tid == tid + 1) {
-            return;
-        }
-        self.prefetch = None;
-        if self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)) {
-            self.prefetch = Some(self.spawn_cursor(tid + 1));
-        }
+        self.prefetch = (self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)))
+            .then(|| self.spawn_cursor(tid + 1));
     }
 
     /// Streams the journaled steps of `tid` from a blocking reader thread;
@@ -1360,12 +1353,11 @@ impl<E: Engine> Agent<E> {
         let meta = engine.output_metadata();
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
         self.replay = None;
-        // The read-ahead of the tid a replay most likely continues with,
-        // opened with `tid` (`read_ahead`; kept if it is there). A live tid
-        // has none.
-        if txn_mode == Mode::Replay {
-            self.read_ahead(tid);
-        } else {
+        // A replayed tid's read-ahead of the next one was opened with it
+        // (`read_ahead`) and stays. A live tid reads nothing ahead: drop
+        // any, so that no reader thread waits on its full channel while
+        // the host runs live.
+        if txn_mode == Mode::Live {
             self.prefetch = None;
         }
         let report = v1::Prepared {

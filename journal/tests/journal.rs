@@ -19,6 +19,15 @@ fn read_all(j: &Journal) -> Vec<(Position, pb::JournalRecord)> {
     j.read_from(Position::default()).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
 }
 
+/// Reopens the journal in `dir` and checks that it comes back whole: no
+/// torn tail, every record of `written` counted and read back as written.
+fn reopen_whole(dir: &Path, opts: JournalOptions, written: &[(Position, pb::JournalRecord)]) -> Journal {
+    let (j, report) = Journal::open(dir, ident(), opts).unwrap();
+    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
+    assert_eq!(read_all(&j), written);
+    j
+}
+
 /// Where the records of `written`'s last segment end (the file may go on
 /// with preallocated zeros).
 fn records_end(written: &[(Position, pb::JournalRecord)]) -> u64 {
@@ -415,9 +424,7 @@ fn active_segment_is_preallocated_and_reopen_resumes_at_its_records() {
     written.push((at, r));
     assert_eq!(read_all(&j), written);
     drop(j);
-    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
-    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
-    assert_eq!(read_all(&j), written);
+    reopen_whole(dir.path(), JournalOptions::default(), &written);
 }
 
 /// The header of segment `seq`.
@@ -453,9 +460,7 @@ fn a_roll_leaves_the_sealed_segment_exactly_its_records() {
     };
     let before = check(&written);
     assert!(before >= 4, "small segments roll: {before} segments");
-    let (j, report) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
-    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
-    assert_eq!(read_all(&j), written);
+    let j = reopen_whole(dir.path(), opts.clone(), &written);
     // Rolls after a reopen seal the segment the reopen resumed in too.
     for s in 61..=90 {
         let r = step(s, s - 1, 31 + s, 200);
@@ -463,9 +468,7 @@ fn a_roll_leaves_the_sealed_segment_exactly_its_records() {
     }
     drop(j);
     assert!(check(&written) > before + 1);
-    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
-    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
-    assert_eq!(read_all(&j), written);
+    reopen_whole(dir.path(), opts, &written);
 }
 
 /// A record torn by a crash in preallocated space (its first bytes written,
@@ -550,9 +553,7 @@ fn a_last_segment_without_zero_tail_opens_cleanly() {
     assert_eq!(at, Position { segment: last, offset: end });
     written.push((at, r));
     drop(j);
-    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
-    assert_eq!((report.torn_tail_bytes, report.records), (0, written.len() as u64));
-    assert_eq!(read_all(&j), written);
+    reopen_whole(dir.path(), opts, &written);
 }
 
 #[test]
