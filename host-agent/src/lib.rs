@@ -18,6 +18,7 @@ pub mod core;
 pub mod engine;
 pub mod fsutil;
 pub mod reference;
+pub mod replay_reader;
 pub mod runtime;
 pub mod sink;
 pub mod sink_writer;

@@ -14,13 +14,15 @@
 //! Live step: input from the engine → step record appended to the journal
 //! (durable) → engine told the input is durable → engine step → `StepDone`.
 //! Replay step: the next step record of the tid from the journal (read ahead
-//! by a blocking reader thread through a bounded channel, so memory does not
-//! grow with the journal) → engine step → the step, with both checksums, in
-//! its tid's `ReplayedSteps` report (see `Reporter`).
+//! across a run of committed tids by one blocking reader thread, bounded in
+//! steps so memory does not grow with the journal: `replay_reader`) → engine
+//! step → the step, with both checksums, in its tid's `ReplayedSteps` report
+//! (see `Reporter`).
 
 use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
 use crate::engine::{output_digest, Engine, OutputRow, StepContext};
+use crate::replay_reader::ReplayReader;
 use crate::fsutil::{fsync_dir, DurableU64, DurableU64Error};
 use crate::sink::{EmitOutcome, FileSink, SinkBatch, SinkError};
 use crate::sink_writer::{SinkWriter, SinkWriterError};
@@ -55,8 +57,6 @@ pub const REPORTS_QUEUED_MAX: usize = 1_024;
 pub const REPORT_BATCH_MAX: usize = 512;
 /// Prepared replayed tids sent together at most (see `Reporter`).
 pub const REPORT_BATCH_TIDS_MAX: usize = 32;
-/// Journaled steps read ahead of the replaying engine.
-pub const REPLAY_READ_AHEAD_STEPS_MAX: usize = 64;
 /// Resolves once a queued commit marker is durable (`Journal::append_deferred`).
 type MarkerDurable = Pin<Box<dyn Future<Output = Result<lockstep_journal::Position, JournalError>> + Send + Sync>>;
 
@@ -308,12 +308,6 @@ struct OpenTxn {
     span: Span,
 }
 
-/// A blocking reader streaming one tid's journaled steps.
-struct ReplayCursor {
-    tid: u64,
-    rx: mpsc::Receiver<Result<pb::StepRecord, JournalError>>,
-}
-
 /// An action that could not be carried out: becomes `Event::ActionFailed`.
 struct Failure {
     kind: ErrorKind,
@@ -533,10 +527,9 @@ struct Agent<E> {
     /// stream gets the same report again (`RepeatPrepared`) and a Hello can
     /// offer it (`resumable`).
     held_outputs: VecDeque<Held>,
-    replay: Option<ReplayCursor>,
-    /// The journal cursor of the tid most likely replayed next, opened while
-    /// the coordinator verifies the prepared one (see `prepare`).
-    prefetch: Option<ReplayCursor>,
+    /// The journal reader of the tids being replayed (`replay_reader`):
+    /// kept from one replayed tid to the next while it reads ahead.
+    reader: Option<ReplayReader>,
     /// Last step re-run since the last restore: the next replayed record
     /// must name it as its previous step (DESIGN invariant 6).
     replay_prev_step: Option<u64>,
@@ -597,8 +590,7 @@ impl<E: Engine> Agent<E> {
             last_step: report.last_step,
             txn: None,
             held_outputs: VecDeque::new(),
-            replay: None,
-            prefetch: None,
+            reader: None,
             replay_prev_step: None,
             ingest_addr: String::new(),
             next_live_step_at: Instant::now(),
@@ -687,7 +679,6 @@ impl<E: Engine> Agent<E> {
             std::hint::black_box(output_digest(&rows));
             let meta = engine.output_metadata();
             self.hold(Held { tid, rows: Some(rows), meta, report: None });
-            self.replay = None;
             self.commit(tid).await.map_err(|f| internal(f.message))?;
         }
         // The baseline includes the sink's writes, as a coordinated replay's
@@ -1099,8 +1090,7 @@ impl<E: Engine> Agent<E> {
                     }
                     self.txn = None;
                     self.held_outputs.clear();
-                    self.replay = None;
-                    self.prefetch = None;
+                    self.reader = None;
                     Ok(())
                 }
                 Action::Checkpoint { tid } => self.checkpoint(tid).await,
@@ -1144,60 +1134,22 @@ impl<E: Engine> Agent<E> {
         self.txn = Some(OpenTxn { tid, mode, steps: 0, records: 0, aggregate: EndpointChecksums::new(), span });
         // Held outputs of earlier prepared tids stay: inside a replay window
         // they await their own commits.
-        self.replay = None;
         match mode {
-            Mode::Live => self.next_live_step_at = Instant::now(),
+            Mode::Live => {
+                // A live tid reads nothing ahead.
+                self.reader = None;
+                self.next_live_step_at = Instant::now();
+            }
             Mode::Replay => {
-                let cursor = match self.prefetch.take() {
-                    Some(c) if c.tid == tid => c,
-                    _ => self.spawn_cursor(tid),
-                };
-                self.replay = Some(cursor);
-                // Read ahead while this tid replays: when its first step
-                // runs, the next tid's records are on their way. The
-                // replay alone opens tids here too, so it reads ahead alike.
-                self.read_ahead(tid);
+                // The reader of the tids before this one has read it ahead
+                // if it could (`replay_reader`); else a new one starts
+                // here. The replay alone opens tids here too, so it reads
+                // ahead alike.
+                if self.reader.as_ref().and_then(ReplayReader::opens) != Some(tid) {
+                    self.reader = Some(ReplayReader::spawn(self.journal.clone(), tid, &self.journal_commits));
+                }
             }
         }
-    }
-
-    /// Opens the journal cursor of `tid + 1` while `tid` replays, when
-    /// both tids' commit markers are in this host's journal: then the
-    /// records of `tid + 1` are final (its commit appends nothing, and nor
-    /// does the commit of `tid`), so reading them early sees what a later
-    /// read would. The cursor is used only if the next replayed tid opened
-    /// is `tid + 1`; nothing of it runs before that, and the reader thread
-    /// stops at its bounded channel (`REPLAY_READ_AHEAD_STEPS_MAX` steps)
-    /// or when the cursor is dropped. Opened when `tid` opens rather than
-    /// when it prepares, the next tid's first step no longer waits for its
-    /// reader thread to start: that wait was ~45 µs of each tid in a replay
-    /// alone (one host, 1000 tids, ~107 µs per tid in all). Called only by
-    /// `open_txn`, which has just taken any earlier read-ahead.
-    fn read_ahead(&mut self, tid: u64) {
-        self.prefetch = (self.journal_commits.contains(&tid) && self.journal_commits.contains(&(tid + 1)))
-            .then(|| self.spawn_cursor(tid + 1));
-    }
-
-    /// Streams the journaled steps of `tid` from a blocking reader thread;
-    /// the reader stops when the cursor is dropped.
-    fn spawn_cursor(&self, tid: u64) -> ReplayCursor {
-        let (tx, rx) = mpsc::channel(REPLAY_READ_AHEAD_STEPS_MAX);
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || {
-            let steps = match journal.steps_of(tid) {
-                Ok(steps) => steps,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            for step in steps {
-                if tx.blocking_send(step).is_err() {
-                    return;
-                }
-            }
-        });
-        ReplayCursor { tid, rx }
     }
 
     fn account(&mut self, tid: u64, checksums: &EndpointChecksums) {
@@ -1277,11 +1229,11 @@ impl<E: Engine> Agent<E> {
     /// around every step, about 2% of a replaying host's CPU, and the wait
     /// for the journal reader logs nothing.
     async fn replay_step(&mut self, tid: u64) -> Event {
-        let Some(cursor) = self.replay.as_mut().filter(|c| c.tid == tid) else {
+        let Some(reader) = self.reader.as_mut() else {
             let host = &self.config.host_id;
-            return Event::ActionFailed { kind: ErrorKind::Internal, tid, message: format!("host {host}: replaying tid {tid} without a journal cursor") };
+            return Event::ActionFailed { kind: ErrorKind::Internal, tid, message: format!("host {host}: replaying tid {tid} without a journal reader") };
         };
-        let received = cursor.rx.recv().await;
+        let received = reader.next_step(tid).await;
         // Lent out of the transaction for the step, so that the step may
         // borrow `self` mutably; it goes back to the same transaction.
         let span = self.txn.as_mut().map(|t| std::mem::replace(&mut t.span, Span::none())).unwrap_or_else(Span::none);
@@ -1299,7 +1251,10 @@ impl<E: Engine> Agent<E> {
         let fail = |kind, message: String| Event::ActionFailed { kind, tid, message };
         let record = match received {
             None => {
-                self.replay = None;
+                // The reader moved on to the next tid, if it reads one.
+                if self.reader.as_ref().is_some_and(|r| r.opens().is_none()) {
+                    self.reader = None;
+                }
                 return Event::ReplayExhausted { tid, commit_marker: self.journal_commits.contains(&tid) };
             }
             Some(Err(e)) => return fail(ErrorKind::Journal, format!("host {host}: reading the journaled steps of tid {tid} failed: {e}")),
@@ -1352,13 +1307,10 @@ impl<E: Engine> Agent<E> {
         let digest = output_digest(&rows);
         let meta = engine.output_metadata();
         span.in_scope(|| debug!(steps, records, rows = rows.len(), "prepared"));
-        self.replay = None;
-        // A replayed tid's read-ahead of the next one was opened with it
-        // (`read_ahead`) and stays. A live tid reads nothing ahead: drop
-        // any, so that no reader thread waits on its full channel while
-        // the host runs live.
+        // A replayed tid's reader stays: it reads the next tids ahead. A
+        // live tid reads nothing ahead.
         if txn_mode == Mode::Live {
-            self.prefetch = None;
+            self.reader = None;
         }
         let report = v1::Prepared {
             tid,
@@ -1600,8 +1552,7 @@ impl<E: Engine> Agent<E> {
         self.sink.expect_replay();
         self.txn = None;
         self.held_outputs.clear();
-        self.replay = None;
-        self.prefetch = None;
+        self.reader = None;
         self.replay_prev_step = None;
         info!(host = %host, checkpoint_tid, "engine restored");
         Ok(())

@@ -694,28 +694,28 @@ async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its
 }
 
 /// A replayed tid whose commit marker is in the journal, like the next
-/// one's, opens the next tid's journal cursor as soon as it opens itself,
-/// so that the next tid's first step does not wait for a reader thread to
-/// start; the last journaled tid reads nothing ahead. The replay reports
-/// exactly the journaled steps either way.
+/// one's, is read by a reader that goes on to the next tids: one reader
+/// serves the whole run, each tid opened from it before its first step
+/// runs, and the replay reports exactly the journaled steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_tid_reads_the_next_one_ahead_from_its_start() {
+async fn one_reader_reads_a_run_of_committed_tids_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = replay_window_after_live(dir.path(), 3, 2).await;
-    let ahead = |h: &Harness| h.agent.prefetch.as_ref().map(|c| c.tid);
+    let reader = |h: &Harness| h.agent.reader.as_ref().map(|r| r.tids());
     assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(1), "tid 1 is open");
-    assert_eq!(ahead(&h), Some(2), "tid 2 is read ahead before tid 1 ran a step");
+    assert_eq!(reader(&h), Some((1, 3)), "tid 1 opened a reader of tids 1 to 3, the last journaled");
     for _ in 0..3 {
         assert!(h.step().await, "two steps of tid 1 and its end");
     }
     assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(2));
-    assert_eq!(ahead(&h), Some(3), "the read-ahead of tid 2 was used; tid 3 is next");
+    assert_eq!(reader(&h), Some((1, 3)), "tid 2 opened from the same reader");
     for _ in 0..3 {
         assert!(h.step().await, "two steps of tid 2 and its end");
     }
     assert_eq!(h.agent.txn.as_ref().map(|t| t.tid), Some(3));
-    assert_eq!(ahead(&h), None, "no tid after 3 in the journal");
+    assert_eq!(reader(&h), Some((1, 3)), "and tid 3");
     while h.step().await {}
+    assert_eq!(reader(&h), None, "nothing left to read: the reader is gone");
     let reports = h.reports();
     assert!(errors(&reports).is_empty(), "{reports:?}");
     let steps: Vec<(u64, u64)> = step_dones(&reports).iter().map(|s| (s.tid, s.step)).collect();
