@@ -13,6 +13,13 @@ use lockstep_coordinator::service::{self, SupervisorConfig};
 use tokio::sync::watch;
 use tracing::info;
 
+/// mimalloc, as in the host agent (see its `main.rs`): with both daemons
+/// on it the replay benchmark used ~18% less CPU (README, "Latest
+/// numbers", session 11); the coordinator's share was not measured
+/// apart. Built with `no_thp`, for the same reason as there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "Lockstep coordinator: drives fault-tolerant transactions across hosts")]
 struct Cli {
