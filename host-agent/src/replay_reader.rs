@@ -15,14 +15,18 @@
 //! (`spawn_blocking`; ~7–9 µs of its ~85 µs per tid on the 2-core bench
 //! VM, most of it in the futex wake), and a tid whose reader had not been
 //! scheduled yet made its first step wait. One reader that stays ahead
-//! costs one wake-up per [`CREDIT_BLOCK`] steps.
+//! costs one wake-up per [`CREDIT_BLOCK_BYTES`] read.
 //!
-//! **Bounds.** The reader runs at most [`READ_AHEAD_STEPS_MAX`] steps ahead
-//! of the engine. It takes credit from a semaphore in blocks of
-//! [`CREDIT_BLOCK`] steps and the engine's side gives it back as chunks
-//! arrive, so a reader that has caught up is woken once a block is free,
-//! not for every step taken. Dropping the [`ReplayReader`] closes the
-//! semaphore and the channel, which stops the thread wherever it waits.
+//! **Bounds.** The reader runs at most [`READ_AHEAD_BYTES_MAX`] bytes of
+//! step records ahead of the engine (their encoded size, at least
+//! [`STEP_CREDIT_MIN_BYTES`] a step; a single larger step goes alone),
+//! whatever the steps' sizes: a journal of large pushed records reads as
+//! few steps ahead as fit, one of small steps at most 1024. It takes credit from a
+//! semaphore in blocks of [`CREDIT_BLOCK_BYTES`] and the engine's side
+//! gives it back as chunks arrive, so a reader that has caught up is woken
+//! once a block is free, not for every step taken. Dropping the
+//! [`ReplayReader`] closes the semaphore and the channel, which stops the
+//! thread wherever it waits.
 //!
 //! Errors of the journal reach the engine's side as the step they stopped,
 //! in order: the steps before them are replayed first, as with a cursor
@@ -33,11 +37,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
-/// Journaled steps read ahead of the replaying engine, at most.
-pub const READ_AHEAD_STEPS_MAX: usize = 256;
-/// Steps of credit the reader takes at a time (and steps per chunk at
-/// most): the engine's side wakes a waiting reader once per block.
-pub const CREDIT_BLOCK: usize = 64;
+/// Bytes of journaled steps read ahead of the replaying engine, at most
+/// (plus one step larger than this, alone).
+pub const READ_AHEAD_BYTES_MAX: usize = 4 << 20;
+/// Bytes of credit the reader takes at a time, and of steps per chunk at
+/// most: the engine's side wakes a waiting reader once per block.
+pub const CREDIT_BLOCK_BYTES: usize = 1 << 20;
+/// What a step counts against the read-ahead at least: small steps take
+/// more memory decoded than encoded, so at most `READ_AHEAD_BYTES_MAX /
+/// STEP_CREDIT_MIN_BYTES` of them (1024) are read ahead.
+pub const STEP_CREDIT_MIN_BYTES: usize = 4 << 10;
+/// Steps per chunk at most, so that the first steps of a tid reach the
+/// engine without waiting for a whole block to be read.
+pub const CHUNK_STEPS_MAX: usize = 64;
 
 /// What the reader thread sends: a tid's next steps, or why it stopped.
 enum Chunk {
@@ -73,7 +85,7 @@ impl ReplayReader {
             last += 1;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let credit = Arc::new(Semaphore::new(READ_AHEAD_STEPS_MAX));
+        let credit = Arc::new(Semaphore::new(READ_AHEAD_BYTES_MAX));
         let thread_credit = credit.clone();
         tokio::task::spawn_blocking(move || read(&journal, tid, last, &tx, &thread_credit));
         ReplayReader {
@@ -162,8 +174,8 @@ impl Drop for ReplayReader {
     }
 }
 
-/// The reader thread's credit: taken from the semaphore a block at a time,
-/// spent a chunk at a time.
+/// The reader thread's credit, in bytes: taken from the semaphore a block
+/// at a time, spent a chunk at a time.
 struct Credit<'a> {
     semaphore: &'a Semaphore,
     /// Taken and not yet spent on a chunk.
@@ -171,32 +183,35 @@ struct Credit<'a> {
 }
 
 impl Credit<'_> {
-    /// Spends `n` steps' credit (`n <= CREDIT_BLOCK`), waiting for a block
-    /// if too little is held; false once the engine's side is gone.
-    fn spend(&mut self, n: usize) -> bool {
+    /// Spends the credit of a chunk of `bytes` (at least 1, at most all
+    /// there is), waiting for more if too little is held; the amount
+    /// spent, or `None` once the engine's side is gone.
+    fn spend(&mut self, bytes: usize) -> Option<usize> {
+        let n = bytes.clamp(1, READ_AHEAD_BYTES_MAX);
         if self.held < n {
-            match futures::executor::block_on(self.semaphore.acquire_many(CREDIT_BLOCK as u32)) {
-                Ok(permit) => permit.forget(),
-                Err(_) => return false,
-            }
-            self.held += CREDIT_BLOCK;
+            let more = CREDIT_BLOCK_BYTES.max(n - self.held);
+            let permit = futures::executor::block_on(self.semaphore.acquire_many(more as u32)).ok()?;
+            permit.forget();
+            self.held += more;
         }
         self.held -= n;
-        true
+        Some(n)
     }
 }
 
 /// The reader thread: every step of `first..=last` in order, in chunks of
-/// at most `CREDIT_BLOCK` steps, each tid's last chunk marked. Returns
-/// when done, on the first error (sent on), or once the engine's side is
-/// gone.
+/// at most `CHUNK_STEPS_MAX` steps and about `CREDIT_BLOCK_BYTES`, each
+/// tid's last chunk marked. Returns when done, on the first error (sent
+/// on), or once the engine's side is gone.
 fn read(journal: &Journal, first: u64, last: u64, tx: &mpsc::UnboundedSender<Chunk>, semaphore: &Semaphore) {
     let mut credit = Credit { semaphore, held: 0 };
-    let mut send = |tid: u64, steps: Vec<pb::StepRecord>, end_of_tid: bool| -> bool {
-        // A tid's end takes credit too (one step's at least), so that a
-        // run of empty tids stays bounded.
-        let n = steps.len().max(1);
-        credit.spend(n) && tx.send(Chunk::Steps { tid, steps, end_of_tid, credit: n }).is_ok()
+    let mut send = |tid: u64, steps: Vec<pb::StepRecord>, bytes: usize, end_of_tid: bool| -> bool {
+        // A tid's end takes credit too (a byte at least), so that a run
+        // of empty tids stays bounded.
+        match credit.spend(bytes) {
+            Some(credit) => tx.send(Chunk::Steps { tid, steps, end_of_tid, credit }).is_ok(),
+            None => false,
+        }
     };
     for tid in first..=last {
         let steps = match journal.steps_of(tid) {
@@ -206,23 +221,26 @@ fn read(journal: &Journal, first: u64, last: u64, tx: &mpsc::UnboundedSender<Chu
                 return;
             }
         };
-        let mut chunk = Vec::new();
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
         for step in steps {
             match step {
-                Ok(step) => chunk.push(step),
+                Ok(step) => {
+                    bytes += prost::Message::encoded_len(&step).max(STEP_CREDIT_MIN_BYTES);
+                    chunk.push(step);
+                }
                 Err(e) => {
                     // The steps before the error are replayed first.
-                    if chunk.is_empty() || send(tid, chunk, false) {
+                    if chunk.is_empty() || send(tid, chunk, bytes, false) {
                         let _ = tx.send(Chunk::Failed(e));
                     }
                     return;
                 }
             }
-            if chunk.len() == CREDIT_BLOCK && !send(tid, std::mem::take(&mut chunk), false) {
+            if (chunk.len() == CHUNK_STEPS_MAX || bytes >= CREDIT_BLOCK_BYTES) && !send(tid, std::mem::take(&mut chunk), std::mem::take(&mut bytes), false) {
                 return;
             }
         }
-        if !send(tid, chunk, true) {
+        if !send(tid, chunk, bytes, true) {
             return;
         }
     }
@@ -234,7 +252,12 @@ mod tests {
     use lockstep_journal::pb::journal_record::Kind;
     use lockstep_journal::{JournalIdent, JournalOptions};
 
-    fn step(step: u64, tid: u64) -> pb::JournalRecord {
+    /// Payload bytes of each step in `journal`'s steps.
+    const SMALL: usize = 8;
+    /// A step this large fills the read-ahead in 64 steps.
+    const LARGE: usize = READ_AHEAD_BYTES_MAX / 64;
+
+    fn step(step: u64, tid: u64, payload: usize) -> pb::JournalRecord {
         pb::JournalRecord {
             kind: Some(Kind::Step(pb::StepRecord {
                 step,
@@ -245,7 +268,7 @@ mod tests {
                     endpoint: "in".into(),
                     count: 1,
                     hash: step,
-                    payload: Some(pb::endpoint_input::Payload::Value(step.to_le_bytes().to_vec())),
+                    payload: Some(pb::endpoint_input::Payload::Value(vec![step as u8; payload])),
                 }],
             })),
         }
@@ -257,7 +280,7 @@ mod tests {
 
     /// A journal with `steps[i]` steps in tid `i + 1`, and the commit
     /// markers of the tids in `committed` (each after its tid's steps).
-    fn journal(dir: &std::path::Path, steps: &[u64], committed: &[u64]) -> (Arc<Journal>, BTreeSet<u64>) {
+    fn journal(dir: &std::path::Path, steps: &[u64], committed: &[u64], payload: usize) -> (Arc<Journal>, BTreeSet<u64>) {
         let ident = JournalIdent { cluster_id: "c".into(), host_id: "h".into() };
         let (journal, _) = Journal::open(dir, ident, JournalOptions::default()).unwrap();
         let mut n = 0;
@@ -265,7 +288,7 @@ mod tests {
             let tid = i as u64 + 1;
             for _ in 0..*count {
                 n += 1;
-                journal.append(&step(n, tid)).unwrap();
+                journal.append(&step(n, tid, payload)).unwrap();
             }
             if committed.contains(&tid) {
                 journal.append(&commit(tid)).unwrap();
@@ -290,7 +313,7 @@ mod tests {
     async fn reads_on_while_a_tid_and_the_next_are_committed() {
         let dir = tempfile::tempdir().unwrap();
         // Tid 3 has no steps; tid 5 never committed.
-        let (journal, commits) = journal(dir.path(), &[2, 1, 0, 3, 2], &[1, 2, 3, 4]);
+        let (journal, commits) = journal(dir.path(), &[2, 1, 0, 3, 2], &[1, 2, 3, 4], SMALL);
         let mut reader = ReplayReader::spawn(journal.clone(), 1, &commits);
         assert_eq!(reader.tids(), (1, 4), "tid 5 has no commit marker: read only when opened itself");
         assert_eq!(drain(&mut reader, 1).await, [1, 2]);
@@ -306,20 +329,20 @@ mod tests {
     #[tokio::test]
     async fn a_gap_in_the_commit_markers_ends_the_run() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, commits) = journal(dir.path(), &[1, 1, 1], &[1, 3]);
+        let (journal, commits) = journal(dir.path(), &[1, 1, 1], &[1, 3], SMALL);
         assert_eq!(ReplayReader::spawn(journal.clone(), 1, &commits).tids(), (1, 1));
         assert_eq!(ReplayReader::spawn(journal.clone(), 2, &commits).tids(), (2, 2));
         assert_eq!(ReplayReader::spawn(journal, 3, &commits).tids(), (3, 3));
     }
 
-    /// Far more steps than the reader may hold ahead: all of them arrive,
+    /// Far more bytes than the reader may hold ahead: all of them arrive,
     /// in order, in chunks, and taking one from a started tid, or from a
     /// tid other than the one it is at, is an error rather than a skip.
     #[tokio::test]
     async fn a_run_longer_than_the_read_ahead_arrives_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let long = (READ_AHEAD_STEPS_MAX + 3 * CREDIT_BLOCK + 5) as u64;
-        let (journal, commits) = journal(dir.path(), &[long, 7, long], &[1, 2, 3]);
+        let long = 64 * 2 + 5;
+        let (journal, commits) = journal(dir.path(), &[long, 7, long], &[1, 2, 3], LARGE);
         let mut reader = ReplayReader::spawn(journal, 1, &commits);
         assert_eq!(drain(&mut reader, 1).await, (1..=long).collect::<Vec<_>>());
         assert!(reader.next_step(3).await.is_some_and(|r| r.is_err()), "tid 2 comes first");
@@ -340,15 +363,15 @@ mod tests {
     fn dropping_the_reader_stops_its_thread() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (journal, commits) = journal(dir.path(), &[(READ_AHEAD_STEPS_MAX * 2) as u64, 1], &[1, 2]);
+        let (journal, commits) = journal(dir.path(), &[64 * 2, 1], &[1, 2], LARGE);
         let second = runtime.block_on(async {
             let reader = ReplayReader::spawn(journal.clone(), 1, &commits);
-            // Once every credit is spent on chunks sent, the thread goes on
-            // to wait for more (nothing is taken here).
-            let full = READ_AHEAD_STEPS_MAX / CREDIT_BLOCK;
+            // Once less than a block of credit is left, the thread's next
+            // chunk (a block of large steps) waits for more, and nothing is
+            // taken here.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while reader.rx.len() < full {
-                assert!(std::time::Instant::now() < deadline, "the reader sent {} chunks, not {full}", reader.rx.len());
+            while reader.credit.available_permits() >= CREDIT_BLOCK_BYTES {
+                assert!(std::time::Instant::now() < deadline, "the reader took {} bytes of credit", READ_AHEAD_BYTES_MAX - reader.credit.available_permits());
                 tokio::task::yield_now().await;
             }
             drop(reader);
@@ -360,6 +383,6 @@ mod tests {
         // Not waiting for a thread that may never end.
         runtime.shutdown_background();
         let steps = second.expect("the first reader's thread still waits for credit");
-        assert_eq!(steps, [(READ_AHEAD_STEPS_MAX * 2 + 1) as u64]);
+        assert_eq!(steps, [64 * 2 + 1]);
     }
 }
