@@ -377,7 +377,6 @@ struct Alone {
 /// inside the baseline's span that the coordinated replay's clock (from
 /// every host restored) does not include.
 fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
-    use std::io::BufRead;
     let mut children = Vec::new();
     for i in 0..c.opts.hosts {
         let log = c.dir.path().join(format!("{}-alone.log", host_id(i)));
@@ -395,8 +394,44 @@ fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
             .spawn()?;
         children.push((child, log));
     }
+    // A host that hangs (before its ready line or in its replay) would
+    // hang the bench: past the deadline every host is killed, and the
+    // reads below end with the logs' tails.
+    let deadline = Duration::from_secs(120) + Duration::from_millis(through_tid * 100);
+    let pids: Vec<u32> = children.iter().map(|(child, _)| child.id()).collect();
+    let (finished, watchdog) = std::sync::mpsc::channel::<()>();
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let timed_out = timed_out.clone();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watchdog.recv_timeout(deadline) {
+                timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+                for pid in pids {
+                    // SAFETY: kill(2) takes no pointers. A child already
+                    // reaped leaves a stale pid, which Linux hands out again
+                    // only once the pid space wraps: not within the deadline.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        })
+    };
+    let result = replay_alone_run(children, through_tid, deadline, &timed_out);
+    drop(finished);
+    let _ = watchdog.join();
+    result
+}
+
+/// `replay_alone` once its hosts are spawned (and watched).
+fn replay_alone_run(
+    mut children: Vec<(std::process::Child, PathBuf)>,
+    through_tid: u64,
+    deadline: Duration,
+    timed_out: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Alone> {
+    use std::io::BufRead;
     let failed = |i: usize, log: &Path, what: &str| {
-        anyhow::anyhow!("host-agent --replay-alone of {} {what}: {}", host_id(i), tail(&std::fs::read_to_string(log).unwrap_or_default(), 20))
+        let killed = if timed_out.load(std::sync::atomic::Ordering::SeqCst) { format!(" (killed after {deadline:?})") } else { String::new() };
+        anyhow::anyhow!("host-agent --replay-alone of {} {what}{killed}: {}", host_id(i), tail(&std::fs::read_to_string(log).unwrap_or_default(), 20))
     };
     // Every host ready (its stdout's first line), then the word to all.
     let mut readers = Vec::new();
