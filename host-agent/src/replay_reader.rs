@@ -111,6 +111,11 @@ impl ReplayReader {
         (!self.done && !self.started).then_some(self.tid)
     }
 
+    /// This reader has steps of `tid` to give, or its end.
+    pub fn is_at(&self, tid: u64) -> bool {
+        !self.done && self.tid == tid
+    }
+
     /// The next journaled step of `tid`, or `None` once `tid` has no more
     /// (the reader then moves on to the next tid). `tid` must be the one
     /// the reader is at (`opens` before its first step).
@@ -321,6 +326,7 @@ mod tests {
         assert_eq!(drain(&mut reader, 3).await, Vec::<u64>::new());
         assert_eq!(drain(&mut reader, 4).await, [4, 5, 6]);
         assert_eq!(reader.opens(), None, "the run is read");
+        assert!(!reader.is_at(4) && !reader.is_at(5), "nor at any tid");
         let mut last = ReplayReader::spawn(journal, 5, &commits);
         assert_eq!(last.tids(), (5, 5));
         assert_eq!(drain(&mut last, 5).await, [7, 8]);
@@ -347,6 +353,7 @@ mod tests {
         assert_eq!(drain(&mut reader, 1).await, (1..=long).collect::<Vec<_>>());
         assert!(reader.next_step(3).await.is_some_and(|r| r.is_err()), "tid 2 comes first");
         assert_eq!(reader.opens(), Some(2), "a refused request takes nothing");
+        assert!(reader.is_at(2) && !reader.is_at(3));
         assert_eq!(reader.next_step(2).await.map(|r| r.unwrap().step), Some(long + 1));
         assert_eq!(reader.opens(), None, "tid 2 has started");
         let mut rest = vec![long + 1];

@@ -15,15 +15,15 @@
 //! (durable) → engine told the input is durable → engine step → `StepDone`.
 //! Replay step: the next step record of the tid from the journal (read ahead
 //! across a run of committed tids by one blocking reader thread, bounded in
-//! steps so memory does not grow with the journal: `replay_reader`) → engine
+//! bytes so memory does not grow with the journal: `replay_reader`) → engine
 //! step → the step, with both checksums, in its tid's `ReplayedSteps` report
 //! (see `Reporter`).
 
 use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
 use crate::engine::{output_digest, Engine, OutputRow, StepContext};
-use crate::replay_reader::ReplayReader;
 use crate::fsutil::{fsync_dir, DurableU64, DurableU64Error};
+use crate::replay_reader::ReplayReader;
 use crate::sink::{EmitOutcome, FileSink, SinkBatch, SinkError};
 use crate::sink_writer::{SinkWriter, SinkWriterError};
 use lockstep_journal::{pb, EndpointChecksums, Journal, JournalError, JournalIdent, JournalOptions};
@@ -1229,7 +1229,7 @@ impl<E: Engine> Agent<E> {
     /// around every step, about 2% of a replaying host's CPU, and the wait
     /// for the journal reader logs nothing.
     async fn replay_step(&mut self, tid: u64) -> Event {
-        let Some(reader) = self.reader.as_mut() else {
+        let Some(reader) = self.reader.as_mut().filter(|r| r.is_at(tid)) else {
             let host = &self.config.host_id;
             return Event::ActionFailed { kind: ErrorKind::Internal, tid, message: format!("host {host}: replaying tid {tid} without a journal reader") };
         };
