@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -89,20 +90,24 @@ impl Proc {
     }
 
     /// Waits (bounded) for the process to exit on its own; its exit status,
-    /// or `None` if it still runs after `timeout`.
+    /// or `None` if it still runs after `timeout`. The exit is awaited on a
+    /// pidfd, which becomes readable when the process exits, not polled.
     pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let status = self.child.as_mut()?.try_wait().expect("try_wait");
-            if let Some(status) = status {
-                self.child = None;
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.as_mut()?;
+        // SAFETY: pidfd_open(2) takes no pointers; a negative result is an
+        // error, anything else a new descriptor that the OwnedFd owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open of pid {}: {}", child.id(), std::io::Error::last_os_error());
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+        // same descriptor until both are dropped together.
+        let pidfd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .unwrap_or_else(|e| panic!("registering a pidfd: {e}"));
+        // Timing out only leaves the process running, as before.
+        let _ = tokio::time::timeout(timeout, pidfd.readable()).await;
+        let status = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL and reap.
@@ -552,5 +557,24 @@ pub fn check_sinks(c: &Cluster, committed: u64) {
         let got = sink_final_state(&batches);
         let want = independent_state(c.opts.generator_seed, &host_id(i), offset);
         assert_eq!(got, want, "host {i}: final aggregates differ from the independent computation");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exited` returns the status of a process that exits, and `None`
+    /// (leaving it running) for one that outlives the timeout.
+    #[tokio::test]
+    async fn exited_awaits_the_exit_and_times_out_on_a_running_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut quick = Proc::spawn("sh", "/bin/sh".into(), vec!["-c".into(), "exit 3".into()], dir.path().join("quick.log"));
+        let status = quick.exited(Duration::from_secs(30)).await.expect("sh -c 'exit 3' exits");
+        assert_eq!(status.code(), Some(3));
+        let mut slow = Proc::spawn("sleep", "/bin/sleep".into(), vec!["600".into()], dir.path().join("slow.log"));
+        assert!(slow.exited(Duration::from_millis(50)).await.is_none(), "sleep 600 is still running");
+        assert!(slow.child.is_some(), "a process that timed out is still ours to kill");
+        slow.kill();
     }
 }
