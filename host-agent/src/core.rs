@@ -272,8 +272,8 @@ pub enum Action {
     /// Write `epoch` to `<data-dir>/epoch` and fsync, before anything after it.
     PersistEpoch { epoch: u64 },
     Report(Report),
-    /// Start accounting for `tid`; in replay, open a cursor over the
-    /// journal's steps of `tid`.
+    /// Start accounting for `tid`; in replay, read the journal's steps of
+    /// `tid` (from the reader that read it ahead, or a new one).
     OpenTxn { tid: u64, mode: Mode },
     /// Take the engine's outputs of `tid`, digest them, hold them until the
     /// commit, and report `Prepared{tid, steps, aggregate, digest}`.
@@ -290,8 +290,8 @@ pub enum Action {
     /// the sink (`Commit`, `Checkpoint`, `Restore`), in whatever state the
     /// core is then; `Checkpoint` waits until the sink holds every tid.
     Commit { tid: u64 },
-    /// Forget the open transaction (accounting, held outputs, replay
-    /// cursor) and every prepared tid still awaiting its commit (their held
+    /// Forget the open transaction (accounting, held outputs, journal
+    /// reader) and every prepared tid still awaiting its commit (their held
     /// outputs). Their steps stay in the journal for the next replay.
     AbandonTxn { tid: u64 },
     /// Checkpoint the engine as `tid` durably, then journal a checkpoint

@@ -29,8 +29,8 @@
 //! thread wherever it waits.
 //!
 //! Errors of the journal reach the engine's side as the step they stopped,
-//! in order: the steps before them are replayed first, as with a cursor
-//! per tid.
+//! in order: the steps before them are replayed first, as with the reader
+//! per tid this replaced.
 
 use lockstep_journal::{pb, Journal, JournalError};
 use std::collections::BTreeSet;
@@ -81,8 +81,8 @@ impl ReplayReader {
     /// allows (module docs).
     pub fn spawn(journal: Arc<Journal>, tid: u64, commits: &BTreeSet<u64>) -> ReplayReader {
         let mut last = tid;
-        while commits.contains(&last) && commits.contains(&(last + 1)) {
-            last += 1;
+        while let Some(next) = last.checked_add(1).filter(|next| commits.contains(&last) && commits.contains(next)) {
+            last = next;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(READ_AHEAD_BYTES_MAX));

@@ -230,7 +230,7 @@ fn process_cpu_micros() -> u64 {
 /// with no coordinator. Restores the newest checkpoint this host knows to be
 /// complete, then, for every journaled tid after it (all tids up to
 /// `through_tid`, or without it every tid holding a commit marker), runs the
-/// same code as a coordinator-driven replay: the journal cursor, the engine
+/// same code as a coordinator-driven replay: the journal reader, the engine
 /// over each step, the output digest, the commit (marker if missing, sink).
 /// No session, no reports, no verification against a ledger.
 ///

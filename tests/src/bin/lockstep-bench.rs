@@ -286,12 +286,18 @@ struct Replayed {
     host_sampled_kib: u64,
 }
 
+/// How long a replay of `tids` may take, alone or coordinated, before the
+/// bench gives up on it: generous, so only a hang reaches it.
+fn replay_deadline(tids: u64) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(tids * 100)
+}
+
 async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replayed> {
     c.coordinator.start();
     for h in c.hosts.iter_mut() {
         h.start();
     }
-    let deadline = Instant::now() + Duration::from_secs(120) + Duration::from_millis(tids * 100);
+    let deadline = Instant::now() + replay_deadline(tids);
     let (mut coord_sampled, mut host_sampled) = (0u64, 0u64);
     let sample = |c: &Cluster, coord: &mut u64, host: &mut u64| -> (u64, u64) {
         let (cr, ch) = c.coordinator.pid().and_then(rss_kib).unwrap_or_default();
@@ -397,7 +403,7 @@ fn replay_alone(c: &Cluster, through_tid: u64) -> anyhow::Result<Alone> {
     // A host that hangs (before its ready line or in its replay) would
     // hang the bench: past the deadline every host is killed, and the
     // reads below end with the logs' tails.
-    let deadline = Duration::from_secs(120) + Duration::from_millis(through_tid * 100);
+    let deadline = replay_deadline(through_tid);
     let pids: Vec<u32> = children.iter().map(|(child, _)| child.id()).collect();
     let (finished, watchdog) = std::sync::mpsc::channel::<()>();
     let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
