@@ -3,7 +3,7 @@
 //! no body) becomes a typed error, never a panic.
 
 use lockstep_journal::{Aggregate, Checksum, EndpointChecksums};
-use lockstep_proto::v1 as pb;
+use lockstep_proto::{columns, v1 as pb};
 
 use crate::core::{
     Cmd, Diagnosis, Event, Hello, HostId, HostTxnState, JournalTid, Mode, PreparedReport, ReplayedBatch, Resumable, Start,
@@ -58,8 +58,12 @@ pub enum BatchProblem {
     PreparedOtherTid { prepared_tid: u64 },
     #[error("endpoint {endpoint:?} appears twice in its endpoint table")]
     DuplicateEndpoint { endpoint: String },
-    #[error("its {side} columns hold {counts} counts and {hashes} hashes; steps × endpoints is {cells}")]
-    ColumnLength { side: &'static str, counts: usize, hashes: usize, cells: usize },
+    #[error("its step column holds {bytes} bytes, not a whole number of 8-byte step numbers")]
+    StepColumnLength { bytes: usize },
+    #[error("its {side} column holds {bytes} bytes; steps × endpoints is {cells} cells of 16 bytes")]
+    ColumnLength { side: &'static str, bytes: usize, cells: usize },
+    #[error("it sets journaled_as_replayed but also sends a journaled side ({bytes} bytes, {absent} absent indices)")]
+    JournaledBesidesFlag { bytes: usize, absent: usize },
     #[error("its {side} absent index {index} is out of range, not ascending, or has a nonzero count or hash")]
     BadAbsent { side: &'static str, index: u32 },
 }
@@ -231,14 +235,18 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
 fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &mut Vec<Event>) -> Result<(), WireError> {
     let tid = b.tid;
     let bad = |step: u64, problem: BatchProblem| WireError::BadBatch { seq, host: host.clone(), tid, step, problem };
-    if b.steps.is_empty() && b.prepared.is_none() {
+    let Some(steps) = columns::steps(&b.steps) else {
+        return Err(bad(0, BatchProblem::StepColumnLength { bytes: b.steps.len() }));
+    };
+    let steps: Vec<u64> = steps.collect();
+    if steps.is_empty() && b.prepared.is_none() {
         return Err(bad(0, BatchProblem::Empty));
     }
     if let Some(p) = b.prepared.as_ref().filter(|p| p.tid != tid) {
         return Err(bad(0, BatchProblem::PreparedOtherTid { prepared_tid: p.tid }));
     }
     let mut previous = 0u64;
-    for &step in &b.steps {
+    for &step in &steps {
         if step == 0 {
             return Err(bad(0, BatchProblem::StepZero));
         }
@@ -252,16 +260,17 @@ fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(bad(0, BatchProblem::DuplicateEndpoint { endpoint: w[0].clone() }));
     }
-    let cells = b.steps.len() * b.endpoints.len();
-    let column = |counts: Vec<u64>, hashes: Vec<u64>, absent: Vec<u32>, side: &'static str| {
-        if counts.len() != cells || hashes.len() != cells {
-            return Err(bad(0, BatchProblem::ColumnLength { side, counts: counts.len(), hashes: hashes.len(), cells }));
-        }
-        let mut cells: Vec<Option<Checksum>> =
-            counts.into_iter().zip(hashes).map(|(count, hash)| Some(Checksum { count, hash })).collect();
+    let width = b.endpoints.len();
+    let cells = steps.len() * width;
+    // One pass over the bytes into a vector of exactly the right size.
+    let column = |bytes: &[u8], absent: Vec<u32>, side: &'static str| {
+        let Some(read) = columns::cells(bytes).filter(|read| read.len() == cells) else {
+            return Err(bad(0, BatchProblem::ColumnLength { side, bytes: bytes.len(), cells }));
+        };
+        let mut cells: Vec<Option<Checksum>> = read.map(|(count, hash)| Some(Checksum { count, hash })).collect();
         let mut previous: Option<u32> = None;
         for index in absent {
-            let step = b.steps.get(index as usize / b.endpoints.len().max(1)).copied().unwrap_or(0);
+            let step = steps.get(index as usize / width.max(1)).copied().unwrap_or(0);
             match cells.get_mut(index as usize) {
                 Some(cell) if previous.is_none_or(|p| index > p) && *cell == Some(Checksum::EMPTY) => *cell = None,
                 _ => return Err(bad(step, BatchProblem::BadAbsent { side, index })),
@@ -270,10 +279,17 @@ fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &
         }
         Ok(cells)
     };
-    let replayed = column(b.counts, b.hashes, b.absent, "replayed")?;
-    let journaled = column(b.journaled_counts, b.journaled_hashes, b.journaled_absent, "journaled")?;
+    let replayed = column(&b.replayed, b.absent, "replayed")?;
+    let journaled = if b.journaled_as_replayed {
+        if !b.journaled.is_empty() || !b.journaled_absent.is_empty() {
+            return Err(bad(0, BatchProblem::JournaledBesidesFlag { bytes: b.journaled.len(), absent: b.journaled_absent.len() }));
+        }
+        None
+    } else {
+        Some(column(&b.journaled, b.journaled_absent, "journaled")?)
+    };
     let prepared = b.prepared.map(prepared_from).transpose()?;
-    let batch = ReplayedBatch { tid, endpoints: b.endpoints, steps: b.steps, replayed, journaled, prepared };
+    let batch = ReplayedBatch { tid, endpoints: b.endpoints, steps, replayed, journaled, prepared };
     out.push(Event::Replayed { host, batch });
     Ok(())
 }
@@ -444,31 +460,38 @@ mod tests {
     /// A `ReplayedSteps` in columns over the endpoints `gen` and `push`,
     /// built by hand (as a foreign host would): each step lists its
     /// (endpoint, n) pairs per side; a missing endpoint is marked absent.
+    /// Both sides are sent, as a host does once a step differs.
     fn batch(seq: u64, tid: u64, steps: &[(u64, Side, Side)], prepared: Option<pb::Prepared>) -> pb::HostReport {
         let endpoints = vec!["gen".to_string(), "push".to_string()];
         let mut b = pb::ReplayedSteps { tid, prepared, endpoints: endpoints.clone(), ..Default::default() };
         for (i, (step, got, journaled)) in steps.iter().enumerate() {
-            b.steps.push(*step);
+            columns::push_step(&mut b.steps, *step);
             for (j, e) in endpoints.iter().enumerate() {
                 let index = (i * endpoints.len() + j) as u32;
-                let put = |side: Side, counts: &mut Vec<u64>, hashes: &mut Vec<u64>, absent: &mut Vec<u32>| {
-                    match side.iter().find(|(name, _)| name == e) {
-                        Some((_, n)) => {
-                            counts.push(*n);
-                            hashes.push(n * 7);
-                        }
-                        None => {
-                            counts.push(0);
-                            hashes.push(0);
-                            absent.push(index);
-                        }
+                let put = |side: Side, column: &mut Vec<u8>, absent: &mut Vec<u32>| match side.iter().find(|(name, _)| name == e) {
+                    Some((_, n)) => columns::push_cell(column, *n, n * 7),
+                    None => {
+                        columns::push_cell(column, 0, 0);
+                        absent.push(index);
                     }
                 };
-                put(got, &mut b.counts, &mut b.hashes, &mut b.absent);
-                put(journaled, &mut b.journaled_counts, &mut b.journaled_hashes, &mut b.journaled_absent);
+                put(got, &mut b.replayed, &mut b.absent);
+                put(journaled, &mut b.journaled, &mut b.journaled_absent);
             }
         }
         pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedSteps(b)) }
+    }
+
+    /// `batch`, with the journaled side left out as `journaled_as_replayed`
+    /// (every step's sides must be equal).
+    fn batch_as_replayed(seq: u64, tid: u64, steps: &[(u64, Side, Side)]) -> pb::HostReport {
+        assert!(steps.iter().all(|(_, got, journaled)| got == journaled));
+        let mut r = batch(seq, tid, steps, None);
+        let Some(pb::host_report::Report::ReplayedSteps(b)) = r.report.as_mut() else { unreachable!() };
+        b.journaled.clear();
+        b.journaled_absent.clear();
+        b.journaled_as_replayed = true;
+        r
     }
 
     fn single(seq: u64, tid: u64, step: u64, got: Side, journaled: Side) -> pb::HostReport {
@@ -522,6 +545,19 @@ mod tests {
         let prepared_only = pb::Prepared { tid: 6, steps: 1, ..Default::default() };
         report_to_events(&host, batch(11, 6, &[], Some(prepared_only)), &mut out).unwrap();
         assert!(matches!(&out[1], Event::Replayed { batch, .. } if batch.steps.is_empty() && batch.prepared.as_ref().is_some_and(|p| p.tid == 6)));
+
+        // Without a journaled side, each step's journaled checksums are its
+        // replayed ones, absent endpoints included.
+        let same: &[(u64, Side, Side)] = &[(21, &[("gen", 2)], &[("gen", 2)]), (22, &[("gen", 1), ("push", 4)], &[("gen", 1), ("push", 4)])];
+        let mut from_flag = Vec::new();
+        report_to_events(&host, batch_as_replayed(12, 7, same), &mut from_flag).unwrap();
+        let mut from_both = Vec::new();
+        report_to_events(&host, batch(12, 7, same, None), &mut from_both).unwrap();
+        let ([Event::Replayed { batch: flag, .. }], [Event::Replayed { batch: both, .. }]) = (&from_flag[..], &from_both[..]) else { panic!() };
+        assert!(flag.journaled.is_none());
+        let reports = |b: &ReplayedBatch| format!("{:?}", (0..b.steps.len()).map(|i| b.step_report(i)).collect::<Vec<_>>());
+        assert_eq!(reports(flag), reports(both));
+        assert!(reports(flag).contains(r#"journaled: Some(EndpointChecksums({"gen": Checksum { count: 2"#), "{}", reports(flag));
     }
 
     /// A malformed batch is refused whole, with an error naming the host,
@@ -562,11 +598,16 @@ mod tests {
         let e = edit(&|b| b.endpoints[1] = "gen".into());
         assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::DuplicateEndpoint { endpoint }, .. } if endpoint == "gen"), "{e}");
         let e = edit(&|b| {
-            b.hashes.pop();
+            b.replayed.pop();
         });
-        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "replayed", counts: 4, hashes: 3, cells: 4 }, .. }), "{e}");
-        let e = edit(&|b| b.journaled_counts.push(1));
-        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "journaled", .. }, .. }), "{e}");
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "replayed", bytes: 63, cells: 4 }, .. }), "{e}");
+        let e = edit(&|b| columns::push_cell(&mut b.journaled, 1, 1));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "journaled", bytes: 80, cells: 4 }, .. }), "{e}");
+        let e = edit(&|b| b.steps.push(0));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepColumnLength { bytes: 17 }, .. }), "{e}");
+        // The flag says there is no journaled side; one sent anyway is malformed.
+        let e = edit(&|b| b.journaled_as_replayed = true);
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::JournaledBesidesFlag { bytes: 64, absent: 2 }, .. }), "{e}");
         let e = edit(&|b| b.absent.push(9));
         assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::BadAbsent { side: "replayed", index: 9 }, .. }), "{e}");
         // Journaled absent indices are 1 and 3; repeating one, or marking

@@ -6,7 +6,7 @@
 use crate::core::{Command, Mode, Report};
 use crate::engine::{EndpointInput, GeneratorRef, Payload, StepInput};
 use lockstep_journal::{pb, Checksum, EndpointChecksums, JournalSummary};
-use lockstep_proto::v1;
+use lockstep_proto::{columns, v1};
 
 /// Decodes a command body; `Err` names what is missing or unknown.
 pub fn command_from_proto(cmd: Option<v1::command::Command>) -> Result<Command, String> {
@@ -87,36 +87,60 @@ pub fn report_to_proto(report: Report) -> v1::host_report::Report {
 /// from this step (both sides' endpoints, sorted). Returns `false`, and
 /// changes nothing, when the step names an endpoint the table lacks: the
 /// caller then starts another batch for the same tid.
+///
+/// While every step of the batch journaled exactly what it ingested, the
+/// journaled side is not written at all (`journaled_as_replayed`); the
+/// first step that differs writes out the rows before it (equal to the
+/// replayed ones) and both sides are written from then on.
 pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> bool {
     if batch.steps.is_empty() {
         batch.endpoints = checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        batch.journaled_as_replayed = true;
     } else {
         let known = |e: &String| batch.endpoints.binary_search(e).is_ok();
-        if !checksums.0.keys().all(known) || !journaled.0.keys().all(known) {
+        if !covers(&batch.endpoints, checksums) && !checksums.0.keys().all(known) || !covers(&batch.endpoints, journaled) && !journaled.0.keys().all(known) {
             return false;
         }
     }
-    // Index of this step's row in the columns.
-    let row = batch.steps.len() * batch.endpoints.len();
-    let fill = |side: &EndpointChecksums, counts: &mut Vec<u64>, hashes: &mut Vec<u64>, absent: &mut Vec<u32>| {
-        for (j, endpoint) in batch.endpoints.iter().enumerate() {
-            match side.0.get(endpoint) {
-                Some(c) => {
-                    counts.push(c.count);
-                    hashes.push(c.hash);
-                }
-                None => {
-                    counts.push(0);
-                    hashes.push(0);
-                    absent.push((row + j) as u32);
-                }
+    if batch.journaled_as_replayed && journaled != checksums {
+        batch.journaled.clone_from(&batch.replayed);
+        batch.journaled_absent.clone_from(&batch.absent);
+        batch.journaled_as_replayed = false;
+    }
+    // Index of this step's first cell.
+    let row = batch.steps.len() / columns::STEP_BYTES * batch.endpoints.len();
+    fill(&batch.endpoints, row, checksums, &mut batch.replayed, &mut batch.absent);
+    if !batch.journaled_as_replayed {
+        fill(&batch.endpoints, row, journaled, &mut batch.journaled, &mut batch.journaled_absent);
+    }
+    columns::push_step(&mut batch.steps, step);
+    true
+}
+
+/// Whether `side` names exactly the endpoints of `table`, which is sorted
+/// as its keys are: then its cells are its values in order.
+fn covers(table: &[String], side: &EndpointChecksums) -> bool {
+    side.0.len() == table.len() && side.0.keys().eq(table.iter())
+}
+
+/// Appends one step's cells of one side, marking the endpoints it lacks as
+/// absent.
+fn fill(table: &[String], row: usize, side: &EndpointChecksums, column: &mut Vec<u8>, absent: &mut Vec<u32>) {
+    if covers(table, side) {
+        for c in side.0.values() {
+            columns::push_cell(column, c.count, c.hash);
+        }
+        return;
+    }
+    for (j, endpoint) in table.iter().enumerate() {
+        match side.0.get(endpoint) {
+            Some(c) => columns::push_cell(column, c.count, c.hash),
+            None => {
+                columns::push_cell(column, 0, 0);
+                absent.push((row + j) as u32);
             }
         }
-    };
-    fill(checksums, &mut batch.counts, &mut batch.hashes, &mut batch.absent);
-    fill(journaled, &mut batch.journaled_counts, &mut batch.journaled_hashes, &mut batch.journaled_absent);
-    batch.steps.push(step);
-    true
+    }
 }
 
 /// A journal summary in its wire form: `Hello.journal_endpoints` (the
@@ -256,6 +280,14 @@ mod tests {
         ]);
     }
 
+    /// A `ReplayedSteps`' columns read back: steps, replayed cells,
+    /// journaled cells (`None` while `journaled_as_replayed`).
+    #[allow(clippy::type_complexity)]
+    fn read_columns(b: &v1::ReplayedSteps) -> (Vec<u64>, Vec<(u64, u64)>, Option<Vec<(u64, u64)>>) {
+        let journaled = (!b.journaled_as_replayed).then(|| columns::cells(&b.journaled).unwrap().collect());
+        (columns::steps(&b.steps).unwrap().collect(), columns::cells(&b.replayed).unwrap().collect(), journaled)
+    }
+
     /// Steps go into the columns in order, an endpoint missing on one side
     /// is marked absent on that side only, and a step naming an endpoint
     /// the batch's table lacks is refused without changing the batch.
@@ -268,11 +300,39 @@ mod tests {
         assert!(push_replayed_step(&mut b, 7, &sums(&[("gen", 2)]), &sums(&[("gen", 2), ("push", 1)])));
         assert!(push_replayed_step(&mut b, 8, &sums(&[("push", 3)]), &sums(&[("push", 3)])));
         assert_eq!(b.endpoints, ["gen", "push"]);
-        assert_eq!(b.steps, [7, 8]);
-        assert_eq!((b.counts.clone(), b.hashes.clone(), b.absent.clone()), (vec![2, 0, 0, 3], vec![20, 0, 0, 30], vec![1, 2]));
-        assert_eq!((b.journaled_counts.clone(), b.journaled_absent.clone()), (vec![2, 1, 0, 3], vec![2]));
+        let (steps, replayed, journaled) = read_columns(&b);
+        assert_eq!(steps, [7, 8]);
+        assert_eq!((replayed, b.absent.clone()), (vec![(2, 20), (0, 0), (0, 0), (3, 30)], vec![1, 2]));
+        assert_eq!((journaled, b.journaled_absent.clone()), (Some(vec![(2, 20), (1, 10), (0, 0), (3, 30)]), vec![2]));
         let before = b.clone();
         assert!(!push_replayed_step(&mut b, 9, &sums(&[("other", 1)]), &sums(&[("other", 1)])));
         assert_eq!(b, before);
+    }
+
+    /// The journaled side is left out while every step journaled what it
+    /// ingested, and written out whole (the earlier rows included) from
+    /// the first step that differs.
+    #[test]
+    fn journaled_side_is_written_only_once_a_step_differs() {
+        let sums = |pairs: &[(&str, u64)]| -> EndpointChecksums {
+            pairs.iter().map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: n * 10 })).collect()
+        };
+        let mut b = v1::ReplayedSteps { tid: 4, ..Default::default() };
+        assert!(push_replayed_step(&mut b, 1, &sums(&[("gen", 2), ("push", 1)]), &sums(&[("gen", 2), ("push", 1)])));
+        assert!(push_replayed_step(&mut b, 2, &sums(&[("gen", 5)]), &sums(&[("gen", 5)])));
+        assert!(b.journaled_as_replayed);
+        assert!(b.journaled.is_empty() && b.journaled_absent.is_empty());
+        assert_eq!(read_columns(&b).1, [(2, 20), (1, 10), (5, 50), (0, 0)]);
+        assert_eq!(b.absent, [3]);
+        assert!(push_replayed_step(&mut b, 3, &sums(&[("gen", 4), ("push", 1)]), &sums(&[("gen", 6), ("push", 1)])));
+        assert!(!b.journaled_as_replayed);
+        let (steps, replayed, journaled) = read_columns(&b);
+        assert_eq!(steps, [1, 2, 3]);
+        assert_eq!(replayed, [(2, 20), (1, 10), (5, 50), (0, 0), (4, 40), (1, 10)]);
+        assert_eq!(journaled.unwrap(), [(2, 20), (1, 10), (5, 50), (0, 0), (6, 60), (1, 10)]);
+        assert_eq!((b.absent.clone(), b.journaled_absent.clone()), (vec![3], vec![3]));
+        // Equal again: both sides go on being written.
+        assert!(push_replayed_step(&mut b, 4, &sums(&[("gen", 1), ("push", 1)]), &sums(&[("gen", 1), ("push", 1)])));
+        assert_eq!(read_columns(&b).2.unwrap().len(), 8);
     }
 }

@@ -8,6 +8,7 @@
 use super::*;
 use crate::core::Command;
 use crate::reference::{ReferenceConfig, ReferenceEngine, GENERATOR_ENDPOINT, PUSH_ENDPOINT};
+use lockstep_proto::columns;
 use lockstep_proto::v1::host_report::Report as R;
 use std::path::Path;
 
@@ -115,25 +116,32 @@ impl Harness {
 fn expand(r: R) -> Vec<R> {
     let R::ReplayedSteps(b) = r else { return vec![r] };
     assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty batch was sent");
-    assert!(b.steps.windows(2).all(|w| w[0] < w[1]), "batched steps in order: {b:?}");
     let n = b.endpoints.len();
-    assert_eq!((b.counts.len(), b.journaled_counts.len()), (b.steps.len() * n, b.steps.len() * n), "{b:?}");
-    let side = |counts: &[u64], hashes: &[u64], absent: &[u32], i: usize| -> Vec<v1::EndpointChecksum> {
+    let steps: Vec<u64> = columns::steps(&b.steps).expect("whole step numbers").collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "batched steps in order: {b:?}");
+    let replayed: Vec<(u64, u64)> = columns::cells(&b.replayed).expect("whole cells").collect();
+    let (journaled, journaled_absent): (Vec<(u64, u64)>, &[u32]) = if b.journaled_as_replayed {
+        assert!(b.journaled.is_empty() && b.journaled_absent.is_empty(), "{b:?}");
+        (replayed.clone(), &b.absent)
+    } else {
+        (columns::cells(&b.journaled).expect("whole cells").collect(), &b.journaled_absent)
+    };
+    assert_eq!((replayed.len(), journaled.len()), (steps.len() * n, steps.len() * n), "{b:?}");
+    let side = |cells: &[(u64, u64)], absent: &[u32], i: usize| -> Vec<v1::EndpointChecksum> {
         (0..n)
             .filter(|j| !absent.contains(&((i * n + j) as u32)))
-            .map(|j| v1::EndpointChecksum { endpoint: b.endpoints[j].clone(), count: counts[i * n + j], hash: hashes[i * n + j] })
+            .map(|j| v1::EndpointChecksum { endpoint: b.endpoints[j].clone(), count: cells[i * n + j].0, hash: cells[i * n + j].1 })
             .collect()
     };
-    let mut out: Vec<R> = b
-        .steps
+    let mut out: Vec<R> = steps
         .iter()
         .enumerate()
         .map(|(i, &step)| {
             R::StepDone(v1::StepDone {
                 tid: b.tid,
                 step,
-                checksums: side(&b.counts, &b.hashes, &b.absent, i),
-                journaled: side(&b.journaled_counts, &b.journaled_hashes, &b.journaled_absent, i),
+                checksums: side(&replayed, &b.absent, i),
+                journaled: side(&journaled, journaled_absent, i),
                 state: v1::HostTxnState::OpenReplay as i32,
                 mode: v1::TxnMode::Replay as i32,
             })
@@ -610,7 +618,7 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     assert_eq!(messages.len(), 1, "both tids' reports in one message: {messages:?}");
     let raw: Vec<R> = messages.into_iter().flatten().collect();
     let batch = |r: &R| match r {
-        R::ReplayedSteps(b) => (b.tid, b.steps.clone(), b.prepared.as_ref().map(|p| p.tid)),
+        R::ReplayedSteps(b) => (b.tid, columns::steps(&b.steps).expect("whole step numbers").collect::<Vec<u64>>(), b.prepared.as_ref().map(|p| p.tid)),
         other => panic!("expected ReplayedSteps, got {other:?}"),
     };
     assert_eq!(raw.len(), 3, "{raw:?}");

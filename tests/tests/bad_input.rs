@@ -187,7 +187,7 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
         seq: 2,
         report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps {
             tid: 5,
-            steps: vec![7, 9, 8],
+            steps: [7u64, 9, 8].iter().flat_map(|s| s.to_le_bytes()).collect(),
             ..Default::default()
         })),
     };

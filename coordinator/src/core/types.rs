@@ -133,8 +133,9 @@ pub struct ReplayedBatch {
     /// `i * endpoints.len()..`, one entry per endpoint; `None`, the step
     /// has no checksum for that endpoint.
     pub replayed: Vec<Option<Checksum>>,
-    /// What the journal recorded, laid out as `replayed`.
-    pub journaled: Vec<Option<Checksum>>,
+    /// What the journal recorded, laid out as `replayed`; `None` when it
+    /// is exactly `replayed` (the host sent `journaled_as_replayed`).
+    pub journaled: Option<Vec<Option<Checksum>>>,
     pub prepared: Option<PreparedReport>,
 }
 
@@ -142,7 +143,8 @@ impl ReplayedBatch {
     /// Row `i` of both sides: (replayed, journaled).
     pub fn row(&self, i: usize) -> (&[Option<Checksum>], &[Option<Checksum>]) {
         let n = self.endpoints.len();
-        (&self.replayed[i * n..(i + 1) * n], &self.journaled[i * n..(i + 1) * n])
+        let journaled = self.journaled.as_deref().unwrap_or(&self.replayed);
+        (&self.replayed[i * n..(i + 1) * n], &journaled[i * n..(i + 1) * n])
     }
 
     /// The single report step `i` stands for.
