@@ -93,16 +93,25 @@ pub fn report_to_proto(report: Report) -> v1::host_report::Report {
 /// first step that differs writes out the rows before it (equal to the
 /// replayed ones) and both sides are written from then on.
 pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> bool {
+    let same = journaled == checksums;
     if batch.steps.is_empty() {
-        batch.endpoints = checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        batch.endpoints = if same {
+            checksums.0.keys().cloned().collect()
+        } else {
+            checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+        };
         batch.journaled_as_replayed = true;
+        // A tid is usually a few to a few dozen steps: room for the usual
+        // case at once rather than doubling step by step.
+        batch.steps.reserve(BATCH_STEPS_RESERVED * columns::STEP_BYTES);
+        batch.replayed.reserve(BATCH_STEPS_RESERVED * batch.endpoints.len() * columns::CELL_BYTES);
     } else {
-        let known = |e: &String| batch.endpoints.binary_search(e).is_ok();
-        if !covers(&batch.endpoints, checksums) && !checksums.0.keys().all(known) || !covers(&batch.endpoints, journaled) && !journaled.0.keys().all(known) {
+        let fits = |side: &EndpointChecksums| covers(&batch.endpoints, side) || side.0.keys().all(|e| batch.endpoints.binary_search(e).is_ok());
+        if !fits(checksums) || !same && !fits(journaled) {
             return false;
         }
     }
-    if batch.journaled_as_replayed && journaled != checksums {
+    if batch.journaled_as_replayed && !same {
         batch.journaled.clone_from(&batch.replayed);
         batch.journaled_absent.clone_from(&batch.absent);
         batch.journaled_as_replayed = false;
@@ -116,6 +125,9 @@ pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &
     columns::push_step(&mut batch.steps, step);
     true
 }
+
+/// Steps a new `ReplayedSteps` has room for before its columns grow.
+const BATCH_STEPS_RESERVED: usize = 16;
 
 /// Whether `side` names exactly the endpoints of `table`, which is sorted
 /// as its keys are: then its cells are its values in order.
