@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream};
 use lockstep_proto::v1 as pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -68,6 +68,10 @@ const TICK_MS: u64 = 10;
 /// interval writes about 10 lines/s instead of one per commit (hundreds per
 /// second, formatted and written on the commit path).
 const COMMIT_LOG_EVERY_MS: u64 = 100;
+/// Pipeline events buffered per `Admin/WatchEvents` stream before a
+/// watcher that reads too slowly is cut off with DATA_LOSS (a replay
+/// publishes one event per tid).
+const WATCH_EVENTS_BUFFER: usize = 16_384;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
 
@@ -164,6 +168,8 @@ pub struct DriverHandle {
     lost: watch::Receiver<Option<String>>,
     /// How this node names itself (Welcome, GetStatus).
     coordinator_id: Arc<str>,
+    /// The driver's pipeline events (`Admin/WatchEvents`).
+    events: broadcast::Sender<pb::PipelineEvent>,
 }
 
 impl DriverHandle {
@@ -193,6 +199,44 @@ impl DriverHandle {
 
     async fn event(&self, e: Event) -> Result<(), Status> {
         self.tx.send(Msg::Event(e)).await.map_err(|_| Status::unavailable("coordinator is shutting down"))
+    }
+
+    /// The driver's pipeline events from now on (`Admin/WatchEvents`). Ends
+    /// with UNAVAILABLE when the driver ends (this node stopped leading or
+    /// shuts down), and with DATA_LOSS if the reader falls more than
+    /// `WATCH_EVENTS_BUFFER` events behind: an event is never skipped
+    /// silently.
+    fn watch(&self, without_commits: bool) -> impl Stream<Item = Result<pb::PipelineEvent, Status>> + Send + 'static {
+        let state = Some((self.events.subscribe(), self.tx.clone()));
+        futures::stream::unfold(state, move |state| async move {
+            let (mut rx, driver) = state?;
+            let item = loop {
+                let item = tokio::select! {
+                    biased;
+                    r = rx.recv() => r,
+                    _ = driver.closed() => Err(broadcast::error::RecvError::Closed),
+                };
+                match item {
+                    Ok(pb::PipelineEvent { event: Some(pb::pipeline_event::Event::Committed(_)), .. }) if without_commits => continue,
+                    item => break item,
+                }
+            };
+            match item {
+                Ok(event) => Some((Ok(event), Some((rx, driver)))),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(Status::data_loss(format!(
+                        "this watcher fell {n} events behind and they are gone; read Admin/GetStatus and call WatchEvents again"
+                    ))),
+                    None,
+                )),
+                Err(broadcast::error::RecvError::Closed) => Some((
+                    Err(Status::unavailable(
+                        "this coordinator stopped driving the pipeline (no longer the leader, or shutting down); watch the leader",
+                    )),
+                    None,
+                )),
+            }
+        })
     }
 
     /// Runs `f` against the core on the driver task and returns its result.
@@ -240,6 +284,10 @@ struct Driver {
     /// When a commit was last logged at info level (`now_ms`), and the
     /// live commits since, that line included.
     commit_log: (Option<u64>, u64),
+    /// Pipeline events for `Admin/WatchEvents`, numbered from 1 per leader
+    /// term; sending costs nothing measurable while nobody watches.
+    events: broadcast::Sender<pb::PipelineEvent>,
+    event_seq: u64,
 }
 
 /// Starts the driver, the proposer and the ticker over the ledger as this
@@ -349,6 +397,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
 
     let started = Instant::now();
     let stats: SharedStats = Arc::new(Mutex::new(ShellStats::new()));
+    let (events_tx, _) = broadcast::channel(WATCH_EVENTS_BUFFER);
     let mut driver =
         Driver {
         core,
@@ -360,6 +409,8 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         now_ms: 0,
         dirty: Vec::new(),
         commit_log: (None, 0),
+        events: events_tx.clone(),
+        event_seq: 0,
     };
     driver.execute(initial);
     driver.flush_commands();
@@ -440,7 +491,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         }
         .instrument(info_span!("driver")),
     );
-    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx, coordinator_id: id_for_status })
+    Ok(DriverHandle { tx, next_conn: Arc::new(AtomicU64::new(1)), stats, lost: lost_rx, coordinator_id: id_for_status, events: events_tx })
 }
 
 /// The tids whose ledger records `entry` creates or changes.
@@ -694,7 +745,7 @@ impl Driver {
 
     /// Replay timing: from the Recovering notice (every host restored) to
     /// the commit of the last replayed committed tid.
-    fn time_replay(&self, n: &Notice) {
+    fn time_replay(&self, n: &Notice) -> Option<pb::ReplayStats> {
         let mut st = lock(&self.stats);
         match n {
             Notice::Recovering { replay_tids, .. } => {
@@ -717,13 +768,52 @@ impl Driver {
                 st.last_replay = pb::ReplayStats { tids, records, micros };
                 let per_s = if micros == 0 { 0.0 } else { records as f64 * 1e6 / micros as f64 };
                 info!(tids, records, micros, records_per_s = per_s as u64, "replay done");
+                return Some(st.last_replay);
             }
+        }
+        None
+    }
+
+    /// Numbers `event` and hands it to every `Admin/WatchEvents` stream.
+    /// Built only while someone watches: a replay's thousands of commits
+    /// cost nothing more otherwise.
+    fn publish(&mut self, epoch: u64, event: impl FnOnce() -> pb::pipeline_event::Event) {
+        self.event_seq += 1;
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        // A send fails only when every watcher went away meanwhile.
+        let _ = self.events.send(pb::PipelineEvent { seq: self.event_seq, epoch, event: Some(event()) });
+    }
+
+    /// A core notice as the `Admin/WatchEvents` event it is.
+    fn watch_event(n: &Notice) -> pb::pipeline_event::Event {
+        use pb::pipeline_event::Event as E;
+        match n {
+            Notice::PipelineState { from, to, why } => E::State(pb::PipelineStateChanged { from: from.clone(), to: to.clone(), why: why.clone() }),
+            Notice::HostJoined { host } => E::HostJoined(pb::HostJoined { host_id: host.clone() }),
+            Notice::HostLost { host, why } => E::HostLost(pb::HostLost { host_id: host.clone(), why: why.clone() }),
+            Notice::Committed { tid, replayed, records } => E::Committed(pb::TidCommitted { tid: *tid, replayed: *replayed, records: *records }),
+            Notice::CheckpointComplete { tid } => E::CheckpointComplete(pb::CheckpointCompleted { tid: *tid }),
+            Notice::Recovering { checkpoint, replay_tids, open_tid, .. } => E::Recovering(pb::RecoveryStarted {
+                checkpoint: *checkpoint,
+                tids: replay_tids.len() as u64,
+                first_tid: replay_tids.first().copied().unwrap_or(0),
+                last_tid: replay_tids.last().copied().unwrap_or(0),
+                open_tid: open_tid.unwrap_or(0),
+            }),
+            Notice::Recovery(r) => E::Recovery(pb::Recovery { path: r.path.as_str().into(), why: r.why.clone(), epoch: r.epoch }),
+            Notice::Failed(d) => E::Failed(wire::failure_to(Some(d))),
         }
     }
 
     fn notice(&mut self, n: Notice) {
-        self.time_replay(&n);
+        let replay_done = self.time_replay(&n);
         let epoch = self.core.epoch();
+        self.publish(epoch, || Self::watch_event(&n));
+        if let Some(stats) = replay_done {
+            self.publish(epoch, || pb::pipeline_event::Event::ReplayDone(stats));
+        }
         match n {
             Notice::PipelineState { from, to, why } => info!(epoch, %from, %to, %why, "pipeline state"),
             Notice::HostJoined { host } => info!(epoch, %host, "host said hello"),
@@ -998,8 +1088,18 @@ fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
     }
 }
 
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let without_commits = request.into_inner().without_commits;
+        let driver = self.driver("WatchEvents")?;
+        Ok(Response::new(Box::pin(driver.watch(without_commits))))
+    }
+
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
         let is_leader = self.ledger.is_leader();
         let node_id = self.ledger.node_id();

@@ -65,3 +65,80 @@ async fn stop_and_resume_through_admin_and_requests_that_do_not_apply_are_refuse
         .await;
     assert!(s.epoch > stopped.epoch, "recovery after Resume runs in a new epoch: {s:#?}");
 }
+
+/// `Admin/WatchEvents` streams what the pipeline does as it happens, each
+/// event numbered consecutively: every commit in tid order, a checkpoint
+/// asked for through Admin, and a host that dies with the state change it
+/// causes. The stream is read with a bound on events and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_streams_commits_a_checkpoint_and_a_lost_host_in_order() {
+    use lockstep_proto::v1::{self as pb, pipeline_event::Event as E};
+    let mut c = Cluster::start(ClusterOpts { hosts: 2, ..ClusterOpts::default() });
+    c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 1).await;
+    let mut admin = c.admin().await.unwrap();
+    let mut events = admin.watch_events(pb::WatchEventsRequest::default()).await.expect("watch").into_inner();
+    let mut last_seq: Option<u64> = None;
+    let mut seen: Vec<E> = Vec::new();
+    // The next event; its seq must follow the previous one's.
+    let mut next = async |what: &str| -> E {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event within 30 s while waiting for {what}; seen {seen:?}"))
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(prev) = last_seq {
+            assert_eq!(ev.seq, prev + 1, "events are numbered consecutively");
+        }
+        last_seq = Some(ev.seq);
+        let e = ev.event.expect("every event has a body");
+        seen.push(e.clone());
+        e
+    };
+    // Commits come one per tid, in order.
+    let mut commits = Vec::new();
+    while commits.len() < 5 {
+        if let E::Committed(t) = next("commits").await {
+            assert!(!t.replayed, "a live commit: {t:?}");
+            commits.push(t.tid);
+        }
+    }
+    assert!(commits.windows(2).all(|w| w[1] == w[0] + 1), "every tid once, in order: {commits:?}");
+    // A watcher that leaves out the commits sees the rest.
+    let mut quiet = admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await.expect("watch").into_inner();
+    admin.checkpoint(pb::CheckpointRequest {}).await.expect("checkpoint");
+    let mut checkpoint = None;
+    for _ in 0..1000 {
+        match next("the checkpoint").await {
+            E::Committed(t) => commits.push(t.tid),
+            E::CheckpointComplete(cp) => {
+                checkpoint = Some(cp.tid);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let checkpoint = checkpoint.expect("CheckpointComplete within 1000 events");
+    assert!(commits.contains(&checkpoint), "the checkpoint is named by a committed tid: {checkpoint} not in {commits:?}");
+    let first = tokio::time::timeout(Duration::from_secs(30), quiet.message()).await.expect("an event").expect("ok").expect("open");
+    assert!(
+        matches!(&first.event, Some(E::CheckpointComplete(cp)) if cp.tid == checkpoint),
+        "without commits, the checkpoint is the first event: {first:?}"
+    );
+    c.hosts[1].kill();
+    let lost = host_id(1);
+    let mut host_lost = false;
+    for _ in 0..1000 {
+        match next("the lost host").await {
+            E::HostLost(h) => {
+                assert_eq!(h.host_id, lost, "{h:?}");
+                host_lost = true;
+            }
+            E::State(s) if host_lost => {
+                assert_eq!(s.from, "Running", "{s:?}");
+                return;
+            }
+            _ => {}
+        }
+    }
+    panic!("no HostLost then state change within 1000 events: {seen:?}");
+}

@@ -294,10 +294,17 @@ fn replay_deadline(tids: u64) -> Duration {
 
 async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replayed> {
     c.coordinator.start();
+    let deadline = Instant::now() + replay_deadline(tids);
+    // Waited for by events, not by polling: the replay is timed inside the
+    // coordinator, and a GetStatus poll every 10 ms cost about 10 ms of
+    // CPU per replay (this process's and the coordinator's, ~2% of the
+    // hosts'), taken from the hosts being measured; the replay alone has
+    // no such visitor. The watch opens before any host starts, so it sees
+    // the replay begin; per-tid commits are left out.
+    let mut events = watch_events(&c.addr, deadline).await?;
     for h in c.hosts.iter_mut() {
         h.start();
     }
-    let deadline = Instant::now() + replay_deadline(tids);
     let (mut coord_sampled, mut host_sampled) = (0u64, 0u64);
     let sample = |c: &Cluster, coord: &mut u64, host: &mut u64| -> (u64, u64) {
         let (cr, ch) = c.coordinator.pid().and_then(rss_kib).unwrap_or_default();
@@ -315,21 +322,32 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
         (c.coordinator.pid().and_then(cpu_micros).unwrap_or(0), host)
     };
     let mut cpu_at_replay_start: Option<(u64, Vec<u64>)> = None;
-    // One connection for every poll (reconnecting while the coordinator
-    // starts): a new connection per poll cost the coordinator an accept, an
-    // HTTP/2 handshake and header decoding every 10 ms, CPU taken from the
-    // replay being measured (the replay alone has no such visitor).
-    let mut admin = AdminClient::new(channel(&c.addr)?);
+    // Resident memory is sampled now and then (the peaks come from VmHWM).
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let (coord_peak, host_peak) = sample(c, &mut coord_sampled, &mut host_sampled);
-        if let Ok(s) = admin.get_status(pb::GetStatusRequest {}).await.map(|r| r.into_inner()) {
-            if s.pipeline_state == "Replaying" && cpu_at_replay_start.is_none() {
-                cpu_at_replay_start = Some(cpu_all(c));
+        use pb::pipeline_event::Event as E;
+        let event = tokio::select! {
+            _ = ticker.tick() => {
+                sample(c, &mut coord_sampled, &mut host_sampled);
+                anyhow::ensure!(Instant::now() <= deadline, "replay did not finish in time\n{}", c.logs());
+                continue;
             }
-            if s.pipeline_state == "Failed" {
-                anyhow::bail!("replay failed: {}\n{}", s.failure, c.logs());
-            }
-            if let Some(r) = s.last_replay.filter(|r| r.micros > 0) {
+            event = events.message() => match event {
+                Ok(Some(e)) => e.event,
+                Ok(None) => anyhow::bail!("the coordinator ended its event stream before the replay was done\n{}", c.logs()),
+                Err(status) => anyhow::bail!("the coordinator's event stream failed: {status}\n{}", c.logs()),
+            },
+        };
+        match event {
+            // Every host restored: the coordinator's replay timer starts now.
+            Some(E::Recovering(_)) if cpu_at_replay_start.is_none() => cpu_at_replay_start = Some(cpu_all(c)),
+            Some(E::Failed(f)) => anyhow::bail!("replay failed: {}\n{}", f.summary, c.logs()),
+            Some(E::ReplayDone(r)) => {
+                let cpu_micros = cpu_at_replay_start.as_ref().map(|(c0, h0)| {
+                    let (c1, h1) = cpu_all(c);
+                    (c1.saturating_sub(*c0), h1.iter().zip(h0).map(|(b, a)| b.saturating_sub(*a)).collect())
+                });
+                let (coord_peak, host_peak) = sample(c, &mut coord_sampled, &mut host_sampled);
                 anyhow::ensure!(r.tids == tids, "replayed {} tids, expected {tids}", r.tids);
                 let hosts: Vec<String> =
                     c.hosts.iter().map(|h| h.pid().and_then(cpu_ms).map_or("?".into(), |ms| ms.to_string())).collect();
@@ -338,10 +356,6 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
                     c.coordinator.pid().and_then(cpu_ms).map_or("?".into(), |ms| ms.to_string()),
                     hosts.join("/")
                 ));
-                let cpu_micros = cpu_at_replay_start.as_ref().map(|(c0, h0)| {
-                    let (c1, h1) = cpu_all(c);
-                    (c1.saturating_sub(*c0), h1.iter().zip(h0).map(|(b, a)| b.saturating_sub(*a)).collect())
-                });
                 return Ok(Replayed {
                     stats: r,
                     cpu_micros,
@@ -351,11 +365,24 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
                     host_sampled_kib: host_sampled,
                 });
             }
+            _ => {}
         }
-        if Instant::now() > deadline {
-            anyhow::bail!("replay did not finish in time\n{}", c.logs());
+    }
+}
+
+/// `Admin/WatchEvents` on a coordinator that is starting: retried until it
+/// leads and answers (bounded by `deadline`). Its channel has no request
+/// timeout: the stream lasts as long as the replay.
+async fn watch_events(addr: &str, deadline: Instant) -> anyhow::Result<tonic::Streaming<pb::PipelineEvent>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy();
+    let mut admin = AdminClient::new(channel);
+    loop {
+        match admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(status) if Instant::now() > deadline => anyhow::bail!("the coordinator at {addr} never served WatchEvents: {status}"),
+            // Not up, or not leading yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
