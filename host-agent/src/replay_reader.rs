@@ -218,16 +218,21 @@ fn read(journal: &Journal, first: u64, last: u64, tx: &mpsc::UnboundedSender<Chu
             None => false,
         }
     };
+    // One journal reader for the whole run: one open and one read buffer,
+    // not one per tid.
+    let mut steps = match journal.steps_of_run(first, last) {
+        Ok(steps) => steps.peekable(),
+        Err(e) => {
+            let _ = tx.send(Chunk::Failed(e));
+            return;
+        }
+    };
     for tid in first..=last {
-        let steps = match journal.steps_of(tid) {
-            Ok(steps) => steps,
-            Err(e) => {
-                let _ = tx.send(Chunk::Failed(e));
-                return;
-            }
-        };
         let (mut chunk, mut bytes) = (Vec::new(), 0);
-        for step in steps {
+        // This tid's records, and an error where it comes. A record of an
+        // earlier tid (the journal went back) goes with this tid too, so
+        // that the replay refuses it by name instead of it being skipped.
+        while let Some(step) = steps.next_if(|s| s.as_ref().map_or(true, |s| s.tid <= tid)) {
             match step {
                 Ok(step) => {
                     bytes += prost::Message::encoded_len(&step).max(STEP_CREDIT_MIN_BYTES);

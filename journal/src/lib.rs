@@ -447,14 +447,14 @@ impl Journal {
     /// place ([`view::StepView`]: no allocation per record). The same steps,
     /// checks and errors as `steps_of` (both read every record from the
     /// tid's first step up to, not including, the first step of a later
-    /// tid: `tid_span`). Stops at the
+    /// tid: `run_span`). Stops at the
     /// first error, of the journal or of `f`; returns how many steps `f` saw.
     pub fn for_each_step<E, F>(&self, tid: u64, mut f: F) -> std::result::Result<u64, E>
     where
         E: From<JournalError>,
         F: FnMut(view::StepView<'_>) -> std::result::Result<(), E>,
     {
-        let Some((span, start)) = self.tid_span(tid) else { return Ok(0) };
+        let Some((span, start)) = self.run_span(tid, tid) else { return Ok(0) };
         let mut records = RecordViews::new(read::Cursor::new(span, start)?);
         let mut steps = 0;
         while let Some((_, record)) = records.next_record()? {
@@ -486,29 +486,39 @@ impl Journal {
     }
 
     /// The step records of one tid, in step order, streamed (reading only
-    /// the part of the journal that can hold them, `tid_span`).
+    /// the part of the journal that can hold them, `run_span`).
     pub fn steps_of(&self, tid: u64) -> Result<impl Iterator<Item = Result<pb::StepRecord>>> {
-        let records = match self.tid_span(tid) {
+        self.steps_of_run(tid, tid)
+    }
+
+    /// The step records of the tids `first..=last`, tid by tid, each in
+    /// step order, streamed through one reader: a replay's read-ahead of a
+    /// run of consecutive tids opens the journal and fills a read buffer
+    /// once, not once per tid (an open, a stat, an fadvise, a seek and a
+    /// close per tid before). A tid of the range with no step records
+    /// yields nothing; each record names its tid.
+    pub fn steps_of_run(&self, first: u64, last: u64) -> Result<impl Iterator<Item = Result<pb::StepRecord>>> {
+        let records = match self.run_span(first, last) {
             Some((span, start)) => Some(RecordIter::new(read::Cursor::new(span, start)?)),
             None => None,
         };
-        Ok(StepsIter::new(records, tid))
+        Ok(StepsIter::new(records, first, last))
     }
 
-    /// Where the step records of `tid` lie: from its first one up to the
-    /// first step record of a later tid (step records never go back to an
-    /// earlier tid, so none of `tid`'s lies beyond), else up to the durable
-    /// end. `None`: the journal has no step of `tid`.
+    /// Where the step records of the tids `first..=last` lie: from the
+    /// first one of any of them up to the first step record of a tid after
+    /// `last` (step records never go back to an earlier tid, so none of
+    /// theirs lies beyond), else up to the durable end. `None`: the journal
+    /// has no step of any of them.
     ///
-    /// A reader of one tid reads no further, so its read buffer is the
-    /// size of the tid's records, not a whole read chunk: a replay opens a
-    /// reader per tid, and 256 KiB buffers (each read in full) made a
-    /// host's peak RSS grow with the journal up to the chunk size.
-    fn tid_span(&self, tid: u64) -> Option<(read::Span, Position)> {
+    /// A reader reads no further, so its read buffer is the size of the
+    /// run's records up to a whole read chunk: 256 KiB buffers (each read
+    /// in full) per tid once made a host's peak RSS grow with the journal.
+    fn run_span(&self, first: u64, last: u64) -> Option<(read::Span, Position)> {
         let mut span = self.shared.span();
         let st = self.shared.lock();
-        let start = *st.tid_first.get(&tid)?;
-        let next = st.tid_first.range(tid + 1..).next().map(|(_, p)| *p);
+        let start = *st.tid_first.range(first..=last).next()?.1;
+        let next = last.checked_add(1).and_then(|after| st.tid_first.range(after..).next()).map(|(_, p)| *p);
         // Only ever narrowed: a later tid appended since `span` was taken
         // lies beyond its durable end already.
         if let Some(next) = next.filter(|n| (n.segment, n.offset) < (span.last, span.last_end)) {

@@ -339,12 +339,13 @@ impl Iterator for SharedRecordIter {
 /// a later tid (tids never go backwards along the chain).
 pub struct StepsIter {
     records: Option<RecordIter>,
-    tid: u64,
+    first: u64,
+    last: u64,
 }
 
 impl StepsIter {
-    pub(crate) fn new(records: Option<RecordIter>, tid: u64) -> Self {
-        StepsIter { records, tid }
+    pub(crate) fn new(records: Option<RecordIter>, first: u64, last: u64) -> Self {
+        StepsIter { records, first, last }
     }
 }
 
@@ -357,10 +358,10 @@ impl Iterator for StepsIter {
             match records.next()? {
                 Err(e) => return Some(Err(e)),
                 Ok((_, pb::JournalRecord { kind: Some(pb::journal_record::Kind::Step(step)) })) => {
-                    if step.tid == self.tid {
+                    if (self.first..=self.last).contains(&step.tid) {
                         return Some(Ok(step));
                     }
-                    if step.tid > self.tid {
+                    if step.tid > self.last {
                         records.done = true;
                         return None;
                     }

@@ -112,6 +112,18 @@ fn summarize_and_steps_of() {
     }
     assert_eq!(n, 1);
     assert_eq!(j.steps_of(99).unwrap().count(), 0);
+
+    // A run of tids through one reader: the same records, tid by tid,
+    // nothing of the tids around it, and across segment boundaries.
+    let run: Vec<(u64, u64)> = j.steps_of_run(3, 5).unwrap().map(|r| r.map(|s| (s.tid, s.step)).unwrap()).collect();
+    let one_by_one: Vec<(u64, u64)> =
+        (3..=5).flat_map(|t| j.steps_of(t).unwrap().map(|r| r.map(|s| (s.tid, s.step)).unwrap())).collect();
+    assert_eq!(run, one_by_one);
+    assert_eq!(run.first(), Some(&(3, 5)));
+    assert_eq!(run.last().map(|(t, _)| *t), Some(5));
+    assert_eq!(j.steps_of_run(90, 99).unwrap().count(), 0, "a run of tids with no steps is empty");
+    let tail: Vec<u64> = j.steps_of_run(6, u64::MAX).unwrap().map(|r| r.unwrap().step).collect();
+    assert_eq!(tail, vec![11], "a run to the last possible tid ends at the journal's end");
 }
 
 /// A step record naming `endpoints` `(name, count, hash)` in this order.
