@@ -105,11 +105,14 @@ pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &
         // case at once rather than doubling step by step.
         batch.steps.reserve(BATCH_STEPS_RESERVED * columns::STEP_BYTES);
         batch.replayed.reserve(BATCH_STEPS_RESERVED * batch.endpoints.len() * columns::CELL_BYTES);
-    } else {
-        let fits = |side: &EndpointChecksums| covers(&batch.endpoints, side) || side.0.keys().all(|e| batch.endpoints.binary_search(e).is_ok());
-        if !fits(checksums) || !same && !fits(journaled) {
-            return false;
-        }
+    }
+    // Whether each side names exactly the table's endpoints (the usual
+    // case), decided once: it picks both the check below and the fill.
+    let covered = covers(&batch.endpoints, checksums);
+    let journaled_covered = if same { covered } else { covers(&batch.endpoints, journaled) };
+    let known = |side: &EndpointChecksums| side.0.keys().all(|e| batch.endpoints.binary_search(e).is_ok());
+    if !covered && !known(checksums) || !journaled_covered && !known(journaled) {
+        return false;
     }
     if batch.journaled_as_replayed && !same {
         batch.journaled.clone_from(&batch.replayed);
@@ -118,9 +121,9 @@ pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &
     }
     // Index of this step's first cell.
     let row = batch.steps.len() / columns::STEP_BYTES * batch.endpoints.len();
-    fill(&batch.endpoints, row, checksums, &mut batch.replayed, &mut batch.absent);
+    fill(&batch.endpoints, row, checksums, covered, &mut batch.replayed, &mut batch.absent);
     if !batch.journaled_as_replayed {
-        fill(&batch.endpoints, row, journaled, &mut batch.journaled, &mut batch.journaled_absent);
+        fill(&batch.endpoints, row, journaled, journaled_covered, &mut batch.journaled, &mut batch.journaled_absent);
     }
     columns::push_step(&mut batch.steps, step);
     true
@@ -136,9 +139,9 @@ fn covers(table: &[String], side: &EndpointChecksums) -> bool {
 }
 
 /// Appends one step's cells of one side, marking the endpoints it lacks as
-/// absent.
-fn fill(table: &[String], row: usize, side: &EndpointChecksums, column: &mut Vec<u8>, absent: &mut Vec<u32>) {
-    if covers(table, side) {
+/// absent; `covered`: `covers(table, side)`.
+fn fill(table: &[String], row: usize, side: &EndpointChecksums, covered: bool, column: &mut Vec<u8>, absent: &mut Vec<u32>) {
+    if covered {
         for c in side.0.values() {
             columns::push_cell(column, c.count, c.hash);
         }
