@@ -88,29 +88,22 @@ fn latency_bounds_micros() -> Vec<u64> {
     b
 }
 
-/// What the shell measures (not the core: it has no clocks). Shared with
-/// Admin/GetStatus.
-struct ShellStats {
-    /// A replay in progress: started at "recovering", expects this many tids.
-    replay: Option<(Instant, usize, u64, u64)>,
-    last_replay: pb::ReplayStats,
-    /// Live tids whose Prepare went out and whose Commit has not, oldest
-    /// first (more than one with a commit pipeline).
-    prepare_sent: std::collections::VecDeque<(u64, Instant)>,
+/// A latency histogram over [`latency_bounds_micros`].
+struct Histogram {
     bounds: Vec<u64>,
     counts: Vec<u64>,
     total: u64,
     sum_micros: u64,
 }
 
-impl ShellStats {
+impl Histogram {
     fn new() -> Self {
         let bounds = latency_bounds_micros();
         let counts = vec![0; bounds.len()];
-        ShellStats { replay: None, last_replay: pb::ReplayStats::default(), prepare_sent: Default::default(), bounds, counts, total: 0, sum_micros: 0 }
+        Histogram { bounds, counts, total: 0, sum_micros: 0 }
     }
 
-    fn observe_commit_latency(&mut self, micros: u64) {
+    fn observe(&mut self, micros: u64) {
         let last = self.counts.len() - 1;
         let i = self.bounds.partition_point(|b| *b < micros).min(last);
         self.counts[i] += 1;
@@ -118,7 +111,7 @@ impl ShellStats {
         self.sum_micros = self.sum_micros.saturating_add(micros);
     }
 
-    fn histogram(&self) -> pb::LatencyHistogram {
+    fn to_pb(&self) -> pb::LatencyHistogram {
         pb::LatencyHistogram {
             upper_micros: self.bounds.clone(),
             counts: self.counts.clone(),
@@ -128,7 +121,50 @@ impl ShellStats {
     }
 }
 
+/// A live tid between its first Prepare sent and its first Commit sent.
+struct Committing {
+    tid: u64,
+    prepare_sent: Instant,
+    /// When the core proposed its commit to the ledger: every host's
+    /// Prepared was in.
+    proposed: Option<Instant>,
+}
+
+/// What the shell measures (not the core: it has no clocks). Shared with
+/// Admin/GetStatus.
+struct ShellStats {
+    /// A replay in progress: started at "recovering", expects this many tids.
+    replay: Option<(Instant, usize, u64, u64)>,
+    last_replay: pb::ReplayStats,
+    /// Live tids whose Prepare went out and whose Commit has not, oldest
+    /// first (more than one with a commit pipeline).
+    committing: std::collections::VecDeque<Committing>,
+    /// Prepare sent -> Commit sent, and its two parts: the hosts'
+    /// (Prepare sent -> commit proposed) and the ledger's (commit
+    /// proposed -> Commit sent).
+    commit: Histogram,
+    prepare: Histogram,
+    ledger: Histogram,
+}
+
+impl ShellStats {
+    fn new() -> Self {
+        ShellStats {
+            replay: None,
+            last_replay: pb::ReplayStats::default(),
+            committing: Default::default(),
+            commit: Histogram::new(),
+            prepare: Histogram::new(),
+            ledger: Histogram::new(),
+        }
+    }
+}
+
 type SharedStats = Arc<Mutex<ShellStats>>;
+
+fn micros_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_micros() as u64
+}
 
 fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ShellStats> {
     stats.lock().unwrap_or_else(|p| p.into_inner())
@@ -278,10 +314,10 @@ struct Driver {
     coordinator_id: String,
     stats: SharedStats,
     /// Time of the event being handled, for events the shell itself raises.
-    now_ms: u64,
+    now_us: u64,
     /// Streams with commands in their `outbox`.
     dirty: Vec<ConnId>,
-    /// When a commit was last logged at info level (`now_ms`), and the
+    /// When a commit was last logged at info level (in ms), and the
     /// live commits since, that line included.
     commit_log: (Option<u64>, u64),
     /// Pipeline events for `Admin/WatchEvents`, numbered from 1 per leader
@@ -381,7 +417,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     });
 
     // Report deadlines are checked every TICK_MS; commits are due at exact
-    // times (`Core::commit_due_ms`, in the driver loop below).
+    // times (`Core::commit_due_us`, in the driver loop below).
     let tick_ms = TICK_MS;
     let ticks = tx.clone();
     tokio::spawn(async move {
@@ -406,7 +442,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         propose_tx,
         coordinator_id,
         stats: stats.clone(),
-        now_ms: 0,
+        now_us: 0,
         dirty: Vec::new(),
         commit_log: (None, 0),
         events: events_tx.clone(),
@@ -421,18 +457,18 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                 // The periodic tick checks report deadlines; the open
                 // transaction's commit is due at an exact time, so wake for
                 // it then instead of up to a tick late.
-                let due = driver.core.commit_due_ms().filter(|_| !quiesced);
+                let due = driver.core.commit_due_us().filter(|_| !quiesced);
                 let msg = tokio::select! {
                     msg = rx.recv() => match msg {
                         Some(msg) => msg,
                         None => break,
                     },
-                    _ = tokio::time::sleep_until((started + Duration::from_millis(due.unwrap_or(0))).into()), if due.is_some() => {
+                    _ = tokio::time::sleep_until((started + Duration::from_micros(due.unwrap_or(0))).into()), if due.is_some() => {
                         Msg::Event(Event::Tick)
                     }
                 };
-                let now_ms = started.elapsed().as_millis() as u64;
-                driver.now_ms = now_ms;
+                let now_us = started.elapsed().as_micros() as u64;
+                driver.now_us = now_us;
                 if quiesced && !matches!(msg, Msg::Query(_) | Msg::Stop(_)) {
                     continue;
                 }
@@ -459,11 +495,11 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         );
                     }
                     Msg::Event(e) => {
-                        let actions = driver.core.handle(now_ms, e);
+                        let actions = driver.core.handle(now_us, e);
                         driver.execute(actions);
                     }
                     Msg::Applied(e, records) => {
-                        let actions = driver.core.handle(now_ms, e);
+                        let actions = driver.core.handle(now_us, e);
                         driver.core.share_records(records);
                         driver.execute(actions);
                     }
@@ -478,7 +514,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         for event in events {
                             let accepted = driver.conns.get(&conn).is_some_and(|c| c.host.is_some());
                             if accepted || matches!(event, Event::Disconnected { .. }) {
-                                let actions = driver.core.handle(now_ms, event);
+                                let actions = driver.core.handle(now_us, event);
                                 driver.execute(actions);
                             }
                         }
@@ -676,6 +712,7 @@ impl Driver {
                     }
                 }
                 Action::Propose(entry) => {
+                    self.time_commit_proposed(&entry);
                     if self.propose_tx.send(entry).is_err() {
                         error!("ledger proposer stopped");
                     }
@@ -711,7 +748,7 @@ impl Driver {
             }
             for (conn, host) in lost {
                 let reason = "its command queue overflowed or closed".to_string();
-                let actions = self.core.handle(self.now_ms, Event::Disconnected { conn, host, reason });
+                let actions = self.core.handle(self.now_us, Event::Disconnected { conn, host, reason });
                 self.execute(actions);
             }
         }
@@ -724,22 +761,38 @@ impl Driver {
         match cmd {
             Cmd::Prepare { tid, .. } => {
                 let mut st = lock(&self.stats);
-                if st.prepare_sent.back().is_none_or(|(t, _)| t < tid) {
-                    st.prepare_sent.push_back((*tid, Instant::now()));
+                if st.committing.back().is_none_or(|c| c.tid < *tid) {
+                    st.committing.push_back(Committing { tid: *tid, prepare_sent: Instant::now(), proposed: None });
                 }
             }
             Cmd::Commit { tid, .. } => {
                 let mut st = lock(&self.stats);
                 // Older entries belong to tids abandoned by a recovery.
-                while st.prepare_sent.front().is_some_and(|(t, _)| t < tid) {
-                    st.prepare_sent.pop_front();
+                while st.committing.front().is_some_and(|c| c.tid < *tid) {
+                    st.committing.pop_front();
                 }
-                if let Some((_, at)) = st.prepare_sent.front().filter(|(t, _)| t == tid).copied() {
-                    st.prepare_sent.pop_front();
-                    st.observe_commit_latency(at.elapsed().as_micros() as u64);
+                if st.committing.front().is_some_and(|c| c.tid == *tid) {
+                    let c = st.committing.pop_front().expect("checked");
+                    let now = Instant::now();
+                    st.commit.observe(micros_between(c.prepare_sent, now));
+                    if let Some(proposed) = c.proposed {
+                        st.prepare.observe(micros_between(c.prepare_sent, proposed));
+                        st.ledger.observe(micros_between(proposed, now));
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The split point of a live tid's commit latency: its commit proposed
+    /// to the ledger (`time_commit`).
+    fn time_commit_proposed(&self, entry: &LedgerEntry) {
+        if let LedgerEntry::Commit { tid, .. } = entry {
+            let mut st = lock(&self.stats);
+            if let Some(c) = st.committing.iter_mut().find(|c| c.tid == *tid) {
+                c.proposed.get_or_insert_with(Instant::now);
+            }
         }
     }
 
@@ -749,7 +802,7 @@ impl Driver {
         let mut st = lock(&self.stats);
         match n {
             Notice::Recovering { replay_tids, .. } => {
-                st.prepare_sent.clear();
+                st.committing.clear();
                 st.replay = Some((Instant::now(), replay_tids.len(), 0, 0));
             }
             Notice::Committed { replayed: true, records, .. } => {
@@ -824,7 +877,7 @@ impl Driver {
                 tracing::debug!(epoch, tid, records, "replayed tid committed on every host")
             }
             Notice::Committed { tid, replayed: false, records } => {
-                let now = self.now_ms;
+                let now = self.now_us / 1000;
                 let (last, since) = &mut self.commit_log;
                 *since += 1;
                 if last.is_some_and(|at| now.saturating_sub(at) < COMMIT_LOG_EVERY_MS) {
@@ -1122,9 +1175,9 @@ impl pb::admin_server::Admin for AdminService {
             });
             return Ok(stale(Response::new(status)));
         };
-        let (last_replay, commit_latency) = {
+        let (last_replay, commit_latency, commit_prepare_latency, commit_ledger_latency) = {
             let st = lock(&driver.stats);
-            (st.last_replay, st.histogram())
+            (st.last_replay, st.commit.to_pb(), st.prepare.to_pb(), st.ledger.to_pb())
         };
         let coordinator_id = driver.coordinator_id.clone();
         let status = driver
@@ -1158,6 +1211,8 @@ impl pb::admin_server::Admin for AdminService {
                     is_leader,
                     last_replay: Some(last_replay),
                     commit_latency: Some(commit_latency),
+                    commit_prepare_latency: Some(commit_prepare_latency),
+                    commit_ledger_latency: Some(commit_ledger_latency),
                     node_id,
                     leader_id,
                     leader_addr,

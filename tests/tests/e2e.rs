@@ -16,6 +16,18 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
     let s = c.wait_for("10 commits", LONG, |s| running(s) && s.last_committed_tid >= 10).await;
     assert_eq!(s.hosts.len(), 3);
     assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+    // Every live commit is timed, and split at its proposal to the ledger
+    // into the hosts' part and the ledger's, which add up to it (each part
+    // is rounded down to whole µs).
+    let (all, hosts, ledger) = (
+        s.commit_latency.clone().unwrap_or_default(),
+        s.commit_prepare_latency.clone().unwrap_or_default(),
+        s.commit_ledger_latency.clone().unwrap_or_default(),
+    );
+    assert!(all.total >= 1, "{all:?}");
+    assert_eq!((hosts.total, ledger.total), (all.total, all.total), "{s:#?}");
+    let parts = hosts.sum_micros + ledger.sum_micros;
+    assert!((parts..=parts + all.total).contains(&all.sum_micros), "{s:#?}");
     for h in &mut c.hosts {
         assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
     }

@@ -2,7 +2,9 @@
 //! pure function `state + event -> (state, actions)`.
 //!
 //! Deterministic and sans-IO, in the manner of quinn-proto: no sockets, no
-//! tokio, no clock. Time comes in as `now_ms` with every event; the shell
+//! tokio, no clock. Time comes in as `now_us` (microseconds, so that a
+//! commit interval of a millisecond or two is not rounded by a whole
+//! millisecond either way) with every event; the shell
 //! (`service.rs`) turns gRPC streams and raft commits into `Event`s and runs
 //! the returned `Action`s in one place. Every (phase, event) pair has an
 //! explicit outcome in `handle`: an event that has no business in a phase is
@@ -93,7 +95,7 @@ pub enum Txn {
     Beginning { tid: Tid },
     /// Hosts run steps in `tid`. `mode` is `Replay` for the open last
     /// transaction while its journaled steps are re-run (invariant 4).
-    Open { tid: Tid, mode: Mode, opened_ms: u64 },
+    Open { tid: Tid, mode: Mode, opened_us: u64 },
     /// `Prepare(tid)` sent; waiting for every host's `Prepared`. Steps
     /// already under way may still report.
     Preparing { tid: Tid, mode: Mode },
@@ -211,7 +213,7 @@ pub struct HostProgress {
 pub struct HostSlot {
     pub conn: Option<ConnId>,
     pub hello: Option<Hello>,
-    pub last_heard_ms: u64,
+    pub last_heard_us: u64,
     pub last_step: u64,
     pub last_committed: Tid,
     /// Highest tid this host's current stream was sent `Commit` for: a
@@ -257,7 +259,7 @@ pub struct Core {
     /// Live tids prepared since the last complete checkpoint.
     prepared_since_checkpoint: u64,
     checkpoint_requested: bool,
-    now_ms: u64,
+    now_us: u64,
     /// The path the last new epoch took, and why (for the Admin API).
     last_recovery: Option<Recovery>,
 }
@@ -299,7 +301,7 @@ impl Core {
                 open_last: None,
                 prepared_since_checkpoint: 0,
                 checkpoint_requested: false,
-                now_ms: 0,
+                now_us: 0,
                 last_recovery: None,
             },
             actions,
@@ -346,12 +348,12 @@ impl Core {
     }
 
     /// The one place that decides what an event means in the current phase.
-    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn handle(&mut self, now_us: u64, event: Event) -> Vec<Action> {
+        self.now_us = self.now_us.max(now_us);
         let mut out = Vec::new();
         if let Some(host) = event_host(&event) {
             if let Some(slot) = self.hosts.get_mut(host) {
-                slot.last_heard_ms = self.now_ms;
+                slot.last_heard_us = self.now_us;
             }
         }
         match event {
@@ -404,7 +406,7 @@ impl Core {
         }
         slot.hello = Some(hello);
         slot.commit_sent = slot.last_committed;
-        slot.last_heard_ms = self.now_ms;
+        slot.last_heard_us = self.now_us;
         slot.last_step = slot.hello.as_ref().map(|h| h.last_step).unwrap_or(0);
         out.push(Action::Accept { conn, host: host.clone() });
         out.push(Action::Notice(Notice::HostJoined { host: host.clone() }));
@@ -975,7 +977,7 @@ impl Core {
                 .iter()
                 .filter_map(|(h, s)| {
                     let conn = s.conn?;
-                    (self.now_ms.saturating_sub(s.last_heard_ms) > self.cfg.report_deadline_ms).then(|| (h.clone(), conn))
+                    (self.now_us.saturating_sub(s.last_heard_us) > self.cfg.report_deadline_ms.saturating_mul(1000)).then(|| (h.clone(), conn))
                 })
                 .collect();
             for (host, conn) in late {
@@ -996,12 +998,12 @@ impl Core {
     /// it, or the hosts ingested `txn_records_max` records. Checked on every
     /// tick and after every step report, so a size limit acts at once.
     fn prepare_if_due(&mut self, out: &mut Vec<Action>) {
-        let Phase::Running(Txn::Open { tid, opened_ms, mode }) = self.phase else { return };
+        let Phase::Running(Txn::Open { tid, opened_us, mode }) = self.phase else { return };
         // Hosts still in an inflight tid have not started this one.
         let current = || self.hosts.iter().filter(|(h, _)| self.behind_in(h).is_none()).map(|(_, s)| s);
         let steps_max = current().map(|s| s.txn.steps).max().unwrap_or(0);
         let records: u64 = current().map(|s| s.txn.records).sum();
-        let due = self.now_ms.saturating_sub(opened_ms) >= self.cfg.commit_interval_ms
+        let due = self.now_us.saturating_sub(opened_us) >= self.cfg.commit_interval_ms.saturating_mul(1000)
             || steps_max >= self.cfg.txn_steps_max
             || records >= self.cfg.txn_records_max;
         if !due || self.pipeline_waits() {
@@ -1015,7 +1017,7 @@ impl Core {
                 self.broadcast(Cmd::Prepare { tid, next: Some(Start::live(next)) }, out);
                 self.inflight.push_back(Inflight { tid, prepared: BTreeMap::new(), records: 0, proposed: false });
                 // Each host's progress in `tid` stays until its Prepared.
-                self.phase = Phase::Running(Txn::Open { tid: next, mode: Mode::Live, opened_ms: self.now_ms });
+                self.phase = Phase::Running(Txn::Open { tid: next, mode: Mode::Live, opened_us: self.now_us });
                 self.fill_ahead(out);
                 return;
             }
@@ -1146,15 +1148,15 @@ impl Core {
         self.open_last = None;
     }
 
-    /// When the open transaction's commit interval runs out (`now_ms`
+    /// When the open transaction's commit interval runs out (`now_us`
     /// scale), if one is open: the shell sends a `Tick` then rather than
     /// waiting for its periodic one, so a short interval is not rounded up
     /// to the tick.
-    pub fn commit_due_ms(&self) -> Option<u64> {
+    pub fn commit_due_us(&self) -> Option<u64> {
         match self.phase {
             // A tid waiting on the pipeline is woken by the ledger instead.
             Phase::Running(Txn::Open { .. }) if self.pipeline_waits() => None,
-            Phase::Running(Txn::Open { opened_ms, .. }) => Some(opened_ms.saturating_add(self.cfg.commit_interval_ms)),
+            Phase::Running(Txn::Open { opened_us, .. }) => Some(opened_us.saturating_add(self.cfg.commit_interval_ms.saturating_mul(1000))),
             _ => None,
         }
     }
@@ -1522,7 +1524,7 @@ impl Core {
         for s in self.hosts.values_mut() {
             s.txn = HostProgress::default();
         }
-        self.phase = Phase::Running(Txn::Open { tid, mode, opened_ms: self.now_ms });
+        self.phase = Phase::Running(Txn::Open { tid, mode, opened_us: self.now_us });
     }
 
     fn fail(&mut self, d: Diagnosis, out: &mut Vec<Action>) {

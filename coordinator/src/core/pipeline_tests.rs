@@ -76,7 +76,7 @@ fn commits_are_recorded_and_sent_in_tid_order_and_a_full_pipeline_waits() {
     h.now = 300;
     h.ev(Event::Tick);
     assert!(h.take_sent().is_empty(), "full: tid 3 waits for an older commit rather than prepare");
-    assert_eq!(h.core.commit_due_ms(), None, "and the shell does not spin on its deadline");
+    assert_eq!(h.core.commit_due_us(), None, "and the shell does not spin on its deadline");
     // The two commits were proposed in order; each lands and goes out in order.
     let held: Vec<(Tid, Option<Tid>)> = h
         .held

@@ -66,7 +66,7 @@ impl Harness {
                 Action::Propose(entry) if self.hold => self.held.push_back(entry.clone()),
                 Action::Propose(entry) => {
                     let result = self.shadow.apply(entry);
-                    let more = self.core.handle(self.now, Event::Applied { entry: entry.clone(), result });
+                    let more = self.core.handle(self.now * 1000, Event::Applied { entry: entry.clone(), result });
                     queue.extend(more);
                 }
                 Action::Send { host, cmd, epoch } => {
@@ -82,7 +82,7 @@ impl Harness {
     }
 
     pub fn ev(&mut self, e: Event) -> Vec<Action> {
-        let a = self.core.handle(self.now, e);
+        let a = self.core.handle(self.now * 1000, e);
         self.run(a)
     }
 
@@ -831,12 +831,12 @@ fn a_size_limit_prepares_at_the_step_that_reaches_it_and_the_interval_has_an_exa
     h.hello("h0", vec![], vec![]);
     h.hello("h1", vec![], vec![]);
     h.restored_all(0);
-    assert_eq!(h.core.commit_due_ms(), Some(100), "opened at 0 with a 100 ms interval");
+    assert_eq!(h.core.commit_due_us(), Some(100_000), "opened at 0 with a 100 ms interval");
     h.take_sent();
     h.step("h0", 1, 1, agg(&[]), None);
     assert!(h.take_sent().is_empty());
     // The second step reaches txn_steps_max: Prepare goes out now, not at the next tick.
     h.step("h0", 1, 2, agg(&[]), None);
     assert_eq!(cmds_for(&h.take_sent(), "h1"), vec![Cmd::Prepare { tid: 1, next: None }]);
-    assert_eq!(h.core.commit_due_ms(), None, "nothing is due while preparing");
+    assert_eq!(h.core.commit_due_us(), None, "nothing is due while preparing");
 }

@@ -840,6 +840,16 @@ async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         micros(p99),
         micros(mean)
     ));
+    let part = |h0: Option<pb::LatencyHistogram>, h1: Option<pb::LatencyHistogram>| {
+        let (h0, h1) = (h0.unwrap_or_default(), h1.unwrap_or_default());
+        let n = (h1.total - h0.total).max(1) as f64;
+        let p = |q| histogram_percentile(&h0, &h1, q).map_or("-".to_string(), micros);
+        format!("p50 {} p99 {} mean {}", p(0.5), p(0.99), micros((h1.sum_micros - h0.sum_micros) as f64 / n))
+    };
+    let hosts_part = part(s0.commit_prepare_latency.clone(), s1.commit_prepare_latency.clone());
+    let ledger_part = part(s0.commit_ledger_latency.clone(), s1.commit_ledger_latency.clone());
+    say(format!("  of which hosts (Prepare sent → last Prepared in): {hosts_part}"));
+    say(format!("  of which ledger (commit proposed → Commit sent): {ledger_part}"));
     rows.push(row(
         &format!("live, empty steps, {} hosts: committed tids/s", o.hosts),
         format!("{:.0}/s", tids as f64 / secs),
