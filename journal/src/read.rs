@@ -335,8 +335,11 @@ impl Iterator for SharedRecordIter {
     }
 }
 
-/// The step records of one tid, in order. Stops at the first step record of
-/// a later tid (tids never go backwards along the chain).
+/// The step records of the tids `first..=last`, in order. Stops at the
+/// first step record of a later tid. It starts at the first step record of
+/// a tid of the range, and the chain check fails a step record whose tid
+/// goes backwards (`StepOrder`), so a step of a tid before `first` is never
+/// met after it: the records it passes over are the other kinds.
 pub struct StepsIter {
     records: Option<RecordIter>,
     first: u64,

@@ -586,6 +586,23 @@ fn step_gap_on_disk_is_a_typed_error() {
 }
 
 #[test]
+fn a_step_of_an_earlier_tid_on_disk_is_a_typed_error_not_skipped() {
+    // By hand again: a step of tid 1 after tid 2 began. A reader of tid 2
+    // must not pass over it silently; the chain check refuses it at open.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = format::encode_header(1, 0, 0, &ident());
+    for r in [step(1, 0, 1, 4), step(2, 1, 2, 4), step(3, 2, 1, 4), step(4, 3, 2, 4)] {
+        bytes.extend(format::encode_frame(&r));
+    }
+    fs::write(seg_path(dir.path(), 1), bytes).unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().unwrap();
+    match &err {
+        JournalError::StepOrder { what: "tid went backwards", found, .. } => assert_eq!(found, "1"),
+        other => panic!("expected StepOrder, got {other}"),
+    }
+}
+
+#[test]
 fn gc_deletes_whole_segments_before_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let opts = small_segments(1024);
