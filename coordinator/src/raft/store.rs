@@ -568,8 +568,12 @@ impl LogStore {
             recent.pop_front();
         }
         // Only what the log holds: it skips entries its purge point covers.
+        // `recent` is in index order, so those are at the front (this runs
+        // on every append, between its fdatasync and the commit).
         let (first, last) = (self.db.log.first_index(), self.db.log.last_index());
-        recent.retain(|e| first.is_some_and(|f| e.log_id.index >= f));
+        while recent.front().is_some_and(|e| first.is_none_or(|f| e.log_id.index < f)) {
+            recent.pop_front();
+        }
         if recent.back().map(|e| e.log_id.index) != last {
             recent.clear();
         }
