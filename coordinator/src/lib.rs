@@ -7,9 +7,11 @@
 //! - `raft`: the openraft group whose state machine is the ledger.
 //! - `wire`: conversions between `lockstep.v1` messages and core types.
 //! - `service`: the async shell: gRPC services and the core driver.
+//! - `deadline`: the driver's sub-millisecond timer for commit deadlines.
 
 pub mod core;
 pub mod ledger;
 pub mod raft;
 pub mod wire;
 pub mod service;
+pub mod deadline;

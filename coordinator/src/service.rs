@@ -453,6 +453,12 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     tokio::spawn(
         async move {
             let mut quiesced = false;
+            // Commits fall due at exact times: with tokio's 1 ms timer a
+            // 1 ms commit interval took 1-2 ms.
+            let mut commit_timer = crate::deadline::DeadlineTimer::new();
+            if !commit_timer.is_precise() {
+                warn!("no timerfd: commit deadlines may be up to 1 ms late");
+            }
             loop {
                 // The periodic tick checks report deadlines; the open
                 // transaction's commit is due at an exact time, so wake for
@@ -463,7 +469,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                         Some(msg) => msg,
                         None => break,
                     },
-                    _ = tokio::time::sleep_until((started + Duration::from_micros(due.unwrap_or(0))).into()), if due.is_some() => {
+                    _ = commit_timer.sleep_until(started + Duration::from_micros(due.unwrap_or(0))), if due.is_some() => {
                         Msg::Event(Event::Tick)
                     }
                 };
