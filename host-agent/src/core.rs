@@ -420,6 +420,17 @@ impl HostCore {
         }
     }
 
+    /// Whether a replayed step of `tid` that just finished is one this
+    /// core asked for. Exactly then `handle(StepFinished)` of it does
+    /// nothing but return its report (`Report::StepDone` in `Mode::Replay`,
+    /// no state change), so the runtime queues that report itself, without
+    /// building the event, an action list and an `execute` per replayed
+    /// step (a replay's most frequent event). Otherwise the event must go
+    /// through `handle`, which decides as for any other.
+    pub fn takes_replayed_step(&self, tid: u64) -> bool {
+        matches!(self.state, TxnState::OpenReplay { tid: t, .. } if t == tid)
+    }
+
     // ------------------------------------------------------------ events
 
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
@@ -708,7 +719,7 @@ impl HostCore {
     ) -> Vec<Action> {
         let mode = match (self.state, &journaled) {
             (TxnState::OpenLive { tid: t }, None) if t == tid => Mode::Live,
-            (TxnState::OpenReplay { tid: t, .. }, Some(_)) if t == tid => Mode::Replay,
+            (_, Some(_)) if self.takes_replayed_step(tid) => Mode::Replay,
             (state, _) => {
                 let kind = if journaled.is_some() { "replayed" } else { "live" };
                 return self.internal_error(

@@ -849,6 +849,32 @@ fn every_state_event_pair_has_exactly_the_tabled_outcome() {
     }
 }
 
+/// The runtime's fast path for replayed steps stands for `handle`: where
+/// `takes_replayed_step` says yes, handling the step returns exactly its
+/// replayed report and changes nothing; where it says no, the step is not
+/// simply reported.
+#[test]
+fn takes_replayed_step_holds_exactly_where_handle_only_reports_the_step() {
+    for s in STATES {
+        for tid in [4, 5, 6, 7] {
+            let mut core = state(s);
+            let before = (core.state(), window(&core));
+            let takes = core.takes_replayed_step(tid);
+            let actions = normalize(core.handle(Event::StepFinished { tid, step: 9, checksums: cs(), journaled: Some(cs()) }));
+            let only_reported = actions
+                == normalize(vec![Action::Report(Report::StepDone {
+                    tid,
+                    step: 9,
+                    checksums: cs(),
+                    journaled: Some(cs()),
+                    mode: Mode::Replay,
+                })])
+                && (core.state(), window(&core)) == before;
+            assert_eq!(takes, only_reported, "state {s}, replayed step of tid {tid}: {actions:?}");
+        }
+    }
+}
+
 #[test]
 fn next_step_follows_the_state() {
     assert_eq!(state("Stopped").next_step(), None);

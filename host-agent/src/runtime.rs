@@ -953,8 +953,15 @@ impl<E: Engine> Agent<E> {
             let actions = match next {
                 Some((tid, Mode::Replay)) if burst < REPLAY_BURST_STEPS => {
                     burst += 1;
-                    let event = self.step(tid, Mode::Replay).await;
-                    self.core.handle(event)
+                    match self.step(tid, Mode::Replay).await {
+                        // All `handle` would do is report the step
+                        // (`HostCore::takes_replayed_step`): queue it here.
+                        Event::StepFinished { tid, step, checksums, journaled: Some(journaled) } if self.core.takes_replayed_step(tid) => {
+                            out.queue_replayed_step(tid, step, &checksums, &journaled);
+                            continue;
+                        }
+                        event => self.core.handle(event),
+                    }
                 }
                 _ => {
                     let step_at = match next {
