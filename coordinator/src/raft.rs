@@ -85,6 +85,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::metrics::RaftServerMetrics;
 use openraft::{BasicNode, ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -406,15 +407,20 @@ impl Ledger {
             .with_context(|| format!("starting the raft node on {shown}"))?;
         drop(db);
 
-        // Leadership as a watch of its own, derived from the metrics; the
-        // forwarder ends when the raft core stops (its metrics sender drops).
+        // Leadership as a watch of its own, derived from openraft's server
+        // metrics, which change only with the vote, the server state, the
+        // leader or the membership (the full metrics change with every
+        // append and apply, and a forwarder woken by those ran on every
+        // commit's path). The forwarder ends when the raft core stops (it
+        // owns the metrics senders).
         let metrics = raft.metrics();
-        let leadership_of = |m: &RaftMetrics<NodeId, BasicNode>| Leadership {
-            term: m.current_term,
+        let leadership_of = |m: &RaftServerMetrics<NodeId, BasicNode>| Leadership {
+            term: m.vote.leader_id().get_term(),
             leader: m.current_leader,
         };
-        let (lead_tx, lead_rx) = watch::channel(leadership_of(&metrics.borrow()));
-        let mut m_rx = metrics.clone();
+        let server = raft.server_metrics();
+        let (lead_tx, lead_rx) = watch::channel(leadership_of(&server.borrow()));
+        let mut m_rx = server.clone();
         tokio::spawn(async move {
             while m_rx.changed().await.is_ok() {
                 let now = leadership_of(&m_rx.borrow_and_update());
@@ -630,14 +636,20 @@ impl Ledger {
     /// on it rather than linger as a member that answers every RPC with an
     /// error.
     pub async fn core_stopped(&self) -> String {
-        let mut rx = self.inner.metrics.clone();
+        // Woken by the server metrics (which change rarely, see `launch`),
+        // not by the full metrics, which change with every commit. The
+        // core records a fatal error in the full metrics and then ends,
+        // dropping both senders, so the wait below ends after it.
+        let mut rx = self.inner.raft.server_metrics();
         loop {
             if let Some(why) = self.core_failure() {
                 return why;
             }
-            // An error here means the sender is gone, which the next
-            // `core_failure` reports.
-            let _ = rx.changed().await;
+            if rx.changed().await.is_err() {
+                // The core ended; the full metrics say why (or, once their
+                // sender is gone too, that it ended).
+                return self.core_failure().unwrap_or_else(|| "the raft core task ended".into());
+            }
         }
     }
 
