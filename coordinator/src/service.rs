@@ -205,7 +205,24 @@ pub struct DriverHandle {
     /// How this node names itself (Welcome, GetStatus).
     coordinator_id: Arc<str>,
     /// The driver's pipeline events (`Admin/WatchEvents`).
-    events: broadcast::Sender<pb::PipelineEvent>,
+    events: WatchSenders,
+}
+
+/// The two feeds of `Admin/WatchEvents`: every event, and every event but
+/// the per-tid commits. A watcher subscribes to the one it asked for, so
+/// that while only watchers without commits listen (the replay benchmark,
+/// an operator following state changes) the driver builds and sends no
+/// event per committed tid, and no watcher wakes for one only to drop it.
+#[derive(Clone)]
+struct WatchSenders {
+    all: broadcast::Sender<pb::PipelineEvent>,
+    without_commits: broadcast::Sender<pb::PipelineEvent>,
+}
+
+impl WatchSenders {
+    fn new() -> Self {
+        WatchSenders { all: broadcast::channel(WATCH_EVENTS_BUFFER).0, without_commits: broadcast::channel(WATCH_EVENTS_BUFFER).0 }
+    }
 }
 
 impl DriverHandle {
@@ -243,19 +260,14 @@ impl DriverHandle {
     /// `WATCH_EVENTS_BUFFER` events behind: an event is never skipped
     /// silently.
     fn watch(&self, without_commits: bool) -> impl Stream<Item = Result<pb::PipelineEvent, Status>> + Send + 'static {
-        let state = Some((self.events.subscribe(), self.tx.clone()));
+        let rx = if without_commits { self.events.without_commits.subscribe() } else { self.events.all.subscribe() };
+        let state = Some((rx, self.tx.clone()));
         futures::stream::unfold(state, move |state| async move {
             let (mut rx, driver) = state?;
-            let item = loop {
-                let item = tokio::select! {
-                    biased;
-                    r = rx.recv() => r,
-                    _ = driver.closed() => Err(broadcast::error::RecvError::Closed),
-                };
-                match item {
-                    Ok(pb::PipelineEvent { event: Some(pb::pipeline_event::Event::Committed(_)), .. }) if without_commits => continue,
-                    item => break item,
-                }
+            let item = tokio::select! {
+                biased;
+                r = rx.recv() => r,
+                _ = driver.closed() => Err(broadcast::error::RecvError::Closed),
             };
             match item {
                 Ok(event) => Some((Ok(event), Some((rx, driver)))),
@@ -321,8 +333,9 @@ struct Driver {
     /// live commits since, that line included.
     commit_log: (Option<u64>, u64),
     /// Pipeline events for `Admin/WatchEvents`, numbered from 1 per leader
-    /// term; sending costs nothing measurable while nobody watches.
-    events: broadcast::Sender<pb::PipelineEvent>,
+    /// term (commits included, whether or not a watcher takes them);
+    /// building one costs nothing while no watcher of its feed listens.
+    events: WatchSenders,
     event_seq: u64,
 }
 
@@ -433,7 +446,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
 
     let started = Instant::now();
     let stats: SharedStats = Arc::new(Mutex::new(ShellStats::new()));
-    let (events_tx, _) = broadcast::channel(WATCH_EVENTS_BUFFER);
+    let events_tx = WatchSenders::new();
     let mut driver =
         Driver {
         core,
@@ -836,13 +849,22 @@ impl Driver {
     /// Numbers `event` and hands it to every `Admin/WatchEvents` stream.
     /// Built only while someone watches: a replay's thousands of commits
     /// cost nothing more otherwise.
-    fn publish(&mut self, epoch: u64, event: impl FnOnce() -> pb::pipeline_event::Event) {
+    fn publish(&mut self, epoch: u64, commit: bool, event: impl FnOnce() -> pb::pipeline_event::Event) {
         self.event_seq += 1;
-        if self.events.receiver_count() == 0 {
+        let to_all = self.events.all.receiver_count() > 0;
+        let to_others = !commit && self.events.without_commits.receiver_count() > 0;
+        if !to_all && !to_others {
             return;
         }
-        // A send fails only when every watcher went away meanwhile.
-        let _ = self.events.send(pb::PipelineEvent { seq: self.event_seq, epoch, event: Some(event()) });
+        let event = pb::PipelineEvent { seq: self.event_seq, epoch, event: Some(event()) };
+        // A send fails only when every watcher of that feed went away
+        // meanwhile.
+        if to_others {
+            let _ = self.events.without_commits.send(event.clone());
+        }
+        if to_all {
+            let _ = self.events.all.send(event);
+        }
     }
 
     /// A core notice as the `Admin/WatchEvents` event it is.
@@ -869,9 +891,9 @@ impl Driver {
     fn notice(&mut self, n: Notice) {
         let replay_done = self.time_replay(&n);
         let epoch = self.core.epoch();
-        self.publish(epoch, || Self::watch_event(&n));
+        self.publish(epoch, matches!(n, Notice::Committed { .. }), || Self::watch_event(&n));
         if let Some(stats) = replay_done {
-            self.publish(epoch, || pb::pipeline_event::Event::ReplayDone(stats));
+            self.publish(epoch, false, || pb::pipeline_event::Event::ReplayDone(stats));
         }
         match n {
             Notice::PipelineState { from, to, why } => info!(epoch, %from, %to, %why, "pipeline state"),
