@@ -72,6 +72,10 @@ const COMMIT_LOG_EVERY_MS: u64 = 100;
 /// watcher that reads too slowly is cut off with DATA_LOSS (a replay
 /// publishes one event per tid).
 const WATCH_EVENTS_BUFFER: usize = 16_384;
+/// The same for watchers without commits, whose events are rare (state
+/// changes, hosts, checkpoints, recoveries). A broadcast channel allocates
+/// its whole buffer up front: ~2 MiB at 16 384.
+const WATCH_EVENTS_WITHOUT_COMMITS_BUFFER: usize = 1_024;
 
 type Query = Box<dyn FnOnce(&Core) + Send>;
 
@@ -221,7 +225,10 @@ struct WatchSenders {
 
 impl WatchSenders {
     fn new() -> Self {
-        WatchSenders { all: broadcast::channel(WATCH_EVENTS_BUFFER).0, without_commits: broadcast::channel(WATCH_EVENTS_BUFFER).0 }
+        WatchSenders {
+            all: broadcast::channel(WATCH_EVENTS_BUFFER).0,
+            without_commits: broadcast::channel(WATCH_EVENTS_WITHOUT_COMMITS_BUFFER).0,
+        }
     }
 }
 
@@ -257,7 +264,8 @@ impl DriverHandle {
     /// The driver's pipeline events from now on (`Admin/WatchEvents`). Ends
     /// with UNAVAILABLE when the driver ends (this node stopped leading or
     /// shuts down), and with DATA_LOSS if the reader falls more than
-    /// `WATCH_EVENTS_BUFFER` events behind: an event is never skipped
+    /// `WATCH_EVENTS_BUFFER` events behind (`WATCH_EVENTS_WITHOUT_COMMITS_BUFFER`
+    /// without commits): an event is never skipped
     /// silently.
     fn watch(&self, without_commits: bool) -> impl Stream<Item = Result<pb::PipelineEvent, Status>> + Send + 'static {
         let rx = if without_commits { self.events.without_commits.subscribe() } else { self.events.all.subscribe() };
