@@ -264,8 +264,8 @@ impl DriverHandle {
     /// The driver's pipeline events from now on (`Admin/WatchEvents`). Ends
     /// with UNAVAILABLE when the driver ends (this node stopped leading or
     /// shuts down), and with DATA_LOSS if the reader falls more than
-    /// `WATCH_EVENTS_BUFFER` events behind (`WATCH_EVENTS_WITHOUT_COMMITS_BUFFER`
-    /// without commits): an event is never skipped
+    /// `WATCH_EVENTS_BUFFER` events behind (without commits,
+    /// `WATCH_EVENTS_WITHOUT_COMMITS_BUFFER`): an event is never skipped
     /// silently.
     fn watch(&self, without_commits: bool) -> impl Stream<Item = Result<pb::PipelineEvent, Status>> + Send + 'static {
         let rx = if without_commits { self.events.without_commits.subscribe() } else { self.events.all.subscribe() };
