@@ -48,7 +48,22 @@ impl DeadlineTimer {
     /// dropped before `at` leaves the timer armed, and the next wait for
     /// the same `at` goes on from there.
     pub async fn sleep_until(&mut self, at: Instant) {
-        let Some(fd) = &self.fd else { return tokio::time::sleep_until(at.into()).await };
+        if let Err(e) = self.wait_timerfd(at).await {
+            // Not expected of a timerfd that was made; if it happens, say so
+            // once and keep deadlines (up to 1 ms late) on tokio's timer,
+            // rather than fail the same way on every wait.
+            tracing::warn!("commit deadline timer (timerfd) failed: {e}; using tokio's millisecond timer from now on");
+            self.fd = None;
+            self.armed = None;
+        }
+        if self.fd.is_none() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+    }
+
+    /// `sleep_until` on the timerfd; `Ok` at once when there is none.
+    async fn wait_timerfd(&mut self, at: Instant) -> std::io::Result<()> {
+        let Some(fd) = &self.fd else { return Ok(()) };
         if self.armed != Some(at) {
             // A zero it_value disarms a timerfd: an overdue deadline is 1 ns away.
             let left = at.saturating_duration_since(Instant::now()).max(Duration::from_nanos(1));
@@ -57,28 +72,20 @@ impl DeadlineTimer {
                 it_value: Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ },
             };
             // Re-arming also clears expirations of an earlier deadline.
-            if timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_err() {
-                self.armed = None;
-                return tokio::time::sleep_until(at.into()).await;
-            }
+            timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
             self.armed = Some(at);
         }
         loop {
-            let Ok(mut ready) = fd.readable().await else {
-                return tokio::time::sleep_until(at.into()).await;
-            };
+            let mut ready = fd.readable().await?;
             let mut expirations = [0u8; 8];
             match rustix::io::read(fd.get_ref(), &mut expirations) {
                 Ok(_) => {
                     self.armed = None;
-                    return;
+                    return Ok(());
                 }
                 // Readiness left over from a deadline replaced since.
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                Err(_) => {
-                    self.armed = None;
-                    return tokio::time::sleep_until(at.into()).await;
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

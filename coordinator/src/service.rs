@@ -854,9 +854,10 @@ impl Driver {
         None
     }
 
-    /// Numbers `event` and hands it to every `Admin/WatchEvents` stream.
-    /// Built only while someone watches: a replay's thousands of commits
-    /// cost nothing more otherwise.
+    /// Numbers `event` (a commit or not: `commit`) and hands it to the
+    /// `Admin/WatchEvents` feeds that take it (`WatchSenders`). Built only
+    /// while a watcher of such a feed listens: a replay's thousands of
+    /// commits cost nothing more otherwise.
     fn publish(&mut self, epoch: u64, commit: bool, event: impl FnOnce() -> pb::pipeline_event::Event) {
         self.event_seq += 1;
         let to_all = self.events.all.receiver_count() > 0;

@@ -229,9 +229,11 @@ fn read(journal: &Journal, first: u64, last: u64, tx: &mpsc::UnboundedSender<Chu
     };
     for tid in first..=last {
         let (mut chunk, mut bytes) = (Vec::new(), 0);
-        // This tid's records, and an error where it comes. A record of an
-        // earlier tid (the journal went back) goes with this tid too, so
-        // that the replay refuses it by name instead of it being skipped.
+        // This tid's records, and an error where it comes. The journal's
+        // chain check fails a record whose tid goes back (`StepOrder`), so
+        // none of an earlier tid comes; were one to, it would go with this
+        // tid, where the replay refuses it by name, rather than stay at the
+        // front and hold back every later tid.
         while let Some(step) = steps.next_if(|s| s.as_ref().map_or(true, |s| s.tid <= tid)) {
             match step {
                 Ok(step) => {

@@ -1003,7 +1003,7 @@ impl Core {
         let current = || self.hosts.iter().filter(|(h, _)| self.behind_in(h).is_none()).map(|(_, s)| s);
         let steps_max = current().map(|s| s.txn.steps).max().unwrap_or(0);
         let records: u64 = current().map(|s| s.txn.records).sum();
-        let due = self.now_us.saturating_sub(opened_us) >= self.cfg.commit_interval_ms.saturating_mul(1000)
+        let due = self.now_us.saturating_sub(opened_us) >= self.commit_interval_us()
             || steps_max >= self.cfg.txn_steps_max
             || records >= self.cfg.txn_records_max;
         if !due || self.pipeline_waits() {
@@ -1156,9 +1156,14 @@ impl Core {
         match self.phase {
             // A tid waiting on the pipeline is woken by the ledger instead.
             Phase::Running(Txn::Open { .. }) if self.pipeline_waits() => None,
-            Phase::Running(Txn::Open { opened_us, .. }) => Some(opened_us.saturating_add(self.cfg.commit_interval_ms.saturating_mul(1000))),
+            Phase::Running(Txn::Open { opened_us, .. }) => Some(opened_us.saturating_add(self.commit_interval_us())),
             _ => None,
         }
+    }
+
+    /// The commit interval on the core's clock (configured in ms).
+    fn commit_interval_us(&self) -> u64 {
+        self.cfg.commit_interval_ms.saturating_mul(1000)
     }
 
     fn on_admin_stop(&mut self, reason: String, out: &mut Vec<Action>) {
