@@ -42,6 +42,19 @@ async fn grpcurl_works_without_proto_files() {
     assert!(txs.contains("Committed"), "{txs}");
 }
 
+/// Daemons whose output goes to a file (as under compose, Kubernetes or
+/// systemd) write plain text: no terminal colour codes around the fields
+/// an operator greps for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_are_plain_text() {
+    let c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 1).await;
+    for (who, log) in [("coordinator", c.coordinator.log()), ("host-0", c.hosts[0].log())] {
+        assert!(log.contains(" INFO "), "{who} logged nothing at info:\n{log}");
+        assert!(!log.contains('\x1b'), "{who}'s log file holds terminal escape codes:\n{}", excerpt(&log, 5));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_resume_through_admin_and_requests_that_do_not_apply_are_refused() {
     use lockstep_proto::v1 as pb;
