@@ -322,6 +322,9 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
         (c.coordinator.pid().and_then(cpu_micros).unwrap_or(0), host)
     };
     let mut cpu_at_replay_start: Option<(u64, Vec<u64>)> = None;
+    // Wall-clock bounds of the measured window, printed so that a
+    // system-wide profile (`perf record -k realtime`) can be cut to it.
+    let mut window_start_unix_us = 0u128;
     // Resident memory is sampled now and then (the peaks come from VmHWM).
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -340,13 +343,17 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
         };
         match event {
             // Every host restored: the coordinator's replay timer starts now.
-            Some(E::Recovering(_)) if cpu_at_replay_start.is_none() => cpu_at_replay_start = Some(cpu_all(c)),
+            Some(E::Recovering(_)) if cpu_at_replay_start.is_none() => {
+                window_start_unix_us = unix_micros();
+                cpu_at_replay_start = Some(cpu_all(c));
+            }
             Some(E::Failed(f)) => anyhow::bail!("replay failed: {}\n{}", f.summary, c.logs()),
             Some(E::ReplayDone(r)) => {
                 let cpu_micros = cpu_at_replay_start.as_ref().map(|(c0, h0)| {
                     let (c1, h1) = cpu_all(c);
                     (c1.saturating_sub(*c0), h1.iter().zip(h0).map(|(b, a)| b.saturating_sub(*a)).collect())
                 });
+                say(format!("  measured window (unix µs, as seen here): {window_start_unix_us}..{}", unix_micros()));
                 let (coord_peak, host_peak) = sample(c, &mut coord_sampled, &mut host_sampled);
                 anyhow::ensure!(r.tids == tids, "replayed {} tids, expected {tids}", r.tids);
                 let hosts: Vec<String> =
@@ -368,6 +375,10 @@ async fn replay_coordinated(c: &mut Cluster, tids: u64) -> anyhow::Result<Replay
             _ => {}
         }
     }
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
 }
 
 /// `Admin/WatchEvents` on a coordinator that is starting: retried until it
@@ -499,6 +510,7 @@ fn replay_alone_run(
     }
     out.span_micros = last_end.saturating_sub(first_start).max(1);
     say(format!("  the hosts' replays started within {} of each other", micros(last_start.saturating_sub(first_start) as f64)));
+    say(format!("  measured window (unix µs, as the hosts saw it): {first_start}..{last_end}"));
     Ok(out)
 }
 
