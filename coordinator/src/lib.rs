@@ -8,6 +8,7 @@
 //! - `wire`: conversions between `lockstep.v1` messages and core types.
 //! - `service`: the async shell: gRPC services and the core driver.
 //! - `deadline`: the driver's sub-millisecond timer for commit deadlines.
+//! - `metrics`: the Prometheus metrics served with `--metrics-listen`.
 
 pub mod core;
 pub mod ledger;
@@ -15,3 +16,4 @@ pub mod raft;
 pub mod wire;
 pub mod service;
 pub mod deadline;
+pub mod metrics;

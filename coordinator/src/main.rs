@@ -85,6 +85,10 @@ struct ServeArgs {
     /// off from the group's quorum) stops driving the pipeline.
     #[arg(long, env = "LOCKSTEP_PROPOSE_TIMEOUT_MS", default_value_t = 5000)]
     propose_timeout_ms: u64,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address, e.g. 0.0.0.0:9464. Off unless given.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -228,8 +232,36 @@ struct DevArgs {
     data_dir: PathBuf,
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
+    /// Where the coordinator serves Prometheus metrics (`GET /metrics`);
+    /// `off` serves none.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: MetricsListen,
     #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// `dev --metrics-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct MetricsListen(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(MetricsListen(None));
+        }
+        s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:9464) nor `off`"))
+    }
+}
+
+/// Starts the Prometheus endpoint, if one was asked for.
+fn serve_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        lockstep_coordinator::metrics::install(addr)
+            .map_err(|e| anyhow::anyhow!("{e} (is another process using it? pick another with --metrics-listen)"))?;
+        info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
+    }
+    Ok(())
 }
 
 fn init_logs(format: LogFormat) {
@@ -431,6 +463,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
+            serve_metrics(args.metrics_listen)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -461,6 +494,7 @@ mod dev {
         let hosts: Vec<String> = (0..args.hosts).map(|i| format!("host-{i}")).collect();
         let listener = bind(&args.listen).await?;
         let addr = listener.local_addr()?;
+        serve_metrics(args.metrics_listen.0)?;
         // Three stages on Ctrl-C: the coordinator stops deciding, the hosts
         // stop, then the coordinator stops serving.
         let (quiesce_tx, quiesce_rx) = watch::channel(false);
@@ -480,6 +514,7 @@ mod dev {
             advertise: None,
             join: false,
             propose_timeout_ms: 5000,
+            metrics_listen: None,
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };

@@ -345,6 +345,8 @@ struct Driver {
     /// building one costs nothing while no watcher of its feed listens.
     events: WatchSenders,
     event_seq: u64,
+    /// `--metrics-listen`'s view of this driver (`crate::metrics`).
+    metrics: crate::metrics::DriverMetrics,
 }
 
 /// Starts the driver, the proposer and the ticker over the ledger as this
@@ -455,6 +457,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     let started = Instant::now();
     let stats: SharedStats = Arc::new(Mutex::new(ShellStats::new()));
     let events_tx = WatchSenders::new();
+    let metrics = crate::metrics::DriverMetrics::new(&core);
     let mut driver =
         Driver {
         core,
@@ -468,6 +471,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
         commit_log: (None, 0),
         events: events_tx.clone(),
         event_seq: 0,
+        metrics,
     };
     driver.execute(initial);
     driver.flush_commands();
@@ -601,6 +605,7 @@ pub fn supervise(
         async move {
             let me = ledger.node_id();
             let mut lead = ledger.subscribe_leadership();
+            crate::metrics::set_leader(false);
             loop {
                 if *quiesce.borrow_and_update() {
                     return Ok(());
@@ -643,6 +648,7 @@ pub fn supervise(
                 };
                 let handle = start_driver(cfg.core.clone(), ledger.clone(), cfg.coordinator_id.clone(), cfg.propose_timeout).await?;
                 let _ = leading_tx.send(Some(handle.clone()));
+                crate::metrics::set_leader(true);
                 info!(term, node = me, "this node leads the coordinator group and drives the pipeline");
                 let why = tokio::select! {
                     why = async {
@@ -666,6 +672,7 @@ pub fn supervise(
                     }
                 };
                 let _ = leading_tx.send(None);
+                crate::metrics::set_leader(false);
                 handle.stop(not_leader_status("the host session", &ledger)).await;
                 warn!(term, node = me, %why, "this node no longer leads: it stopped driving the pipeline and sent the hosts away");
             }
@@ -801,11 +808,14 @@ impl Driver {
                 if st.committing.front().is_some_and(|c| c.tid == *tid) {
                     let c = st.committing.pop_front().expect("checked");
                     let now = Instant::now();
-                    st.commit.observe(micros_between(c.prepare_sent, now));
-                    if let Some(proposed) = c.proposed {
-                        st.prepare.observe(micros_between(c.prepare_sent, proposed));
-                        st.ledger.observe(micros_between(proposed, now));
+                    let whole = micros_between(c.prepare_sent, now);
+                    let parts = c.proposed.map(|proposed| (micros_between(c.prepare_sent, proposed), micros_between(proposed, now)));
+                    st.commit.observe(whole);
+                    if let Some((prepare, ledger)) = parts {
+                        st.prepare.observe(prepare);
+                        st.ledger.observe(ledger);
                     }
+                    self.metrics.commit_timed(whole, parts);
                 }
             }
             _ => {}
@@ -899,6 +909,10 @@ impl Driver {
 
     fn notice(&mut self, n: Notice) {
         let replay_done = self.time_replay(&n);
+        self.metrics.on_notice(&n, &self.core);
+        if let Some(stats) = &replay_done {
+            self.metrics.replay_done(stats.tids, stats.micros);
+        }
         let epoch = self.core.epoch();
         self.publish(epoch, matches!(n, Notice::Committed { .. }), || Self::watch_event(&n));
         if let Some(stats) = replay_done {

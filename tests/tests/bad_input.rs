@@ -230,6 +230,27 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
     assert!(!data.exists(), "nothing may be written, not even {}", data.display());
 }
 
+/// A metrics address another process holds is refused at startup, naming
+/// it, before the ledger is touched: a coordinator that silently served no
+/// metrics would look to Prometheus like a dead one.
+#[test]
+fn a_metrics_address_already_in_use_is_refused_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics = taken.local_addr().expect("addr").to_string();
+    let out = std::process::Command::new(bin_dir().join("coordinator"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--metrics-listen", &metrics])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run coordinator");
+    assert!(!out.status.success(), "must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains("--metrics-listen"), "{err}");
+    assert!(!data.exists(), "nothing may be written, not even {}", data.display());
+}
+
 /// A coordinator whose ledger cannot be written (a full disk, injected)
 /// does not linger: its raft core stops, and the daemon exits non-zero
 /// naming the cause and the data directory. Nothing is lost: restarted on

@@ -55,6 +55,52 @@ async fn logs_written_to_a_file_are_plain_text() {
     }
 }
 
+/// One plain-HTTP GET of `addr`'s `/metrics`, parsed: `name{labels}` ->
+/// value, for every sample line of the Prometheus text format.
+fn scrape(addr: &str) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
+}
+
+/// `--metrics-listen` serves the pipeline in the Prometheus text format:
+/// leadership, the state, the ledger's progress, connected hosts, commit
+/// counters and the commit latency histogram, all agreeing with GetStatus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let opts = ClusterOpts { hosts: 2, coordinator_flags: vec!["--metrics-listen".into(), metrics.clone()], ..ClusterOpts::default() };
+    let c = Cluster::start(opts);
+    let status = c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+    let m = tokio::task::spawn_blocking(move || scrape(&metrics)).await.expect("scrape");
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
+    assert_eq!(get("lockstep_leader"), 1.0);
+    assert_eq!(get(r#"lockstep_pipeline_state{state="Running"}"#), 1.0);
+    for state in ["Joining", "Restoring", "Replaying", "Failed", "Stopped"] {
+        assert_eq!(get(&format!(r#"lockstep_pipeline_state{{state="{state}"}}"#)), 0.0, "{state}");
+    }
+    assert_eq!(get("lockstep_epoch"), status.epoch as f64);
+    assert!(get("lockstep_last_committed_tid") >= status.last_committed_tid as f64);
+    assert_eq!(get("lockstep_hosts_connected"), 2.0);
+    assert_eq!(get(r#"lockstep_host_connected{host="host-0"}"#), 1.0);
+    let live = get(r#"lockstep_tids_committed_total{mode="live"}"#);
+    assert!(live >= 1.0 && live <= get("lockstep_last_committed_tid"), "{live}");
+    assert!(get(r#"lockstep_records_committed_total{mode="live"}"#) > 0.0);
+    let timed = get("lockstep_commit_latency_seconds_count");
+    assert!(timed >= 1.0, "{timed}");
+    assert_eq!(get(r#"lockstep_commit_latency_seconds_bucket{le="+Inf"}"#), timed);
+    assert_eq!(get("lockstep_pipeline_failures_total"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_resume_through_admin_and_requests_that_do_not_apply_are_refused() {
     use lockstep_proto::v1 as pb;

@@ -1,0 +1,212 @@
+//! Prometheus metrics of a coordinator node (`--metrics-listen`): the
+//! numbers an operator graphs and alerts on, beside what `Admin/GetStatus`
+//! answers one query at a time.
+//!
+//! The pipeline's gauges and counters follow the core's notices (the same
+//! stream `Admin/WatchEvents` and the log are made of), commit latencies are
+//! recorded where the driver times them, and leadership where the
+//! supervisor sees it change. The handles are resolved once per driver, so
+//! a commit costs a few atomic adds; without `--metrics-listen` no recorder
+//! is installed and every handle does nothing.
+//!
+//! Only the leader drives the pipeline, so only the leader's pipeline
+//! gauges are live: a follower shows `lockstep_leader 0` and every
+//! `lockstep_pipeline_state` series at 0.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::core::{Core, Notice, RecoveryPath};
+
+/// Every value of the `state` label of `lockstep_pipeline_state`, as
+/// `Phase::name` spells them.
+pub const PIPELINE_STATES: [&str; 6] = ["Joining", "Restoring", "Replaying", "Running", "Failed", "Stopped"];
+
+/// Bucket bounds of the latency histograms, in seconds: 50 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 16] =
+    [50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 5.0];
+
+/// Serves `/metrics` in the Prometheus text format on `addr`, from the
+/// current tokio runtime, and makes it this process's metrics recorder.
+/// Fails if `addr` cannot be bound or a recorder is already installed.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|b| b.install())
+        .map_err(|e| format!("serving metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_gauge!("lockstep_leader", "1 while this node leads the coordinator group and drives the pipeline, else 0");
+    describe_gauge!("lockstep_pipeline_state", "1 for the pipeline's current state (label state), 0 for the others");
+    describe_gauge!("lockstep_epoch", "The pipeline's epoch (fencing token; rises with every recovery and leader)");
+    describe_gauge!("lockstep_last_committed_tid", "The newest tid the ledger holds as committed");
+    describe_gauge!("lockstep_newest_complete_checkpoint_tid", "The newest checkpoint complete on every host");
+    describe_gauge!("lockstep_hosts_connected", "Hosts with an accepted session");
+    describe_gauge!("lockstep_host_connected", "1 while the host (label host) has an accepted session");
+    describe_counter!("lockstep_tids_committed_total", "Tids committed on every host, by mode (live or replay)");
+    describe_counter!("lockstep_records_committed_total", "Input records in the committed tids, by mode (live or replay)");
+    describe_counter!("lockstep_checkpoints_completed_total", "Checkpoints recorded complete on every host");
+    describe_counter!("lockstep_recoveries_total", "Recoveries started, by path (continue: no replay; replay)");
+    describe_counter!("lockstep_hosts_lost_total", "Host sessions lost (disconnect or missed report deadline), by host");
+    describe_counter!("lockstep_pipeline_failures_total", "Times the pipeline stopped in Failed (see Admin/ExplainFailure)");
+    describe_histogram!("lockstep_commit_latency_seconds", Unit::Seconds, "Live tids: first Prepare sent to first Commit sent");
+    describe_histogram!(
+        "lockstep_commit_prepare_latency_seconds",
+        Unit::Seconds,
+        "Live tids: Prepare sent to every host's Prepared in (the hosts' part of the commit latency)"
+    );
+    describe_histogram!(
+        "lockstep_commit_ledger_latency_seconds",
+        Unit::Seconds,
+        "Live tids: commit proposed to the ledger to Commit sent (the ledger's part of the commit latency)"
+    );
+    describe_histogram!("lockstep_replay_duration_seconds", Unit::Seconds, "Replays: every host restored to the last replayed tid committed");
+}
+
+/// Sets `lockstep_leader`.
+pub fn set_leader(leading: bool) {
+    gauge!("lockstep_leader").set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Drivers started in this process: a driver that ends after the next one
+/// started (a leadership change) leaves the newer one's gauges alone.
+static DRIVERS: AtomicU64 = AtomicU64::new(0);
+
+/// The metrics one driver (one leadership term) keeps current. Dropped
+/// with the driver: the pipeline's gauges then read 0 on this node.
+pub struct DriverMetrics {
+    generation: u64,
+    state: Vec<Gauge>,
+    epoch: Gauge,
+    last_committed_tid: Gauge,
+    newest_checkpoint: Gauge,
+    hosts_connected: Gauge,
+    connected: BTreeSet<String>,
+    tids_live: Counter,
+    tids_replayed: Counter,
+    records_live: Counter,
+    records_replayed: Counter,
+    checkpoints: Counter,
+    failures: Counter,
+    commit_latency: Histogram,
+    prepare_latency: Histogram,
+    ledger_latency: Histogram,
+    replay_duration: Histogram,
+}
+
+impl DriverMetrics {
+    /// Handles for a driver starting over `core`.
+    pub fn new(core: &Core) -> Self {
+        let m = DriverMetrics {
+            generation: DRIVERS.fetch_add(1, Ordering::SeqCst) + 1,
+            state: PIPELINE_STATES.iter().map(|s| gauge!("lockstep_pipeline_state", "state" => *s)).collect(),
+            epoch: gauge!("lockstep_epoch"),
+            last_committed_tid: gauge!("lockstep_last_committed_tid"),
+            newest_checkpoint: gauge!("lockstep_newest_complete_checkpoint_tid"),
+            hosts_connected: gauge!("lockstep_hosts_connected"),
+            connected: BTreeSet::new(),
+            tids_live: counter!("lockstep_tids_committed_total", "mode" => "live"),
+            tids_replayed: counter!("lockstep_tids_committed_total", "mode" => "replay"),
+            records_live: counter!("lockstep_records_committed_total", "mode" => "live"),
+            records_replayed: counter!("lockstep_records_committed_total", "mode" => "replay"),
+            checkpoints: counter!("lockstep_checkpoints_completed_total"),
+            failures: counter!("lockstep_pipeline_failures_total"),
+            commit_latency: histogram!("lockstep_commit_latency_seconds"),
+            prepare_latency: histogram!("lockstep_commit_prepare_latency_seconds"),
+            ledger_latency: histogram!("lockstep_commit_ledger_latency_seconds"),
+            replay_duration: histogram!("lockstep_replay_duration_seconds"),
+        };
+        m.hosts_connected.set(0.0);
+        m.refresh(core);
+        m
+    }
+
+    /// Gauges read off the core: its state, epoch and ledger.
+    fn refresh(&self, core: &Core) {
+        let now = core.phase().name();
+        for (gauge, state) in self.state.iter().zip(PIPELINE_STATES) {
+            gauge.set(if state == now { 1.0 } else { 0.0 });
+        }
+        let ledger = core.ledger();
+        self.epoch.set(ledger.epoch as f64);
+        self.last_committed_tid.set(ledger.last_committed as f64);
+        self.newest_checkpoint.set(ledger.newest_checkpoint() as f64);
+    }
+
+    /// Follows one core notice; `core` has already handled the event.
+    pub fn on_notice(&mut self, n: &Notice, core: &Core) {
+        match n {
+            Notice::Committed { replayed, records, .. } => {
+                // The tid first, then the count: a scrape never sees more
+                // commits counted than the newest tid allows.
+                self.last_committed_tid.set(core.ledger().last_committed as f64);
+                let (tids, recs) = if *replayed { (&self.tids_replayed, &self.records_replayed) } else { (&self.tids_live, &self.records_live) };
+                tids.increment(1);
+                recs.increment(*records);
+                return;
+            }
+            Notice::HostJoined { host } => {
+                self.connected.insert(host.clone());
+                gauge!("lockstep_host_connected", "host" => host.clone()).set(1.0);
+                self.hosts_connected.set(self.connected.len() as f64);
+            }
+            Notice::HostLost { host, .. } => {
+                self.connected.remove(host);
+                gauge!("lockstep_host_connected", "host" => host.clone()).set(0.0);
+                counter!("lockstep_hosts_lost_total", "host" => host.clone()).increment(1);
+                self.hosts_connected.set(self.connected.len() as f64);
+            }
+            Notice::CheckpointComplete { .. } => self.checkpoints.increment(1),
+            Notice::Recovery(r) => {
+                let path = match r.path {
+                    RecoveryPath::Continue => "continue",
+                    RecoveryPath::Replay => "replay",
+                };
+                counter!("lockstep_recoveries_total", "path" => path).increment(1);
+            }
+            Notice::Failed(_) => self.failures.increment(1),
+            Notice::PipelineState { .. } | Notice::Recovering { .. } => {}
+        }
+        self.refresh(core);
+    }
+
+    /// A live tid's commit latency and, when known, its two parts (µs).
+    pub fn commit_timed(&self, whole_us: u64, parts_us: Option<(u64, u64)>) {
+        self.commit_latency.record(whole_us as f64 * 1e-6);
+        if let Some((prepare, ledger)) = parts_us {
+            self.prepare_latency.record(prepare as f64 * 1e-6);
+            self.ledger_latency.record(ledger as f64 * 1e-6);
+        }
+    }
+
+    /// A replay finished: every host restored to its last tid committed.
+    /// A recovery with nothing to replay is not one.
+    pub fn replay_done(&self, tids: u64, micros: u64) {
+        if tids > 0 {
+            self.replay_duration.record(micros as f64 * 1e-6);
+        }
+    }
+}
+
+impl Drop for DriverMetrics {
+    fn drop(&mut self) {
+        if DRIVERS.load(Ordering::SeqCst) != self.generation {
+            return;
+        }
+        for gauge in &self.state {
+            gauge.set(0.0);
+        }
+        for host in std::mem::take(&mut self.connected) {
+            gauge!("lockstep_host_connected", "host" => host).set(0.0);
+        }
+        self.hosts_connected.set(0.0);
+    }
+}
