@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::core::{Core, Notice, RecoveryPath};
 
@@ -26,19 +25,13 @@ use crate::core::{Core, Notice, RecoveryPath};
 /// `Phase::name` spells them.
 pub const PIPELINE_STATES: [&str; 6] = ["Joining", "Restoring", "Replaying", "Running", "Failed", "Stopped"];
 
-/// Bucket bounds of the latency histograms, in seconds: 50 µs to 5 s.
-const LATENCY_BUCKETS: [f64; 16] =
-    [50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 5.0];
-
 /// Serves `/metrics` in the Prometheus text format on `addr`, from the
-/// current tokio runtime, and makes it this process's metrics recorder.
-/// Fails if `addr` cannot be bound or a recorder is already installed.
+/// current tokio runtime, and makes it this process's metrics recorder
+/// (the host agent's installer, which describes the agents' series too:
+/// `dev` runs agents in this process). Fails if `addr` cannot be bound or
+/// a recorder is already installed.
 pub fn install(addr: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-        .and_then(|b| b.install())
-        .map_err(|e| format!("serving metrics on {addr}: {e}"))?;
+    lockstep_host_agent::metrics::install_prometheus(addr)?;
     describe();
     Ok(())
 }

@@ -11,12 +11,14 @@
 //! Modules: `engine` (the trait and its types), `core` (state machine),
 //! `runtime` (async shell), `convert` (protobuf <-> domain), `sink` (the
 //! file), `sink_writer` (its ordered background writer), `reference`,
-//! `fsutil` (durable small files).
+//! `fsutil` (durable small files), `metrics` (what the agent reports to
+//! the process's metrics recorder).
 
 pub mod convert;
 pub mod core;
 pub mod engine;
 pub mod fsutil;
+pub mod metrics;
 pub mod reference;
 pub mod replay_reader;
 pub mod runtime;

@@ -50,6 +50,11 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_INGEST_LISTEN", default_value = "127.0.0.1:0")]
     ingest_listen: SocketAddr,
 
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address, e.g. 0.0.0.0:9465. Off unless given.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Seed of the reference engine's generator.
     #[arg(long, env = "LOCKSTEP_GENERATOR_SEED", default_value_t = 42)]
     generator_seed: u64,
@@ -173,6 +178,13 @@ fn main() -> anyhow::Result<()> {
             })
         );
         return Ok(());
+    }
+    if let Some(addr) = args.metrics_listen {
+        // The exporter's listener runs on this runtime.
+        let _guard = runtime.enter();
+        lockstep_host_agent::metrics::install_prometheus(addr)
+            .map_err(|e| anyhow::anyhow!("host agent {}: {e} (is another process using it? pick another with --metrics-listen)", args.host_id))?;
+        tracing::info!(host = %args.host_id, %addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
     runtime
         .block_on(run_reference(config, reference, shutdown_signal()))

@@ -537,6 +537,7 @@ struct Agent<E> {
     next_live_step_at: Instant,
     /// The last session got as far as `Welcome`.
     welcomed_in_session: bool,
+    metrics: crate::metrics::AgentMetrics,
 }
 
 impl<E: Engine> Agent<E> {
@@ -595,8 +596,10 @@ impl<E: Engine> Agent<E> {
             ingest_addr: String::new(),
             next_live_step_at: Instant::now(),
             welcomed_in_session: false,
+            metrics: crate::metrics::AgentMetrics::new(&config.host_id),
             config,
         };
+        agent.metrics.epoch.set(agent.core.highest_epoch() as f64);
         agent.load_checkpoints().await?;
         Ok(agent)
     }
@@ -896,12 +899,14 @@ impl<E: Engine> Agent<E> {
             },
         };
         info!(host = %self.host(), coordinator = %addr, last_step = self.last_step, epoch = self.core.highest_epoch(), "coordinator stream open, Hello sent");
+        self.metrics.sessions.increment(1);
         let opened = self.core.handle(Event::StreamOpened);
         let end = match self.execute(opened, &mut out).await {
             Err(end) => end,
             Ok(()) => self.drive(addr, &mut out, &mut inbound, shutdown).await,
         };
         self.welcomed_in_session = self.core.welcomed();
+        self.metrics.session_up.set(0.0);
         if let SessionEnd::Dropped(reason) = &end {
             // Half-close our side and give the coordinator a moment to read
             // the protocol error we queued before the stream goes away.
@@ -982,6 +987,7 @@ impl<E: Engine> Agent<E> {
                                         info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
                                     }
                                     Event::Command { command: crate::core::Command::Welcome { coordinator_id }, epoch, .. } => {
+                                        self.metrics.session_up.set(1.0);
                                         info!(host = %self.host(), coordinator = %addr, coordinator_id = %coordinator_id, epoch, state = %self.core.state(), "connected: welcomed by the coordinator");
                                     }
                                     _ => {}
@@ -1044,6 +1050,7 @@ impl<E: Engine> Agent<E> {
                     let file = self.epoch_file.clone();
                     match self.blocking(move || file.store(epoch)).await {
                         Ok(Ok(())) => {
+                            self.metrics.epoch.set(epoch as f64);
                             info!(host = %self.host(), epoch, "new coordinator epoch persisted");
                             Ok(())
                         }
@@ -1161,9 +1168,11 @@ impl<E: Engine> Agent<E> {
 
     fn account(&mut self, tid: u64, checksums: &EndpointChecksums) {
         if let Some(txn) = self.txn.as_mut().filter(|t| t.tid == tid) {
+            let records = checksums.records();
             txn.steps += 1;
-            txn.records += checksums.records();
+            txn.records += records;
             txn.aggregate.merge(checksums);
+            self.metrics.step(matches!(txn.mode, Mode::Replay), records);
         }
     }
 
@@ -1198,7 +1207,10 @@ impl<E: Engine> Agent<E> {
                 endpoints: convert::step_input_to_pb(&input),
             })),
         };
-        if let Err(e) = self.journal.append_async(record).await {
+        let appended = Instant::now();
+        let durable = self.journal.append_async(record).await;
+        self.metrics.journal_append.record(appended.elapsed().as_secs_f64());
+        if let Err(e) = durable {
             return fail(
                 ErrorKind::Journal,
                 format!("host {host}: journaling step {step} of tid {tid} failed: {e}; the step was not run and not reported. Check the disk under {}", self.config.data_dir.display()),
@@ -1407,6 +1419,8 @@ impl<E: Engine> Agent<E> {
                 ))
             }
         };
+        self.metrics.tids_committed.increment(1);
+        self.metrics.last_committed_tid.set(tid as f64);
         // Inside a replay window the open transaction is already a later tid.
         if let Some(txn) = self.txn.take_if(|t| t.tid == tid) {
             txn.span.in_scope(|| match outcome {
@@ -1463,6 +1477,7 @@ impl<E: Engine> Agent<E> {
             fail(ErrorKind::Journal, format!("host {host}: journaling checkpoint record {tid} failed: {e}; the checkpoint file {} is not offered", path.display()))
         })?;
         info!(host = %host, tid, file = %path.display(), "checkpoint written");
+        self.metrics.checkpoints.increment(1);
         self.checkpoints.insert(tid, path);
         Ok(())
     }
@@ -1561,6 +1576,7 @@ impl<E: Engine> Agent<E> {
         self.held_outputs.clear();
         self.reader = None;
         self.replay_prev_step = None;
+        self.metrics.restores.increment(1);
         info!(host = %host, checkpoint_tid, "engine restored");
         Ok(())
     }

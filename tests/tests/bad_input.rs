@@ -231,7 +231,7 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
 }
 
 /// A metrics address another process holds is refused at startup, naming
-/// it, before the ledger is touched: a coordinator that silently served no
+/// it, before any data is touched: a daemon that silently served no
 /// metrics would look to Prometheus like a dead one.
 #[test]
 fn a_metrics_address_already_in_use_is_refused_at_startup() {
@@ -249,6 +249,19 @@ fn a_metrics_address_already_in_use_is_refused_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains("--metrics-listen"), "{err}");
     assert!(!data.exists(), "nothing may be written, not even {}", data.display());
+
+    // The host agent alike.
+    let host_data = dir.path().join("host-0");
+    let out = std::process::Command::new(bin_dir().join("host-agent"))
+        .args(["--host-id", "host-0", "--coordinator", &format!("http://127.0.0.1:{}", free_port()), "--metrics-listen", &metrics])
+        .arg("--data-dir")
+        .arg(&host_data)
+        .output()
+        .expect("run host-agent");
+    assert!(!out.status.success(), "must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains("host-0"), "{err}");
+    assert!(!host_data.exists(), "nothing may be written, not even {}", host_data.display());
 }
 
 /// A coordinator whose ledger cannot be written (a full disk, injected)

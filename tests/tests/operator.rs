@@ -74,14 +74,21 @@ fn scrape(addr: &str) -> std::collections::BTreeMap<String, f64> {
 
 /// `--metrics-listen` serves the pipeline in the Prometheus text format:
 /// leadership, the state, the ledger's progress, connected hosts, commit
-/// counters and the commit latency histogram, all agreeing with GetStatus.
+/// counters and the commit latency histogram, all agreeing with GetStatus;
+/// a host agent's serves its session, steps, journal appends and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
     let metrics = format!("127.0.0.1:{}", free_port());
+    let host_metrics = format!("127.0.0.1:{}", free_port());
     let opts = ClusterOpts { hosts: 2, coordinator_flags: vec!["--metrics-listen".into(), metrics.clone()], ..ClusterOpts::default() };
-    let c = Cluster::start(opts);
+    let for_host = host_metrics.clone();
+    let c = Cluster::start_with(opts, move |i, args| {
+        if i == 0 {
+            args.extend(["--metrics-listen".to_string(), for_host.clone()]);
+        }
+    });
     let status = c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
-    let m = tokio::task::spawn_blocking(move || scrape(&metrics)).await.expect("scrape");
+    let (m, h) = tokio::task::spawn_blocking(move || (scrape(&metrics), scrape(&host_metrics))).await.expect("scrape");
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
     assert_eq!(get("lockstep_leader"), 1.0);
     assert_eq!(get(r#"lockstep_pipeline_state{state="Running"}"#), 1.0);
@@ -99,6 +106,17 @@ async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
     assert!(timed >= 1.0, "{timed}");
     assert_eq!(get(r#"lockstep_commit_latency_seconds_bucket{le="+Inf"}"#), timed);
     assert_eq!(get("lockstep_pipeline_failures_total"), 0.0);
+
+    // host-0's own endpoint: its session, steps, journal and commits.
+    let host = |k: &str| *h.get(&k.replace("HOST", r#"host="host-0""#)).unwrap_or_else(|| panic!("no sample {k} in {h:#?}"));
+    assert_eq!(host("lockstep_agent_session_up{HOST}"), 1.0);
+    assert_eq!(host("lockstep_agent_epoch{HOST}"), status.epoch as f64);
+    let steps = host(r#"lockstep_agent_steps_total{HOST,mode="live"}"#);
+    assert!(steps >= 1.0, "{steps}");
+    assert_eq!(host("lockstep_agent_journal_append_seconds_count{HOST}"), steps, "one journal append per live step");
+    assert!(host("lockstep_agent_tids_committed_total{HOST}") >= 1.0);
+    assert!(host("lockstep_agent_last_committed_tid{HOST}") >= 1.0);
+    assert!(h.keys().all(|k| !k.starts_with("lockstep_pipeline")), "a host agent serves only its own series");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
