@@ -386,6 +386,17 @@ impl Group {
 
     /// `tweak(i, args)` may add flags to host i's command line.
     pub fn start_with(n: usize, opts: ClusterOpts, tweak: impl Fn(usize, &mut Vec<String>)) -> Group {
+        Self::start_nodes_with(n, opts, |_, _| {}, tweak)
+    }
+
+    /// `node(i, args)` may add flags to coordinator node i+1's command
+    /// line, `host(i, args)` to host i's.
+    pub fn start_nodes_with(
+        n: usize,
+        opts: ClusterOpts,
+        node: impl Fn(usize, &mut Vec<String>),
+        tweak: impl Fn(usize, &mut Vec<String>),
+    ) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
@@ -396,6 +407,7 @@ impl Group {
                 let name = format!("coordinator-{}", i + 1);
                 let mut args = coordinator_args(&opts, addr, &dir.path().join(&name));
                 args.extend(["--node-id".into(), (i + 1).to_string(), "--peers".into(), peers.clone()]);
+                node(i, &mut args);
                 Proc::spawn(&name, bin_dir().join("coordinator"), args, dir.path().join(format!("{name}.log")))
             })
             .collect();
@@ -461,6 +473,24 @@ pub async fn status_at(addr: &str) -> anyhow::Result<pb::Status> {
         .await?;
     let mut admin = AdminClient::new(channel);
     Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
+}
+
+/// One plain-HTTP GET of `addr`'s `/metrics` (a daemon's
+/// `--metrics-listen`), parsed: `name{labels}` -> value for every sample
+/// line of the Prometheus text format. Blocking; bounded in time.
+pub fn scrape_metrics(addr: &str) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
 }
 
 /// Polls `addr`'s GetStatus until `pred` holds (bounded by `timeout`);

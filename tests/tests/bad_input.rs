@@ -236,32 +236,27 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
 #[test]
 fn a_metrics_address_already_in_use_is_refused_at_startup() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let metrics = taken.local_addr().expect("addr").to_string();
-    let out = std::process::Command::new(bin_dir().join("coordinator"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--metrics-listen", &metrics])
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .expect("run coordinator");
-    assert!(!out.status.success(), "must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains("--metrics-listen"), "{err}");
-    assert!(!data.exists(), "nothing may be written, not even {}", data.display());
-
-    // The host agent alike.
-    let host_data = dir.path().join("host-0");
-    let out = std::process::Command::new(bin_dir().join("host-agent"))
-        .args(["--host-id", "host-0", "--coordinator", &format!("http://127.0.0.1:{}", free_port()), "--metrics-listen", &metrics])
-        .arg("--data-dir")
-        .arg(&host_data)
-        .output()
-        .expect("run host-agent");
-    assert!(!out.status.success(), "must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains("host-0"), "{err}");
-    assert!(!host_data.exists(), "nothing may be written, not even {}", host_data.display());
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let daemons: [(&str, Vec<&str>, &str); 2] = [
+        ("coordinator", vec!["serve", "--listen", &coordinator], "--metrics-listen"),
+        ("host-agent", vec!["--host-id", "host-0", "--coordinator", "http://127.0.0.1:1"], "host agent host-0"),
+    ];
+    for (bin, args, named) in daemons {
+        let data = dir.path().join(bin);
+        let out = std::process::Command::new(bin_dir().join(bin))
+            .args(args)
+            .args(["--metrics-listen", &metrics])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+        assert!(!out.status.success(), "{bin} must refuse to start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains(named), "{bin}: {err}");
+        assert!(!data.exists(), "{bin} may write nothing, not even {}", data.display());
+    }
 }
 
 /// A coordinator whose ledger cannot be written (a full disk, injected)

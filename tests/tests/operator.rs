@@ -55,23 +55,6 @@ async fn logs_written_to_a_file_are_plain_text() {
     }
 }
 
-/// One plain-HTTP GET of `addr`'s `/metrics`, parsed: `name{labels}` ->
-/// value, for every sample line of the Prometheus text format.
-fn scrape(addr: &str) -> std::collections::BTreeMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
-        .collect()
-}
-
 /// `--metrics-listen` serves the pipeline in the Prometheus text format:
 /// leadership, the state, the ledger's progress, connected hosts, commit
 /// counters and the commit latency histogram, all agreeing with GetStatus;
@@ -88,7 +71,7 @@ async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
         }
     });
     let status = c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
-    let (m, h) = tokio::task::spawn_blocking(move || (scrape(&metrics), scrape(&host_metrics))).await.expect("scrape");
+    let (m, h) = tokio::task::spawn_blocking(move || (scrape_metrics(&metrics), scrape_metrics(&host_metrics))).await.expect("scrape");
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
     assert_eq!(get("lockstep_leader"), 1.0);
     assert_eq!(get(r#"lockstep_pipeline_state{state="Running"}"#), 1.0);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lockstep_tests::{sink_tids, ClusterOpts, Group};
+use lockstep_tests::{free_port, scrape_metrics, sink_tids, ClusterOpts, Group};
 
 const NODES: usize = 3;
 
@@ -83,6 +83,46 @@ async fn kill_the_leader(opts: ClusterOpts, kills: usize) {
         assert!(tids.len() as u64 >= committed, "host {i} emitted {} tids, the ledger committed {committed}", tids.len());
         assert!(tids.iter().all(|t| *t <= s.last_committed_tid), "host {i} emitted a tid the ledger never committed");
     }
+}
+
+/// Every member serves metrics (`--metrics-listen`): exactly one says it
+/// leads and shows the pipeline Running with both hosts connected; the
+/// followers show no pipeline state at all (a pipeline series that is
+/// absent or 0). After the leader is killed, the new leader's endpoint
+/// says so, and the surviving follower's still does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
+    let ports: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let flags = ports.clone();
+    let mut g = Group::start_nodes_with(NODES, opts(), move |i, args| args.extend(["--metrics-listen".into(), flags[i].clone()]), |_, _| {});
+    let long = Duration::from_secs(60);
+    let (leader, s) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+    let check = |alive: Vec<usize>, leader: usize, epoch: u64| {
+        let ports = ports.clone();
+        async move {
+            for i in alive {
+                let addr = ports[i].clone();
+                let m = tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.expect("scrape");
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                let running = get(r#"lockstep_pipeline_state{state="Running"}"#);
+                if i == leader {
+                    assert_eq!((get("lockstep_leader"), running), (1.0, 1.0), "node {}: the leader: {m:#?}", i + 1);
+                    assert_eq!(get("lockstep_hosts_connected"), 2.0, "node {}: {m:#?}", i + 1);
+                    assert_eq!(get("lockstep_epoch"), epoch as f64, "node {}", i + 1);
+                } else {
+                    assert!(m.contains_key("lockstep_leader"), "node {}: a follower says it does not lead: {m:#?}", i + 1);
+                    assert_eq!((get("lockstep_leader"), running), (0.0, 0.0), "node {}: a follower: {m:#?}", i + 1);
+                }
+            }
+        }
+    };
+    check((0..NODES).collect(), leader, s.epoch).await;
+    g.nodes[leader].kill();
+    let committed = s.last_committed_tid;
+    let (next, s) = g
+        .wait_leader("a new leader committing", long, |s| s.pipeline_state == "Running" && s.last_committed_tid > committed)
+        .await;
+    check((0..NODES).filter(|i| *i != leader).collect(), next, s.epoch).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
