@@ -10,8 +10,8 @@
 //! is installed and every handle does nothing.
 //!
 //! Only the leader drives the pipeline, so only the leader's pipeline
-//! gauges are live: a follower shows `lockstep_leader 0` and every
-//! `lockstep_pipeline_state` series at 0.
+//! series are live: a follower shows `lockstep_leader 0` and its pipeline
+//! series at 0 (or none, if it never led).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
