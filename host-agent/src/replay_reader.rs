@@ -371,6 +371,48 @@ mod tests {
         assert_eq!(drain(&mut reader, 3).await, (long + 8..=2 * long + 7).collect::<Vec<_>>());
     }
 
+    /// Damage that appears after the journal was opened (bit rot, a bad
+    /// sector) reaches the replay as the journal's error, naming the
+    /// segment and offset, after exactly the steps before the damaged
+    /// record: nothing after it is replayed, and nothing is skipped. The
+    /// reader then refuses every further request instead of guessing.
+    #[tokio::test]
+    async fn a_record_damaged_after_open_stops_the_replay_there_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records: steps 1-3 (tid 1, LARGE), commit 1, steps 4-6 (tid 2),
+        // commit 2, steps 7-9 (tid 3), commit 3.
+        let (journal, commits) = journal(dir.path(), &[3, 3, 3], &[1, 2, 3], LARGE);
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .expect("a segment");
+        // Halfway into step 5's payload: four large records and a small
+        // commit marker come before it, after a header of under a block.
+        let at = 4 * (LARGE as u64 + 64) + LARGE as u64 / 2;
+        {
+            use std::io::{Read, Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+            let mut byte = [0u8];
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut byte).unwrap();
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[byte[0] ^ 0xff]).unwrap();
+            f.sync_all().unwrap();
+        }
+        let mut reader = ReplayReader::spawn(journal, 1, &commits);
+        assert_eq!(drain(&mut reader, 1).await, [1, 2, 3]);
+        assert_eq!(reader.next_step(2).await.map(|r| r.unwrap().step), Some(4));
+        let err = match reader.next_step(2).await {
+            Some(Err(e)) => e.to_string(),
+            other => panic!("step 5 is damaged, got {other:?}"),
+        };
+        assert!(err.contains("CRC32C mismatch") && err.contains(&segment.display().to_string()) && err.contains("offset"), "{err}");
+        assert!(reader.next_step(2).await.is_some_and(|r| r.is_err()), "nothing after the damage is replayed");
+        assert!(reader.next_step(3).await.is_some_and(|r| r.is_err()), "nor any later tid");
+        assert_eq!(reader.opens(), None);
+    }
+
     /// A reader dropped while its thread waits for credit stops the
     /// thread (the blocking pool would otherwise keep it forever).
     #[test]
