@@ -117,7 +117,14 @@ impl DriverMetrics {
             ledger_latency: histogram!("lockstep_commit_ledger_latency_seconds"),
             replay_duration: histogram!("lockstep_replay_duration_seconds"),
         };
+        // Every configured host has a series from the start, at 0 until it
+        // joins: an alert on a host's absence needs the series to exist,
+        // and a host a previous driver of this process saw is not shown
+        // as still connected.
         m.hosts_connected.set(0.0);
+        for host in &core.ledger().hosts {
+            gauge!("lockstep_host_connected", "host" => host.clone()).set(0.0);
+        }
         m.refresh(core);
         m
     }

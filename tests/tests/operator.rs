@@ -58,7 +58,8 @@ async fn logs_written_to_a_file_are_plain_text() {
 /// `--metrics-listen` serves the pipeline in the Prometheus text format:
 /// leadership, the state, the ledger's progress, connected hosts, commit
 /// counters and the commit latency histogram, all agreeing with GetStatus;
-/// a host agent's serves its session, steps, journal appends and commits.
+/// a host agent's serves its session, steps, journal appends and commits;
+/// a killed host shows as lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -71,6 +72,7 @@ async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
         }
     });
     let status = c.wait_for("running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+    let coordinator_metrics = metrics.clone();
     let (m, h) = tokio::task::spawn_blocking(move || (scrape_metrics(&metrics), scrape_metrics(&host_metrics))).await.expect("scrape");
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
     assert_eq!(get("lockstep_leader"), 1.0);
@@ -100,6 +102,19 @@ async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
     assert!(host("lockstep_agent_tids_committed_total{HOST}") >= 1.0);
     assert!(host("lockstep_agent_last_committed_tid{HOST}") >= 1.0);
     assert!(h.keys().all(|k| !k.starts_with("lockstep_pipeline")), "a host agent serves only its own series");
+
+    // A host killed: the coordinator's series say which one is gone, and
+    // that the pipeline no longer runs.
+    let mut c = c;
+    c.hosts[1].kill();
+    c.wait_for("host-1 lost", Duration::from_secs(60), |s| s.hosts.iter().any(|h| h.host_id == "host-1" && !h.connected)).await;
+    let m = tokio::task::spawn_blocking(move || scrape_metrics(&coordinator_metrics)).await.expect("scrape");
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
+    assert_eq!(get(r#"lockstep_host_connected{host="host-1"}"#), 0.0);
+    assert_eq!(get(r#"lockstep_host_connected{host="host-0"}"#), 1.0);
+    assert_eq!(get("lockstep_hosts_connected"), 1.0);
+    assert!(get(r#"lockstep_hosts_lost_total{host="host-1"}"#) >= 1.0);
+    assert_eq!(get(r#"lockstep_pipeline_state{state="Running"}"#), 0.0, "{m:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
