@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
-use lockstep_tests::{bin_dir, host_id, sink_final_state, sink_tids, status_at, tail, wait_for_status};
+use lockstep_tests::{bin_dir, host_id, scrape_metrics, sink_final_state, sink_tids, status_at, tail, wait_for_status};
 
 const LONG: Duration = Duration::from_secs(60);
 const HOSTS: usize = 3;
@@ -173,6 +173,8 @@ impl DockerCluster {
                 ("LOCKSTEP_COMMIT_INTERVAL_MS", "50"),
                 ("LOCKSTEP_CHECKPOINT_EVERY_TXNS", "5"),
                 ("LOCKSTEP_REPORT_DEADLINE_MS", deadline.as_str()),
+                // As deploy/compose and the Kubernetes manifests serve them.
+                ("LOCKSTEP_METRICS_LISTEN", "0.0.0.0:9464"),
             ];
             if n > 1 {
                 env.extend([("LOCKSTEP_NODE_ID", node_id.as_str()), ("LOCKSTEP_PEERS", peers.as_str())]);
@@ -197,6 +199,7 @@ impl DockerCluster {
                     ("LOCKSTEP_COORDINATOR", &coordinator_urls),
                     ("LOCKSTEP_GENERATOR_SEED", &seed),
                     ("LOCKSTEP_STEP_INTERVAL_MS", "5"),
+                    ("LOCKSTEP_METRICS_LISTEN", "0.0.0.0:9465"),
                 ],
                 &["host-agent"],
             );
@@ -354,6 +357,13 @@ async fn containers_commit_and_recover_from_a_killed_host() {
     assert_eq!(s.hosts.len(), HOSTS);
     assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
     assert_eq!(s.cluster_id, CLUSTER);
+    // The image serves both daemons' metrics, reached on the test network.
+    let (coordinator, host) = (format!("{}:9464", c.container_ip("coordinator")), format!("{}:9465", c.container_ip(&host_id(0))));
+    let (m, h) = tokio::task::spawn_blocking(move || (scrape_metrics(&coordinator), scrape_metrics(&host))).await.expect("scrape");
+    assert_eq!(m.get("lockstep_leader"), Some(&1.0), "{m:#?}");
+    assert_eq!(m.get(r#"lockstep_pipeline_state{state="Running"}"#), Some(&1.0), "{m:#?}");
+    assert_eq!(m.get("lockstep_hosts_connected"), Some(&(HOSTS as f64)), "{m:#?}");
+    assert_eq!(h.get(r#"lockstep_agent_session_up{host="host-0"}"#), Some(&1.0), "{h:#?}");
 
     let victim = host_id(1);
     c.docker(&["kill", "--signal", "KILL", &c.name(&victim)]);
