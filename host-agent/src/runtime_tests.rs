@@ -48,6 +48,22 @@ impl Harness {
         self.flush_as_drive_loop().await;
     }
 
+    /// Welcome and a restore of the empty state, in `epoch`: how a session
+    /// of these tests starts.
+    async fn join(&mut self, epoch: u64) {
+        self.cmd(epoch, Command::Welcome { coordinator_id: "c".into() }).await;
+        self.cmd(epoch, Command::Restore { checkpoint_tid: 0 }).await;
+    }
+
+    /// Starts live `tid` and runs `steps` steps in it, each one the core
+    /// asked for.
+    async fn live(&mut self, epoch: u64, tid: u64, steps: usize) {
+        self.cmd(epoch, Command::Start { tid, mode: Mode::Live, prepare: false }).await;
+        for i in 0..steps {
+            assert!(self.step().await, "step {} of live tid {tid} did not run", i + 1);
+        }
+    }
+
     /// Flushes the queued reports when the drive loop would.
     async fn flush_as_drive_loop(&mut self) {
         let replaying = matches!(self.agent.core.next_step(), Some((_, Mode::Replay)));
@@ -211,12 +227,8 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
 
     // ---- first life: tid 1 commits, tid 2 is open when the host dies.
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..5 {
-        assert!(h.step().await);
-    }
+    h.join(1).await;
+    h.live(1, 1, 5).await;
     h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     assert!(!h.step().await, "no step after Prepared");
     h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) }).await;
@@ -304,21 +316,14 @@ async fn crash_mid_transaction_then_replay_and_continue_live_exactly_once() {
 async fn checkpoint_gc_and_restore_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..4 {
-        h.step().await;
-    }
+    h.join(1).await;
+    h.live(1, 1, 4).await;
     h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
     assert_eq!(sink_tids(dir.path()), vec![1], "a checkpoint waits until the sink holds every tid it covers");
     h.cmd(1, Command::CheckpointComplete { tid: 1 }).await;
-    h.cmd(1, Command::Start { tid: 2, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..3 {
-        h.step().await;
-    }
+    h.live(1, 2, 3).await;
     // Invariant 5: no checkpoint with a transaction open.
     h.cmd(1, Command::Checkpoint { tid: 1 }).await;
     h.cmd(1, Command::Prepare { tid: 2, next: None }).await;
@@ -388,8 +393,7 @@ async fn a_push_is_acknowledged_only_once_its_step_is_durable() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!push.is_finished(), "no transaction yet: no acknowledgement");
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(1).await;
     h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     h.step().await;
     let ack = push.await.unwrap().unwrap().into_inner();
@@ -406,17 +410,12 @@ async fn a_push_is_acknowledged_only_once_its_step_is_durable() {
 async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..4 {
-        h.step().await;
-    }
+    h.join(1).await;
+    h.live(1, 1, 4).await;
     let live = step_dones(&h.reports());
     drop(h);
     let mut h = Harness::open(dir.path(), true).await;
-    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(2).await;
     h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: false }).await;
     h.cmd(2, Command::Prepare { tid: 1, next: None }).await;
     while h.step().await {}
@@ -440,12 +439,8 @@ async fn injected_replay_fault_shows_in_the_first_replayed_step_with_records() {
 async fn kept_transaction_survives_two_coordinator_losses_and_commits_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..3 {
-        assert!(h.step().await);
-    }
+    h.join(1).await;
+    h.live(1, 1, 3).await;
     let live = step_dones(&h.reports());
     h.reconnect().await;
     assert_eq!(h.agent.core.state(), crate::core::TxnState::PausedLive { tid: 1 });
@@ -506,8 +501,7 @@ fn a_redirect_names_the_leader_as_a_url() {
 async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(1).await;
     h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     assert!(h.step().await);
     h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
@@ -538,12 +532,8 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     faulty.fail_append_at = Some(1);
     h.agent.sink = SinkWriter::start(faulty).unwrap();
 
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..3 {
-        assert!(h.step().await);
-    }
+    h.join(1).await;
+    h.live(1, 1, 3).await;
     h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     h.cmd(1, Command::Commit { tid: 1, next: None }).await;
     let reports = h.reports();
@@ -582,12 +572,8 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
 async fn sealed_replay_reports_one_batch_per_tid() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
-    h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
-    for _ in 0..3 {
-        assert!(h.step().await);
-    }
+    h.join(1).await;
+    h.live(1, 1, 3).await;
     h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
     h.cmd(1, Command::Commit { tid: 1, next: Some((2, Mode::Live, false)) }).await;
     for _ in 0..2 {
@@ -602,8 +588,7 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     drop(h);
 
     let mut h = Harness::open(dir.path(), false).await;
-    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(2).await;
     assert!(matches!(h.raw_reports()[..], [R::Restored(_)]));
     // Both committed tids started at once (replay window).
     h.cmd(2, Command::Start { tid: 1, mode: Mode::Replay, prepare: true }).await;
@@ -643,8 +628,7 @@ async fn sealed_replay_reports_one_batch_per_tid() {
 /// every tid started at once (a replay window), reports so far drained.
 async fn replay_window_after_live(dir: &Path, tids: u64, steps: usize) -> Harness {
     let mut h = Harness::open(dir, false).await;
-    h.cmd(1, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(1, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(1).await;
     h.cmd(1, Command::Start { tid: 1, mode: Mode::Live, prepare: false }).await;
     for tid in 1..=tids {
         for _ in 0..steps {
@@ -658,8 +642,7 @@ async fn replay_window_after_live(dir: &Path, tids: u64, steps: usize) -> Harnes
     drop(h);
 
     let mut h = Harness::open(dir, false).await;
-    h.cmd(2, Command::Welcome { coordinator_id: "c".into() }).await;
-    h.cmd(2, Command::Restore { checkpoint_tid: 0 }).await;
+    h.join(2).await;
     h.raw_reports();
     for tid in 1..=tids {
         h.cmd(2, Command::Start { tid, mode: Mode::Replay, prepare: true }).await;
