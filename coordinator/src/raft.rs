@@ -886,6 +886,15 @@ mod tests {
         }
     }
 
+    /// Opening a single-node ledger in `dir` as `node` fails: the whole
+    /// error chain, as an operator reads it.
+    async fn refused(dir: &Path, node: u64) -> String {
+        match Ledger::open_single_with(dir, node, "a".into(), fast()).await {
+            Ok(_) => panic!("opening {} as node {node} must fail", dir.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     fn fast() -> RaftTuning {
         RaftTuning {
             heartbeat_ms: 50,
@@ -1104,7 +1113,7 @@ mod tests {
 
         // The current snapshot's file missing: a clear error, not an empty ledger.
         std::fs::remove_file(snaps.join(&files[0])).unwrap();
-        let msg = format!("{:#}", Ledger::open_single_with(dir.path(), 1, "a".into(), fast()).await.unwrap_err());
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains("current snapshot") && msg.contains("is missing"), "{msg}");
     }
 
@@ -1227,12 +1236,7 @@ mod tests {
             b"definitely not a database, just some text",
         )
         .unwrap();
-        let msg = format!(
-            "{:#}",
-            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
-                .await
-                .unwrap_err()
-        );
+        let msg = refused(dir.path(), 1).await;
         assert!(
             msg.contains("ledger.redb") && msg.contains("not a Lockstep ledger"),
             "{msg}"
@@ -1249,12 +1253,7 @@ mod tests {
                 .unwrap();
             w.commit().unwrap();
         }
-        let msg = format!(
-            "{:#}",
-            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
-                .await
-                .unwrap_err()
-        );
+        let msg = refused(dir.path(), 1).await;
         assert!(
             msg.contains("ledger.redb") && msg.contains("not a Lockstep ledger"),
             "{msg}"
@@ -1274,24 +1273,14 @@ mod tests {
             *b = 0xA5;
         }
         std::fs::write(&path, bytes).unwrap();
-        let msg = format!(
-            "{:#}",
-            Ledger::open_single_with(dir.path(), 1, "a".into(), fast())
-                .await
-                .unwrap_err()
-        );
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains("ledger.redb"), "{msg}");
 
         // The data directory is a file.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("data");
         std::fs::write(&file, b"x").unwrap();
-        let msg = format!(
-            "{:#}",
-            Ledger::open_single_with(&file, 1, "a".into(), fast())
-                .await
-                .unwrap_err()
-        );
+        let msg = refused(&file, 1).await;
         assert!(msg.contains("not a directory"), "{msg}");
     }
 
@@ -1312,12 +1301,12 @@ mod tests {
 
         let dir = used().await;
         std::fs::remove_file(dir.path().join(store::LEDGER_FILE)).unwrap();
-        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains(store::LOG_DIR) && msg.contains("was just created"), "{msg}");
 
         let dir = used().await;
         std::fs::remove_dir_all(dir.path().join(store::LOG_DIR)).unwrap();
-        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains(store::LOG_DIR) && msg.contains("is missing"), "{msg}");
 
         // Snapshot files left without their ledger are not silently dropped.
@@ -1325,7 +1314,7 @@ mod tests {
         ledger_with_snapshot(dir.path()).await;
         std::fs::remove_file(dir.path().join(store::LEDGER_FILE)).unwrap();
         std::fs::remove_dir_all(dir.path().join(store::LOG_DIR)).unwrap();
-        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains(snapshot::SNAPSHOT_DIR) && msg.contains("was just created"), "{msg}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -1338,7 +1327,7 @@ mod tests {
                 .unwrap();
             w.commit().unwrap();
         }
-        let msg = format!("{:#}", open(dir.path()).await.unwrap_err());
+        let msg = refused(dir.path(), 1).await;
         assert!(msg.contains("lockstep-ledger/1") && msg.contains(store::FORMAT), "{msg}");
     }
 
@@ -1350,12 +1339,7 @@ mod tests {
             .unwrap();
         l.shutdown().await.unwrap();
         drop(l);
-        let msg = format!(
-            "{:#}",
-            Ledger::open_single_with(dir.path(), 2, "a".into(), fast())
-                .await
-                .unwrap_err()
-        );
+        let msg = refused(dir.path(), 2).await;
         assert!(
             msg.contains("voters [1]") && msg.contains("node 2"),
             "{msg}"
