@@ -86,9 +86,9 @@ struct ServeArgs {
     #[arg(long, env = "LOCKSTEP_PROPOSE_TIMEOUT_MS", default_value_t = 5000)]
     propose_timeout_ms: u64,
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
-    /// address, e.g. 0.0.0.0:9464. Off unless given.
+    /// address, e.g. 0.0.0.0:9464. Off unless given (or `off`).
     #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
-    metrics_listen: Option<std::net::SocketAddr>,
+    metrics_listen: Option<MetricsListen>,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -240,14 +240,15 @@ struct DevArgs {
     policy: PolicyArgs,
 }
 
-/// `dev --metrics-listen`: an address, or `off`.
+/// `--metrics-listen`: an address, or `off` (also an empty value, as an
+/// unset-by-blanking environment variable gives).
 #[derive(Clone, Copy, Debug)]
 struct MetricsListen(Option<std::net::SocketAddr>);
 
 impl std::str::FromStr for MetricsListen {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "off" {
+        if s == "off" || s.is_empty() {
             return Ok(MetricsListen(None));
         }
         s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:9464) nor `off`"))
@@ -463,7 +464,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
-            serve_metrics(args.metrics_listen)?;
+            serve_metrics(args.metrics_listen.and_then(|m| m.0))?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;

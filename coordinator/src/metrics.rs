@@ -13,7 +13,6 @@
 //! series are live: a follower shows `lockstep_leader 0` and its pipeline
 //! series at 0 (or none, if it never led).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,7 +81,8 @@ pub struct DriverMetrics {
     last_committed_tid: Gauge,
     newest_checkpoint: Gauge,
     hosts_connected: Gauge,
-    connected: BTreeSet<String>,
+    /// `lockstep_host_connected` of every member host (fixed for a core).
+    host_connected: Vec<(String, Gauge)>,
     tids_live: Counter,
     tids_replayed: Counter,
     records_live: Counter,
@@ -105,7 +105,9 @@ impl DriverMetrics {
             last_committed_tid: gauge!("lockstep_last_committed_tid"),
             newest_checkpoint: gauge!("lockstep_newest_complete_checkpoint_tid"),
             hosts_connected: gauge!("lockstep_hosts_connected"),
-            connected: BTreeSet::new(),
+            // Every member host has a series from the start: an alert on a
+            // host's absence needs it to exist before the host first joins.
+            host_connected: core.hosts().keys().map(|h| (h.clone(), gauge!("lockstep_host_connected", "host" => h.clone()))).collect(),
             tids_live: counter!("lockstep_tids_committed_total", "mode" => "live"),
             tids_replayed: counter!("lockstep_tids_committed_total", "mode" => "replay"),
             records_live: counter!("lockstep_records_committed_total", "mode" => "live"),
@@ -117,24 +119,24 @@ impl DriverMetrics {
             ledger_latency: histogram!("lockstep_commit_ledger_latency_seconds"),
             replay_duration: histogram!("lockstep_replay_duration_seconds"),
         };
-        // Every configured host has a series from the start, at 0 until it
-        // joins: an alert on a host's absence needs the series to exist,
-        // and a host a previous driver of this process saw is not shown
-        // as still connected.
-        m.hosts_connected.set(0.0);
-        for host in &core.ledger().hosts {
-            gauge!("lockstep_host_connected", "host" => host.clone()).set(0.0);
-        }
         m.refresh(core);
         m
     }
 
-    /// Gauges read off the core: its state, epoch and ledger.
+    /// Gauges read off the core: its state, its hosts' sessions, epoch and
+    /// ledger.
     fn refresh(&self, core: &Core) {
         let now = core.phase().name();
         for (gauge, state) in self.state.iter().zip(PIPELINE_STATES) {
             gauge.set(if state == now { 1.0 } else { 0.0 });
         }
+        let mut connected = 0;
+        for (host, gauge) in &self.host_connected {
+            let up = core.hosts().get(host).is_some_and(|slot| slot.conn.is_some());
+            connected += usize::from(up);
+            gauge.set(if up { 1.0 } else { 0.0 });
+        }
+        self.hosts_connected.set(connected as f64);
         let ledger = core.ledger();
         self.epoch.set(ledger.epoch as f64);
         self.last_committed_tid.set(ledger.last_committed as f64);
@@ -142,7 +144,7 @@ impl DriverMetrics {
     }
 
     /// Follows one core notice; `core` has already handled the event.
-    pub fn on_notice(&mut self, n: &Notice, core: &Core) {
+    pub fn on_notice(&self, n: &Notice, core: &Core) {
         match n {
             Notice::Committed { replayed, records, .. } => {
                 // The tid first, then the count: a scrape never sees more
@@ -153,17 +155,7 @@ impl DriverMetrics {
                 recs.increment(*records);
                 return;
             }
-            Notice::HostJoined { host } => {
-                self.connected.insert(host.clone());
-                gauge!("lockstep_host_connected", "host" => host.clone()).set(1.0);
-                self.hosts_connected.set(self.connected.len() as f64);
-            }
-            Notice::HostLost { host, .. } => {
-                self.connected.remove(host);
-                gauge!("lockstep_host_connected", "host" => host.clone()).set(0.0);
-                counter!("lockstep_hosts_lost_total", "host" => host.clone()).increment(1);
-                self.hosts_connected.set(self.connected.len() as f64);
-            }
+            Notice::HostLost { host, .. } => counter!("lockstep_hosts_lost_total", "host" => host.clone()).increment(1),
             Notice::CheckpointComplete { .. } => self.checkpoints.increment(1),
             Notice::Recovery(r) => {
                 let path = match r.path {
@@ -173,7 +165,7 @@ impl DriverMetrics {
                 counter!("lockstep_recoveries_total", "path" => path).increment(1);
             }
             Notice::Failed(_) => self.failures.increment(1),
-            Notice::PipelineState { .. } | Notice::Recovering { .. } => {}
+            Notice::PipelineState { .. } | Notice::Recovering { .. } | Notice::HostJoined { .. } => {}
         }
         self.refresh(core);
     }
@@ -204,8 +196,8 @@ impl Drop for DriverMetrics {
         for gauge in &self.state {
             gauge.set(0.0);
         }
-        for host in std::mem::take(&mut self.connected) {
-            gauge!("lockstep_host_connected", "host" => host).set(0.0);
+        for (_, gauge) in &self.host_connected {
+            gauge.set(0.0);
         }
         self.hosts_connected.set(0.0);
     }

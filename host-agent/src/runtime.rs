@@ -987,13 +987,16 @@ impl<E: Engine> Agent<E> {
                                         info!(host = %self.host(), state = %self.core.state(), "coordinator asked to stop: {reason}");
                                     }
                                     Event::Command { command: crate::core::Command::Welcome { coordinator_id }, epoch, .. } => {
-                                        self.metrics.session_up.set(1.0);
                                         info!(host = %self.host(), coordinator = %addr, coordinator_id = %coordinator_id, epoch, state = %self.core.state(), "connected: welcomed by the coordinator");
                                     }
                                     _ => {}
                                 }
                                 debug!(host = %self.host(), ?event, "command");
-                                self.core.handle(event)
+                                let actions = self.core.handle(event);
+                                // Up once the core took a Welcome (a refused
+                                // one, e.g. of a stale epoch, leaves it down).
+                                self.metrics.session_up.set(if self.core.welcomed() { 1.0 } else { 0.0 });
+                                actions
                             }
                             Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
                             Err(status) => return status_end(&status, "stream ended", true),

@@ -104,15 +104,17 @@ async fn metrics_endpoint_shows_the_pipeline_in_prometheus_format() {
     assert!(h.keys().all(|k| !k.starts_with("lockstep_pipeline")), "a host agent serves only its own series");
 
     // A host killed: the coordinator's series say which one is gone, and
-    // that the pipeline no longer runs.
+    // that the pipeline no longer runs. (A lost host sends every host
+    // away to rejoin, so host-0 may be between streams: the count must
+    // agree with the per-host series, whichever way host-0 is.)
     let mut c = c;
     c.hosts[1].kill();
     c.wait_for("host-1 lost", Duration::from_secs(60), |s| s.hosts.iter().any(|h| h.host_id == "host-1" && !h.connected)).await;
     let m = tokio::task::spawn_blocking(move || scrape_metrics(&coordinator_metrics)).await.expect("scrape");
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {m:#?}"));
     assert_eq!(get(r#"lockstep_host_connected{host="host-1"}"#), 0.0);
-    assert_eq!(get(r#"lockstep_host_connected{host="host-0"}"#), 1.0);
-    assert_eq!(get("lockstep_hosts_connected"), 1.0);
+    let host0 = get(r#"lockstep_host_connected{host="host-0"}"#);
+    assert_eq!(get("lockstep_hosts_connected"), host0, "{m:#?}");
     assert!(get(r#"lockstep_hosts_lost_total{host="host-1"}"#) >= 1.0);
     assert_eq!(get(r#"lockstep_pipeline_state{state="Running"}"#), 0.0, "{m:#?}");
 }
