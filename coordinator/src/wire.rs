@@ -68,11 +68,17 @@ pub enum BatchProblem {
     BadAbsent { side: &'static str, index: u32 },
 }
 
-pub fn aggregate_from(list: &[pb::EndpointChecksum]) -> Result<Aggregate, WireError> {
+/// Takes the list by value: the endpoint names move into the map, not
+/// copied (every StepDone and Prepared goes through here).
+pub fn aggregate_from(list: Vec<pb::EndpointChecksum>) -> Result<Aggregate, WireError> {
+    use std::collections::btree_map::Entry;
     let mut out = EndpointChecksums::new();
     for c in list {
-        if out.0.insert(c.endpoint.clone(), Checksum { count: c.count, hash: c.hash }).is_some() {
-            return Err(WireError::DuplicateEndpoint { endpoint: c.endpoint.clone() });
+        match out.0.entry(c.endpoint) {
+            Entry::Occupied(e) => return Err(WireError::DuplicateEndpoint { endpoint: e.key().clone() }),
+            Entry::Vacant(e) => {
+                e.insert(Checksum { count: c.count, hash: c.hash });
+            }
         }
     }
     Ok(out)
@@ -140,7 +146,7 @@ pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) 
                 state: state_from(0, r.state)?,
                 tid: r.tid,
                 steps: r.steps,
-                aggregate: aggregate_from(&r.aggregate)?,
+                aggregate: aggregate_from(r.aggregate)?,
                 prepared: r.prepared.map(prepared_from).transpose()?,
                 awaiting: r.awaiting.into_iter().map(prepared_from).collect::<Result<_, _>>()?,
             })
@@ -163,7 +169,7 @@ fn prepared_from(p: pb::Prepared) -> Result<PreparedReport, WireError> {
     Ok(PreparedReport {
         tid: p.tid,
         steps: p.steps,
-        aggregate: aggregate_from(&p.aggregate)?,
+        aggregate: aggregate_from(p.aggregate)?,
         output_digest: p.output_digest,
         output_count: p.output_count,
     })
@@ -207,8 +213,8 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
                 report: StepReport {
                     tid: s.tid,
                     step: s.step,
-                    checksums: aggregate_from(&s.checksums)?,
-                    journaled: if mode == Mode::Replay { Some(aggregate_from(&s.journaled)?) } else { None },
+                    checksums: aggregate_from(s.checksums)?,
+                    journaled: if mode == Mode::Replay { Some(aggregate_from(s.journaled)?) } else { None },
                     state: state_from(seq, s.state)?,
                     mode,
                 },
@@ -355,7 +361,7 @@ mod tests {
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
         ];
-        assert!(aggregate_from(&dup).is_err());
+        assert!(aggregate_from(dup).is_err());
     }
 
     /// A Hello's journal summary: columns over `table`, `(endpoint, n)`
