@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lockstep_coordinator::core::CoreConfig;
+use lockstep_host_agent::metrics::MetricsListen;
 use lockstep_coordinator::raft::{Ledger, RaftTuning};
 use lockstep_coordinator::service::{self, SupervisorConfig};
 use tokio::sync::watch;
@@ -240,26 +241,10 @@ struct DevArgs {
     policy: PolicyArgs,
 }
 
-/// `--metrics-listen`: an address, or `off` (also an empty value, as an
-/// unset-by-blanking environment variable gives).
-#[derive(Clone, Copy, Debug)]
-struct MetricsListen(Option<std::net::SocketAddr>);
-
-impl std::str::FromStr for MetricsListen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "off" || s.is_empty() {
-            return Ok(MetricsListen(None));
-        }
-        s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:9464) nor `off`"))
-    }
-}
-
 /// Starts the Prometheus endpoint, if one was asked for.
 fn serve_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     if let Some(addr) = addr {
-        lockstep_coordinator::metrics::install(addr)
-            .map_err(|e| anyhow::anyhow!("{e} (is another process using it? pick another with --metrics-listen)"))?;
+        lockstep_coordinator::metrics::install(addr).map_err(anyhow::Error::msg)?;
         info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use lockstep_host_agent::metrics::MetricsListen;
 use lockstep_host_agent::{run_reference, HostConfig, ReferenceConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,9 +52,9 @@ struct Args {
     ingest_listen: SocketAddr,
 
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
-    /// address, e.g. 0.0.0.0:9465. Off unless given.
+    /// address, e.g. 0.0.0.0:9465. Off unless given (or `off`).
     #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
+    metrics_listen: Option<MetricsListen>,
 
     /// Seed of the reference engine's generator.
     #[arg(long, env = "LOCKSTEP_GENERATOR_SEED", default_value_t = 42)]
@@ -179,11 +180,10 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = args.metrics_listen.and_then(|m| m.0) {
         // The exporter's listener runs on this runtime.
         let _guard = runtime.enter();
-        lockstep_host_agent::metrics::install_prometheus(addr)
-            .map_err(|e| anyhow::anyhow!("host agent {}: {e} (is another process using it? pick another with --metrics-listen)", args.host_id))?;
+        lockstep_host_agent::metrics::install_prometheus(addr).map_err(|e| anyhow::anyhow!("host agent {}: {e}", args.host_id))?;
         tracing::info!(host = %args.host_id, %addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
     runtime

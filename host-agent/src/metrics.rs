@@ -18,17 +18,34 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 const LATENCY_BUCKETS: [f64; 17] =
     [20e-6, 50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 5.0];
 
+/// The value of `--metrics-listen` (`LOCKSTEP_METRICS_LISTEN`) of both
+/// daemons: an address to serve on, or none for `off` or an empty value
+/// (what an environment variable blanked to switch it off gives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" || s.is_empty() {
+            return Ok(MetricsListen(None));
+        }
+        s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:9464) nor `off`"))
+    }
+}
+
 /// Serves `GET /metrics` in the Prometheus text format on `addr` (plain
 /// HTTP, from the current tokio runtime) and makes it this process's
 /// metrics recorder, with the agent's series described. The coordinator
 /// uses it too (its `dev` cluster runs agents in-process). Fails if `addr`
-/// cannot be bound or a recorder is already installed.
+/// cannot be bound or a recorder is already installed; the error names
+/// the address and the flag.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .and_then(|b| b.install())
-        .map_err(|e| format!("serving metrics on {addr}: {e}"))?;
+        .map_err(|e| format!("serving metrics on {addr}: {e} (is another process using it? pick another with --metrics-listen)"))?;
     describe();
     Ok(())
 }
@@ -91,5 +108,21 @@ impl AgentMetrics {
         let (steps, recs) = if replayed { (&self.replayed_steps, &self.replayed_records) } else { (&self.live_steps, &self.live_records) };
         steps.increment(1);
         recs.increment(records);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetricsListen;
+
+    #[test]
+    fn metrics_listen_takes_an_address_off_or_nothing_and_refuses_the_rest() {
+        assert_eq!("127.0.0.1:9464".parse::<MetricsListen>(), Ok(MetricsListen(Some("127.0.0.1:9464".parse().unwrap()))));
+        assert_eq!("off".parse::<MetricsListen>(), Ok(MetricsListen(None)));
+        assert_eq!("".parse::<MetricsListen>(), Ok(MetricsListen(None)));
+        for bad in ["9464", "localhost", "0.0.0.0:99999", "OFF"] {
+            let e = bad.parse::<MetricsListen>().unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("off"), "{bad}: {e}");
+        }
     }
 }
