@@ -30,6 +30,12 @@ pub fn bin_dir() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--bins", "-p", "lockstep-coordinator", "-p", "lockstep-host-agent"]);
+        // From the workspace this crate was built in, not the caller's
+        // directory: the bench binary run from elsewhere (a perf wrapper
+        // in /tmp) had cargo fail with "could not find `Cargo.toml`".
+        if let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+            cmd.current_dir(workspace);
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
