@@ -103,7 +103,7 @@ impl Default for Opts {
         Opts {
             hosts: 3,
             replay_tids: 1000,
-            replay_repeat: 11,
+            replay_repeat: 41,
             memory_tids: 100,
             memory_factor: 10,
             record_commit_interval_ms: 20,
@@ -659,7 +659,9 @@ async fn bench_replay_coordinated(c: &mut Cluster, last: u64) -> anyhow::Result<
 /// CPU-bound hosts share two cores, and where the scheduler puts them
 /// decides which host finishes first and how long a core then idles,
 /// alike in both modes. The median of 5 still moved by about 0.05 from one
-/// invocation to the next; of 11, by about a third less.
+/// invocation to the next; of 11, by about a third less, and still by
+/// ±0.05 on a noisier day (session 16: 0.83-0.95 over eight invocations
+/// of one build), hence 41: a pair takes under a second.
 async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut Vec<Row>) -> anyhow::Result<Replayed> {
     let snapshot = tempfile::tempdir()?;
     if o.replay_repeat > 1 {
@@ -705,7 +707,9 @@ async fn bench_replay_repeated(o: &Opts, c: &mut Cluster, last: u64, rows: &mut 
         ),
         format!("{:.0}/s", median(&|r| r.coordinated_rps)),
         format!("{:.0}/s", median(&|r| r.alone_rps)),
-        format!("{ratio:.2}×"),
+        // Three decimals: at two, a median of 0.897 printed as "0.90×"
+        // next to a goal of 0.9 marked missed.
+        format!("{ratio:.3}×"),
         "≥ 0.9×",
         Some(ratio >= 0.9),
     ));
