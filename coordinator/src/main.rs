@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lockstep_coordinator::core::CoreConfig;
-use lockstep_host_agent::metrics::MetricsListen;
 use lockstep_coordinator::raft::{Ledger, RaftTuning};
 use lockstep_coordinator::service::{self, SupervisorConfig};
+use lockstep_host_agent::metrics::MetricsListen;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -87,9 +87,9 @@ struct ServeArgs {
     #[arg(long, env = "LOCKSTEP_PROPOSE_TIMEOUT_MS", default_value_t = 5000)]
     propose_timeout_ms: u64,
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
-    /// address, e.g. 0.0.0.0:9464. Off unless given (or `off`).
-    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
-    metrics_listen: Option<MetricsListen>,
+    /// address, e.g. 0.0.0.0:9464, or `off`.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "off")]
+    metrics_listen: MetricsListen,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -449,7 +449,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
-            serve_metrics(args.metrics_listen.and_then(|m| m.0))?;
+            serve_metrics(args.metrics_listen.0)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -500,7 +500,7 @@ mod dev {
             advertise: None,
             join: false,
             propose_timeout_ms: 5000,
-            metrics_listen: None,
+            metrics_listen: MetricsListen(None),
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };

@@ -52,9 +52,9 @@ struct Args {
     ingest_listen: SocketAddr,
 
     /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
-    /// address, e.g. 0.0.0.0:9465. Off unless given (or `off`).
-    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN")]
-    metrics_listen: Option<MetricsListen>,
+    /// address, e.g. 0.0.0.0:9465, or `off`.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "off")]
+    metrics_listen: MetricsListen,
 
     /// Seed of the reference engine's generator.
     #[arg(long, env = "LOCKSTEP_GENERATOR_SEED", default_value_t = 42)]
@@ -180,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if let Some(addr) = args.metrics_listen.and_then(|m| m.0) {
+    if let Some(addr) = args.metrics_listen.0 {
         // The exporter's listener runs on this runtime.
         let _guard = runtime.enter();
         lockstep_host_agent::metrics::install_prometheus(addr).map_err(|e| anyhow::anyhow!("host agent {}: {e}", args.host_id))?;
