@@ -54,7 +54,7 @@ const USAGE: &str = "usage: lockstep-bench <replay|live|memory|etcd|replicated|l
 options (defaults in brackets):
   --hosts N                    host agents [3]
   --replay-tids N              tids recorded for the replay benchmark [1000]
-  --replay-repeat N            replay the same recording N times (alone and coordinated, coordinated first in every other run); the goal is judged on the median [11]
+  --replay-repeat N            replay the same recording N times (alone and coordinated, coordinated first in every other run); the goal is judged on the median [41]
   --memory-tids N              tids of the short journal of the memory benchmark [100]
   --memory-factor K            the long journal has K x as many tids [10]
   --record-commit-interval-ms  commit interval while recording [20]
