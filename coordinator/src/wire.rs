@@ -18,6 +18,8 @@ pub enum WireError {
     BadEnum { seq: u64, what: &'static str, value: i32 },
     #[error("report #{seq} is a second Hello on the same stream")]
     SecondHello { seq: u64 },
+    #[error("report #{seq} is a CommittedTids listing no tid")]
+    NoCommittedTids { seq: u64 },
     #[error("endpoint {endpoint:?} appears twice in one checksum list")]
     DuplicateEndpoint { endpoint: String },
     /// A `ReplayedSteps` batch that is not a run of replayed steps of one
@@ -196,10 +198,11 @@ fn state_from(seq: u64, v: i32) -> Result<HostTxnState, WireError> {
 
 /// A report after the Hello, as core events for `host`, appended to `out`
 /// in the order the host reported them. Every report is one event, except
-/// `ReplayedSteps`: one `Step` event per listed step, then a `Prepared` if
-/// it carries one, exactly the events the separate `StepDone` and
-/// `Prepared` reports would have been, so the core checks and diagnoses
-/// them the same way. On an error nothing is appended.
+/// the two batches: `ReplayedSteps` (one `Step` event per listed step, then
+/// a `Prepared` if it carries one) and `CommittedTids` (one `Committed` per
+/// listed tid), exactly the events the separate reports would have been,
+/// so the core checks and diagnoses them the same way. On an error nothing
+/// is appended.
 pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) -> Result<(), WireError> {
     use pb::host_report::Report;
     let seq = r.seq;
@@ -223,6 +226,13 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
         Report::ReplayedSteps(b) => return replayed_steps_to_events(seq, host, b, out),
         Report::Prepared(p) => Event::Prepared { host, report: prepared_from(p)? },
         Report::Committed(c) => Event::Committed { host, tid: c.tid },
+        Report::CommittedTids(c) => {
+            if c.tids.is_empty() {
+                return Err(WireError::NoCommittedTids { seq });
+            }
+            out.extend(c.tids.into_iter().map(|tid| Event::Committed { host: host.clone(), tid }));
+            return Ok(());
+        }
         Report::CheckpointDone(c) => Event::CheckpointDone { host, tid: c.tid },
         Report::Restored(r) => Event::Restored { host, checkpoint: r.checkpoint_tid },
         Report::Error(e) => Event::HostError { host, kind: e.kind, message: e.message, tid: e.tid },
@@ -362,6 +372,30 @@ mod tests {
             pb::EndpointChecksum { endpoint: "a".into(), count: 1, hash: 1 },
         ];
         assert!(aggregate_from(dup).is_err());
+    }
+
+    /// `CommittedTids` is its single `Committed` reports, in order; an
+    /// empty one is refused and adds nothing.
+    #[test]
+    fn committed_tids_decode_into_the_events_of_single_reports() {
+        let host = "h0".to_string();
+        let report = |seq, r| pb::HostReport { seq, report: Some(r) };
+        let mut batched = Vec::new();
+        let run = pb::host_report::Report::CommittedTids(pb::CommittedTids { tids: vec![7, 8, 10] });
+        report_to_events(&host, report(5, run), &mut batched).unwrap();
+        let mut single = Vec::new();
+        for (seq, tid) in [(5, 7), (6, 8), (7, 10)] {
+            report_to_events(&host, report(seq, pb::host_report::Report::Committed(pb::Committed { tid })), &mut single).unwrap();
+        }
+        assert_eq!(format!("{batched:?}"), format!("{single:?}"));
+        assert_eq!(batched.len(), 3);
+
+        let mut out = Vec::new();
+        let empty = report(9, pb::host_report::Report::CommittedTids(pb::CommittedTids { tids: vec![] }));
+        let e = report_to_events(&host, empty, &mut out).unwrap_err();
+        assert!(matches!(e, WireError::NoCommittedTids { seq: 9 }), "{e}");
+        assert_eq!(e.to_string(), "report #9 is a CommittedTids listing no tid");
+        assert!(out.is_empty());
     }
 
     /// A Hello's journal summary: columns over `table`, `(endpoint, n)`

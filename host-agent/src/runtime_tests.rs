@@ -128,8 +128,13 @@ impl Harness {
     }
 }
 
-/// A `ReplayedSteps` batch as the single reports it stands for.
+/// A `ReplayedSteps` or `CommittedTids` batch as the single reports it
+/// stands for.
 fn expand(r: R) -> Vec<R> {
+    if let R::CommittedTids(c) = &r {
+        assert!(!c.tids.is_empty(), "an empty CommittedTids was sent");
+        return c.tids.iter().map(|&tid| R::Committed(v1::Committed { tid })).collect();
+    }
     let R::ReplayedSteps(b) = r else { return vec![r] };
     assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty batch was sent");
     let n = b.endpoints.len();
@@ -609,7 +614,7 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     assert_eq!(raw.len(), 3, "{raw:?}");
     assert_eq!(batch(&raw[0]), (1, vec![1, 2, 3], Some(1)), "tid 1 whole, with its Prepared");
     assert_eq!(batch(&raw[1]), (2, vec![4, 5], Some(2)), "tid 2 whole: the Commit of tid 1 mid-tid does not split it");
-    assert!(matches!(raw[2], R::Committed(v1::Committed { tid: 1 })), "{raw:?}");
+    assert!(matches!(&raw[2], R::CommittedTids(c) if c.tids == [1]), "{raw:?}");
 
     // Decoded, they are the single reports: every step with its own
     // checksums, equal to what the live run ingested and journaled.
@@ -651,12 +656,12 @@ async fn replay_window_after_live(dir: &Path, tids: u64, steps: usize) -> Harnes
 }
 
 /// The tids a replaying host commits between two flushes are reported
-/// behind the batch, one `Committed` each (none merged into another:
-/// invariant 8), in commit order, without splitting the running tid's
-/// `ReplayedSteps`; once the host has nothing left to replay, a commit is
-/// reported at once again.
+/// behind the batch as one `CommittedTids` listing each of them in commit
+/// order (none merged into a latest value: invariant 8), without
+/// splitting the running tid's `ReplayedSteps`; once the host has nothing
+/// left to replay, a commit is reported at once again, as a `Committed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its_own() {
+async fn commits_during_a_replay_window_are_reported_after_the_batch_each_listed() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = replay_window_after_live(dir.path(), 3, 2).await;
     for _ in 0..7 {
@@ -673,10 +678,11 @@ async fn commits_during_a_replay_window_are_reported_after_the_batch_each_on_its
         .map(|r| match r {
             R::ReplayedSteps(b) => format!("steps of {}", b.tid),
             R::Committed(c) => format!("committed {}", c.tid),
+            R::CommittedTids(c) => format!("committed {:?}", c.tids),
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(kinds, ["steps of 1", "steps of 2", "steps of 3", "committed 1", "committed 2"]);
+    assert_eq!(kinds, ["steps of 1", "steps of 2", "steps of 3", "committed [1, 2]"]);
     // Nothing left to replay: the next commit goes out at once (numbered
     // without gaps, which `raw_messages` checks).
     h.cmd(2, Command::Commit { tid: 3, next: None }).await;

@@ -21,7 +21,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// `Start` (one command per replayed tid instead of two).
 /// 5: `ReplayedSteps` columns in fixed-width bytes (`columns`), and
 /// `journaled_as_replayed` instead of a second copy of equal checksums.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `CommittedTids`, the `Committed` reports of several replayed tids
+/// under one seq.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The fixed-width columns of `ReplayedSteps` (protocol version 5): little-
 /// endian u64s, 8 bytes per step number and 16 per cell (count, then hash).
