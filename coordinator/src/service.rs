@@ -630,7 +630,13 @@ pub fn supervise(
                     ledger.confirm_leader(cfg.propose_timeout).await?;
                     Ok::<u64, ProposeError>(term)
                 };
-                let term = match ready.await {
+                // A SIGTERM during this wait (up to two propose timeouts
+                // with no quorum) stops the daemon now, not after it.
+                let ready = tokio::select! {
+                    r = ready => r,
+                    _ = async { let _ = quiesce.wait_for(|q| *q).await; } => return Ok(()),
+                };
+                let term = match ready {
                     Ok(term) if term == seen.term => term,
                     Ok(_) => continue, // another election happened meanwhile
                     Err(ProposeError::Shutdown) => return Ok(()),
