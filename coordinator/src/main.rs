@@ -12,7 +12,7 @@ use lockstep_coordinator::raft::{Ledger, RaftTuning};
 use lockstep_coordinator::service::{self, SupervisorConfig};
 use lockstep_host_agent::metrics::MetricsListen;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 /// mimalloc, as in the host agent (see its `main.rs`): with both daemons
 /// on it the replay benchmark used ~18% less CPU (README, "Latest
@@ -370,14 +370,21 @@ async fn run_coordinator(
         propose_timeout: Duration::from_millis(args.propose_timeout_ms.max(1)),
     };
     let (quiesce_tx, quiesce_rx) = watch::channel(false);
+    let (stage_tx, stage_rx) = watch::channel("stopping the pipeline driver");
     tokio::spawn(async move {
         quiesce.await;
         let _ = quiesce_tx.send(true);
+        stop_watchdog(stage_rx).await;
     });
     let (leading, supervisor) = service::supervise(cfg, ledger.clone(), quiesce_rx);
-    let supervised = async move {
+    let stage = move |s: &'static str| {
+        info!("stopping: {s}");
+        let _ = stage_tx.send(s);
+    };
+    let supervised = async {
         let r = supervisor.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the supervisor task failed: {e}")));
         after_quiesce();
+        stage("pipeline driver stopped; closing the gRPC server once its open calls end");
         r
     };
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
@@ -406,9 +413,29 @@ async fn run_coordinator(
         }
         s = &mut server => (Ok(()), s),
     };
+    stage("gRPC server closed; shutting down the ledger (raft)");
     ledger.shutdown().await?;
+    info!("stopped");
     supervised_result?;
     server_result.context("the gRPC server task failed")?
+}
+
+/// Once a stop was asked for, says every few seconds which stage it is
+/// still in, so that a stop that hangs (until an orchestrator's SIGKILL)
+/// names what it was waiting for in the log.
+async fn stop_watchdog(mut stage: watch::Receiver<&'static str>) {
+    const EVERY: Duration = Duration::from_secs(5);
+    let asked = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(EVERY, stage.changed()).await {
+            Ok(Ok(())) => {} // the next stage logged itself
+            Ok(Err(_)) => return, // the coordinator is gone
+            Err(_) => {
+                let waited = asked.elapsed();
+                warn!(waited_ms = waited.as_millis() as u64, "still stopping after {}s: {}", waited.as_secs(), *stage.borrow());
+            }
+        }
+    }
 }
 
 /// The daemon's exit when the ledger's raft core stopped on its own.
@@ -453,6 +480,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;
+                info!("stop requested (SIGTERM or Ctrl-C): the coordinator stops deciding, then closes its server and its ledger");
                 let _ = stop_tx.send(true);
             });
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -1491,6 +1491,24 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     info!(%addr, "coordinator listening (HostSession, Admin, health, reflection)");
+    // The graceful shutdown below waits for every open call to end, and the
+    // long-lived ones (host sessions, WatchEvents) end only with the
+    // driver, which a quiesced node keeps: so the driver is stopped first.
+    // Without this, one connected host or one watcher kept a stopping
+    // coordinator up until its orchestrator's SIGKILL.
+    let closing = leading.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let driver = closing.borrow().clone();
+        if let Some(driver) = driver {
+            driver
+                .stop(Status::unavailable(
+                    "this coordinator is shutting down; the host agent reconnects to another member of the group, or to \
+                     this one once it is back",
+                ))
+                .await;
+        }
+    };
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -162,6 +162,14 @@ impl Proc {
         }
     }
 
+    /// SIGTERM without waiting (see `exited` for a bounded wait).
+    pub fn sigterm(&self) {
+        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.name));
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -36,6 +36,42 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
     check_sinks(&c, committed);
 }
 
+/// A coordinator asked to stop while its hosts and a `WatchEvents` reader
+/// are still connected ends their calls itself (UNAVAILABLE, naming the
+/// shutdown) and exits 0 promptly, rather than waiting for them to hang up
+/// and being SIGKILLed at the end of an orchestrator's grace period. The
+/// hosts stay up, looking for a coordinator, and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stops_on_sigterm_while_hosts_and_a_watcher_are_connected() {
+    use lockstep_proto::v1 as pb;
+    let mut c = Cluster::start(ClusterOpts::default());
+    c.wait_for("3 commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
+    let mut admin = c.admin().await.expect("admin");
+    let mut events = admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await.expect("watch").into_inner();
+    let committed = c.status().await.expect("status").last_committed_tid;
+    c.coordinator.sigterm();
+    // A liveness bound, not a speed assertion: Kubernetes' default grace
+    // period is 30 s; before the fix this waited for the hosts forever.
+    let exit = c.coordinator.exited(Duration::from_secs(25)).await;
+    let log = c.coordinator.log();
+    let exit = exit.unwrap_or_else(|| panic!("the coordinator did not stop within 25 s of SIGTERM\n{}", tail(&log, 30)));
+    assert_eq!(exit.code(), Some(0), "the coordinator exits cleanly on SIGTERM\n{}", tail(&log, 30));
+    let ended = loop {
+        match tokio::time::timeout(LONG, events.message()).await.expect("the watch ends with the coordinator") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    assert_eq!(log.matches("closing host stream: this coordinator is shutting down").count(), 3, "every host's stream is closed\n{}", tail(&log, 30));
+    for h in &mut c.hosts {
+        assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
+    }
+    check_sinks(&c, committed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_cycles_always_return_to_running_with_exactly_once_output() {
     crash_cycles(ClusterOpts { commit_interval_ms: 20, ..ClusterOpts::default() }, 15, 5, 0).await;
