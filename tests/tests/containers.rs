@@ -278,10 +278,13 @@ impl DockerCluster {
         docker(args).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
-    /// SIGTERM to every daemon (hosts first), waits for each to exit, and
-    /// asserts each exited cleanly (status 0): graceful shutdown as PID 1.
+    /// SIGTERM to every daemon, waits for each to exit, and asserts each
+    /// exited cleanly (status 0): graceful shutdown as PID 1. Coordinators
+    /// go first, with their hosts still connected (as a rolling update or
+    /// a node drain does it), so that their stop must end the host streams
+    /// itself; the hosts, left without a coordinator, go last.
     fn stop_all(&self) {
-        let roles: Vec<String> = (0..HOSTS).map(host_id).chain(self.coordinators.iter().cloned()).collect();
+        let roles: Vec<String> = self.coordinators.iter().cloned().chain((0..HOSTS).map(host_id)).collect();
         for role in &roles {
             let asked = Instant::now();
             self.docker(&["stop", "--time", "30", &self.name(role)]);
