@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream};
+use lockstep_host_agent::drain::DRAIN_GRACE;
 use lockstep_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -1497,8 +1498,13 @@ pub async fn serve(
     // Without this, one connected host or one watcher kept a stopping
     // coordinator up until its orchestrator's SIGKILL.
     let closing = leading.clone();
+    let stopping_health = health.clone();
     let shutdown = async move {
         shutdown.await;
+        // Probes and health watchers see the stop before the calls end.
+        stopping_health.set_not_serving::<pb::admin_server::AdminServer<AdminService>>().await;
+        stopping_health.set_not_serving::<pb::host_session_server::HostSessionServer<HostSessionService>>().await;
+        stopping_health.set_not_serving::<crate::raft::RaftPeerServer<crate::raft::PeerService>>().await;
         let driver = closing.borrow().clone();
         if let Some(driver) = driver {
             driver
@@ -1509,7 +1515,7 @@ pub async fn serve(
                 .await;
         }
     };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -1518,9 +1524,15 @@ pub async fn serve(
             ledger: ledger.clone(),
         }))
         .add_service(crate::raft::peer_service(&ledger))
-        .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }))
-        // Nagle off on accepted streams: commands are small and latency-bound.
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
+        .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }));
+    // Nagle off on accepted streams: commands are small and latency-bound.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = lockstep_host_agent::drain::serve_with_bounded_drain("the coordinator's gRPC server", shutdown, DRAIN_GRACE, |signal| {
+        router.serve_with_incoming_shutdown(incoming, signal)
+    })
+    .await;
+    if let Some(r) = served {
+        r?;
+    }
     Ok(())
 }

@@ -12,10 +12,12 @@
 //! `runtime` (async shell), `convert` (protobuf <-> domain), `sink` (the
 //! file), `sink_writer` (its ordered background writer), `reference`,
 //! `fsutil` (durable small files), `metrics` (what the agent reports to
-//! the process's metrics recorder).
+//! the process's metrics recorder), `drain` (a gRPC server's stop with a
+//! bounded drain, for both daemons).
 
 pub mod convert;
 pub mod core;
+pub mod drain;
 pub mod engine;
 pub mod fsutil;
 pub mod metrics;

@@ -273,13 +273,14 @@ fn spawn_server(
     let host = host.to_string();
     Ok(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let served = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = served {
+        let stopped = async {
+            let _ = stop.await;
+        };
+        let served = crate::drain::serve_with_bounded_drain("the ingest API server", stopped, crate::drain::DRAIN_GRACE, |signal| {
+            tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, signal)
+        })
+        .await;
+        if let Some(Err(e)) = served {
             error!(host = %host, error = %e, "ingest API server failed; pushes are no longer accepted");
         }
     }))

@@ -36,18 +36,27 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
     check_sinks(&c, committed);
 }
 
-/// A coordinator asked to stop while its hosts and a `WatchEvents` reader
-/// are still connected ends their calls itself (UNAVAILABLE, naming the
-/// shutdown) and exits 0 promptly, rather than waiting for them to hang up
-/// and being SIGKILLed at the end of an orchestrator's grace period. The
-/// hosts stay up, looking for a coordinator, and lose nothing.
+/// A coordinator asked to stop while its hosts, a `WatchEvents` reader and
+/// a health watcher are still connected ends their calls itself and exits
+/// 0 promptly, rather than waiting for them to hang up and being SIGKILLed
+/// at the end of an orchestrator's grace period: host sessions and the
+/// event watch end UNAVAILABLE naming the shutdown, the health watch sees
+/// NOT_SERVING and is closed once the drain's grace is over. The hosts
+/// stay up, looking for a coordinator, and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_stops_on_sigterm_while_hosts_and_a_watcher_are_connected() {
+async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected() {
     use lockstep_proto::v1 as pb;
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let mut c = Cluster::start(ClusterOpts::default());
     c.wait_for("3 commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
     let mut admin = c.admin().await.expect("admin");
     let mut events = admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await.expect("watch").into_inner();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr)).expect("uri").connect().await.expect("connect");
+    let mut health = HealthClient::new(channel);
+    let mut health_watch =
+        health.watch(HealthCheckRequest { service: "lockstep.v1.Admin".into() }).await.expect("health watch").into_inner();
+    let first = health_watch.message().await.expect("health watch ok").expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
     let committed = c.status().await.expect("status").last_committed_tid;
     c.coordinator.sigterm();
     // A liveness bound, not a speed assertion: Kubernetes' default grace
@@ -65,8 +74,26 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_a_watcher_are_connected(
     };
     assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("shutting down"), "{ended:?}");
+    let mut statuses = Vec::new();
+    while let Ok(Some(m)) = health_watch.message().await {
+        statuses.push(m.status());
+    }
+    assert_eq!(statuses, [ServingStatus::NotServing], "the health watch hears of the stop, then ends");
     assert_eq!(log.matches("closing host stream: this coordinator is shutting down").count(), 3, "every host's stream is closed\n{}", tail(&log, 30));
-    for h in &mut c.hosts {
+    // A host agent's server drains the same way: a health watch on its
+    // ingest API does not hold its stop either.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", c.ingest_ports[0]))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to host-0's ingest API");
+    let mut host_watch = HealthClient::new(channel).watch(HealthCheckRequest::default()).await.expect("watch").into_inner();
+    host_watch.message().await.expect("host health watch ok").expect("a first status");
+    c.hosts[0].sigterm();
+    let exit = c.hosts[0].exited(Duration::from_secs(25)).await;
+    let exit = exit.unwrap_or_else(|| panic!("host-0 did not stop within 25 s of SIGTERM\n{}", tail(&c.hosts[0].log(), 30)));
+    assert_eq!(exit.code(), Some(0), "host-0 exits cleanly on SIGTERM");
+    for h in &mut c.hosts[1..] {
         assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
     }
     check_sinks(&c, committed);
