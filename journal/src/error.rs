@@ -71,6 +71,14 @@ pub enum JournalError {
     )]
     MissingSegment { dir: PathBuf, expected: u64, found: u64 },
 
+    /// Another process (or another `Journal` in this one) holds the
+    /// journal directory's lock: two writers would corrupt it.
+    #[error(
+        "{path}: the journal is in use by another process{holder}; two host agents cannot share one data directory; \
+         hint: stop the other process, or give this one its own --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
+
     /// A file in the journal directory has a `.seg` name that is not a
     /// sequence number.
     #[error("{path}: unexpected file name in journal directory: expected NNNNNNNNNNNNNNNNNNNN.seg (20 digits); hint: move the file out of the journal directory")]

@@ -263,6 +263,7 @@ impl Journal {
         let active = opened.state.active_segment;
         let size = opened.state.durable_end;
         let shared = Arc::new(Shared {
+            _lock: opened.lock,
             dir: dir.clone(),
             ident,
             opts,

@@ -17,6 +17,8 @@ use crate::{JournalIdent, JournalOptions, OpenReport, Position};
 
 /// What `open_dir` hands to `Journal::open`.
 pub(crate) struct Opened {
+    /// The directory's lock (`LOCK_FILE`), held while this is open.
+    pub lock: File,
     pub state: State,
     pub report: OpenReport,
     pub file: File,
@@ -87,6 +89,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             tracing::warn!(path = %path.display(), "removing an unfinished segment left by a crash");
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             removed_tmp = true;
+        } else if name == LOCK_FILE {
         } else if name.ends_with(".seg") {
             match format::parse_segment_file_name(name) {
                 Some(seq) => seqs.push(seq),
@@ -108,6 +111,34 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// The file in a journal directory whose exclusive lock (`flock`) the open
+/// `Journal` holds; it names the holder's process id, for the error a
+/// second opener gets. The kernel drops the lock when the holder exits,
+/// however it exits, so a crash leaves nothing stale behind.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!(" (pid {pid})"),
+                Err(_) => String::new(),
+            };
+            return Err(JournalError::Locked { path, holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+    }
+    // Best effort: the pid only helps the message above.
+    let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
 pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -115,6 +146,9 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
             sync_dir(parent)?;
         }
     }
+    // Before anything is read or cut: a second writer would truncate the
+    // first one's tail as torn and interleave its appends.
+    let lock = lock_dir(dir)?;
     let seqs = list_segments(dir)?;
     let mut report = OpenReport::default();
     let mut chain = Chain::default();
@@ -234,5 +268,5 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
         tid_first,
         poisoned: None,
     };
-    Ok(Opened { state, report, file, header_bytes, allocated, last })
+    Ok(Opened { lock, state, report, file, header_bytes, allocated, last })
 }

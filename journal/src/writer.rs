@@ -43,6 +43,9 @@ use crate::{JournalIdent, JournalOptions, Position};
 
 /// State shared by the writer thread, readers and GC.
 pub(crate) struct Shared {
+    /// The journal directory's lock (`open::LOCK_FILE`), released when the
+    /// last user of this state (the handle or the commit thread) drops it.
+    pub _lock: std::fs::File,
     pub dir: PathBuf,
     pub ident: JournalIdent,
     pub opts: JournalOptions,

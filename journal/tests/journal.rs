@@ -307,6 +307,27 @@ fn first_step_of_a_new_journal_names_step_zero() {
     assert!(matches!(err, JournalError::AppendOutOfOrder { expected: 0, .. }), "{err}");
 }
 
+/// A second opener of a journal directory in use (another host agent on
+/// the same data directory) is refused, naming the directory and the
+/// holder, before it reads anything; the first writer goes on unharmed,
+/// and once it is closed the directory opens again.
+#[test]
+fn a_journal_in_use_is_refused_to_a_second_opener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    j.append(&step(1, 0, 1, 10)).unwrap();
+    let err = Journal::open(dir.path(), ident(), JournalOptions::default()).err().expect("a second opener is refused");
+    let msg = err.to_string();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "names the holder: {msg}");
+    assert!(msg.contains("--data-dir"), "{msg}");
+    j.append(&step(2, 1, 1, 10)).unwrap();
+    drop(j);
+    let (j, report) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
+    assert_eq!((report.records, report.torn_tail_bytes, j.last_step()), (2, 0, 2), "nothing lost or cut");
+}
+
 #[test]
 fn foreign_journal_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,29 @@ async fn journal_of_another_cluster_is_refused_at_startup() {
     assert!(log.contains("some-other-cluster") || log.contains("cluster"), "{log}");
 }
 
+/// A second host agent started on a data directory a running one uses (a
+/// duplicated pod, a script run twice) is refused before it touches the
+/// journal, naming the directory and the holder's pid; the first host and
+/// the pipeline go on as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_agent_on_a_data_directory_in_use_is_refused() {
+    let mut c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 2).await;
+    let holder = c.hosts[0].pid().expect("host-0 runs");
+    let mut second = Proc::spawn_host(&c, "host-0", "second", &c.opts.cluster_id);
+    let exit = second.exited(LONG).await.unwrap_or_else(|| panic!("the second agent still runs\n{}", second.log()));
+    assert!(!exit.success(), "refused with a failure exit: {exit:?}");
+    let log = second.log();
+    assert!(log.contains("in use by another process") && log.contains(&format!("pid {holder}")), "{log}");
+    assert!(log.contains(&c.host_dir(0).join("journal").display().to_string()), "names the directory: {log}");
+    let before = c.status().await.unwrap().last_committed_tid;
+    let s = c.wait_for("more commits", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 2).await;
+    assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+    assert_eq!(c.hosts[0].terminate(), Some(0));
+    let committed = c.status().await.unwrap().last_committed_tid;
+    check_sinks(&c, committed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_middle_record_is_a_hard_error_naming_file_and_offset() {
     let mut c = Cluster::start(ClusterOpts { hosts: 2, checkpoint_every_txns: 0, ..ClusterOpts::default() });

@@ -402,7 +402,16 @@ impl Core {
         let host = hello.host_id.clone();
         let slot = self.hosts.get_mut(&host).expect("validated membership");
         if let Some(old) = slot.conn.replace(conn) {
-            out.push(Action::Drop { conn: old, host: host.clone(), why: "replaced by a newer stream of the same host".into() });
+            // Once is a host agent that restarted before its old stream was
+            // seen to end; over and over is two agents under one host id.
+            out.push(Action::Drop {
+                conn: old,
+                host: host.clone(),
+                why: format!(
+                    "replaced by a newer stream of the same host; if this repeats, two host agents run with --host-id \
+                     {host} (compare the peers of their 'host stream opened' lines)"
+                ),
+            });
         }
         slot.hello = Some(hello);
         slot.commit_sent = slot.last_committed;
