@@ -678,6 +678,11 @@ pub fn supervise(
                         return Ok(());
                     }
                 };
+                // Stopping: the server's shutdown may end the driver before
+                // this loop sees the quiesce; that is no loss of leadership.
+                if *quiesce.borrow() {
+                    return Ok(());
+                }
                 let _ = leading_tx.send(None);
                 crate::metrics::set_leader(false);
                 handle.stop(not_leader_status("the host session", &ledger)).await;
