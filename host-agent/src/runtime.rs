@@ -154,7 +154,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// with `grpc.health.v1.Health` and server reflection (v1 and v1alpha) on
 /// `config.ingest_listen`, and keeps a session with the coordinator.
 pub async fn run<E: Engine>(
-    config: HostConfig,
+    mut config: HostConfig,
     engine: E,
     services: tonic::service::Routes,
     shutdown: impl Future<Output = ()> + Send,
@@ -162,6 +162,9 @@ pub async fn run<E: Engine>(
     if config.coordinators.is_empty() {
         return Err(AgentError::Config("no coordinator address; pass --coordinator http://HOST:PORT[,...]".into()));
     }
+    // A typo here would otherwise only show as a connect error retried
+    // forever.
+    config.coordinators = config.coordinators.iter().map(|a| coordinator_url(a)).collect::<Result<_, _>>().map_err(AgentError::Config)?;
     let mut agent = Agent::open(config, engine).await?;
     let host = agent.config.host_id.clone();
 
@@ -330,8 +333,21 @@ enum SessionEnd {
     Redirect { leader: String, why: String },
 }
 
+/// A coordinator address as the URL to connect to: `http://` is added when
+/// it has no scheme (`host:port`, as the coordinators name each other), and
+/// a URL tonic cannot connect to is refused, naming it.
+pub fn coordinator_url(addr: &str) -> Result<String, String> {
+    let addr = addr.trim();
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(e) if e.uri().host().is_some_and(|h| !h.is_empty()) && e.uri().port().is_some() => Ok(url),
+        Ok(_) => Err(format!("coordinator address {addr:?} names no host and port; give host:port or http://host:port")),
+        Err(e) => Err(format!("coordinator address {addr:?} is not a URL ({e}); give host:port or http://host:port")),
+    }
+}
+
 /// The leader a non-leader coordinator names in its UNAVAILABLE answer, as
-/// a URL (`http://` added when the address has no scheme).
+/// a URL (`coordinator_url`).
 fn leader_redirect(status: &tonic::Status) -> Option<String> {
     if status.code() != tonic::Code::Unavailable {
         return None;
@@ -340,7 +356,7 @@ fn leader_redirect(status: &tonic::Status) -> Option<String> {
     if addr.is_empty() {
         return None;
     }
-    Some(if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") })
+    coordinator_url(addr).ok()
 }
 
 /// How a failed Session call or a stream error ends the session.

@@ -498,6 +498,18 @@ fn a_redirect_names_the_leader_as_a_url() {
     assert_eq!(with(tonic::Code::FailedPrecondition, Some("127.0.0.1:1")), None, "only UNAVAILABLE redirects");
 }
 
+/// `--coordinator` takes `host:port` or a URL; anything tonic could not
+/// connect to is refused at startup, naming it, instead of being retried.
+#[test]
+fn a_coordinator_address_becomes_a_url_or_is_refused_by_name() {
+    assert_eq!(coordinator_url("127.0.0.1:50051").as_deref(), Ok("http://127.0.0.1:50051"));
+    assert_eq!(coordinator_url(" http://c-0.peers:50051 ").as_deref(), Ok("http://c-0.peers:50051"));
+    for bad in ["", "127.0.0.1", "http://", "http://c 0:1", "::::"] {
+        let err = coordinator_url(bad).expect_err(bad);
+        assert!(err.contains(&format!("{:?}", bad.trim())) && err.contains("host:port"), "{bad:?}: {err}");
+    }
+}
+
 /// The stream dies between a commit and the next tid's start: the report
 /// `Committed` cannot be sent, yet the rest of the core's actions still run
 /// (the sink gets the tid, the next tid's accounting opens), so the state
