@@ -38,8 +38,9 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_CLUSTER_ID", default_value = "lockstep-dev")]
     cluster_id: String,
 
-    /// Every coordinator of the group, comma-separated: tried in turn, and a
-    /// follower's redirect to the leader is followed.
+    /// Every coordinator of the group, comma-separated, as host:port or
+    /// http://host:port: tried in turn, and a follower's redirect to the
+    /// leader is followed.
     #[arg(long, env = "LOCKSTEP_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
     coordinator: Vec<String>,
 

@@ -571,6 +571,12 @@ impl<E: Engine> Agent<E> {
             return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
         }
         let data_dir = config.data_dir.clone();
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(AgentError::Config(format!(
+                "--data-dir {} is a file, not a directory; point it at the host's data directory (created if missing)",
+                data_dir.display()
+            )));
+        }
         for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
             std::fs::create_dir_all(&dir).map_err(|cause| AgentError::Io { host: host.clone(), path: dir.clone(), cause })?;
         }

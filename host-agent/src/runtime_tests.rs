@@ -498,6 +498,25 @@ fn a_redirect_names_the_leader_as_a_url() {
     assert_eq!(with(tonic::Code::FailedPrecondition, Some("127.0.0.1:1")), None, "only UNAVAILABLE redirects");
 }
 
+/// A data directory that is a file is refused by name before anything is
+/// created or opened.
+#[tokio::test]
+async fn a_data_directory_that_is_a_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let engine = ReferenceEngine::new(ReferenceConfig {
+        host_id: "h1".into(),
+        generator_seed: 7,
+        generator_batch_max: 10,
+        fault_nondeterministic_replay: false,
+    });
+    let err = Agent::open(HostConfig::new("h1", vec!["http://127.0.0.1:1".into()], &file), engine).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, AgentError::Config(_)) && msg.contains(&file.display().to_string()) && msg.contains("not a directory"), "{msg}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x", "the file is left alone");
+}
+
 /// `--coordinator` takes `host:port` or a URL; anything tonic could not
 /// connect to is refused at startup, naming it, instead of being retried.
 #[test]
