@@ -512,7 +512,9 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
                     }
                     Msg::Stop(status) => {
                         for (conn, c) in driver.conns.drain() {
-                            if c.host.is_some() {
+                            // A stream its host already closed (a quiesced
+                            // core keeps it) is not reported as closed here.
+                            if c.host.is_some() && !c.tx.is_closed() {
                                 info!(conn, host = c.host.as_deref().unwrap_or(""), "closing host stream: {}", status.message());
                             }
                             c.close_with(status.clone());
