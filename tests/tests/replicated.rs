@@ -30,7 +30,23 @@ fn check_sinks(g: &Group) -> Vec<Vec<u64>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_20_times_never_repeats_a_tid() {
-    kill_the_leader(opts(), 20).await;
+    kill_the_leader(opts(), 20, Stop::Kill).await;
+}
+
+/// A rolling restart: each leader in turn gets SIGTERM with its hosts
+/// connected (as a StatefulSet update does it), exits 0 on its own, and
+/// the next leader continues from the hosts' kept state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_stops_each_leader_cleanly_and_the_next_continues() {
+    kill_the_leader(opts(), 3, Stop::Term).await;
+}
+
+/// How the leader is taken down.
+#[derive(Clone, Copy)]
+enum Stop {
+    Kill,
+    /// SIGTERM, then a clean exit (status 0) within a liveness bound.
+    Term,
 }
 
 /// The same through a commit pipeline with batched ledger writes: each kill
@@ -39,10 +55,10 @@ async fn killing_the_leader_20_times_never_repeats_a_tid() {
 /// continues from the hosts' kept state.
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_a_pipelined_leader_never_repeats_a_tid_and_continues_without_replay() {
-    kill_the_leader(ClusterOpts { commit_interval_ms: 2, step_interval_ms: 1, pipeline_depth: 6, ..opts() }, 6).await;
+    kill_the_leader(ClusterOpts { commit_interval_ms: 2, step_interval_ms: 1, pipeline_depth: 6, ..opts() }, 6, Stop::Kill).await;
 }
 
-async fn kill_the_leader(opts: ClusterOpts, kills: usize) {
+async fn kill_the_leader(opts: ClusterOpts, kills: usize, stop: Stop) {
     let mut g = Group::start(NODES, opts);
     let long = Duration::from_secs(60);
     let (mut leader, s) = g.wait_leader("a leader running the pipeline", long, |s| {
@@ -52,7 +68,15 @@ async fn kill_the_leader(opts: ClusterOpts, kills: usize) {
     let mut committed = s.last_committed_tid;
     let mut epoch = s.epoch;
     for kill in 0..kills {
-        g.nodes[leader].kill();
+        match stop {
+            Stop::Kill => g.nodes[leader].kill(),
+            Stop::Term => {
+                g.nodes[leader].sigterm();
+                let exit = g.nodes[leader].exited(Duration::from_secs(25)).await;
+                let exit = exit.unwrap_or_else(|| panic!("stop {kill}: the leader still runs 25 s after SIGTERM\n{}", g.logs()));
+                assert_eq!(exit.code(), Some(0), "stop {kill}: the leader exits cleanly on SIGTERM\n{}", g.logs());
+            }
+        }
         let killed = leader;
         let (next, s) = g
             .wait_leader(&format!("kill {kill}: a new leader committing past tid {committed}"), long, |s| {
