@@ -62,7 +62,8 @@ struct ServeArgs {
     data_dir: PathBuf,
     #[arg(long, env = "LOCKSTEP_CLUSTER_ID", default_value = "lockstep-dev")]
     cluster_id: String,
-    /// Host ids of a new cluster, comma-separated (ignored once the ledger exists).
+    /// Host ids of a new cluster, comma-separated (fixed when the cluster is created: once the ledger exists it is
+    /// ignored, with a warning if it differs).
     #[arg(long, env = "LOCKSTEP_HOSTS", value_delimiter = ',', default_value = "host-0,host-1")]
     hosts: Vec<String>,
     /// This node's raft id (a positive number), or `auto`: the StatefulSet
@@ -349,8 +350,8 @@ async fn run_coordinator(
     let ledger = opened.with_context(|| format!("opening the ledger in {}", dir.display()))?;
     // Only the header fields: the state lives in the state machine, and a
     // copy held here would last as long as the process.
-    let (initialised, cluster_id, epoch, last_committed, checkpoint) = ledger.with_state(|s| {
-        (s.is_initialised(), s.cluster_id.clone(), s.epoch, s.last_committed, s.newest_checkpoint())
+    let (initialised, cluster_id, epoch, last_committed, checkpoint, hosts) = ledger.with_state(|s| {
+        (s.is_initialised(), s.cluster_id.clone(), s.epoch, s.last_committed, s.newest_checkpoint(), s.hosts.clone())
     });
     if initialised && cluster_id != args.cluster_id {
         ledger.shutdown().await?;
@@ -364,6 +365,20 @@ async fn run_coordinator(
         node_id, %addr, group = ?ledger.members().voters, cluster = %cluster_id, epoch, last_committed, checkpoint,
         "ledger opened"
     );
+    let sorted = |v: &[String]| -> Vec<String> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    if initialised && sorted(&hosts) != sorted(&args.hosts) {
+        // The host set is fixed when the cluster is created; a changed flag
+        // would otherwise be ignored without a word.
+        warn!(
+            ledger_hosts = ?hosts, flag_hosts = ?args.hosts,
+            "--hosts differs from the hosts this cluster was created with; the ledger's hosts are used (the flag only \
+             names the hosts of a new cluster)"
+        );
+    }
     let cfg = SupervisorConfig {
         core: core_config(args.cluster_id.clone(), args.hosts.clone(), &args.policy),
         coordinator_id: format!("node-{node_id}@{addr}"),
