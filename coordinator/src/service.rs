@@ -56,6 +56,14 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 /// Reports of one host stream forwarded to the driver as one message at
 /// most (those already received; the reader never waits to fill it).
 const REPORTS_FORWARDED_MAX: usize = 64;
+
+/// The largest host report this coordinator reads (tonic's default is
+/// 4 MiB). A Hello carries a summary of every tid the host journaled since
+/// its newest checkpoint, ~40 bytes each: 4 MiB was ~100 k tids, which a
+/// cluster with automatic checkpoints off (`--checkpoint-every-txns 0`)
+/// passes in minutes, after which a restarted host could never rejoin.
+/// 64 MiB is ~1.5 M tids.
+const HOST_REPORT_BYTES_MAX: usize = 64 << 20;
 /// Raft writes handed over whose result the driver has not seen yet; the
 /// core's proposals meanwhile queue up for the next write (a batch).
 const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
@@ -1526,10 +1534,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::host_session_server::HostSessionServer::new(HostSessionService {
-            leading: leading.clone(),
-            ledger: ledger.clone(),
-        }))
+        .add_service(
+            pb::host_session_server::HostSessionServer::new(HostSessionService { leading: leading.clone(), ledger: ledger.clone() })
+                .max_decoding_message_size(HOST_REPORT_BYTES_MAX),
+        )
         .add_service(crate::raft::peer_service(&ledger))
         .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }));
     // Nagle off on accepted streams: commands are small and latency-bound.

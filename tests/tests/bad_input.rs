@@ -184,6 +184,52 @@ async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit(
     assert_eq!(s.pipeline_state, "Running", "a stranger does not disturb the pipeline: {s:#?}");
 }
 
+/// A host whose journal holds many tids since its newest checkpoint (with
+/// `--checkpoint-every-txns 0`, ~80 k tids is a minute or two at a 1 ms
+/// commit interval) sends a Hello of several MiB; the coordinator must read
+/// it, not refuse it for its size, or that host could never rejoin. (Sent
+/// here as a stranger's Hello, so that reading it ends in the named
+/// refusal of an unknown host rather than in a recovery.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_of_several_mib_is_read_not_refused_for_its_size() {
+    use lockstep_proto::v1::{self as pb, host_session_client::HostSessionClient};
+    use prost::Message;
+    let c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.last_committed_tid >= 1).await;
+    let journal: Vec<pb::TidSummary> = (1..=120_000u64)
+        .map(|tid| pb::TidSummary {
+            tid,
+            first_step: tid,
+            last_step: tid,
+            steps: 1,
+            committed: true,
+            counts: vec![1, 1],
+            hashes: vec![tid, !tid],
+            ..Default::default()
+        })
+        .collect();
+    let hello = pb::HostReport {
+        seq: 1,
+        report: Some(pb::host_report::Report::Hello(pb::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: "host-7".into(),
+            cluster_id: c.opts.cluster_id.clone(),
+            journal_endpoints: vec!["generator".into(), "push".into()],
+            journal,
+            ..Default::default()
+        })),
+    };
+    let bytes = hello.encoded_len();
+    assert!(bytes > 4 << 20, "the Hello is over tonic's default 4 MiB limit: {bytes} bytes");
+    let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();
+    let refused = match client.session(tokio_stream::iter(vec![hello])).await {
+        Ok(commands) => commands.into_inner().message().await.expect_err("a stranger is refused"),
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "read, then refused as a stranger: {refused:?}");
+    assert!(refused.message().contains("unknown host id \"host-7\""), "{}", refused.message());
+}
+
 /// A malformed `ReplayedSteps` batch from a member host is refused whole:
 /// the coordinator closes that stream naming the host, tid, step and the
 /// problem, and commits nothing. (Our impersonating Hello offers an empty
