@@ -18,6 +18,27 @@ async fn wait_log(p: &Proc, needle: &str, c: &Cluster) {
     }
 }
 
+/// A first report `Hello` of the current protocol, as a host would send it.
+fn hello_report(
+    host_id: &str,
+    cluster_id: &str,
+    journal_endpoints: Vec<String>,
+    journal: Vec<lockstep_proto::v1::TidSummary>,
+) -> lockstep_proto::v1::HostReport {
+    use lockstep_proto::v1 as pb;
+    pb::HostReport {
+        seq: 1,
+        report: Some(pb::host_report::Report::Hello(pb::Hello {
+            protocol_version: lockstep_proto::PROTOCOL_VERSION,
+            host_id: host_id.into(),
+            cluster_id: cluster_id.into(),
+            journal_endpoints,
+            journal,
+            ..Default::default()
+        })),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_is_rejected_by_name_and_the_pipeline_keeps_running() {
     let c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
@@ -148,17 +169,12 @@ async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit(
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("must be Hello"), "{}", err.message());
     // A Hello whose journal summary does not fit its endpoint table.
-    let hello = pb::HostReport {
-        seq: 1,
-        report: Some(pb::host_report::Report::Hello(pb::Hello {
-            protocol_version: lockstep_proto::PROTOCOL_VERSION,
-            host_id: host_id(0),
-            cluster_id: c.opts.cluster_id.clone(),
-            journal_endpoints: vec!["generator".into(), "push".into()],
-            journal: vec![pb::TidSummary { tid: 4, counts: vec![1, 2], hashes: vec![3], ..Default::default() }],
-            ..Default::default()
-        })),
-    };
+    let hello = hello_report(
+        &host_id(0),
+        &c.opts.cluster_id,
+        vec!["generator".into(), "push".into()],
+        vec![pb::TidSummary { tid: 4, counts: vec![1, 2], hashes: vec![3], ..Default::default() }],
+    );
     let err = client.session(tokio_stream::iter(vec![hello])).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -167,15 +183,7 @@ async fn malformed_reports_close_the_stream_with_a_clear_error_and_never_commit(
         err.message()
     );
     // A Hello from a host that is not a member.
-    let hello = pb::HostReport {
-        seq: 1,
-        report: Some(pb::host_report::Report::Hello(pb::Hello {
-            protocol_version: lockstep_proto::PROTOCOL_VERSION,
-            host_id: "host-7".into(),
-            cluster_id: c.opts.cluster_id.clone(),
-            ..Default::default()
-        })),
-    };
+    let hello = hello_report("host-7", &c.opts.cluster_id, Vec::new(), Vec::new());
     let mut commands = client.session(tokio_stream::iter(vec![hello])).await.expect("stream opens").into_inner();
     let err = commands.message().await.expect_err("rejected");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -208,17 +216,7 @@ async fn a_hello_of_several_mib_is_read_not_refused_for_its_size() {
             ..Default::default()
         })
         .collect();
-    let hello = pb::HostReport {
-        seq: 1,
-        report: Some(pb::host_report::Report::Hello(pb::Hello {
-            protocol_version: lockstep_proto::PROTOCOL_VERSION,
-            host_id: "host-7".into(),
-            cluster_id: c.opts.cluster_id.clone(),
-            journal_endpoints: vec!["generator".into(), "push".into()],
-            journal,
-            ..Default::default()
-        })),
-    };
+    let hello = hello_report("host-7", &c.opts.cluster_id, vec!["generator".into(), "push".into()], journal);
     let bytes = hello.encoded_len();
     assert!(bytes > 4 << 20, "the Hello is over tonic's default 4 MiB limit: {bytes} bytes");
     let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();
@@ -243,15 +241,7 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
     // The real host-0 goes away, so that only our stream speaks for it.
     c.hosts[0].terminate();
     let before = c.status().await.unwrap().last_committed_tid;
-    let hello = pb::HostReport {
-        seq: 1,
-        report: Some(pb::host_report::Report::Hello(pb::Hello {
-            protocol_version: lockstep_proto::PROTOCOL_VERSION,
-            host_id: host_id(0),
-            cluster_id: c.opts.cluster_id.clone(),
-            ..Default::default()
-        })),
-    };
+    let hello = hello_report(&host_id(0), &c.opts.cluster_id, Vec::new(), Vec::new());
     let batch = pb::HostReport {
         seq: 2,
         report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps {
