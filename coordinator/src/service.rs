@@ -1516,7 +1516,9 @@ pub async fn serve(
     let stopping_health = health.clone();
     let shutdown = async move {
         shutdown.await;
-        // Probes and health watchers see the stop before the calls end.
+        // Probes and health watchers see the stop before the calls end: the
+        // whole server ("", what Kubernetes' gRPC probes ask) and each service.
+        stopping_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         stopping_health.set_not_serving::<pb::admin_server::AdminServer<AdminService>>().await;
         stopping_health.set_not_serving::<pb::host_session_server::HostSessionServer<HostSessionService>>().await;
         stopping_health.set_not_serving::<crate::raft::RaftPeerServer<crate::raft::PeerService>>().await;

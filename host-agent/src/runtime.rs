@@ -268,7 +268,7 @@ fn spawn_server(
             .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let (_health_reporter, health) = tonic_health::server::health_reporter();
+    let (health_reporter, health) = tonic_health::server::health_reporter();
     let routes = services
         .add_service(health)
         .add_service(reflection().build_v1().map_err(serve_err)?)
@@ -276,8 +276,10 @@ fn spawn_server(
     let host = host.to_string();
     Ok(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let stopped = async {
+        let stopped = async move {
             let _ = stop.await;
+            // Probes (Kubernetes asks for "") and watchers see the stop first.
+            health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         };
         let served = crate::drain::serve_with_bounded_drain("the ingest API server", stopped, crate::drain::DRAIN_GRACE, |signal| {
             tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, signal)

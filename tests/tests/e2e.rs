@@ -53,10 +53,14 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected()
     let mut events = admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await.expect("watch").into_inner();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr)).expect("uri").connect().await.expect("connect");
     let mut health = HealthClient::new(channel);
-    let mut health_watch =
-        health.watch(HealthCheckRequest { service: "lockstep.v1.Admin".into() }).await.expect("health watch").into_inner();
-    let first = health_watch.message().await.expect("health watch ok").expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    // The whole server ("", what Kubernetes' gRPC probes ask) and a service.
+    let mut health_watches = Vec::new();
+    for service in ["", "lockstep.v1.Admin"] {
+        let mut watch = health.watch(HealthCheckRequest { service: service.into() }).await.expect("health watch").into_inner();
+        let first = watch.message().await.expect("health watch ok").expect("a first status");
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        health_watches.push((service, watch));
+    }
     let committed = c.status().await.expect("status").last_committed_tid;
     c.coordinator.sigterm();
     // A liveness bound, not a speed assertion: Kubernetes' default grace
@@ -74,11 +78,13 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected()
     };
     assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("shutting down"), "{ended:?}");
-    let mut statuses = Vec::new();
-    while let Ok(Some(m)) = health_watch.message().await {
-        statuses.push(m.status());
+    for (service, mut watch) in health_watches {
+        let mut statuses = Vec::new();
+        while let Ok(Some(m)) = watch.message().await {
+            statuses.push(m.status());
+        }
+        assert_eq!(statuses, [ServingStatus::NotServing], "{service:?}: the health watch hears of the stop, then ends");
     }
-    assert_eq!(statuses, [ServingStatus::NotServing], "the health watch hears of the stop, then ends");
     assert_eq!(log.matches("closing host stream: this coordinator is shutting down").count(), 3, "every host's stream is closed\n{}", tail(&log, 30));
     // A host agent's server drains the same way: a health watch on its
     // ingest API does not hold its stop either.
@@ -93,6 +99,11 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected()
     let exit = c.hosts[0].exited(Duration::from_secs(25)).await;
     let exit = exit.unwrap_or_else(|| panic!("host-0 did not stop within 25 s of SIGTERM\n{}", tail(&c.hosts[0].log(), 30)));
     assert_eq!(exit.code(), Some(0), "host-0 exits cleanly on SIGTERM");
+    let mut statuses = Vec::new();
+    while let Ok(Some(m)) = host_watch.message().await {
+        statuses.push(m.status());
+    }
+    assert_eq!(statuses, [ServingStatus::NotServing], "host-0's health watch hears of the stop, then ends");
     for h in &mut c.hosts[1..] {
         assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
     }
