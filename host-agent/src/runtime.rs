@@ -1603,7 +1603,9 @@ impl<E: Engine> Agent<E> {
             .map_err(|e| fail(ErrorKind::Internal, format!("host {host}: engine restore panicked: {e}")))?
         };
         self.engine = Some(engine);
-        result.map_err(|e| fail(ErrorKind::Engine, format!("host {host}: restoring checkpoint {checkpoint_tid} failed: {e}")))?;
+        // Kind "checkpoint": what could not be restored is this checkpoint
+        // (its file, as the message says), whatever the engine found wrong.
+        result.map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: restoring checkpoint {checkpoint_tid} failed: {e}")))?;
         self.sink.expect_replay();
         self.txn = None;
         self.held_outputs.clear();

@@ -84,6 +84,28 @@ async fn a_second_host_agent_on_a_data_directory_in_use_is_refused() {
     check_sinks(&c, committed);
 }
 
+/// A host whose checkpoint files are damaged cannot be restored, and the
+/// journal before the checkpoint is gone: the recovery fails loudly, naming
+/// the host, the checkpoint file, and what to do about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_fails_the_recovery_naming_host_file_and_what_to_do() {
+    let mut c = Cluster::start(ClusterOpts { hosts: 2, checkpoint_every_txns: 3, ..ClusterOpts::default() });
+    c.wait_for("a complete checkpoint", LONG, |s| s.pipeline_state == "Running" && s.newest_complete_checkpoint >= 3).await;
+    c.hosts[0].kill();
+    let dir = c.host_dir(0).join("checkpoints");
+    let damaged: Vec<std::path::PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!damaged.is_empty(), "host-0 holds a checkpoint");
+    for f in &damaged {
+        std::fs::write(f, b"garbage{").unwrap();
+    }
+    c.hosts[0].start();
+    let s = c.wait_for("the recovery to fail", LONG, |s| s.pipeline_state == "Failed").await;
+    let names: Vec<String> = damaged.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(s.failure.contains("host host-0") && s.failure.contains("kind \"checkpoint\""), "{}", s.failure);
+    assert!(names.iter().any(|n| s.failure.contains(n.as_str())), "names the file ({names:?}): {}", s.failure);
+    assert!(s.failure.contains("restore the host's data volume from a backup"), "says what to do: {}", s.failure);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_middle_record_is_a_hard_error_naming_file_and_offset() {
     let mut c = Cluster::start(ClusterOpts { hosts: 2, checkpoint_every_txns: 0, ..ClusterOpts::default() });

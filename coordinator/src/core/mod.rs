@@ -824,6 +824,11 @@ impl Core {
             "stale_epoch" => "the host has seen a newer coordinator epoch than this ledger: another coordinator group \
                               drives it, or this ledger was restored from an old copy; check --coordinator and --data-dir",
             "journal" => "the host's journal is damaged or belongs elsewhere; read the host's log for the file and offset",
+            "checkpoint" => "a checkpoint of this host could not be written or restored; the message names it. A damaged \
+                             checkpoint file cannot be rebuilt (the journal before it is collected): restore the host's data \
+                             volume from a backup, then Resume",
+            "sink" => "the host's output sink could not be written; check the disk under the host's data directory, \
+                       then Resume",
             _ => "read the host's log around this time",
         };
         self.fail(
