@@ -46,6 +46,11 @@ pub const PUSH_REQUEST_RECORDS_MAX: usize = 10_000;
 pub const PUSH_STEP_RECORDS_MAX: usize = 10_000;
 /// Longest key accepted by Push.
 pub const PUSH_KEY_BYTES_MAX: usize = 1024;
+/// Largest Push request the ingest server reads: room for
+/// `PUSH_REQUEST_RECORDS_MAX` records with keys of `PUSH_KEY_BYTES_MAX`
+/// (~10.3 MB; tonic's default of 4 MiB refused requests inside those
+/// limits), and no more than the journal takes in one record (16 MiB).
+pub const PUSH_REQUEST_BYTES_MAX: usize = 16 << 20;
 /// Version of the checkpoint file format.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 
@@ -219,6 +224,7 @@ impl ReferenceEngine {
     /// The push-ingest gRPC service feeding this engine.
     pub fn ingest_service(&self) -> v1::ingest_server::IngestServer<IngestService> {
         v1::ingest_server::IngestServer::new(IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone() })
+            .max_decoding_message_size(PUSH_REQUEST_BYTES_MAX)
     }
 
     /// The Ingest service itself, for calling it in-process.

@@ -219,6 +219,13 @@ async fn pushed_records_are_acknowledged_once_durable_and_survive_a_crash_exactl
             ingest = IngestClient::connect(format!("http://127.0.0.1:{}", c.ingest_ports[0])).await.expect("ingest");
         }
     }
+    // One request at the documented limits (10 000 records with 1 KiB keys,
+    // ~10 MB) is taken whole, as any other.
+    use lockstep_host_agent::reference::{PUSH_KEY_BYTES_MAX, PUSH_REQUEST_RECORDS_MAX};
+    let key = "k".repeat(PUSH_KEY_BYTES_MAX);
+    let records: Vec<Record> = (0..PUSH_REQUEST_RECORDS_MAX as i64).map(|value| Record { key: key.clone(), value }).collect();
+    let ack = ingest.push(PushRequest { records }).await.expect("a request at the documented limits is accepted").into_inner();
+    acked_tids.push(ack.tid);
     let last = *acked_tids.iter().max().unwrap();
     // Committed on host-0 itself, not only in the ledger: a host stopped
     // between the two emits the tid only when a restart replays it, and
@@ -233,6 +240,8 @@ async fn pushed_records_are_acknowledged_once_durable_and_survive_a_crash_exactl
     sink_tids(&batches);
     let state = sink_final_state(&batches);
     assert_eq!(state.get("pushed"), Some(&(count, sum)), "every acknowledged record counted exactly once");
+    let n = PUSH_REQUEST_RECORDS_MAX as i64;
+    assert_eq!(state.get(&key), Some(&(n as u64, n * (n - 1) / 2)), "the large request counted exactly once");
     assert!(!sink_final_state(&c.sink(1)).contains_key("pushed"), "records stay on the host they were pushed to");
 }
 
