@@ -1524,12 +1524,16 @@ pub async fn serve(
         stopping_health.set_not_serving::<crate::raft::RaftPeerServer<crate::raft::PeerService>>().await;
         let driver = closing.borrow().clone();
         if let Some(driver) = driver {
-            driver
-                .stop(Status::unavailable(
-                    "this coordinator is shutting down; the host agent reconnects to another member of the group, or to \
-                     this one once it is back",
-                ))
-                .await;
+            let stop = driver.stop(Status::unavailable(
+                "this coordinator is shutting down; the host agent reconnects to another member of the group, or to this \
+                 one once it is back",
+            ));
+            // Queued behind whatever the driver has to do first; a driver
+            // that does not take it in time leaves its streams to the drain
+            // bound rather than holding the stop.
+            if tokio::time::timeout(DRAIN_GRACE, stop).await.is_err() {
+                warn!("the pipeline driver did not take the stop within {DRAIN_GRACE:?}; closing the server anyway");
+            }
         }
     };
     let router = tonic::transport::Server::builder()
