@@ -365,12 +365,8 @@ async fn run_coordinator(
         node_id, %addr, group = ?ledger.members().voters, cluster = %cluster_id, epoch, last_committed, checkpoint,
         "ledger opened"
     );
-    let sorted = |v: &[String]| -> Vec<String> {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    if initialised && sorted(&hosts) != sorted(&args.hosts) {
+    let as_set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<String>>();
+    if initialised && as_set(&hosts) != as_set(&args.hosts) {
         // The host set is fixed when the cluster is created; a changed flag
         // would otherwise be ignored without a word.
         warn!(

@@ -49,7 +49,8 @@ pub const PUSH_KEY_BYTES_MAX: usize = 1024;
 /// Largest Push request the ingest server reads: room for
 /// `PUSH_REQUEST_RECORDS_MAX` records with keys of `PUSH_KEY_BYTES_MAX`
 /// (~10.3 MB; tonic's default of 4 MiB refused requests inside those
-/// limits), and no more than the journal takes in one record (16 MiB).
+/// limits), and no more than the journal takes in one record by default
+/// (`JournalOptions::record_bytes_max`; a test keeps the two in step).
 pub const PUSH_REQUEST_BYTES_MAX: usize = 16 << 20;
 /// Version of the checkpoint file format.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
@@ -439,6 +440,20 @@ impl Engine for ReferenceEngine {
 mod tests {
     use super::*;
     use crate::engine::output_digest;
+
+    /// The largest valid Push request fits the ingest server's limit, and
+    /// that limit fits one journal record: a request it reads is never
+    /// refused by the journal for its size.
+    #[test]
+    fn push_size_limits_fit_each_other() {
+        use prost::Message;
+        let key = "k".repeat(PUSH_KEY_BYTES_MAX);
+        let records = (0..PUSH_REQUEST_RECORDS_MAX as i64).map(|value| v1::Record { key: key.clone(), value: i64::MIN + value }).collect();
+        let largest = v1::PushRequest { records }.encoded_len();
+        assert!(largest <= PUSH_REQUEST_BYTES_MAX, "{largest} > {PUSH_REQUEST_BYTES_MAX}");
+        let journal = lockstep_journal::JournalOptions::default().record_bytes_max as usize;
+        assert!(PUSH_REQUEST_BYTES_MAX <= journal, "{PUSH_REQUEST_BYTES_MAX} > {journal}");
+    }
 
     fn cfg(host: &str) -> ReferenceConfig {
         ReferenceConfig { host_id: host.into(), generator_seed: 42, generator_batch_max: 20, fault_nondeterministic_replay: false }

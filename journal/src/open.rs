@@ -90,6 +90,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             removed_tmp = true;
         } else if name == LOCK_FILE {
+            // Ours: the directory's lock (`lock_dir`), not a segment.
         } else if name.ends_with(".seg") {
             match format::parse_segment_file_name(name) {
                 Some(seq) => seqs.push(seq),
