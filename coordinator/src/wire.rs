@@ -22,10 +22,11 @@ pub enum WireError {
     NoCommittedTids { seq: u64 },
     #[error("endpoint {endpoint:?} appears twice in one checksum list")]
     DuplicateEndpoint { endpoint: String },
-    /// A `ReplayedSteps` batch that is not a run of replayed steps of one
-    /// tid (optionally ending with that tid's Prepared). `step` is the step
-    /// at fault, 0 when none is (an empty batch, a Prepared of another tid).
-    #[error("report #{seq}: malformed ReplayedSteps from host {host} for tid {tid} (step {step}): {problem}")]
+    /// A `ReplayedTids` that is not runs of replayed steps of tids (each
+    /// optionally ending with that tid's Prepared) over its endpoint table.
+    /// `tid` is the entry at fault (its first when the table is); `step`
+    /// the step at fault, 0 when none is (an empty entry, a Prepared).
+    #[error("report #{seq}: malformed ReplayedTids from host {host} for tid {tid} (step {step}): {problem}")]
     BadBatch { seq: u64, host: String, tid: u64, step: u64, problem: BatchProblem },
     /// A Hello whose journal summaries do not fit its endpoint table. `tid`
     /// is the summary at fault, 0 when the table itself is.
@@ -47,22 +48,22 @@ pub enum JournalProblem {
     OutOfOrder { previous: u64 },
 }
 
-/// What is wrong with a `ReplayedSteps` batch.
+/// What is wrong with a `ReplayedTids` report or one of its entries.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchProblem {
-    #[error("it holds neither a step nor a Prepared")]
+    #[error("it lists no tid")]
+    NoTids,
+    #[error("its entry holds neither a step nor a Prepared")]
     Empty,
-    #[error("step numbers must strictly increase within a batch; step {step} follows step {previous}")]
+    #[error("step numbers must strictly increase within a tid; step {step} follows step {previous}")]
     StepsOutOfOrder { step: u64, previous: u64 },
     #[error("step number 0 (steps are numbered from 1)")]
     StepZero,
-    #[error("its Prepared names tid {prepared_tid}")]
-    PreparedOtherTid { prepared_tid: u64 },
     #[error("endpoint {endpoint:?} appears twice in its endpoint table")]
     DuplicateEndpoint { endpoint: String },
     #[error("its step column holds {bytes} bytes, not a whole number of 8-byte step numbers")]
     StepColumnLength { bytes: usize },
-    #[error("its {side} column holds {bytes} bytes; steps × endpoints is {cells} cells of 16 bytes")]
+    #[error("its {side} column holds {bytes} bytes; that is {cells} cells of 16 bytes (steps × endpoints, or one per endpoint for a Prepared)")]
     ColumnLength { side: &'static str, bytes: usize, cells: usize },
     #[error("it sets journaled_as_replayed but also sends a journaled side ({bytes} bytes, {absent} absent indices)")]
     JournaledBesidesFlag { bytes: usize, absent: usize },
@@ -198,9 +199,9 @@ fn state_from(seq: u64, v: i32) -> Result<HostTxnState, WireError> {
 
 /// A report after the Hello, as core events for `host`, appended to `out`
 /// in the order the host reported them. Every report is one event, except
-/// the two batches: `ReplayedSteps` (one `Step` event per listed step, then
-/// a `Prepared` if it carries one) and `CommittedTids` (one `Committed` per
-/// listed tid), exactly the events the separate reports would have been,
+/// the two batches: `ReplayedTids` (per listed tid one `Replayed` event,
+/// which stands for a `Step` per listed step, then a `Prepared` if it
+/// carries one) and `CommittedTids` (one `Committed` per listed tid), exactly the events the separate reports would have been,
 /// so the core checks and diagnoses them the same way. On an error nothing
 /// is appended.
 pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) -> Result<(), WireError> {
@@ -223,7 +224,7 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
                 },
             }
         }
-        Report::ReplayedSteps(b) => return replayed_steps_to_events(seq, host, b, out),
+        Report::ReplayedTids(run) => return replayed_tids_to_events(seq, host, run, out),
         Report::Prepared(p) => Event::Prepared { host, report: prepared_from(p)? },
         Report::Committed(c) => Event::Committed { host, tid: c.tid },
         Report::CommittedTids(c) => {
@@ -242,13 +243,39 @@ pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) 
     Ok(())
 }
 
-/// `ReplayedSteps` as the core's `ReplayedBatch` (the `StepDone`s, state
-/// OpenReplay, mode Replay, and the `Prepared` it stands for). The batch's
-/// own shape is checked here, before it reaches the core, so that a
-/// malformed one is refused whole (and named) rather than half-applied;
-/// whether the steps fit the host's position is the core's check, as for
-/// single reports.
-fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &mut Vec<Event>) -> Result<(), WireError> {
+/// `ReplayedTids` as the core's events: one `ReplayedBatch` per tid (the
+/// `StepDone`s, state OpenReplay, mode Replay, and the `Prepared` it stands
+/// for), all sharing the report's endpoint table. The report's own shape is
+/// checked here, before it reaches the core, so that a malformed one is
+/// refused whole (and named) rather than half-applied; whether the steps
+/// fit the host's position is the core's check, as for single reports.
+fn replayed_tids_to_events(seq: u64, host: HostId, run: pb::ReplayedTids, out: &mut Vec<Event>) -> Result<(), WireError> {
+    let Some(first) = run.tids.first().map(|t| t.tid) else {
+        return Err(WireError::BadBatch { seq, host, tid: 0, step: 0, problem: BatchProblem::NoTids });
+    };
+    let mut names: Vec<&String> = run.endpoints.iter().collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        let problem = BatchProblem::DuplicateEndpoint { endpoint: w[0].clone() };
+        return Err(WireError::BadBatch { seq, host, tid: first, step: 0, problem });
+    }
+    let endpoints: std::sync::Arc<[String]> = run.endpoints.into();
+    let start = out.len();
+    for t in run.tids {
+        match replayed_tid_to_batch(seq, &host, &endpoints, t) {
+            Ok(batch) => out.push(Event::Replayed { host: host.clone(), batch }),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One entry of a `ReplayedTids` (its table `endpoints`, names checked
+/// unique) as the core's `ReplayedBatch`.
+fn replayed_tid_to_batch(seq: u64, host: &HostId, endpoints: &std::sync::Arc<[String]>, b: pb::ReplayedTid) -> Result<ReplayedBatch, WireError> {
     let tid = b.tid;
     let bad = |step: u64, problem: BatchProblem| WireError::BadBatch { seq, host: host.clone(), tid, step, problem };
     let Some(steps) = columns::steps(&b.steps) else {
@@ -257,9 +284,6 @@ fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &
     let steps: Vec<u64> = steps.collect();
     if steps.is_empty() && b.prepared.is_none() {
         return Err(bad(0, BatchProblem::Empty));
-    }
-    if let Some(p) = b.prepared.as_ref().filter(|p| p.tid != tid) {
-        return Err(bad(0, BatchProblem::PreparedOtherTid { prepared_tid: p.tid }));
     }
     let mut previous = 0u64;
     for &step in &steps {
@@ -271,43 +295,44 @@ fn replayed_steps_to_events(seq: u64, host: HostId, b: pb::ReplayedSteps, out: &
         }
         previous = step;
     }
-    let mut names: Vec<&String> = b.endpoints.iter().collect();
-    names.sort_unstable();
-    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(bad(0, BatchProblem::DuplicateEndpoint { endpoint: w[0].clone() }));
-    }
-    let width = b.endpoints.len();
-    let cells = steps.len() * width;
-    // One pass over the bytes into a vector of exactly the right size.
-    let column = |bytes: &[u8], absent: Vec<u32>, side: &'static str| {
+    let width = endpoints.len();
+    // One pass over the bytes into a vector of exactly the right size;
+    // `rows` of `width` cells, row `i` standing for `step_of(i)`.
+    let column = |bytes: &[u8], absent: Vec<u32>, side: &'static str, rows: usize, step_of: &dyn Fn(usize) -> u64| {
+        let cells = rows * width;
         let Some(read) = columns::cells(bytes).filter(|read| read.len() == cells) else {
             return Err(bad(0, BatchProblem::ColumnLength { side, bytes: bytes.len(), cells }));
         };
         let mut cells: Vec<Option<Checksum>> = read.map(|(count, hash)| Some(Checksum { count, hash })).collect();
         let mut previous: Option<u32> = None;
         for index in absent {
-            let step = steps.get(index as usize / width.max(1)).copied().unwrap_or(0);
             match cells.get_mut(index as usize) {
                 Some(cell) if previous.is_none_or(|p| index > p) && *cell == Some(Checksum::EMPTY) => *cell = None,
-                _ => return Err(bad(step, BatchProblem::BadAbsent { side, index })),
+                _ => return Err(bad(step_of(index as usize / width.max(1)), BatchProblem::BadAbsent { side, index })),
             }
             previous = Some(index);
         }
         Ok(cells)
     };
-    let replayed = column(&b.replayed, b.absent, "replayed")?;
+    let step_of = |row: usize| steps.get(row).copied().unwrap_or(0);
+    let replayed = column(&b.replayed, b.absent, "replayed", steps.len(), &step_of)?;
     let journaled = if b.journaled_as_replayed {
         if !b.journaled.is_empty() || !b.journaled_absent.is_empty() {
             return Err(bad(0, BatchProblem::JournaledBesidesFlag { bytes: b.journaled.len(), absent: b.journaled_absent.len() }));
         }
         None
     } else {
-        Some(column(&b.journaled, b.journaled_absent, "journaled")?)
+        Some(column(&b.journaled, b.journaled_absent, "journaled", steps.len(), &step_of)?)
     };
-    let prepared = b.prepared.map(prepared_from).transpose()?;
-    let batch = ReplayedBatch { tid, endpoints: b.endpoints, steps, replayed, journaled, prepared };
-    out.push(Event::Replayed { host, batch });
-    Ok(())
+    let prepared = match b.prepared {
+        None => None,
+        Some(p) => {
+            let cells = column(&p.aggregate, p.absent, "prepared aggregate", 1, &|_| 0)?;
+            let aggregate = endpoints.iter().zip(cells).filter_map(|(e, c)| c.map(|c| (e.clone(), c))).collect();
+            Some(PreparedReport { tid, steps: p.steps, aggregate, output_digest: p.output_digest, output_count: p.output_count })
+        }
+    };
+    Ok(ReplayedBatch { tid, endpoints: endpoints.clone(), steps, replayed, journaled, prepared })
 }
 
 fn mode_to(m: Mode) -> i32 {
@@ -497,29 +522,52 @@ mod tests {
 
     type Side<'a> = &'a [(&'a str, u64)];
 
-    /// A `ReplayedSteps` in columns over the endpoints `gen` and `push`,
-    /// built by hand (as a foreign host would): each step lists its
-    /// (endpoint, n) pairs per side; a missing endpoint is marked absent.
-    /// Both sides are sent, as a host does once a step differs.
+    /// A `ReplayedTids` of one entry in columns over the endpoints `gen`
+    /// and `push`, built by hand (as a foreign host would): each step lists
+    /// its (endpoint, n) pairs per side; a missing endpoint is marked
+    /// absent. Both sides are sent, as a host does once a step differs.
     fn batch(seq: u64, tid: u64, steps: &[(u64, Side, Side)], prepared: Option<pb::Prepared>) -> pb::HostReport {
-        let endpoints = vec!["gen".to_string(), "push".to_string()];
-        let mut b = pb::ReplayedSteps { tid, prepared, endpoints: endpoints.clone(), ..Default::default() };
+        run(seq, vec![entry(tid, steps, prepared)])
+    }
+
+    const TABLE: [&str; 2] = ["gen", "push"];
+
+    fn run(seq: u64, tids: Vec<pb::ReplayedTid>) -> pb::HostReport {
+        let endpoints = TABLE.map(String::from).to_vec();
+        pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedTids(pb::ReplayedTids { endpoints, tids })) }
+    }
+
+    /// One entry over `TABLE`; `prepared`'s aggregate goes into cells.
+    fn entry(tid: u64, steps: &[(u64, Side, Side)], prepared: Option<pb::Prepared>) -> pb::ReplayedTid {
+        let mut b = pb::ReplayedTid { tid, ..Default::default() };
+        let put = |side: &dyn Fn(&str) -> Option<u64>, e: &str, index: u32, column: &mut Vec<u8>, absent: &mut Vec<u32>| match side(e) {
+            Some(n) => columns::push_cell(column, n, n * 7),
+            None => {
+                columns::push_cell(column, 0, 0);
+                absent.push(index);
+            }
+        };
+        fn named<'a>(side: Side<'a>) -> impl Fn(&str) -> Option<u64> + 'a {
+            move |e: &str| side.iter().find(|(name, _)| *name == e).map(|(_, n)| *n)
+        }
         for (i, (step, got, journaled)) in steps.iter().enumerate() {
             columns::push_step(&mut b.steps, *step);
-            for (j, e) in endpoints.iter().enumerate() {
-                let index = (i * endpoints.len() + j) as u32;
-                let put = |side: Side, column: &mut Vec<u8>, absent: &mut Vec<u32>| match side.iter().find(|(name, _)| name == e) {
-                    Some((_, n)) => columns::push_cell(column, *n, n * 7),
-                    None => {
-                        columns::push_cell(column, 0, 0);
-                        absent.push(index);
-                    }
-                };
-                put(got, &mut b.replayed, &mut b.absent);
-                put(journaled, &mut b.journaled, &mut b.journaled_absent);
+            for (j, e) in TABLE.iter().enumerate() {
+                let index = (i * TABLE.len() + j) as u32;
+                put(&named(got), e, index, &mut b.replayed, &mut b.absent);
+                put(&named(journaled), e, index, &mut b.journaled, &mut b.journaled_absent);
             }
         }
-        pb::HostReport { seq, report: Some(pb::host_report::Report::ReplayedSteps(b)) }
+        b.prepared = prepared.map(|p| {
+            assert_eq!(p.tid, tid, "an entry carries the Prepared of its own tid");
+            let mut cells = pb::PreparedCells { steps: p.steps, output_digest: p.output_digest, output_count: p.output_count, ..Default::default() };
+            let find = |e: &str| p.aggregate.iter().find(|c| c.endpoint == e).map(|c| c.count);
+            for (j, e) in TABLE.iter().enumerate() {
+                put(&find, e, j as u32, &mut cells.aggregate, &mut cells.absent);
+            }
+            cells
+        });
+        b
     }
 
     /// `batch`, with the journaled side left out as `journaled_as_replayed`
@@ -527,7 +575,8 @@ mod tests {
     fn batch_as_replayed(seq: u64, tid: u64, steps: &[(u64, Side, Side)]) -> pb::HostReport {
         assert!(steps.iter().all(|(_, got, journaled)| got == journaled));
         let mut r = batch(seq, tid, steps, None);
-        let Some(pb::host_report::Report::ReplayedSteps(b)) = r.report.as_mut() else { unreachable!() };
+        let Some(pb::host_report::Report::ReplayedTids(run)) = r.report.as_mut() else { unreachable!() };
+        let b = &mut run.tids[0];
         b.journaled.clear();
         b.journaled_absent.clear();
         b.journaled_as_replayed = true;
@@ -552,7 +601,7 @@ mod tests {
     /// listed step, in order (absent endpoints absent, on each side on its
     /// own), then `Prepared`.
     #[test]
-    fn replayed_steps_decode_into_the_events_of_single_reports() {
+    fn replayed_tids_decode_into_the_events_of_single_reports() {
         let host = "h0".to_string();
         let prepared = pb::Prepared { tid: 5, steps: 3, aggregate: vec![ep("gen", 5), ep("push", 0)], output_digest: 9, output_count: 1 };
         let steps: &[(u64, Side, Side)] = &[
@@ -598,12 +647,26 @@ mod tests {
         let reports = |b: &ReplayedBatch| format!("{:?}", (0..b.steps.len()).map(|i| b.step_report(i)).collect::<Vec<_>>());
         assert_eq!(reports(flag), reports(both));
         assert!(reports(flag).contains(r#"journaled: Some(EndpointChecksums({"gen": Checksum { count: 2"#), "{}", reports(flag));
+
+        // Several tids in one report: one event each, in order, sharing the
+        // report's endpoint table.
+        let p = |tid| pb::Prepared { tid, steps: 1, aggregate: vec![ep("gen", 1)], output_digest: tid, output_count: 1 };
+        let one: Side = &[("gen", 1)];
+        let mut out = Vec::new();
+        let two = run(13, vec![entry(8, &[(31, one, one)], Some(p(8))), entry(9, &[(32, one, one)], Some(p(9)))]);
+        report_to_events(&host, two, &mut out).unwrap();
+        let [Event::Replayed { batch: a, .. }, Event::Replayed { batch: b, .. }] = &out[..] else { panic!("two Replayed events: {out:?}") };
+        assert_eq!((a.tid, a.steps.as_slice(), b.tid, b.steps.as_slice()), (8, &[31][..], 9, &[32][..]));
+        assert!(std::sync::Arc::ptr_eq(&a.endpoints, &b.endpoints));
+        let prepared = |b: &ReplayedBatch| b.prepared.as_ref().map(|p| (p.tid, p.output_digest, format!("{:?}", p.aggregate)));
+        assert_eq!(prepared(a), Some((8, 8, r#"EndpointChecksums({"gen": Checksum { count: 1, hash: 7 }})"#.to_string())));
+        assert_eq!(prepared(b).map(|p| p.0), Some(9));
     }
 
     /// A malformed batch is refused whole, with an error naming the host,
     /// the tid and the step at fault; nothing of it reaches the core.
     #[test]
-    fn malformed_replayed_steps_are_refused_whole_and_named() {
+    fn malformed_replayed_tids_are_refused_whole_and_named() {
         let host = "h2".to_string();
         let refuse = |r: pb::HostReport| {
             let mut out = vec![Event::Heartbeat { host: "h2".into() }];
@@ -624,19 +687,21 @@ mod tests {
         let e = refuse(batch(5, 9, &[(0, one, one)], None));
         assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::StepZero, .. }), "{e}");
 
-        let other = pb::Prepared { tid: 8, ..Default::default() };
-        let e = refuse(batch(6, 9, &[(21, one, one)], Some(other)));
-        assert!(matches!(&e, WireError::BadBatch { tid: 9, problem: BatchProblem::PreparedOtherTid { prepared_tid: 8 }, .. }), "{e}");
+        let e = refuse(run(6, vec![]));
+        assert!(matches!(&e, WireError::BadBatch { seq: 6, tid: 0, problem: BatchProblem::NoTids, .. }), "{e}");
+        assert!(e.to_string().contains("lists no tid"), "{e}");
 
         // The columns must fit the table and the steps.
-        let edit = |f: &dyn Fn(&mut pb::ReplayedSteps)| {
-            let mut r = batch(7, 9, &[(21, one, one), (22, &[("gen", 1), ("push", 2)], one)], None);
-            let Some(pb::host_report::Report::ReplayedSteps(b)) = r.report.as_mut() else { unreachable!() };
-            f(b);
+        let edit_run = |f: &dyn Fn(&mut pb::ReplayedTids)| {
+            let prepared = pb::Prepared { tid: 9, steps: 2, aggregate: vec![ep("gen", 2)], ..Default::default() };
+            let mut r = batch(7, 9, &[(21, one, one), (22, &[("gen", 1), ("push", 2)], one)], Some(prepared));
+            let Some(pb::host_report::Report::ReplayedTids(run)) = r.report.as_mut() else { unreachable!() };
+            f(run);
             refuse(r)
         };
-        let e = edit(&|b| b.endpoints[1] = "gen".into());
-        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::DuplicateEndpoint { endpoint }, .. } if endpoint == "gen"), "{e}");
+        let edit = |f: &dyn Fn(&mut pb::ReplayedTid)| edit_run(&|run| f(&mut run.tids[0]));
+        let e = edit_run(&|run| run.endpoints[1] = "gen".into());
+        assert!(matches!(&e, WireError::BadBatch { tid: 9, problem: BatchProblem::DuplicateEndpoint { endpoint }, .. } if endpoint == "gen"), "{e}");
         let e = edit(&|b| {
             b.replayed.pop();
         });
@@ -656,5 +721,20 @@ mod tests {
         assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::BadAbsent { side: "journaled", index: 3 }, .. }), "{e}");
         let e = edit(&|b| b.absent.push(2));
         assert!(matches!(&e, WireError::BadBatch { step: 22, problem: BatchProblem::BadAbsent { index: 2, .. }, .. }), "{e}");
+        // A Prepared's aggregate is one row of cells over the table, `push`
+        // (index 1) absent.
+        let e = edit(&|b| b.prepared.as_mut().unwrap().aggregate.truncate(16));
+        assert!(matches!(&e, WireError::BadBatch { problem: BatchProblem::ColumnLength { side: "prepared aggregate", bytes: 16, cells: 2 }, .. }), "{e}");
+        let e = edit(&|b| b.prepared.as_mut().unwrap().absent = vec![0, 1]);
+        assert!(matches!(&e, WireError::BadBatch { step: 0, problem: BatchProblem::BadAbsent { side: "prepared aggregate", index: 0 }, .. }), "{e}");
+        // A malformed later entry refuses the whole report, the entries
+        // before it included.
+        let e = edit_run(&|run| {
+            let mut second = run.tids[0].clone();
+            second.tid = 10;
+            second.steps.clear();
+            run.tids.push(second);
+        });
+        assert!(matches!(&e, WireError::BadBatch { tid: 10, problem: BatchProblem::ColumnLength { side: "replayed", .. }, .. }), "{e}");
     }
 }

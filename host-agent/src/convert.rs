@@ -81,55 +81,92 @@ pub fn report_to_proto(report: Report) -> v1::host_report::Report {
     }
 }
 
-/// Appends a replayed step's report to `batch` (a `ReplayedSteps` in
-/// columns, which stands for `StepDone{.., state: OpenReplay, mode:
-/// Replay}` per step). A batch with no step yet takes its endpoint table
-/// from this step (both sides' endpoints, sorted). Returns `false`, and
-/// changes nothing, when the step names an endpoint the table lacks: the
-/// caller then starts another batch for the same tid.
+/// The endpoint table of a new `ReplayedTids` whose first entry is a step
+/// with these sides: both sides' endpoints, sorted.
+pub fn step_table(checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> Vec<String> {
+    if journaled == checksums {
+        checksums.0.keys().cloned().collect()
+    } else {
+        checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+    }
+}
+
+/// A new `ReplayedTid` entry for `tid`, with no step yet.
+pub fn replayed_tid(tid: u64) -> v1::ReplayedTid {
+    v1::ReplayedTid { tid, journaled_as_replayed: true, ..Default::default() }
+}
+
+/// Appends a replayed step's report to `t`, an entry of a `ReplayedTids`
+/// whose endpoint table is `table` (sorted); the entry stands for
+/// `StepDone{.., state: OpenReplay, mode: Replay}` per step. Returns
+/// `false`, and changes nothing, when the step names an endpoint the table
+/// lacks: the caller then starts another report.
 ///
-/// While every step of the batch journaled exactly what it ingested, the
+/// While every step of the entry journaled exactly what it ingested, the
 /// journaled side is not written at all (`journaled_as_replayed`); the
 /// first step that differs writes out the rows before it (equal to the
 /// replayed ones) and both sides are written from then on.
-pub fn push_replayed_step(batch: &mut v1::ReplayedSteps, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> bool {
+pub fn push_replayed_step(table: &[String], t: &mut v1::ReplayedTid, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) -> bool {
     let same = journaled == checksums;
-    if batch.steps.is_empty() {
-        batch.endpoints = if same {
-            checksums.0.keys().cloned().collect()
-        } else {
-            checksums.0.keys().chain(journaled.0.keys()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect()
-        };
-        batch.journaled_as_replayed = true;
-        // A tid is usually a few to a few dozen steps: room for the usual
-        // case at once rather than doubling step by step.
-        batch.steps.reserve(BATCH_STEPS_RESERVED * columns::STEP_BYTES);
-        batch.replayed.reserve(BATCH_STEPS_RESERVED * batch.endpoints.len() * columns::CELL_BYTES);
-    }
     // Whether each side names exactly the table's endpoints (the usual
     // case), decided once: it picks both the check below and the fill.
-    let covered = covers(&batch.endpoints, checksums);
-    let journaled_covered = if same { covered } else { covers(&batch.endpoints, journaled) };
-    let known = |side: &EndpointChecksums| side.0.keys().all(|e| batch.endpoints.binary_search(e).is_ok());
+    let covered = covers(table, checksums);
+    let journaled_covered = if same { covered } else { covers(table, journaled) };
+    let known = |side: &EndpointChecksums| side.0.keys().all(|e| table.binary_search(e).is_ok());
     if !covered && !known(checksums) || !journaled_covered && !known(journaled) {
         return false;
     }
-    if batch.journaled_as_replayed && !same {
-        batch.journaled.clone_from(&batch.replayed);
-        batch.journaled_absent.clone_from(&batch.absent);
-        batch.journaled_as_replayed = false;
+    if t.steps.is_empty() {
+        // A tid is usually a few to a few dozen steps: room for the usual
+        // case at once rather than doubling step by step.
+        t.steps.reserve(BATCH_STEPS_RESERVED * columns::STEP_BYTES);
+        t.replayed.reserve(BATCH_STEPS_RESERVED * table.len() * columns::CELL_BYTES);
+    }
+    if t.journaled_as_replayed && !same {
+        t.journaled.clone_from(&t.replayed);
+        t.journaled_absent.clone_from(&t.absent);
+        t.journaled_as_replayed = false;
     }
     // Index of this step's first cell.
-    let row = batch.steps.len() / columns::STEP_BYTES * batch.endpoints.len();
-    fill(&batch.endpoints, row, checksums, covered, &mut batch.replayed, &mut batch.absent);
-    if !batch.journaled_as_replayed {
-        fill(&batch.endpoints, row, journaled, journaled_covered, &mut batch.journaled, &mut batch.journaled_absent);
+    let row = t.steps.len() / columns::STEP_BYTES * table.len();
+    fill(table, row, checksums, covered, &mut t.replayed, &mut t.absent);
+    if !t.journaled_as_replayed {
+        fill(table, row, journaled, journaled_covered, &mut t.journaled, &mut t.journaled_absent);
     }
-    columns::push_step(&mut batch.steps, step);
+    columns::push_step(&mut t.steps, step);
     true
 }
 
-/// Steps a new `ReplayedSteps` has room for before its columns grow.
+/// `p` in cells over `table` (sorted), for a `ReplayedTid`; `None` when its
+/// aggregate names an endpoint the table lacks (it then travels as a plain
+/// `Prepared`).
+pub fn prepared_cells(table: &[String], p: &v1::Prepared) -> Option<v1::PreparedCells> {
+    let mut aggregate = Vec::with_capacity(table.len() * columns::CELL_BYTES);
+    let mut absent = Vec::new();
+    // The usual case: the aggregate names exactly the table's endpoints, in
+    // order (both are sorted).
+    if p.aggregate.len() == table.len() && p.aggregate.iter().zip(table).all(|(c, e)| c.endpoint == *e) {
+        for c in &p.aggregate {
+            columns::push_cell(&mut aggregate, c.count, c.hash);
+        }
+    } else {
+        if !p.aggregate.iter().all(|c| table.binary_search(&c.endpoint).is_ok()) {
+            return None;
+        }
+        for (j, endpoint) in table.iter().enumerate() {
+            match p.aggregate.iter().find(|c| c.endpoint == *endpoint) {
+                Some(c) => columns::push_cell(&mut aggregate, c.count, c.hash),
+                None => {
+                    columns::push_cell(&mut aggregate, 0, 0);
+                    absent.push(j as u32);
+                }
+            }
+        }
+    }
+    Some(v1::PreparedCells { steps: p.steps, aggregate, absent, output_digest: p.output_digest, output_count: p.output_count })
+}
+
+/// Steps a new `ReplayedTid` has room for before its columns grow.
 const BATCH_STEPS_RESERVED: usize = 16;
 
 /// Whether `side` names exactly the endpoints of `table`, which is sorted
@@ -295,10 +332,10 @@ mod tests {
         ]);
     }
 
-    /// A `ReplayedSteps`' columns read back: steps, replayed cells,
+    /// A `ReplayedTid`'s columns read back: steps, replayed cells,
     /// journaled cells (`None` while `journaled_as_replayed`).
     #[allow(clippy::type_complexity)]
-    fn read_columns(b: &v1::ReplayedSteps) -> (Vec<u64>, Vec<(u64, u64)>, Option<Vec<(u64, u64)>>) {
+    fn read_columns(b: &v1::ReplayedTid) -> (Vec<u64>, Vec<(u64, u64)>, Option<Vec<(u64, u64)>>) {
         let journaled = (!b.journaled_as_replayed).then(|| columns::cells(&b.journaled).unwrap().collect());
         (columns::steps(&b.steps).unwrap().collect(), columns::cells(&b.replayed).unwrap().collect(), journaled)
     }
@@ -311,16 +348,17 @@ mod tests {
         let sums = |pairs: &[(&str, u64)]| -> EndpointChecksums {
             pairs.iter().map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: n * 10 })).collect()
         };
-        let mut b = v1::ReplayedSteps { tid: 4, ..Default::default() };
-        assert!(push_replayed_step(&mut b, 7, &sums(&[("gen", 2)]), &sums(&[("gen", 2), ("push", 1)])));
-        assert!(push_replayed_step(&mut b, 8, &sums(&[("push", 3)]), &sums(&[("push", 3)])));
-        assert_eq!(b.endpoints, ["gen", "push"]);
+        let table = step_table(&sums(&[("gen", 2)]), &sums(&[("gen", 2), ("push", 1)]));
+        assert_eq!(table, ["gen", "push"]);
+        let mut b = replayed_tid(4);
+        assert!(push_replayed_step(&table, &mut b, 7, &sums(&[("gen", 2)]), &sums(&[("gen", 2), ("push", 1)])));
+        assert!(push_replayed_step(&table, &mut b, 8, &sums(&[("push", 3)]), &sums(&[("push", 3)])));
         let (steps, replayed, journaled) = read_columns(&b);
         assert_eq!(steps, [7, 8]);
         assert_eq!((replayed, b.absent.clone()), (vec![(2, 20), (0, 0), (0, 0), (3, 30)], vec![1, 2]));
         assert_eq!((journaled, b.journaled_absent.clone()), (Some(vec![(2, 20), (1, 10), (0, 0), (3, 30)]), vec![2]));
         let before = b.clone();
-        assert!(!push_replayed_step(&mut b, 9, &sums(&[("other", 1)]), &sums(&[("other", 1)])));
+        assert!(!push_replayed_step(&table, &mut b, 9, &sums(&[("other", 1)]), &sums(&[("other", 1)])));
         assert_eq!(b, before);
     }
 
@@ -332,14 +370,15 @@ mod tests {
         let sums = |pairs: &[(&str, u64)]| -> EndpointChecksums {
             pairs.iter().map(|(e, n)| (e.to_string(), Checksum { count: *n, hash: n * 10 })).collect()
         };
-        let mut b = v1::ReplayedSteps { tid: 4, ..Default::default() };
-        assert!(push_replayed_step(&mut b, 1, &sums(&[("gen", 2), ("push", 1)]), &sums(&[("gen", 2), ("push", 1)])));
-        assert!(push_replayed_step(&mut b, 2, &sums(&[("gen", 5)]), &sums(&[("gen", 5)])));
+        let table = vec!["gen".to_string(), "push".to_string()];
+        let mut b = replayed_tid(4);
+        assert!(push_replayed_step(&table, &mut b, 1, &sums(&[("gen", 2), ("push", 1)]), &sums(&[("gen", 2), ("push", 1)])));
+        assert!(push_replayed_step(&table, &mut b, 2, &sums(&[("gen", 5)]), &sums(&[("gen", 5)])));
         assert!(b.journaled_as_replayed);
         assert!(b.journaled.is_empty() && b.journaled_absent.is_empty());
         assert_eq!(read_columns(&b).1, [(2, 20), (1, 10), (5, 50), (0, 0)]);
         assert_eq!(b.absent, [3]);
-        assert!(push_replayed_step(&mut b, 3, &sums(&[("gen", 4), ("push", 1)]), &sums(&[("gen", 6), ("push", 1)])));
+        assert!(push_replayed_step(&table, &mut b, 3, &sums(&[("gen", 4), ("push", 1)]), &sums(&[("gen", 6), ("push", 1)])));
         assert!(!b.journaled_as_replayed);
         let (steps, replayed, journaled) = read_columns(&b);
         assert_eq!(steps, [1, 2, 3]);
@@ -347,7 +386,24 @@ mod tests {
         assert_eq!(journaled.unwrap(), [(2, 20), (1, 10), (5, 50), (0, 0), (6, 60), (1, 10)]);
         assert_eq!((b.absent.clone(), b.journaled_absent.clone()), (vec![3], vec![3]));
         // Equal again: both sides go on being written.
-        assert!(push_replayed_step(&mut b, 4, &sums(&[("gen", 1), ("push", 1)]), &sums(&[("gen", 1), ("push", 1)])));
+        assert!(push_replayed_step(&table, &mut b, 4, &sums(&[("gen", 1), ("push", 1)]), &sums(&[("gen", 1), ("push", 1)])));
         assert_eq!(read_columns(&b).2.unwrap().len(), 8);
+    }
+
+    /// A Prepared's aggregate becomes one row of cells over the table, the
+    /// endpoints it lacks marked absent; one naming an endpoint the table
+    /// lacks does not fit.
+    #[test]
+    fn prepared_cells_fill_one_row_over_the_table() {
+        let table: Vec<String> = ["gen", "push"].map(String::from).to_vec();
+        let checksum = |e: &str, count: u64| v1::EndpointChecksum { endpoint: e.into(), count, hash: count * 10 };
+        let prepared = |aggregate| v1::Prepared { tid: 4, steps: 3, aggregate, output_digest: 99, output_count: 7 };
+        let full = prepared_cells(&table, &prepared(vec![checksum("gen", 2), checksum("push", 1)])).unwrap();
+        assert_eq!(columns::cells(&full.aggregate).unwrap().collect::<Vec<_>>(), [(2, 20), (1, 10)]);
+        assert_eq!((full.steps, full.output_digest, full.output_count, full.absent.len()), (3, 99, 7, 0));
+        let part = prepared_cells(&table, &prepared(vec![checksum("push", 5)])).unwrap();
+        assert_eq!(columns::cells(&part.aggregate).unwrap().collect::<Vec<_>>(), [(0, 0), (5, 50)]);
+        assert_eq!(part.absent, [0]);
+        assert_eq!(prepared_cells(&table, &prepared(vec![checksum("other", 1)])), None);
     }
 }

@@ -16,8 +16,8 @@
 //! Replay step: the next step record of the tid from the journal (read ahead
 //! across a run of committed tids by one blocking reader thread, bounded in
 //! bytes so memory does not grow with the journal: `replay_reader`) → engine
-//! step → the step, with both checksums, in its tid's `ReplayedSteps` report
-//! (see `Reporter`).
+//! step → the step, with both checksums, in its tid's entry of a
+//! `ReplayedTids` report (see `Reporter`).
 
 use crate::convert;
 use crate::core::{Action, ErrorKind, Event, HostCore, Mode, Report};
@@ -377,9 +377,9 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// stream's encoder, which writes them in one HTTP/2 DATA frame sequence
 /// and one flush). `send` queues and flushes at once; `queue` only numbers
 /// and queues, `queue_replayed_step` adds a replayed step to the
-/// `ReplayedSteps` report at the end of the queue (or starts one),
-/// `queue_prepared` puts a tid's `Prepared` into the batch of its own steps
-/// when that is still queued, and `set_aside_committed` keeps a replayed
+/// `ReplayedTids` report at the end of the queue (or starts one),
+/// `queue_prepared` puts a tid's `Prepared` next to its own steps there
+/// when they are still queued, and `set_aside_committed` keeps a replayed
 /// tid's `Committed` out of the queue for a while (below).
 ///
 /// The drive loop flushes (`flush_unless_replaying`) whenever the host has
@@ -401,8 +401,8 @@ fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
 /// those set aside are queued as one `CommittedTids` report listing each
 /// tid in commit order, at the next flush (after the batch) or before the
 /// next other report `queue` takes (so that a live `Committed` never
-/// precedes it). Queued at once, it closed the running tid's
-/// `ReplayedSteps`, whose later steps then went in a second report; one
+/// precedes it). Queued at once, it closed the running `ReplayedTids`,
+/// whose later steps then went in a second report; one
 /// `Committed` report per tid cost the coordinator ~17% of its CPU in
 /// a replay. None is merged into a latest value (invariant 8): every tid
 /// is listed, and the coordinator checks each as a single `Committed`
@@ -455,37 +455,57 @@ impl Reporter {
         self.pending.push(v1::HostReport { seq, report: Some(report) });
     }
 
-    /// The `ReplayedSteps` of `tid` at the end of the queue, if it can take
-    /// more: nothing was queued behind it and it holds no Prepared yet.
-    fn open_batch(&mut self, tid: u64) -> Option<&mut v1::ReplayedSteps> {
+    /// The `ReplayedTids` at the end of the queue, if nothing was queued
+    /// behind it: it can take more.
+    fn open_run(&mut self) -> Option<&mut v1::ReplayedTids> {
         match self.pending.last_mut().and_then(|r| r.report.as_mut()) {
-            Some(v1::host_report::Report::ReplayedSteps(b)) if b.tid == tid && b.prepared.is_none() => Some(b),
+            Some(v1::host_report::Report::ReplayedTids(run)) => Some(run),
             _ => None,
         }
     }
 
-    /// Queues the report of a replayed step of `tid`: appended to the
-    /// batch of `tid` at the end of the queue, or the first of a new one.
+    /// Queues the report of a replayed step of `tid`: appended to the entry
+    /// of `tid` at the end of the queued `ReplayedTids` (or a new entry
+    /// there), or the first of a new report when there is none or its
+    /// endpoint table lacks an endpoint the step names.
     fn queue_replayed_step(&mut self, tid: u64, step: u64, checksums: &EndpointChecksums, journaled: &EndpointChecksums) {
         self.pending_steps += 1;
-        if let Some(b) = self.open_batch(tid) {
-            if convert::push_replayed_step(b, step, checksums, journaled) {
-                return;
+        if let Some(run) = self.open_run() {
+            match run.tids.last_mut() {
+                Some(t) if t.tid == tid && t.prepared.is_none() => {
+                    if convert::push_replayed_step(&run.endpoints, t, step, checksums, journaled) {
+                        return;
+                    }
+                }
+                _ => {
+                    let mut t = convert::replayed_tid(tid);
+                    if convert::push_replayed_step(&run.endpoints, &mut t, step, checksums, journaled) {
+                        run.tids.push(t);
+                        return;
+                    }
+                }
             }
         }
-        let mut b = v1::ReplayedSteps { tid, ..Default::default() };
-        convert::push_replayed_step(&mut b, step, checksums, journaled);
-        self.queue_raw(v1::host_report::Report::ReplayedSteps(b));
+        let endpoints = convert::step_table(checksums, journaled);
+        let mut t = convert::replayed_tid(tid);
+        convert::push_replayed_step(&endpoints, &mut t, step, checksums, journaled);
+        self.queue_raw(v1::host_report::Report::ReplayedTids(v1::ReplayedTids { endpoints, tids: vec![t] }));
     }
 
-    /// Queues `tid`'s Prepared (into the queued batch of its steps, if
-    /// any); the drive loop flushes it.
+    /// Queues `tid`'s Prepared: into the queued entry of its steps, if that
+    /// is still open and its table names the aggregate's endpoints, else as
+    /// a report of its own; the drive loop flushes it.
     fn queue_prepared(&mut self, report: v1::Prepared) {
         self.pending_tids += 1;
-        match self.open_batch(report.tid) {
-            Some(b) => b.prepared = Some(report),
-            None => self.queue_raw(v1::host_report::Report::Prepared(report)),
+        if let Some(run) = self.open_run() {
+            if let Some(t) = run.tids.last_mut().filter(|t| t.tid == report.tid && t.prepared.is_none()) {
+                if let Some(cells) = convert::prepared_cells(&run.endpoints, &report) {
+                    t.prepared = Some(cells);
+                    return;
+                }
+            }
         }
+        self.queue_raw(v1::host_report::Report::Prepared(report));
     }
 
     /// The drive loop's flush: everything queued goes out, unless the

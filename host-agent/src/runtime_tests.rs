@@ -121,23 +121,29 @@ impl Harness {
         self.raw_messages().into_iter().flatten().collect()
     }
 
-    /// Reports sent since the last call, each `ReplayedSteps` as the
-    /// `StepDone`s and `Prepared` it stands for (as the coordinator reads it).
+    /// Reports sent since the last call, each `ReplayedTids` as the
+    /// `StepDone`s and `Prepared`s it stands for (as the coordinator reads it).
     fn reports(&mut self) -> Vec<R> {
         self.raw_reports().into_iter().flat_map(expand).collect()
     }
 }
 
-/// A `ReplayedSteps` or `CommittedTids` batch as the single reports it
+/// A `ReplayedTids` or `CommittedTids` batch as the single reports it
 /// stands for.
 fn expand(r: R) -> Vec<R> {
     if let R::CommittedTids(c) = &r {
         assert!(!c.tids.is_empty(), "an empty CommittedTids was sent");
         return c.tids.iter().map(|&tid| R::Committed(v1::Committed { tid })).collect();
     }
-    let R::ReplayedSteps(b) = r else { return vec![r] };
-    assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty batch was sent");
-    let n = b.endpoints.len();
+    let R::ReplayedTids(run) = r else { return vec![r] };
+    assert!(!run.tids.is_empty(), "a ReplayedTids with no tid was sent");
+    run.tids.iter().flat_map(|b| expand_tid(&run.endpoints, b)).collect()
+}
+
+/// One `ReplayedTid` entry as its `StepDone`s and `Prepared`.
+fn expand_tid(endpoints: &[String], b: &v1::ReplayedTid) -> Vec<R> {
+    assert!(!b.steps.is_empty() || b.prepared.is_some(), "an empty entry was sent");
+    let n = endpoints.len();
     let steps: Vec<u64> = columns::steps(&b.steps).expect("whole step numbers").collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "batched steps in order: {b:?}");
     let replayed: Vec<(u64, u64)> = columns::cells(&b.replayed).expect("whole cells").collect();
@@ -151,7 +157,7 @@ fn expand(r: R) -> Vec<R> {
     let side = |cells: &[(u64, u64)], absent: &[u32], i: usize| -> Vec<v1::EndpointChecksum> {
         (0..n)
             .filter(|j| !absent.contains(&((i * n + j) as u32)))
-            .map(|j| v1::EndpointChecksum { endpoint: b.endpoints[j].clone(), count: cells[i * n + j].0, hash: cells[i * n + j].1 })
+            .map(|j| v1::EndpointChecksum { endpoint: endpoints[j].clone(), count: cells[i * n + j].0, hash: cells[i * n + j].1 })
             .collect()
     };
     let mut out: Vec<R> = steps
@@ -168,9 +174,16 @@ fn expand(r: R) -> Vec<R> {
             })
         })
         .collect();
-    if let Some(p) = b.prepared {
-        assert_eq!(p.tid, b.tid, "a batch carries the Prepared of its own tid");
-        out.push(R::Prepared(p));
+    if let Some(p) = &b.prepared {
+        let cells: Vec<(u64, u64)> = columns::cells(&p.aggregate).expect("whole cells").collect();
+        assert_eq!(cells.len(), n, "one aggregate cell per endpoint: {p:?}");
+        out.push(R::Prepared(v1::Prepared {
+            tid: b.tid,
+            steps: p.steps,
+            aggregate: side(&cells, &p.absent, 0),
+            output_digest: p.output_digest,
+            output_count: p.output_count,
+        }));
     }
     out
 }
@@ -598,12 +611,12 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     assert_eq!(sink_tids(dir.path()), vec![1]);
 }
 
-/// A sealed replay reports each tid as one `ReplayedSteps` (its steps, in
-/// order, and its Prepared), not one report per step; a `Committed` that
-/// arrives mid-tid waits aside and goes out after the batch, without
-/// splitting the running tid's report, and every report is numbered.
-/// Inside a replay window the reports of several tids go out as one
-/// message, once the host has nothing left to replay.
+/// A sealed replay reports each tid as one entry of a `ReplayedTids` (its
+/// steps, in order, and its Prepared), not one report per step; a
+/// `Committed` that arrives mid-tid waits aside and goes out after the
+/// batch, without splitting the running report, and every report is
+/// numbered. Inside a replay window the tids go out in one report (one
+/// endpoint table), once the host has nothing left to replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_replay_reports_one_batch_per_tid() {
     let dir = tempfile::tempdir().unwrap();
@@ -638,14 +651,21 @@ async fn sealed_replay_reports_one_batch_per_tid() {
     let messages = h.raw_messages();
     assert_eq!(messages.len(), 1, "both tids' reports in one message: {messages:?}");
     let raw: Vec<R> = messages.into_iter().flatten().collect();
-    let batch = |r: &R| match r {
-        R::ReplayedSteps(b) => (b.tid, columns::steps(&b.steps).expect("whole step numbers").collect::<Vec<u64>>(), b.prepared.as_ref().map(|p| p.tid)),
-        other => panic!("expected ReplayedSteps, got {other:?}"),
+    let entries = |r: &R| match r {
+        R::ReplayedTids(run) => run
+            .tids
+            .iter()
+            .map(|b| (b.tid, columns::steps(&b.steps).expect("whole step numbers").collect::<Vec<u64>>(), b.prepared.is_some()))
+            .collect::<Vec<_>>(),
+        other => panic!("expected ReplayedTids, got {other:?}"),
     };
-    assert_eq!(raw.len(), 3, "{raw:?}");
-    assert_eq!(batch(&raw[0]), (1, vec![1, 2, 3], Some(1)), "tid 1 whole, with its Prepared");
-    assert_eq!(batch(&raw[1]), (2, vec![4, 5], Some(2)), "tid 2 whole: the Commit of tid 1 mid-tid does not split it");
-    assert!(matches!(&raw[2], R::CommittedTids(c) if c.tids == [1]), "{raw:?}");
+    assert_eq!(raw.len(), 2, "{raw:?}");
+    assert_eq!(
+        entries(&raw[0]),
+        [(1, vec![1, 2, 3], true), (2, vec![4, 5], true)],
+        "tid 1 whole, with its Prepared, then tid 2 whole: the Commit of tid 1 mid-tid does not split the report"
+    );
+    assert!(matches!(&raw[1], R::CommittedTids(c) if c.tids == [1]), "{raw:?}");
 
     // Decoded, they are the single reports: every step with its own
     // checksums, equal to what the live run ingested and journaled.
@@ -689,7 +709,7 @@ async fn replay_window_after_live(dir: &Path, tids: u64, steps: usize) -> Harnes
 /// The tids a replaying host commits between two flushes are reported
 /// behind the batch as one `CommittedTids` listing each of them in commit
 /// order (none merged into a latest value: invariant 8), without
-/// splitting the running tid's `ReplayedSteps`; once the host has nothing
+/// splitting the running `ReplayedTids`; once the host has nothing
 /// left to replay, a commit is reported at once again, as a `Committed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_during_a_replay_window_are_reported_after_the_batch_each_listed() {
@@ -707,13 +727,13 @@ async fn commits_during_a_replay_window_are_reported_after_the_batch_each_listed
     let kinds: Vec<String> = messages[0]
         .iter()
         .map(|r| match r {
-            R::ReplayedSteps(b) => format!("steps of {}", b.tid),
+            R::ReplayedTids(run) => format!("steps of {:?}", run.tids.iter().map(|b| b.tid).collect::<Vec<_>>()),
             R::Committed(c) => format!("committed {}", c.tid),
             R::CommittedTids(c) => format!("committed {:?}", c.tids),
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(kinds, ["steps of 1", "steps of 2", "steps of 3", "committed [1, 2]"]);
+    assert_eq!(kinds, ["steps of [1, 2, 3]", "committed [1, 2]"]);
     // Nothing left to replay: the next commit goes out at once (numbered
     // without gaps, which `raw_messages` checks).
     h.cmd(2, Command::Commit { tid: 3, next: None }).await;
@@ -762,7 +782,11 @@ async fn a_long_replay_window_sends_its_reports_in_bounded_batches() {
     while h.step().await {
         let messages = h.raw_messages();
         if !messages.is_empty() {
-            let prepared = messages.iter().flatten().filter(|r| matches!(r, R::ReplayedSteps(b) if b.prepared.is_some())).count();
+            let prepared = messages
+                .iter()
+                .flatten()
+                .filter_map(|r| if let R::ReplayedTids(run) = r { Some(run.tids.iter().filter(|b| b.prepared.is_some()).count()) } else { None })
+                .sum::<usize>();
             sizes.push((prepared, h.agent.core.next_step().is_some()));
         }
     }

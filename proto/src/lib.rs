@@ -23,9 +23,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// `journaled_as_replayed` instead of a second copy of equal checksums.
 /// 6: `CommittedTids`, the `Committed` reports of several replayed tids
 /// under one seq.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `ReplayedTids` instead of `ReplayedSteps`: the replayed steps and
+/// Prepared reports of several tids under one seq and one endpoint table,
+/// each Prepared's aggregate in cells over that table.
+pub const PROTOCOL_VERSION: u32 = 7;
 
-/// The fixed-width columns of `ReplayedSteps` (protocol version 5): little-
+/// The fixed-width columns of `ReplayedTid` (protocol version 5, then 7): little-
 /// endian u64s, 8 bytes per step number and 16 per cell (count, then hash).
 /// One definition for the host that writes them and the coordinator that
 /// reads them.

@@ -250,13 +250,13 @@ async fn a_hello_of_several_mib_is_read_not_refused_for_its_size() {
     assert!(refused.message().contains("unknown host id \"host-7\""), "{}", refused.message());
 }
 
-/// A malformed `ReplayedSteps` batch from a member host is refused whole:
+/// A malformed `ReplayedTids` report from a member host is refused whole:
 /// the coordinator closes that stream naming the host, tid, step and the
 /// problem, and commits nothing. (Our impersonating Hello offers an empty
 /// journal, which fails the pipeline by invariant 6; after Resume the real
 /// host recovers it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() {
+async fn a_malformed_replayed_tids_report_is_refused_naming_host_tid_and_step() {
     use lockstep_proto::v1::{self as pb, host_session_client::HostSessionClient};
     let mut c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
     c.wait_for("commits", LONG, |s| s.last_committed_tid >= 2).await;
@@ -266,10 +266,13 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
     let hello = hello_report(&host_id(0), &c.opts.cluster_id, Vec::new(), Vec::new());
     let batch = pb::HostReport {
         seq: 2,
-        report: Some(pb::host_report::Report::ReplayedSteps(pb::ReplayedSteps {
-            tid: 5,
-            steps: [7u64, 9, 8].iter().flat_map(|s| s.to_le_bytes()).collect(),
-            ..Default::default()
+        report: Some(pb::host_report::Report::ReplayedTids(pb::ReplayedTids {
+            endpoints: Vec::new(),
+            tids: vec![pb::ReplayedTid {
+                tid: 5,
+                steps: [7u64, 9, 8].iter().flat_map(|s| s.to_le_bytes()).collect(),
+                ..Default::default()
+            }],
         })),
     };
     let mut client = HostSessionClient::connect(format!("http://{}", c.addr)).await.unwrap();
@@ -278,7 +281,7 @@ async fn a_malformed_replayed_steps_batch_is_refused_naming_host_tid_and_step() 
     let _commands = client.session(tokio_stream::iter(vec![hello, batch])).await.expect("stream opens").into_inner();
     wait_log(
         &c.coordinator,
-        "malformed ReplayedSteps from host host-0 for tid 5 (step 8): step numbers must strictly increase within a batch; step 8 follows step 9",
+        "malformed ReplayedTids from host host-0 for tid 5 (step 8): step numbers must strictly increase within a tid; step 8 follows step 9",
         &c,
     )
     .await;

@@ -1417,7 +1417,7 @@ fn batch_of(tid: Tid, steps: &[(u64, Aggregate, Aggregate)], prepared: Option<Pr
     let row = |a: &Aggregate| endpoints.iter().map(|e| a.get(e)).collect::<Vec<_>>();
     ReplayedBatch {
         tid,
-        endpoints: endpoints.clone(),
+        endpoints: endpoints.clone().into(),
         steps: steps.iter().map(|(s, _, _)| *s).collect(),
         replayed: steps.iter().flat_map(|(_, r, _)| row(r)).collect(),
         // As a host sends it: no journaled side when it equals the replayed one.

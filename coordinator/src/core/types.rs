@@ -119,15 +119,17 @@ pub struct StepReport {
     pub mode: Mode,
 }
 
-/// A host's replayed steps of one tid, as they travel (`ReplayedSteps`, in
-/// columns), shape already checked by the wire layer: the reports
+/// A host's replayed steps of one tid, as they travel (an entry of a
+/// `ReplayedTids`, in columns), shape already checked by the wire layer:
+/// the reports
 /// `StepReport{tid, steps[i], .., OpenReplay, Replay}` for each step, then
 /// `prepared`. Kept in columns so that the core checks a replayed step
 /// without building two maps for it (`Core::on_replayed`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayedBatch {
     pub tid: Tid,
-    pub endpoints: Vec<String>,
+    /// The report's endpoint table, shared by all the tids it carries.
+    pub endpoints: std::sync::Arc<[String]>,
     pub steps: Vec<u64>,
     /// What the engine ingested: row `i` (step `steps[i]`) at
     /// `i * endpoints.len()..`, one entry per endpoint; `None`, the step
