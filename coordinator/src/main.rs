@@ -339,6 +339,9 @@ async fn run_coordinator(
     };
     let dir = &args.data_dir;
     let tuning = args.raft.tuning()?;
+    if dir.exists() && !dir.is_dir() {
+        bail!("--data-dir {} is a file, not a directory; point it at the coordinator's data directory (created if missing)", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating the coordinator data directory {}", dir.display()))?;
     let opened = if args.join {
         Ledger::join(dir, node_id, addr.clone(), tuning).await
@@ -424,8 +427,22 @@ async fn run_coordinator(
         }
         s = &mut server => (Ok(()), s),
     };
-    stage("gRPC server closed; shutting down the ledger (raft)");
-    ledger.shutdown().await?;
+    stage(match &server_result {
+        Ok(Ok(())) => "gRPC server closed; shutting down the ledger (raft)",
+        // The error itself is this function's result, below.
+        _ => "gRPC server ended with an error; shutting down the ledger (raft)",
+    });
+    // Bounded like the stages before it: every ledger write was fsynced
+    // when it was acknowledged, so a stop that cannot wait for raft's tasks
+    // loses nothing; the next start reads the log as after a crash.
+    match tokio::time::timeout(lockstep_host_agent::drain::DRAIN_GRACE, ledger.shutdown()).await {
+        Ok(r) => r?,
+        Err(_) => warn!(
+            "the ledger (raft) did not shut down within {}s; exiting without waiting for it (its log is durable; the \
+             next start recovers from it)",
+            lockstep_host_agent::drain::DRAIN_GRACE.as_secs()
+        ),
+    }
     info!("stopped");
     supervised_result?;
     server_result.context("the gRPC server task failed")?

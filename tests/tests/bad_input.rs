@@ -314,6 +314,51 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
     assert!(!data.exists(), "nothing may be written, not even {}", data.display());
 }
 
+/// A `--data-dir` that is a file is refused by both daemons at startup,
+/// naming it, and the file is left as it was.
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"keep me").expect("write");
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let daemons: [(&str, Vec<&str>); 2] = [
+        ("coordinator", vec!["serve", "--listen", &coordinator]),
+        ("host-agent", vec!["--host-id", "host-0", "--coordinator", "http://127.0.0.1:1"]),
+    ];
+    for (bin, args) in daemons {
+        let out = std::process::Command::new(bin_dir().join(bin))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+        assert!(!out.status.success(), "{bin} must refuse to start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("--data-dir {} is a file, not a directory", file.display())), "{bin}: {err}");
+        assert_eq!(std::fs::read(&file).expect("read"), b"keep me", "{bin} must leave the file alone");
+    }
+}
+
+/// The host set is fixed when a cluster is created: a restarted
+/// coordinator whose `--hosts` differs says so, naming both lists, and goes
+/// on with the ledger's hosts (it does not wait for a host the flag adds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_hosts_flag_is_warned_about_and_the_ledgers_hosts_are_used() {
+    let mut c = Cluster::start(ClusterOpts { hosts: 2, ..ClusterOpts::default() });
+    c.wait_for("commits", LONG, |s| s.last_committed_tid >= 2).await;
+    assert_eq!(c.coordinator.terminate(), Some(0), "{}", c.logs());
+    let flag = c.coordinator.args.iter().position(|a| a == "--hosts").expect("--hosts in the coordinator's flags") + 1;
+    c.coordinator.args[flag] = "host-0,host-1,host-9".into();
+    c.coordinator.start();
+    let before = c.wait_for("the restarted coordinator running", LONG, |s| s.pipeline_state == "Running").await.last_committed_tid;
+    wait_log(&c.coordinator, "--hosts differs from the hosts this cluster was created with", &c).await;
+    let log = c.coordinator.log();
+    assert!(log.contains(r#"ledger_hosts=["host-0", "host-1"]"#) && log.contains("host-9"), "{}", tail(&log, 20));
+    let s = c.wait_for("commits with the ledger's two hosts", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 2).await;
+    assert_eq!(s.hosts.len(), 2, "{s:#?}");
+}
+
 /// A metrics address another process holds is refused at startup, naming
 /// it, before any data is touched: a daemon that silently served no
 /// metrics would look to Prometheus like a dead one.
