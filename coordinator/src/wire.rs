@@ -164,6 +164,7 @@ pub fn hello_from<'a>(h: pb::Hello, recorded: impl Fn(Tid) -> Option<&'a Sums>) 
         journal,
         last_step: h.last_step,
         ingest_addr: h.ingest_addr,
+        data_id: h.data_id,
         resumable,
     })
 }

@@ -81,7 +81,8 @@ pub struct HostConfig {
     pub cluster_id: String,
     /// Coordinator URLs (`http://host:port`), tried in turn.
     pub coordinators: Vec<String>,
-    /// Holds `journal/`, `checkpoints/`, `sink/`, `epoch`, `checkpoint-complete`.
+    /// Holds `journal/`, `checkpoints/`, `sink/`, `epoch`, `checkpoint-complete`,
+    /// `data-id`.
     pub data_dir: PathBuf,
     /// Where the ingest/health/reflection gRPC server listens (port 0 = any).
     pub ingest_listen: SocketAddr,
@@ -547,6 +548,8 @@ struct Agent<E> {
     sink: SinkWriter,
     epoch_file: DurableU64,
     complete_file: DurableU64,
+    /// Names this data directory to the coordinator (`Hello.data_id`).
+    data_id: u64,
     /// Newest checkpoint the ledger declared complete, as far as we know.
     complete_tid: u64,
     /// Checkpoints held durably (journaled and present on disk), by tid.
@@ -582,6 +585,20 @@ struct Agent<E> {
     /// The last session got as far as `Welcome`.
     welcomed_in_session: bool,
     metrics: crate::metrics::AgentMetrics,
+}
+
+/// The data directory's id (`Hello.data_id`): read from `file`, or, the
+/// first time, drawn at random (never 0, which means "not given") and
+/// stored durably.
+fn load_or_create_data_id(file: &DurableU64) -> Result<u64, DurableU64Error> {
+    match file.load()? {
+        0 => {
+            let id = rand::random::<u64>().max(1);
+            file.store(id)?;
+            Ok(id)
+        }
+        id => Ok(id),
+    }
 }
 
 impl<E: Engine> Agent<E> {
@@ -621,6 +638,9 @@ impl<E: Engine> Agent<E> {
             warn!(host = %host, dir = %journal_dir.display(), cut_bytes = report.torn_tail_bytes, "journal had a torn tail (crash mid-append); cut it off");
         }
         info!(host = %host, segments = report.segments, records = report.records, last_step = report.last_step, "journal open");
+        // After the journal's lock: two agents cannot both create it.
+        let data_id = load_or_create_data_id(&DurableU64::new(data_dir.join("data-id")))
+            .map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
 
         let sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
         info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
@@ -633,6 +653,7 @@ impl<E: Engine> Agent<E> {
             sink,
             epoch_file,
             complete_file,
+            data_id,
             complete_tid,
             checkpoints: BTreeMap::new(),
             journal_commits: BTreeSet::new(),
@@ -852,6 +873,7 @@ impl<E: Engine> Agent<E> {
             journal_endpoints,
             last_step: self.last_step,
             ingest_addr: self.ingest_addr.clone(),
+            data_id: self.data_id,
             resumable: self.resumable(),
         })
     }

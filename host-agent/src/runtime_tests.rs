@@ -796,3 +796,20 @@ async fn a_long_replay_window_sends_its_reports_in_bounded_batches() {
         "a full batch while replaying goes on, then the rest once nothing is left to replay"
     );
 }
+
+/// A data directory keeps its id across restarts (`Hello.data_id`, how the
+/// coordinator tells a restarted agent from a second one under the same
+/// host id); another directory gets another, and neither is 0 ("not
+/// given").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_keeps_its_id_across_restarts() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Harness::open(a.path(), false).await.agent.data_id;
+    let again = Harness::open(a.path(), false).await.agent.data_id;
+    let other = Harness::open(b.path(), false).await.agent.data_id;
+    assert_ne!(first, 0);
+    assert_eq!(first, again, "the same directory, the same id");
+    assert_ne!(first, other, "another directory, another id");
+    let stored = std::fs::read_to_string(a.path().join("data-id")).unwrap();
+    assert_eq!(stored.trim().parse::<u64>().unwrap(), first);
+}

@@ -25,7 +25,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// under one seq.
 /// 7: `ReplayedTids` instead of `ReplayedSteps`: the replayed steps and
 /// Prepared reports of several tids under one seq and one endpoint table,
-/// each Prepared's aggregate in cells over that table.
+/// each Prepared's aggregate in cells over that table; `Hello.data_id`.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The fixed-width columns of `ReplayedTid` (protocol version 5, then 7): little-

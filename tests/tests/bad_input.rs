@@ -84,6 +84,35 @@ async fn a_second_host_agent_on_a_data_directory_in_use_is_refused() {
     check_sinks(&c, committed);
 }
 
+/// A second host agent under a connected host's id but with its own data
+/// directory (a copied manifest, a mistyped --host-id) is refused by the
+/// coordinator while the first runs, naming the clash, and keeps retrying;
+/// the pipeline goes on with the first in the same epoch. The two used to
+/// replace each other's stream in turn, a recovery in a new epoch each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_agent_under_a_connected_hosts_id_is_refused_while_the_first_runs() {
+    let mut c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    let s = c.wait_for("commits", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 2).await;
+    let epoch = s.epoch;
+    let other = c.dir.path().join("other-host-0");
+    let args: Vec<String> = ["--host-id", "host-0", "--cluster-id", &c.opts.cluster_id, "--ingest-listen", "127.0.0.1:0"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["--coordinator".into(), format!("http://{}", c.addr), "--data-dir".into(), other.display().to_string()])
+        .collect();
+    let mut second = Proc::spawn("second", bin_dir().join("host-agent"), args, c.dir.path().join("second.log"));
+    wait_log(&second, "two host agents run with --host-id host-0", &c).await;
+    let before = c.status().await.unwrap().last_committed_tid;
+    let s = c.wait_for("more commits", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 2).await;
+    assert_eq!(s.epoch, epoch, "no recovery while the second agent knocks: {s:#?}\n{}", c.logs());
+    assert!(second.is_running(), "the refused agent keeps retrying:\n{}", second.log());
+    assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+    second.kill();
+    assert_eq!(c.hosts[0].terminate(), Some(0));
+    let committed = c.status().await.unwrap().last_committed_tid;
+    check_sinks(&c, committed);
+}
+
 /// A host whose checkpoint files are damaged cannot be restored, and the
 /// journal before the checkpoint is gone: the recovery fails loudly, naming
 /// the host, the checkpoint file, and what to do about it.

@@ -400,18 +400,24 @@ impl Core {
             return;
         }
         let host = hello.host_id.clone();
+        if let Some(error) = self.second_agent(&hello) {
+            out.push(Action::Reject { conn, error });
+            return;
+        }
         let slot = self.hosts.get_mut(&host).expect("validated membership");
+        let same_data = slot.hello.as_ref().is_some_and(|h| h.data_id != 0 && h.data_id == hello.data_id);
         if let Some(old) = slot.conn.replace(conn) {
-            // Once is a host agent that restarted before its old stream was
-            // seen to end; over and over is two agents under one host id.
-            out.push(Action::Drop {
-                conn: old,
-                host: host.clone(),
-                why: format!(
+            // A host agent that restarted before its old stream was seen to
+            // end (`second_agent` refused a live one with other data).
+            let why = if same_data {
+                "replaced by a newer stream from the same host agent's data directory (it restarted)".to_string()
+            } else {
+                format!(
                     "replaced by a newer stream of the same host; if this repeats, two host agents run with --host-id \
                      {host} (compare the peers of their 'host stream opened' lines)"
-                ),
-            });
+                )
+            };
+            out.push(Action::Drop { conn: old, host: host.clone(), why });
         }
         slot.hello = Some(hello);
         slot.commit_sent = slot.last_committed;
@@ -427,6 +433,38 @@ impl Core {
             Phase::Failed(_) | Phase::Stopped { .. } => {}
             _ => unreachable!("is_active covers every other phase"),
         }
+    }
+
+    /// Why `hello` comes from a second host agent under the id of one that
+    /// is connected, if it does: it names another data directory than the
+    /// connected stream's (`Hello.data_id`, both given), and that stream was
+    /// heard from within the report deadline. Two such agents used to
+    /// replace each other's stream in turn, each turn a recovery in a new
+    /// epoch; now the newcomer is refused (and retries) until the connected
+    /// one goes away. A restarted agent (same data directory) replaces its
+    /// old stream as before, and so does anyone once the connected stream
+    /// has been silent past the deadline (a half-open connection).
+    fn second_agent(&self, hello: &Hello) -> Option<String> {
+        let slot = self.hosts.get(&hello.host_id)?;
+        let connected = slot.hello.as_ref().filter(|_| slot.conn.is_some())?;
+        let silent_us = self.now_us.saturating_sub(slot.last_heard_us);
+        if hello.data_id == 0 || connected.data_id == 0 || hello.data_id == connected.data_id {
+            return None;
+        }
+        if silent_us > self.cfg.report_deadline_ms.saturating_mul(1000) {
+            return None;
+        }
+        Some(format!(
+            "host {host} is already connected, from an agent with another data directory (data id {theirs:016x}, ingest API \
+             at {addr}; this agent's data id is {ours:016x}): two host agents run with --host-id {host}. Stop one of them. \
+             If the connected one is gone, this one is accepted once its stream is seen to end (within the report \
+             deadline, {deadline} ms)",
+            host = hello.host_id,
+            theirs = connected.data_id,
+            addr = connected.ingest_addr,
+            ours = hello.data_id,
+            deadline = self.cfg.report_deadline_ms,
+        ))
     }
 
     fn on_disconnected(&mut self, conn: ConnId, host: &str, reason: String, out: &mut Vec<Action>) {

@@ -373,6 +373,7 @@ fn fire(h: &mut Harness, c: &Ctx, event: &str) -> Vec<Action> {
                 journal: vec![],
                 last_step: 0,
                 ingest_addr: String::new(),
+                data_id: 0,
                 resumable: None,
             };
             h.ev(Event::Hello { conn: 77, hello })

@@ -18,6 +18,9 @@ pub(crate) struct Harness {
     /// instead of being applied at once; `apply_held` applies the oldest.
     pub hold: bool,
     pub held: VecDeque<LedgerEntry>,
+    /// The `data_id` each host's Hello sends, if not its default (one per
+    /// host name, the same on every Hello: a restarted agent).
+    pub data_ids: BTreeMap<HostId, u64>,
 }
 
 pub(crate) fn agg(pairs: &[(&str, u64, u64)]) -> Aggregate {
@@ -52,6 +55,7 @@ impl Harness {
             notices: vec![],
             hold: false,
             held: VecDeque::new(),
+            data_ids: BTreeMap::new(),
         };
         h.run(actions);
         h
@@ -113,6 +117,7 @@ impl Harness {
         self.next_conn += 1;
         self.conns.insert(host.into(), conn);
         let last_step = journal.iter().map(|j| j.last_step).max().unwrap_or(0);
+        let data_id = self.data_ids.get(host).copied().unwrap_or_else(|| 0x5eed_0000 + host.bytes().map(u64::from).sum::<u64>());
         self.ev(Event::Hello {
             conn,
             hello: Hello {
@@ -124,6 +129,7 @@ impl Harness {
                 journal,
                 last_step,
                 ingest_addr: String::new(),
+                data_id,
                 resumable,
             },
         })
@@ -275,6 +281,49 @@ fn missed_report_deadline_drops_the_host_and_recovers() {
     assert!(dropped[0].0 == "h1" && dropped[0].1.contains("no report or heartbeat"), "{dropped:?}");
     assert!(dropped[1..].iter().all(|(h, why)| *h == "h0" && why.contains("recovering")), "{dropped:?}");
     assert_eq!(h.core.phase(), &Phase::Joining);
+}
+
+/// A second agent under a connected host's id, with another data
+/// directory, is refused while the connected stream is alive: nothing is
+/// dropped and no recovery starts (the two used to replace each other in
+/// turn, a new epoch each time). A restarted agent (same data id), a Hello
+/// without a data id, and anyone once the connected stream has been silent
+/// past the report deadline replace the stream as before.
+#[test]
+fn a_second_agent_under_a_connected_hosts_id_is_refused_while_the_first_is_alive() {
+    let mut h = Harness::running();
+    let (epoch, conn) = (h.shadow.epoch, h.conns["h0"]);
+    h.data_ids.insert("h0".into(), 0xd1ff);
+    let actions = h.hello("h0", vec![], vec![]);
+    let refused: Vec<&String> = actions.iter().filter_map(|a| if let Action::Reject { error, .. } = a { Some(error) } else { None }).collect();
+    assert_eq!(refused.len(), 1, "{actions:?}");
+    assert!(refused[0].contains("two host agents run with --host-id h0") && refused[0].contains("000000000000d1ff"), "{}", refused[0]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Drop { .. })), "{actions:?}");
+    assert_eq!((h.core.hosts()["h0"].conn, h.shadow.epoch), (Some(conn), epoch), "the connected stream stays; no new epoch");
+    assert!(matches!(h.core.phase(), Phase::Running(_)), "{:?}", h.core.phase());
+
+    // The same data directory again (a restart): replaces the stream.
+    h.data_ids.remove("h0");
+    let actions = h.hello("h0", vec![], vec![]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Drop { conn: c, .. } if *c == conn)), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Reject { .. })), "{actions:?}");
+
+    // No data id given: replaces too.
+    let mut h = Harness::running();
+    h.data_ids.insert("h0".into(), 0);
+    let conn = h.conns["h0"];
+    let actions = h.hello("h0", vec![], vec![]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Drop { conn: c, .. } if *c == conn)), "{actions:?}");
+
+    // Another data directory once the connected stream is silent past the
+    // deadline (half-open): accepted.
+    let mut h = Harness::running();
+    h.now += 1001;
+    h.data_ids.insert("h1".into(), 0xd1ff);
+    let conn = h.conns["h1"];
+    let actions = h.hello("h1", vec![], vec![]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Reject { .. })), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Drop { conn: c, .. } if *c == conn)), "{actions:?}");
 }
 
 /// A ledger with tids 1 and 2 committed and 3 open, and each host's journal.
@@ -436,6 +485,7 @@ fn hellos_from_strangers_are_rejected_with_a_clear_error() {
         journal: vec![],
         last_step: 0,
         ingest_addr: String::new(),
+        data_id: 0,
         resumable: None,
     };
     let reject = |a: Vec<Action>| match &a[..] {

@@ -50,6 +50,8 @@ pub struct Hello {
     pub journal: Vec<JournalTid>,
     pub last_step: u64,
     pub ingest_addr: String,
+    /// Names the host's data directory (`Hello.data_id`); 0: not given.
+    pub data_id: u64,
     /// What the host kept from its previous stream (see `Resumable`);
     /// `None`: nothing to continue from, only a restore helps.
     pub resumable: Option<Resumable>,
