@@ -813,3 +813,86 @@ async fn a_data_directory_keeps_its_id_across_restarts() {
     let stored = std::fs::read_to_string(a.path().join("data-id")).unwrap();
     assert_eq!(stored.trim().parse::<u64>().unwrap(), first);
 }
+
+/// The reports a `ReplayedTids` stands for are exactly the single reports
+/// queued, in order, when the endpoints change along the way: a step naming
+/// an endpoint the table lacks starts another report (its tid continues
+/// there), and a Prepared whose aggregate names an endpoint the current
+/// table lacks (its tid's earlier steps named it) goes as a plain Prepared.
+#[tokio::test]
+async fn replayed_reports_follow_endpoint_changes_across_reports() {
+    let (tx, mut rx) = mpsc::channel(4);
+    let mut out = Reporter::new(tx);
+    let sums = |pairs: &[(&str, u64)]| -> EndpointChecksums {
+        pairs.iter().map(|(e, n)| (e.to_string(), lockstep_journal::Checksum { count: *n, hash: n * 10 })).collect()
+    };
+    let prepared = |tid: u64, steps: u64, pairs: &[(&str, u64)]| v1::Prepared {
+        tid,
+        steps,
+        aggregate: convert::checksums_to_proto(&sums(pairs)),
+        output_digest: tid,
+        output_count: 1,
+    };
+    // Tid 1 on `gen` only; tid 2 adds `push` mid-tid (a new report, table
+    // `gen`, `push`); tid 3 on `push` alone fits that table (`gen` absent);
+    // tid 4 names `push`, then `other` (a new report, table `other`), so
+    // its aggregate (`other`, `push`) fits no queued table.
+    let (g, gp, p, o) = (sums(&[("gen", 1)]), sums(&[("gen", 2), ("push", 3)]), sums(&[("push", 4)]), sums(&[("other", 5)]));
+    out.queue_replayed_step(1, 1, &g, &g);
+    out.queue_replayed_step(1, 2, &g, &g);
+    out.queue_prepared(prepared(1, 2, &[("gen", 2)]));
+    out.queue_replayed_step(2, 3, &g, &g);
+    out.queue_replayed_step(2, 4, &gp, &gp);
+    out.queue_prepared(prepared(2, 2, &[("gen", 3), ("push", 3)]));
+    out.queue_replayed_step(3, 5, &p, &p);
+    out.queue_prepared(prepared(3, 1, &[("push", 4)]));
+    out.queue_replayed_step(4, 6, &p, &p);
+    out.queue_replayed_step(4, 7, &o, &o);
+    out.queue_prepared(prepared(4, 2, &[("other", 5), ("push", 4)]));
+    assert!(out.flush().await.is_ok(), "the channel is open");
+    let sent = rx.recv().await.unwrap();
+    assert!(sent.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1), "numbered 1, 2, 3, ...");
+    let shapes: Vec<String> = sent
+        .iter()
+        .map(|r| match r.report.as_ref().unwrap() {
+            R::ReplayedTids(run) => format!(
+                "{:?}: {}",
+                run.endpoints,
+                run.tids.iter().map(|t| format!("{}{}", t.tid, if t.prepared.is_some() { "+p" } else { "" })).collect::<Vec<_>>().join(" ")
+            ),
+            R::Prepared(p) => format!("Prepared {}", p.tid),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [r#"["gen"]: 1+p 2"#, r#"["gen", "push"]: 2+p 3+p 4"#, r#"["other"]: 4"#, "Prepared 4"],
+        "{sent:?}"
+    );
+    // Expanded, they are the single reports in the order queued.
+    let singles: Vec<String> = sent
+        .into_iter()
+        .flat_map(|r| expand(r.report.unwrap()))
+        .map(|r| match r {
+            R::StepDone(s) => format!("step {}/{} {:?}", s.tid, s.step, s.checksums.iter().map(|c| (c.endpoint.clone(), c.count)).collect::<Vec<_>>()),
+            R::Prepared(p) => format!("prepared {} {:?}", p.tid, p.aggregate.iter().map(|c| (c.endpoint.clone(), c.count)).collect::<Vec<_>>()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        singles,
+        [
+            r#"step 1/1 [("gen", 1)]"#,
+            r#"step 1/2 [("gen", 1)]"#,
+            r#"prepared 1 [("gen", 2)]"#,
+            r#"step 2/3 [("gen", 1)]"#,
+            r#"step 2/4 [("gen", 2), ("push", 3)]"#,
+            r#"prepared 2 [("gen", 3), ("push", 3)]"#,
+            r#"step 3/5 [("push", 4)]"#,
+            r#"prepared 3 [("push", 4)]"#,
+            r#"step 4/6 [("push", 4)]"#,
+            r#"step 4/7 [("other", 5)]"#,
+            r#"prepared 4 [("other", 5), ("push", 4)]"#,
+        ]
+    );
+}
