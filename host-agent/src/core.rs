@@ -208,7 +208,12 @@ pub enum ErrorKind {
     Protocol,
     /// A command from an epoch older than the highest this host has seen.
     StaleEpoch,
+    /// Reading the journal failed or found it damaged.
     Journal,
+    /// Writing the journal or the sink failed (a full or failing disk);
+    /// the agent exits after reporting it (`AgentError::DiskWrite`), and
+    /// the coordinator treats the host as lost, not the pipeline as failed.
+    DiskWrite,
     Engine,
     Sink,
     Checkpoint,
@@ -224,6 +229,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::StaleEpoch => "stale_epoch",
             ErrorKind::Journal => "journal",
+            ErrorKind::DiskWrite => "disk_write",
             ErrorKind::Engine => "engine",
             ErrorKind::Sink => "sink",
             ErrorKind::Checkpoint => "checkpoint",

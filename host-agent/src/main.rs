@@ -95,6 +95,14 @@ struct Args {
     /// Test only: make replay diverge (drops a generator record of the first replayed step).
     #[arg(long, env = "LOCKSTEP_FAULT_NONDETERMINISTIC_REPLAY", hide = true)]
     fault_nondeterministic_replay: bool,
+
+    /// Test only: the journal write of this live step fails as on a full disk.
+    #[arg(long, hide = true)]
+    fault_fail_journal_write_at_step: Option<u64>,
+
+    /// Test only: the sink write of this tid fails as on a full disk.
+    #[arg(long, hide = true)]
+    fault_fail_sink_write_at_tid: Option<u64>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -145,6 +153,8 @@ fn main() -> anyhow::Result<()> {
     config.cluster_id = args.cluster_id.clone();
     config.ingest_listen = args.ingest_listen;
     config.step_interval = Duration::from_millis(args.step_interval_ms);
+    config.fault_fail_journal_write_at_step = args.fault_fail_journal_write_at_step;
+    config.fault_fail_sink_write_at_tid = args.fault_fail_sink_write_at_tid;
     let reference = ReferenceConfig {
         host_id: args.host_id.clone(),
         generator_seed: args.generator_seed,

@@ -91,6 +91,12 @@ pub struct HostConfig {
     pub heartbeat_interval: Duration,
     pub reconnect_backoff_max: Duration,
     pub journal_options: JournalOptions,
+    /// Test only: the journal write of this live step fails as on a full
+    /// disk (`--fault-fail-journal-write-at-step`).
+    pub fault_fail_journal_write_at_step: Option<u64>,
+    /// Test only: the sink write of this tid fails as on a full disk
+    /// (`--fault-fail-sink-write-at-tid`).
+    pub fault_fail_sink_write_at_tid: Option<u64>,
 }
 
 impl HostConfig {
@@ -108,6 +114,8 @@ impl HostConfig {
             heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
             reconnect_backoff_max: Duration::from_millis(RECONNECT_BACKOFF_MS_MAX_DEFAULT),
             journal_options: JournalOptions::default(),
+            fault_fail_journal_write_at_step: None,
+            fault_fail_sink_write_at_tid: None,
         }
     }
 }
@@ -120,6 +128,16 @@ pub enum AgentError {
     Config(String),
     #[error("host {host}: cannot open the journal in {dir}: {cause}; the host cannot run without its journal")]
     Journal { host: String, dir: PathBuf, cause: Box<JournalError> },
+    /// A journal or sink write failed. What the journal acknowledged may
+    /// not be what the disk holds, so it refuses appends, and only a new
+    /// process reads the truth back (`Journal::poisoned`); the sink is
+    /// reopened the same way.
+    #[error(
+        "host {host}: {reason}; the agent exits so that a restart reopens its files from what is on disk. Free space or \
+         fix the disk under {dir} and restart the agent: the coordinator recovers the pipeline once it is back, and \
+         nothing journaled is lost"
+    )]
+    DiskWrite { host: String, dir: PathBuf, reason: String },
     #[error("host {host}: {cause}")]
     Epoch { host: String, cause: DurableU64Error },
     #[error("host {host}: {cause}")]
@@ -334,6 +352,9 @@ enum SessionEnd {
     /// The coordinator is not the leader and named the one that is
     /// (UNAVAILABLE with `lockstep-leader` metadata): `leader` is its URL.
     Redirect { leader: String, why: String },
+    /// A journal or sink write failed: the error report is sent, and the
+    /// agent stops (`AgentError::DiskWrite`).
+    DiskWrite(String),
 }
 
 /// A coordinator address as the URL to connect to: `http://` is added when
@@ -550,6 +571,8 @@ struct Agent<E> {
     complete_file: DurableU64,
     /// Names this data directory to the coordinator (`Hello.data_id`).
     data_id: u64,
+    /// Set once a sink write failed (`sink_failure`): the agent stops.
+    sink_write_failed: Option<String>,
     /// Newest checkpoint the ledger declared complete, as far as we know.
     complete_tid: u64,
     /// Checkpoints held durably (journaled and present on disk), by tid.
@@ -654,6 +677,7 @@ impl<E: Engine> Agent<E> {
             epoch_file,
             complete_file,
             data_id,
+            sink_write_failed: None,
             complete_tid,
             checkpoints: BTreeMap::new(),
             journal_commits: BTreeSet::new(),
@@ -794,6 +818,9 @@ impl<E: Engine> Agent<E> {
             let welcomed_once = std::mem::take(&mut self.welcomed_in_session);
             match end {
                 SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::DiskWrite(reason) => {
+                    return Err(AgentError::DiskWrite { host: self.host().into(), dir: self.config.data_dir.clone(), reason })
+                }
                 SessionEnd::Redirect { leader, why } => {
                     if welcomed_once {
                         backoff = min;
@@ -931,8 +958,14 @@ impl<E: Engine> Agent<E> {
         let hello = match self.hello().await {
             Ok(h) => h,
             // A journal that cannot be summarized is not a reason to spin:
-            // the backoff applies and the error is logged each round.
-            Err(e) => return SessionEnd::ConnectFailed(format!("host {}: {e}", self.host())),
+            // the backoff applies and the error is logged each round. One
+            // that refuses writes never recovers in this process.
+            Err(e) => {
+                return match self.disk_failure() {
+                    Some(reason) => SessionEnd::DiskWrite(reason),
+                    None => SessionEnd::ConnectFailed(format!("host {}: {e}", self.host())),
+                }
+            }
         };
         let connect = async {
             let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
@@ -979,9 +1012,9 @@ impl<E: Engine> Agent<E> {
         };
         self.welcomed_in_session = self.core.welcomed();
         self.metrics.session_up.set(0.0);
-        if let SessionEnd::Dropped(reason) = &end {
+        if let SessionEnd::Dropped(reason) | SessionEnd::DiskWrite(reason) = &end {
             // Half-close our side and give the coordinator a moment to read
-            // the protocol error we queued before the stream goes away.
+            // the error we queued before the stream goes away.
             warn!(host = %self.host(), coordinator = %addr, "dropping the coordinator stream: {reason}");
             drop(out);
             let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
@@ -1090,6 +1123,14 @@ impl<E: Engine> Agent<E> {
             };
             if let Err(end) = self.execute(actions, out).await {
                 return end;
+            }
+            // Reported (the core turned the failed write into an error
+            // report); nothing this process writes can be trusted any more.
+            if let Some(reason) = self.disk_failure() {
+                if let Err(end) = out.flush().await {
+                    return end;
+                }
+                return SessionEnd::DiskWrite(reason);
             }
         }
     }
@@ -1282,12 +1323,16 @@ impl<E: Engine> Agent<E> {
                 endpoints: convert::step_input_to_pb(&input),
             })),
         };
+        if self.config.fault_fail_journal_write_at_step == Some(step) {
+            warn!(host = %host, step, "fault injection: this step's journal write fails as on a full disk");
+            self.journal.inject_write_failure();
+        }
         let appended = Instant::now();
         let durable = self.journal.append_async(record).await;
         self.metrics.journal_append.record(appended.elapsed().as_secs_f64());
         if let Err(e) = durable {
             return fail(
-                ErrorKind::Journal,
+                ErrorKind::DiskWrite,
                 format!("host {host}: journaling step {step} of tid {tid} failed: {e}; the step was not run and not reported. Check the disk under {}", self.config.data_dir.display()),
             );
         }
@@ -1459,7 +1504,7 @@ impl<E: Engine> Agent<E> {
             if self.markers_queued >= MARKERS_QUEUED_MAX {
                 // A long replay of tids whose markers were lost appends no
                 // step to carry them.
-                self.markers_durable().await.map_err(|e| fail(ErrorKind::Journal, e))?;
+                self.markers_durable().await.map_err(|e| fail(ErrorKind::DiskWrite, e))?;
             }
         }
         // Commits come in tid order (the core checks), so `tid` is the
@@ -1480,13 +1525,17 @@ impl<E: Engine> Agent<E> {
         // checkpoint, a restore, shutdown) waits for the writer first. An
         // earlier tid's failed write surfaces here. A replayed tid the sink
         // holds or has queued is skipped without the engine's metadata.
+        if self.config.fault_fail_sink_write_at_tid == Some(tid) && !self.sink.already_emitted(tid) {
+            warn!(host = %host, tid, "fault injection: this tid's sink write fails as on a full disk");
+            self.sink.inject_write_failure();
+        }
         let outcome = match rows {
             _ if self.sink.already_emitted(tid) => EmitOutcome::AlreadyEmitted,
             Some(rows) => self
                 .sink
                 .submit(SinkBatch { epoch, tid, rows, meta })
                 .await
-                .map_err(|e| fail(ErrorKind::Sink, format!("host {host}: releasing tid {tid} to the sink failed: {e}")))?,
+                .map_err(|e| self.sink_failure(tid, format!("host {host}: releasing tid {tid} to the sink failed: {e}"), &e))?,
             None => {
                 return Err(fail(
                     ErrorKind::Internal,
@@ -1506,6 +1555,28 @@ impl<E: Engine> Agent<E> {
             });
         }
         Ok(())
+    }
+
+    /// A sink writer failure as the error to report: a failed write to the
+    /// disk is `DiskWrite`, and the agent stops after reporting it
+    /// (`disk_failure`); anything else (a bug, a thread gone) is `Sink`.
+    fn sink_failure(&mut self, tid: u64, message: String, e: &SinkWriterError) -> Failure {
+        if let SinkWriterError::Write { cause, .. } = e {
+            if matches!(**cause, SinkError::Io { .. }) {
+                self.sink_write_failed.get_or_insert_with(|| format!("writing the sink failed: {cause}"));
+                return Failure { kind: ErrorKind::DiskWrite, tid, message };
+            }
+        }
+        Failure { kind: ErrorKind::Sink, tid, message }
+    }
+
+    /// Why this agent must stop, if it must: its journal refuses writes (one
+    /// failed), or a sink write failed.
+    fn disk_failure(&self) -> Option<String> {
+        match self.journal.poisoned() {
+            Some(reason) => Some(format!("the journal refuses writes after one failed: {reason}")),
+            None => self.sink_write_failed.clone(),
+        }
     }
 
     /// Makes every queued commit marker durable.
@@ -1528,9 +1599,10 @@ impl<E: Engine> Agent<E> {
         // Once a checkpoint of `tid` is complete, recovery starts after it
         // and never replays `tid` or any tid before it again: the sink must
         // hold all of them durably before the checkpoint exists at all.
-        self.sink.sync().await.map_err(|e| {
-            fail(ErrorKind::Sink, format!("host {host}: checkpoint {tid} not taken: the sink does not hold every committed tid: {e}"))
-        })?;
+        if let Err(e) = self.sink.sync().await {
+            let message = format!("host {host}: checkpoint {tid} not taken: the sink does not hold every committed tid: {e}");
+            return Err(self.sink_failure(tid, message, &e));
+        }
         let dir = self.config.data_dir.join("checkpoints");
         let Some(mut engine) = self.engine.take() else {
             return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at checkpoint")));
@@ -1549,7 +1621,7 @@ impl<E: Engine> Agent<E> {
         let location = path.strip_prefix(&self.config.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
         let record = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Checkpoint(pb::CheckpointRecord { tid, location })) };
         self.journal.append_async(record).await.map_err(|e| {
-            fail(ErrorKind::Journal, format!("host {host}: journaling checkpoint record {tid} failed: {e}; the checkpoint file {} is not offered", path.display()))
+            fail(ErrorKind::DiskWrite, format!("host {host}: journaling checkpoint record {tid} failed: {e}; the checkpoint file {} is not offered", path.display()))
         })?;
         info!(host = %host, tid, file = %path.display(), "checkpoint written");
         self.metrics.checkpoints.increment(1);
@@ -1631,7 +1703,10 @@ impl<E: Engine> Agent<E> {
         // queued; settle the queue first, so that a failed write is
         // reported here and re-arms the writer at the last durable tid (the
         // replay then writes the rest).
-        self.sink.sync().await.map_err(|e| fail(ErrorKind::Sink, format!("host {host}: restoring checkpoint {checkpoint_tid}: {e}")))?;
+        if let Err(e) = self.sink.sync().await {
+            let message = format!("host {host}: restoring checkpoint {checkpoint_tid}: {e}");
+            return Err(self.sink_failure(checkpoint_tid, message, &e));
+        }
         let Some(mut engine) = self.engine.take() else {
             return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at restore")));
         };

@@ -571,7 +571,9 @@ async fn a_lost_stream_mid_action_list_still_leaves_the_kept_state_whole() {
 /// The sink writes in the background: a failed write is not seen by the
 /// commit that queued it, but by the host's next action that needs the
 /// sink (here a checkpoint, which is then not taken); the host stops with
-/// an error of kind `sink`, and after a restore the replay writes the tid.
+/// an error of kind `disk_write` and marks itself for exit (the daemon's
+/// drive loop then ends the agent). The runtime itself could go on: after
+/// a restore the replay writes the tid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -593,7 +595,8 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     let reports = h.reports();
     let errs = errors(&reports);
     assert_eq!(errs.len(), 1, "{reports:?}");
-    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("sink", 1), "{}", errs[0].message);
+    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("disk_write", 1), "{}", errs[0].message);
+    assert!(h.agent.disk_failure().is_some_and(|why| why.contains("writing the sink failed")), "{:?}", h.agent.disk_failure());
     assert!(!reports.iter().any(|r| matches!(r, R::CheckpointDone(_))), "no checkpoint over a tid the sink lacks");
     assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
     assert!(h.agent.checkpoints.is_empty());

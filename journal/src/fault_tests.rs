@@ -43,7 +43,7 @@ fn disk_full_reaches_every_waiting_appender() {
     let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
     let j = std::sync::Arc::new(j);
     j.append(&commit(1)).unwrap();
-    j.faults().fail_next_write.store(true, Ordering::SeqCst);
+    j.inject_write_failure();
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let j = j.clone();

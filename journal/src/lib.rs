@@ -271,6 +271,7 @@ impl Journal {
             gc_lock: Mutex::new(()),
             queue: Mutex::new(Queue { requests: Vec::new(), writer: None, shutdown: false, dead: false, sleeping: false }),
             work: Condvar::new(),
+            fail_next_write: Default::default(),
             #[cfg(test)]
             faults: Default::default(),
         });
@@ -579,6 +580,20 @@ impl Journal {
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// Why the journal refuses appends, if it does: a write or fdatasync
+    /// failed, and what it had acknowledged may not be what the disk holds.
+    /// Only reopening it (a new process) reads the truth back from disk.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.lock().poisoned.clone()
+    }
+
+    /// Fault injection for tests: the next batch's write fails as on a full
+    /// disk (`StorageFull`), which poisons the journal.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.shared.fail_next_write.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[cfg(test)]

@@ -57,6 +57,10 @@ pub(crate) struct Shared {
     /// Signals the commit thread: something is queued and the token is free,
     /// or the journal is shutting down.
     pub work: Condvar,
+    /// Fault injection (`Journal::inject_write_failure`): the next write
+    /// fails as on a full disk. In every build, so that the host agent's
+    /// processes can be tested against it; one atomic swap per batch.
+    pub fail_next_write: std::sync::atomic::AtomicBool,
     #[cfg(test)]
     pub faults: Faults,
 }
@@ -64,7 +68,6 @@ pub(crate) struct Shared {
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Faults {
-    pub fail_next_write: std::sync::atomic::AtomicBool,
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     /// The next `fallocate` fails as on a filesystem without it.
     pub fail_next_preallocate: std::sync::atomic::AtomicBool,
@@ -457,8 +460,7 @@ impl Writer {
     /// Writes `self.buf` at the end of the records of the active segment
     /// (into preallocated space when there is some) and fsyncs it.
     fn flush_and_sync(&mut self) -> io::Result<()> {
-        #[cfg(test)]
-        if self.shared.faults.fail_next_write.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self.shared.fail_next_write.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
         }
         if !self.buf.is_empty() {

@@ -113,6 +113,53 @@ async fn a_second_host_agent_under_a_connected_hosts_id_is_refused_while_the_fir
     check_sinks(&c, committed);
 }
 
+/// A host whose disk refuses a journal write (a full disk, injected) exits
+/// rather than run on a journal that may not hold what it acknowledged, and
+/// the coordinator treats it as a lost host, naming the cause: the
+/// pipeline waits, fail closed, and recovers by itself once the agent is
+/// restarted (disk "freed"), replaying the open tid, so no tid is skipped
+/// and the output stays exactly-once. Before, the host stayed up with a
+/// journal that refused every write, the pipeline failed and recorded the
+/// open tid as failed (its journaled input with it), and a Resume failed
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_journal_write_fails_exits_and_the_pipeline_recovers_once_it_is_restarted() {
+    disk_write_fails_then_recovers("--fault-fail-journal-write-at-step", 40, "the journal refuses writes after one failed").await;
+}
+
+/// The same for a write of the host's output sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_sink_write_fails_exits_and_the_pipeline_recovers_once_it_is_restarted() {
+    disk_write_fails_then_recovers("--fault-fail-sink-write-at-tid", 4, "writing the sink failed").await;
+}
+
+async fn disk_write_fails_then_recovers(flag: &str, at: u64, says: &str) {
+    let fault = [flag.to_string(), at.to_string()];
+    let mut c = Cluster::start_with(ClusterOpts { hosts: 2, ..ClusterOpts::default() }, |i, args| {
+        if i == 0 {
+            args.extend(fault.iter().cloned());
+        }
+    });
+    let exit = c.hosts[0].exited(LONG).await.unwrap_or_else(|| panic!("host-0 kept running\n{}", c.logs()));
+    assert!(!exit.success(), "it exits with an error: {exit:?}");
+    let log = c.hosts[0].log();
+    assert!(log.contains(says) && log.contains("injected: no space left on device"), "{}", tail(&log, 20));
+    assert!(log.contains("restart the agent: the coordinator recovers the pipeline once it is back"), "{}", tail(&log, 20));
+    wait_log(&c.coordinator, "it cannot write to its disk", &c).await;
+    let s = c.status().await.unwrap();
+    assert_eq!(s.pipeline_state, "Joining", "waits for the host, fail closed, not Failed: {s:#?}");
+    let before = s.last_committed_tid;
+    // The disk is "freed": the agent restarts without the fault.
+    c.hosts[0].args.retain(|a| !fault.contains(a));
+    c.hosts[0].start();
+    c.wait_for("recovered", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > before + 2).await;
+    for h in c.hosts.iter_mut() {
+        assert_eq!(h.terminate(), Some(0));
+    }
+    let committed = c.status().await.unwrap().last_committed_tid;
+    check_sinks(&c, committed);
+}
+
 /// A host whose checkpoint files are damaged cannot be restored, and the
 /// journal before the checkpoint is gone: the recovery fails loudly, naming
 /// the host, the checkpoint file, and what to do about it.

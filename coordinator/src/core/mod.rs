@@ -858,6 +858,24 @@ impl Core {
         if !self.hosts.contains_key(host) {
             return self.unknown_host(host, out);
         }
+        if kind == "disk_write" {
+            // Not a mismatch: the host's disk refused a journal or sink
+            // write (a full disk). The agent exits after this report, so
+            // that a restart reopens its files from disk; as for any host that
+            // goes away, the pipeline waits for it, fail closed, and
+            // recovers once it is back: the open tid is replayed and
+            // continues, so nothing a host acknowledged is dropped. Failing
+            // the pipeline instead recorded the open tid as failed, and its
+            // journaled input (pushes acknowledged to clients) with it.
+            let why = format!(
+                "it cannot write to its disk ({message}); free space or fix the disk under its data directory and restart \
+                 its agent (it exits after such a failure): the pipeline recovers once it is back"
+            );
+            if let Some(conn) = self.hosts.get_mut(host).and_then(|s| s.conn.take()) {
+                out.push(Action::Drop { conn, host: host.to_owned(), why: why.clone() });
+            }
+            return self.lose_host(host, why, out);
+        }
         let hint = match kind.as_str() {
             "stale_epoch" => "the host has seen a newer coordinator epoch than this ledger: another coordinator group \
                               drives it, or this ledger was restored from an old copy; check --coordinator and --data-dir",
@@ -865,8 +883,8 @@ impl Core {
             "checkpoint" => "a checkpoint of this host could not be written or restored; the message names it. A damaged \
                              checkpoint file cannot be rebuilt (the journal before it is collected): restore the host's data \
                              volume from a backup, then Resume",
-            "sink" => "the host's output sink could not be written; check the disk under the host's data directory, \
-                       then Resume",
+            "sink" => "the host's output sink failed (the message says how; a failed write to the disk is reported as \
+                       disk_write instead and only loses the host); read the host's log, then Resume",
             _ => "read the host's log around this time",
         };
         self.fail(

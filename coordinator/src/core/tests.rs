@@ -326,6 +326,30 @@ fn a_second_agent_under_a_connected_hosts_id_is_refused_while_the_first_is_alive
     assert!(actions.iter().any(|a| matches!(a, Action::Drop { conn: c, .. } if *c == conn)), "{actions:?}");
 }
 
+/// A host whose disk refused a journal or sink write is a lost host, not a failed
+/// pipeline: its stream is dropped naming the cause, the open tid is not
+/// recorded as failed, and the pipeline waits (Joining) to recover it, as
+/// for a crash. Any other host error still fails the pipeline.
+#[test]
+fn a_disk_write_failure_loses_the_host_and_keeps_the_open_tid() {
+    let mut h = Harness::running();
+    h.step("h0", 1, 1, agg(&[("gen", 1, 1)]), None);
+    let conn = h.conns["h0"];
+    let message = "journaling step 2 of tid 1 failed: No space left on device".to_string();
+    let actions = h.ev(Event::HostError { host: "h0".into(), kind: "disk_write".into(), message, tid: 1 });
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Drop { conn: c, why, .. } if *c == conn && why.contains("No space left on device") && why.contains("free space"))),
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Propose(LedgerEntry::Fail { .. }))), "{actions:?}");
+    assert_eq!(h.core.phase(), &Phase::Joining);
+    assert_eq!(h.shadow.txn(1).unwrap().status, TxnStatus::Begun, "tid 1 stays open, to be replayed");
+
+    let mut h = Harness::running();
+    h.ev(Event::HostError { host: "h0".into(), kind: "engine".into(), message: "boom".into(), tid: 1 });
+    assert!(matches!(h.core.phase(), Phase::Failed(_)), "{:?}", h.core.phase());
+}
+
 /// A ledger with tids 1 and 2 committed and 3 open, and each host's journal.
 pub(crate) fn recorded() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
     let mut l = LedgerState::default();
