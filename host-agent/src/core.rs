@@ -210,7 +210,8 @@ pub enum ErrorKind {
     StaleEpoch,
     /// Reading the journal failed or found it damaged.
     Journal,
-    /// Writing the journal or the sink failed (a full or failing disk);
+    /// Writing the journal, the sink or a checkpoint failed (a full or
+    /// failing disk);
     /// the agent exits after reporting it (`AgentError::DiskWrite`), and
     /// the coordinator treats the host as lost, not the pipeline as failed.
     DiskWrite,

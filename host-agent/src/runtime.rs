@@ -571,8 +571,9 @@ struct Agent<E> {
     complete_file: DurableU64,
     /// Names this data directory to the coordinator (`Hello.data_id`).
     data_id: u64,
-    /// Set once a sink write failed (`sink_failure`): the agent stops.
-    sink_write_failed: Option<String>,
+    /// Set once a sink or checkpoint write failed (`sink_failure`,
+    /// `checkpoint`): the agent stops.
+    disk_write_failed: Option<String>,
     /// Newest checkpoint the ledger declared complete, as far as we know.
     complete_tid: u64,
     /// Checkpoints held durably (journaled and present on disk), by tid.
@@ -677,7 +678,7 @@ impl<E: Engine> Agent<E> {
             epoch_file,
             complete_file,
             data_id,
-            sink_write_failed: None,
+            disk_write_failed: None,
             complete_tid,
             checkpoints: BTreeMap::new(),
             journal_commits: BTreeSet::new(),
@@ -1563,7 +1564,7 @@ impl<E: Engine> Agent<E> {
     fn sink_failure(&mut self, tid: u64, message: String, e: &SinkWriterError) -> Failure {
         if let SinkWriterError::Write { cause, .. } = e {
             if matches!(**cause, SinkError::Io { .. }) {
-                self.sink_write_failed.get_or_insert_with(|| format!("writing the sink failed: {cause}"));
+                self.disk_write_failed.get_or_insert_with(|| format!("writing the sink failed: {cause}"));
                 return Failure { kind: ErrorKind::DiskWrite, tid, message };
             }
         }
@@ -1571,11 +1572,11 @@ impl<E: Engine> Agent<E> {
     }
 
     /// Why this agent must stop, if it must: its journal refuses writes (one
-    /// failed), or a sink write failed.
+    /// failed), or a sink or checkpoint write failed.
     fn disk_failure(&self) -> Option<String> {
         match self.journal.poisoned() {
             Some(reason) => Some(format!("the journal refuses writes after one failed: {reason}")),
-            None => self.sink_write_failed.clone(),
+            None => self.disk_write_failed.clone(),
         }
     }
 
@@ -1617,7 +1618,17 @@ impl<E: Engine> Agent<E> {
             .map_err(|e| fail(ErrorKind::Internal, format!("host {host}: engine checkpoint {tid} panicked: {e}")))?
         };
         self.engine = Some(engine);
-        let path = result.map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: writing checkpoint {tid} failed: {e}")))?;
+        let path = match result {
+            Ok(path) => path,
+            // A full disk, as for the journal and the sink: the host is
+            // lost, not the pipeline failed, and the agent stops. Nothing
+            // is lost with the checkpoint: the one before it stays.
+            Err(e @ crate::engine::EngineError::Io { .. }) => {
+                self.disk_write_failed.get_or_insert_with(|| format!("writing checkpoint {tid} failed: {e}"));
+                return Err(fail(ErrorKind::DiskWrite, format!("host {host}: writing checkpoint {tid} failed: {e}")));
+            }
+            Err(e) => return Err(fail(ErrorKind::Checkpoint, format!("host {host}: writing checkpoint {tid} failed: {e}"))),
+        };
         let location = path.strip_prefix(&self.config.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
         let record = pb::JournalRecord { kind: Some(pb::journal_record::Kind::Checkpoint(pb::CheckpointRecord { tid, location })) };
         self.journal.append_async(record).await.map_err(|e| {

@@ -899,3 +899,31 @@ async fn replayed_reports_follow_endpoint_changes_across_reports() {
         ]
     );
 }
+
+/// A checkpoint file that cannot be written (here its directory is a file;
+/// a full disk alike) is a disk write failure: reported as `disk_write`,
+/// no checkpoint offered, and the agent marks itself for exit, like a
+/// failed journal or sink write. The engine and the journal are intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_written_is_a_disk_write_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::open(dir.path(), false).await;
+    h.join(1).await;
+    h.live(1, 1, 3).await;
+    h.cmd(1, Command::Prepare { tid: 1, next: None }).await;
+    h.cmd(1, Command::Commit { tid: 1, next: None }).await;
+    h.reports();
+    let checkpoints = dir.path().join("checkpoints");
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::fs::write(&checkpoints, b"not a directory").unwrap();
+    h.cmd(1, Command::Checkpoint { tid: 1 }).await;
+    let reports = h.reports();
+    let errs = errors(&reports);
+    assert_eq!(errs.len(), 1, "{reports:?}");
+    assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("disk_write", 1), "{}", errs[0].message);
+    assert!(errs[0].message.contains("writing checkpoint 1 failed"), "{}", errs[0].message);
+    assert!(!reports.iter().any(|r| matches!(r, R::CheckpointDone(_))));
+    assert!(h.agent.checkpoints.is_empty());
+    assert!(h.agent.disk_failure().is_some_and(|why| why.contains("writing checkpoint 1 failed")), "{:?}", h.agent.disk_failure());
+    assert!(h.agent.journal.poisoned().is_none(), "the journal is intact");
+}

@@ -880,9 +880,9 @@ impl Core {
             "stale_epoch" => "the host has seen a newer coordinator epoch than this ledger: another coordinator group \
                               drives it, or this ledger was restored from an old copy; check --coordinator and --data-dir",
             "journal" => "the host's journal is damaged or belongs elsewhere; read the host's log for the file and offset",
-            "checkpoint" => "a checkpoint of this host could not be written or restored; the message names it. A damaged \
-                             checkpoint file cannot be rebuilt (the journal before it is collected): restore the host's data \
-                             volume from a backup, then Resume",
+            "checkpoint" => "a checkpoint of this host could not be restored (or taken, for a reason other than its disk); \
+                             the message names it. A damaged checkpoint file cannot be rebuilt (the journal before it is \
+                             collected): restore the host's data volume from a backup, then Resume",
             "sink" => "the host's output sink failed (the message says how; a failed write to the disk is reported as \
                        disk_write instead and only loses the host); read the host's log, then Resume",
             _ => "read the host's log around this time",
