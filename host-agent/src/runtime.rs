@@ -615,7 +615,17 @@ struct Agent<E> {
 /// first time, drawn at random (never 0, which means "not given") and
 /// stored durably.
 fn load_or_create_data_id(file: &DurableU64) -> Result<u64, DurableU64Error> {
-    match file.load()? {
+    let stored = match file.load() {
+        Ok(id) => id,
+        // Nothing depends on the old value but the coordinator's check
+        // for a second agent: a damaged file is simply replaced.
+        Err(e @ DurableU64Error::Parse { .. }) => {
+            warn!("{e}; drawing a new data directory id");
+            0
+        }
+        Err(e) => return Err(e),
+    };
+    match stored {
         0 => {
             let id = rand::random::<u64>().max(1);
             file.store(id)?;

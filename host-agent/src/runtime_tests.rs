@@ -815,6 +815,11 @@ async fn a_data_directory_keeps_its_id_across_restarts() {
     assert_ne!(first, other, "another directory, another id");
     let stored = std::fs::read_to_string(a.path().join("data-id")).unwrap();
     assert_eq!(stored.trim().parse::<u64>().unwrap(), first);
+    // A damaged file is replaced by a new id, not a reason to stop.
+    std::fs::write(a.path().join("data-id"), b"garbage").unwrap();
+    let replaced = Harness::open(a.path(), false).await.agent.data_id;
+    assert!(replaced != 0 && replaced != first, "{replaced}");
+    assert_eq!(Harness::open(a.path(), false).await.agent.data_id, replaced, "and kept");
 }
 
 /// The reports a `ReplayedTids` stands for are exactly the single reports
