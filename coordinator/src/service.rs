@@ -1191,6 +1191,7 @@ fn host_statuses(core: &Core) -> Vec<pb::HostStatus> {
             last_step: s.last_step,
             last_committed_tid: s.last_committed,
             ingest_addr: s.hello.as_ref().map(|h| h.ingest_addr.clone()).unwrap_or_default(),
+            last_lost: s.last_lost.clone().unwrap_or_default(),
         })
         .collect()
 }

@@ -148,6 +148,10 @@ async fn disk_write_fails_then_recovers(flag: &str, at: u64, says: &str) {
     wait_log(&c.coordinator, "it cannot write to its disk", &c).await;
     let s = c.status().await.unwrap();
     assert_eq!(s.pipeline_state, "Joining", "waits for the host, fail closed, not Failed: {s:#?}");
+    // What an operator sees: the host disconnected, and why.
+    let host0 = s.hosts.iter().find(|h| h.host_id == "host-0").expect("host-0 listed");
+    assert!(!host0.connected && host0.last_lost.contains("it cannot write to its disk") && host0.last_lost.contains("injected: no space left on device"), "{host0:#?}");
+    assert!(s.hosts.iter().filter(|h| h.host_id != "host-0").all(|h| h.last_lost.is_empty()), "only the culprit: {s:#?}");
     let before = s.last_committed_tid;
     // The disk is "freed": the agent restarts without the fault.
     c.hosts[0].args.retain(|a| !fault.contains(a));

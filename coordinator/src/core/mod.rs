@@ -223,6 +223,9 @@ pub struct HostSlot {
     /// Acknowledgement of the current phase's broadcast (Restored or
     /// CheckpointDone).
     pub acked: bool,
+    /// Why this host was last lost (`lose_host`), for operators
+    /// (`HostStatus.last_lost`): kept once it is back.
+    pub last_lost: Option<String>,
 }
 
 /// A live tid prepared with the next tid opened (commit pipeline), whose
@@ -479,6 +482,9 @@ impl Core {
     /// Fail closed: a lost host never lets the open transaction commit. The
     /// pipeline goes back to Joining and recovers once every host is back.
     fn lose_host(&mut self, host: &str, why: String, out: &mut Vec<Action>) {
+        if let Some(slot) = self.hosts.get_mut(host) {
+            slot.last_lost = Some(why.clone());
+        }
         out.push(Action::Notice(Notice::HostLost { host: host.to_owned(), why: why.clone() }));
         match &self.phase {
             Phase::Failed(_) | Phase::Stopped { .. } | Phase::Joining => {}
