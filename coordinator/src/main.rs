@@ -312,6 +312,7 @@ async fn run_coordinator(
     after_quiesce: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    check_hosts(&args.hosts)?;
     let node_id = args.node_id.resolve()?;
     let peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {
@@ -446,6 +447,26 @@ async fn run_coordinator(
     info!("stopped");
     supervised_result?;
     server_result.context("the gRPC server task failed")?
+}
+
+/// `--hosts` must name each host once, each a valid host id
+/// (`host_id_problem`): a duplicate or an empty entry (`a,,b`, a trailing
+/// comma) used to be taken as is, and the pipeline then waited for a host
+/// that can never connect.
+fn check_hosts(hosts: &[String]) -> anyhow::Result<()> {
+    if hosts.iter().all(|h| h.is_empty()) {
+        bail!("--hosts lists no host; name every host agent's --host-id, comma-separated (e.g. host-0,host-1)");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for h in hosts {
+        if let Some(problem) = lockstep_host_agent::host_id_problem(h) {
+            bail!("--hosts {:?}: {problem}", hosts.join(","));
+        }
+        if !seen.insert(h) {
+            bail!("--hosts {:?} lists {h} twice; name each host once", hosts.join(","));
+        }
+    }
+    Ok(())
 }
 
 /// Once a stop was asked for, says every few seconds which stage it is

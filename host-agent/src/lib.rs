@@ -31,7 +31,7 @@ pub use engine::{
     output_digest, EndpointInput, Engine, EngineError, GeneratorRef, OutputRow, Payload, StepContext, StepInput,
 };
 pub use reference::{ReferenceConfig, ReferenceEngine};
-pub use runtime::{replay_alone, run, AgentError, HostConfig, ReplayAloneReport};
+pub use runtime::{host_id_problem, replay_alone, run, AgentError, HostConfig, ReplayAloneReport};
 
 use std::future::Future;
 

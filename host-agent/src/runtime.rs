@@ -357,6 +357,27 @@ enum SessionEnd {
     DiskWrite(String),
 }
 
+/// What is wrong with `id` as a host id, if anything. A host id names the
+/// host everywhere (logs, the ledger, the default data directory
+/// `./lockstep-data/{host id}`, a Kubernetes pod), so it is what a pod name
+/// may be: 1 to 253 letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit (no path separators, no `..`, no spaces or commas).
+pub fn host_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("the host id is empty".into());
+    }
+    if id.len() > 253 {
+        return Some(format!("the host id is {} bytes long; at most 253", id.len()));
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("host id {id:?} must start with a letter or digit"));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Some(format!("host id {id:?} contains {c:?}; use letters, digits, '-', '_' and '.'"));
+    }
+    None
+}
+
 /// A coordinator address as the URL to connect to: `http://` is added when
 /// it has no scheme (`host:port`, as the coordinators name each other), and
 /// a URL tonic cannot connect to is refused, naming it.
@@ -642,6 +663,9 @@ impl<E: Engine> Agent<E> {
         let host = config.host_id.clone();
         if host.is_empty() {
             return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
+        }
+        if let Some(problem) = host_id_problem(&host) {
+            return Err(AgentError::Config(format!("--host-id: {problem}")));
         }
         let data_dir = config.data_dir.clone();
         if data_dir.exists() && !data_dir.is_dir() {

@@ -542,6 +542,29 @@ fn a_coordinator_address_becomes_a_url_or_is_refused_by_name() {
     }
 }
 
+/// Host ids are what a pod name may be; anything that could escape the
+/// default data directory, split a `--hosts` list or never match a pod is
+/// refused, naming the problem.
+#[test]
+fn host_ids_are_pod_names() {
+    for ok in ["host-0", "h", "web.eu-1", "A_b.9", &"x".repeat(253)] {
+        assert_eq!(host_id_problem(ok), None, "{ok}");
+    }
+    for (bad, says) in [
+        ("", "empty"),
+        ("../x", "must start with a letter or digit"),
+        (".hidden", "must start with a letter or digit"),
+        ("a/b", "contains '/'"),
+        ("host 0", "contains ' '"),
+        ("a,b", "contains ','"),
+        ("hôst", "contains 'ô'"),
+        (&"x".repeat(254), "at most 253"),
+    ] {
+        let problem = host_id_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+        assert!(problem.contains(says), "{bad:?}: {problem}");
+    }
+}
+
 /// The stream dies between a commit and the next tid's start: the report
 /// `Committed` cannot be sent, yet the rest of the core's actions still run
 /// (the sink gets the tid, the next tid's accounting opens), so the state

@@ -439,6 +439,46 @@ async fn a_changed_hosts_flag_is_warned_about_and_the_ledgers_hosts_are_used() {
     assert_eq!(s.hosts.len(), 2, "{s:#?}");
 }
 
+/// A `--hosts` list with a duplicate, an empty entry or a host id that is
+/// no pod name, and a host agent's `--host-id` likewise, are refused at
+/// startup, naming the problem, before anything is written. The
+/// coordinator used to take them as given and wait for a host that can
+/// never connect.
+#[test]
+fn bad_host_ids_are_refused_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    for (hosts, says) in [
+        ("host-0,host-0", "lists host-0 twice"),
+        ("host-0,,host-1", "the host id is empty"),
+        ("", "lists no host"),
+        ("host-0,../x", "must start with a letter or digit"),
+    ] {
+        let data = dir.path().join("coordinator");
+        let out = std::process::Command::new(bin_dir().join("coordinator"))
+            .args(["serve", "--listen", &addr, "--hosts", hosts])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run coordinator");
+        assert!(!out.status.success(), "--hosts {hosts:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--hosts") && err.contains(says), "--hosts {hosts:?}: {err}");
+        assert!(!data.exists(), "nothing may be written for --hosts {hosts:?}");
+    }
+    let data = dir.path().join("host");
+    let out = std::process::Command::new(bin_dir().join("host-agent"))
+        .args(["--host-id", "a/b", "--coordinator", "http://127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run host-agent");
+    assert!(!out.status.success(), "--host-id a/b must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--host-id") && err.contains("contains '/'"), "{err}");
+    assert!(!data.exists(), "nothing may be written");
+}
+
 /// A metrics address another process holds is refused at startup, naming
 /// it, before any data is touched: a daemon that silently served no
 /// metrics would look to Prometheus like a dead one.
