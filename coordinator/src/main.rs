@@ -313,6 +313,11 @@ async fn run_coordinator(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     check_hosts(&args.hosts)?;
+    // The ledger counts as created once it holds a cluster id: an empty one
+    // would leave it looking new on every start.
+    if args.cluster_id.trim().is_empty() {
+        bail!("--cluster-id is empty; give the cluster a name (the same on every coordinator and host agent)");
+    }
     let node_id = args.node_id.resolve()?;
     let peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
     if peers.len() != args.peers.len() {

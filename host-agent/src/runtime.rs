@@ -667,6 +667,9 @@ impl<E: Engine> Agent<E> {
         if let Some(problem) = host_id_problem(&host) {
             return Err(AgentError::Config(format!("--host-id: {problem}")));
         }
+        if config.cluster_id.trim().is_empty() {
+            return Err(AgentError::Config("--cluster-id is empty; give the cluster's name, as the coordinators have it".into()));
+        }
         let data_dir = config.data_dir.clone();
         if data_dir.exists() && !data_dir.is_dir() {
             return Err(AgentError::Config(format!(

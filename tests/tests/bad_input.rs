@@ -443,9 +443,9 @@ async fn a_changed_hosts_flag_is_warned_about_and_the_ledgers_hosts_are_used() {
 /// no pod name, and a host agent's `--host-id` likewise, are refused at
 /// startup, naming the problem, before anything is written. The
 /// coordinator used to take them as given and wait for a host that can
-/// never connect.
+/// never connect. An empty --cluster-id is refused by both too.
 #[test]
-fn bad_host_ids_are_refused_at_startup() {
+fn bad_host_and_cluster_ids_are_refused_at_startup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = format!("127.0.0.1:{}", free_port());
     for (hosts, says) in [
@@ -477,6 +477,20 @@ fn bad_host_ids_are_refused_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--host-id") && err.contains("contains '/'"), "{err}");
     assert!(!data.exists(), "nothing may be written");
+    // An empty cluster id likewise (the ledger would look new on every
+    // start).
+    let runs: [(&str, Vec<&str>); 2] = [
+        ("coordinator", vec!["serve", "--listen", &addr, "--cluster-id", ""]),
+        ("host-agent", vec!["--host-id", "host-0", "--cluster-id", " ", "--coordinator", "http://127.0.0.1:1"]),
+    ];
+    for (bin, args) in runs {
+        let data = dir.path().join(format!("{bin}-empty-cluster"));
+        let out = std::process::Command::new(bin_dir().join(bin)).args(args).arg("--data-dir").arg(&data).output().expect("run");
+        assert!(!out.status.success(), "{bin}: an empty --cluster-id must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--cluster-id is empty"), "{bin}: {err}");
+        assert!(!data.exists(), "{bin}: nothing may be written");
+    }
 }
 
 /// A metrics address another process holds is refused at startup, naming
