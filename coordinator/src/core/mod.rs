@@ -226,6 +226,10 @@ pub struct HostSlot {
     /// Why this host was last lost (`lose_host`), for operators
     /// (`HostStatus.last_lost`): kept once it is back.
     pub last_lost: Option<String>,
+    /// The data id this host had before its current Hello, when that one
+    /// names another data directory (a new or restored volume): said in a
+    /// diagnosis of its journal.
+    pub data_id_was: Option<u64>,
 }
 
 /// A live tid prepared with the next tid opened (commit pipeline), whose
@@ -409,6 +413,11 @@ impl Core {
         }
         let slot = self.hosts.get_mut(&host).expect("validated membership");
         let same_data = slot.hello.as_ref().is_some_and(|h| h.data_id != 0 && h.data_id == hello.data_id);
+        match slot.hello.as_ref().map(|h| h.data_id) {
+            Some(was) if was != 0 && hello.data_id != 0 && was != hello.data_id => slot.data_id_was = Some(was),
+            Some(_) => slot.data_id_was = None,
+            None => {}
+        }
         if let Some(old) = slot.conn.replace(conn) {
             // A host agent that restarted before its old stream was seen to
             // end (`second_agent` refused a live one with other data).
@@ -1290,7 +1299,13 @@ impl Core {
         };
         for (host, slot) in &self.hosts {
             let hello = slot.hello.as_ref().expect("connected hosts said hello");
-            if let Some(d) = verify::journal_against_ledger(host, hello, &self.ledger, checkpoint) {
+            if let Some(mut d) = verify::journal_against_ledger(host, hello, &self.ledger, checkpoint) {
+                if let Some(was) = slot.data_id_was {
+                    d.hint = format!(
+                        "{} (host {host} came back with another data directory than it had: data id {:016x}, was {was:016x})",
+                        d.hint, hello.data_id
+                    );
+                }
                 return self.fail(d, out);
             }
         }

@@ -497,6 +497,23 @@ fn journal_lacking_a_committed_tid_fails_at_startup() {
     assert!(d.summary.contains("lacks tid 2"));
 }
 
+/// A host that comes back with another data directory (a lost volume
+/// replaced by an empty one) and a journal that lacks committed tids: the
+/// diagnosis says the data directory changed, naming both ids.
+#[test]
+fn a_journal_from_another_data_directory_is_named_in_the_diagnosis() {
+    let (l, j0, _j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    h.ev(Event::Disconnected { conn: h.conns["h0"], host: "h0".into(), reason: "volume lost".into() });
+    h.data_ids.insert("h0".into(), 0xfeed);
+    h.hello("h0", vec![], vec![]);
+    h.hello("h1", vec![], vec![]);
+    let d = h.failure().expect("failed");
+    assert_eq!(d.host.as_deref(), Some("h0"), "{d}");
+    assert!(d.hint.contains("came back with another data directory") && d.hint.contains("000000000000feed"), "{}", d.hint);
+}
+
 #[test]
 fn hellos_from_strangers_are_rejected_with_a_clear_error() {
     let mut h = Harness::new(cfg(), LedgerState::default());
