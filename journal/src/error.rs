@@ -74,8 +74,8 @@ pub enum JournalError {
     /// Another process (or another `Journal` in this one) holds the
     /// journal directory's lock: two writers would corrupt it.
     #[error(
-        "{path}: the journal is in use by another process{holder}; two host agents cannot share one data directory; \
-         hint: stop the other process, or give this one its own --data-dir"
+        "{path}: the journal is in use{holder}; two host agents cannot share one data directory; hint: stop the \
+         other process, or give this one its own --data-dir"
     )]
     Locked { path: PathBuf, holder: String },
 

@@ -128,8 +128,11 @@ fn lock_dir(dir: &Path) -> Result<File> {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
             let holder = match text.trim().parse::<u32>() {
-                Ok(pid) => format!(" (pid {pid})"),
-                Err(_) => String::new(),
+                // flock is per open file: this very process may hold it
+                // (a library user opening one journal twice).
+                Ok(pid) if pid == std::process::id() => format!(" by this process (pid {pid}), which already has it open"),
+                Ok(pid) => format!(" by another process (pid {pid})"),
+                Err(_) => " by another process".to_string(),
             };
             return Err(JournalError::Locked { path, holder });
         }
