@@ -18,6 +18,23 @@ async fn wait_log(p: &Proc, needle: &str, c: &Cluster) {
     }
 }
 
+/// Runs `bin args… --data-dir data` and returns its stderr, asserting that
+/// it refused to start (a failure exit) and, unless `data` existed before,
+/// wrote nothing there.
+fn refused_at_startup(bin: &str, args: &[&str], data: &std::path::Path) -> String {
+    let existed = data.exists();
+    let out = std::process::Command::new(bin_dir().join(bin))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{bin} {args:?} must refuse to start: {err}");
+    assert!(existed || !data.exists(), "{bin} {args:?} may write nothing, not even {}", data.display());
+    err
+}
+
 /// A first report `Hello` of the current protocol, as a host would send it.
 fn hello_report(
     host_id: &str,
@@ -381,17 +398,9 @@ fn a_group_listing_one_address_twice_is_refused_at_startup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
     let addr = format!("127.0.0.1:{}", free_port());
-    let out = std::process::Command::new(bin_dir().join("coordinator"))
-        .args(["serve", "--node-id", "1", "--listen", &addr, "--peers"])
-        .arg(format!("1={addr},2={addr},3=127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .expect("run coordinator");
-    assert!(!out.status.success(), "must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let peers = format!("1={addr},2={addr},3=127.0.0.1:{}", free_port());
+    let err = refused_at_startup("coordinator", &["serve", "--node-id", "1", "--listen", &addr, "--peers", &peers], &data);
     assert!(err.contains(&format!("--peers gives nodes 1 and 2 the same address {addr}")), "{err}");
-    assert!(!data.exists(), "nothing may be written, not even {}", data.display());
 }
 
 /// A `--data-dir` that is a file is refused by both daemons at startup,
@@ -407,14 +416,7 @@ fn a_data_dir_that_is_a_file_is_refused_by_name() {
         ("host-agent", vec!["--host-id", "host-0", "--coordinator", "http://127.0.0.1:1"]),
     ];
     for (bin, args) in daemons {
-        let out = std::process::Command::new(bin_dir().join(bin))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&file)
-            .output()
-            .unwrap_or_else(|e| panic!("run {bin}: {e}"));
-        assert!(!out.status.success(), "{bin} must refuse to start");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_at_startup(bin, &args, &file);
         assert!(err.contains(&format!("--data-dir {} is a file, not a directory", file.display())), "{bin}: {err}");
         assert_eq!(std::fs::read(&file).expect("read"), b"keep me", "{bin} must leave the file alone");
     }
@@ -455,28 +457,12 @@ fn bad_host_and_cluster_ids_are_refused_at_startup() {
         ("host-0,../x", "must start with a letter or digit"),
     ] {
         let data = dir.path().join("coordinator");
-        let out = std::process::Command::new(bin_dir().join("coordinator"))
-            .args(["serve", "--listen", &addr, "--hosts", hosts])
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .expect("run coordinator");
-        assert!(!out.status.success(), "--hosts {hosts:?} must be refused");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_at_startup("coordinator", &["serve", "--listen", &addr, "--hosts", hosts], &data);
         assert!(err.contains("--hosts") && err.contains(says), "--hosts {hosts:?}: {err}");
-        assert!(!data.exists(), "nothing may be written for --hosts {hosts:?}");
     }
-    let data = dir.path().join("host");
-    let out = std::process::Command::new(bin_dir().join("host-agent"))
-        .args(["--host-id", "a/b", "--coordinator", "http://127.0.0.1:1"])
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .expect("run host-agent");
-    assert!(!out.status.success(), "--host-id a/b must be refused");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = ["--host-id", "a/b", "--coordinator", "http://127.0.0.1:1"];
+    let err = refused_at_startup("host-agent", &args, &dir.path().join("host"));
     assert!(err.contains("--host-id") && err.contains("contains '/'"), "{err}");
-    assert!(!data.exists(), "nothing may be written");
     // An empty cluster id likewise (the ledger would look new on every
     // start).
     let runs: [(&str, Vec<&str>); 2] = [
@@ -485,11 +471,8 @@ fn bad_host_and_cluster_ids_are_refused_at_startup() {
     ];
     for (bin, args) in runs {
         let data = dir.path().join(format!("{bin}-empty-cluster"));
-        let out = std::process::Command::new(bin_dir().join(bin)).args(args).arg("--data-dir").arg(&data).output().expect("run");
-        assert!(!out.status.success(), "{bin}: an empty --cluster-id must be refused");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_at_startup(bin, &args, &data);
         assert!(err.contains("--cluster-id is empty"), "{bin}: {err}");
-        assert!(!data.exists(), "{bin}: nothing may be written");
     }
 }
 
@@ -508,17 +491,9 @@ fn a_metrics_address_already_in_use_is_refused_at_startup() {
     ];
     for (bin, args, named) in daemons {
         let data = dir.path().join(bin);
-        let out = std::process::Command::new(bin_dir().join(bin))
-            .args(args)
-            .args(["--metrics-listen", &metrics])
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap_or_else(|e| panic!("run {bin}: {e}"));
-        assert!(!out.status.success(), "{bin} must refuse to start");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let args: Vec<&str> = args.iter().copied().chain(["--metrics-listen", metrics.as_str()]).collect();
+        let err = refused_at_startup(bin, &args, &data);
         assert!(err.contains(&format!("serving metrics on {metrics}")) && err.contains(named), "{bin}: {err}");
-        assert!(!data.exists(), "{bin} may write nothing, not even {}", data.display());
     }
 }
 
