@@ -210,16 +210,14 @@ pub enum ErrorKind {
     StaleEpoch,
     /// Reading the journal failed or found it damaged.
     Journal,
-    /// Writing the journal, the sink or a checkpoint failed (a full or
-    /// failing disk);
+    /// Writing to the host's data directory failed (the journal, the sink,
+    /// a checkpoint, the epoch file; a full or failing disk);
     /// the agent exits after reporting it (`AgentError::DiskWrite`), and
     /// the coordinator treats the host as lost, not the pipeline as failed.
     DiskWrite,
     Engine,
     Sink,
     Checkpoint,
-    /// Persisting the epoch failed.
-    Epoch,
     /// A bug in the agent itself (the runtime broke the core's contract).
     Internal,
 }
@@ -234,7 +232,6 @@ impl ErrorKind {
             ErrorKind::Engine => "engine",
             ErrorKind::Sink => "sink",
             ErrorKind::Checkpoint => "checkpoint",
-            ErrorKind::Epoch => "epoch",
             ErrorKind::Internal => "internal",
         }
     }

@@ -592,8 +592,8 @@ struct Agent<E> {
     complete_file: DurableU64,
     /// Names this data directory to the coordinator (`Hello.data_id`).
     data_id: u64,
-    /// Set once a sink or checkpoint write failed (`sink_failure`,
-    /// `checkpoint`): the agent stops.
+    /// Set once a sink, checkpoint, epoch or checkpoint-complete write
+    /// failed (`sink_failure`, `checkpoint`, ...): the agent stops.
     disk_write_failed: Option<String>,
     /// Newest checkpoint the ledger declared complete, as far as we know.
     complete_tid: u64,
@@ -1208,7 +1208,11 @@ impl<E: Engine> Agent<E> {
                             info!(host = %self.host(), epoch, "new coordinator epoch persisted");
                             Ok(())
                         }
-                        Ok(Err(e)) => Err(Failure { kind: ErrorKind::Epoch, tid: 0, message: format!("host {}: {e}", self.host()) }),
+                        // A write to the host's disk, like the journal's.
+                        Ok(Err(e)) => {
+                            self.disk_write_failed.get_or_insert_with(|| format!("persisting epoch {epoch} failed: {e}"));
+                            Err(Failure { kind: ErrorKind::DiskWrite, tid: 0, message: format!("host {}: {e}", self.host()) })
+                        }
                         Err(e) => Err(Failure { kind: ErrorKind::Internal, tid: 0, message: e }),
                     }
                 }
@@ -1609,7 +1613,7 @@ impl<E: Engine> Agent<E> {
     }
 
     /// Why this agent must stop, if it must: its journal refuses writes (one
-    /// failed), or a sink or checkpoint write failed.
+    /// failed), or another write to its data directory failed.
     fn disk_failure(&self) -> Option<String> {
         match self.journal.poisoned() {
             Some(reason) => Some(format!("the journal refuses writes after one failed: {reason}")),
@@ -1694,7 +1698,10 @@ impl<E: Engine> Agent<E> {
         self.blocking(move || file.store(tid))
             .await
             .map_err(|e| fail(ErrorKind::Internal, e))?
-            .map_err(|e| fail(ErrorKind::Checkpoint, format!("host {host}: {e}")))?;
+            .map_err(|e| {
+                self.disk_write_failed.get_or_insert_with(|| format!("recording checkpoint {tid} as complete failed: {e}"));
+                fail(ErrorKind::DiskWrite, format!("host {host}: {e}"))
+            })?;
         self.complete_tid = tid;
         // Delete older checkpoints and any file in the checkpoint directory
         // that is not a held checkpoint (a crash between writing a
