@@ -470,7 +470,9 @@ impl Group {
     }
 }
 
-fn read_sink(host_dir: &Path) -> Vec<serde_json::Value> {
+/// The batches (one JSON object per committed tid) in the sink of the host
+/// whose data directory is `host_dir`; none if it has no sink yet.
+pub fn read_sink(host_dir: &Path) -> Vec<serde_json::Value> {
     let path = host_dir.join("sink").join("output.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect()

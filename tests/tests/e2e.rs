@@ -321,3 +321,44 @@ async fn pipelined_crash_cycles_recover_every_begun_tid_with_exactly_once_output
     };
     crash_cycles(opts, 6, 2, 4).await;
 }
+
+/// The README's first command, `coordinator dev`: a whole local cluster in
+/// one process commits, stops cleanly on Ctrl-C (SIGINT, exit 0), and a
+/// rerun on the same data recovers (restore, replay) and goes on, each
+/// host's output exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_cluster_commits_stops_on_ctrl_c_and_recovers_on_rerun() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("lockstep-data");
+    let args: Vec<String> = ["dev", "--listen", &addr, "--metrics-listen", "off", "--data-dir"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([data.display().to_string()])
+        .collect();
+    let mut dev = Proc::spawn("dev", bin_dir().join("coordinator"), args, dir.path().join("dev.log"));
+    let interrupt = |p: &Proc| {
+        let pid = p.pid().expect("dev runs") as libc::pid_t;
+        // SAFETY: kill(2) takes no pointers.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    };
+    let first = wait_for_status(&addr, "commits", LONG, |s| running(s) && s.last_committed_tid >= 3, || dev.log()).await;
+    assert_eq!(first.hosts.len(), 2, "{first:#?}");
+    interrupt(&dev);
+    let exit = dev.exited(LONG).await.unwrap_or_else(|| panic!("dev kept running after Ctrl-C\n{}", dev.log()));
+    assert!(exit.success(), "Ctrl-C is a clean stop: {exit:?}\n{}", dev.log());
+    let stopped_at = read_sink(&data.join("host-0")).len() as u64;
+    assert!(stopped_at >= 3, "the sinks hold what committed");
+
+    dev.start();
+    let again = wait_for_status(&addr, "commits after the rerun", LONG, |s| running(s) && s.last_committed_tid > stopped_at + 2, || dev.log()).await;
+    assert!(again.epoch > first.epoch, "a new epoch: {again:#?}");
+    interrupt(&dev);
+    let exit = dev.exited(LONG).await.unwrap_or_else(|| panic!("dev kept running after Ctrl-C\n{}", dev.log()));
+    assert!(exit.success(), "{exit:?}\n{}", dev.log());
+    for host in ["host-0", "host-1"] {
+        let tids = sink_tids(&read_sink(&data.join(host)));
+        assert_eq!(tids, (1..=tids.len() as u64).collect::<Vec<_>>(), "{host}: every tid once, in order");
+        assert!(tids.len() as u64 > stopped_at, "{host} went on after the rerun");
+    }
+}
