@@ -240,6 +240,10 @@ struct DevArgs {
     metrics_listen: MetricsListen,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Test only: host-0's journal write of this live step fails as on a
+    /// full disk.
+    #[arg(long, hide = true)]
+    fault_fail_journal_write_at_step: Option<u64>,
 }
 
 /// Starts the Prometheus endpoint, if one was asked for.
@@ -599,16 +603,18 @@ mod dev {
         ));
 
         let mut agents = Vec::new();
-        for host in &hosts {
-            let config = HostConfig::new(host.clone(), vec![format!("http://{addr}")], args.data_dir.join(host));
+        for (i, host) in hosts.iter().enumerate() {
+            let mut config = HostConfig::new(host.clone(), vec![format!("http://{addr}")], args.data_dir.join(host));
+            if i == 0 {
+                config.fault_fail_journal_write_at_step = args.fault_fail_journal_write_at_step;
+            }
             let reference = ReferenceConfig {
                 host_id: host.clone(),
                 generator_seed: 42,
                 generator_batch_max: 50,
                 fault_nondeterministic_replay: false,
             };
-            let shutdown = stopped(stop_rx.clone());
-            agents.push(tokio::spawn(lockstep_host_agent::run_reference(config, reference, shutdown)));
+            agents.push(tokio::spawn(supervise_agent(config, reference, stop_rx.clone())));
         }
         info!(
             coordinator = %addr, hosts = ?hosts, data = %args.data_dir.display(),
@@ -651,5 +657,49 @@ mod dev {
             anyhow::bail!("a host agent failed; see the log above");
         }
         Ok(())
+    }
+
+    /// Runs a host agent until the cluster stops, and, as an orchestrator's
+    /// restart policy would, starts it again when it ends with an error
+    /// before that (a disk that refused a write: the agent exits so that a
+    /// fresh start reopens its files), after a pause that grows to 10 s
+    /// while it keeps failing. The coordinator recovers it each time it is
+    /// back.
+    async fn supervise_agent(
+        mut config: HostConfig,
+        reference: ReferenceConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), lockstep_host_agent::AgentError> {
+        const PAUSE_MIN: Duration = Duration::from_millis(500);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut pause = PAUSE_MIN;
+        loop {
+            let started = std::time::Instant::now();
+            let result = lockstep_host_agent::run_reference(config.clone(), reference.clone(), stopped(stop.clone())).await;
+            let e = match result {
+                Err(e) if !*stop.borrow() => e,
+                // Stopped with the cluster (or it ended cleanly).
+                done => return done,
+            };
+            if started.elapsed() > Duration::from_secs(60) {
+                pause = PAUSE_MIN;
+            }
+            // An injected full disk (test only) is "freed" once it failed
+            // the agent: the restart must be able to recover.
+            config.fault_fail_journal_write_at_step = None;
+            config.fault_fail_sink_write_at_tid = None;
+            tracing::error!(
+                host = %config.host_id,
+                "host agent failed: {e}; the dev cluster starts it again in {} ms, as an orchestrator would",
+                pause.as_millis()
+            );
+            tokio::select! {
+                _ = stopped(stop.clone()) => return Err(e),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
     }
 }

@@ -362,3 +362,39 @@ async fn the_dev_cluster_commits_stops_on_ctrl_c_and_recovers_on_rerun() {
         assert!(tids.len() as u64 > stopped_at, "{host} went on after the rerun");
     }
 }
+
+/// In `coordinator dev` a host agent that fails (here its disk refuses a
+/// journal write, injected) is started again, as an orchestrator would
+/// start it, and the coordinator recovers it: the cluster goes on, stops
+/// cleanly, and every tid is in each sink once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_cluster_restarts_a_failed_host_agent_and_recovers_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("lockstep-data");
+    let args: Vec<String> = ["dev", "--listen", &addr, "--metrics-listen", "off", "--fault-fail-journal-write-at-step", "40", "--data-dir"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([data.display().to_string()])
+        .collect();
+    let mut dev = Proc::spawn("dev", bin_dir().join("coordinator"), args, dir.path().join("dev.log"));
+    let deadline = std::time::Instant::now() + LONG;
+    while !dev.log().contains("the dev cluster starts it again") {
+        assert!(std::time::Instant::now() < deadline, "host-0 was never restarted\n{}", dev.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = dev.log();
+    assert!(log.contains("injected: no space left on device") && log.contains("it cannot write to its disk"), "{}", tail(&log, 30));
+    let before = status_at(&addr).await.map(|s| s.last_committed_tid).unwrap_or(0);
+    let s = wait_for_status(&addr, "recovered", LONG, |s| running(s) && s.last_committed_tid > before + 3, || dev.log()).await;
+    assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+    // SAFETY: kill(2) takes no pointers.
+    unsafe { libc::kill(dev.pid().expect("dev runs") as libc::pid_t, libc::SIGINT) };
+    let exit = dev.exited(LONG).await.unwrap_or_else(|| panic!("dev kept running after Ctrl-C\n{}", dev.log()));
+    assert!(exit.success(), "a restarted host ends the run cleanly: {exit:?}\n{}", dev.log());
+    for host in ["host-0", "host-1"] {
+        let tids = sink_tids(&read_sink(&data.join(host)));
+        assert!(tids.len() as u64 > before, "{host}: {tids:?}");
+        assert_eq!(tids, (1..=tids.len() as u64).collect::<Vec<_>>(), "{host}: every tid once, in order");
+    }
+}
