@@ -349,8 +349,8 @@ async fn run_coordinator(
     };
     let dir = &args.data_dir;
     let tuning = args.raft.tuning()?;
-    if dir.exists() && !dir.is_dir() {
-        bail!("--data-dir {} is a file, not a directory; point it at the coordinator's data directory (created if missing)", dir.display());
+    if let Some(problem) = lockstep_host_agent::fsutil::data_dir_problem(dir, "the coordinator's") {
+        bail!(problem);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating the coordinator data directory {}", dir.display()))?;
     let opened = if args.join {
@@ -530,6 +530,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+/// Resolves once `rx` holds `true` (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
@@ -541,9 +546,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 info!("stop requested (SIGTERM or Ctrl-C): the coordinator stops deciding, then closes its server and its ledger");
                 let _ = stop_tx.send(true);
             });
-            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
             run_coordinator(args, listener, stopped(stop_rx.clone()), || {}, stopped(stop_rx)).await
         }
         Command::Dev(args) => dev::run(args).await,
@@ -572,9 +574,6 @@ mod dev {
         let (quiesce_tx, quiesce_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (coord_stop_tx, coord_stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
 
         let serve = ServeArgs {
             listen: addr.to_string(),
@@ -671,9 +670,6 @@ mod dev {
         stop: watch::Receiver<bool>,
     ) -> Result<(), lockstep_host_agent::AgentError> {
         const PAUSE_MIN: Duration = Duration::from_millis(500);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let mut pause = PAUSE_MIN;
         loop {
             let started = std::time::Instant::now();

@@ -12,6 +12,15 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Why `dir` cannot be a daemon's `--data-dir` (`whose`: "the host's",
+/// "the coordinator's"): it exists and is not a directory. The plain
+/// `create_dir_all` error would only say "File exists".
+pub fn data_dir_problem(dir: &Path, whose: &str) -> Option<String> {
+    (dir.exists() && !dir.is_dir()).then(|| {
+        format!("--data-dir {} is a file, not a directory; point it at {whose} data directory (created if missing)", dir.display())
+    })
+}
+
 /// Replaces `path` with `bytes` atomically and durably: after a crash the
 /// file holds either the old or the new contents, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -592,8 +592,8 @@ struct Agent<E> {
     complete_file: DurableU64,
     /// Names this data directory to the coordinator (`Hello.data_id`).
     data_id: u64,
-    /// Set once a sink, checkpoint, epoch or checkpoint-complete write
-    /// failed (`sink_failure`, `checkpoint`, ...): the agent stops.
+    /// The first `DiskWrite` error reported (any failed write to the data
+    /// directory): the agent stops (`disk_failure`).
     disk_write_failed: Option<String>,
     /// Newest checkpoint the ledger declared complete, as far as we know.
     complete_tid: u64,
@@ -661,9 +661,6 @@ impl<E: Engine> Agent<E> {
     /// cut), sink (torn line cut), checkpoints held. The core starts Stopped.
     async fn open(config: HostConfig, engine: E) -> Result<Agent<E>, AgentError> {
         let host = config.host_id.clone();
-        if host.is_empty() {
-            return Err(AgentError::Config("the host id is empty; pass --host-id".into()));
-        }
         if let Some(problem) = host_id_problem(&host) {
             return Err(AgentError::Config(format!("--host-id: {problem}")));
         }
@@ -671,11 +668,8 @@ impl<E: Engine> Agent<E> {
             return Err(AgentError::Config("--cluster-id is empty; give the cluster's name, as the coordinators have it".into()));
         }
         let data_dir = config.data_dir.clone();
-        if data_dir.exists() && !data_dir.is_dir() {
-            return Err(AgentError::Config(format!(
-                "--data-dir {} is a file, not a directory; point it at the host's data directory (created if missing)",
-                data_dir.display()
-            )));
+        if let Some(problem) = crate::fsutil::data_dir_problem(&data_dir, "the host's") {
+            return Err(AgentError::Config(problem));
         }
         for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
             std::fs::create_dir_all(&dir).map_err(|cause| AgentError::Io { host: host.clone(), path: dir.clone(), cause })?;
@@ -703,7 +697,11 @@ impl<E: Engine> Agent<E> {
         let data_id = load_or_create_data_id(&DurableU64::new(data_dir.join("data-id")))
             .map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
 
-        let sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
+        let mut sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
+        if let Some(tid) = config.fault_fail_sink_write_at_tid {
+            warn!(host = %host, tid, "fault injection: the sink write of tid {tid} fails as on a full disk");
+            sink.fail_append_at = Some(tid);
+        }
         info!(host = %host, file = %sink.path().display(), last_tid = sink.last_emitted(), "sink open");
         let sink = SinkWriter::start(sink).map_err(|cause| AgentError::SinkWriter { host: host.clone(), cause })?;
 
@@ -999,7 +997,8 @@ impl<E: Engine> Agent<E> {
             // the backoff applies and the error is logged each round. One
             // that refuses writes never recovers in this process.
             Err(e) => {
-                return match self.disk_failure() {
+                // (Its commit markers failed to sync: nothing was reported.)
+                return match self.journal_refuses() {
                     Some(reason) => SessionEnd::DiskWrite(reason),
                     None => SessionEnd::ConnectFailed(format!("host {}: {e}", self.host())),
                 }
@@ -1209,16 +1208,18 @@ impl<E: Engine> Agent<E> {
                             Ok(())
                         }
                         // A write to the host's disk, like the journal's.
-                        Ok(Err(e)) => {
-                            self.disk_write_failed.get_or_insert_with(|| format!("persisting epoch {epoch} failed: {e}"));
-                            Err(Failure { kind: ErrorKind::DiskWrite, tid: 0, message: format!("host {}: {e}", self.host()) })
-                        }
+                        Ok(Err(e)) => Err(Failure { kind: ErrorKind::DiskWrite, tid: 0, message: format!("host {}: {e}", self.host()) }),
                         Err(e) => Err(Failure { kind: ErrorKind::Internal, tid: 0, message: e }),
                     }
                 }
                 Action::Report(report) => {
                     if let Report::Error { kind, tid, message } = &report {
                         warn!(host = %self.host(), kind = kind.as_str(), tid, "reporting error to the coordinator: {message}");
+                        // Every failed write to the data directory passes
+                        // here: the agent stops once it is reported.
+                        if *kind == ErrorKind::DiskWrite {
+                            self.disk_write_failed.get_or_insert_with(|| message.clone());
+                        }
                     }
                     // A replayed step's report joins its tid's batch, and a
                     // `Committed` while the host goes on replaying (inside a
@@ -1567,17 +1568,13 @@ impl<E: Engine> Agent<E> {
         // checkpoint, a restore, shutdown) waits for the writer first. An
         // earlier tid's failed write surfaces here. A replayed tid the sink
         // holds or has queued is skipped without the engine's metadata.
-        if self.config.fault_fail_sink_write_at_tid == Some(tid) && !self.sink.already_emitted(tid) {
-            warn!(host = %host, tid, "fault injection: this tid's sink write fails as on a full disk");
-            self.sink.inject_write_failure();
-        }
         let outcome = match rows {
             _ if self.sink.already_emitted(tid) => EmitOutcome::AlreadyEmitted,
             Some(rows) => self
                 .sink
                 .submit(SinkBatch { epoch, tid, rows, meta })
                 .await
-                .map_err(|e| self.sink_failure(tid, format!("host {host}: releasing tid {tid} to the sink failed: {e}"), &e))?,
+                .map_err(|e| Self::sink_failure(tid, format!("host {host}: releasing tid {tid} to the sink failed: {e}"), &e))?,
             None => {
                 return Err(fail(
                     ErrorKind::Internal,
@@ -1600,25 +1597,24 @@ impl<E: Engine> Agent<E> {
     }
 
     /// A sink writer failure as the error to report: a failed write to the
-    /// disk is `DiskWrite`, and the agent stops after reporting it
-    /// (`disk_failure`); anything else (a bug, a thread gone) is `Sink`.
-    fn sink_failure(&mut self, tid: u64, message: String, e: &SinkWriterError) -> Failure {
-        if let SinkWriterError::Write { cause, .. } = e {
-            if matches!(**cause, SinkError::Io { .. }) {
-                self.disk_write_failed.get_or_insert_with(|| format!("writing the sink failed: {cause}"));
-                return Failure { kind: ErrorKind::DiskWrite, tid, message };
-            }
-        }
-        Failure { kind: ErrorKind::Sink, tid, message }
+    /// disk is `DiskWrite` (the agent stops after reporting it); anything
+    /// else (a bug, a thread gone) is `Sink`.
+    fn sink_failure(tid: u64, message: String, e: &SinkWriterError) -> Failure {
+        let disk = matches!(e, SinkWriterError::Write { cause, .. } if matches!(**cause, SinkError::Io { .. }));
+        Failure { kind: if disk { ErrorKind::DiskWrite } else { ErrorKind::Sink }, tid, message }
     }
 
-    /// Why this agent must stop, if it must: its journal refuses writes (one
-    /// failed), or another write to its data directory failed.
+    /// Why this agent must stop, if it must: it reported a failed write to
+    /// its data directory. Checked after every batch of actions, so the
+    /// usual answer costs no lock; the journal's own reason is preferred.
     fn disk_failure(&self) -> Option<String> {
-        match self.journal.poisoned() {
-            Some(reason) => Some(format!("the journal refuses writes after one failed: {reason}")),
-            None => self.disk_write_failed.clone(),
-        }
+        let reported = self.disk_write_failed.as_ref()?;
+        Some(self.journal_refuses().unwrap_or_else(|| reported.clone()))
+    }
+
+    /// Why the journal refuses writes, if it does (one failed).
+    fn journal_refuses(&self) -> Option<String> {
+        self.journal.poisoned().map(|reason| format!("the journal refuses writes after one failed: {reason}"))
     }
 
     /// Makes every queued commit marker durable.
@@ -1643,7 +1639,7 @@ impl<E: Engine> Agent<E> {
         // hold all of them durably before the checkpoint exists at all.
         if let Err(e) = self.sink.sync().await {
             let message = format!("host {host}: checkpoint {tid} not taken: the sink does not hold every committed tid: {e}");
-            return Err(self.sink_failure(tid, message, &e));
+            return Err(Self::sink_failure(tid, message, &e));
         }
         let dir = self.config.data_dir.join("checkpoints");
         let Some(mut engine) = self.engine.take() else {
@@ -1665,8 +1661,7 @@ impl<E: Engine> Agent<E> {
             // lost, not the pipeline failed, and the agent stops. Nothing
             // is lost with the checkpoint: the one before it stays.
             Err(e @ crate::engine::EngineError::Io { .. }) => {
-                self.disk_write_failed.get_or_insert_with(|| format!("writing checkpoint {tid} failed: {e}"));
-                return Err(fail(ErrorKind::DiskWrite, format!("host {host}: writing checkpoint {tid} failed: {e}")));
+                return Err(fail(ErrorKind::DiskWrite, format!("host {host}: writing checkpoint {tid} failed: {e}")))
             }
             Err(e) => return Err(fail(ErrorKind::Checkpoint, format!("host {host}: writing checkpoint {tid} failed: {e}"))),
         };
@@ -1698,10 +1693,7 @@ impl<E: Engine> Agent<E> {
         self.blocking(move || file.store(tid))
             .await
             .map_err(|e| fail(ErrorKind::Internal, e))?
-            .map_err(|e| {
-                self.disk_write_failed.get_or_insert_with(|| format!("recording checkpoint {tid} as complete failed: {e}"));
-                fail(ErrorKind::DiskWrite, format!("host {host}: {e}"))
-            })?;
+            .map_err(|e| fail(ErrorKind::DiskWrite, format!("host {host}: {e}")))?;
         self.complete_tid = tid;
         // Delete older checkpoints and any file in the checkpoint directory
         // that is not a held checkpoint (a crash between writing a
@@ -1760,7 +1752,7 @@ impl<E: Engine> Agent<E> {
         // replay then writes the rest).
         if let Err(e) = self.sink.sync().await {
             let message = format!("host {host}: restoring checkpoint {checkpoint_tid}: {e}");
-            return Err(self.sink_failure(checkpoint_tid, message, &e));
+            return Err(Self::sink_failure(checkpoint_tid, message, &e));
         }
         let Some(mut engine) = self.engine.take() else {
             return Err(fail(ErrorKind::Internal, format!("host {host}: engine missing at restore")));

@@ -619,7 +619,7 @@ async fn a_failed_sink_write_stops_the_host_before_a_checkpoint_covers_it() {
     let errs = errors(&reports);
     assert_eq!(errs.len(), 1, "{reports:?}");
     assert_eq!((errs[0].kind.as_str(), errs[0].tid), ("disk_write", 1), "{}", errs[0].message);
-    assert!(h.agent.disk_failure().is_some_and(|why| why.contains("writing the sink failed")), "{:?}", h.agent.disk_failure());
+    assert!(h.agent.disk_failure().is_some_and(|why| why.contains("to the sink failed")), "{:?}", h.agent.disk_failure());
     assert!(!reports.iter().any(|r| matches!(r, R::CheckpointDone(_))), "no checkpoint over a tid the sink lacks");
     assert_eq!(h.agent.core.state(), crate::core::TxnState::Stopped);
     assert!(h.agent.checkpoints.is_empty());

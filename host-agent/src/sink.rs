@@ -79,9 +79,11 @@ pub struct FileSink {
     /// True after open and after `expect_replay` until the next new tid is
     /// written: tids at or below `last_emitted` are skipped, not refused.
     replaying: bool,
-    /// Test fault: the next append holding this tid fails (once).
-    #[cfg(test)]
-    pub(crate) fail_append_at: Option<u64>,
+    /// Test fault: the next append holding this tid fails (once), as on a
+    /// full disk, writing nothing. In every build, so that the daemon can be
+    /// tested against it (`--fault-fail-sink-write-at-tid`).
+    #[doc(hidden)]
+    pub fail_append_at: Option<u64>,
 }
 
 impl FileSink {
@@ -116,7 +118,6 @@ impl FileSink {
             len: good_len,
             last_emitted,
             replaying: true,
-            #[cfg(test)]
             fail_append_at: None,
         })
     }
@@ -259,20 +260,14 @@ impl FileSink {
         Ok(())
     }
 
-    #[cfg(test)]
     fn inject_fault(&mut self, last_tid: u64) -> io::Result<()> {
         match self.fail_append_at {
             Some(t) if t <= last_tid && t > self.last_emitted => {
                 self.fail_append_at = None;
-                Err(io::Error::other(format!("injected fault at tid {t}")))
+                Err(io::Error::new(io::ErrorKind::StorageFull, format!("injected: no space left on device (tid {t})")))
             }
             _ => Ok(()),
         }
-    }
-
-    #[cfg(not(test))]
-    fn inject_fault(&mut self, _last_tid: u64) -> io::Result<()> {
-        Ok(())
     }
 }
 

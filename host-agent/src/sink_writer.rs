@@ -91,8 +91,6 @@ pub struct SinkWriter {
     /// tids at or below `last_queued` are skipped, not refused.
     replaying: bool,
     failures_taken: u64,
-    /// Fault injection (`inject_write_failure`), shared with the thread.
-    fail_next_write: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SinkWriter {
@@ -102,20 +100,11 @@ impl SinkWriter {
         let last = sink.last_emitted();
         let (tx, rx) = mpsc::channel(SINK_QUEUE_TIDS_MAX);
         let (progress_tx, progress) = watch::channel(Progress { durable: last, ..Progress::default() });
-        let fail_next_write = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let fault = fail_next_write.clone();
         std::thread::Builder::new()
             .name("lockstep-sink".into())
-            .spawn(move || write_loop(sink, rx, progress_tx, fault))
+            .spawn(move || write_loop(sink, rx, progress_tx))
             .map_err(|e| SinkWriterError::Gone { path: path.clone(), why: format!("spawning the thread: {e}") })?;
-        Ok(SinkWriter { path, tx, progress, last_queued: last, replaying: true, failures_taken: 0, fail_next_write })
-    }
-
-    /// Fault injection for tests: the next write fails as on a full disk,
-    /// writing nothing.
-    #[doc(hidden)]
-    pub fn inject_write_failure(&self) {
-        self.fail_next_write.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(SinkWriter { path, tx, progress, last_queued: last, replaying: true, failures_taken: 0 })
     }
 
     pub fn path(&self) -> &Path {
@@ -207,7 +196,7 @@ impl SinkWriter {
 /// The writer thread: FIFO over the queue, one append (one fdatasync) per
 /// group of queued tids. Ends when the `SinkWriter` is dropped and the
 /// queue is drained.
-fn write_loop(mut sink: FileSink, mut rx: mpsc::Receiver<Msg>, progress: watch::Sender<Progress>, fault: Arc<std::sync::atomic::AtomicBool>) {
+fn write_loop(mut sink: FileSink, mut rx: mpsc::Receiver<Msg>, progress: watch::Sender<Progress>) {
     let mut poisoned = false;
     let mut group: Vec<SinkBatch> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -220,7 +209,7 @@ fn write_loop(mut sink: FileSink, mut rx: mpsc::Receiver<Msg>, progress: watch::
                 Msg::Write(_) if poisoned => {}
                 Msg::Write(batch) => group.push(batch),
                 Msg::Resume => {
-                    flush(&mut sink, &mut group, &mut poisoned, &progress, &fault);
+                    flush(&mut sink, &mut group, &mut poisoned, &progress);
                     poisoned = false;
                 }
             }
@@ -228,29 +217,17 @@ fn write_loop(mut sink: FileSink, mut rx: mpsc::Receiver<Msg>, progress: watch::
                 next = rx.try_recv().ok();
             }
         }
-        flush(&mut sink, &mut group, &mut poisoned, &progress, &fault);
+        flush(&mut sink, &mut group, &mut poisoned, &progress);
     }
 }
 
-fn flush(
-    sink: &mut FileSink,
-    group: &mut Vec<SinkBatch>,
-    poisoned: &mut bool,
-    progress: &watch::Sender<Progress>,
-    fault: &std::sync::atomic::AtomicBool,
-) {
+fn flush(sink: &mut FileSink, group: &mut Vec<SinkBatch>, poisoned: &mut bool, progress: &watch::Sender<Progress>) {
     let (Some(first_tid), Some(last_tid)) = (group.first().map(|b| b.tid), group.last().map(|b| b.tid)) else { return };
     if *poisoned {
         group.clear();
         return;
     }
-    let appended = if fault.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        let source = std::io::Error::new(std::io::ErrorKind::StorageFull, "injected: no space left on device");
-        Err(SinkError::Io { path: sink.path().to_path_buf(), source })
-    } else {
-        sink.append(group)
-    };
-    match appended {
+    match sink.append(group) {
         Ok(()) => {
             let durable = sink.last_emitted();
             progress.send_modify(|p| p.durable = durable);

@@ -147,7 +147,7 @@ async fn a_host_whose_journal_write_fails_exits_and_the_pipeline_recovers_once_i
 /// The same for a write of the host's output sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_sink_write_fails_exits_and_the_pipeline_recovers_once_it_is_restarted() {
-    disk_write_fails_then_recovers("--fault-fail-sink-write-at-tid", 4, "writing the sink failed").await;
+    disk_write_fails_then_recovers("--fault-fail-sink-write-at-tid", 4, "to the sink failed").await;
 }
 
 async fn disk_write_fails_then_recovers(flag: &str, at: u64, says: &str) {

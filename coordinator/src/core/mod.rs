@@ -412,11 +412,11 @@ impl Core {
             return;
         }
         let slot = self.hosts.get_mut(&host).expect("validated membership");
-        let same_data = slot.hello.as_ref().is_some_and(|h| h.data_id != 0 && h.data_id == hello.data_id);
-        match slot.hello.as_ref().map(|h| h.data_id) {
-            Some(was) if was != 0 && hello.data_id != 0 && was != hello.data_id => slot.data_id_was = Some(was),
-            Some(_) => slot.data_id_was = None,
-            None => {}
+        // The data directory the host's previous Hello named, if both name one.
+        let previous = slot.hello.as_ref().map(|h| h.data_id).filter(|&was| was != 0 && hello.data_id != 0);
+        let same_data = previous == Some(hello.data_id);
+        if slot.hello.is_some() {
+            slot.data_id_was = previous.filter(|_| !same_data);
         }
         if let Some(old) = slot.conn.replace(conn) {
             // A host agent that restarted before its old stream was seen to
@@ -459,11 +459,7 @@ impl Core {
     fn second_agent(&self, hello: &Hello) -> Option<String> {
         let slot = self.hosts.get(&hello.host_id)?;
         let connected = slot.hello.as_ref().filter(|_| slot.conn.is_some())?;
-        let silent_us = self.now_us.saturating_sub(slot.last_heard_us);
-        if hello.data_id == 0 || connected.data_id == 0 || hello.data_id == connected.data_id {
-            return None;
-        }
-        if silent_us > self.cfg.report_deadline_ms.saturating_mul(1000) {
+        if hello.data_id == 0 || connected.data_id == 0 || hello.data_id == connected.data_id || self.past_deadline(slot) {
             return None;
         }
         Some(format!(
@@ -477,6 +473,21 @@ impl Core {
             ours = hello.data_id,
             deadline = self.cfg.report_deadline_ms,
         ))
+    }
+
+    /// Whether `slot`'s host has sent nothing for longer than the report
+    /// deadline.
+    fn past_deadline(&self, slot: &HostSlot) -> bool {
+        self.now_us.saturating_sub(slot.last_heard_us) > self.cfg.report_deadline_ms.saturating_mul(1000)
+    }
+
+    /// Closes `host`'s stream, if it has one, saying `why`, and loses the
+    /// host (`lose_host`).
+    fn drop_host(&mut self, host: &str, why: String, out: &mut Vec<Action>) {
+        if let Some(conn) = self.hosts.get_mut(host).and_then(|s| s.conn.take()) {
+            out.push(Action::Drop { conn, host: host.to_owned(), why: why.clone() });
+        }
+        self.lose_host(host, why, out);
     }
 
     fn on_disconnected(&mut self, conn: ConnId, host: &str, reason: String, out: &mut Vec<Action>) {
@@ -886,10 +897,7 @@ impl Core {
                 "it cannot write to its disk ({message}); free space or fix the disk under its data directory and restart \
                  its agent (it exits after such a failure): the pipeline recovers once it is back"
             );
-            if let Some(conn) = self.hosts.get_mut(host).and_then(|s| s.conn.take()) {
-                out.push(Action::Drop { conn, host: host.to_owned(), why: why.clone() });
-            }
-            return self.lose_host(host, why, out);
+            return self.drop_host(host, why, out);
         }
         let hint = match kind.as_str() {
             "stale_epoch" => "the host has seen a newer coordinator epoch than this ledger: another coordinator group \
@@ -1062,7 +1070,7 @@ impl Core {
                 .iter()
                 .filter_map(|(h, s)| {
                     let conn = s.conn?;
-                    (self.now_us.saturating_sub(s.last_heard_us) > self.cfg.report_deadline_ms.saturating_mul(1000)).then(|| (h.clone(), conn))
+                    self.past_deadline(s).then(|| (h.clone(), conn))
                 })
                 .collect();
             for (host, conn) in late {
@@ -1070,9 +1078,7 @@ impl Core {
                     continue; // already closed by the recovery an earlier late host started
                 }
                 let why = format!("no report or heartbeat for over {} ms", self.cfg.report_deadline_ms);
-                out.push(Action::Drop { conn, host: host.clone(), why: why.clone() });
-                self.hosts.get_mut(&host).expect("listed").conn = None;
-                self.lose_host(&host, why, out);
+                self.drop_host(&host, why, out);
             }
         }
         self.prepare_if_due(out);
