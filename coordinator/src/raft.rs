@@ -1009,18 +1009,7 @@ mod tests {
             }
         }
         // Snapshots were built and the log purged past the first one.
-        // Snapshots are built in the background, so the first one (near
-        // index 10, purging up to 7) may be all there is when the last
-        // proposal returns: wait for a later purge, not for any purge.
-        let m = l
-            .raft()
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.snapshot.is_some() && m.purged.is_some_and(|p| p.index > 10),
-                "a snapshot past index 10 and the log purged behind it",
-            )
-            .await
-            .unwrap();
+        let m = purged_past(&l, 10).await;
         let purged = m.purged.unwrap().index;
         let before = l.state().await;
         l.shutdown().await.unwrap();
@@ -1065,6 +1054,35 @@ mod tests {
             .unwrap();
         assert_eq!(l.state().await, after);
         l.shutdown().await.unwrap();
+    }
+
+    /// Waits until `l` has a snapshot and has purged its log past `index`.
+    ///
+    /// openraft checks its snapshot policy only when entries commit, and
+    /// skips the check while a snapshot is being built. Proposals made
+    /// during the first build therefore need not start a second one once
+    /// the proposing stops, so this asks for a build itself, a bounded
+    /// number of times, rather than waiting on the policy alone.
+    async fn purged_past(l: &Ledger, index: u64) -> RaftMetrics<NodeId, BasicNode> {
+        let reached = |m: &RaftMetrics<NodeId, BasicNode>| {
+            m.snapshot.is_some() && m.purged.is_some_and(|p| p.index > index)
+        };
+        for _ in 0..20 {
+            let got = l
+                .raft()
+                .wait(Some(Duration::from_secs(1)))
+                .metrics(reached, "a snapshot and the log purged behind it")
+                .await;
+            if let Ok(m) = got {
+                return m;
+            }
+            // A no-op while a build is running; the next round asks again.
+            l.raft().trigger().snapshot().await.unwrap();
+        }
+        panic!(
+            "no snapshot purged the log past index {index}: {:?}",
+            l.raft().metrics().borrow()
+        );
     }
 
     /// The files in the snapshot directory of the data directory `dir`.
