@@ -1196,6 +1196,30 @@ fn host_statuses(core: &Core) -> Vec<pb::HostStatus> {
         .collect()
 }
 
+/// `GetTransaction`'s answer from `l`: the record of `tid`, or why there
+/// is none, so an operator can tell a typo from history that was pruned.
+fn find_txn(l: &crate::ledger::LedgerState, tid: crate::ledger::Tid) -> Result<pb::Transaction, Status> {
+    if let Some(t) = l.txn(tid) {
+        return Ok(txn_to(t));
+    }
+    if tid == 0 {
+        return Err(Status::invalid_argument("tid 0 names no transaction; tids start at 1"));
+    }
+    if tid > l.tid_high_water {
+        return Err(Status::not_found(format!(
+            "tid {tid} has not begun; the highest tid issued is {}",
+            l.tid_high_water
+        )));
+    }
+    let why = match l.txns.keys().next() {
+        Some(&oldest) if tid < oldest => format!(
+            "tid {tid} is older than the oldest tid the ledger keeps ({oldest}); records before a checkpoint are pruned"
+        ),
+        _ => format!("the ledger holds no record of tid {tid}"),
+    };
+    Err(Status::not_found(format!("{why}; use ListTransactions to see what is kept")))
+}
+
 fn txn_to(t: &crate::ledger::TxnRecord) -> pb::Transaction {
     pb::Transaction {
         tid: t.tid,
@@ -1326,17 +1350,10 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_transaction(&self, request: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
         let tid = request.into_inner().tid;
-        let not_found = || {
-            Status::not_found(format!(
-                "tid {tid} is not in the ledger's kept history (older tids are pruned after checkpoints); use ListTransactions"
-            ))
-        };
         let Some(driver) = self.driver_if_leading() else {
-            let found = self.ledger.with_state(|l| l.txn(tid).map(txn_to));
-            return found.map(|t| stale(Response::new(t))).ok_or_else(not_found);
+            return self.ledger.with_state(|l| find_txn(l, tid)).map(|t| stale(Response::new(t)));
         };
-        let found = driver.query(move |core| core.ledger().txn(tid).map(txn_to)).await?;
-        found.map(Response::new).ok_or_else(not_found)
+        driver.query(move |core| find_txn(core.ledger(), tid)).await?.map(Response::new)
     }
 
     async fn explain_failure(&self, _: Request<pb::ExplainFailureRequest>) -> Result<Response<pb::Failure>, Status> {
@@ -1557,4 +1574,32 @@ pub async fn serve(
         r?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_transaction_says_why_a_tid_has_no_record() {
+        let l: crate::ledger::LedgerState = serde_json::from_str(
+            r#"{"cluster_id":"c","hosts":["h0"],"epoch":1,"tid_high_water":9,"last_committed":8,"checkpoints":[6],
+                "txns":{"5":{"tid":5,"status":"Committed","epoch":1,"hosts":{},"failure":null},
+                        "9":{"tid":9,"status":"Begun","epoch":1,"hosts":{},"failure":null}},"history_max":1}"#,
+        )
+        .unwrap();
+        assert_eq!(find_txn(&l, 9).unwrap().tid, 9);
+        let refused = |tid| find_txn(&l, tid).unwrap_err();
+        let e = refused(0);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("tids start at 1"), "{e:?}");
+        let e = refused(10);
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert_eq!(e.message(), "tid 10 has not begun; the highest tid issued is 9");
+        let e = refused(4);
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(e.message().starts_with("tid 4 is older than the oldest tid the ledger keeps (5)"), "{e:?}");
+        let e = refused(7);
+        assert!(e.message().starts_with("the ledger holds no record of tid 7; use ListTransactions"), "{e:?}");
+    }
 }

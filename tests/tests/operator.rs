@@ -40,6 +40,24 @@ async fn grpcurl_works_without_proto_files() {
     assert!(health.contains("SERVING"), "{health}");
     let txs = run(&bin, &["-plaintext", "-d", r#"{"from_tid": 1, "limit": 2}"#, &c.addr, "lockstep.v1.Admin/ListTransactions"]);
     assert!(txs.contains("Committed"), "{txs}");
+
+    // One transaction, and why a tid has none: a tid not issued yet, and
+    // tid 0, each named rather than "not found".
+    let t1 = run(&bin, &["-plaintext", "-d", r#"{"tid": 1}"#, &c.addr, "lockstep.v1.Admin/GetTransaction"]);
+    let v: serde_json::Value = serde_json::from_str(&t1).expect("grpcurl prints JSON");
+    assert_eq!((v["tid"].as_str(), v["state"].as_str()), (Some("1"), Some("Committed")), "{t1}");
+    let future = run_refused(&bin, &["-plaintext", "-d", r#"{"tid": 999999999}"#, &c.addr, "lockstep.v1.Admin/GetTransaction"]);
+    assert!(future.contains("NotFound") && future.contains("tid 999999999 has not begun; the highest tid issued is"), "{future}");
+    let zero = run_refused(&bin, &["-plaintext", "-d", r#"{"tid": 0}"#, &c.addr, "lockstep.v1.Admin/GetTransaction"]);
+    assert!(zero.contains("InvalidArgument") && zero.contains("tids start at 1"), "{zero}");
+}
+
+/// Runs grpcurl on a call the server must refuse; returns what it printed.
+fn run_refused(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().expect("run grpcurl");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "grpcurl {args:?} succeeded: {printed}");
+    printed
 }
 
 /// Daemons whose output goes to a file (as under compose, Kubernetes or
