@@ -776,8 +776,13 @@ impl Ledger {
             .await
             .map_err(|e| match e {
                 openraft::metrics::WaitError::ShuttingDown => ProposeError::Shutdown,
-                e => ProposeError::Membership(format!(
-                    "learner {id} at {addr:?} did not catch up with the log: {e} (is it running and reachable?)"
+                // openraft's timeout text carries the whole metrics dump;
+                // the operator needs the node, the bound and what to do.
+                openraft::metrics::WaitError::Timeout(..) => ProposeError::Membership(format!(
+                    "node {id} at {addr:?} was added as a learner but did not catch up with the log within {timeout:?}; \
+                     is it running (`coordinator serve --join`) and reachable at that address from this node? \
+                     It stays in the group as a learner (no vote) and is caught up once it is reachable: \
+                     call AddNode again to wait for it, or RemoveNode {{\"node_id\": {id}}} if the address was wrong"
                 )),
             })?;
         Ok(())

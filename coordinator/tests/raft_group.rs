@@ -439,6 +439,32 @@ async fn nodes_join_and_leave_through_membership_changes() {
     }
 }
 
+/// A learner added at an address where nothing answers: the refusal says
+/// what happened and what to do, without openraft's metrics dump; the node
+/// stays a learner, the group keeps committing, and RemoveNode takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_never_answers_is_named_and_can_be_removed() {
+    let t = RaftTuning { open_timeout: Duration::from_secs(2), ..tuning() };
+    let (_dirs, nodes) = group(1, t).await;
+    let leader = &nodes[leader_of(&nodes).await].ledger;
+    history(leader, 2).await;
+    let nowhere = bind().await.local_addr().unwrap().to_string();
+    let msg = match leader.add_learner(5, nowhere.clone()).await {
+        Err(ProposeError::Membership(m)) => m,
+        other => panic!("a learner nobody runs was accepted: {other:?}"),
+    };
+    assert!(msg.contains(&format!("node 5 at \"{nowhere}\" was added as a learner but did not catch up")), "{msg}");
+    assert!(msg.contains(r#"RemoveNode {"node_id": 5}"#) && !msg.contains("Metrics{"), "{msg}");
+    assert_eq!(leader.members().learners, BTreeMap::from([(5, nowhere)]));
+    ok(leader, commit(3)).await;
+    leader.remove_node(5).await.unwrap();
+    assert!(leader.members().learners.is_empty());
+    ok(leader, commit(4)).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Transport failures are `Unreachable` (openraft backs off) and the reason
 /// names the peer.
 #[tokio::test]
