@@ -1382,7 +1382,20 @@ impl pb::admin_server::Admin for AdminService {
     async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
         let reason = request.into_inner().reason;
         let reason = if reason.is_empty() { "operator request".to_string() } else { reason };
-        self.driver("Stop")?.event(Event::AdminStop { reason }).await?;
+        let driver = self.driver("Stop")?;
+        // A Stop of a pipeline that already stands still changes nothing
+        // (a failure's diagnosis stays); say so rather than "stopping".
+        let already = driver
+            .query(|core| match core.phase() {
+                Phase::Failed(_) => Some("the pipeline is already Failed and stands still; its diagnosis stays (ExplainFailure); Resume recovers it".to_string()),
+                Phase::Stopped { reason } => Some(format!("the pipeline is already Stopped ({reason}); Resume recovers it")),
+                _ => None,
+            })
+            .await?;
+        if let Some(message) = already {
+            return Ok(Response::new(pb::StopResponse { message }));
+        }
+        driver.event(Event::AdminStop { reason }).await?;
         Ok(Response::new(pb::StopResponse { message: "pipeline stopping; Resume recovers it".into() }))
     }
 

@@ -194,6 +194,12 @@ async fn nondeterministic_replay_is_caught_in_the_first_replayed_transaction() {
     assert!(!f.expected.is_empty() && !f.actual.is_empty() && f.expected != f.actual, "{f:?}");
     assert!(s.failure.contains("host host-1"), "status carries the diagnosis: {}", s.failure);
     assert!(c.coordinator.log().contains("PIPELINE FAILED"), "the coordinator log says so");
+    // An operator's Stop changes nothing and keeps the diagnosis.
+    let mut admin = c.admin().await.unwrap();
+    let stop = admin.stop(lockstep_proto::v1::StopRequest::default()).await.unwrap().into_inner();
+    assert!(stop.message.starts_with("the pipeline is already Failed"), "{stop:?}");
+    let after = admin.explain_failure(lockstep_proto::v1::ExplainFailureRequest {}).await.unwrap().into_inner();
+    assert_eq!(after, f, "the diagnosis stays after a Stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,8 @@ async fn stop_and_resume_through_admin_and_requests_that_do_not_apply_are_refuse
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     admin.stop(pb::StopRequest { reason: "maintenance".into() }).await.expect("stop");
     let stopped = c.wait_for("stopped", Duration::from_secs(60), |s| s.pipeline_state == "Stopped").await;
+    let again = admin.stop(pb::StopRequest { reason: "twice".into() }).await.expect("a second stop").into_inner();
+    assert_eq!(again.message, "the pipeline is already Stopped (maintenance); Resume recovers it");
     let err = admin.checkpoint(pb::CheckpointRequest {}).await.expect_err("no checkpoint while stopped");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     // Stopped means stopped: nothing commits.
