@@ -24,6 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "Lockstep coordinator: drives fault-tolerant transactions across hosts")]
 struct Cli {
+    /// `json`: one JSON object per line, for log collectors.
     #[arg(long, env = "LOCKSTEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     /// Threads of the async runtime. 1 (the default) runs everything on one
@@ -60,6 +61,9 @@ struct ServeArgs {
     /// Where the ledger (raft log, snapshots) lives.
     #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "./lockstep-data/coordinator")]
     data_dir: PathBuf,
+    /// Name of the cluster, fixed when its ledger is created; a host agent
+    /// with another --cluster-id is refused, so journals of two clusters
+    /// never mix.
     #[arg(long, env = "LOCKSTEP_CLUSTER_ID", default_value = "lockstep-dev")]
     cluster_id: String,
     /// Host ids of a new cluster, comma-separated (fixed when the cluster is created: once the ledger exists it is
@@ -103,10 +107,15 @@ struct ServeArgs {
 /// election-min even on a busy machine, or healthy leaders get deposed.
 #[derive(Args, Clone)]
 struct RaftArgs {
+    /// How often the raft leader heartbeats its followers (ms).
     #[arg(long, env = "LOCKSTEP_RAFT_HEARTBEAT_MS", default_value_t = 20)]
     raft_heartbeat_ms: u64,
+    /// Shortest wait without a leader's heartbeat before a follower stands
+    /// for election (ms); keep it several heartbeats long.
     #[arg(long, env = "LOCKSTEP_RAFT_ELECTION_MIN_MS", default_value_t = 80)]
     raft_election_min_ms: u64,
+    /// Longest such wait (ms); a dead leader is replaced after about this
+    /// plus a random pick between the two.
     #[arg(long, env = "LOCKSTEP_RAFT_ELECTION_MAX_MS", default_value_t = 120)]
     raft_election_max_ms: u64,
     /// TEST ONLY: every raft log append after the first N fails as on a
