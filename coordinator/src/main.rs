@@ -626,7 +626,9 @@ mod dev {
         }
         info!(
             coordinator = %addr, hosts = ?hosts, data = %args.data_dir.display(),
-            "local cluster running; try: grpcurl -plaintext {addr} lockstep.v1.Admin/GetStatus ; Ctrl-C stops"
+            // Said before the ledger is open (the coordinator task opens
+            // it), so it must not claim more than that the cluster starts.
+            "local cluster starting; watch it with: grpcurl -plaintext {addr} lockstep.v1.Admin/GetStatus ; Ctrl-C stops"
         );
 
         tokio::select! {
