@@ -1351,7 +1351,19 @@ impl pb::admin_server::Admin for AdminService {
     async fn get_transaction(&self, request: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
         let tid = request.into_inner().tid;
         let Some(driver) = self.driver_if_leading() else {
-            return self.ledger.with_state(|l| find_txn(l, tid)).map(|t| stale(Response::new(t)));
+            return match self.ledger.with_state(|l| find_txn(l, tid)) {
+                Ok(t) => Ok(stale(Response::new(t))),
+                // A follower's copy may lag: a tid the leader has just
+                // begun is "not begun" here. Say where the answer came from.
+                Err(e) => {
+                    let mut e = Status::new(
+                        e.code(),
+                        format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message()),
+                    );
+                    e.metadata_mut().insert("lockstep-stale", tonic::metadata::MetadataValue::from_static("true"));
+                    Err(e)
+                }
+            };
         };
         driver.query(move |core| find_txn(core.ledger(), tid)).await?.map(Response::new)
     }

@@ -302,6 +302,14 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
         assert!(std::time::Instant::now() < deadline, "the follower never named the leader: {refused:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Reads a follower answers from its copy of the ledger say so, found
+    // or not: a tid the leader just began may not have reached it yet.
+    let stale = |m: &tonic::metadata::MetadataMap| m.get("lockstep-stale").is_some();
+    let found = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 }).await.expect("tid 1 is committed");
+    assert!(stale(found.metadata()) && found.get_ref().tid == 1, "{found:?}");
+    let missing = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 << 40 }).await.expect_err("not begun");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert!(stale(missing.metadata()) && missing.message().contains("answered by a follower"), "{missing:?}");
 
     // The leader adds it. Leadership may move on a busy machine between
     // finding the leader and asking it: then ask the new one.
