@@ -1171,8 +1171,24 @@ impl AdminService {
 
 /// Marks a reply as coming from a follower's copy of the ledger.
 fn stale<T>(mut r: Response<T>) -> Response<T> {
-    r.metadata_mut().insert("lockstep-stale", tonic::metadata::MetadataValue::from_static("true"));
+    mark_stale(r.metadata_mut());
     r
+}
+
+/// Marks a refusal as coming from a follower's copy of the ledger, which
+/// may lag (a tid the leader has just begun is "not begun" there), and says
+/// so in its message.
+fn stale_refusal(e: Status) -> Status {
+    let mut e = Status::new(
+        e.code(),
+        format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message()),
+    );
+    mark_stale(e.metadata_mut());
+    e
+}
+
+fn mark_stale(m: &mut tonic::metadata::MetadataMap) {
+    m.insert(lockstep_proto::STALE_METADATA_KEY, tonic::metadata::MetadataValue::from_static("true"));
 }
 
 fn host_statuses(core: &Core) -> Vec<pb::HostStatus> {
@@ -1351,19 +1367,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn get_transaction(&self, request: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
         let tid = request.into_inner().tid;
         let Some(driver) = self.driver_if_leading() else {
-            return match self.ledger.with_state(|l| find_txn(l, tid)) {
-                Ok(t) => Ok(stale(Response::new(t))),
-                // A follower's copy may lag: a tid the leader has just
-                // begun is "not begun" here. Say where the answer came from.
-                Err(e) => {
-                    let mut e = Status::new(
-                        e.code(),
-                        format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message()),
-                    );
-                    e.metadata_mut().insert("lockstep-stale", tonic::metadata::MetadataValue::from_static("true"));
-                    Err(e)
-                }
-            };
+            return self.ledger.with_state(|l| find_txn(l, tid)).map(|t| stale(Response::new(t))).map_err(stale_refusal);
         };
         driver.query(move |core| find_txn(core.ledger(), tid)).await?.map(Response::new)
     }

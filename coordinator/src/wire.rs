@@ -202,9 +202,10 @@ fn state_from(seq: u64, v: i32) -> Result<HostTxnState, WireError> {
 /// in the order the host reported them. Every report is one event, except
 /// the two batches: `ReplayedTids` (per listed tid one `Replayed` event,
 /// which stands for a `Step` per listed step, then a `Prepared` if it
-/// carries one) and `CommittedTids` (one `Committed` per listed tid), exactly the events the separate reports would have been,
-/// so the core checks and diagnoses them the same way. On an error nothing
-/// is appended.
+/// carries one) and `CommittedTids` (one `Committed` per listed tid),
+/// exactly the events the separate reports would have been, so the core
+/// checks and diagnoses them the same way. On an error nothing is
+/// appended.
 pub fn report_to_events(host: &HostId, r: pb::HostReport, out: &mut Vec<Event>) -> Result<(), WireError> {
     use pb::host_report::Report;
     let seq = r.seq;

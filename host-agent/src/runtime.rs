@@ -138,8 +138,11 @@ pub enum AgentError {
          nothing journaled is lost"
     )]
     DiskWrite { host: String, dir: PathBuf, reason: String },
+    /// One of the small durable files of the data directory (`epoch`,
+    /// `checkpoint-complete`, `data-id`) could not be read or written; the
+    /// cause names the file.
     #[error("host {host}: {cause}")]
-    Epoch { host: String, cause: DurableU64Error },
+    StateFile { host: String, cause: DurableU64Error },
     #[error("host {host}: {cause}")]
     Sink { host: String, cause: SinkError },
     #[error("host {host}: {cause}")]
@@ -677,8 +680,8 @@ impl<E: Engine> Agent<E> {
 
         let epoch_file = DurableU64::new(data_dir.join("epoch"));
         let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));
-        let highest_epoch = epoch_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
-        let complete_tid = complete_file.load().map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
+        let highest_epoch = epoch_file.load().map_err(|cause| AgentError::StateFile { host: host.clone(), cause })?;
+        let complete_tid = complete_file.load().map_err(|cause| AgentError::StateFile { host: host.clone(), cause })?;
 
         let journal_dir = data_dir.join("journal");
         let ident = JournalIdent { cluster_id: config.cluster_id.clone(), host_id: host.clone() };
@@ -695,7 +698,7 @@ impl<E: Engine> Agent<E> {
         info!(host = %host, segments = report.segments, records = report.records, last_step = report.last_step, "journal open");
         // After the journal's lock: two agents cannot both create it.
         let data_id = load_or_create_data_id(&DurableU64::new(data_dir.join("data-id")))
-            .map_err(|cause| AgentError::Epoch { host: host.clone(), cause })?;
+            .map_err(|cause| AgentError::StateFile { host: host.clone(), cause })?;
 
         let mut sink = FileSink::open(&data_dir.join("sink")).map_err(|cause| AgentError::Sink { host: host.clone(), cause })?;
         if let Some(tid) = config.fault_fail_sink_write_at_tid {

@@ -89,3 +89,8 @@ pub mod columns {
 /// gRPC metadata key under which a coordinator that is not the leader names
 /// the leader's address (`host:port`, no scheme) when it answers UNAVAILABLE.
 pub const LEADER_METADATA_KEY: &str = "lockstep-leader";
+
+/// gRPC metadata key (value `true`) on an Admin read a follower answered
+/// from its copy of the ledger, which may lag the leader's: on the answer,
+/// and on a refusal (a tid it does not hold yet).
+pub const STALE_METADATA_KEY: &str = "lockstep-stale";

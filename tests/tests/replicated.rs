@@ -304,7 +304,7 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
     }
     // Reads a follower answers from its copy of the ledger say so, found
     // or not: a tid the leader just began may not have reached it yet.
-    let stale = |m: &tonic::metadata::MetadataMap| m.get("lockstep-stale").is_some();
+    let stale = |m: &tonic::metadata::MetadataMap| m.get(lockstep_proto::STALE_METADATA_KEY).is_some();
     let found = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 }).await.expect("tid 1 is committed");
     assert!(stale(found.metadata()) && found.get_ref().tid == 1, "{found:?}");
     let missing = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 << 40 }).await.expect_err("not begun");
