@@ -621,6 +621,7 @@ mod dev {
                 generator_seed: 42,
                 generator_batch_max: 50,
                 fault_nondeterministic_replay: false,
+                push_wait: lockstep_host_agent::reference::PUSH_WAIT_DEFAULT,
             };
             agents.push(tokio::spawn(supervise_agent(config, reference, stop_rx.clone())));
         }

@@ -65,6 +65,12 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_GENERATOR_BATCH_MAX", default_value_t = 50)]
     generator_batch_max: u64,
 
+    /// How long a Push waits for a live transaction to take its records;
+    /// past it they are withdrawn (not ingested) and the client is told to
+    /// push them again. Covers a leader change or a recovery.
+    #[arg(long, env = "LOCKSTEP_PUSH_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    push_wait_secs: u64,
+
     /// Pause between live steps, in milliseconds.
     #[arg(long, env = "LOCKSTEP_STEP_INTERVAL_MS", default_value_t = 10)]
     step_interval_ms: u64,
@@ -160,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         generator_seed: args.generator_seed,
         generator_batch_max: args.generator_batch_max,
         fault_nondeterministic_replay: args.fault_nondeterministic_replay,
+        push_wait: Duration::from_secs(args.push_wait_secs),
     };
     if args.fault_nondeterministic_replay {
         tracing::warn!(host = %args.host_id, "fault injection enabled: replay will diverge (test only)");

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub const GENERATOR_ENDPOINT: &str = "generator";
@@ -54,6 +55,11 @@ pub const PUSH_KEY_BYTES_MAX: usize = 1024;
 pub const PUSH_REQUEST_BYTES_MAX: usize = 16 << 20;
 /// Version of the checkpoint file format.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+/// How long a Push waits for a live step to take its records, by default
+/// (`ReferenceConfig::push_wait`): long enough for a leader change or a
+/// recovery, short enough that a client with no deadline of its own hears
+/// about a host that is cut off from its pipeline.
+pub const PUSH_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Configuration of the reference engine of one host.
 #[derive(Clone, Debug)]
@@ -64,6 +70,9 @@ pub struct ReferenceConfig {
     pub generator_batch_max: u64,
     /// Test-only: make replay diverge (see the module docs).
     pub fault_nondeterministic_replay: bool,
+    /// How long a Push waits for a live step to take its records before
+    /// they are withdrawn and the client is told so (`PUSH_WAIT_DEFAULT`).
+    pub push_wait: Duration,
 }
 
 // ---------------------------------------------------------------- generator
@@ -117,6 +126,8 @@ pub fn checksum_of<'a>(records: impl IntoIterator<Item = (&'a str, i64)>) -> Che
 // ---------------------------------------------------------------- push queue
 
 struct PendingPush {
+    /// Names the request in the queue, so that it can be withdrawn.
+    id: u64,
     records: Vec<(String, i64)>,
     ack: oneshot::Sender<(u64, u64)>,
 }
@@ -125,6 +136,36 @@ struct PendingPush {
 struct PushQueue {
     queue: VecDeque<PendingPush>,
     queued_records: usize,
+    next_id: u64,
+}
+
+impl PushQueue {
+    /// Takes push `id` out of the queue if no step has taken it yet;
+    /// `false` if one has (its records are being journaled).
+    fn withdraw(&mut self, id: u64) -> bool {
+        let Some(i) = self.queue.iter().position(|p| p.id == id) else { return false };
+        let p = self.queue.remove(i).expect("found above");
+        self.queued_records -= p.records.len();
+        true
+    }
+}
+
+/// Withdraws a waiting push whose handler ends before a step took it: its
+/// client gave up (cancelled, or its own deadline passed), and records
+/// nobody waits for must neither be ingested unacknowledged nor hold
+/// queue room.
+struct WithdrawOnDrop<'a> {
+    queue: &'a Mutex<PushQueue>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(self.id);
+        }
+    }
 }
 
 /// The `lockstep.v1.Ingest` service of one reference engine.
@@ -132,6 +173,7 @@ struct PushQueue {
 pub struct IngestService {
     host_id: String,
     queue: Arc<Mutex<PushQueue>>,
+    wait: Duration,
 }
 
 #[tonic::async_trait]
@@ -153,8 +195,8 @@ impl v1::ingest_server::Ingest for IngestService {
                 r.key.len()
             )));
         }
-        let (tx, rx) = oneshot::channel();
-        {
+        let (tx, mut rx) = oneshot::channel();
+        let id = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.queued_records + records.len() > PUSH_QUEUED_RECORDS_MAX {
                 return Err(tonic::Status::resource_exhausted(format!(
@@ -162,10 +204,29 @@ impl v1::ingest_server::Ingest for IngestService {
                     self.host_id, q.queued_records
                 )));
             }
+            q.next_id += 1;
+            let id = q.next_id;
             q.queued_records += records.len();
-            q.queue.push_back(PendingPush { records: records.into_iter().map(|r| (r.key, r.value)).collect(), ack: tx });
-        }
-        match rx.await {
+            q.queue.push_back(PendingPush { id, records: records.into_iter().map(|r| (r.key, r.value)).collect(), ack: tx });
+            id
+        };
+        let mut guard = WithdrawOnDrop { queue: &self.queue, id, armed: true };
+        let taken = match tokio::time::timeout(self.wait, &mut rx).await {
+            Ok(taken) => taken,
+            // Withdrawn unless a step took the records at the last moment;
+            // then they are being journaled and their outcome is awaited.
+            Err(_) if self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(id) => {
+                guard.armed = false;
+                return Err(tonic::Status::unavailable(format!(
+                    "host {}: no live transaction took these records within {:?}; they were withdrawn, not ingested. \
+                     The host is not connected to a running pipeline (see Admin/GetStatus and the host's log); push them again",
+                    self.host_id, self.wait
+                )));
+            }
+            Err(_) => rx.await,
+        };
+        guard.armed = false;
+        match taken {
             Ok((step, tid)) => Ok(tonic::Response::new(v1::PushResponse { step, tid })),
             Err(_) => Err(tonic::Status::unavailable(format!(
                 "host {}: the step carrying these records was not journaled (the host stopped, restored or its journal failed); they were not acknowledged, push them again",
@@ -224,13 +285,13 @@ impl ReferenceEngine {
 
     /// The push-ingest gRPC service feeding this engine.
     pub fn ingest_service(&self) -> v1::ingest_server::IngestServer<IngestService> {
-        v1::ingest_server::IngestServer::new(IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone() })
+        v1::ingest_server::IngestServer::new(self.ingest_handle())
             .max_decoding_message_size(PUSH_REQUEST_BYTES_MAX)
     }
 
     /// The Ingest service itself, for calling it in-process.
     pub fn ingest_handle(&self) -> IngestService {
-        IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone() }
+        IngestService { host_id: self.cfg.host_id.clone(), queue: self.queue.clone(), wait: self.cfg.push_wait }
     }
 
     /// The next generator offset (all records before it are ingested).
@@ -456,7 +517,13 @@ mod tests {
     }
 
     fn cfg(host: &str) -> ReferenceConfig {
-        ReferenceConfig { host_id: host.into(), generator_seed: 42, generator_batch_max: 20, fault_nondeterministic_replay: false }
+        ReferenceConfig {
+            host_id: host.into(),
+            generator_seed: 42,
+            generator_batch_max: 20,
+            fault_nondeterministic_replay: false,
+            push_wait: PUSH_WAIT_DEFAULT,
+        }
     }
 
     /// Runs `steps` live steps of tid 1 (no journal: the engine alone).
@@ -618,5 +685,66 @@ mod tests {
         assert!(e.step(&ctx, &bad("nope", Payload::Value(vec![]))).is_err());
         let gap = Payload::Reference(GeneratorRef { seed: 42, offset: 5, count: 1 });
         assert!(e.step(&ctx, &bad(GENERATOR_ENDPOINT, gap)).unwrap_err().to_string().contains("offset"));
+    }
+
+    fn push_of(values: &[i64]) -> tonic::Request<v1::PushRequest> {
+        tonic::Request::new(v1::PushRequest { records: values.iter().map(|v| v1::Record { key: "p".into(), value: *v }).collect() })
+    }
+
+    fn queued(e: &ReferenceEngine) -> (usize, usize) {
+        let q = e.queue.lock().unwrap();
+        (q.queue.len(), q.queued_records)
+    }
+
+    /// A push that no live step takes (the host is cut off from its
+    /// pipeline) is answered within the bound: withdrawn, not ingested, and
+    /// the client told why. The next step takes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_push_no_step_takes_is_withdrawn_and_refused_after_the_wait() {
+        use v1::ingest_server::Ingest;
+        let mut e = ReferenceEngine::new(ReferenceConfig { push_wait: Duration::from_millis(20), ..cfg("h1") });
+        let err = e.ingest_handle().push(push_of(&[1, 2, 3])).await.expect_err("no step took it");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("host h1") && err.message().contains("withdrawn, not ingested"), "{}", err.message());
+        assert_eq!(queued(&e), (0, 0), "the records left the queue");
+        let input = e.next_input(&StepContext { tid: 1, step: 1, replay: false }).unwrap();
+        assert!(input.endpoints.iter().all(|i| i.endpoint != PUSH_ENDPOINT || i.checksum.count == 0), "{input:?}");
+    }
+
+    /// A push taken by a step before its wait ends is acknowledged by that
+    /// step's journaling, however long that takes: taken records are never
+    /// withdrawn.
+    #[tokio::test(start_paused = true)]
+    async fn a_push_taken_before_the_wait_ends_is_acknowledged_by_its_step() {
+        use v1::ingest_server::Ingest;
+        let mut e = ReferenceEngine::new(ReferenceConfig { push_wait: Duration::from_millis(20), ..cfg("h1") });
+        let ingest = e.ingest_handle();
+        let push = tokio::spawn(async move { ingest.push(push_of(&[5, 6])).await });
+        // Queued once the handler has run up to its wait.
+        while queued(&e).0 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let ctx = StepContext { tid: 3, step: 9, replay: false };
+        let input = e.next_input(&ctx).unwrap();
+        // The wait passes (paused clock) while the step is being journaled.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        e.input_durable(3, 9);
+        let ack = push.await.unwrap().expect("acknowledged").into_inner();
+        assert_eq!((ack.tid, ack.step), (3, 9));
+        assert_eq!(e.step(&ctx, &input).unwrap(), input.checksums());
+        assert_eq!(e.get("p"), Some((2, 11)));
+    }
+
+    /// A client that gives up (cancels, or its own deadline passes) takes
+    /// its records out of the queue with it: they hold no room and are
+    /// never ingested unacknowledged.
+    #[tokio::test]
+    async fn a_cancelled_push_leaves_the_queue() {
+        use v1::ingest_server::Ingest;
+        let e = ReferenceEngine::new(cfg("h1"));
+        let ingest = e.ingest_handle();
+        let cancelled = tokio::time::timeout(Duration::ZERO, ingest.push(push_of(&[7]))).await;
+        assert!(cancelled.is_err(), "still waiting when dropped");
+        assert_eq!(queued(&e), (0, 0));
     }
 }

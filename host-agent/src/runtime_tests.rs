@@ -29,6 +29,7 @@ impl Harness {
             generator_seed: 7,
             generator_batch_max: 10,
             fault_nondeterministic_replay: fault,
+            push_wait: crate::reference::PUSH_WAIT_DEFAULT,
         });
         let mut agent = Agent::open(cfg, engine).await.expect("open agent");
         // What a session does first: summarise the journal for its Hello
@@ -523,6 +524,7 @@ async fn a_data_directory_that_is_a_file_is_refused_by_name() {
         generator_seed: 7,
         generator_batch_max: 10,
         fault_nondeterministic_replay: false,
+        push_wait: crate::reference::PUSH_WAIT_DEFAULT,
     });
     let err = Agent::open(HostConfig::new("h1", vec!["http://127.0.0.1:1".into()], &file), engine).await.err().expect("refused");
     let msg = err.to_string();

@@ -530,3 +530,38 @@ async fn a_coordinator_whose_ledger_cannot_be_written_exits_naming_it_and_recove
         assert!(tids.len() as u64 >= committed, "host {i} emitted {} tids, the ledger committed {committed}", tids.len());
     }
 }
+
+/// A push to a host that no pipeline drives (its coordinator cannot be
+/// reached) is not left hanging: after `--push-wait-secs` the client hears
+/// that no live transaction took the records and that they were withdrawn,
+/// not ingested. Before, a client without a deadline of its own waited for
+/// as long as the coordinator stayed away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_host_no_pipeline_drives_is_refused_after_the_wait_not_left_hanging() {
+    use lockstep_proto::v1::{ingest_client::IngestClient, PushRequest, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let ingest_port = free_port();
+    // Nobody listens on this port: the host keeps trying to connect.
+    let coordinator = format!("http://127.0.0.1:{}", free_port());
+    let args: Vec<String> = ["--host-id", "host-0", "--cluster-id", "lonely", "--push-wait-secs", "1", "--coordinator", &coordinator]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["--ingest-listen".into(), format!("127.0.0.1:{ingest_port}"), "--data-dir".into(), dir.path().join("h0").display().to_string()])
+        .collect();
+    let host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.path().join("host-0.log"));
+    let deadline = Instant::now() + LONG;
+    let mut ingest = loop {
+        match IngestClient::connect(format!("http://127.0.0.1:{ingest_port}")).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() > deadline => panic!("the ingest API never listened: {e}\n{}", host.log()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let records = vec![Record { key: "k".into(), value: 1 }];
+    let err = ingest.push(PushRequest { records }).await.expect_err("no pipeline, no acknowledgement");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("host host-0: no live transaction took these records within 1s; they were withdrawn, not ingested"),
+        "{err:?}"
+    );
+}
