@@ -160,10 +160,19 @@ struct WithdrawOnDrop<'a> {
     armed: bool,
 }
 
+impl WithdrawOnDrop<'_> {
+    /// Withdraws the push now (`PushQueue::withdraw`); either way there is
+    /// nothing left for the drop to do.
+    fn withdraw(&mut self) -> bool {
+        self.armed = false;
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(self.id)
+    }
+}
+
 impl Drop for WithdrawOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(self.id);
+            self.withdraw();
         }
     }
 }
@@ -215,8 +224,7 @@ impl v1::ingest_server::Ingest for IngestService {
             Ok(taken) => taken,
             // Withdrawn unless a step took the records at the last moment;
             // then they are being journaled and their outcome is awaited.
-            Err(_) if self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(id) => {
-                guard.armed = false;
+            Err(_) if guard.withdraw() => {
                 return Err(tonic::Status::unavailable(format!(
                     "host {}: no live transaction took these records within {:?}; they were withdrawn, not ingested. \
                      The host is not connected to a running pipeline (see Admin/GetStatus and the host's log); push them again",
@@ -363,8 +371,9 @@ impl ReferenceEngine {
             }
             let p = q.queue.pop_front().expect("front exists");
             q.queued_records -= p.records.len();
-            // A client that gave up before its records were taken gets
-            // at-most-once: they are dropped, not ingested.
+            // A push whose handler is gone has withdrawn itself
+            // (`WithdrawOnDrop`); should one still be found, nobody waits
+            // for its acknowledgement, so it is dropped, not ingested.
             if p.ack.is_closed() {
                 continue;
             }
@@ -743,8 +752,13 @@ mod tests {
         use v1::ingest_server::Ingest;
         let e = ReferenceEngine::new(cfg("h1"));
         let ingest = e.ingest_handle();
-        let cancelled = tokio::time::timeout(Duration::ZERO, ingest.push(push_of(&[7]))).await;
-        assert!(cancelled.is_err(), "still waiting when dropped");
+        let push = tokio::spawn(async move { ingest.push(push_of(&[7])).await });
+        while queued(&e).0 == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queued(&e), (1, 1), "queued, waiting for a step");
+        push.abort();
+        assert!(push.await.unwrap_err().is_cancelled());
         assert_eq!(queued(&e), (0, 0));
     }
 }
