@@ -383,8 +383,11 @@ async fn run_coordinator(
             dir.display(), cluster_id, args.cluster_id, cluster_id
         );
     }
+    // A ledger not yet initialised has no cluster id of its own: it takes
+    // this coordinator's when the group first commits.
+    let cluster = if initialised { cluster_id.as_str() } else { args.cluster_id.as_str() };
     info!(
-        node_id, %addr, group = ?ledger.members().voters, cluster = %cluster_id, epoch, last_committed, checkpoint,
+        node_id, %addr, group = ?ledger.members().voters, cluster = %cluster, new = !initialised, epoch, last_committed, checkpoint,
         "ledger opened"
     );
     let as_set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<String>>();
