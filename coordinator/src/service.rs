@@ -1178,13 +1178,12 @@ fn stale<T>(mut r: Response<T>) -> Response<T> {
 /// Marks a refusal as coming from a follower's copy of the ledger, which
 /// may lag (a tid the leader has just begun is "not begun" there), and says
 /// so in its message.
+/// The refusal's details and metadata travel on unchanged.
 fn stale_refusal(e: Status) -> Status {
-    let mut e = Status::new(
-        e.code(),
-        format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message()),
-    );
-    mark_stale(e.metadata_mut());
-    e
+    let message = format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message());
+    let mut metadata = e.metadata().clone();
+    mark_stale(&mut metadata);
+    Status::with_details_and_metadata(e.code(), message, e.details().to_vec().into(), metadata)
 }
 
 fn mark_stale(m: &mut tonic::metadata::MetadataMap) {
@@ -1630,5 +1629,18 @@ mod tests {
         assert!(e.message().starts_with("tid 4 is older than the oldest tid the ledger keeps (5)"), "{e:?}");
         let e = refused(7);
         assert!(e.message().starts_with("the ledger holds no record of tid 7; use ListTransactions"), "{e:?}");
+    }
+
+    #[test]
+    fn a_follower_refusal_keeps_the_original_details_and_metadata() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-origin", tonic::metadata::MetadataValue::from_static("ledger"));
+        let original = Status::with_details_and_metadata(tonic::Code::NotFound, "tid 10 has not begun", b"why".to_vec().into(), metadata);
+        let e = stale_refusal(original);
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(e.message().starts_with("tid 10 has not begun (answered by a follower"), "{e:?}");
+        assert_eq!(e.details(), b"why");
+        assert_eq!(e.metadata().get("x-origin").map(|v| v.to_str().unwrap()), Some("ledger"));
+        assert_eq!(e.metadata().get(lockstep_proto::STALE_METADATA_KEY).map(|v| v.to_str().unwrap()), Some("true"));
     }
 }

@@ -161,10 +161,15 @@ struct WithdrawOnDrop<'a> {
 }
 
 impl WithdrawOnDrop<'_> {
+    /// The push's outcome is settled (a step took it): nothing to withdraw.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
     /// Withdraws the push now (`PushQueue::withdraw`); either way there is
     /// nothing left for the drop to do.
     fn withdraw(&mut self) -> bool {
-        self.armed = false;
+        self.disarm();
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).withdraw(self.id)
     }
 }
@@ -233,7 +238,7 @@ impl v1::ingest_server::Ingest for IngestService {
             }
             Err(_) => rx.await,
         };
-        guard.armed = false;
+        guard.disarm();
         match taken {
             Ok((step, tid)) => Ok(tonic::Response::new(v1::PushResponse { step, tid })),
             Err(_) => Err(tonic::Status::unavailable(format!(
