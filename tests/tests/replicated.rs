@@ -263,7 +263,7 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
     use lockstep_proto::v1::{self as pb, admin_client::AdminClient};
     let g = Group::start(NODES, opts());
     let long = Duration::from_secs(60);
-    let (first, _) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running").await;
+    let (first, _) = g.wait_leader("a leader that committed a tid", long, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 1).await;
     let follower = (first + 1) % NODES;
 
     // A fourth node started with --join waits to be added.
@@ -305,7 +305,20 @@ async fn nodes_are_added_and_removed_through_the_admin_api() {
     // Reads a follower answers from its copy of the ledger say so, found
     // or not: a tid the leader just began may not have reached it yet.
     let stale = |m: &tonic::metadata::MetadataMap| m.get(lockstep_proto::STALE_METADATA_KEY).is_some();
-    let found = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 }).await.expect("tid 1 is committed");
+    // The leader committed tid 1; the follower's copy has it once the
+    // follower applied that far (on a busy machine it may not have yet).
+    let deadline = std::time::Instant::now() + long;
+    let found = loop {
+        match at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 }).await {
+            Ok(found) => break found,
+            Err(lagging) => {
+                assert_eq!(lagging.code(), tonic::Code::NotFound, "{lagging:?}");
+                assert!(stale(lagging.metadata()) && lagging.message().contains("answered by a follower"), "{lagging:?}");
+                assert!(std::time::Instant::now() < deadline, "the follower never applied tid 1: {lagging:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     assert!(stale(found.metadata()) && found.get_ref().tid == 1, "{found:?}");
     let missing = at_follower.get_transaction(pb::GetTransactionRequest { tid: 1 << 40 }).await.expect_err("not begun");
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
