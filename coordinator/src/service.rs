@@ -995,8 +995,11 @@ pub struct HostSessionService {
 }
 
 /// How long a host session waits on a node that does not know a ready
-/// leader yet (an election in progress) before being turned away.
-const HOST_SESSION_LEADER_WAIT: Duration = Duration::from_secs(3);
+/// leader yet (an election in progress) before being turned away. Shorter
+/// than the host's own wait for an answer (`CONNECT_TIMEOUT_MS`), so that
+/// the host hears why it was turned away ("not the leader", naming one
+/// if known) instead of giving up on a silent coordinator.
+const HOST_SESSION_LEADER_WAIT: Duration = Duration::from_millis(lockstep_host_agent::runtime::CONNECT_TIMEOUT_MS * 3 / 4);
 
 impl HostSessionService {
     /// The driver to attach a host to. During an election a node knows no

@@ -845,6 +845,10 @@ impl<E: Engine> Agent<E> {
         // the others are where the pipeline continues); only when a whole
         // round failed does the host back off.
         let mut tried_in_round = 0usize;
+        // Why each coordinator of this round could not be reached: logged
+        // together once the whole round failed, so that the warning names
+        // every address that is down or refusing, not only the last one.
+        let mut unreachable: Vec<String> = Vec::new();
         loop {
             let addr = match redirect.take() {
                 Some(leader) => leader,
@@ -873,11 +877,8 @@ impl<E: Engine> Agent<E> {
                     warn!(host = %self.host(), coordinator = %addr, leader = %leader, retry_in_ms = backoff.as_millis() as u64, "redirects between coordinators keep bouncing (election in progress?); backing off: {why}");
                 }
                 SessionEnd::ConnectFailed(why) => {
-                    if attempt.is_multiple_of(coordinators) {
-                        warn!(host = %self.host(), coordinator = %addr, retry_in_ms = backoff.as_millis() as u64, "cannot reach a coordinator: {why}");
-                    } else {
-                        debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
-                    }
+                    debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
+                    unreachable.push(format!("{addr}: {why}"));
                 }
                 SessionEnd::Lost(why) | SessionEnd::Dropped(why) => {
                     warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
@@ -891,6 +892,7 @@ impl<E: Engine> Agent<E> {
             }
             if welcomed_once {
                 tried_in_round = 0;
+                unreachable.clear();
             }
             tried_in_round += 1;
             if tried_in_round < coordinators {
@@ -898,6 +900,16 @@ impl<E: Engine> Agent<E> {
                 continue;
             }
             tried_in_round = 0;
+            if !unreachable.is_empty() {
+                warn!(
+                    host = %self.host(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot reach a coordinator ({} of {coordinators} failed this round): {}",
+                    unreachable.len(),
+                    unreachable.join("; ")
+                );
+                unreachable.clear();
+            }
             // A backoff ends a run of redirects.
             redirects_in_a_row = 0;
             tokio::select! {
