@@ -1733,8 +1733,10 @@ impl Core {
         }
         if h.highest_epoch > self.ledger.epoch {
             return Err(format!(
-                "host {} has seen epoch {}, newer than this ledger's epoch {}: this ledger is older than the pipeline \
-                 (restored from an old copy, or another coordinator drives this host); point --data-dir at the current ledger",
+                "host {} has seen epoch {}, newer than this ledger's epoch {}: this ledger is behind the pipeline. Either a \
+                 newer leader took over while this coordinator was cut off (it catches up once it reaches its group; the \
+                 host goes to the new leader), or this data dir holds an old or empty copy of the ledger (restored from a \
+                 backup, or the ledger was lost; then point --data-dir at the current one)",
                 h.host_id, h.highest_epoch, self.ledger.epoch
             ));
         }

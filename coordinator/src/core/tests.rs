@@ -539,7 +539,8 @@ fn hellos_from_strangers_are_rejected_with_a_clear_error() {
     assert!(reject(h.ev(Event::Hello { conn: 2, hello: hello.clone() })).contains("belongs to cluster \"other\""));
     hello.cluster_id = "c1".into();
     hello.highest_epoch = 5;
-    assert!(reject(h.ev(Event::Hello { conn: 3, hello: hello.clone() })).contains("epoch 5"));
+    let stale = reject(h.ev(Event::Hello { conn: 3, hello: hello.clone() }));
+    assert!(stale.contains("epoch 5") && stale.contains("a newer leader took over") && stale.contains("--data-dir"), "{stale}");
     hello.highest_epoch = 0;
     hello.protocol_version = 99;
     assert!(reject(h.ev(Event::Hello { conn: 4, hello })).contains("protocol version 99"));
