@@ -471,11 +471,19 @@ impl Group {
 }
 
 /// The batches (one JSON object per committed tid) in the sink of the host
-/// whose data directory is `host_dir`; none if it has no sink yet.
+/// whose data directory is `host_dir`; none if it has no sink yet. Only
+/// whole lines count: a running host may be appending the last one as this
+/// reads it (a line is written whole only once it ends in a newline; a
+/// host that crashed mid-line cuts that tail off when it restarts).
 pub fn read_sink(host_dir: &Path) -> Vec<serde_json::Value> {
     let path = host_dir.join("sink").join("output.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("sink line is JSON")).collect()
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("sink line is not JSON ({e}): {l}")))
+        .collect()
 }
 
 /// One Admin/GetStatus call to the coordinator at `addr` (host:port).
