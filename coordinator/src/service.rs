@@ -1180,8 +1180,7 @@ fn stale<T>(mut r: Response<T>) -> Response<T> {
 
 /// Marks a refusal as coming from a follower's copy of the ledger, which
 /// may lag (a tid the leader has just begun is "not begun" there), and says
-/// so in its message.
-/// The refusal's details and metadata travel on unchanged.
+/// so in its message. Its details and metadata travel on unchanged.
 fn stale_refusal(e: Status) -> Status {
     let message = format!("{} (answered by a follower from its copy of the ledger, which may lag the leader's)", e.message());
     let mut metadata = e.metadata().clone();

@@ -848,7 +848,7 @@ impl<E: Engine> Agent<E> {
         // Why each coordinator of this round could not be reached: logged
         // together once the whole round failed, so that the warning names
         // every address that is down or refusing, not only the last one.
-        let mut unreachable: Vec<String> = Vec::new();
+        let mut failed_this_round: Vec<String> = Vec::new();
         loop {
             let addr = match redirect.take() {
                 Some(leader) => leader,
@@ -878,7 +878,7 @@ impl<E: Engine> Agent<E> {
                 }
                 SessionEnd::ConnectFailed(why) => {
                     debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
-                    unreachable.push(format!("{addr}: {why}"));
+                    failed_this_round.push(format!("{addr}: {why}"));
                 }
                 SessionEnd::Lost(why) | SessionEnd::Dropped(why) => {
                     warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
@@ -892,7 +892,7 @@ impl<E: Engine> Agent<E> {
             }
             if welcomed_once {
                 tried_in_round = 0;
-                unreachable.clear();
+                failed_this_round.clear();
             }
             tried_in_round += 1;
             if tried_in_round < coordinators {
@@ -900,15 +900,15 @@ impl<E: Engine> Agent<E> {
                 continue;
             }
             tried_in_round = 0;
-            if !unreachable.is_empty() {
+            if !failed_this_round.is_empty() {
                 warn!(
                     host = %self.host(),
                     retry_in_ms = backoff.as_millis() as u64,
                     "cannot reach a coordinator ({} of {coordinators} failed this round): {}",
-                    unreachable.len(),
-                    unreachable.join("; ")
+                    failed_this_round.len(),
+                    failed_this_round.join("; ")
                 );
-                unreachable.clear();
+                failed_this_round.clear();
             }
             // A backoff ends a run of redirects.
             redirects_in_a_row = 0;
