@@ -848,7 +848,7 @@ impl<E: Engine> Agent<E> {
         // Why each coordinator of this round could not be reached: logged
         // together once the whole round failed, so that the warning names
         // every address that is down or refusing, not only the last one.
-        let mut failed_this_round: Vec<String> = Vec::new();
+        let mut failed_this_round: Vec<(String, String)> = Vec::new();
         loop {
             let addr = match redirect.take() {
                 Some(leader) => leader,
@@ -878,7 +878,7 @@ impl<E: Engine> Agent<E> {
                 }
                 SessionEnd::ConnectFailed(why) => {
                     debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
-                    failed_this_round.push(format!("{addr}: {why}"));
+                    failed_this_round.push((addr.clone(), why));
                 }
                 SessionEnd::Lost(why) | SessionEnd::Dropped(why) => {
                     warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
@@ -901,12 +901,18 @@ impl<E: Engine> Agent<E> {
             }
             tried_in_round = 0;
             if !failed_this_round.is_empty() {
+                // The addresses also as a field of their own, for JSON log
+                // consumers that filter on it (as on the stream warnings'
+                // `coordinator`).
+                let addrs: Vec<&str> = failed_this_round.iter().map(|(addr, _)| addr.as_str()).collect();
+                let why: Vec<String> = failed_this_round.iter().map(|(addr, why)| format!("{addr}: {why}")).collect();
                 warn!(
                     host = %self.host(),
+                    coordinators = %addrs.join(","),
                     retry_in_ms = backoff.as_millis() as u64,
                     "cannot reach a coordinator ({} of {coordinators} failed this round): {}",
                     failed_this_round.len(),
-                    failed_this_round.join("; ")
+                    why.join("; ")
                 );
                 failed_this_round.clear();
             }

@@ -82,6 +82,12 @@ async fn starts_retries_serves_and_stops_cleanly_without_a_coordinator() {
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     wait_for("two failed connection rounds", || read_log().matches("cannot reach a coordinator").count() >= 2);
+    // Each round's warning names both coordinators, in its text and in a
+    // field of its own.
+    let round = read_log().lines().find(|l| l.contains("cannot reach a coordinator")).unwrap_or_default().to_string();
+    assert!(round.contains("2 of 2 failed this round"), "{round}");
+    let field = round.split_whitespace().find(|w| w.starts_with("coordinators=")).unwrap_or_else(|| panic!("no coordinators field: {round}"));
+    assert_eq!(field.matches("127.0.0.1:").count(), 2, "{round}");
     assert!(data.join("journal").is_dir() && data.join("sink").join("output.jsonl").is_file());
 
     let url = format!("http://127.0.0.1:{port}");
