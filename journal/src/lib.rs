@@ -111,6 +111,7 @@
 //!   segment, so they never see the zeros.
 
 pub mod checksum;
+pub mod direct;
 mod error;
 #[cfg(test)]
 mod fault_tests;
