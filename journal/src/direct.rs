@@ -20,16 +20,20 @@
 //! end is zeros, which the append-only files that use this already read
 //! as "nothing written here" (their crate docs, "Preallocation").
 //!
-//! Not every filesystem takes `O_DIRECT` (tmpfs refuses it at `open`, some
-//! at the first write, both with `EINVAL`); [`DirectError::Unsupported`]
-//! tells the caller to append the buffered way instead. Reads of the file
-//! through an ordinary descriptor see what was written: the kernel drops
-//! the cached pages a direct write covers.
+//! Not every filesystem takes `O_DIRECT` (older kernels' tmpfs refuses it
+//! at `open`, some filesystems at the first write, both with `EINVAL`);
+//! [`DirectError::Unsupported`] says so, and [`Appender`], which both the
+//! journal and the coordinator's raft log write through, then warns once
+//! and appends the buffered way (`pwrite`, then the caller's `fdatasync`)
+//! from there on. Reads of the file through an ordinary descriptor see what
+//! was written: the kernel drops the cached pages a direct write covers.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::Path;
+
+use tracing::warn;
 
 /// What direct writes align to: the page size, a multiple of the logical
 /// block size of any disk Linux supports.
@@ -108,6 +112,122 @@ impl DirectTail {
         self.block_start = new_start;
         Ok(())
     }
+}
+
+/// How an [`Appender`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Direct where the filesystem takes it, else buffered.
+    #[default]
+    DirectIfSupported,
+    /// Always `pwrite`, made durable by the caller's `fdatasync`.
+    Buffered,
+}
+
+/// What [`Appender::write`] did with the bytes.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written directly: durable already.
+    Durable,
+    /// Written to the page cache: durable after the file's `fdatasync`.
+    NeedsSync,
+}
+
+/// Where [`Appender::refuse`] makes direct I/O be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    AtOpen,
+    AtWrite,
+}
+
+/// Writes the appends of an append-only log, segment after segment: each
+/// directly ([`DirectTail`]) where the filesystem takes it, else buffered.
+#[derive(Debug)]
+pub struct Appender {
+    /// Names the log in the warning of a fallback ("journal", "raft log").
+    log: &'static str,
+    /// The handle on the file appended to last, with the caller's key for
+    /// that file; opened again whenever an append goes to another file or
+    /// to another place than its end.
+    direct: Option<(u64, DirectTail)>,
+    /// Direct writes are off: asked for, or refused here once.
+    buffered_only: bool,
+    refuse: Option<Refusal>,
+}
+
+impl Appender {
+    pub fn new(log: &'static str, mode: WriteMode) -> Appender {
+        Appender { log, direct: None, buffered_only: mode == WriteMode::Buffered, refuse: None }
+    }
+
+    /// Writes `bytes` at `at`, the end of the data of `file` (at `path`),
+    /// which the caller knows as `key` (a segment number): directly, or
+    /// buffered, as the result says.
+    pub fn write(&mut self, key: u64, file: &File, path: &Path, at: u64, bytes: &[u8]) -> io::Result<Written> {
+        if !self.buffered_only {
+            if self.direct.as_ref().is_none_or(|(k, d)| *k != key || d.end() != at) {
+                self.direct = None;
+                let opened = match self.refuse {
+                    Some(Refusal::AtOpen) => Err(refused()),
+                    _ => DirectTail::open(path, file, at),
+                };
+                match opened {
+                    Ok(d) => self.direct = Some((key, d)),
+                    Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
+                    Err(DirectError::Io(e)) => return Err(e),
+                }
+            }
+            let refuse_write = self.refuse == Some(Refusal::AtWrite);
+            if let Some((_, d)) = self.direct.as_mut() {
+                let res = if refuse_write { Err(refused()) } else { d.append(bytes) };
+                match res {
+                    Ok(()) => return Ok(Written::Durable),
+                    // Refused before any I/O: written the buffered way below.
+                    Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
+                    Err(DirectError::Io(e)) => {
+                        self.direct = None;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        file.write_all_at(bytes, at)?;
+        Ok(Written::NeedsSync)
+    }
+
+    /// Drops the handle: the file was cut, replaced or removed.
+    pub fn forget(&mut self) {
+        self.direct = None;
+    }
+
+    /// Whether the last write went directly; false before the first one
+    /// and after [`Appender::forget`].
+    pub fn last_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Makes this appender meet a filesystem that refuses direct I/O at
+    /// `at`, for tests of the fallback (this machine's filesystems, tmpfs
+    /// included, all take direct I/O on recent kernels).
+    pub fn refuse(&mut self, at: Option<Refusal>) {
+        self.refuse = at;
+    }
+
+    fn fall_back(&mut self, path: &Path, e: &io::Error) {
+        self.direct = None;
+        self.buffered_only = true;
+        warn!(
+            file = %path.display(),
+            "{}: the filesystem refuses direct writes ({e}); appending with write + fdatasync from now on, which \
+             costs each durable append ~20 µs more on a typical disk",
+            self.log
+        );
+    }
+}
+
+fn refused() -> DirectError {
+    DirectError::Unsupported(io::Error::new(io::ErrorKind::InvalidInput, "direct I/O refused (test)"))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::pb::{self, journal_record::Kind};
-use crate::{Journal, JournalError, JournalIdent, JournalOptions, Position};
+use crate::{Journal, JournalError, JournalIdent, JournalOptions, Position, WriteMode};
 
 fn ident() -> JournalIdent {
     JournalIdent { cluster_id: "c".into(), host_id: "h".into() }
@@ -64,35 +64,45 @@ fn disk_full_reaches_every_waiting_appender() {
 }
 
 /// Where `fallocate` fails, that segment's appends grow the file as they
-/// did before preallocation (the file is exactly its records), the next
-/// segment is preallocated again, and the journal works as ever, across a
-/// roll and a reopen.
+/// did before preallocation (buffered: the file is exactly its records;
+/// direct: up to the end of the last block written, zeros after the
+/// records), the next segment is preallocated again, and the journal works
+/// as ever, across a roll and a reopen.
 #[test]
 fn without_preallocation_appends_grow_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = JournalOptions { segment_bytes_max: 4096, ..JournalOptions::default() };
-    let path = dir.path().join(crate::format::segment_file_name(1));
-    let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
-    j.faults().fail_next_preallocate.store(true, Ordering::SeqCst);
-    let mut end = 0;
-    for tid in 1..=3 {
-        let at = j.append(&commit(tid)).unwrap();
-        end = at.offset + crate::format::encode_frame(&commit(tid)).len() as u64;
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "the file is exactly its records");
+    for write_mode in [WriteMode::Buffered, WriteMode::DirectIfSupported] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions { segment_bytes_max: 4096, write_mode, ..JournalOptions::default() };
+        let path = dir.path().join(crate::format::segment_file_name(1));
+        let (j, _) = Journal::open(dir.path(), ident(), opts.clone()).unwrap();
+        j.faults().fail_next_preallocate.store(true, Ordering::SeqCst);
+        let mut end = 0;
+        for tid in 1..=3 {
+            let at = j.append(&commit(tid)).unwrap();
+            end = at.offset + crate::format::encode_frame(&commit(tid)).len() as u64;
+            let file = std::fs::read(&path).unwrap();
+            if write_mode == WriteMode::Buffered {
+                assert_eq!(file.len() as u64, end, "the file is exactly its records");
+            } else {
+                assert!(file.len() as u64 >= end && file.len() as u64 <= end.next_multiple_of(crate::direct::BLOCK), "{}", file.len());
+                assert!(file[end as usize..].iter().all(|&b| b == 0), "zeros after the records");
+            }
+        }
+        let mut last = Position::default();
+        for tid in 4..=300 {
+            last = j.append(&commit(tid)).unwrap();
+        }
+        assert!(j.segments().1 > 1, "rolled");
+        assert!(std::fs::metadata(&path).unwrap().len() > end);
+        let active = dir.path().join(crate::format::segment_file_name(last.segment));
+        let records_end = last.offset + crate::format::encode_frame(&commit(300)).len() as u64;
+        let len = std::fs::metadata(&active).unwrap().len();
+        assert!(len >= opts.segment_bytes_max.max(records_end), "the next segment is preallocated again ({write_mode:?}, {len})");
+        assert_eq!(read_count(&j), 300);
+        drop(j);
+        let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
+        assert_eq!((report.records, report.torn_tail_bytes), (300, 0));
+        j.append(&commit(301)).unwrap();
+        assert_eq!(read_count(&j), 301);
     }
-    let mut last = Position::default();
-    for tid in 4..=300 {
-        last = j.append(&commit(tid)).unwrap();
-    }
-    assert!(j.segments().1 > 1, "rolled");
-    assert!(std::fs::metadata(&path).unwrap().len() > end);
-    let active = dir.path().join(crate::format::segment_file_name(last.segment));
-    let records_end = last.offset + crate::format::encode_frame(&commit(300)).len() as u64;
-    assert_eq!(std::fs::metadata(&active).unwrap().len(), opts.segment_bytes_max.max(records_end), "the next segment is preallocated again");
-    assert_eq!(read_count(&j), 300);
-    drop(j);
-    let (j, report) = Journal::open(dir.path(), ident(), opts).unwrap();
-    assert_eq!((report.records, report.torn_tail_bytes), (300, 0));
-    j.append(&commit(301)).unwrap();
-    assert_eq!(read_count(&j), 301);
 }

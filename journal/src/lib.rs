@@ -12,7 +12,12 @@
 //!   last step before it, cluster id, host id, CRC32C); records are framed
 //!   as length + CRC32C + prost body. See [`format`](mod@format) for the byte layout.
 //! - [`Journal::append`] returns once the record is durable (group commit:
-//!   one `fdatasync` for every record queued meanwhile, no batch timer).
+//!   one durable write for every record queued meanwhile, no batch timer).
+//!   That write is direct and synchronous (`O_DIRECT | O_DSYNC`, see
+//!   [`direct`]) where the filesystem takes it, else `pwrite` +
+//!   `fdatasync`; a direct write covers whole 4 KiB blocks, so it leaves
+//!   zeros after the records to its last block's end, which are read as
+//!   preallocated space (below).
 //! - Step records form a chain (`prev_step` of each is the `step` of the one
 //!   before; tids never go backwards). `append` refuses a record that would
 //!   break it; readers check it and report a gap as a typed error.
@@ -128,6 +133,7 @@ pub mod pb {
 }
 
 pub use checksum::{record_hash, Aggregate, Checksum, Difference, EndpointChecksums};
+pub use direct::WriteMode;
 pub use error::{JournalError, Result};
 pub use format::{decode_segment, DecodedSegment};
 pub use read::{RecordIter, RecordViews, SharedRecordIter, StepsIter};
@@ -138,6 +144,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use prost::Message;
 
+use direct::Appender;
 use error::io_err;
 use writer::{Meta, Queue, Reply, Request, Shared, Writer};
 
@@ -156,13 +163,21 @@ pub struct JournalOptions {
     pub segment_bytes_max: u64,
     /// Largest encoded record accepted by `append`.
     pub record_bytes_max: u32,
-    /// At most this many records share one fdatasync.
+    /// At most this many records share one durable write.
     pub group_commit_records_max: usize,
+    /// How a batch is made durable: one direct, synchronous write where the
+    /// filesystem takes it (`direct`), else `pwrite` + `fdatasync`.
+    pub write_mode: WriteMode,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { segment_bytes_max: 64 << 20, record_bytes_max: 16 << 20, group_commit_records_max: 1024 }
+        JournalOptions {
+            segment_bytes_max: 64 << 20,
+            record_bytes_max: 16 << 20,
+            group_commit_records_max: 1024,
+            write_mode: WriteMode::DirectIfSupported,
+        }
     }
 }
 
@@ -261,6 +276,7 @@ impl Journal {
         let dir = dir.as_ref().to_owned();
         open::check_options(&opts, &ident)?;
         let opened = open::open_dir(&dir, &ident)?;
+        let opts_mode = opts.write_mode;
         let active = opened.state.active_segment;
         let size = opened.state.durable_end;
         let shared = Arc::new(Shared {
@@ -287,6 +303,7 @@ impl Journal {
             preallocate: true,
             last: opened.last,
             buf: Vec::new(),
+            appender: Appender::new("journal", opts_mode),
         };
         shared.queue().writer = Some(Box::new(writer));
         let handle = {

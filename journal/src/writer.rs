@@ -3,9 +3,10 @@
 //! Appenders encode their record on their own thread and put it on one
 //! queue, in call order. Whoever holds the *commit token* (the [`Writer`]:
 //! file, size, chain state) takes everything queued (up to
-//! `group_commit_records_max`), writes the batch with one `write`, makes it
-//! durable with one `fdatasync`, and only then publishes the new durable
-//! end and acknowledges every appender with its position.
+//! `group_commit_records_max`), writes the batch with one direct,
+//! synchronous write (or one `write` and one `fdatasync`, where the
+//! filesystem refuses direct I/O: `crate::direct`), and only then publishes
+//! the new durable end and acknowledges every appender with its position.
 //!
 //! - A blocking `append` that finds the token free takes it and commits on
 //!   its own thread (with whatever was queued before it): a lone appender
@@ -32,13 +33,13 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::error::{io_err, JournalError, Result};
 use crate::format;
 use crate::read::Span;
+use crate::direct::Written;
 use crate::{JournalIdent, JournalOptions, Position};
 
 /// State shared by the writer thread, readers and GC.
@@ -356,6 +357,8 @@ pub(crate) struct Writer {
     /// (step, tid) of the last step record written.
     pub last: (u64, u64),
     pub buf: Vec<u8>,
+    /// Writes each batch (`crate::direct`).
+    pub appender: crate::direct::Appender,
 }
 
 /// Holds the commit token; gives it back (and wakes the commit thread if
@@ -458,15 +461,18 @@ impl Writer {
     }
 
     /// Writes `self.buf` at the end of the records of the active segment
-    /// (into preallocated space when there is some) and fsyncs it.
+    /// (into preallocated space when there is some) and makes it durable:
+    /// one direct write, or `pwrite` + `fdatasync` (`crate::direct`). With
+    /// nothing to write, makes what was written buffered durable.
     fn flush_and_sync(&mut self) -> io::Result<()> {
         if self.shared.fail_next_write.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
         }
+        let mut written = Written::NeedsSync;
         if !self.buf.is_empty() {
             let end = self.size + self.buf.len() as u64;
             self.preallocate_for(end);
-            self.file.write_all_at(&self.buf, self.size)?;
+            written = self.appender.write(self.segment, &self.file, &self.path, self.size, &self.buf)?;
             self.size = end;
             self.allocated = self.allocated.max(end);
             self.buf.clear();
@@ -475,7 +481,10 @@ impl Writer {
         if self.shared.faults.fail_next_sync.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::other("injected: fdatasync failed"));
         }
-        self.file.sync_data()
+        match written {
+            Written::Durable => Ok(()),
+            Written::NeedsSync => self.file.sync_data(),
+        }
     }
 
     /// Makes sure the active segment is allocated up to `end` before a
@@ -523,6 +532,7 @@ impl Writer {
         let len = self.file.metadata().map_err(io_err(&self.path))?.len();
         // The file's own length, not `allocated`: an `fallocate` that
         // failed part-way may have grown it without this writer knowing.
+        // A direct write also leaves zeros up to its last block's end.
         if len != self.size {
             self.file.set_len(self.size).map_err(io_err(&self.path))?;
             self.file.sync_all().map_err(io_err(&self.path))?;
@@ -626,6 +636,7 @@ impl Writer {
         let seq = self.segment + 1;
         let (file, header_bytes) = create_segment(&self.shared.dir, seq, self.last.0, self.size, &self.shared.ident)?;
         self.file = file;
+        self.appender.forget();
         self.path = self.shared.dir.join(format::segment_file_name(seq));
         self.segment = seq;
         self.header_bytes = header_bytes;

@@ -110,7 +110,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lockstep_journal::direct::{DirectError, DirectTail};
+use lockstep_journal::direct::{Appender, Written};
+pub use lockstep_journal::direct::WriteMode;
 use tracing::warn;
 
 const SEGMENT_MAGIC: [u8; 8] = *b"LSRAFTLG";
@@ -523,107 +524,7 @@ pub struct RaftLog {
     /// Held for the whole of a write: appends write and sync without the
     /// state lock (readers are not held up by the fsync), and no other
     /// write may start meanwhile.
-    writer: Mutex<Writer>,
-}
-
-/// How an append reaches the disk: by default one direct, synchronous
-/// write to the active segment (module doc, "Crash safety": Append), or a
-/// buffered write and `fdatasync` where the filesystem refuses direct I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Direct where the filesystem takes it, else buffered.
-    DirectIfSupported,
-    /// Always a buffered write and `fdatasync`.
-    Buffered,
-}
-
-/// The writer's side of appends (see [`WriteMode`]).
-#[derive(Debug)]
-struct Writer {
-    /// The active segment's direct handle, with the segment's sequence
-    /// number; opened again whenever the next append goes elsewhere than
-    /// its end (a new segment, a cut, a purge, a failed write).
-    direct: Option<(u64, DirectTail)>,
-    /// Direct writes are off: asked for, or refused here once.
-    buffered_only: bool,
-    /// Tests: where the filesystem is made to refuse direct I/O (this
-    /// machine's filesystems, tmpfs included, all take it).
-    #[cfg(test)]
-    refuse: Option<Refuse>,
-}
-
-/// Where a test makes direct I/O be refused (`Writer::refuse`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refuse {
-    AtOpen,
-    AtWrite,
-}
-
-impl Writer {
-    fn new(mode: WriteMode) -> Writer {
-        Writer {
-            direct: None,
-            buffered_only: mode == WriteMode::Buffered,
-            #[cfg(test)]
-            refuse: None,
-        }
-    }
-
-    /// Writes `buf` at `start` of segment `seq` (`file` at `path`) and
-    /// returns once it is durable.
-    fn write_durably(&mut self, seq: u64, file: &File, path: &Path, start: u64, buf: &[u8]) -> io::Result<()> {
-        if !self.buffered_only {
-            if self.direct.as_ref().is_none_or(|(s, d)| *s != seq || d.end() != start) {
-                self.direct = None;
-                match self.open_direct(path, file, start) {
-                    Ok(d) => self.direct = Some((seq, d)),
-                    Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
-                    Err(DirectError::Io(e)) => return Err(e),
-                }
-            }
-            let refused = self.refused(Refuse::AtWrite);
-            if let Some((_, d)) = self.direct.as_mut() {
-                match refused.map_or_else(|| d.append(buf), Err) {
-                    Ok(()) => return Ok(()),
-                    // Refused before any I/O: written the buffered way below.
-                    Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
-                    Err(DirectError::Io(e)) => {
-                        self.direct = None;
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        file.write_all_at(buf, start).and_then(|()| file.sync_data())
-    }
-
-    fn open_direct(&self, path: &Path, file: &File, start: u64) -> Result<DirectTail, DirectError> {
-        match self.refused(Refuse::AtOpen) {
-            Some(e) => Err(e),
-            None => DirectTail::open(path, file, start),
-        }
-    }
-
-    /// Tests: the refusal a filesystem without direct I/O would give `at`.
-    #[cfg(test)]
-    fn refused(&self, at: Refuse) -> Option<DirectError> {
-        (self.refuse == Some(at)).then(|| DirectError::Unsupported(io::Error::new(io::ErrorKind::InvalidInput, "direct I/O refused by the test")))
-    }
-
-    #[cfg(not(test))]
-    fn refused(&self, _at: Refuse) -> Option<DirectError> {
-        None
-    }
-
-    fn fall_back(&mut self, path: &Path, e: &io::Error) {
-        self.direct = None;
-        self.buffered_only = true;
-        warn!(
-            segment = %path.display(),
-            "raft log: the filesystem refuses direct writes ({e}); appending with write + fdatasync instead, which \
-             costs each ledger write ~20 µs more on a typical disk"
-        );
-    }
+    writer: Mutex<Appender>,
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -764,7 +665,7 @@ impl RaftLog {
             // tail): allocated again for the appends to come.
             preallocate(&last.file, &last.path, last.len, segment_bytes);
         }
-        let log = RaftLog { dir: dir.to_path_buf(), segment_bytes, state: Mutex::new(state), writer: Mutex::new(Writer::new(mode)) };
+        let log = RaftLog { dir: dir.to_path_buf(), segment_bytes, state: Mutex::new(state), writer: Mutex::new(Appender::new("raft log", mode)) };
         Ok((log, report))
     }
 
@@ -868,7 +769,7 @@ impl RaftLog {
     /// rather than a buffered write and `fdatasync`; false before the first
     /// append and after a truncate or purge.
     pub fn last_append_direct(&self) -> bool {
-        lock(&self.writer).direct.is_some()
+        lock(&self.writer).last_direct()
     }
 
     /// The purge marker: (last purged index, its bytes).
@@ -965,7 +866,10 @@ impl RaftLog {
         }
         // The one durable write of this batch, without the state lock:
         // reads of earlier entries go on meanwhile.
-        let res = writer.write_durably(seq, &file, &path, start, &buf);
+        let res = writer.write(seq, &file, &path, start, &buf).and_then(|w| match w {
+            Written::Durable => Ok(()),
+            Written::NeedsSync => file.sync_data(),
+        });
 
         let mut st = lock(&self.state);
         if let Err(e) = res {
@@ -995,7 +899,7 @@ impl RaftLog {
     pub fn truncate(&self, from: u64) -> Result<(), LogError> {
         let mut writer = lock(&self.writer);
         // Segments are cut or deleted: the next append opens its own handle.
-        writer.direct = None;
+        writer.forget();
         let mut st = lock(&self.state);
         st.writable(&self.dir)?;
         let Some(last) = st.last_index() else {
@@ -1044,7 +948,7 @@ impl RaftLog {
     pub fn purge(&self, upto: u64, marker: &[u8]) -> Result<(), LogError> {
         let mut writer = lock(&self.writer);
         // Segments are cut or deleted: the next append opens its own handle.
-        writer.direct = None;
+        writer.forget();
         let mut st = lock(&self.state);
         st.writable(&self.dir)?;
         if st.purged.as_ref().is_some_and(|p| p.index >= upto) {
@@ -1086,6 +990,7 @@ impl RaftLog {
 mod tests {
     use std::collections::BTreeMap;
 
+    use lockstep_journal::direct::{DirectError, DirectTail, Refusal};
     use proptest::prelude::*;
 
     use super::*;
@@ -1595,14 +1500,14 @@ mod tests {
     /// works as before.
     #[test]
     fn appends_fall_back_where_direct_writes_are_refused() {
-        for refuse in [Refuse::AtOpen, Refuse::AtWrite] {
+        for refuse in [Refusal::AtOpen, Refusal::AtWrite] {
             let d = tempfile::tempdir().unwrap();
             let dir = d.path().join("log");
             let (log, _) = open(&dir, 300);
-            lock(&log.writer).refuse = Some(refuse);
+            lock(&log.writer).refuse(Some(refuse));
             log.append(&batch(1..=12, 5), Some((12, b"c"))).unwrap();
             assert!(!log.last_append_direct(), "{refuse:?}");
-            lock(&log.writer).refuse = None;
+            lock(&log.writer).refuse(None);
             log.append(&batch(13..=14, 5), None).unwrap();
             assert!(!log.last_append_direct(), "{refuse:?}: refused once, buffered from then on");
             drop(log);
