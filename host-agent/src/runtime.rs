@@ -762,8 +762,16 @@ impl<E: Engine> Agent<E> {
             let path = self.config.data_dir.join(&location);
             if path.exists() {
                 self.checkpoints.insert(tid, path);
+            } else if tid < self.complete_tid {
+                // Deleted on purpose once checkpoint `complete_tid` was
+                // complete (`checkpoint_complete` stores that tid first);
+                // the record stays until its journal segment is collected.
+                debug!(host = %self.host(), tid, complete = self.complete_tid, "checkpoint {tid} was deleted after a newer one completed");
             } else {
-                warn!(host = %self.host(), tid, file = %path.display(), "journal names checkpoint {tid}, but its file is gone; not offering it to the coordinator");
+                warn!(
+                    host = %self.host(), tid, file = %path.display(), complete = self.complete_tid,
+                    "journal names checkpoint {tid}, but its file is gone (it was never deleted on purpose: it is not older than the newest complete checkpoint); not offering it to the coordinator"
+                );
             }
         }
         Ok(())
