@@ -39,6 +39,9 @@ use tracing::warn;
 /// block size of any disk Linux supports.
 pub const BLOCK: u64 = 4096;
 
+/// Largest write buffer kept between appends; beyond it, freed after use.
+const SCRATCH_KEPT_MAX: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
     /// This file's filesystem does not do direct I/O; nothing was written.
@@ -110,6 +113,11 @@ impl DirectTail {
         self.tail.clear();
         self.tail.extend_from_slice(&blocks[keep]);
         self.block_start = new_start;
+        // A rare large batch (a big pushed record) must not pin its size in
+        // memory for the life of the log.
+        if self.scratch.capacity() > SCRATCH_KEPT_MAX {
+            self.scratch = Vec::new();
+        }
         Ok(())
     }
 }
@@ -280,6 +288,23 @@ mod tests {
         again.append(b"!").unwrap();
         expect.push(b'!');
         assert_eq!(&std::fs::read(&path).unwrap()[..expect.len()], &expect[..]);
+    }
+
+    #[test]
+    fn a_large_append_does_not_keep_its_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        let current = File::open(&path).unwrap();
+        let Some(mut d) = open_or_skip(&path, &current, 0) else { return };
+        d.append(&[1u8; 100]).unwrap();
+        assert!(d.scratch.capacity() > 0 && d.scratch.capacity() <= SCRATCH_KEPT_MAX, "a small write's buffer is kept");
+        let big = vec![2u8; 3 << 20];
+        d.append(&big).unwrap();
+        assert_eq!(d.scratch.capacity(), 0, "freed after a write larger than it keeps");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[..100], &[1u8; 100][..]);
+        assert_eq!(&on_disk[100..100 + big.len()], &big[..]);
     }
 
     #[test]
