@@ -25,7 +25,8 @@
 //! [`DirectError::Unsupported`] says so, and [`Appender`], which both the
 //! journal and the coordinator's raft log write through, then warns once
 //! and appends the buffered way (`pwrite`, then the caller's `fdatasync`)
-//! from there on. Reads of the file through an ordinary descriptor see what
+//! from there on; so it does when the direct descriptor cannot be opened
+//! for another reason, since nothing was written yet. Reads of the file through an ordinary descriptor see what
 //! was written: the kernel drops the cached pages a direct write covers.
 
 use std::fs::{File, OpenOptions};
@@ -97,7 +98,13 @@ impl DirectTail {
         let blocks = &mut self.scratch[at..at + total];
         blocks[..self.tail.len()].copy_from_slice(&self.tail);
         blocks[self.tail.len()..data].copy_from_slice(bytes);
-        match self.file.write_at(blocks, self.block_start) {
+        let written = loop {
+            match self.file.write_at(blocks, self.block_start) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match written {
             // Refused before any I/O: the filesystem does not align or
             // support direct writes after all.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Err(DirectError::Unsupported(e)),
@@ -182,8 +189,10 @@ impl Appender {
                 };
                 match opened {
                     Ok(d) => self.direct = Some((key, d)),
-                    Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
-                    Err(DirectError::Io(e)) => return Err(e),
+                    // Nothing was written: the ordinary descriptor still
+                    // serves (whatever kept the second one from opening,
+                    // be it EINVAL or a descriptor limit).
+                    Err(DirectError::Unsupported(e) | DirectError::Io(e)) => self.fall_back(path, &e),
                 }
             }
             let refuse_write = self.refuse == Some(Refusal::AtWrite);
@@ -227,8 +236,9 @@ impl Appender {
         self.buffered_only = true;
         warn!(
             file = %path.display(),
-            "{}: the filesystem refuses direct writes ({e}); appending with write + fdatasync from now on, which \
-             costs each durable append ~20 µs more on a typical disk",
+            "{}: direct writes are not available here ({e}: the filesystem refuses O_DIRECT, or the descriptor \
+             could not be opened); appending with write + fdatasync from now on, which costs each durable append \
+             ~20 µs more on a typical disk",
             self.log
         );
     }
@@ -305,6 +315,24 @@ mod tests {
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(&on_disk[..100], &[1u8; 100][..]);
         assert_eq!(&on_disk[100..100 + big.len()], &big[..]);
+    }
+
+    /// When the direct descriptor cannot be opened (here: the path no
+    /// longer names the file), the appender writes through the caller's
+    /// descriptor instead, and stays with that.
+    #[test]
+    fn an_appender_that_cannot_open_the_direct_descriptor_writes_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut a = Appender::new("test log", WriteMode::DirectIfSupported);
+        assert_eq!(a.write(1, &file, &path, 0, b"abc").unwrap(), Written::NeedsSync);
+        assert!(!a.last_direct());
+        assert_eq!(a.write(1, &file, &path, 3, b"de").unwrap(), Written::NeedsSync);
+        let mut back = [0u8; 5];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"abcde");
     }
 
     #[test]

@@ -58,8 +58,9 @@
 //!   waits for the data and then for a cache flush: on the bench VM the
 //!   ledger part of a live commit's latency fell by ~23 µs at p50
 //!   (docs/BENCHMARKS.md, session 25). Where the filesystem refuses direct
-//!   I/O (`EINVAL` at open or at the first write) the log says so once and
-//!   appends with `pwrite` + `fdatasync` from then on ([`WriteMode`]).
+//!   I/O (`EINVAL` at open or at the first write), or the direct descriptor
+//!   cannot be opened, the log says so once and appends with `pwrite` +
+//!   `fdatasync` from then on ([`WriteMode`]).
 //! - **Torn tail**: on open, a bad frame in the last segment is a torn tail
 //!   (cut, with a warning) unless an intact frame *of a later write* follows
 //!   it (a valid frame whose `batch_start` lies beyond the bad frame): then
