@@ -60,7 +60,7 @@ pub fn describe() {
     describe_histogram!(
         "lockstep_agent_journal_append_seconds",
         Unit::Seconds,
-        "A live step's journal append until durable (write + fdatasync, group-committed)"
+        "A live step's journal append until durable (one direct write, or write + fdatasync; group-committed)"
     );
     describe_counter!("lockstep_agent_tids_committed_total", "Tids this host committed (outputs released or already in the sink)");
     describe_gauge!("lockstep_agent_last_committed_tid", "The newest tid this host committed");
