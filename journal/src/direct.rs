@@ -265,13 +265,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn appends_land_after_the_existing_bytes_and_keep_them() {
+    /// A file holding `content` in a new temporary directory, with a
+    /// direct handle at its end (see `open_or_skip`).
+    fn direct_after(content: &[u8]) -> Option<(tempfile::TempDir, std::path::PathBuf, DirectTail)> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        std::fs::write(&path, b"header-of-17-byte").unwrap();
+        std::fs::write(&path, content).unwrap();
         let current = File::open(&path).unwrap();
-        let Some(mut d) = open_or_skip(&path, &current, 17) else { return };
+        let d = open_or_skip(&path, &current, content.len() as u64)?;
+        Some((dir, path, d))
+    }
+
+    #[test]
+    fn appends_land_after_the_existing_bytes_and_keep_them() {
+        let Some((_dir, path, mut d)) = direct_after(b"header-of-17-byte") else { return };
         let mut expect = b"header-of-17-byte".to_vec();
         // Small appends inside one block, one that crosses into the next
         // blocks, and one that ends exactly on a block boundary.
@@ -302,11 +309,7 @@ mod tests {
 
     #[test]
     fn a_large_append_does_not_keep_its_buffer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"").unwrap();
-        let current = File::open(&path).unwrap();
-        let Some(mut d) = open_or_skip(&path, &current, 0) else { return };
+        let Some((_dir, path, mut d)) = direct_after(b"") else { return };
         d.append(&[1u8; 100]).unwrap();
         assert!(d.scratch.capacity() > 0 && d.scratch.capacity() <= SCRATCH_KEPT_MAX, "a small write's buffer is kept");
         let big = vec![2u8; 3 << 20];
