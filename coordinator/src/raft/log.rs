@@ -55,8 +55,10 @@
 //!   in its first block again, unchanged (a torn write cannot alter bytes
 //!   whose old and new content are the same), and zeros after the batch to
 //!   the block's end. It wakes the writer once where `pwrite` + `fdatasync`
-//!   waits for the data and then for a cache flush: on the bench VM the
-//!   ledger part of a live commit's latency fell by ~23 µs at p50
+//!   waits for the data and then for a cache flush: on the bench VM an
+//!   append takes 40-47 µs against 59-70 µs in `raft::bench`; in the live
+//!   benchmark the ledger part of a commit fell by ~23 µs at p50 in one set
+//!   of alternated runs and by less than the noise in another
 //!   (docs/BENCHMARKS.md, session 25). Where the filesystem refuses direct
 //!   I/O (`EINVAL` at open or at the first write), or the direct descriptor
 //!   cannot be opened, the log says so once and appends with `pwrite` +
