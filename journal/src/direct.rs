@@ -26,8 +26,12 @@
 //! journal and the coordinator's raft log write through, then warns once
 //! and appends the buffered way (`pwrite`, then the caller's `fdatasync`)
 //! from there on; so it does when the direct descriptor cannot be opened
-//! for another reason, since nothing was written yet. Reads of the file through an ordinary descriptor see what
-//! was written: the kernel drops the cached pages a direct write covers.
+//! for another reason, since nothing was written yet. A failure to read the
+//! file's last block back is the file's or the disk's fault, not the
+//! filesystem's answer to direct I/O: the append fails
+//! ([`DirectError::TailRead`]). Reads of the file through an ordinary
+//! descriptor see what was written: the kernel drops the cached pages a
+//! direct write covers.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,6 +55,10 @@ pub enum DirectError {
     /// The write failed; what reached the disk is unknown.
     #[error(transparent)]
     Io(io::Error),
+    /// Reading the file's last, partial block back failed: the file or the
+    /// disk is at fault, and appending another way would hide it.
+    #[error("reading back the last block before appending failed: {0}")]
+    TailRead(io::Error),
 }
 
 /// A descriptor of one file opened for direct, synchronous writes, and the
@@ -78,7 +86,7 @@ impl DirectTail {
             .map_err(|e| if e.raw_os_error() == Some(libc::EINVAL) { DirectError::Unsupported(e) } else { DirectError::Io(e) })?;
         let block_start = end - end % BLOCK;
         let mut tail = vec![0u8; (end - block_start) as usize];
-        current.read_exact_at(&mut tail, block_start).map_err(DirectError::Io)?;
+        current.read_exact_at(&mut tail, block_start).map_err(DirectError::TailRead)?;
         Ok(DirectTail { file, block_start, tail, scratch: Vec::new() })
     }
 
@@ -193,6 +201,10 @@ impl Appender {
                     // serves (whatever kept the second one from opening,
                     // be it EINVAL or a descriptor limit).
                     Err(DirectError::Unsupported(e) | DirectError::Io(e)) => self.fall_back(path, &e),
+                    // The file's own bytes could not be read: a buffered
+                    // append would go ahead on a file or disk that just
+                    // failed, so the append fails as its write would.
+                    Err(DirectError::TailRead(e)) => return Err(e),
                 }
             }
             let refuse_write = self.refuse == Some(Refusal::AtWrite);
@@ -202,7 +214,7 @@ impl Appender {
                     Ok(()) => return Ok(Written::Durable),
                     // Refused before any I/O: written the buffered way below.
                     Err(DirectError::Unsupported(e)) => self.fall_back(path, &e),
-                    Err(DirectError::Io(e)) => {
+                    Err(DirectError::Io(e) | DirectError::TailRead(e)) => {
                         self.direct = None;
                         return Err(e);
                     }
@@ -336,6 +348,27 @@ mod tests {
         let mut back = [0u8; 5];
         file.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back, b"abcde");
+    }
+
+    /// A last block that cannot be read back (here: through a write-only
+    /// descriptor; on a real disk, EIO) fails the append instead of
+    /// switching this log to buffered writes for good.
+    #[test]
+    fn a_tail_that_cannot_be_read_fails_the_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"seven b").unwrap();
+        let write_only = OpenOptions::new().write(true).open(&path).unwrap();
+        match DirectTail::open(&path, &write_only, 7) {
+            Err(DirectError::TailRead(_)) => {}
+            Err(DirectError::Unsupported(e)) => return eprintln!("direct I/O unsupported here: {e}; skipping"),
+            other => panic!("expected a failed tail read, got {other:?}"),
+        }
+        let mut a = Appender::new("test log", WriteMode::DirectIfSupported);
+        let e = a.write(1, &write_only, &path, 7, b"more").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"seven b", "nothing appended");
+        assert!(!a.buffered_only, "a failed read is not a refusal of direct I/O");
     }
 
     #[test]
