@@ -463,20 +463,21 @@ impl Writer {
     /// Writes `self.buf` at the end of the records of the active segment
     /// (into preallocated space when there is some) and makes it durable:
     /// one direct write, or `pwrite` + `fdatasync` (`crate::direct`). With
-    /// nothing to write, makes what was written buffered durable.
+    /// nothing to write there is nothing to do: every earlier batch was
+    /// made durable by the flush that wrote it (or poisoned the journal).
     fn flush_and_sync(&mut self) -> io::Result<()> {
         if self.shared.fail_next_write.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
         }
-        let mut written = Written::NeedsSync;
-        if !self.buf.is_empty() {
-            let end = self.size + self.buf.len() as u64;
-            self.preallocate_for(end);
-            written = self.appender.write(self.segment, &self.file, &self.path, self.size, &self.buf)?;
-            self.size = end;
-            self.allocated = self.allocated.max(end);
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let end = self.size + self.buf.len() as u64;
+        self.preallocate_for(end);
+        let written = self.appender.write(self.segment, &self.file, &self.path, self.size, &self.buf)?;
+        self.size = end;
+        self.allocated = self.allocated.max(end);
+        self.buf.clear();
         #[cfg(test)]
         if self.shared.faults.fail_next_sync.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::other("injected: fdatasync failed"));
