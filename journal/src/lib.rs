@@ -122,6 +122,7 @@ mod error;
 mod fault_tests;
 pub mod format;
 mod open;
+pub mod pagecache;
 pub mod prealloc;
 mod read;
 pub mod view;

@@ -258,6 +258,13 @@ pub(crate) fn open_dir(dir: &Path, ident: &JournalIdent) -> Result<Opened> {
     // The writer writes at its own offsets (`end` onwards), not at the
     // file position.
     let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
+    // A process killed between a batch's write and its fdatasync leaves
+    // the batch in the page cache: the scan above read it, and from now on
+    // it counts as written. Made durable here, before any reader sees it,
+    // not by whichever later sync happens to cover it (a direct append
+    // flushes only its own blocks). PostgreSQL syncs its data directory
+    // after a crash for the same reason.
+    file.sync_data().map_err(io_err(&path))?;
     let last = chain.last.unwrap_or((0, 0));
     let first = seqs.first().copied().unwrap_or(1);
     report.segments = (active - first + 1) as usize;

@@ -664,6 +664,12 @@ impl RaftLog {
         }
         report.segments = state.segments.len();
         if let Some(last) = state.segments.values().next_back() {
+            // Entries a killed process wrote but never synced are still in
+            // the page cache: the scan read them, and openraft will be told
+            // they are in the log (and may count this node for them). Made
+            // durable before that, not by whichever later sync happens to
+            // cover them (a direct append flushes only its own blocks).
+            last.file.sync_data().map_err(io_err("syncing", &last.path))?;
             // Written before preallocation, or cut back to its frames (a torn
             // tail): allocated again for the appends to come.
             preallocate(&last.file, &last.path, last.len, segment_bytes);
@@ -1083,6 +1089,28 @@ mod tests {
         assert!(matches!(log.append(&batch(22..=22, 1), None), Err(LogError::NotContiguous { expected: 21, got: 22 })));
         log.append(&batch(21..=21, 1), None).unwrap();
         assert_eq!(log.last_index(), Some(21));
+    }
+
+    /// Entries a killed process wrote but never synced sit in the page
+    /// cache, and the next open reads them as part of the log. The open
+    /// makes them durable before openraft is told they are there.
+    /// (Simulated by writing the last segment's own bytes again through the
+    /// page cache: its pages are dirty, its content unchanged.)
+    #[test]
+    fn open_makes_what_the_page_cache_holds_of_the_last_segment_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        open(&dir, 1 << 16).0.append(&batch(0..=9, 1), None).unwrap();
+        let path = seg_files(&dir).pop().unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&std::fs::read(&path).unwrap(), 0).unwrap();
+        match lockstep_journal::pagecache::unwritten_pages(&file).unwrap() {
+            Some(n) if n > 0 => {}
+            other => return eprintln!("dirty pages cannot be seen here ({other:?}); skipping"),
+        }
+        let (log, _) = open(&dir, 1 << 16);
+        assert_eq!(log.last_index(), Some(9));
+        assert_eq!(lockstep_journal::pagecache::unwritten_pages(&file).unwrap(), Some(0), "all of the last segment is on disk once open");
     }
 
     /// A crash during the last write leaves any prefix of its bytes: every

@@ -1,0 +1,60 @@
+//! What the page cache holds of a file, through Linux's `cachestat`
+//! (6.5+): used by tests that check that an open log leaves nothing it
+//! counts as written only in memory.
+
+use std::fs::File;
+use std::io;
+
+/// `cachestat` has one number on every architecture (it came after the
+/// syscall tables were unified); the libc crate does not name it for all.
+#[cfg(target_os = "linux")]
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct Range {
+    off: u64,
+    /// 0: to the end of the file.
+    len: u64,
+}
+
+/// `struct cachestat`; only the dirty and writeback counts are read.
+#[repr(C)]
+#[derive(Default)]
+struct Stat {
+    _nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    _nr_evicted: u64,
+    _nr_recently_evicted: u64,
+}
+
+/// Pages of `file` that are dirty or under writeback: written, and not yet
+/// on the disk. `Ok(None)` where this cannot be told: a kernel without
+/// `cachestat`, or tmpfs, whose pages are never written anywhere.
+#[cfg(target_os = "linux")]
+pub fn unwritten_pages(file: &File) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `statfs` fills the struct passed; the descriptor is open.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fs.f_type == libc::TMPFS_MAGIC {
+        return Ok(None);
+    }
+    let range = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both live and of
+    // the layout `cachestat(2)` documents; flags must be 0.
+    let rc = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range as *const Range, &mut stat as *mut Stat, 0) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOSYS) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(stat.nr_dirty + stat.nr_writeback))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn unwritten_pages(_file: &File) -> io::Result<Option<u64>> {
+    Ok(None)
+}
