@@ -111,6 +111,12 @@ impl FileSink {
             );
             file.set_len(good_len).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
+        } else {
+            // Tids a killed process wrote but never synced are still in the
+            // page cache, and the scan counted them as emitted: they would
+            // be skipped on replay, and lost with a power cut. Durable
+            // before they count.
+            file.sync_data().map_err(io_err(&path))?;
         }
         Ok(FileSink {
             path,
@@ -319,6 +325,28 @@ mod tests {
         let got = lines(dir.path());
         assert_eq!(got.iter().map(|l| l["tid"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3, 4]);
         assert_eq!(got[2], json!({"epoch": 2, "tid": 4, "rows": [{"key": "k", "count": 3, "sum": 30}], "generator_offset": 12}));
+    }
+
+    /// A tid a killed process wrote but never synced is in the page cache,
+    /// and the next open counts it as emitted (replay skips it). The open
+    /// makes it durable first. (Simulated by writing the file's own bytes
+    /// again through the page cache.)
+    #[test]
+    fn open_makes_what_the_page_cache_holds_durable() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(dir.path()).unwrap();
+        sink.emit(1, 1, &rows(1), &meta(5)).unwrap();
+        drop(sink);
+        let path = dir.path().join(SINK_FILE_NAME);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&fs::read(&path).unwrap(), 0).unwrap();
+        match lockstep_journal::pagecache::unwritten_pages(&file).unwrap() {
+            Some(n) if n > 0 => {}
+            other => return eprintln!("dirty pages cannot be seen here ({other:?}); skipping"),
+        }
+        assert_eq!(FileSink::open(dir.path()).unwrap().last_emitted(), 1);
+        assert_eq!(lockstep_journal::pagecache::unwritten_pages(&file).unwrap(), Some(0), "the sink file is on disk once open");
     }
 
     #[test]
