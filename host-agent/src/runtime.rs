@@ -677,6 +677,10 @@ impl<E: Engine> Agent<E> {
         for dir in [data_dir.clone(), data_dir.join("checkpoints")] {
             std::fs::create_dir_all(&dir).map_err(|cause| AgentError::Io { host: host.clone(), path: dir.clone(), cause })?;
         }
+        // Before any state is read: what a killed predecessor wrote but
+        // never synced must not count until it is on the disk.
+        lockstep_journal::pagecache::sync_filesystem(&data_dir)
+            .map_err(|cause| AgentError::Io { host: host.clone(), path: data_dir.clone(), cause })?;
 
         let epoch_file = DurableU64::new(data_dir.join("epoch"));
         let complete_file = DurableU64::new(data_dir.join("checkpoint-complete"));

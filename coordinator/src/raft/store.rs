@@ -199,6 +199,12 @@ fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, Found)> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating ledger data directory {}", dir.display()))?;
+    // Before any state is read: what a killed predecessor wrote but never
+    // synced (a log entry, a vote, a redb commit) must not count until it
+    // is on the disk.
+    lockstep_journal::pagecache::sync_filesystem(dir).with_context(|| {
+        format!("writing back the filesystem of {} before reading the ledger (the disk reported an error)", dir.display())
+    })?;
     let path = dir.join(LEDGER_FILE);
     let shown = path.display();
 
