@@ -33,6 +33,7 @@ pub fn sync_filesystem(dir: &std::path::Path) -> io::Result<()> {
 #[cfg(target_os = "linux")]
 const SYS_CACHESTAT: libc::c_long = 451;
 
+#[cfg(target_os = "linux")]
 #[repr(C)]
 struct Range {
     off: u64,
@@ -41,6 +42,7 @@ struct Range {
 }
 
 /// `struct cachestat`; only the dirty and writeback counts are read.
+#[cfg(target_os = "linux")]
 #[repr(C)]
 #[derive(Default)]
 struct Stat {
