@@ -678,8 +678,12 @@ impl<E: Engine> Agent<E> {
             std::fs::create_dir_all(&dir).map_err(|cause| AgentError::Io { host: host.clone(), path: dir.clone(), cause })?;
         }
         // Before any state is read: what a killed predecessor wrote but
-        // never synced must not count until it is on the disk.
-        lockstep_journal::pagecache::sync_filesystem(&data_dir)
+        // never synced must not count until it is on the disk. On its own
+        // thread: on a busy disk it can take seconds.
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || lockstep_journal::pagecache::sync_filesystem(&dir))
+            .await
+            .map_err(|e| AgentError::Internal { host: host.clone(), message: format!("syncfs task failed: {e}") })?
             .map_err(|cause| AgentError::Io { host: host.clone(), path: data_dir.clone(), cause })?;
 
         let epoch_file = DurableU64::new(data_dir.join("epoch"));

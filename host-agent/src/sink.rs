@@ -329,22 +329,16 @@ mod tests {
 
     /// A tid a killed process wrote but never synced is in the page cache,
     /// and the next open counts it as emitted (replay skips it). The open
-    /// makes it durable first. (Simulated by writing the file's own bytes
-    /// again through the page cache.)
+    /// makes it durable first. (Simulated with `pagecache::redirty`.)
     #[test]
     fn open_makes_what_the_page_cache_holds_durable() {
-        use std::os::unix::fs::FileExt as _;
         let dir = tempfile::tempdir().unwrap();
         let mut sink = FileSink::open(dir.path()).unwrap();
         sink.emit(1, 1, &rows(1), &meta(5)).unwrap();
         drop(sink);
-        let path = dir.path().join(SINK_FILE_NAME);
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&fs::read(&path).unwrap(), 0).unwrap();
-        match lockstep_journal::pagecache::unwritten_pages(&file).unwrap() {
-            Some(n) if n > 0 => {}
-            other => return eprintln!("dirty pages cannot be seen here ({other:?}); skipping"),
-        }
+        let Some(file) = lockstep_journal::pagecache::redirty(&dir.path().join(SINK_FILE_NAME)).unwrap() else {
+            return eprintln!("dirty pages cannot be seen here; skipping");
+        };
         assert_eq!(FileSink::open(dir.path()).unwrap().last_emitted(), 1);
         assert_eq!(lockstep_journal::pagecache::unwritten_pages(&file).unwrap(), Some(0), "the sink file is on disk once open");
     }

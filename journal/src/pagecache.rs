@@ -1,7 +1,8 @@
 //! The page cache between a daemon's files and its disk: writing back
-//! everything a killed predecessor left there (`syncfs`), and counting what
-//! it holds of a file (Linux's `cachestat`, 6.5+; for tests that check that
-//! an open leaves nothing it counts as written only in memory).
+//! everything a killed predecessor left there (`syncfs`); for tests that
+//! check that an open leaves nothing it counts as written only in memory,
+//! counting a file's dirty pages (Linux's `cachestat`, 6.5+) and making
+//! them dirty again.
 
 use std::fs::File;
 use std::io;
@@ -26,6 +27,21 @@ pub fn sync_filesystem(dir: &std::path::Path) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 pub fn sync_filesystem(dir: &std::path::Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Writes the file at `path` again through the page cache with its own
+/// bytes: its content stays, its pages become dirty, as a process killed
+/// between a write and its fsync leaves them. Returns a handle to count them
+/// with ([`unwritten_pages`]), or `None` where dirty pages cannot be seen
+/// here (tests then have nothing to check).
+pub fn redirty(path: &std::path::Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(&std::fs::read(path)?, 0)?;
+    Ok(match unwritten_pages(&file)? {
+        Some(n) if n > 0 => Some(file),
+        _ => None,
+    })
 }
 
 /// `cachestat` has one number on every architecture (it came after the
@@ -87,19 +103,15 @@ pub fn unwritten_pages(_file: &File) -> io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     #[test]
     fn sync_filesystem_leaves_no_dirty_page_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let mut f = File::create(&path).unwrap();
-        f.write_all(&[7u8; 20_000]).unwrap();
-        match unwritten_pages(&f).unwrap() {
-            Some(n) if n > 0 => {}
-            other => return eprintln!("dirty pages cannot be seen here ({other:?}); skipping"),
-        }
+        std::fs::write(&path, [7u8; 20_000]).unwrap();
+        let Some(f) = redirty(&path).unwrap() else { return eprintln!("dirty pages cannot be seen here; skipping") };
         sync_filesystem(dir.path()).unwrap();
         assert_eq!(unwritten_pages(&f).unwrap(), Some(0));
+        assert_eq!(std::fs::read(&path).unwrap(), [7u8; 20_000], "redirty keeps the content");
     }
 }

@@ -689,24 +689,17 @@ fn stray_tmp_segment_is_removed_and_foreign_names_refused() {
 
 /// A batch a killed process wrote but never synced sits in the page cache,
 /// and the next open reads it as part of the journal. The open makes it
-/// durable before any reader sees it. (Simulated by writing the last
-/// segment's own bytes again through the page cache: its pages are dirty,
-/// its content unchanged.)
+/// durable before any reader sees it. (Simulated with `pagecache::redirty`.)
 #[test]
 fn open_makes_what_the_page_cache_holds_of_the_last_segment_durable() {
-    use std::os::unix::fs::FileExt as _;
     let dir = tempfile::tempdir().unwrap();
     let written = {
         let (j, _) = Journal::open(dir.path(), ident(), JournalOptions::default()).unwrap();
         fill(&j, 6, 100)
     };
-    let path = seg_path(dir.path(), 1);
-    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&fs::read(&path).unwrap(), 0).unwrap();
-    match lockstep_journal::pagecache::unwritten_pages(&file).unwrap() {
-        Some(n) if n > 0 => {}
-        other => return eprintln!("dirty pages cannot be seen here ({other:?}); skipping"),
-    }
+    let Some(file) = lockstep_journal::pagecache::redirty(&seg_path(dir.path(), 1)).unwrap() else {
+        return eprintln!("dirty pages cannot be seen here; skipping");
+    };
     let _j = reopen_whole(dir.path(), JournalOptions::default(), &written);
     assert_eq!(lockstep_journal::pagecache::unwritten_pages(&file).unwrap(), Some(0), "all of the last segment is on disk once open");
 }
