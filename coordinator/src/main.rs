@@ -291,26 +291,6 @@ fn core_config(cluster_id: String, hosts: Vec<String>, p: &PolicyArgs) -> CoreCo
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 /// Opens the ledger, starts the leadership supervisor (which runs the
 /// driver while this node leads) and serves until `shutdown`. `quiesce`
 /// resolves when the coordinator must stop deciding (the core ignores host
@@ -548,19 +528,21 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
+    // Before anything is opened or bound: see `signals`.
+    let stop = lockstep_host_agent::signals::stop_requested().context("cannot listen for SIGTERM and SIGINT")?;
     match command {
         Command::Serve(args) => {
             let listener = bind(&args.listen).await?;
             serve_metrics(args.metrics_listen.0)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                shutdown_signal().await;
-                info!("stop requested (SIGTERM or Ctrl-C): the coordinator stops deciding, then closes its server and its ledger");
+                let signal = stop.await;
+                info!("{signal} received: the coordinator stops deciding, then closes its server and its ledger");
                 let _ = stop_tx.send(true);
             });
             run_coordinator(args, listener, stopped(stop_rx.clone()), || {}, stopped(stop_rx)).await
         }
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => dev::run(args, stop).await,
     }
 }
 
@@ -573,7 +555,7 @@ mod dev {
     use lockstep_host_agent::{HostConfig, ReferenceConfig};
     use tokio::sync::watch;
 
-    pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = &'static str>) -> anyhow::Result<()> {
         if args.hosts == 0 {
             anyhow::bail!("--hosts must be at least 1");
         }
@@ -636,7 +618,7 @@ mod dev {
         );
 
         tokio::select! {
-            _ = shutdown_signal() => {}
+            signal = stop => info!("{signal} received"),
             // The coordinator ended on its own: nothing will commit, so
             // stop the hosts and say why.
             r = &mut coordinator => {

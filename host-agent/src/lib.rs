@@ -13,7 +13,8 @@
 //! file), `sink_writer` (its ordered background writer), `reference`,
 //! `fsutil` (durable small files), `metrics` (what the agent reports to
 //! the process's metrics recorder), `drain` (a gRPC server's stop with a
-//! bounded drain, for both daemons).
+//! bounded drain, for both daemons), `signals` (the daemons' stop request,
+//! listened for from their first moment).
 
 pub mod convert;
 pub mod core;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod reference;
 pub mod replay_reader;
 pub mod runtime;
+pub mod signals;
 pub mod sink;
 pub mod sink_writer;
 

@@ -124,33 +124,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
@@ -198,6 +171,16 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Before anything is opened: see `signals`.
+    let stop = {
+        let _guard = runtime.enter();
+        lockstep_host_agent::signals::stop_requested().context("cannot listen for SIGTERM and SIGINT")?
+    };
+    let host_id = args.host_id.clone();
+    let stop = async move {
+        let signal = stop.await;
+        tracing::info!(host = %host_id, "{signal} received, shutting down");
+    };
     if let Some(addr) = args.metrics_listen.0 {
         // The exporter's listener runs on this runtime.
         let _guard = runtime.enter();
@@ -205,7 +188,7 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(host = %args.host_id, %addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
     runtime
-        .block_on(run_reference(config, reference, shutdown_signal()))
+        .block_on(run_reference(config, reference, stop))
         .with_context(|| format!("host agent {} failed", args.host_id))
 }
 

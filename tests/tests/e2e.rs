@@ -1,5 +1,6 @@
 //! End-to-end: one coordinator and several host agents as real processes.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::time::Duration;
 
 use lockstep_tests::*;
@@ -108,6 +109,50 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected()
         assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
     }
     check_sinks(&c, committed);
+}
+
+/// A host agent told to stop while it is still opening its data directory
+/// stops cleanly (exit 0) once it is open, instead of dying by the signal:
+/// an orchestrator that restarts a pod, or a soak that restarts a host
+/// just after a crash, may send SIGTERM at any moment of start-up. The
+/// agent is held inside its open by a FIFO where its `epoch` file belongs
+/// (reading it blocks until a writer comes), signalled there, then let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_agent_told_to_stop_while_it_opens_its_data_stops_cleanly() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("host-0");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let fifo = data.join("epoch");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path");
+    // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let args = ["--host-id", "host-0", "--cluster-id", "e2e", "--ingest-listen", "127.0.0.1:0", "--coordinator"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("http://127.0.0.1:{}", free_port()), "--data-dir".into(), data.display().to_string()])
+        .collect();
+    let mut host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.path().join("host-0.log"));
+    // A write-only open that does not wait succeeds only once a reader has
+    // the FIFO open: then the agent is inside its open, reading `epoch`.
+    let deadline = std::time::Instant::now() + LONG;
+    let mut writer = loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+            Ok(w) => break w,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
+                assert!(host.is_running(), "host-0 exited before reading its epoch file\n{}", host.log());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("host-0 never opened its epoch file ({e})\n{}", host.log()),
+        }
+    };
+    host.sigterm();
+    std::io::Write::write_all(&mut writer, b"0\n").expect("writing the epoch");
+    drop(writer);
+    let exit = host.exited(LONG).await.unwrap_or_else(|| panic!("host-0 did not stop after SIGTERM\n{}", host.log()));
+    assert_eq!(exit.code(), Some(0), "host-0 stops cleanly, not by the signal ({exit:?})\n{}", host.log());
+    let log = host.log();
+    assert!(log.contains("SIGTERM received") && log.contains("host agent stopped"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
