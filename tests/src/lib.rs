@@ -254,6 +254,19 @@ impl Cluster {
         Cluster { dir, opts, coordinator, hosts, addr, ingest_ports }
     }
 
+    /// SIGKILLs every host and the coordinator, then starts them again on
+    /// their data: a whole-cluster crash (a power cut).
+    pub fn crash_everything(&mut self) {
+        for h in &mut self.hosts {
+            h.kill();
+        }
+        self.coordinator.kill();
+        self.coordinator.start();
+        for h in &mut self.hosts {
+            h.start();
+        }
+    }
+
     pub fn host_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(host_id(i))
     }

@@ -176,14 +176,7 @@ async fn crash_cycles(opts: ClusterOpts, cycles: usize, everything: usize, past:
         x ^= x >> 7;
         x ^= x << 17;
         if cycle % everything == everything - 1 {
-            for h in &mut c.hosts {
-                h.kill();
-            }
-            c.coordinator.kill();
-            c.coordinator.start();
-            for h in &mut c.hosts {
-                h.start();
-            }
+            c.crash_everything();
         } else {
             let victim = (x % c.opts.hosts as u64) as usize;
             c.hosts[victim].kill();

@@ -11,7 +11,7 @@
 //! transaction, a checkpoint or a replay), then injects one fault: SIGKILL
 //! of one host, of several, of the coordinator or of everything; a clean
 //! SIGTERM restart of a host or of the coordinator; or a host frozen with
-//! SIGSTOP past its report deadline. Now and then a second fault follows
+//! SIGSTOP past its report deadline, or the coordinator frozen. Now and then a second fault follows
 //! while the cluster is still recovering from the first. The cycle passes
 //! when the pipeline is Running again and commits past where it was; it
 //! fails at once on Stopped or Failed. At the end every host's sink must
@@ -65,6 +65,10 @@ enum Fault {
     /// SIGSTOP past the report deadline, then SIGCONT: the host is declared
     /// lost (fail closed) while its process and sockets stay as they were.
     FreezeHost(usize, Duration),
+    /// The same for the coordinator: its hosts' keepalives and its own
+    /// report deadlines run out while it is frozen, and all of it is seen
+    /// at once when it wakes.
+    FreezeCoordinator(Duration),
 }
 
 impl Fault {
@@ -87,6 +91,7 @@ impl Fault {
             64..74 => Fault::KillEverything,
             74..84 => Fault::RestartHost(host),
             84..90 => Fault::RestartCoordinator,
+            90..94 => Fault::FreezeCoordinator(Duration::from_millis(rng.random_range(500..4000))),
             _ => Fault::FreezeHost(host, Duration::from_millis(REPORT_DEADLINE_MS + rng.random_range(300..2000))),
         }
     }
@@ -119,16 +124,7 @@ impl Fault {
                 c.coordinator.kill();
                 c.coordinator.start();
             }
-            Fault::KillEverything => {
-                for h in &mut c.hosts {
-                    h.kill();
-                }
-                c.coordinator.kill();
-                c.coordinator.start();
-                for h in &mut c.hosts {
-                    h.start();
-                }
-            }
+            Fault::KillEverything => c.crash_everything(),
             Fault::RestartHost(i) => {
                 let code = c.hosts[*i].terminate();
                 assert_eq!(code, Some(0), "host-{i} must exit 0 on SIGTERM\n{}", c.logs());
@@ -143,6 +139,11 @@ impl Fault {
                 c.hosts[*i].pause(true);
                 tokio::time::sleep(*how_long).await;
                 c.hosts[*i].pause(false);
+            }
+            Fault::FreezeCoordinator(how_long) => {
+                c.coordinator.pause(true);
+                tokio::time::sleep(*how_long).await;
+                c.coordinator.pause(false);
             }
         }
     }
