@@ -1,20 +1,27 @@
-//! A randomized fault soak of one coordinator and three host agents, as real
-//! processes: opt-in (`#[ignore]`), since it is meant to run for as long as
-//! an operator gives it, not in every `cargo test`.
+//! Randomized fault soaks of three host agents with one coordinator, or
+//! with a replicated group of three, as real processes: opt-in
+//! (`#[ignore]`), since they are meant to run for as long as an operator
+//! gives them, not in every `cargo test`.
 //!
 //! ```sh
 //! LOCKSTEP_SOAK_CYCLES=300 LOCKSTEP_SOAK_MINUTES=30 \
 //!   cargo test --release -p lockstep-tests --test soak -- --ignored --nocapture
 //! ```
 //!
+//! (both tests, one after the other; name one, `single` or `replicated`, to
+//! run only it).
+//!
 //! Each cycle waits a random moment (so that faults land anywhere in a
 //! transaction, a checkpoint or a replay), then injects one fault: SIGKILL
-//! of one host, of several, of the coordinator or of everything; a clean
-//! SIGTERM restart of a host or of the coordinator; or a host frozen with
-//! SIGSTOP past its report deadline, or the coordinator frozen. Now and then a second fault follows
+//! of one host, of several, of the leading coordinator, of another one, of
+//! a majority of the group (down for up to 1.5 s) or of everything; a
+//! clean SIGTERM restart of a host or of the leader; or a host frozen with
+//! SIGSTOP past its report deadline, or the leader frozen. Now and then a second fault follows
 //! while the cluster is still recovering from the first. The cycle passes
 //! when the pipeline is Running again and commits past where it was; it
-//! fails at once on Stopped or Failed. At the end every host's sink must
+//! fails at once on Stopped or Failed. With a group, a frozen or partly
+//! killed group must elect a leader again, and a deposed leader must never
+//! commit after its successor (a sink's epochs never go backwards). At the end every host's sink must
 //! hold every committed tid exactly once, with the aggregates an
 //! independent computation from the generator's seed gives.
 //!
@@ -32,6 +39,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
+use lockstep_proto::v1::Status;
 use lockstep_tests::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -48,8 +56,92 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-fn running(s: &lockstep_proto::v1::Status) -> bool {
-    s.pipeline_state == "Running"
+fn opts() -> ClusterOpts {
+    ClusterOpts {
+        commit_interval_ms: 20,
+        report_deadline_ms: REPORT_DEADLINE_MS,
+        pipeline_depth: env_u64("LOCKSTEP_SOAK_PIPELINE_DEPTH", 1),
+        cluster_id: "soak".into(),
+        ..ClusterOpts::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with --ignored --nocapture; LOCKSTEP_SOAK_CYCLES, _MINUTES, _SEED, _PIPELINE_DEPTH"]
+async fn single_coordinator_random_faults_always_recover_with_exactly_once_output() {
+    let mut c = Cluster::start(opts());
+    let daemons = Daemons { coordinators: std::slice::from_mut(&mut c.coordinator), addrs: std::slice::from_ref(&c.addr), hosts: &mut c.hosts };
+    let outcome = AssertUnwindSafe(soak(daemons, &c.opts)).catch_unwind().await;
+    match outcome {
+        Ok(committed) => check_sinks_of(&c.opts, |i| c.sink(i), committed),
+        Err(panic) => failed(&mut c.dir, std::iter::once(&mut c.coordinator).chain(&mut c.hosts), panic),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with --ignored --nocapture; LOCKSTEP_SOAK_CYCLES, _MINUTES, _SEED, _PIPELINE_DEPTH"]
+async fn replicated_coordinator_random_faults_always_recover_with_exactly_once_output() {
+    let mut g = Group::start(3, opts());
+    let daemons = Daemons { coordinators: &mut g.nodes, addrs: &g.addrs, hosts: &mut g.hosts };
+    let outcome = AssertUnwindSafe(soak(daemons, &g.opts)).catch_unwind().await;
+    match outcome {
+        Ok(committed) => check_sinks_of(&g.opts, |i| g.sink(i), committed),
+        Err(panic) => failed(&mut g.dir, g.nodes.iter_mut().chain(&mut g.hosts), panic),
+    }
+}
+
+/// A failed soak: stops the daemons, so that the kept directories stay as
+/// they were when the cycle failed, keeps them and says where.
+fn failed<'a>(dir: &mut tempfile::TempDir, procs: impl Iterator<Item = &'a mut Proc>, panic: Box<dyn std::any::Any + Send>) -> ! {
+    for p in procs {
+        p.kill();
+    }
+    let kept = std::mem::replace(dir, tempfile::tempdir().expect("tempdir")).keep();
+    eprintln!("soak: FAILED; data directories and logs kept in {}", kept.display());
+    std::panic::resume_unwind(panic)
+}
+
+/// The processes of either harness, as the soak sees them: coordinator `i`
+/// serves at `addrs[i]`.
+struct Daemons<'a> {
+    coordinators: &'a mut [Proc],
+    addrs: &'a [String],
+    hosts: &'a mut [Proc],
+}
+
+impl Daemons<'_> {
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.coordinators.iter().chain(self.hosts.iter()) {
+            out.push_str(&format!("\n---- {} log ----\n{}", p.name, excerpt(&p.log(), 40)));
+        }
+        out
+    }
+
+    /// Polls every running coordinator until the leader (not stale) shows
+    /// a status satisfying `pred`, or shows Failed or Stopped; returns its
+    /// index and status. Panics with the logs after `RECOVERY`.
+    async fn wait_leader(&self, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
+        let deadline = Instant::now() + RECOVERY;
+        let mut seen = Vec::new();
+        loop {
+            seen.clear();
+            for (i, node) in self.coordinators.iter().enumerate() {
+                if !node.is_running() {
+                    continue;
+                }
+                if let Ok(s) = status_at(&self.addrs[i]).await {
+                    let over = s.pipeline_state == "Failed" || s.pipeline_state == "Stopped";
+                    if s.is_leader && !s.stale && (over || pred(&s)) {
+                        return (i, s);
+                    }
+                    seen.push((i, s.is_leader, s.pipeline_state, s.epoch, s.last_committed_tid));
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last (node, leader, state, epoch, committed): {seen:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,26 +149,30 @@ enum Fault {
     KillHost(usize),
     /// Two or more hosts at once.
     KillHosts(Vec<usize>),
-    KillCoordinator,
+    /// SIGKILL these coordinators, keep them down this long, start them
+    /// again. A majority of a group down leaves it without a leader.
+    KillCoordinators(Vec<usize>, Duration),
     KillEverything,
     /// SIGTERM and start again: the clean stop path under load.
     RestartHost(usize),
-    RestartCoordinator,
+    RestartCoordinator(usize),
     /// SIGSTOP past the report deadline, then SIGCONT: the host is declared
     /// lost (fail closed) while its process and sockets stay as they were.
     FreezeHost(usize, Duration),
-    /// The same for the coordinator: its hosts' keepalives and its own
-    /// report deadlines run out while it is frozen, and all of it is seen
-    /// at once when it wakes.
-    FreezeCoordinator(Duration),
+    /// The same for a coordinator: its hosts' keepalives and its own report
+    /// deadlines run out while it is frozen (and a group elects another
+    /// leader), and all of it is seen at once when it wakes.
+    FreezeCoordinator(usize, Duration),
 }
 
 impl Fault {
-    fn draw(rng: &mut StdRng, hosts: usize) -> Fault {
+    /// `leader`: the coordinator that led last.
+    fn draw(rng: &mut StdRng, hosts: usize, coordinators: usize, leader: usize) -> Fault {
         let host = rng.random_range(0..hosts);
+        let other = if coordinators > 1 { (leader + rng.random_range(1..coordinators)) % coordinators } else { leader };
         match rng.random_range(0..100) {
-            0..40 => Fault::KillHost(host),
-            40..52 => {
+            0..36 => Fault::KillHost(host),
+            36..46 => {
                 let mut set: Vec<usize> = (0..hosts).filter(|_| rng.random_bool(0.6)).collect();
                 while set.len() < 2 {
                     let more = rng.random_range(0..hosts);
@@ -87,138 +183,134 @@ impl Fault {
                 set.sort_unstable();
                 Fault::KillHosts(set)
             }
-            52..64 => Fault::KillCoordinator,
-            64..74 => Fault::KillEverything,
-            74..84 => Fault::RestartHost(host),
-            84..90 => Fault::RestartCoordinator,
-            90..94 => Fault::FreezeCoordinator(Duration::from_millis(rng.random_range(500..4000))),
+            46..56 => Fault::KillCoordinators(vec![leader], Duration::ZERO),
+            56..62 => Fault::KillCoordinators(vec![other], Duration::from_millis(rng.random_range(0..1500))),
+            62..66 => {
+                let majority = coordinators / 2 + 1;
+                let mut set: Vec<usize> = (0..coordinators).collect();
+                while set.len() > majority {
+                    set.remove(rng.random_range(0..set.len()));
+                }
+                Fault::KillCoordinators(set, Duration::from_millis(rng.random_range(0..1500)))
+            }
+            66..74 => Fault::KillEverything,
+            74..82 => Fault::RestartHost(host),
+            82..88 => Fault::RestartCoordinator(leader),
+            88..92 => Fault::FreezeCoordinator(leader, Duration::from_millis(rng.random_range(500..4000))),
             _ => Fault::FreezeHost(host, Duration::from_millis(REPORT_DEADLINE_MS + rng.random_range(300..2000))),
         }
     }
 
     /// Whether the pipeline must come back in a new epoch: a host that
-    /// went away (or a coordinator that lost every host with it) is only
-    /// taken back through recovery. A coordinator restarted alone may carry
-    /// on in its own new epoch or not, and a frozen host may or may not
-    /// have been declared lost yet when it wakes, so those only have to
-    /// commit again.
+    /// went away (or that went away with everything else) is only taken
+    /// back through recovery. A coordinator restarted or replaced may carry
+    /// on in a new epoch or not, and a frozen host may or may not have been
+    /// declared lost yet when it wakes, so those only have to commit again.
     fn needs_new_epoch(&self) -> bool {
         matches!(self, Fault::KillHost(_) | Fault::KillHosts(_) | Fault::KillEverything | Fault::RestartHost(_))
     }
 
-    async fn inject(&self, c: &mut Cluster) {
+    async fn inject(&self, d: &mut Daemons<'_>) {
         match self {
             Fault::KillHost(i) => {
-                c.hosts[*i].kill();
-                c.hosts[*i].start();
+                d.hosts[*i].kill();
+                d.hosts[*i].start();
             }
             Fault::KillHosts(set) => {
                 for i in set {
-                    c.hosts[*i].kill();
+                    d.hosts[*i].kill();
                 }
                 for i in set {
-                    c.hosts[*i].start();
+                    d.hosts[*i].start();
                 }
             }
-            Fault::KillCoordinator => {
-                c.coordinator.kill();
-                c.coordinator.start();
+            Fault::KillCoordinators(set, down) => {
+                for i in set {
+                    d.coordinators[*i].kill();
+                }
+                tokio::time::sleep(*down).await;
+                for i in set {
+                    d.coordinators[*i].start();
+                }
             }
-            Fault::KillEverything => c.crash_everything(),
+            Fault::KillEverything => {
+                for p in d.hosts.iter_mut().chain(d.coordinators.iter_mut()) {
+                    p.kill();
+                }
+                for p in d.coordinators.iter_mut().chain(d.hosts.iter_mut()) {
+                    p.start();
+                }
+            }
             Fault::RestartHost(i) => {
-                let code = c.hosts[*i].terminate();
-                assert_eq!(code, Some(0), "host-{i} must exit 0 on SIGTERM\n{}", c.logs());
-                c.hosts[*i].start();
+                let code = d.hosts[*i].terminate();
+                assert_eq!(code, Some(0), "host-{i} must exit 0 on SIGTERM\n{}", d.logs());
+                d.hosts[*i].start();
             }
-            Fault::RestartCoordinator => {
-                let code = c.coordinator.terminate();
-                assert_eq!(code, Some(0), "the coordinator must exit 0 on SIGTERM\n{}", c.logs());
-                c.coordinator.start();
+            Fault::RestartCoordinator(i) => {
+                let code = d.coordinators[*i].terminate();
+                assert_eq!(code, Some(0), "{} must exit 0 on SIGTERM\n{}", d.coordinators[*i].name, d.logs());
+                d.coordinators[*i].start();
             }
             Fault::FreezeHost(i, how_long) => {
-                c.hosts[*i].pause(true);
+                d.hosts[*i].pause(true);
                 tokio::time::sleep(*how_long).await;
-                c.hosts[*i].pause(false);
+                d.hosts[*i].pause(false);
             }
-            Fault::FreezeCoordinator(how_long) => {
-                c.coordinator.pause(true);
+            Fault::FreezeCoordinator(i, how_long) => {
+                d.coordinators[*i].pause(true);
                 tokio::time::sleep(*how_long).await;
-                c.coordinator.pause(false);
+                d.coordinators[*i].pause(false);
             }
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: run with --ignored --nocapture; LOCKSTEP_SOAK_CYCLES, _MINUTES, _SEED, _PIPELINE_DEPTH"]
-async fn random_faults_always_recover_with_exactly_once_output() {
+/// Runs the cycles, then stops every daemon cleanly; returns the last
+/// committed tid.
+async fn soak(mut d: Daemons<'_>, opts: &ClusterOpts) -> u64 {
     let cycles = env_u64("LOCKSTEP_SOAK_CYCLES", 100);
     let budget = Duration::from_secs(60 * env_u64("LOCKSTEP_SOAK_MINUTES", 10));
     let seed = env_u64("LOCKSTEP_SOAK_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
-    let depth = env_u64("LOCKSTEP_SOAK_PIPELINE_DEPTH", 1);
-    eprintln!("soak: seed {seed} (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}, pipeline depth {depth}");
+    eprintln!(
+        "soak: {} coordinator(s), {} hosts, seed {seed} (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}, pipeline depth {}",
+        d.coordinators.len(),
+        d.hosts.len(),
+        opts.pipeline_depth
+    );
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut c = Cluster::start(ClusterOpts {
-        commit_interval_ms: 20,
-        report_deadline_ms: REPORT_DEADLINE_MS,
-        pipeline_depth: depth,
-        cluster_id: "soak".into(),
-        ..ClusterOpts::default()
-    });
-    let outcome = AssertUnwindSafe(soak(&mut c, &mut rng, cycles, budget)).catch_unwind().await;
-    if let Err(panic) = outcome {
-        // Stop the daemons first, so that the kept directories stay as
-        // they were when the cycle failed.
-        for h in &mut c.hosts {
-            h.kill();
-        }
-        c.coordinator.kill();
-        let dir = std::mem::replace(&mut c.dir, tempfile::tempdir().expect("tempdir")).keep();
-        eprintln!("soak: FAILED with seed {seed}; data directories and logs kept in {}", dir.display());
-        std::panic::resume_unwind(panic);
-    }
-}
-
-async fn soak(c: &mut Cluster, rng: &mut StdRng, cycles: u64, budget: Duration) {
     let started = Instant::now();
-    let hosts = c.opts.hosts;
-    let first = c.wait_for("first commits", RECOVERY, |s| running(s) && s.last_committed_tid >= 3).await;
+    let (hosts, coordinators) = (d.hosts.len(), d.coordinators.len());
+    let (mut leader, first) = d.wait_leader("first commits", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
     let (mut committed, mut epoch) = (first.last_committed_tid, first.epoch);
     let mut done = 0;
     while done < cycles && started.elapsed() < budget {
         // Anywhere in a transaction (20 ms), a checkpoint or the steps
         // between: the point of the fault is random, not its detection.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
-        let fault = Fault::draw(rng, hosts);
+        let fault = Fault::draw(&mut rng, hosts, coordinators, leader);
         let mut new_epoch = fault.needs_new_epoch();
-        eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}");
-        fault.inject(c).await;
+        eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, leader {leader}");
+        fault.inject(&mut d).await;
         if rng.random_bool(0.2) {
             // A second fault while the first is being recovered from.
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            let second = Fault::draw(rng, hosts);
+            let second = Fault::draw(&mut rng, hosts, coordinators, leader);
             new_epoch |= second.needs_new_epoch();
             eprintln!("soak: cycle {done}: then {second:?} during the recovery");
-            second.inject(c).await;
+            second.inject(&mut d).await;
         }
         let what = format!("cycle {done}: Running{} and committing past tid {committed}", if new_epoch { format!(" in an epoch after {epoch}") } else { String::new() });
-        let s = c
-            .wait_for(&what, RECOVERY, |s| {
-                s.pipeline_state == "Failed"
-                    || s.pipeline_state == "Stopped"
-                    || (running(s) && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed)
-            })
+        let (at, s) = d
+            .wait_leader(&what, |s| s.pipeline_state == "Running" && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed)
             .await;
-        assert!(running(&s), "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, c.logs());
-        committed = s.last_committed_tid;
-        epoch = s.epoch;
+        assert_eq!(s.pipeline_state, "Running", "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, d.logs());
+        (leader, committed, epoch) = (at, s.last_committed_tid, s.epoch);
         done += 1;
     }
-    let s = c.wait_for("a last commit", RECOVERY, |s| running(s) && s.last_committed_tid > committed).await;
+    let (_, s) = d.wait_leader("a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
     eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}", started.elapsed(), s.last_committed_tid, s.epoch);
-    for h in &mut c.hosts {
-        assert_eq!(h.terminate(), Some(0), "{} exits cleanly on SIGTERM at the end", h.name);
+    for p in d.hosts.iter_mut().chain(d.coordinators.iter_mut()) {
+        assert_eq!(p.terminate(), Some(0), "{} exits cleanly on SIGTERM at the end", p.name);
     }
-    assert_eq!(c.coordinator.terminate(), Some(0), "the coordinator exits cleanly on SIGTERM at the end");
-    check_sinks(c, s.last_committed_tid);
+    s.last_committed_tid
 }
