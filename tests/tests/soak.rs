@@ -15,8 +15,10 @@
 //! transaction, a checkpoint or a replay), then injects one fault: SIGKILL
 //! of one host, of several, of the leading coordinator, of another one, of
 //! a majority of the group (down for up to 1.5 s) or of everything; a
-//! clean SIGTERM restart of a host or of the leader; or a host frozen with
-//! SIGSTOP past its report deadline, or the leader frozen. Now and then a second fault follows
+//! clean SIGTERM restart of a host or of the leader; a host frozen with
+//! SIGSTOP past its report deadline, or the leader frozen; or a host
+//! restarted on a disk that fills up (its next journal or sink write
+//! fails), which must exit with an error and is started again. Now and then a second fault follows
 //! while the cluster is still recovering from the first. The cycle passes
 //! when the pipeline is Running again and commits past where it was; it
 //! fails at once on Stopped or Failed. With a group, a frozen or partly
@@ -163,6 +165,13 @@ enum Fault {
     /// deadlines run out while it is frozen (and a group elects another
     /// leader), and all of it is seen at once when it wakes.
     FreezeCoordinator(usize, Duration),
+    /// The host is killed and started again on a disk that fills up: its
+    /// journal append of a step `ahead` steps past its last reported one,
+    /// or its sink write of the tid `ahead` past the last commit (`sink`),
+    /// fails as on a full disk. It must exit with an error, and is started
+    /// once more without the fault, as an orchestrator would once the disk
+    /// has room again.
+    DiskFull { host: usize, sink: bool, ahead: u64 },
 }
 
 impl Fault {
@@ -196,8 +205,11 @@ impl Fault {
             66..74 => Fault::KillEverything,
             74..82 => Fault::RestartHost(host),
             82..88 => Fault::RestartCoordinator(leader),
-            88..92 => Fault::FreezeCoordinator(leader, Duration::from_millis(rng.random_range(500..4000))),
-            _ => Fault::FreezeHost(host, Duration::from_millis(REPORT_DEADLINE_MS + rng.random_range(300..2000))),
+            88..91 => Fault::FreezeCoordinator(leader, Duration::from_millis(rng.random_range(500..4000))),
+            91..95 => Fault::FreezeHost(host, Duration::from_millis(REPORT_DEADLINE_MS + rng.random_range(300..2000))),
+            // The last reported step may trail the journal by a few steps.
+            95..97 => Fault::DiskFull { host, sink: false, ahead: rng.random_range(10..40) },
+            _ => Fault::DiskFull { host, sink: true, ahead: rng.random_range(1..20) },
         }
     }
 
@@ -207,7 +219,7 @@ impl Fault {
     /// on in a new epoch or not, and a frozen host may or may not have been
     /// declared lost yet when it wakes, so those only have to commit again.
     fn needs_new_epoch(&self) -> bool {
-        matches!(self, Fault::KillHost(_) | Fault::KillHosts(_) | Fault::KillEverything | Fault::RestartHost(_))
+        matches!(self, Fault::KillHost(_) | Fault::KillHosts(_) | Fault::KillEverything | Fault::RestartHost(_) | Fault::DiskFull { .. })
     }
 
     async fn inject(&self, d: &mut Daemons<'_>) {
@@ -260,6 +272,28 @@ impl Fault {
                 d.coordinators[*i].pause(true);
                 tokio::time::sleep(*how_long).await;
                 d.coordinators[*i].pause(false);
+            }
+            Fault::DiskFull { host, sink, ahead } => {
+                // Killed first: from then on nothing this host has not
+                // written yet can commit, so the tid or step chosen below
+                // is still ahead of it.
+                d.hosts[*host].kill();
+                let (_, s) = d.wait_leader("a leader to read the host's progress from", |_| true).await;
+                let (flag, at) = if *sink {
+                    ("--fault-fail-sink-write-at-tid", s.last_committed_tid + ahead)
+                } else {
+                    let last_step = s.hosts.iter().find(|h| h.host_id == host_id(*host)).map_or(0, |h| h.last_step);
+                    ("--fault-fail-journal-write-at-step", last_step + ahead)
+                };
+                eprintln!("soak:   host-{host}: {flag} {at}");
+                let p = &mut d.hosts[*host];
+                let plain = p.args.clone();
+                p.args.extend([flag.to_string(), at.to_string()]);
+                p.start();
+                p.args = plain;
+                let exit = p.exited(RECOVERY).await.unwrap_or_else(|| panic!("host-{host} did not fail at {flag} {at}\n{}", tail(&p.log(), 40)));
+                assert!(exit.code().is_some_and(|c| c != 0), "host-{host} must exit with an error on a full disk, not {exit:?}\n{}", tail(&p.log(), 40));
+                p.start();
             }
         }
     }
