@@ -372,13 +372,13 @@ fn keep_logs_if_failing(dir: &Path) {
     let name = dir.file_name().map(|n| n.to_string_lossy().trim_start_matches('.').to_string()).unwrap_or_default();
     let keep = std::env::temp_dir().join(format!("lockstep-failed-{name}"));
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    if std::fs::create_dir_all(&keep).is_err() {
+    // None when the test kept the whole directory itself (the soak).
+    let logs: Vec<_> = entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")).collect();
+    if logs.is_empty() || std::fs::create_dir_all(&keep).is_err() {
         return;
     }
-    for e in entries.flatten() {
-        if e.path().extension().is_some_and(|x| x == "log") {
-            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
-        }
+    for e in logs {
+        let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
     }
     eprintln!("the failed test's process logs are kept in {}", keep.display());
 }

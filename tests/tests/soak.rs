@@ -274,15 +274,24 @@ impl Fault {
                 d.coordinators[*i].pause(false);
             }
             Fault::DiskFull { host, sink, ahead } => {
-                // Killed first: from then on nothing this host has not
-                // written yet can commit, so the tid or step chosen below
-                // is still ahead of it.
-                d.hosts[*host].kill();
-                let (_, s) = d.wait_leader("a leader to read the host's progress from", |_| true).await;
+                let id = host_id(*host);
                 let (flag, at) = if *sink {
+                    // Killed first: from then on no tid this host has not
+                    // written yet can commit, so the ledger's last commit
+                    // (which every leader knows) is behind the tid chosen.
+                    d.hosts[*host].kill();
+                    let (_, s) = d.wait_leader("a leader to read the last commit from", |_| true).await;
                     ("--fault-fail-sink-write-at-tid", s.last_committed_tid + ahead)
                 } else {
-                    let last_step = s.hosts.iter().find(|h| h.host_id == host_id(*host)).map_or(0, |h| h.last_step);
+                    // A host's last step is known only to a leader it is
+                    // connected to (a new leader has not seen it yet), and
+                    // trails its journal by the steps not yet reported.
+                    let (_, s) = d
+                        .wait_leader(&format!("{id} connected to the leader"), |s| s.hosts.iter().any(|h| h.host_id == id && h.connected && h.last_step > 0))
+                        .await;
+                    d.hosts[*host].kill();
+                    let last_step = s.hosts.iter().find(|h| h.host_id == id).map_or(0, |h| h.last_step);
+                    assert!(last_step > 0, "the pipeline is {}: {}\n{}", s.pipeline_state, s.failure, d.logs());
                     ("--fault-fail-journal-write-at-step", last_step + ahead)
                 };
                 eprintln!("soak:   host-{host}: {flag} {at}");
