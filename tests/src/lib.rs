@@ -447,26 +447,7 @@ impl Group {
     /// pipeline (not stale) with a status satisfying `pred`; returns its
     /// index and status. Panics with the logs after `timeout`.
     pub async fn wait_leader(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> (usize, pb::Status) {
-        let deadline = Instant::now() + timeout;
-        let mut last = Vec::new();
-        loop {
-            last.clear();
-            for (i, node) in self.nodes.iter().enumerate() {
-                if !node.is_running() {
-                    continue;
-                }
-                if let Ok(s) = status_at(&self.addrs[i]).await {
-                    if s.is_leader && !s.stale && pred(&s) {
-                        return (i, s);
-                    }
-                    last.push((i + 1, s.is_leader, s.pipeline_state.clone(), s.epoch, s.last_committed_tid));
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last (node, leader, state, epoch, committed): {last:?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_leader_among(&self.nodes, &self.addrs, what, timeout, pred, || self.logs()).await
     }
 
     pub fn logs(&self) -> String {
@@ -480,6 +461,40 @@ impl Group {
     /// Every batch in host i's sink, in file order.
     pub fn sink(&self, i: usize) -> Vec<serde_json::Value> {
         read_sink(&self.dir.path().join(host_id(i)))
+    }
+}
+
+/// Polls every running coordinator of `nodes` (node i serving at
+/// `addrs[i]`) until one answers as the leader driving the pipeline (not
+/// stale) with a status satisfying `pred`; returns its index and status.
+/// Panics with `logs()` after `timeout`.
+pub async fn wait_leader_among(
+    nodes: &[Proc],
+    addrs: &[String],
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&pb::Status) -> bool,
+    logs: impl Fn() -> String,
+) -> (usize, pb::Status) {
+    let deadline = Instant::now() + timeout;
+    let mut last = Vec::new();
+    loop {
+        last.clear();
+        for (i, node) in nodes.iter().enumerate() {
+            if !node.is_running() {
+                continue;
+            }
+            if let Ok(s) = status_at(&addrs[i]).await {
+                if s.is_leader && !s.stale && pred(&s) {
+                    return (i, s);
+                }
+                last.push((i + 1, s.is_leader, s.pipeline_state.clone(), s.epoch, s.last_committed_tid));
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; last (node, leader, state, epoch, committed): {last:?}\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -616,6 +631,13 @@ pub fn check_sinks(c: &Cluster, committed: u64) {
     check_sinks_of(&c.opts, |i| c.sink(i), committed);
 }
 
+/// The epoch never decreases along host i's sink: no commit of a deposed
+/// leader lands after one of its successor's.
+pub fn assert_epochs_in_order(i: usize, batches: &[serde_json::Value]) {
+    let epochs: Vec<u64> = batches.iter().map(|b| b["epoch"].as_u64().expect("epoch")).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "host {i}: sink epochs went backwards: {epochs:?}");
+}
+
 /// `check_sinks` for any set of hosts started with `opts`, whose sinks
 /// `sink(i)` reads: every committed tid exactly once and in order, epochs
 /// never going backwards along a sink (no commit of a deposed leader after
@@ -629,8 +651,7 @@ pub fn check_sinks_of(opts: &ClusterOpts, sink: impl Fn(usize) -> Vec<serde_json
         // Every committed tid exactly once: the sink holds 1..=N with no gap.
         let expect: Vec<u64> = (1..=tids.len() as u64).collect();
         assert_eq!(tids, expect, "host {i}: sink must hold every committed tid once, in order");
-        let epochs: Vec<u64> = batches.iter().map(|b| b["epoch"].as_u64().expect("epoch")).collect();
-        assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "host {i}: sink epochs went backwards: {epochs:?}");
+        assert_epochs_in_order(i, &batches);
         let offset = batches.last().and_then(|b| b["generator_offset"].as_u64()).unwrap_or(0);
         let got = sink_final_state(&batches);
         let want = independent_state(opts.generator_seed, &host_id(i), offset);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lockstep_tests::{free_port, scrape_metrics, sink_tids, ClusterOpts, Group};
+use lockstep_tests::{assert_epochs_in_order, free_port, scrape_metrics, sink_tids, ClusterOpts, Group};
 
 const NODES: usize = 3;
 
@@ -21,8 +21,7 @@ fn check_sinks(g: &Group) -> Vec<Vec<u64>> {
     (0..g.opts.hosts)
         .map(|i| {
             let batches = g.sink(i);
-            let epochs: Vec<u64> = batches.iter().map(|b| b["epoch"].as_u64().expect("epoch")).collect();
-            assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "host {i}: sink epochs went backwards: {epochs:?}");
+            assert_epochs_in_order(i, &batches);
             sink_tids(&batches)
         })
         .collect()

@@ -120,29 +120,12 @@ impl Daemons<'_> {
         out
     }
 
-    /// Polls every running coordinator until the leader (not stale) shows
-    /// a status satisfying `pred`, or shows Failed or Stopped; returns its
-    /// index and status. Panics with the logs after `RECOVERY`.
+    /// The leader (not stale) once its status satisfies `pred` or shows
+    /// Failed or Stopped; its index and status. Panics with the logs after
+    /// `RECOVERY`.
     async fn wait_leader(&self, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
-        let deadline = Instant::now() + RECOVERY;
-        let mut seen = Vec::new();
-        loop {
-            seen.clear();
-            for (i, node) in self.coordinators.iter().enumerate() {
-                if !node.is_running() {
-                    continue;
-                }
-                if let Ok(s) = status_at(&self.addrs[i]).await {
-                    let over = s.pipeline_state == "Failed" || s.pipeline_state == "Stopped";
-                    if s.is_leader && !s.stale && (over || pred(&s)) {
-                        return (i, s);
-                    }
-                    seen.push((i, s.is_leader, s.pipeline_state, s.epoch, s.last_committed_tid));
-                }
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last (node, leader, state, epoch, committed): {seen:?}\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let over = |s: &Status| s.pipeline_state == "Failed" || s.pipeline_state == "Stopped";
+        wait_leader_among(self.coordinators, self.addrs, what, RECOVERY, |s| over(s) || pred(s), || self.logs()).await
     }
 }
 
