@@ -95,6 +95,13 @@ struct ServeArgs {
     /// address, e.g. 0.0.0.0:9464, or `off`.
     #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "off")]
     metrics_listen: MetricsListen,
+    /// Also serve `grpc.health.v1.Health`, and nothing else, in plaintext on
+    /// this address (e.g. 0.0.0.0:50052): for Kubernetes' gRPC probes,
+    /// which speak no TLS, when --tls-cert is given.
+    #[arg(long, env = "LOCKSTEP_HEALTH_LISTEN")]
+    health_listen: Option<String>,
+    #[command(flatten)]
+    tls: lockstep_host_agent::tls::TlsArgs,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -337,7 +344,17 @@ async fn run_coordinator(
         (None, None) => listener.local_addr()?.to_string(),
     };
     let dir = &args.data_dir;
-    let tuning = args.raft.tuning()?;
+    let mut tuning = args.raft.tuning()?;
+    let tls = args.tls.load().context("coordinator")?;
+    tuning.peer_tls = tls.clone();
+    let health_listener = match &args.health_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.as_str())
+                .await
+                .with_context(|| format!("binding --health-listen {a} (in use? pick another port)"))?,
+        ),
+        None => None,
+    };
     if let Some(problem) = lockstep_host_agent::fsutil::data_dir_problem(dir, "the coordinator's") {
         bail!(problem);
     }
@@ -410,7 +427,8 @@ async fn run_coordinator(
             _ = stop_server_rx => {}
         }
     };
-    let mut server = tokio::spawn(service::serve(listener, leading, ledger.clone(), server_shutdown));
+    let options = service::ServeOptions { tls, health_listener };
+    let mut server = tokio::spawn(service::serve(listener, options, leading, ledger.clone(), server_shutdown));
     tokio::pin!(supervised);
     // A raft core that stopped on its own also ends the supervisor (its
     // leadership watch closes), so that branch checks for it too: either
@@ -580,6 +598,8 @@ mod dev {
             join: false,
             propose_timeout_ms: 5000,
             metrics_listen: MetricsListen(None),
+            health_listen: None,
+            tls: Default::default(),
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };

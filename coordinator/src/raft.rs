@@ -138,6 +138,10 @@ pub struct RaftTuning {
     /// Test-only fault: every raft log append after the first N fails with
     /// ENOSPC, as on a full disk (`--fault-fail-log-appends-after`).
     pub fault_fail_log_appends_after: Option<u64>,
+    /// Mutual TLS towards the other members (`--tls-*`): peers are dialed
+    /// at `https://` their address, must present a certificate the CA
+    /// signed, and are shown this node's. `None` dials `http://`.
+    pub peer_tls: Option<lockstep_host_agent::tls::Tls>,
 }
 
 impl Default for RaftTuning {
@@ -154,6 +158,7 @@ impl Default for RaftTuning {
             open_timeout: Duration::from_secs(30),
             install_snapshot_timeout_ms: 2000,
             fault_fail_log_appends_after: None,
+            peer_tls: None,
         }
     }
 }
@@ -402,7 +407,7 @@ impl Ledger {
 
         let shared = sm.shared();
         let log_store = LogStore::new(db.clone()).failing_appends_after(tuning.fault_fail_log_appends_after);
-        let raft = Raft::new(node_id, config, TonicNetwork::new(), log_store, sm)
+        let raft = Raft::new(node_id, config, TonicNetwork::new(tuning.peer_tls.clone()), log_store, sm)
             .await
             .with_context(|| format!("starting the raft node on {shown}"))?;
         drop(db);

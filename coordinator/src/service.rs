@@ -1533,10 +1533,23 @@ fn propose_status(ledger: &Ledger, e: ProposeError) -> Status {
     }
 }
 
+/// How [`serve`] listens besides its main listener.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Mutual TLS on the main listener (`--tls-*`): every client (host
+    /// agent, peer, Admin caller) must present a certificate the CA signed.
+    pub tls: Option<lockstep_host_agent::tls::Tls>,
+    /// A second, plaintext listener with `grpc.health.v1.Health` alone
+    /// (`--health-listen`): Kubernetes' gRPC probes speak no TLS, and a
+    /// health answer carries nothing a client could use.
+    pub health_listener: Option<tokio::net::TcpListener>,
+}
+
 /// Serves HostSession, Admin, health and reflection on `listener` until
 /// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    options: ServeOptions,
     leading: Leading,
     ledger: Ledger,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -1554,7 +1567,35 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    info!(%addr, "coordinator listening (HostSession, Admin, health, reflection)");
+    match &options.tls {
+        Some(tls) => info!(%addr, "coordinator listening (HostSession, Admin, health, reflection; mutual TLS: {})", tls.describe()),
+        None => info!(%addr, "coordinator listening (HostSession, Admin, health, reflection)"),
+    }
+    // The health-only listener stops with the main one (`health_stop`
+    // dropped at the end of this function, or sent when the drain ends).
+    let (health_stop, health_stopped) = oneshot::channel::<()>();
+    let health_server = match options.health_listener {
+        Some(health_listener) => {
+            let health_addr = health_listener.local_addr()?;
+            info!(addr = %health_addr, "plaintext health service listening (grpc.health.v1 and its reflection only)");
+            let incoming = tonic::transport::server::TcpIncoming::from(health_listener).with_nodelay(Some(true));
+            // Reflection of the health service alone, so that grpcurl can
+            // ask it without a .proto file.
+            let health_reflection = || {
+                tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            let router = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .add_service(health_reflection().build_v1()?)
+                .add_service(health_reflection().build_v1alpha()?);
+            Some(tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { let _ = health_stopped.await; }).await {
+                    warn!(addr = %health_addr, "the plaintext health listener failed: {e}; probes on it will fail");
+                }
+            }))
+        }
+        None => None,
+    };
     // The graceful shutdown below waits for every open call to end, and the
     // long-lived ones (host sessions, WatchEvents) end only with the
     // driver, which a quiesced node keeps: so the driver is stopped first.
@@ -1594,12 +1635,23 @@ pub async fn serve(
         )
         .add_service(crate::raft::peer_service(&ledger))
         .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }));
-    // Nagle off on accepted streams: commands are small and latency-bound.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = lockstep_host_agent::drain::serve_with_bounded_drain("the coordinator's gRPC server", shutdown, DRAIN_GRACE, |signal| {
-        router.serve_with_incoming_shutdown(incoming, signal)
+    // Nagle off on accepted streams (both ways): commands are small and
+    // latency-bound.
+    let tls = options.tls;
+    let served = lockstep_host_agent::drain::serve_with_bounded_drain("the coordinator's gRPC server", shutdown, DRAIN_GRACE, |signal| async move {
+        match tls {
+            Some(tls) => router.serve_with_incoming_shutdown(tls.accept(listener, "coordinator"), signal).await,
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+        }
     })
     .await;
+    let _ = health_stop.send(());
+    if let Some(h) = health_server {
+        let _ = h.await;
+    }
     if let Some(r) = served {
         r?;
     }

@@ -471,7 +471,7 @@ async fn a_learner_that_never_answers_is_named_and_can_be_removed() {
 async fn an_unreachable_peer_is_reported_as_unreachable() {
     // A port that was just free: nothing listens there.
     let addr = bind().await.local_addr().unwrap().to_string();
-    let mut net = TonicNetwork::new();
+    let mut net = TonicNetwork::new(None);
     let mut client = net.new_client(9, &BasicNode::new(addr.clone())).await;
     let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1, 1), None);
     match client.vote(vote.clone(), openraft::network::RPCOption::new(Duration::from_secs(5))).await {

@@ -14,7 +14,8 @@
 //! `fsutil` (durable small files), `metrics` (what the agent reports to
 //! the process's metrics recorder), `drain` (a gRPC server's stop with a
 //! bounded drain, for both daemons), `signals` (the daemons' stop request,
-//! listened for from their first moment).
+//! listened for from their first moment), `tls` (both daemons' mutual TLS
+//! files and flags).
 
 pub mod convert;
 pub mod core;
@@ -28,6 +29,7 @@ pub mod runtime;
 pub mod signals;
 pub mod sink;
 pub mod sink_writer;
+pub mod tls;
 
 pub use engine::{
     output_digest, EndpointInput, Engine, EngineError, GeneratorRef, OutputRow, Payload, StepContext, StepInput,

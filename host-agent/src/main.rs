@@ -38,10 +38,11 @@ struct Args {
     #[arg(long, env = "LOCKSTEP_CLUSTER_ID", default_value = "lockstep-dev")]
     cluster_id: String,
 
-    /// Every coordinator of the group, comma-separated, as host:port or
-    /// http://host:port: tried in turn, and a follower's redirect to the
+    /// Every coordinator of the group, comma-separated, as host:port (dialed
+    /// with TLS when the TLS flags are given) or http://host:port /
+    /// https://host:port: tried in turn, and a follower's redirect to the
     /// leader is followed.
-    #[arg(long, env = "LOCKSTEP_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    #[arg(long, env = "LOCKSTEP_COORDINATOR", default_value = "127.0.0.1:50051", value_delimiter = ',')]
     coordinator: Vec<String>,
 
     /// Data directory (journal, checkpoints, sink, epoch) [default: ./lockstep-data/{host-id}].
@@ -78,6 +79,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "LOCKSTEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    tls: lockstep_host_agent::tls::TlsArgs,
 
     /// Benchmark baseline: replay this host's journal with no coordinator
     /// (restore the newest checkpoint known complete, run every journaled
@@ -134,6 +138,9 @@ fn main() -> anyhow::Result<()> {
     config.step_interval = Duration::from_millis(args.step_interval_ms);
     config.fault_fail_journal_write_at_step = args.fault_fail_journal_write_at_step;
     config.fault_fail_sink_write_at_tid = args.fault_fail_sink_write_at_tid;
+    if !args.replay_alone {
+        config.tls = args.tls.load().with_context(|| format!("host agent {}", args.host_id))?;
+    }
     let reference = ReferenceConfig {
         host_id: args.host_id.clone(),
         generator_seed: args.generator_seed,

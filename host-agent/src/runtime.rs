@@ -97,6 +97,9 @@ pub struct HostConfig {
     /// Test only: the sink write of this tid fails as on a full disk
     /// (`--fault-fail-sink-write-at-tid`).
     pub fault_fail_sink_write_at_tid: Option<u64>,
+    /// Mutual TLS for the coordinator session and the ingest listener
+    /// (`--tls-cert`, `--tls-key`, `--tls-ca`); `None` is plaintext.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl HostConfig {
@@ -116,6 +119,7 @@ impl HostConfig {
             journal_options: JournalOptions::default(),
             fault_fail_journal_write_at_step: None,
             fault_fail_sink_write_at_tid: None,
+            tls: None,
         }
     }
 }
@@ -156,7 +160,7 @@ pub enum AgentError {
 }
 
 /// `e` and its sources, joined: tonic's transport errors say little on top.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(s) = next {
@@ -186,7 +190,9 @@ pub async fn run<E: Engine>(
     }
     // A typo here would otherwise only show as a connect error retried
     // forever.
-    config.coordinators = config.coordinators.iter().map(|a| coordinator_url(a)).collect::<Result<_, _>>().map_err(AgentError::Config)?;
+    let tls = config.tls.is_some();
+    config.coordinators =
+        config.coordinators.iter().map(|a| coordinator_url(a, tls)).collect::<Result<_, _>>().map_err(AgentError::Config)?;
     let mut agent = Agent::open(config, engine).await?;
     let host = agent.config.host_id.clone();
 
@@ -196,8 +202,11 @@ pub async fn run<E: Engine>(
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| serve_err(e.to_string()))?;
     let ingest_addr = listener.local_addr().map_err(|e| serve_err(e.to_string()))?;
     let (server_stop, server_stopped) = oneshot::channel::<()>();
-    let server = spawn_server(&host, listener, services, server_stopped)?;
-    info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening");
+    let server = spawn_server(&host, listener, services, agent.config.tls.as_ref(), server_stopped)?;
+    match &agent.config.tls {
+        Some(tls) => info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening (mutual TLS: {})", tls.describe()),
+        None => info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening"),
+    }
     agent.ingest_addr = ingest_addr.to_string();
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -278,6 +287,7 @@ fn spawn_server(
     host: &str,
     listener: tokio::net::TcpListener,
     services: tonic::service::Routes,
+    tls: Option<&crate::tls::Tls>,
     stop: oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let serve_err = |e: tonic_reflection::server::Error| AgentError::Serve {
@@ -296,15 +306,21 @@ fn spawn_server(
         .add_service(reflection().build_v1().map_err(serve_err)?)
         .add_service(reflection().build_v1alpha().map_err(serve_err)?);
     let host = host.to_string();
+    let tls = tls.cloned();
     Ok(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stopped = async move {
             let _ = stop.await;
             // Probes (Kubernetes asks for "") and watchers see the stop first.
             health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         };
         let served = crate::drain::serve_with_bounded_drain("the ingest API server", stopped, crate::drain::DRAIN_GRACE, |signal| {
-            tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, signal)
+            let server = tonic::transport::Server::builder().add_routes(routes);
+            async move {
+                match tls {
+                    Some(tls) => server.serve_with_incoming_shutdown(tls.accept(listener, "ingest"), signal).await,
+                    None => server.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal).await,
+                }
+            }
         })
         .await;
         if let Some(Err(e)) = served {
@@ -381,22 +397,41 @@ pub fn host_id_problem(id: &str) -> Option<String> {
     None
 }
 
-/// A coordinator address as the URL to connect to: `http://` is added when
-/// it has no scheme (`host:port`, as the coordinators name each other), and
-/// a URL tonic cannot connect to is refused, naming it.
-pub fn coordinator_url(addr: &str) -> Result<String, String> {
+/// A coordinator address as the URL to connect to: `http://` (`https://`
+/// with `tls`) is added when it has no scheme (`host:port`, as the
+/// coordinators name each other), and a URL tonic cannot connect to, or
+/// whose scheme contradicts `tls`, is refused, naming it.
+pub fn coordinator_url(addr: &str, tls: bool) -> Result<String, String> {
     let addr = addr.trim();
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let scheme = if tls { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let given = url.split_once("://").map_or("", |(s, _)| s);
+    match given {
+        "http" if tls => {
+            return Err(format!(
+                "coordinator address {addr:?} is plaintext (http://), but this host agent has mutual TLS on (--tls-cert); \
+                 give https://host:port or host:port"
+            ))
+        }
+        "https" if !tls => {
+            return Err(format!(
+                "coordinator address {addr:?} asks for TLS (https://), but this host agent has no TLS files; pass \
+                 --tls-cert, --tls-key and --tls-ca, or give http://host:port"
+            ))
+        }
+        "http" | "https" => {}
+        other => return Err(format!("coordinator address {addr:?} has scheme {other:?}; give host:port or {scheme}://host:port")),
+    }
     match tonic::transport::Endpoint::from_shared(url.clone()) {
         Ok(e) if e.uri().host().is_some_and(|h| !h.is_empty()) && e.uri().port().is_some() => Ok(url),
-        Ok(_) => Err(format!("coordinator address {addr:?} names no host and port; give host:port or http://host:port")),
-        Err(e) => Err(format!("coordinator address {addr:?} is not a URL ({e}); give host:port or http://host:port")),
+        Ok(_) => Err(format!("coordinator address {addr:?} names no host and port; give host:port or {scheme}://host:port")),
+        Err(e) => Err(format!("coordinator address {addr:?} is not a URL ({e}); give host:port or {scheme}://host:port")),
     }
 }
 
 /// The leader a non-leader coordinator names in its UNAVAILABLE answer, as
-/// a URL (`coordinator_url`).
-fn leader_redirect(status: &tonic::Status) -> Option<String> {
+/// a URL (`coordinator_url`; `https://` with `tls`).
+fn leader_redirect(status: &tonic::Status, tls: bool) -> Option<String> {
     if status.code() != tonic::Code::Unavailable {
         return None;
     }
@@ -404,13 +439,23 @@ fn leader_redirect(status: &tonic::Status) -> Option<String> {
     if addr.is_empty() {
         return None;
     }
-    coordinator_url(addr).ok()
+    coordinator_url(addr, tls).ok()
 }
 
 /// How a failed Session call or a stream error ends the session.
-fn status_end(status: &tonic::Status, what: &str, lost: bool) -> SessionEnd {
-    let why = format!("{what}: {} ({:?})", status.message(), status.code());
-    match leader_redirect(status) {
+fn status_end(status: &tonic::Status, what: &str, lost: bool, tls: bool) -> SessionEnd {
+    let mut why = format!("{what}: {} ({:?})", status.message(), status.code());
+    // A plaintext HTTP/2 preface sent to a TLS listener dies in the
+    // transport with nothing that says TLS.
+    let garbled = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal)
+        && (status.message().contains("transport error") || status.message().contains("h2 protocol error"));
+    if garbled && !tls {
+        why.push_str(
+            "; if the coordinator serves mutual TLS, give this host agent --tls-cert, --tls-key and --tls-ca (it speaks \
+             plaintext now)",
+        );
+    }
+    match leader_redirect(status, tls) {
         Some(leader) => SessionEnd::Redirect { leader, why },
         None if lost => SessionEnd::Lost(why),
         None => SessionEnd::ConnectFailed(why),
@@ -1041,8 +1086,9 @@ impl<E: Engine> Agent<E> {
                 }
             }
         };
+        let tls = self.config.tls.clone();
         let connect = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+            let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
                 .map_err(|e| SessionEnd::ConnectFailed(format!("bad coordinator address {addr:?}: {e}")))?
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true)
@@ -1053,6 +1099,11 @@ impl<E: Engine> Agent<E> {
                 .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
                 .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
                 .keep_alive_while_idle(true);
+            if let Some(tls) = &tls {
+                endpoint = endpoint
+                    .tls_config(tls.client())
+                    .map_err(|e| SessionEnd::ConnectFailed(format!("TLS towards {addr} ({}): {}", tls.describe(), error_chain(&e))))?;
+            }
             let channel =
                 endpoint.connect().await.map_err(|e| SessionEnd::ConnectFailed(format!("connect: {}", error_chain(&e))))?;
             let (tx, rx) = mpsc::channel::<Vec<v1::HostReport>>(REPORTS_QUEUED_MAX);
@@ -1065,7 +1116,7 @@ impl<E: Engine> Agent<E> {
             let response = client
                 .session(futures::StreamExt::flat_map(tokio_stream::wrappers::ReceiverStream::new(rx), futures::stream::iter))
                 .await
-                .map_err(|s| status_end(&s, "Session refused", false))?;
+                .map_err(|s| status_end(&s, "Session refused", false, tls.is_some()))?;
             Ok::<_, SessionEnd>((reporter, response.into_inner()))
         };
         let (mut out, mut inbound) = tokio::select! {
@@ -1178,7 +1229,7 @@ impl<E: Engine> Agent<E> {
                                 actions
                             }
                             Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-                            Err(status) => return status_end(&status, "stream ended", true),
+                            Err(status) => return status_end(&status, "stream ended", true, self.config.tls.is_some()),
                         },
                         _ = heartbeat.tick() => {
                             if let Err(end) = out.send(v1::host_report::Report::Heartbeat(v1::Heartbeat {})).await {

@@ -503,10 +503,10 @@ fn a_redirect_names_the_leader_as_a_url() {
         if let Some(l) = leader {
             s.metadata_mut().insert(lockstep_proto::LEADER_METADATA_KEY, l.parse().unwrap());
         }
-        leader_redirect(&s)
+        leader_redirect(&s, false)
     };
     assert_eq!(with(tonic::Code::Unavailable, Some("127.0.0.1:50052")), Some("http://127.0.0.1:50052".into()));
-    assert_eq!(with(tonic::Code::Unavailable, Some("https://c2:443")), Some("https://c2:443".into()));
+    assert_eq!(with(tonic::Code::Unavailable, Some("https://c2:443")), None, "TLS towards a plaintext agent: refused");
     assert_eq!(with(tonic::Code::Unavailable, None), None, "election in progress: no leader named");
     assert_eq!(with(tonic::Code::Unavailable, Some(" ")), None);
     assert_eq!(with(tonic::Code::FailedPrecondition, Some("127.0.0.1:1")), None, "only UNAVAILABLE redirects");
@@ -536,12 +536,28 @@ async fn a_data_directory_that_is_a_file_is_refused_by_name() {
 /// connect to is refused at startup, naming it, instead of being retried.
 #[test]
 fn a_coordinator_address_becomes_a_url_or_is_refused_by_name() {
-    assert_eq!(coordinator_url("127.0.0.1:50051").as_deref(), Ok("http://127.0.0.1:50051"));
-    assert_eq!(coordinator_url(" http://c-0.peers:50051 ").as_deref(), Ok("http://c-0.peers:50051"));
-    for bad in ["", "127.0.0.1", "http://", "http://c 0:1", "::::"] {
-        let err = coordinator_url(bad).expect_err(bad);
+    assert_eq!(coordinator_url("127.0.0.1:50051", false).as_deref(), Ok("http://127.0.0.1:50051"));
+    assert_eq!(coordinator_url(" http://c-0.peers:50051 ", false).as_deref(), Ok("http://c-0.peers:50051"));
+    for bad in ["", "127.0.0.1", "http://", "http://c 0:1", "::::", "grpc://c:1"] {
+        let err = coordinator_url(bad, false).expect_err(bad);
         assert!(err.contains(&format!("{:?}", bad.trim())) && err.contains("host:port"), "{bad:?}: {err}");
     }
+}
+
+/// With TLS files the bare `host:port` (and a redirect's) becomes
+/// `https://`; a scheme that contradicts the files is refused at start,
+/// not left to fail every connect.
+#[test]
+fn the_coordinator_url_scheme_follows_tls() {
+    assert_eq!(coordinator_url("c-0.peers:50051", true).as_deref(), Ok("https://c-0.peers:50051"));
+    assert_eq!(coordinator_url("https://c-0.peers:50051", true).as_deref(), Ok("https://c-0.peers:50051"));
+    let err = coordinator_url("http://c-0.peers:50051", true).unwrap_err();
+    assert!(err.contains("plaintext") && err.contains("--tls-cert"), "{err}");
+    let err = coordinator_url("https://c-0.peers:50051", false).unwrap_err();
+    assert!(err.contains("no TLS files") && err.contains("--tls-ca"), "{err}");
+    let mut s = tonic::Status::new(tonic::Code::Unavailable, "not the leader");
+    s.metadata_mut().insert(lockstep_proto::LEADER_METADATA_KEY, "c-2.peers:50051".parse().unwrap());
+    assert_eq!(leader_redirect(&s, true).as_deref(), Some("https://c-2.peers:50051"));
 }
 
 /// Host ids are what a pod name may be; anything that could escape the

@@ -60,11 +60,13 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 pub struct TonicNetwork {
     /// One channel per peer address, shared by every client for that peer.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS towards every peer, or plaintext.
+    tls: Option<lockstep_host_agent::tls::Tls>,
 }
 
 impl TonicNetwork {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(tls: Option<lockstep_host_agent::tls::Tls>) -> Self {
+        TonicNetwork { channels: Arc::default(), tls }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -75,15 +77,20 @@ impl TonicNetwork {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{}://{addr}", lockstep_host_agent::tls::scheme(self.tls.as_ref()))
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("peer address {addr:?} is not a valid URI: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client())
+                .map_err(|e| format!("TLS towards peer {addr} ({}): {}", tls.describe(), lockstep_host_agent::runtime::error_chain(&e)))?;
+        }
         // Lazy: nothing is dialed until the first RPC, and a failed dial is
         // retried on the next one.
         let channel = endpoint.connect_lazy();
