@@ -1571,29 +1571,10 @@ pub async fn serve(
         Some(tls) => info!(%addr, "coordinator listening (HostSession, Admin, health, reflection; mutual TLS: {})", tls.describe()),
         None => info!(%addr, "coordinator listening (HostSession, Admin, health, reflection)"),
     }
-    // The health-only listener stops with the main one (`health_stop`
-    // dropped at the end of this function, or sent when the drain ends).
+    // The health-only listener stops with the main one.
     let (health_stop, health_stopped) = oneshot::channel::<()>();
     let health_server = match options.health_listener {
-        Some(health_listener) => {
-            let health_addr = health_listener.local_addr()?;
-            info!(addr = %health_addr, "plaintext health service listening (grpc.health.v1 and its reflection only)");
-            let incoming = tonic::transport::server::TcpIncoming::from(health_listener).with_nodelay(Some(true));
-            // Reflection of the health service alone, so that grpcurl can
-            // ask it without a .proto file.
-            let health_reflection = || {
-                tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            };
-            let router = tonic::transport::Server::builder()
-                .add_service(health_service.clone())
-                .add_service(health_reflection().build_v1()?)
-                .add_service(health_reflection().build_v1alpha()?);
-            Some(tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { let _ = health_stopped.await; }).await {
-                    warn!(addr = %health_addr, "the plaintext health listener failed: {e}; probes on it will fail");
-                }
-            }))
-        }
+        Some(l) => Some(lockstep_host_agent::health::spawn("coordinator".into(), l, health.clone(), health_stopped).map_err(anyhow::Error::msg)?),
         None => None,
     };
     // The graceful shutdown below waits for every open call to end, and the

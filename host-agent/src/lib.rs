@@ -15,13 +15,15 @@
 //! the process's metrics recorder), `drain` (a gRPC server's stop with a
 //! bounded drain, for both daemons), `signals` (the daemons' stop request,
 //! listened for from their first moment), `tls` (both daemons' mutual TLS
-//! files and flags).
+//! files and flags), `health` (their plaintext health-only listener, for
+//! probes that speak no TLS).
 
 pub mod convert;
 pub mod core;
 pub mod drain;
 pub mod engine;
 pub mod fsutil;
+pub mod health;
 pub mod metrics;
 pub mod reference;
 pub mod replay_reader;

@@ -83,6 +83,12 @@ struct Args {
     #[command(flatten)]
     tls: lockstep_host_agent::tls::TlsArgs,
 
+    /// Also serve `grpc.health.v1.Health`, and nothing else, in plaintext on
+    /// this address (e.g. 0.0.0.0:50053): for Kubernetes' gRPC probes, which
+    /// speak no TLS, when --tls-cert is given.
+    #[arg(long, env = "LOCKSTEP_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+
     /// Benchmark baseline: replay this host's journal with no coordinator
     /// (restore the newest checkpoint known complete, run every journaled
     /// tid through the engine exactly like a replay, commit it), print one
@@ -135,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = HostConfig::new(args.host_id.clone(), args.coordinator.clone(), data_dir);
     config.cluster_id = args.cluster_id.clone();
     config.ingest_listen = args.ingest_listen;
+    config.health_listen = args.health_listen;
     config.step_interval = Duration::from_millis(args.step_interval_ms);
     config.fault_fail_journal_write_at_step = args.fault_fail_journal_write_at_step;
     config.fault_fail_sink_write_at_tid = args.fault_fail_sink_write_at_tid;

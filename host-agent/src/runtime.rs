@@ -100,6 +100,9 @@ pub struct HostConfig {
     /// Mutual TLS for the coordinator session and the ingest listener
     /// (`--tls-cert`, `--tls-key`, `--tls-ca`); `None` is plaintext.
     pub tls: Option<crate::tls::Tls>,
+    /// A plaintext listener with `grpc.health.v1` alone (`--health-listen`),
+    /// for probes that speak no TLS.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl HostConfig {
@@ -120,6 +123,7 @@ impl HostConfig {
             fault_fail_journal_write_at_step: None,
             fault_fail_sink_write_at_tid: None,
             tls: None,
+            health_listen: None,
         }
     }
 }
@@ -202,7 +206,15 @@ pub async fn run<E: Engine>(
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| serve_err(e.to_string()))?;
     let ingest_addr = listener.local_addr().map_err(|e| serve_err(e.to_string()))?;
     let (server_stop, server_stopped) = oneshot::channel::<()>();
-    let server = spawn_server(&host, listener, services, agent.config.tls.as_ref(), server_stopped)?;
+    let health_listener = match agent.config.health_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| AgentError::Serve {
+            host: host.clone(),
+            addr: a.to_string(),
+            reason: format!("binding --health-listen: {e}"),
+        })?),
+        None => None,
+    };
+    let server = spawn_server(&host, listener, services, agent.config.tls.as_ref(), health_listener, server_stopped)?;
     match &agent.config.tls {
         Some(tls) => info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening (mutual TLS: {})", tls.describe()),
         None => info!(host = %host, addr = %ingest_addr, "ingest, health and reflection API listening"),
@@ -288,6 +300,7 @@ fn spawn_server(
     listener: tokio::net::TcpListener,
     services: tonic::service::Routes,
     tls: Option<&crate::tls::Tls>,
+    health_listener: Option<tokio::net::TcpListener>,
     stop: oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let serve_err = |e: tonic_reflection::server::Error| AgentError::Serve {
@@ -305,6 +318,14 @@ fn spawn_server(
         .add_service(health)
         .add_service(reflection().build_v1().map_err(serve_err)?)
         .add_service(reflection().build_v1alpha().map_err(serve_err)?);
+    // The plaintext health-only listener stops with this server.
+    let (health_stop, health_stopped) = oneshot::channel::<()>();
+    let health_server = match health_listener {
+        Some(l) => Some(crate::health::spawn(format!("host {host}"), l, health_reporter.clone(), health_stopped).map_err(|reason| {
+            AgentError::Serve { host: host.to_string(), addr: "health".into(), reason }
+        })?),
+        None => None,
+    };
     let host = host.to_string();
     let tls = tls.cloned();
     Ok(tokio::spawn(async move {
@@ -325,6 +346,10 @@ fn spawn_server(
         .await;
         if let Some(Err(e)) = served {
             error!(host = %host, error = %e, "ingest API server failed; pushes are no longer accepted");
+        }
+        let _ = health_stop.send(());
+        if let Some(h) = health_server {
+            let _ = h.await;
         }
     }))
 }
