@@ -212,9 +212,18 @@ impl Tls {
                             let _ = tx.send(Ok(stream)).await;
                             return;
                         }
-                        // What a plaintext HTTP/2 preface looks like to TLS.
-                        Ok(Err(e)) if e.to_string().contains("InvalidContentType") => format!("{e} (a plaintext client?)"),
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(e)) => {
+                            let e = e.to_string();
+                            // What the usual mistakes look like from here.
+                            let hint = if e.contains("InvalidContentType") {
+                                " (a plaintext client?)"
+                            } else if e.contains("alert: UnknownCA") || e.contains("alert: BadCertificate") {
+                                " (the client does not trust this server's certificate: is its CA file this cluster's?)"
+                            } else {
+                                ""
+                            };
+                            format!("{e}{hint}")
+                        }
                         Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
                     };
                     let suppressed = {
