@@ -8,7 +8,12 @@
 #     metadata.name, the coordinator is an odd raft group (>= 3) whose
 #     LOCKSTEP_PEERS, LOCKSTEP_ADVERTISE and the hosts' LOCKSTEP_COORDINATOR
 #     name the same members under a headless Service, a PodDisruptionBudget
-#     keeps its quorum, and every probe targets a declared container port.
+#     keeps its quorum; every probe is a grpc probe on the container port
+#     named `health`, and LOCKSTEP_HEALTH_LISTEN (plaintext, so that the
+#     kubelet can ask it with TLS on) listens there; each *_LISTEN port is the
+#     container port of its name; the TLS variables are all set or none, on
+#     both StatefulSets alike, name files on a read-only mount, and the hosts'
+#     coordinator URLs use the matching scheme (deploy/README.md, "Mutual TLS").
 # Exit 0 = valid; 1 = invalid; 3 = kubernetes-validate is not installed
 # (`python3 -m pip install kubernetes-validate`).
 set -euo pipefail
@@ -67,9 +72,31 @@ elif ce.get("LOCKSTEP_ADVERTISE", {}).get("value") != f"$(POD_NAME).{peers_name}
     errors.append(f"coordinator LOCKSTEP_ADVERTISE must be $(POD_NAME).{peers_name}.{ns}.svc:{port}")
 elif names.index("POD_NAME") > names.index("LOCKSTEP_ADVERTISE"):
     errors.append("POD_NAME must be defined before LOCKSTEP_ADVERTISE ($(VAR) expands only earlier variables)")
-want_coord = [f"http://{m}" for m in members]
-if he["LOCKSTEP_COORDINATOR"]["value"].split(",") != want_coord:
-    errors.append(f"host LOCKSTEP_COORDINATOR must list every coordinator member: {','.join(want_coord)}")
+# Mutual TLS: all three files or none (the daemons refuse anything else),
+# on both StatefulSets alike (a TLS member and a plaintext one cannot talk),
+# each on a read-only mount. The hosts dial a bare host:port with TLS when
+# they have it; an explicit http:// with TLS, or https:// without, is refused.
+TLS_VARS = ("LOCKSTEP_TLS_CERT", "LOCKSTEP_TLS_KEY", "LOCKSTEP_TLS_CA")
+tls_on = {}
+for ss, c, e in ((coord, cc, ce), (hosts, hc, he)):
+    name = ss["metadata"]["name"]
+    given = [v for v in TLS_VARS if v in e]
+    if given and len(given) != len(TLS_VARS):
+        errors.append(f"{name}: {', '.join(given)} without {', '.join(v for v in TLS_VARS if v not in e)}: give all three or none")
+    tls_on[name] = bool(given)
+    mounts = [m for m in c.get("volumeMounts", []) if m.get("readOnly")]
+    for v in given:
+        path = e[v].get("value", "")
+        if not any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+            errors.append(f"{name}: {v}={path!r} is not on a readOnly volumeMount")
+if tls_on[cname] != tls_on[hosts["metadata"]["name"]]:
+    errors.append("mutual TLS is on for one StatefulSet and off for the other: a TLS daemon and a plaintext one cannot talk")
+host_tls = tls_on[hosts["metadata"]["name"]]
+schemes = ("https://", "") if host_tls else ("http://", "")
+urls = he["LOCKSTEP_COORDINATOR"]["value"].split(",")
+if len(urls) != len(members) or not all(any(u == s + m for s in schemes) for u, m in zip(urls, members)):
+    errors.append(f"host LOCKSTEP_COORDINATOR must list every coordinator member: {','.join(schemes[0] + m for m in members)}"
+                  + f" (or bare host:port; TLS is {'on' if host_tls else 'off'})")
 pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"
         and d["spec"].get("selector", {}).get("matchLabels") == coord["spec"]["selector"]["matchLabels"]]
 if len(pdbs) != 1 or pdbs[0]["spec"].get("maxUnavailable") != 1:
@@ -84,17 +111,40 @@ for ss in (coord, hosts):
     if not spec.get("terminationGracePeriodSeconds"):
         errors.append(f"{name}: no terminationGracePeriodSeconds")
     for c in spec["containers"]:
-        ports = {p["containerPort"] for p in c.get("ports", [])}
+        declared = [p["containerPort"] for p in c.get("ports", [])]
+        if len(set(declared)) != len(declared):
+            errors.append(f"{name}/{c['name']}: a container port is declared twice: {declared}")
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        # The probes ask the plaintext health-only listener: the kubelet's
+        # grpc probe speaks no TLS (and takes a number, not a port name).
+        health = ports.get("health")
+        if health is None:
+            errors.append(f"{name}/{c['name']}: no container port named health (LOCKSTEP_HEALTH_LISTEN, for the probes)")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = c.get(probe, {}).get("grpc", {}).get("port")
-            if p not in ports:
-                errors.append(f"{name}/{c['name']}: {probe} is not a grpc probe on a declared port")
+            if p is None or p != health:
+                errors.append(f"{name}/{c['name']}: {probe} is not a grpc probe on the health port ({health})")
+        # Every listener the daemon opens is the declared port of its name.
+        e = env(c)
+        for var, port_name in (("LOCKSTEP_LISTEN", "grpc"), ("LOCKSTEP_INGEST_LISTEN", "ingest"),
+                               ("LOCKSTEP_METRICS_LISTEN", "metrics"), ("LOCKSTEP_HEALTH_LISTEN", "health")):
+            if port_name not in ports and var not in e:
+                continue
+            if var not in e:
+                errors.append(f"{name}/{c['name']}: container port {port_name} is declared but {var} is not set")
+                continue
+            value = e[var].get("value", "")
+            if value.rsplit(":", 1)[-1] != str(ports.get(port_name)):
+                errors.append(f"{name}/{c['name']}: {var}={value!r} does not listen on container port {port_name} ({ports.get(port_name)})")
         if not c.get("resources", {}).get("requests"):
             errors.append(f"{name}/{c['name']}: no resource requests")
         mounts = {m["name"] for m in c.get("volumeMounts", [])}
         claims = {t["metadata"]["name"] for t in ss["spec"].get("volumeClaimTemplates", [])}
         if not claims or not claims <= mounts:
             errors.append(f"{name}/{c['name']}: volume claim templates {claims} not all mounted")
+        volumes = claims | {v["name"] for v in spec.get("volumes", [])}
+        if not mounts <= volumes:
+            errors.append(f"{name}/{c['name']}: volumeMounts {sorted(mounts - volumes)} name no volume of the pod")
 for d in docs:
     if d["kind"] != "Namespace" and d["metadata"].get("namespace") != ns:
         errors.append(f"{d['kind']}/{d['metadata']['name']} is not in namespace {ns}")
