@@ -102,6 +102,12 @@ struct ServeArgs {
     health_listen: Option<String>,
     #[command(flatten)]
     tls: lockstep_host_agent::tls::TlsArgs,
+    /// With TLS: each host agent's client certificate must be valid for
+    /// this DNS name, `{host}` standing for the host id it says it is
+    /// (e.g. `{host}.host-peers.lockstep.svc`), so that no host can join as
+    /// another. Without it, any certificate the CA signed may claim any host.
+    #[arg(long, env = "LOCKSTEP_TLS_HOST_NAME", requires = "tls_cert")]
+    tls_host_name: Option<lockstep_host_agent::tls::HostNames>,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -427,7 +433,7 @@ async fn run_coordinator(
             _ = stop_server_rx => {}
         }
     };
-    let options = service::ServeOptions { tls, health_listener };
+    let options = service::ServeOptions { tls, host_names: args.tls_host_name.clone(), health_listener };
     let mut server = tokio::spawn(service::serve(listener, options, leading, ledger.clone(), server_shutdown));
     tokio::pin!(supervised);
     // A raft core that stopped on its own also ends the supervisor (its
@@ -600,6 +606,7 @@ mod dev {
             metrics_listen: MetricsListen(None),
             health_listen: None,
             tls: Default::default(),
+            tls_host_name: None,
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };

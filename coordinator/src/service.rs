@@ -992,6 +992,8 @@ impl Driver {
 pub struct HostSessionService {
     leading: Leading,
     ledger: Ledger,
+    /// `--tls-host-name`: the name each host's certificate must carry.
+    host_names: Option<lockstep_host_agent::tls::HostNames>,
 }
 
 /// How long a host session waits on a node that does not know a ready
@@ -1057,6 +1059,8 @@ impl pb::host_session_server::HostSession for HostSessionService {
 
     async fn session(&self, request: Request<Streaming<pb::HostReport>>) -> Result<Response<CommandStream>, Status> {
         let peer = request.remote_addr();
+        // Kept only when a host's name is checked against it below.
+        let certs = self.host_names.as_ref().and_then(|_| request.peer_certs());
         let mut reports = request.into_inner();
         let first = match reports.next().await {
             Some(Ok(r)) => r,
@@ -1071,6 +1075,12 @@ impl pb::host_session_server::HostSession for HostSessionService {
                 )))
             }
         };
+        if let Some(names) = &self.host_names {
+            if let Err(why) = names.check(&hello.host_id, certs.as_deref().map(|c| c.as_slice())) {
+                warn!(host = %hello.host_id, ?peer, "host session refused: {why}");
+                return Err(Status::permission_denied(why));
+            }
+        }
         // Journal summaries that match the ledger's records share them.
         let host_id = hello.host_id.clone();
         let hello = self
@@ -1539,6 +1549,9 @@ pub struct ServeOptions {
     /// Mutual TLS on the main listener (`--tls-*`): every client (host
     /// agent, peer, Admin caller) must present a certificate the CA signed.
     pub tls: Option<lockstep_host_agent::tls::Tls>,
+    /// With `tls`: the DNS name (per host id) each host agent's client
+    /// certificate must be valid for (`--tls-host-name`).
+    pub host_names: Option<lockstep_host_agent::tls::HostNames>,
     /// A second, plaintext listener with `grpc.health.v1.Health` alone
     /// (`--health-listen`): Kubernetes' gRPC probes speak no TLS, and a
     /// health answer carries nothing a client could use.
@@ -1611,7 +1624,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            pb::host_session_server::HostSessionServer::new(HostSessionService { leading: leading.clone(), ledger: ledger.clone() })
+            pb::host_session_server::HostSessionServer::new(HostSessionService {
+                leading: leading.clone(),
+                ledger: ledger.clone(),
+                host_names: options.host_names.clone(),
+            })
                 .max_decoding_message_size(HOST_REPORT_BYTES_MAX),
         )
         .add_service(crate::raft::peer_service(&ledger))

@@ -273,6 +273,57 @@ pub fn scheme(tls: Option<&Tls>) -> &'static str {
     }
 }
 
+/// `--tls-host-name`: the DNS name a host agent's client certificate must
+/// be valid for, given its host id (`{host}` in the template stands for
+/// it). Without it, any certificate the CA signed may claim any host id.
+#[derive(Clone, Debug)]
+pub struct HostNames {
+    template: String,
+}
+
+impl std::str::FromStr for HostNames {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.contains("{host}") {
+            return Err(format!("{s:?} does not contain {{host}}; give e.g. {{host}}.hosts.example.com or {{host}}"));
+        }
+        Ok(HostNames { template: s.to_string() })
+    }
+}
+
+impl HostNames {
+    /// The name `host`'s certificate must be valid for.
+    pub fn name_of(&self, host: &str) -> String {
+        self.template.replace("{host}", host)
+    }
+
+    /// `Ok` if the first (leaf) certificate of `chain` is valid for
+    /// `host`'s name, by the rules a TLS client checks a server's name with
+    /// (subject alternative names, wildcards included: a wildcard
+    /// certificate passes for every host, which is the operator's choice);
+    /// otherwise why not, for the host agent and the log.
+    pub fn check(&self, host: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
+        let name = self.name_of(host);
+        let Some(leaf) = chain.and_then(|c| c.first()) else {
+            return Err(format!("host agent {host} presented no client certificate, but its certificate must name {name} (--tls-host-name)"));
+        };
+        let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|e| format!("host id {host:?} does not make a DNS name with --tls-host-name ({name:?}: {e})"))?;
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("host agent {host}'s certificate cannot be parsed: {e}"))?;
+        cert.verify_is_valid_for_subject_name(&server_name).map_err(|e| {
+            let names: Vec<&str> = cert.valid_dns_names().collect();
+            let why = match e {
+                webpki::Error::CertNotValidForName(_) => format!("it names only {}", names.join(", ")),
+                other => format!("{other:?}"),
+            };
+            format!(
+                "host agent {host}'s certificate is not valid for {name} ({why}): another host's certificate, or one \
+                 issued without that name; --tls-host-name requires each host's certificate to name its own host"
+            )
+        })
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.into(), source })
 }
@@ -329,6 +380,17 @@ mod tests {
         // Base64 that decodes to no certificate: the CA store refuses it.
         let shown = Tls::load(&cert, &key, &cert).unwrap_err().to_string();
         assert!(shown.starts_with("the TLS CA ") && shown.contains("node.pem"), "{shown}");
+    }
+
+    #[test]
+    fn a_host_name_template_needs_the_placeholder_and_names_the_host() {
+        assert!("hosts.example.com".parse::<HostNames>().unwrap_err().contains("{host}"));
+        let names: HostNames = "{host}.hosts.example.com".parse().unwrap();
+        assert_eq!(names.name_of("host-3"), "host-3.hosts.example.com");
+        let e = names.check("host-3", None).unwrap_err();
+        assert!(e.contains("presented no client certificate") && e.contains("host-3.hosts.example.com"), "{e}");
+        let e = names.check("host-3", Some(&[CertificateDer::from(vec![1u8, 2, 3])])).unwrap_err();
+        assert!(e.contains("cannot be parsed"), "{e}");
     }
 
     #[test]

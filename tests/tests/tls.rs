@@ -55,9 +55,16 @@ impl TestCa {
     }
 
     /// A certificate for `name` valid for loopback, for both ends of a
-    /// connection, with its key, trusting `trust` (this CA by default).
+    /// connection, with its key, trusting this CA.
     fn issue(&self, dir: &Path, name: &str) -> Files {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        self.issue_naming(dir, name, &[])
+    }
+
+    /// The same, also valid for the DNS names `more`.
+    fn issue_naming(&self, dir: &Path, name: &str, more: &[&str]) -> Files {
+        let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        sans.extend(more.iter().map(|n| n.to_string()));
+        let mut params = CertificateParams::new(sans).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("key");
@@ -268,6 +275,42 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
     }
     let committed = status_with(&addrs[next], Some(&node)).await.expect("status").last_committed_tid.max(s.last_committed_tid);
     check_sinks_of(&g.opts, |i| g.sink(i), committed);
+}
+
+/// `--tls-host-name`: a host agent's certificate must name the host it
+/// says it is, so that one host's files cannot join as another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_host_name_a_host_cannot_join_as_another() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "named");
+    let coordinator = ca.issue(certs.path(), "coordinator");
+    let host_files: Vec<Files> = (0..2).map(|i| ca.issue_naming(certs.path(), &host_id(i), &[&format!("host-{i}.hosts.test")])).collect();
+    let mut flags = coordinator.flags();
+    flags.extend(["--tls-host-name".into(), "{host}.hosts.test".into()]);
+    let opts = ClusterOpts { hosts: 2, coordinator_flags: flags, ..ClusterOpts::default() };
+    let mut c = Cluster::start_with(opts, |i, args| {
+        bare_coordinators(args);
+        args.extend(host_files[i].flags());
+    });
+    let addrs = [c.addr.clone()];
+    let (_, before) = wait_tls(&addrs, &coordinator, "Running with named hosts", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3, || c.logs()).await;
+
+    // host-1's files, claiming to be host-0: refused before the pipeline
+    // hears of it, with the reason on both sides.
+    let mut impostor = stranger_host(&c, "impostor", c.addr.clone(), host_files[1].flags());
+    let log = wait_log(&impostor, "is not valid for host-0.hosts.test", || c.logs()).await;
+    assert!(log.contains("PermissionDenied"), "{log}");
+    impostor.kill();
+    wait_log(&c.coordinator, "host session refused", || c.logs()).await;
+    let (_, after) = wait_tls(&addrs, &coordinator, "more commits", |s| s.last_committed_tid >= before.last_committed_tid + 5, || c.logs()).await;
+    assert_eq!((after.epoch, after.pipeline_state.as_str()), (before.epoch, "Running"), "the impostor disturbed nothing: {after:?}");
+    assert!(after.hosts.iter().all(|h| h.connected), "{after:?}");
+    for h in &mut c.hosts {
+        assert_eq!(h.terminate(), Some(0), "{}", h.log());
+    }
+    let committed = status_with(&c.addr, Some(&coordinator)).await.expect("status").last_committed_tid;
+    assert_eq!(c.coordinator.terminate(), Some(0));
+    check_sinks(&c, committed);
 }
 
 #[tokio::test]
