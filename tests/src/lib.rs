@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use lockstep_proto::v1::admin_client::AdminClient;
 use lockstep_proto::v1 as pb;
 
+pub mod certs;
+
 /// Builds the daemons once per test binary (a no-op when up to date) and
 /// returns the directory holding them.
 pub fn bin_dir() -> &'static Path {
@@ -229,6 +231,9 @@ pub struct Cluster {
     pub hosts: Vec<Proc>,
     pub addr: String,
     pub ingest_ports: Vec<u16>,
+    /// The files `status` and `wait_for` present when the coordinator
+    /// serves mutual TLS (`None`: plaintext).
+    pub client_tls: Option<certs::TlsFiles>,
 }
 
 pub fn host_id(i: usize) -> String {
@@ -251,7 +256,7 @@ impl Cluster {
             dir.path().join("coordinator.log"),
         );
         let (hosts, ingest_ports) = spawn_hosts(&opts, dir.path(), &format!("http://{addr}"), tweak);
-        Cluster { dir, opts, coordinator, hosts, addr, ingest_ports }
+        Cluster { dir, opts, coordinator, hosts, addr, ingest_ports, client_tls: None }
     }
 
     /// SIGKILLs every host and the coordinator, then starts them again on
@@ -276,13 +281,13 @@ impl Cluster {
     }
 
     pub async fn status(&self) -> anyhow::Result<pb::Status> {
-        status_at(&self.addr).await
+        status_at_with(&self.addr, self.client_tls.as_ref()).await
     }
 
     /// Polls the status until `pred` holds; fails with the last status and
     /// the logs after `timeout`.
     pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> pb::Status {
-        wait_for_status(&self.addr, what, timeout, pred, || self.logs()).await
+        wait_for_status_with(&self.addr, self.client_tls.as_ref(), what, timeout, pred, || self.logs()).await
     }
 
     pub fn logs(&self) -> String {
@@ -518,11 +523,19 @@ pub fn read_sink(host_dir: &Path) -> Vec<serde_json::Value> {
 /// Bounded in time: a paused (SIGSTOPped) process still accepts TCP
 /// connections in the kernel but never answers.
 pub async fn status_at(addr: &str) -> anyhow::Result<pb::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    status_at_with(addr, None).await
+}
+
+/// `status_at` over mutual TLS with `tls` (`None`: plaintext).
+pub async fn status_at_with(addr: &str, tls: Option<&certs::TlsFiles>) -> anyhow::Result<pb::Status> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+        .timeout(Duration::from_secs(2));
+    if let Some(f) = tls {
+        endpoint = endpoint.tls_config(f.client())?;
+    }
+    let channel = endpoint.connect().await?;
     let mut admin = AdminClient::new(channel);
     Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
 }
@@ -554,10 +567,22 @@ pub async fn wait_for_status(
     pred: impl Fn(&pb::Status) -> bool,
     logs: impl Fn() -> String,
 ) -> pb::Status {
+    wait_for_status_with(addr, None, what, timeout, pred, logs).await
+}
+
+/// `wait_for_status` over mutual TLS with `tls` (`None`: plaintext).
+pub async fn wait_for_status_with(
+    addr: &str,
+    tls: Option<&certs::TlsFiles>,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&pb::Status) -> bool,
+    logs: impl Fn() -> String,
+) -> pb::Status {
     let deadline = Instant::now() + timeout;
     let mut last = None;
     loop {
-        match status_at(addr).await {
+        match status_at_with(addr, tls).await {
             Ok(s) if pred(&s) => return s,
             Ok(s) => last = Some(s),
             Err(_) => {}

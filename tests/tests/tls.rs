@@ -4,89 +4,14 @@
 //! client certificate) turned away and named in the logs; the plaintext
 //! health-only listener; bad files refused at start, naming them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
 use lockstep_proto::v1::admin_client::AdminClient;
+use lockstep_tests::certs::{TestCa, TlsFiles as Files};
 use lockstep_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// A CA of the test's own, in `dir`.
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    pem: PathBuf,
-}
-
-/// One process's files, as its flags take them.
-#[derive(Clone)]
-struct Files {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-impl Files {
-    fn flags(&self) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        vec!["--tls-cert".into(), p(&self.cert), "--tls-key".into(), p(&self.key), "--tls-ca".into(), p(&self.ca)]
-    }
-
-    fn client(&self) -> ClientTlsConfig {
-        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&self.ca)))
-            .identity(Identity::from_pem(read(&self.cert), read(&self.key)))
-    }
-}
-
-impl TestCa {
-    fn new(dir: &Path, name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let pem = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&pem, cert.pem()).expect("write CA");
-        TestCa { issuer: Issuer::new(params, key), pem }
-    }
-
-    /// A certificate for `name` valid for loopback, for both ends of a
-    /// connection, with its key, trusting this CA.
-    fn issue(&self, dir: &Path, name: &str) -> Files {
-        self.issue_naming(dir, name, &[])
-    }
-
-    /// The same, also valid for the DNS names `more`.
-    fn issue_naming(&self, dir: &Path, name: &str, more: &[&str]) -> Files {
-        let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        sans.extend(more.iter().map(|n| n.to_string()));
-        let mut params = CertificateParams::new(sans).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        let files = Files { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")), ca: self.pem.clone() };
-        std::fs::write(&files.cert, cert.pem()).expect("write cert");
-        std::fs::write(&files.key, key.serialize_pem()).expect("write key");
-        files
-    }
-}
-
-/// GetStatus over mutual TLS (`None`: plaintext), bounded in time.
-async fn status_with(addr: &str, tls: Option<&Files>) -> anyhow::Result<pb::Status> {
-    let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(3));
-    if let Some(f) = tls {
-        endpoint = endpoint.tls_config(f.client())?;
-    }
-    let channel = endpoint.connect().await?;
-    Ok(AdminClient::new(channel).get_status(pb::GetStatusRequest {}).await?.into_inner())
-}
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Polls the nodes at `addrs` over TLS until one leads, driving the
 /// pipeline, with a status satisfying `pred`; its index and status.
@@ -101,7 +26,7 @@ async fn wait_tls(
     let mut last = String::new();
     loop {
         for (i, a) in addrs.iter().enumerate() {
-            match status_with(a, Some(tls)).await {
+            match status_at_with(a, Some(tls)).await {
                 Ok(s) if s.is_leader && !s.stale && pred(&s) => return (i, s),
                 Ok(s) => last = format!("node {}: leader {} {} committed {}", i + 1, s.is_leader, s.pipeline_state, s.last_committed_tid),
                 Err(e) => last = format!("node {}: {e:#}", i + 1),
@@ -171,12 +96,12 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     // Admin callers: plaintext, no client certificate, or one of another CA
     // are refused; the refusals are in the coordinator's log with the
     // client's address and the reason.
-    let plain = status_with(&c.addr, None).await;
+    let plain = status_at_with(&c.addr, None).await;
     assert!(plain.is_err(), "plaintext GetStatus answered: {plain:?}");
-    let foreign = status_with(&c.addr, Some(&stranger)).await;
+    let foreign = status_at_with(&c.addr, Some(&stranger)).await;
     assert!(foreign.is_err(), "GetStatus trusting another CA answered: {foreign:?}");
     let foreign_cert = Files { ca: ca.pem.clone(), ..stranger.clone() };
-    let foreign = status_with(&c.addr, Some(&foreign_cert)).await;
+    let foreign = status_at_with(&c.addr, Some(&foreign_cert)).await;
     assert!(foreign.is_err(), "GetStatus with another CA's certificate answered: {foreign:?}");
     let no_client_cert = Files { ca: ca.pem.clone(), ..stranger.clone() };
     let anonymous = async {
@@ -241,7 +166,7 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     for h in &mut c.hosts {
         assert_eq!(h.terminate(), Some(0), "{}", h.log());
     }
-    let committed = status_with(&c.addr, Some(&admin)).await.expect("status").last_committed_tid;
+    let committed = status_at_with(&c.addr, Some(&admin)).await.expect("status").last_committed_tid;
     assert_eq!(c.coordinator.terminate(), Some(0), "{}", c.coordinator.log());
     check_sinks(&c, committed);
 }
@@ -262,7 +187,7 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
     // (raft traffic between the nodes is TLS as well: the group elected and
     // replicated).
     let follower = (leader + 1) % 3;
-    let f = status_with(&addrs[follower], Some(&node)).await.expect("follower status over TLS");
+    let f = status_at_with(&addrs[follower], Some(&node)).await.expect("follower status over TLS");
     assert!(!f.is_leader && f.last_committed_tid >= 1, "{f:?}");
 
     g.nodes[leader].kill();
@@ -273,7 +198,7 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
     for h in &mut g.hosts {
         assert_eq!(h.terminate(), Some(0), "{}", h.log());
     }
-    let committed = status_with(&addrs[next], Some(&node)).await.expect("status").last_committed_tid.max(s.last_committed_tid);
+    let committed = status_at_with(&addrs[next], Some(&node)).await.expect("status").last_committed_tid.max(s.last_committed_tid);
     check_sinks_of(&g.opts, |i| g.sink(i), committed);
 }
 
@@ -308,7 +233,7 @@ async fn with_tls_host_name_a_host_cannot_join_as_another() {
     for h in &mut c.hosts {
         assert_eq!(h.terminate(), Some(0), "{}", h.log());
     }
-    let committed = status_with(&c.addr, Some(&coordinator)).await.expect("status").last_committed_tid;
+    let committed = status_at_with(&c.addr, Some(&coordinator)).await.expect("status").last_committed_tid;
     assert_eq!(c.coordinator.terminate(), Some(0));
     check_sinks(&c, committed);
 }

@@ -20,7 +20,8 @@
 //!   committed tids/s and commit latency (Prepare sent -> Commit sent,
 //!   `Admin/GetStatus.commit_latency`) vs the floor measured here: a
 //!   loopback TCP round trip + one fdatasync of a small file on the same
-//!   disk. Goal: p50 <= 3x floor.
+//!   disk. Goal: p50 <= 3x floor. Then the same with mutual TLS on every
+//!   connection (test certificates made here), shown next to it (info).
 //! - `memory`: peak RSS (VmHWM) of the coordinator and the hosts while
 //!   replaying a journal of N tids and of 10x N tids. Goals: flat (the
 //!   larger journal's peak <= 1.2x the smaller's), coordinator < 64 MiB.
@@ -820,13 +821,83 @@ async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     say(format!("live: floor = loopback round trip + fdatasync in {}, {} samples", dir.path().display(), o.floor_samples));
     let floor_before = measure_floor(dir.path(), o.floor_samples)?;
     say(floor_line("before", &floor_before));
+    let plain = live_run(o, None).await?;
+    // The same cluster with mutual TLS on every connection, right after:
+    // what encryption and the handshakes add to a commit (info; the goal is
+    // judged on the plaintext run, against a plaintext floor).
+    settle_disk();
+    let certs = tempfile::tempdir()?;
+    let ca = lockstep_tests::certs::TestCa::new(certs.path(), "bench");
+    let tls = live_run(o, Some(ca.issue(certs.path(), "node"))).await?;
+    // The disk is shared: measure the floor again once the clusters are
+    // gone and compare against the lower of the two (the stricter goal).
+    let floor_after = measure_floor(dir.path(), o.floor_samples)?;
+    say(floor_line("after", &floor_after));
+    let floor = if floor_after.sum_p50 < floor_before.sum_p50 { floor_after } else { floor_before };
+    rows.push(row(
+        &format!("live, empty steps, {} hosts: committed tids/s", o.hosts),
+        format!("{:.0}/s", plain.tids_per_s),
+        format!("commit interval {} ms", o.live_commit_interval_ms),
+        "-".into(),
+        "(info)",
+        None,
+    ));
+    rows.push(row(
+        "live commit latency p50 (Prepare sent → Commit sent) vs floor p50",
+        micros(plain.p50),
+        format!("{} (rtt {} + fdatasync {})", micros(floor.sum_p50), micros(floor.rtt_p50), micros(floor.sync_p50)),
+        format!("{:.2}×", plain.p50 / floor.sum_p50),
+        "≤ 3×",
+        Some(plain.p50 <= 3.0 * floor.sum_p50),
+    ));
+    rows.push(row(
+        "live commit latency p99 vs floor p99",
+        micros(plain.p99),
+        micros(floor.sum_p99),
+        format!("{:.2}×", plain.p99 / floor.sum_p99),
+        "(info)",
+        None,
+    ));
+    rows.push(row(
+        "live with mutual TLS: commit latency p50 / p99, tids/s (vs the plaintext run)",
+        format!("{} / {}, {:.0}/s", micros(tls.p50), micros(tls.p99), tls.tids_per_s),
+        format!("{} / {}, {:.0}/s", micros(plain.p50), micros(plain.p99), plain.tids_per_s),
+        format!("{:.2}× p50", tls.p50 / plain.p50),
+        "(info)",
+        None,
+    ));
+    Ok(())
+}
+
+/// What one live run measured.
+struct Live {
+    tids_per_s: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// One live run: 1 coordinator + `o.hosts` hosts with empty steps, plaintext
+/// or (`tls`) mutual TLS on every connection with these files.
+async fn live_run(o: &Opts, tls: Option<lockstep_tests::certs::TlsFiles>) -> anyhow::Result<Live> {
+    let how = if tls.is_some() { "mutual TLS" } else { "plaintext" };
     say(format!(
-        "live: 1 coordinator + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
+        "live ({how}): 1 coordinator + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
         o.hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.live_secs
     ));
-    let c = Cluster::start_with(cluster_opts(o, o.live_commit_interval_ms, o.live_step_interval_ms, "bench-live"), |_, args| {
-        args.extend(["--generator-batch-max".into(), "0".into()])
+    let mut opts = cluster_opts(o, o.live_commit_interval_ms, o.live_step_interval_ms, "bench-live");
+    if let Some(files) = &tls {
+        opts.coordinator_flags.extend(files.flags());
+    }
+    let mut c = Cluster::start_with(opts, |_, args| {
+        args.extend(["--generator-batch-max".into(), "0".into()]);
+        if let Some(files) = &tls {
+            // A bare host:port is dialed with TLS.
+            let at = args.iter().position(|a| a == "--coordinator").map_or(0, |i| i + 1);
+            args[at] = args[at].replace("http://", "");
+            args.extend(files.flags());
+        }
     });
+    c.client_tls = tls.clone();
     c.wait_for("Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
         s.pipeline_state == "Running" && s.last_committed_tid >= 20
     })
@@ -838,11 +909,6 @@ async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(s1.pipeline_state == "Running", "live cluster left Running: {s1:?}\n{}", c.logs());
     drop(c);
-    // The disk is shared: measure the floor again once the cluster is gone
-    // and compare against the lower of the two (the stricter goal).
-    let floor_after = measure_floor(dir.path(), o.floor_samples)?;
-    say(floor_line("after", &floor_after));
-    let floor = if floor_after.sum_p50 < floor_before.sum_p50 { floor_after } else { floor_before };
     let tids = s1.last_committed_tid - s0.last_committed_tid;
     let (h0, h1) = (s0.commit_latency.unwrap_or_default(), s1.commit_latency.unwrap_or_default());
     let p50 = histogram_percentile(&h0, &h1, 0.5).unwrap_or(f64::NAN);
@@ -862,35 +928,9 @@ async fn bench_live(o: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let p = |q| histogram_percentile(&h0, &h1, q).map_or("-".to_string(), micros);
         format!("p50 {} p99 {} mean {}", p(0.5), p(0.99), micros((h1.sum_micros - h0.sum_micros) as f64 / n))
     };
-    let hosts_part = part(s0.commit_prepare_latency.clone(), s1.commit_prepare_latency.clone());
-    let ledger_part = part(s0.commit_ledger_latency.clone(), s1.commit_ledger_latency.clone());
-    say(format!("  of which hosts (Prepare sent → last Prepared in): {hosts_part}"));
-    say(format!("  of which ledger (commit proposed → Commit sent): {ledger_part}"));
-    rows.push(row(
-        &format!("live, empty steps, {} hosts: committed tids/s", o.hosts),
-        format!("{:.0}/s", tids as f64 / secs),
-        format!("commit interval {} ms", o.live_commit_interval_ms),
-        "-".into(),
-        "(info)",
-        None,
-    ));
-    rows.push(row(
-        "live commit latency p50 (Prepare sent → Commit sent) vs floor p50",
-        micros(p50),
-        format!("{} (rtt {} + fdatasync {})", micros(floor.sum_p50), micros(floor.rtt_p50), micros(floor.sync_p50)),
-        format!("{:.2}×", p50 / floor.sum_p50),
-        "≤ 3×",
-        Some(p50 <= 3.0 * floor.sum_p50),
-    ));
-    rows.push(row(
-        "live commit latency p99 vs floor p99",
-        micros(p99),
-        micros(floor.sum_p99),
-        format!("{:.2}×", p99 / floor.sum_p99),
-        "(info)",
-        None,
-    ));
-    Ok(())
+    say(format!("  of which hosts (Prepare sent → last Prepared in): {}", part(s0.commit_prepare_latency.clone(), s1.commit_prepare_latency.clone())));
+    say(format!("  of which ledger (commit proposed → Commit sent): {}", part(s0.commit_ledger_latency.clone(), s1.commit_ledger_latency.clone())));
+    Ok(Live { tids_per_s: tids as f64 / secs, p50, p99 })
 }
 
 fn memory_rows(o: &Opts, short: (u64, &Replayed), long: (u64, &Replayed), rows: &mut Vec<Row>) {

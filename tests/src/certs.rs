@@ -1,0 +1,74 @@
+//! Test certificates for mutual TLS: a CA of the test's own and
+//! certificates it signs, written as PEM files that the daemons' `--tls-*`
+//! flags take (rcgen; nothing leaves the temp directory).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// A CA whose certificate is `pem`.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: PathBuf,
+}
+
+/// One process's files, as its flags take them.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` with these files.
+    pub fn flags(&self) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        vec!["--tls-cert".into(), p(&self.cert), "--tls-key".into(), p(&self.key), "--tls-ca".into(), p(&self.ca)]
+    }
+
+    /// A tonic client configuration presenting these files.
+    pub fn client(&self) -> ClientTlsConfig {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca)))
+            .identity(Identity::from_pem(read(&self.cert), read(&self.key)))
+    }
+}
+
+impl TestCa {
+    /// A new CA, its certificate written to `dir/{name}-ca.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let pem = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem, cert.pem()).expect("write CA");
+        TestCa { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// A certificate for `name` valid for loopback (127.0.0.1, localhost),
+    /// for both ends of a connection, with its key, trusting this CA.
+    pub fn issue(&self, dir: &Path, name: &str) -> TlsFiles {
+        self.issue_naming(dir, name, &[])
+    }
+
+    /// The same, also valid for the DNS names `more`.
+    pub fn issue_naming(&self, dir: &Path, name: &str, more: &[&str]) -> TlsFiles {
+        let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        sans.extend(more.iter().map(|n| n.to_string()));
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        let files = TlsFiles { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")), ca: self.pem.clone() };
+        std::fs::write(&files.cert, cert.pem()).expect("write cert");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+        files
+    }
+}
