@@ -54,6 +54,10 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), String> {
 pub fn describe() {
     describe_gauge!("lockstep_agent_session_up", "1 while the agent has a session the coordinator welcomed, else 0");
     describe_counter!("lockstep_agent_sessions_total", "Coordinator streams opened (Hello sent)");
+    describe_counter!(
+        "lockstep_tls_handshakes_refused_total",
+        "TLS handshakes this process refused, by listener (coordinator, ingest): plaintext clients, certificates of another CA, none at all, timeouts"
+    );
     describe_gauge!("lockstep_agent_epoch", "The highest coordinator epoch this host accepted (persisted)");
     describe_counter!("lockstep_agent_steps_total", "Engine steps run, by mode (live, or replayed from the journal)");
     describe_counter!("lockstep_agent_records_total", "Input records the engine ingested, by mode");

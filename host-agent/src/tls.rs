@@ -43,6 +43,9 @@ const REFUSAL_ADDRS_MAX: usize = 1024;
 /// Handshaken connections waiting for the gRPC server to take them.
 const ACCEPTED_QUEUED_MAX: usize = 64;
 
+/// (client address, reason) -> (when last logged, refusals not logged since).
+type Refusals = HashMap<(IpAddr, String), (Instant, u64)>;
+
 /// The daemons' TLS flags (the same on the coordinator and the host agent).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TlsArgs {
@@ -185,8 +188,7 @@ impl Tls {
     ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
         let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUED_MAX);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
-        // (address, reason) -> (when last logged, refusals not logged since).
-        let refusals: Arc<Mutex<HashMap<(IpAddr, String), (Instant, u64)>>> = Arc::default();
+        let refusals: Arc<Mutex<Refusals>> = Arc::default();
         let ca = self.ca_path.clone();
         tokio::spawn(async move {
             loop {
@@ -226,6 +228,7 @@ impl Tls {
                         }
                         Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
                     };
+                    metrics::counter!("lockstep_tls_handshakes_refused_total", "listener" => what).increment(1);
                     let suppressed = {
                         let mut seen = refusals.lock().unwrap_or_else(|p| p.into_inner());
                         if seen.len() >= REFUSAL_ADDRS_MAX {

@@ -81,9 +81,10 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     let admin = ca.issue(certs.path(), "admin");
     let other_ca = TestCa::new(certs.path(), "other");
     let stranger = other_ca.issue(certs.path(), "stranger");
-    let health_port = free_port();
+    let (health_port, metrics_port) = (free_port(), free_port());
     let mut flags = node.flags();
     flags.extend(["--health-listen".into(), format!("127.0.0.1:{health_port}")]);
+    flags.extend(["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")]);
     let opts = ClusterOpts { hosts: 2, coordinator_flags: flags, ..ClusterOpts::default() };
     let mut c = Cluster::start_with(opts, |_, args| {
         bare_coordinators(args);
@@ -116,6 +117,10 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     wait_log(&c.coordinator, "invalid peer certificate: UnknownIssuer", || c.logs()).await;
     wait_log(&c.coordinator, "is its CA file this cluster's?", || c.logs()).await;
     wait_log(&c.coordinator, "peer sent no certificates", || c.logs()).await;
+    // Counted too, for alerts: at least the four callers above.
+    let metrics = scrape_metrics(&format!("127.0.0.1:{metrics_port}"));
+    let refused = metrics.get("lockstep_tls_handshakes_refused_total{listener=\"coordinator\"}").copied().unwrap_or(0.0);
+    assert!(refused >= 4.0, "refused handshakes counted: {refused}");
 
     // Host agents that do not fit: one speaking plaintext is told to look at
     // its TLS flags; one with another CA's files cannot verify the
