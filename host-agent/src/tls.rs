@@ -179,8 +179,9 @@ impl Tls {
     /// client certificate the CA signed; a tonic server takes the stream
     /// with `serve_with_incoming*`. A refused handshake is logged as a
     /// warning naming the client's address and `what` (the listener), at
-    /// most every [`REFUSAL_LOG_EVERY`] per address and reason. The stream ends when it
-    /// is dropped. Must be called inside a tokio runtime.
+    /// most every [`REFUSAL_LOG_EVERY`] per address and reason, and counted
+    /// (`lockstep_tls_handshakes_refused_total`). The stream ends when it is
+    /// dropped. Must be called inside a tokio runtime.
     pub fn accept(
         &self,
         listener: TcpListener,
