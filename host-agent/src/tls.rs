@@ -346,6 +346,10 @@ fn certificates(what: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Certi
 mod tests {
     use super::*;
 
+    /// PEM blocks whose base64 decodes to no certificate or key.
+    const EMPTY_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    const EMPTY_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
     fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
@@ -364,8 +368,7 @@ mod tests {
     fn a_file_that_is_not_pem_is_named_with_the_conversion() {
         let dir = tempfile::tempdir().unwrap();
         let cert = write(dir.path(), "node.der", "\u{30}\u{82}binary");
-        let key = write(dir.path(), "node.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-        let ca = write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        let (key, ca) = (write(dir.path(), "node.key", EMPTY_KEY), write(dir.path(), "ca.pem", EMPTY_CERT));
         let shown = Tls::load(&cert, &key, &ca).unwrap_err().to_string();
         assert!(shown.contains("node.der holds no PEM certificate"), "{shown}");
         assert!(shown.contains("openssl x509 -inform der"), "{shown}");
@@ -376,9 +379,8 @@ mod tests {
     #[test]
     fn pem_blocks_that_do_not_parse_fail_at_load_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let cert = write(dir.path(), "node.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-        let key = write(dir.path(), "node.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-        let ca = write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\nAA!A\n-----END CERTIFICATE-----\n");
+        let (cert, key) = (write(dir.path(), "node.pem", EMPTY_CERT), write(dir.path(), "node.key", EMPTY_KEY));
+        let ca = write(dir.path(), "ca.pem", &EMPTY_CERT.replace("AAAA", "AA!A"));
         let shown = Tls::load(&cert, &key, &ca).unwrap_err().to_string();
         assert!(shown.contains("ca.pem"), "{shown}");
         // Base64 that decodes to no certificate: the CA store refuses it.
