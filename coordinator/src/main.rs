@@ -534,6 +534,8 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First of all: see `lockstep_host_agent::signals::hold`.
+    lockstep_host_agent::signals::hold().context("cannot hold SIGTERM and SIGINT until the coordinator listens for them")?;
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let runtime = if cli.worker_threads == 1 {

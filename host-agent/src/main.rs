@@ -135,6 +135,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First of all: see `signals::hold`.
+    lockstep_host_agent::signals::hold().context("cannot hold SIGTERM and SIGINT until the agent listens for them")?;
     let args = Args::parse();
     init_tracing(args.log_format);
     let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("lockstep-data").join(&args.host_id));
@@ -163,6 +165,8 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     if args.replay_alone {
+        // A benchmark baseline with nothing to stop cleanly: Ctrl-C kills it.
+        lockstep_host_agent::signals::release().context("cannot release SIGTERM and SIGINT")?;
         let engine = lockstep_host_agent::ReferenceEngine::new(reference);
         let host_id = args.host_id.clone();
         let gate = async move {

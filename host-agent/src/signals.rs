@@ -7,17 +7,63 @@
 //! directory died by the signal (exit status 143) instead of stopping
 //! cleanly once open, and a supervisor counts that as a crash. So each
 //! daemon calls it first thing, before opening anything.
+//!
+//! Before that, from the first line of `main`, [`hold`] blocks both
+//! signals, so one that arrives while the process parses its flags, reads
+//! its TLS files or builds its runtime stays pending and is delivered once
+//! [`stop_requested`] listens. That matters most in a container, where the
+//! daemon is PID 1: there a signal with no handler is not fatal but
+//! dropped, and a pod told to stop in its first milliseconds (longer with
+//! a cold page cache) ran on until the orchestrator's SIGKILL: the
+//! container test's `docker stop` right after `docker start` waited out
+//! its 30 s grace.
 
 use std::future::Future;
 
-/// Starts listening for SIGTERM and SIGINT now; the future resolves with
-/// the name of the first of them to arrive, at once if one already has.
-/// Must be called inside a tokio runtime (`Runtime::enter` or
-/// `block_on`), which delivers the signals.
+/// Blocks SIGTERM and SIGINT in the calling thread (and every thread it
+/// starts afterwards): call it first thing in `main`, before any other
+/// thread exists. [`stop_requested`] unblocks them in its thread.
+pub fn hold() -> std::io::Result<()> {
+    set_mask(libc::SIG_BLOCK)
+}
+
+/// Undoes [`hold`] in the calling thread without listening: for a run
+/// that stops by the signals' default action (`--replay-alone`). One held
+/// since start takes that action now.
+pub fn release() -> std::io::Result<()> {
+    set_mask(libc::SIG_UNBLOCK)
+}
+
+fn set_mask(how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill a sigset_t we own; pthread_sigmask
+    // reads it and takes no other pointer (the old mask is not asked for).
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Starts listening for SIGTERM and SIGINT now, and unblocks them in the
+/// calling thread (see [`hold`]: one held since start is delivered now);
+/// the future resolves with the name of the first of them to arrive, at
+/// once if one already has. Must be called inside a tokio runtime
+/// (`Runtime::enter` or `block_on`), which delivers the signals, from a
+/// thread that lives as long as the process (the main thread): threads
+/// started while the signals were held keep them blocked, so the kernel
+/// hands them to this one.
 pub fn stop_requested() -> std::io::Result<impl Future<Output = &'static str> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    set_mask(libc::SIG_UNBLOCK)?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -39,5 +85,18 @@ mod tests {
         let sent = unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
         assert_eq!(stop.await, "SIGTERM");
+    }
+
+    /// A signal sent while held stays pending (it neither kills the process
+    /// nor is dropped) and is the one `stop_requested` reports. Sent to
+    /// this thread only: the other test threads do not hold it.
+    #[tokio::test]
+    async fn a_held_signal_is_delivered_once_listening() {
+        hold().expect("holding the signals");
+        // SAFETY: pthread_kill on this very thread takes no pointers.
+        let sent = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGINT) };
+        assert_eq!(sent, 0, "pthread_kill: {}", std::io::Error::from_raw_os_error(sent));
+        let stop = stop_requested().expect("listening for signals");
+        assert_eq!(stop.await, "SIGINT (Ctrl-C)");
     }
 }

@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
-use lockstep_tests::{bin_dir, host_id, scrape_metrics, sink_final_state, sink_tids, status_at, tail, wait_for_status};
+use lockstep_tests::certs::{TestCa, TlsFiles};
+use lockstep_tests::{bin_dir, host_id, scrape_metrics, sink_final_state, sink_tids, status_at_with, tail, wait_for_status_with};
 
 const LONG: Duration = Duration::from_secs(60);
 const HOSTS: usize = 3;
@@ -116,6 +117,9 @@ struct DockerCluster {
     report_deadline_ms: u64,
     /// Every container this cluster created, for cleanup.
     containers: Vec<String>,
+    /// With mutual TLS: the files every daemon gets (mounted read-only at
+    /// /etc/lockstep/tls) and the test's client presents.
+    tls: Option<TlsFiles>,
 }
 
 impl Drop for DockerCluster {
@@ -142,6 +146,14 @@ impl DockerCluster {
     /// `coordinator-1..n` (`LOCKSTEP_PEERS`, node ids 1..n), as
     /// deploy/compose runs it; the hosts list every coordinator.
     async fn start_group(n: usize, report_deadline_ms: u64) -> DockerCluster {
+        Self::start_group_with(n, report_deadline_ms, false).await
+    }
+
+    /// `start_group`, with mutual TLS on every connection when `tls`: one
+    /// certificate for every daemon, naming each coordinator's DNS alias
+    /// (peers and hosts dial those) and 127.0.0.1 (the test dials the
+    /// published ports), as deploy/README.md's "Mutual TLS" sets it up.
+    async fn start_group_with(n: usize, report_deadline_ms: u64, tls: bool) -> DockerCluster {
         static N: AtomicUsize = AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let prefix = format!("lockstep-ct-{}-{}-{:08x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos);
@@ -159,7 +171,15 @@ impl DockerCluster {
             port: 0,
             report_deadline_ms,
             containers: Vec::new(),
+            tls: None,
         };
+        if tls {
+            let certs = c.dir.path().join("tls");
+            std::fs::create_dir_all(&certs).expect("tls dir");
+            let ca = TestCa::new(&certs, "cluster");
+            let names: Vec<&str> = coordinators.iter().map(String::as_str).collect();
+            c.tls = Some(ca.issue_naming(&certs, "node", &names));
+        }
         docker(&["network", "create", "--label", &format!("lockstep.test={prefix}"), &network]).expect("creating the test network");
 
         let hosts = (0..HOSTS).map(host_id).collect::<Vec<_>>().join(",");
@@ -185,7 +205,9 @@ impl DockerCluster {
             c.ports.push(port);
         }
         c.port = c.ports[0];
-        let coordinator_urls = coordinators.iter().map(|r| format!("http://{r}:50051")).collect::<Vec<_>>().join(",");
+        // Bare host:port with TLS: dialed as https://.
+        let scheme = if c.tls.is_some() { "" } else { "http://" };
+        let coordinator_urls = coordinators.iter().map(|r| format!("{scheme}{r}:50051")).collect::<Vec<_>>().join(",");
         for i in 0..HOSTS {
             let id = host_id(i);
             let seed = SEED.to_string();
@@ -239,6 +261,14 @@ impl DockerCluster {
         for (k, v) in env {
             args.extend(["--env".to_string(), format!("{k}={v}")]);
         }
+        if let Some(f) = &self.tls {
+            let dir = f.cert.parent().expect("cert dir");
+            args.extend(["--volume".to_string(), format!("{}:/etc/lockstep/tls:ro", dir.display())]);
+            let inside = |p: &Path| format!("/etc/lockstep/tls/{}", p.file_name().expect("file name").to_string_lossy());
+            for (k, p) in [("LOCKSTEP_TLS_CERT", &f.cert), ("LOCKSTEP_TLS_KEY", &f.key), ("LOCKSTEP_TLS_CA", &f.ca)] {
+                args.extend(["--env".to_string(), format!("{k}={}", inside(p))]);
+            }
+        }
         args.extend(["--env".to_string(), "RUST_LOG=info".to_string()]);
         args.push(self.image.clone());
         args.extend(cmd.iter().map(|s| s.to_string()));
@@ -249,13 +279,13 @@ impl DockerCluster {
     }
 
     async fn status(&self) -> anyhow::Result<pb::Status> {
-        status_at(&format!("127.0.0.1:{}", self.port)).await
+        status_at_with(&format!("127.0.0.1:{}", self.port), self.tls.as_ref()).await
     }
 
     /// Polls GetStatus until `pred` holds; panics with the last status and
     /// the containers' logs after `timeout`.
     async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> pb::Status {
-        wait_for_status(&format!("127.0.0.1:{}", self.port), what, timeout, pred, || self.logs()).await
+        wait_for_status_with(&format!("127.0.0.1:{}", self.port), self.tls.as_ref(), what, timeout, pred, || self.logs()).await
     }
 
     fn log(&self, role: &str) -> String {
@@ -266,7 +296,7 @@ impl DockerCluster {
     fn logs(&self) -> String {
         let mut out = String::new();
         for role in &self.coordinators {
-            out.push_str(&format!("---- {role} log ----\n{}\n", tail(&self.log(role), 60)));
+            out.push_str(&format!("---- {role} log ----\n{}\n", tail(&self.log(role), 3000)));
         }
         for i in 0..HOSTS {
             out.push_str(&format!("\n---- {} log ----\n{}", host_id(i), tail(&self.log(&host_id(i)), 30)));
@@ -304,7 +334,7 @@ impl DockerCluster {
         loop {
             last.clear();
             for (i, port) in self.ports.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
-                if let Ok(s) = status_at(&format!("127.0.0.1:{port}")).await {
+                if let Ok(s) = status_at_with(&format!("127.0.0.1:{port}"), self.tls.as_ref()).await {
                     if s.is_leader && !s.stale && pred(&s) {
                         return (i, s);
                     }
@@ -489,7 +519,7 @@ async fn containers_replicated_coordinator_survives_a_partitioned_leader() {
     c.docker(&["network", "connect", "--alias", &c.coordinators[old], &c.network, &c.name(&c.coordinators[old])]);
     // Docker re-publishes the port of a reconnected container elsewhere.
     let port = c.published_port(&c.coordinators[old]);
-    let rejoined = wait_for_status(&format!("127.0.0.1:{port}"), "the old leader back as a follower", LONG, |f| {
+    let rejoined = wait_for_status_with(&format!("127.0.0.1:{port}"), None, "the old leader back as a follower", LONG, |f| {
         !f.is_leader && f.stale && f.leader_id != 0 && f.epoch >= s.epoch
     }, || c.logs())
     .await;
@@ -507,6 +537,38 @@ async fn containers_replicated_coordinator_survives_a_partitioned_leader() {
     c.stop_all();
     c.check_sinks(s.last_committed_tid);
     eprintln!("containers: partitioned-leader test took {} ms", started.elapsed().as_millis());
+}
+
+/// (e) The replicated coordinator in containers with mutual TLS on every
+/// connection, set up as deploy/README.md describes (one certificate naming
+/// the members' DNS aliases, mounted read-only, the three LOCKSTEP_TLS_*
+/// variables, bare host:port for the hosts): it elects and commits, a
+/// killed leader's successor takes over over TLS (raft between the members,
+/// the hosts' redirects), the old one rejoins, and every sink is exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_replicated_coordinator_over_mutual_tls() {
+    if !containers_can_run("containers_replicated_coordinator_over_mutual_tls") {
+        return;
+    }
+    let c = DockerCluster::start_group_with(3, 3000, true).await;
+    let (old, s) = c.wait_leader("a leader committing over TLS", &[], |s| running(s) && s.last_committed_tid >= 3).await;
+    let plaintext = status_at_with(&format!("127.0.0.1:{}", c.ports[old]), None).await;
+    assert!(plaintext.is_err(), "the leader answered plaintext: {plaintext:?}");
+    let leader_log = c.log(&c.coordinators[old]);
+    assert!(leader_log.contains("mutual TLS: certificate /etc/lockstep/tls/node.pem"), "{}", tail(&leader_log, 40));
+
+    c.docker(&["kill", &c.name(&c.coordinators[old])]);
+    let committed = s.last_committed_tid;
+    let (new, s) = c
+        .wait_leader(&format!("a new leader past tid {committed}"), &[old], |s| running(s) && s.last_committed_tid > committed + 2)
+        .await;
+    assert_ne!(new, old);
+    assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
+    c.docker(&["start", &c.name(&c.coordinators[old])]);
+    let (_, s) = c.wait_leader("commits with the old leader back", &[old], |x| running(x) && x.last_committed_tid > s.last_committed_tid + 2).await;
+    c.stop_all();
+    c.check_sinks(s.last_committed_tid);
 }
 
 /// The image runs both daemons (their `--help`): the loader and libraries

@@ -155,6 +155,49 @@ async fn a_host_agent_told_to_stop_while_it_opens_its_data_stops_cleanly() {
     assert!(log.contains("SIGTERM received") && log.contains("host agent stopped"), "{log}");
 }
 
+/// SIGTERM even earlier: while the agent reads its TLS certificate, before
+/// it listens for signals at all. The signal is held from the first line
+/// of `main` and taken once the agent listens, so it still stops cleanly;
+/// before, it died by the signal there, and as PID 1 in a container the
+/// signal was dropped and the agent ran on until SIGKILL. The certificate
+/// is a FIFO, so the read blocks until the test writes the real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_agent_told_to_stop_before_it_listens_for_signals_stops_cleanly() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = lockstep_tests::certs::TestCa::new(dir.path(), "early");
+    let files = ca.issue(dir.path(), "host-0");
+    let fifo = dir.path().join("cert-fifo.pem");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path");
+    // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let mut args: Vec<String> = ["--host-id", "host-0", "--cluster-id", "e2e", "--ingest-listen", "127.0.0.1:0", "--coordinator"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("127.0.0.1:{}", free_port()), "--data-dir".into(), dir.path().join("host-0").display().to_string()])
+        .collect();
+    args.extend(lockstep_tests::certs::TlsFiles { cert: fifo.clone(), ..files.clone() }.flags());
+    let mut host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.path().join("host-0.log"));
+    let deadline = std::time::Instant::now() + LONG;
+    let mut writer = loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+            Ok(w) => break w,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
+                assert!(host.is_running(), "host-0 exited before reading its certificate\n{}", host.log());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("host-0 never opened its certificate ({e})\n{}", host.log()),
+        }
+    };
+    host.sigterm();
+    std::io::Write::write_all(&mut writer, &std::fs::read(&files.cert).expect("cert")).expect("writing the certificate");
+    drop(writer);
+    let exit = host.exited(LONG).await.unwrap_or_else(|| panic!("host-0 did not stop after SIGTERM\n{}", host.log()));
+    assert_eq!(exit.code(), Some(0), "host-0 stops cleanly, not by the signal ({exit:?})\n{}", host.log());
+    let log = host.log();
+    assert!(log.contains("SIGTERM received") && log.contains("host agent stopped"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_cycles_always_return_to_running_with_exactly_once_output() {
     crash_cycles(ClusterOpts { commit_interval_ms: 20, ..ClusterOpts::default() }, 15, 5, 0).await;
