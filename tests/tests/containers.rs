@@ -296,7 +296,7 @@ impl DockerCluster {
     fn logs(&self) -> String {
         let mut out = String::new();
         for role in &self.coordinators {
-            out.push_str(&format!("---- {role} log ----\n{}\n", tail(&self.log(role), 3000)));
+            out.push_str(&format!("---- {role} log ----\n{}\n", tail(&self.log(role), 200)));
         }
         for i in 0..HOSTS {
             out.push_str(&format!("\n---- {} log ----\n{}", host_id(i), tail(&self.log(&host_id(i)), 30)));
