@@ -269,7 +269,6 @@ impl DockerCluster {
                 args.extend(["--env".to_string(), format!("{k}={}", inside(p))]);
             }
         }
-        args.extend(["--env".to_string(), "RUST_LOG=info".to_string()]);
         args.push(self.image.clone());
         args.extend(cmd.iter().map(|s| s.to_string()));
         // Registered before it runs: a half-created container is removed too.
