@@ -110,6 +110,13 @@ struct ServeArgs {
     /// another. Without it, any certificate the CA signed may claim any host.
     #[arg(long, env = "LOCKSTEP_TLS_HOST_NAME", requires = "tls_cert")]
     tls_host_name: Option<lockstep_host_agent::tls::HostNames>,
+    /// With TLS: the Admin calls that change the cluster (Checkpoint, Stop,
+    /// Resume, AddNode, RemoveNode) are taken only from a client
+    /// certificate valid for this DNS name (e.g. `admin.lockstep`); reads
+    /// (GetStatus, List*, GetTransaction, ExplainFailure, WatchEvents) stay
+    /// open to every certificate of the CA. Without it, any may change it.
+    #[arg(long, env = "LOCKSTEP_TLS_ADMIN_NAME", requires = "tls_cert")]
+    tls_admin_name: Option<lockstep_host_agent::tls::AdminName>,
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
@@ -435,7 +442,12 @@ async fn run_coordinator(
             _ = stop_server_rx => {}
         }
     };
-    let options = service::ServeOptions { tls, host_names: args.tls_host_name.clone(), health_listener };
+    let options = service::ServeOptions {
+        tls,
+        host_names: args.tls_host_name.clone(),
+        admin_name: args.tls_admin_name.clone(),
+        health_listener,
+    };
     let mut server = tokio::spawn(service::serve(listener, options, leading, ledger.clone(), server_shutdown));
     tokio::pin!(supervised);
     // A raft core that stopped on its own also ends the supervisor (its
@@ -611,6 +623,7 @@ mod dev {
             health_listen: None,
             tls: Default::default(),
             tls_host_name: None,
+            tls_admin_name: None,
             raft: RaftArgs::default(),
             policy: args.policy.clone(),
         };

@@ -1168,9 +1168,26 @@ impl pb::host_session_server::HostSession for HostSessionService {
 pub struct AdminService {
     leading: Leading,
     ledger: Ledger,
+    /// `--tls-admin-name`: who may change the cluster.
+    admin_name: Option<lockstep_host_agent::tls::AdminName>,
 }
 
 impl AdminService {
+    /// `PERMISSION_DENIED` for a call that changes the cluster (`what`)
+    /// unless, with `--tls-admin-name`, the caller's certificate is valid
+    /// for that name. Checked before anything else, on followers too.
+    fn authorize<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        let Some(name) = &self.admin_name else { return Ok(()) };
+        let certs = request.peer_certs();
+        lockstep_host_agent::tls::check_name("the caller", &name.0, certs.as_deref().map(|c| c.as_slice())).map_err(|why| {
+            warn!(peer = ?request.remote_addr(), "Admin/{what} refused: {why}");
+            Status::permission_denied(format!(
+                "Admin/{what} changes the cluster and takes a certificate valid for {} (--tls-admin-name): {why}",
+                name.0
+            ))
+        })
+    }
+
     fn driver(&self, what: &str) -> Result<DriverHandle, Status> {
         leading_driver(&self.leading, &self.ledger, what)
     }
@@ -1394,7 +1411,8 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(f))
     }
 
-    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+    async fn checkpoint(&self, request: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+        self.authorize(&request, "Checkpoint")?;
         let driver = self.driver("Checkpoint")?;
         let phase = driver.query(|core| core.phase().name()).await?;
         if matches!(phase, "Failed" | "Stopped") {
@@ -1407,6 +1425,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        self.authorize(&request, "Stop")?;
         let reason = request.into_inner().reason;
         let reason = if reason.is_empty() { "operator request".to_string() } else { reason };
         let driver = self.driver("Stop")?;
@@ -1426,7 +1445,8 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::StopResponse { message: "pipeline stopping; Resume recovers it".into() }))
     }
 
-    async fn resume(&self, _: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+    async fn resume(&self, request: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        self.authorize(&request, "Resume")?;
         let driver = self.driver("Resume")?;
         let phase = driver.query(|core| core.phase().name()).await?;
         if !matches!(phase, "Failed" | "Stopped") {
@@ -1445,6 +1465,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
+        self.authorize(&request, "AddNode")?;
         let r = request.into_inner();
         if r.node_id == 0 || r.addr.is_empty() {
             return Err(Status::invalid_argument("AddNode needs node_id > 0 and the node's addr (host:port)"));
@@ -1479,6 +1500,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.authorize(&request, "RemoveNode")?;
         let id = request.into_inner().node_id;
         if !self.ledger.is_leader() {
             return Err(not_leader_status("RemoveNode", &self.ledger));
@@ -1552,6 +1574,9 @@ pub struct ServeOptions {
     /// With `tls`: the DNS name (per host id) each host agent's client
     /// certificate must be valid for (`--tls-host-name`).
     pub host_names: Option<lockstep_host_agent::tls::HostNames>,
+    /// With `tls`: the DNS name a client certificate must be valid for to
+    /// change the cluster through Admin (`--tls-admin-name`).
+    pub admin_name: Option<lockstep_host_agent::tls::AdminName>,
     /// A second, plaintext listener with `grpc.health.v1.Health` alone
     /// (`--health-listen`): Kubernetes' gRPC probes speak no TLS, and a
     /// health answer carries nothing a client could use.
@@ -1632,7 +1657,7 @@ pub async fn serve(
                 .max_decoding_message_size(HOST_REPORT_BYTES_MAX),
         )
         .add_service(crate::raft::peer_service(&ledger))
-        .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger }));
+        .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger, admin_name: options.admin_name.clone() }));
     // Nagle off on accepted streams (both ways): commands are small and
     // latency-bound.
     let tls = options.tls;

@@ -277,6 +277,41 @@ pub fn scheme(tls: Option<&Tls>) -> &'static str {
     }
 }
 
+/// `Ok` if the first (leaf) certificate of `chain` is valid for the DNS
+/// name `name`, by the rules a TLS client checks a server's name with
+/// (subject alternative names, wildcards included); otherwise why not, as
+/// "(it names only …)" or the parse error. `who` opens the message.
+pub fn check_name(who: &str, name: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
+    let Some(leaf) = chain.and_then(|c| c.first()) else {
+        return Err(format!("{who} presented no client certificate, but it must be valid for {name}"));
+    };
+    let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(name)
+        .map_err(|e| format!("{name:?} is not a DNS name ({e})"))?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{who}'s certificate cannot be parsed: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&server_name).map_err(|e| {
+        let names: Vec<&str> = cert.valid_dns_names().collect();
+        let why = match e {
+            webpki::Error::CertNotValidForName(_) => format!("it names only {}", names.join(", ")),
+            other => format!("{other:?}"),
+        };
+        format!("{who}'s certificate is not valid for {name} ({why})")
+    })
+}
+
+/// `--tls-admin-name`: the DNS name a client certificate must be valid for
+/// to change the cluster through Admin (checked as [`check_name`] does).
+#[derive(Clone, Debug)]
+pub struct AdminName(pub String);
+
+impl std::str::FromStr for AdminName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        tokio_rustls::rustls::pki_types::ServerName::try_from(s)
+            .map_err(|e| format!("{s:?} is not a DNS name ({e}); give the name the operators' certificates carry, e.g. admin.lockstep"))?;
+        Ok(AdminName(s.to_string()))
+    }
+}
+
 /// `--tls-host-name`: the DNS name a host agent's client certificate must
 /// be valid for, given its host id (`{host}` in the template stands for
 /// it). Without it, any certificate the CA signed may claim any host id.
@@ -307,22 +342,10 @@ impl HostNames {
     /// certificate passes for every host, which is the operator's choice);
     /// otherwise why not, for the host agent and the log.
     pub fn check(&self, host: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
-        let name = self.name_of(host);
-        let Some(leaf) = chain.and_then(|c| c.first()) else {
-            return Err(format!("host agent {host} presented no client certificate, but its certificate must name {name} (--tls-host-name)"));
-        };
-        let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str())
-            .map_err(|e| format!("host id {host:?} does not make a DNS name with --tls-host-name ({name:?}: {e})"))?;
-        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("host agent {host}'s certificate cannot be parsed: {e}"))?;
-        cert.verify_is_valid_for_subject_name(&server_name).map_err(|e| {
-            let names: Vec<&str> = cert.valid_dns_names().collect();
-            let why = match e {
-                webpki::Error::CertNotValidForName(_) => format!("it names only {}", names.join(", ")),
-                other => format!("{other:?}"),
-            };
+        check_name(&format!("host agent {host}"), &self.name_of(host), chain).map_err(|why| {
             format!(
-                "host agent {host}'s certificate is not valid for {name} ({why}): another host's certificate, or one \
-                 issued without that name; --tls-host-name requires each host's certificate to name its own host"
+                "{why}: another host's certificate, or one issued without that name; --tls-host-name requires each \
+                 host's certificate to name its own host"
             )
         })
     }

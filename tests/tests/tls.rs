@@ -13,6 +13,8 @@ use lockstep_tests::certs::{TestCa, TlsFiles as Files};
 use lockstep_tests::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+const LONG: Duration = Duration::from_secs(60);
+
 /// Polls the nodes at `addrs` over TLS until one leads, driving the
 /// pipeline, with a status satisfying `pred`; its index and status.
 async fn wait_tls(
@@ -239,6 +241,48 @@ async fn with_tls_host_name_a_host_cannot_join_as_another() {
         assert_eq!(h.terminate(), Some(0), "{}", h.log());
     }
     let committed = status_at_with(&c.addr, Some(&coordinator)).await.expect("status").last_committed_tid;
+    assert_eq!(c.coordinator.terminate(), Some(0));
+    check_sinks(&c, committed);
+}
+
+/// `--tls-admin-name`: every certificate of the CA may read through Admin,
+/// only one valid for the admin name may change the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_admin_name_only_the_operators_certificate_changes_the_cluster() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "admin");
+    let node = ca.issue(certs.path(), "node");
+    let operator = ca.issue_naming(certs.path(), "operator", &["admin.test"]);
+    let mut flags = node.flags();
+    flags.extend(["--tls-admin-name".into(), "admin.test".into()]);
+    let opts = ClusterOpts { hosts: 1, coordinator_flags: flags, ..ClusterOpts::default() };
+    let mut c = Cluster::start_with(opts, |_, args| {
+        bare_coordinators(args);
+        args.extend(node.flags());
+    });
+    c.client_tls = Some(node.clone());
+    c.wait_for("Running", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 2).await;
+    let admin = |files: &Files| {
+        let endpoint = Endpoint::from_shared(format!("https://{}", c.addr)).unwrap().tls_config(files.client()).unwrap();
+        async move { AdminClient::new(endpoint.connect().await.expect("connect")) }
+    };
+    // The daemons' certificate reads, but cannot change anything.
+    let mut as_node = admin(&node).await;
+    as_node.get_status(pb::GetStatusRequest {}).await.expect("a read with any certificate of the CA");
+    let refused = as_node.checkpoint(pb::CheckpointRequest {}).await.expect_err("Checkpoint with the daemons' certificate");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("admin.test") && refused.message().contains("--tls-admin-name"), "{refused:?}");
+    let refused = as_node.stop(pb::StopRequest { reason: "test".into() }).await.expect_err("Stop with the daemons' certificate");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    wait_log(&c.coordinator, "Admin/Checkpoint refused", || c.logs()).await;
+    // The operator's does.
+    let mut as_operator = admin(&operator).await;
+    as_operator.checkpoint(pb::CheckpointRequest {}).await.expect("Checkpoint with the operator's certificate");
+    let s = c.wait_for("still Running", LONG, |s| s.pipeline_state == "Running").await;
+    for h in &mut c.hosts {
+        assert_eq!(h.terminate(), Some(0), "{}", h.log());
+    }
+    let committed = c.status().await.map(|x| x.last_committed_tid).unwrap_or(s.last_committed_tid);
     assert_eq!(c.coordinator.terminate(), Some(0));
     check_sinks(&c, committed);
 }
