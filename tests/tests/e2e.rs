@@ -119,40 +119,11 @@ async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected()
 /// (reading it blocks until a writer comes), signalled there, then let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_agent_told_to_stop_while_it_opens_its_data_stops_cleanly() {
-    use std::os::unix::ffi::OsStrExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("host-0");
     std::fs::create_dir_all(&data).expect("data dir");
-    let fifo = data.join("epoch");
-    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path");
-    // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
-    let args = ["--host-id", "host-0", "--cluster-id", "e2e", "--ingest-listen", "127.0.0.1:0", "--coordinator"]
-        .into_iter()
-        .map(String::from)
-        .chain([format!("http://127.0.0.1:{}", free_port()), "--data-dir".into(), data.display().to_string()])
-        .collect();
-    let mut host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.path().join("host-0.log"));
-    // A write-only open that does not wait succeeds only once a reader has
-    // the FIFO open: then the agent is inside its open, reading `epoch`.
-    let deadline = std::time::Instant::now() + LONG;
-    let mut writer = loop {
-        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
-            Ok(w) => break w,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
-                assert!(host.is_running(), "host-0 exited before reading its epoch file\n{}", host.log());
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("host-0 never opened its epoch file ({e})\n{}", host.log()),
-        }
-    };
-    host.sigterm();
-    std::io::Write::write_all(&mut writer, b"0\n").expect("writing the epoch");
-    drop(writer);
-    let exit = host.exited(LONG).await.unwrap_or_else(|| panic!("host-0 did not stop after SIGTERM\n{}", host.log()));
-    assert_eq!(exit.code(), Some(0), "host-0 stops cleanly, not by the signal ({exit:?})\n{}", host.log());
-    let log = host.log();
-    assert!(log.contains("SIGTERM received") && log.contains("host agent stopped"), "{log}");
+    let args = early_host_args(format!("http://127.0.0.1:{}", free_port()), &data);
+    stopped_while_reading(dir.path(), &data.join("epoch"), args, b"0\n", "its epoch file").await;
 }
 
 /// SIGTERM even earlier: while the agent reads its TLS certificate, before
@@ -163,34 +134,50 @@ async fn a_host_agent_told_to_stop_while_it_opens_its_data_stops_cleanly() {
 /// is a FIFO, so the read blocks until the test writes the real one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_agent_told_to_stop_before_it_listens_for_signals_stops_cleanly() {
-    use std::os::unix::ffi::OsStrExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = lockstep_tests::certs::TestCa::new(dir.path(), "early");
-    let files = ca.issue(dir.path(), "host-0");
+    let files = lockstep_tests::certs::TestCa::new(dir.path(), "early").issue(dir.path(), "host-0");
     let fifo = dir.path().join("cert-fifo.pem");
+    let mut args = early_host_args(format!("127.0.0.1:{}", free_port()), &dir.path().join("host-0"));
+    args.extend(lockstep_tests::certs::TlsFiles { cert: fifo.clone(), ..files.clone() }.flags());
+    let cert = std::fs::read(&files.cert).expect("cert");
+    stopped_while_reading(dir.path(), &fifo, args, &cert, "its TLS certificate").await;
+}
+
+/// host-0's flags for the two tests above: no coordinator is listening at
+/// `coordinator`, none is needed.
+fn early_host_args(coordinator: String, data: &std::path::Path) -> Vec<String> {
+    ["--host-id", "host-0", "--cluster-id", "e2e", "--ingest-listen", "127.0.0.1:0", "--coordinator"]
+        .into_iter()
+        .map(String::from)
+        .chain([coordinator, "--data-dir".into(), data.display().to_string()])
+        .collect()
+}
+
+/// Makes `fifo` a FIFO, starts host-0 with `args` (which make it read
+/// `fifo`, `what`, during start-up), waits until it has the FIFO open,
+/// sends SIGTERM, then writes `content` to let the read finish; the agent
+/// must then stop cleanly (exit 0), saying why.
+async fn stopped_while_reading(dir: &std::path::Path, fifo: &std::path::Path, args: Vec<String>, content: &[u8], what: &str) {
+    use std::os::unix::ffi::OsStrExt as _;
     let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path");
     // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
-    let mut args: Vec<String> = ["--host-id", "host-0", "--cluster-id", "e2e", "--ingest-listen", "127.0.0.1:0", "--coordinator"]
-        .into_iter()
-        .map(String::from)
-        .chain([format!("127.0.0.1:{}", free_port()), "--data-dir".into(), dir.path().join("host-0").display().to_string()])
-        .collect();
-    args.extend(lockstep_tests::certs::TlsFiles { cert: fifo.clone(), ..files.clone() }.flags());
-    let mut host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.path().join("host-0.log"));
+    let mut host = Proc::spawn("host-0", bin_dir().join("host-agent"), args, dir.join("host-0.log"));
+    // A write-only open that does not wait succeeds only once a reader has
+    // the FIFO open: then the agent is inside that read.
     let deadline = std::time::Instant::now() + LONG;
     let mut writer = loop {
-        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo) {
             Ok(w) => break w,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && std::time::Instant::now() < deadline => {
-                assert!(host.is_running(), "host-0 exited before reading its certificate\n{}", host.log());
+                assert!(host.is_running(), "host-0 exited before reading {what}\n{}", host.log());
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(e) => panic!("host-0 never opened its certificate ({e})\n{}", host.log()),
+            Err(e) => panic!("host-0 never opened {what} ({e})\n{}", host.log()),
         }
     };
     host.sigterm();
-    std::io::Write::write_all(&mut writer, &std::fs::read(&files.cert).expect("cert")).expect("writing the certificate");
+    std::io::Write::write_all(&mut writer, content).expect("writing the FIFO");
     drop(writer);
     let exit = host.exited(LONG).await.unwrap_or_else(|| panic!("host-0 did not stop after SIGTERM\n{}", host.log()));
     assert_eq!(exit.code(), Some(0), "host-0 stops cleanly, not by the signal ({exit:?})\n{}", host.log());
