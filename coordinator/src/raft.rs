@@ -276,8 +276,9 @@ impl std::fmt::Debug for Ledger {
 
 /// The `RaftPeer` gRPC service of this ledger node, to add to the
 /// coordinator's tonic server (same port as HostSession and Admin).
-pub fn peer_service(ledger: &Ledger) -> RaftPeerServer<PeerService> {
-    network::server(ledger.inner.raft.clone(), ledger.inner.contact.clone())
+/// `members_only` (mutual TLS on): see `PeerService::authorize`.
+pub fn peer_service(ledger: &Ledger, members_only: bool) -> RaftPeerServer<PeerService> {
+    network::server(ledger.inner.raft.clone(), ledger.inner.contact.clone(), members_only)
 }
 
 impl Ledger {

@@ -1656,7 +1656,7 @@ pub async fn serve(
             })
                 .max_decoding_message_size(HOST_REPORT_BYTES_MAX),
         )
-        .add_service(crate::raft::peer_service(&ledger))
+        .add_service(crate::raft::peer_service(&ledger, options.tls.is_some()))
         .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger, admin_name: options.admin_name.clone() }));
     // Nagle off on accepted streams (both ways): commands are small and
     // latency-bound.

@@ -50,7 +50,7 @@ impl Node {
         }
         .unwrap_or_else(|e| panic!("opening node {id}: {e:#}"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let svc = peer_service(&ledger);
+        let svc = peer_service(&ledger, false);
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)

@@ -59,9 +59,14 @@ impl TestCa {
 
     /// The same, also valid for the DNS names `more`.
     pub fn issue_naming(&self, dir: &Path, name: &str, more: &[&str]) -> TlsFiles {
-        let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        sans.extend(more.iter().map(|n| n.to_string()));
-        let mut params = CertificateParams::new(sans).expect("params");
+        let mut sans = vec!["127.0.0.1", "localhost"];
+        sans.extend(more);
+        self.issue_only(dir, name, &sans)
+    }
+
+    /// A certificate valid for exactly `sans` (DNS names or IP addresses).
+    pub fn issue_only(&self, dir: &Path, name: &str, sans: &[&str]) -> TlsFiles {
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("key");

@@ -197,6 +197,23 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
     let f = status_at_with(&addrs[follower], Some(&node)).await.expect("follower status over TLS");
     assert!(!f.is_leader && f.last_committed_tid >= 1, "{f:?}");
 
+    // Raft RPCs take a certificate that names a member: a CA-signed one
+    // for another name is refused before the request is read, a member's
+    // gets as far as decoding this made-up body.
+    let operator = ca.issue_only(certs.path(), "operator", &["operator.test"]);
+    let vote = |files: &Files| {
+        let endpoint = Endpoint::from_shared(format!("https://{}", addrs[follower])).unwrap().tls_config(files.client()).unwrap();
+        async move {
+            let mut peer = pb::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.expect("connect"));
+            peer.vote(pb::RaftRequest { body: b"{}".to_vec(), data: Vec::new() }).await.expect_err("a made-up vote")
+        }
+    };
+    let refused = vote(&operator).await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("only from a member"), "{refused:?}");
+    let undecodable = vote(&node).await;
+    assert_eq!(undecodable.code(), tonic::Code::InvalidArgument, "{undecodable:?}");
+
     g.nodes[leader].kill();
     let before = s.last_committed_tid;
     let (next, s) = wait_tls(&addrs, &node, "a new leader committing", |s| s.pipeline_state == "Running" && s.last_committed_tid >= before + 5, || g.logs()).await;

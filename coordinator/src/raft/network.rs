@@ -250,6 +250,50 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct PeerService {
     raft: LedgerRaft,
     contact: Arc<LeaderContact>,
+    /// With mutual TLS: a caller must hold a certificate valid for a
+    /// member's address ([`PeerService::authorize`]).
+    members_only: bool,
+}
+
+impl PeerService {
+    /// With mutual TLS, a raft RPC is taken only from a certificate valid
+    /// for the host of some member's address (voter or learner): every
+    /// member presents the certificate it serves its own address with, so
+    /// this costs a correct group nothing, and a host agent's or an
+    /// operator's certificate cannot vote or append. A node that knows no
+    /// membership yet (a new group before its first entry, a node started
+    /// with --join) takes any certificate of the CA, or it could never be
+    /// given one.
+    fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        if !self.members_only {
+            return Ok(());
+        }
+        let addrs: Vec<String> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+        };
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let certs = req.peer_certs();
+        let chain = certs.as_deref().map(|c| c.as_slice());
+        let mut why = Vec::new();
+        for addr in &addrs {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            match lockstep_host_agent::tls::check_name("the caller", host, chain) {
+                Ok(()) => return Ok(()),
+                Err(e) => why.push(e),
+            }
+        }
+        let why = why.pop().unwrap_or_default();
+        tracing::warn!(peer = ?req.remote_addr(), "raft {what} refused: the caller's certificate names no member of the group ({why})");
+        Err(Status::permission_denied(format!(
+            "raft {what} is taken only from a member of the coordinator group, whose certificate is valid for its address \
+             ({}); {why}",
+            addrs.join(", ")
+        )))
+    }
 }
 
 /// When this node last accepted AppendEntries (heartbeats included) from a
@@ -286,8 +330,8 @@ impl Default for LeaderContact {
 }
 
 /// The tonic server for [`PeerService`], with the peer message limit.
-pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>) -> RaftPeerServer<PeerService> {
-    RaftPeerServer::new(PeerService { raft, contact })
+pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>, members_only: bool) -> RaftPeerServer<PeerService> {
+    RaftPeerServer::new(PeerService { raft, contact, members_only })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
@@ -342,6 +386,7 @@ fn reply<T: Serialize, E: Serialize + std::error::Error>(
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.authorize(&req, "AppendEntries")?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", &req.get_ref().body)?;
         let result = self.raft.append_entries(rpc).await;
         if matches!(&result, Ok(r) if r.is_success()) {
@@ -351,11 +396,13 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.authorize(&req, "Vote")?;
         let rpc: VoteRequest<NodeId> = decode("Vote", &req.get_ref().body)?;
         reply("Vote", self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.authorize(&req, "InstallSnapshot")?;
         let req = req.into_inner();
         let mut rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &req.body)?;
         rpc.data = req.data;
