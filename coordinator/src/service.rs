@@ -1658,17 +1658,8 @@ pub async fn serve(
         )
         .add_service(crate::raft::peer_service(&ledger, options.tls.is_some()))
         .add_service(pb::admin_server::AdminServer::new(AdminService { leading, ledger, admin_name: options.admin_name.clone() }));
-    // Nagle off on accepted streams (both ways): commands are small and
-    // latency-bound.
-    let tls = options.tls;
-    let served = lockstep_host_agent::drain::serve_with_bounded_drain("the coordinator's gRPC server", shutdown, DRAIN_GRACE, |signal| async move {
-        match tls {
-            Some(tls) => router.serve_with_incoming_shutdown(tls.accept(listener, "coordinator"), signal).await,
-            None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                router.serve_with_incoming_shutdown(incoming, signal).await
-            }
-        }
+    let served = lockstep_host_agent::drain::serve_with_bounded_drain("the coordinator's gRPC server", shutdown, DRAIN_GRACE, |signal| {
+        lockstep_host_agent::tls::serve(router, listener, options.tls, "coordinator", signal)
     })
     .await;
     let _ = health_stop.send(());

@@ -335,13 +335,7 @@ fn spawn_server(
             health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         };
         let served = crate::drain::serve_with_bounded_drain("the ingest API server", stopped, crate::drain::DRAIN_GRACE, |signal| {
-            let server = tonic::transport::Server::builder().add_routes(routes);
-            async move {
-                match tls {
-                    Some(tls) => server.serve_with_incoming_shutdown(tls.accept(listener, "ingest"), signal).await,
-                    None => server.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal).await,
-                }
-            }
+            crate::tls::serve(tonic::transport::Server::builder().add_routes(routes), listener, tls, "ingest", signal)
         })
         .await;
         if let Some(Err(e)) = served {
@@ -428,7 +422,7 @@ pub fn host_id_problem(id: &str) -> Option<String> {
 /// whose scheme contradicts `tls`, is refused, naming it.
 pub fn coordinator_url(addr: &str, tls: bool) -> Result<String, String> {
     let addr = addr.trim();
-    let scheme = if tls { "https" } else { "http" };
+    let scheme = crate::tls::scheme(tls);
     let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
     let given = url.split_once("://").map_or("", |(s, _)| s);
     match given {

@@ -267,10 +267,30 @@ impl Tls {
     }
 }
 
+/// Serves `router` on `listener` until `signal`: through [`Tls::accept`]
+/// with `tls` (`what` names the listener in its warnings), else plaintext;
+/// Nagle off either way (commands, reports and pushes are small and wait on
+/// their answers). The one place both daemons' listeners are served from.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Tls>,
+    what: &'static str,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.accept(listener, what), signal).await,
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
+    }
+}
+
 /// The URL scheme of connections made with (`https`) or without (`http`)
 /// TLS.
-pub fn scheme(tls: Option<&Tls>) -> &'static str {
-    if tls.is_some() {
+pub fn scheme(tls: bool) -> &'static str {
+    if tls {
         "https"
     } else {
         "http"
@@ -282,20 +302,42 @@ pub fn scheme(tls: Option<&Tls>) -> &'static str {
 /// (subject alternative names, wildcards included); otherwise why not, as
 /// "(it names only …)" or the parse error. `who` opens the message.
 pub fn check_name(who: &str, name: &str, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
+    check_any_name(who, std::iter::once(name), chain)
+}
+
+/// [`check_name`] for several names: `Ok` if the leaf is valid for any of
+/// them (parsed once, however many names are tried); the message names the
+/// last one tried.
+pub fn check_any_name<'n>(
+    who: &str,
+    names: impl IntoIterator<Item = &'n str>,
+    chain: Option<&[CertificateDer<'_>]>,
+) -> Result<(), String> {
+    let mut names = names.into_iter().peekable();
     let Some(leaf) = chain.and_then(|c| c.first()) else {
+        let name = names.peek().copied().unwrap_or("");
         return Err(format!("{who} presented no client certificate, but it must be valid for {name}"));
     };
-    let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(name)
-        .map_err(|e| format!("{name:?} is not a DNS name ({e})"))?;
     let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{who}'s certificate cannot be parsed: {e}"))?;
-    cert.verify_is_valid_for_subject_name(&server_name).map_err(|e| {
-        let names: Vec<&str> = cert.valid_dns_names().collect();
-        let why = match e {
-            webpki::Error::CertNotValidForName(_) => format!("it names only {}", names.join(", ")),
-            other => format!("{other:?}"),
+    let mut why = format!("{who}'s certificate was checked against no name");
+    for name in names {
+        let server_name = match tokio_rustls::rustls::pki_types::ServerName::try_from(name) {
+            Ok(n) => n,
+            Err(e) => {
+                why = format!("{name:?} is not a DNS name ({e})");
+                continue;
+            }
         };
-        format!("{who}'s certificate is not valid for {name} ({why})")
-    })
+        match cert.verify_is_valid_for_subject_name(&server_name) {
+            Ok(()) => return Ok(()),
+            Err(webpki::Error::CertNotValidForName(_)) => {
+                let presented: Vec<&str> = cert.valid_dns_names().collect();
+                why = format!("{who}'s certificate is not valid for {name} (it names only {})", presented.join(", "));
+            }
+            Err(other) => why = format!("{who}'s certificate is not valid for {name} ({other:?})"),
+        }
+    }
+    Err(why)
 }
 
 /// `--tls-admin-name`: the DNS name a client certificate must be valid for

@@ -28,6 +28,16 @@ impl TlsFiles {
         vec!["--tls-cert".into(), p(&self.cert), "--tls-key".into(), p(&self.key), "--tls-ca".into(), p(&self.ca)]
     }
 
+    /// Makes a host agent's command line use these files: appends the
+    /// flags and drops the `http://` of its `--coordinator` list, so that
+    /// each bare `host:port` is dialed with TLS.
+    pub fn apply_to_host(&self, args: &mut Vec<String>) {
+        if let Some(at) = args.iter().position(|a| a == "--coordinator") {
+            args[at + 1] = args[at + 1].replace("http://", "");
+        }
+        args.extend(self.flags());
+    }
+
     /// A tonic client configuration presenting these files.
     pub fn client(&self) -> ClientTlsConfig {
         let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

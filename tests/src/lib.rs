@@ -259,6 +259,26 @@ impl Cluster {
         Cluster { dir, opts, coordinator, hosts, addr, ingest_ports, client_tls: None }
     }
 
+    /// `start_with` over mutual TLS: the coordinator serves with
+    /// `coordinator`'s files (after `opts.coordinator_flags`), host i dials
+    /// it with `host(i)`'s (then `tweak` runs), and `status` and `wait_for`
+    /// present `client`'s.
+    pub fn start_tls(
+        mut opts: ClusterOpts,
+        coordinator: &certs::TlsFiles,
+        host: impl Fn(usize) -> certs::TlsFiles,
+        client: certs::TlsFiles,
+        tweak: impl Fn(usize, &mut Vec<String>),
+    ) -> Cluster {
+        opts.coordinator_flags.extend(coordinator.flags());
+        let mut c = Self::start_with(opts, |i, args| {
+            host(i).apply_to_host(args);
+            tweak(i, args);
+        });
+        c.client_tls = Some(client);
+        c
+    }
+
     /// SIGKILLs every host and the coordinator, then starts them again on
     /// their data: a whole-cluster crash (a power cut).
     pub fn crash_everything(&mut self) {
@@ -452,7 +472,7 @@ impl Group {
     /// pipeline (not stale) with a status satisfying `pred`; returns its
     /// index and status. Panics with the logs after `timeout`.
     pub async fn wait_leader(&self, what: &str, timeout: Duration, pred: impl Fn(&pb::Status) -> bool) -> (usize, pb::Status) {
-        wait_leader_among(&self.nodes, &self.addrs, what, timeout, pred, || self.logs()).await
+        wait_leader_among(&self.nodes, &self.addrs, None, what, timeout, pred, || self.logs()).await
     }
 
     pub fn logs(&self) -> String {
@@ -472,10 +492,11 @@ impl Group {
 /// Polls every running coordinator of `nodes` (node i serving at
 /// `addrs[i]`) until one answers as the leader driving the pipeline (not
 /// stale) with a status satisfying `pred`; returns its index and status.
-/// Panics with `logs()` after `timeout`.
+/// Asks over mutual TLS with `tls`. Panics with `logs()` after `timeout`.
 pub async fn wait_leader_among(
     nodes: &[Proc],
     addrs: &[String],
+    tls: Option<&certs::TlsFiles>,
     what: &str,
     timeout: Duration,
     pred: impl Fn(&pb::Status) -> bool,
@@ -489,7 +510,7 @@ pub async fn wait_leader_among(
             if !node.is_running() {
                 continue;
             }
-            if let Ok(s) = status_at(&addrs[i]).await {
+            if let Ok(s) = status_at_with(&addrs[i], tls).await {
                 if s.is_leader && !s.stale && pred(&s) {
                     return (i, s);
                 }

@@ -125,7 +125,7 @@ impl Daemons<'_> {
     /// `RECOVERY`.
     async fn wait_leader(&self, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
         let over = |s: &Status| s.pipeline_state == "Failed" || s.pipeline_state == "Stopped";
-        wait_leader_among(self.coordinators, self.addrs, what, RECOVERY, |s| over(s) || pred(s), || self.logs()).await
+        wait_leader_among(self.coordinators, self.addrs, None, what, RECOVERY, |s| over(s) || pred(s), || self.logs()).await
     }
 }
 

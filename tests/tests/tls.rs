@@ -15,30 +15,6 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Polls the nodes at `addrs` over TLS until one leads, driving the
-/// pipeline, with a status satisfying `pred`; its index and status.
-async fn wait_tls(
-    addrs: &[String],
-    tls: &Files,
-    what: &str,
-    pred: impl Fn(&pb::Status) -> bool,
-    logs: impl Fn() -> String,
-) -> (usize, pb::Status) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = String::new();
-    loop {
-        for (i, a) in addrs.iter().enumerate() {
-            match status_at_with(a, Some(tls)).await {
-                Ok(s) if s.is_leader && !s.stale && pred(&s) => return (i, s),
-                Ok(s) => last = format!("node {}: leader {} {} committed {}", i + 1, s.is_leader, s.pipeline_state, s.last_committed_tid),
-                Err(e) => last = format!("node {}: {e:#}", i + 1),
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {last}\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until `proc`'s log contains `needle` (bounded).
 async fn wait_log(proc: &Proc, needle: &str, logs: impl Fn() -> String) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -62,13 +38,6 @@ fn stranger_host(c: &Cluster, name: &str, coordinator: String, flags: Vec<String
     Proc::spawn(name, bin_dir().join("host-agent"), args, c.dir.path().join(format!("{name}.log")))
 }
 
-/// Host agents' `--coordinator` without a scheme: dialed as https:// once
-/// the TLS flags are given.
-fn bare_coordinators(args: &mut [String]) {
-    let at = args.iter().position(|a| a == "--coordinator").expect("--coordinator") + 1;
-    args[at] = args[at].replace("http://", "");
-}
-
 fn grpcurl() -> Option<String> {
     std::env::var("LOCKSTEP_GRPCURL").ok().or_else(|| {
         std::process::Command::new("grpcurl").arg("-version").output().ok().map(|_| "grpcurl".to_string())
@@ -84,16 +53,11 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     let other_ca = TestCa::new(certs.path(), "other");
     let stranger = other_ca.issue(certs.path(), "stranger");
     let (health_port, metrics_port) = (free_port(), free_port());
-    let mut flags = node.flags();
-    flags.extend(["--health-listen".into(), format!("127.0.0.1:{health_port}")]);
+    let mut flags = vec!["--health-listen".to_string(), format!("127.0.0.1:{health_port}")];
     flags.extend(["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")]);
     let opts = ClusterOpts { hosts: 2, coordinator_flags: flags, ..ClusterOpts::default() };
-    let mut c = Cluster::start_with(opts, |_, args| {
-        bare_coordinators(args);
-        args.extend(node.flags());
-    });
-    let addrs = [c.addr.clone()];
-    let (_, s) = wait_tls(&addrs, &admin, "Running over TLS", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5, || c.logs()).await;
+    let mut c = Cluster::start_tls(opts, &node, |_| node.clone(), admin.clone(), |_, _| {});
+    let s = c.wait_for("Running over TLS", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5).await;
     assert!(s.hosts.iter().all(|h| h.connected), "{s:?}");
 
     // Admin callers: plaintext, no client certificate, or one of another CA
@@ -168,7 +132,7 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     }
 
     // Still running, never failed; stop cleanly and check exactly-once.
-    let (_, s) = wait_tls(&addrs, &admin, "more commits", |s| s.last_committed_tid >= 15, || c.logs()).await;
+    let s = c.wait_for("more commits", LONG, |s| s.last_committed_tid >= 15).await;
     assert_eq!(s.pipeline_state, "Running", "{s:?}");
     for h in &mut c.hosts {
         assert_eq!(h.terminate(), Some(0), "{}", h.log());
@@ -184,12 +148,11 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
     let ca = TestCa::new(certs.path(), "group");
     let node = ca.issue(certs.path(), "node");
     let opts = ClusterOpts { hosts: 2, ..ClusterOpts::default() };
-    let mut g = Group::start_nodes_with(3, opts, |_, args| args.extend(node.flags()), |_, args| {
-        bare_coordinators(args);
-        args.extend(node.flags());
-    });
+    let mut g = Group::start_nodes_with(3, opts, |_, args| args.extend(node.flags()), |_, args| node.apply_to_host(args));
     let addrs = g.addrs.clone();
-    let (leader, s) = wait_tls(&addrs, &node, "a leader over TLS", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5, || g.logs()).await;
+    let (leader, s) =
+        wait_leader_among(&g.nodes, &addrs, Some(&node), "a leader over TLS", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 5, || g.logs())
+            .await;
     // Followers answer over TLS too, from their replicated copy of the ledger
     // (raft traffic between the nodes is TLS as well: the group elected and
     // replicated).
@@ -216,7 +179,10 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
 
     g.nodes[leader].kill();
     let before = s.last_committed_tid;
-    let (next, s) = wait_tls(&addrs, &node, "a new leader committing", |s| s.pipeline_state == "Running" && s.last_committed_tid >= before + 5, || g.logs()).await;
+    let (next, s) = wait_leader_among(&g.nodes, &addrs, Some(&node), "a new leader committing", LONG, |s| {
+        s.pipeline_state == "Running" && s.last_committed_tid >= before + 5
+    }, || g.logs())
+    .await;
     assert_ne!(next, leader);
     g.nodes[leader].start();
     for h in &mut g.hosts {
@@ -234,15 +200,10 @@ async fn with_tls_host_name_a_host_cannot_join_as_another() {
     let ca = TestCa::new(certs.path(), "named");
     let coordinator = ca.issue(certs.path(), "coordinator");
     let host_files: Vec<Files> = (0..2).map(|i| ca.issue_naming(certs.path(), &host_id(i), &[&format!("host-{i}.hosts.test")])).collect();
-    let mut flags = coordinator.flags();
-    flags.extend(["--tls-host-name".into(), "{host}.hosts.test".into()]);
+    let flags = vec!["--tls-host-name".to_string(), "{host}.hosts.test".into()];
     let opts = ClusterOpts { hosts: 2, coordinator_flags: flags, ..ClusterOpts::default() };
-    let mut c = Cluster::start_with(opts, |i, args| {
-        bare_coordinators(args);
-        args.extend(host_files[i].flags());
-    });
-    let addrs = [c.addr.clone()];
-    let (_, before) = wait_tls(&addrs, &coordinator, "Running with named hosts", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3, || c.logs()).await;
+    let mut c = Cluster::start_tls(opts, &coordinator, |i| host_files[i].clone(), coordinator.clone(), |_, _| {});
+    let before = c.wait_for("Running with named hosts", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
 
     // host-1's files, claiming to be host-0: refused before the pipeline
     // hears of it, with the reason on both sides.
@@ -251,7 +212,7 @@ async fn with_tls_host_name_a_host_cannot_join_as_another() {
     assert!(log.contains("PermissionDenied"), "{log}");
     impostor.kill();
     wait_log(&c.coordinator, "host session refused", || c.logs()).await;
-    let (_, after) = wait_tls(&addrs, &coordinator, "more commits", |s| s.last_committed_tid >= before.last_committed_tid + 5, || c.logs()).await;
+    let after = c.wait_for("more commits", LONG, |s| s.last_committed_tid >= before.last_committed_tid + 5).await;
     assert_eq!((after.epoch, after.pipeline_state.as_str()), (before.epoch, "Running"), "the impostor disturbed nothing: {after:?}");
     assert!(after.hosts.iter().all(|h| h.connected), "{after:?}");
     for h in &mut c.hosts {
@@ -270,14 +231,9 @@ async fn with_tls_admin_name_only_the_operators_certificate_changes_the_cluster(
     let ca = TestCa::new(certs.path(), "admin");
     let node = ca.issue(certs.path(), "node");
     let operator = ca.issue_naming(certs.path(), "operator", &["admin.test"]);
-    let mut flags = node.flags();
-    flags.extend(["--tls-admin-name".into(), "admin.test".into()]);
+    let flags = vec!["--tls-admin-name".to_string(), "admin.test".into()];
     let opts = ClusterOpts { hosts: 1, coordinator_flags: flags, ..ClusterOpts::default() };
-    let mut c = Cluster::start_with(opts, |_, args| {
-        bare_coordinators(args);
-        args.extend(node.flags());
-    });
-    c.client_tls = Some(node.clone());
+    let mut c = Cluster::start_tls(opts, &node, |_| node.clone(), node.clone(), |_, _| {});
     c.wait_for("Running", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 2).await;
     let admin = |files: &Files| {
         let endpoint = Endpoint::from_shared(format!("https://{}", c.addr)).unwrap().tls_config(files.client()).unwrap();

@@ -77,7 +77,7 @@ impl TonicNetwork {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("{}://{addr}", lockstep_host_agent::tls::scheme(self.tls.as_ref()))
+            format!("{}://{addr}", lockstep_host_agent::tls::scheme(self.tls.is_some()))
         };
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("peer address {addr:?} is not a valid URI: {e}"))?
@@ -268,32 +268,28 @@ impl PeerService {
         if !self.members_only {
             return Ok(());
         }
-        let addrs: Vec<String> = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
-        };
-        if addrs.is_empty() {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        if membership.nodes().next().is_none() {
             return Ok(());
         }
+        let hosts = || membership.nodes().map(|(_, n)| host_of(&n.addr));
         let certs = req.peer_certs();
-        let chain = certs.as_deref().map(|c| c.as_slice());
-        let mut why = Vec::new();
-        for addr in &addrs {
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-            match lockstep_host_agent::tls::check_name("the caller", host, chain) {
-                Ok(()) => return Ok(()),
-                Err(e) => why.push(e),
-            }
-        }
-        let why = why.pop().unwrap_or_default();
-        tracing::warn!(peer = ?req.remote_addr(), "raft {what} refused: the caller's certificate names no member of the group ({why})");
-        Err(Status::permission_denied(format!(
-            "raft {what} is taken only from a member of the coordinator group, whose certificate is valid for its address \
-             ({}); {why}",
-            addrs.join(", ")
-        )))
+        lockstep_host_agent::tls::check_any_name("the caller", hosts(), certs.as_deref().map(|c| c.as_slice())).map_err(|why| {
+            tracing::warn!(peer = ?req.remote_addr(), "raft {what} refused: the caller's certificate names no member of the group ({why})");
+            Status::permission_denied(format!(
+                "raft {what} is taken only from a member of the coordinator group, whose certificate is valid for its \
+                 address ({}); {why}",
+                hosts().collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
+}
+
+/// The host of a member's `host:port` address (`[v6]:port` too).
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']')
 }
 
 /// When this node last accepted AppendEntries (heartbeats included) from a

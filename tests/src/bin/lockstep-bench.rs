@@ -884,20 +884,12 @@ async fn live_run(o: &Opts, tls: Option<lockstep_tests::certs::TlsFiles>) -> any
         "live ({how}): 1 coordinator + {} hosts, empty steps every {} ms, commit interval {} ms, {} s",
         o.hosts, o.live_step_interval_ms, o.live_commit_interval_ms, o.live_secs
     ));
-    let mut opts = cluster_opts(o, o.live_commit_interval_ms, o.live_step_interval_ms, "bench-live");
-    if let Some(files) = &tls {
-        opts.coordinator_flags.extend(files.flags());
-    }
-    let mut c = Cluster::start_with(opts, |_, args| {
-        args.extend(["--generator-batch-max".into(), "0".into()]);
-        if let Some(files) = &tls {
-            // A bare host:port is dialed with TLS.
-            let at = args.iter().position(|a| a == "--coordinator").map_or(0, |i| i + 1);
-            args[at] = args[at].replace("http://", "");
-            args.extend(files.flags());
-        }
-    });
-    c.client_tls = tls.clone();
+    let opts = cluster_opts(o, o.live_commit_interval_ms, o.live_step_interval_ms, "bench-live");
+    let empty_steps = |_: usize, args: &mut Vec<String>| args.extend(["--generator-batch-max".into(), "0".into()]);
+    let c = match &tls {
+        Some(files) => Cluster::start_tls(opts, files, |_| files.clone(), files.clone(), empty_steps),
+        None => Cluster::start_with(opts, empty_steps),
+    };
     c.wait_for("Running with 20 commits (warm-up)", Duration::from_secs(60), |s| {
         s.pipeline_state == "Running" && s.last_committed_tid >= 20
     })
