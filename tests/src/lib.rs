@@ -279,6 +279,18 @@ impl Cluster {
         c
     }
 
+    /// SIGTERM to every host, then to the coordinator, each of which must
+    /// exit cleanly (0); then every sink must hold each tid the coordinator
+    /// had committed once, in order, with the generator's aggregates.
+    pub async fn stop_cleanly_and_check_sinks(&mut self) {
+        for h in &mut self.hosts {
+            assert_eq!(h.terminate(), Some(0), "{} must exit cleanly on SIGTERM\n{}", h.name, h.log());
+        }
+        let committed = self.status().await.expect("status").last_committed_tid;
+        assert_eq!(self.coordinator.terminate(), Some(0), "the coordinator must exit cleanly on SIGTERM\n{}", self.coordinator.log());
+        check_sinks(self, committed);
+    }
+
     /// SIGKILLs every host and the coordinator, then starts them again on
     /// their data: a whole-cluster crash (a power cut).
     pub fn crash_everything(&mut self) {

@@ -29,12 +29,7 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
     assert_eq!((hosts.total, ledger.total), (all.total, all.total), "{s:#?}");
     let parts = hosts.sum_micros + ledger.sum_micros;
     assert!((parts..=parts + all.total).contains(&all.sum_micros), "{s:#?}");
-    for h in &mut c.hosts {
-        assert_eq!(h.terminate(), Some(0), "host agent exits cleanly on SIGTERM");
-    }
-    let committed = c.status().await.expect("status").last_committed_tid;
-    assert_eq!(c.coordinator.terminate(), Some(0), "coordinator exits cleanly on SIGTERM");
-    check_sinks(&c, committed);
+    c.stop_cleanly_and_check_sinks().await;
 }
 
 /// A coordinator asked to stop while its hosts, a `WatchEvents` reader and

@@ -134,12 +134,7 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
     // Still running, never failed; stop cleanly and check exactly-once.
     let s = c.wait_for("more commits", LONG, |s| s.last_committed_tid >= 15).await;
     assert_eq!(s.pipeline_state, "Running", "{s:?}");
-    for h in &mut c.hosts {
-        assert_eq!(h.terminate(), Some(0), "{}", h.log());
-    }
-    let committed = status_at_with(&c.addr, Some(&admin)).await.expect("status").last_committed_tid;
-    assert_eq!(c.coordinator.terminate(), Some(0), "{}", c.coordinator.log());
-    check_sinks(&c, committed);
+    c.stop_cleanly_and_check_sinks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,12 +210,7 @@ async fn with_tls_host_name_a_host_cannot_join_as_another() {
     let after = c.wait_for("more commits", LONG, |s| s.last_committed_tid >= before.last_committed_tid + 5).await;
     assert_eq!((after.epoch, after.pipeline_state.as_str()), (before.epoch, "Running"), "the impostor disturbed nothing: {after:?}");
     assert!(after.hosts.iter().all(|h| h.connected), "{after:?}");
-    for h in &mut c.hosts {
-        assert_eq!(h.terminate(), Some(0), "{}", h.log());
-    }
-    let committed = status_at_with(&c.addr, Some(&coordinator)).await.expect("status").last_committed_tid;
-    assert_eq!(c.coordinator.terminate(), Some(0));
-    check_sinks(&c, committed);
+    c.stop_cleanly_and_check_sinks().await;
 }
 
 /// `--tls-admin-name`: every certificate of the CA may read through Admin,
@@ -251,13 +241,8 @@ async fn with_tls_admin_name_only_the_operators_certificate_changes_the_cluster(
     // The operator's does.
     let mut as_operator = admin(&operator).await;
     as_operator.checkpoint(pb::CheckpointRequest {}).await.expect("Checkpoint with the operator's certificate");
-    let s = c.wait_for("still Running", LONG, |s| s.pipeline_state == "Running").await;
-    for h in &mut c.hosts {
-        assert_eq!(h.terminate(), Some(0), "{}", h.log());
-    }
-    let committed = c.status().await.map(|x| x.last_committed_tid).unwrap_or(s.last_committed_tid);
-    assert_eq!(c.coordinator.terminate(), Some(0));
-    check_sinks(&c, committed);
+    c.wait_for("still Running", LONG, |s| s.pipeline_state == "Running").await;
+    c.stop_cleanly_and_check_sinks().await;
 }
 
 #[tokio::test]
