@@ -463,7 +463,7 @@ fn leader_redirect(status: &tonic::Status, tls: bool) -> Option<String> {
 
 /// How a failed Session call or a stream error ends the session.
 fn status_end(status: &tonic::Status, what: &str, lost: bool, tls: bool) -> SessionEnd {
-    let mut why = format!("{what}: {} ({:?})", status.message(), status.code());
+    let mut why = format!("{what}: {} ({:?}){}", status.message(), status.code(), crate::tls::transport_detail(status));
     // A plaintext HTTP/2 preface sent to a TLS listener dies in the
     // transport with nothing that says TLS.
     let garbled = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal)

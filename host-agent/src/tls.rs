@@ -10,16 +10,22 @@
 //! server-only mode on purpose: without client certificates anyone who can
 //! reach the port could join as a host or call `Admin/RemoveNode`.
 //!
-//! The files are read and checked once, at start; a bad file stops the
-//! daemon naming it. Rotating a certificate means restarting the process
-//! (a rolling restart keeps the pipeline going: hosts reconnect and the
-//! coordinator group keeps its leader or elects one).
+//! The files are read and checked at start; a bad file stops the daemon
+//! naming it. After that they are read again every `--tls-reload-ms`
+//! (certificates are renewed in place by cert-manager, a CSI driver or a
+//! kubelet updating a Secret's volume), and a changed set that checks out
+//! is used for every connection made or accepted from then on; connections
+//! already open keep the certificates they were made with. A changed set
+//! that does not check out (a key that no longer fits its certificate
+//! while a renewal is half written, say) is logged and ignored: the daemon
+//! keeps serving with what it had. The certificate's and the CA's expiry
+//! are exported as metrics and warned about in the last week.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -28,13 +34,17 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::runtime::error_chain;
 
 /// Bound on a server-side TLS handshake: a client that connects and then
 /// says nothing holds a task and a socket until it passes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once per listener; beyond it connections wait
+/// in the kernel's accept queue, so a flood of clients that never finish a
+/// handshake costs bounded memory and tasks.
+const HANDSHAKES_MAX: usize = 256;
 /// A refused handshake is logged at most this often per client address and
 /// reason (a misconfigured host agent retries every few seconds, for ever).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -42,12 +52,19 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
 const REFUSAL_ADDRS_MAX: usize = 1024;
 /// Handshaken connections waiting for the gRPC server to take them.
 const ACCEPTED_QUEUED_MAX: usize = 64;
+/// A failing `accept` (out of file descriptors, typically) is logged at most
+/// this often; it repeats as fast as the loop retries.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// From how long before a certificate's (or the CA's) expiry it is warned
+/// about, and how often while that lasts.
+const EXPIRY_WARN_WITHIN: Duration = Duration::from_secs(7 * 24 * 3600);
+const EXPIRY_WARN_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// (client address, reason) -> (when last logged, refusals not logged since).
 type Refusals = HashMap<(IpAddr, String), (Instant, u64)>;
 
 /// The daemons' TLS flags (the same on the coordinator and the host agent).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct TlsArgs {
     /// This process's certificate (PEM; the chain up to, not including, the
     /// CA). With --tls-key and --tls-ca it turns on mutual TLS for every
@@ -61,17 +78,35 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
     /// The cluster's CA certificate(s) (PEM): every peer, host agent and
     /// Admin client must present a certificate it signed, and every server
-    /// this process dials must too.
+    /// this process dials must too. During a CA rotation it holds both CAs.
     #[arg(long, env = "LOCKSTEP_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
+    /// How often the three TLS files are read again, in milliseconds; a
+    /// changed set that checks out is used for new connections from then
+    /// on, so renewed certificates need no restart. 0: read only at start.
+    #[arg(long, env = "LOCKSTEP_TLS_RELOAD_MS", default_value_t = 10_000)]
+    pub tls_reload_ms: u64,
+}
+
+impl Default for TlsArgs {
+    fn default() -> Self {
+        TlsArgs { tls_cert: None, tls_key: None, tls_ca: None, tls_reload_ms: 10_000 }
+    }
 }
 
 impl TlsArgs {
     /// The loaded material, or `None` when the flags are not given (clap
-    /// makes sure it is all three or none).
+    /// makes sure it is all three or none). With `--tls-reload-ms` above
+    /// zero the files are watched from here on (see [`Tls::watch`]).
     pub fn load(&self) -> Result<Option<Tls>, TlsError> {
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
-            (Some(cert), Some(key), Some(ca)) => Tls::load(cert, key, ca).map(Some),
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls = Tls::load(cert, key, ca)?;
+                if self.tls_reload_ms > 0 {
+                    tls.watch(Duration::from_millis(self.tls_reload_ms));
+                }
+                Ok(Some(tls))
+            }
             (None, None, None) => Ok(None),
             _ => Err(TlsError::Incomplete),
         }
@@ -103,9 +138,30 @@ pub enum TlsError {
     Client { cert: PathBuf, key: PathBuf, ca: PathBuf, reason: String },
 }
 
-/// A process's loaded TLS material: checked once, cheap to clone.
+/// Where a process's three TLS files are.
 #[derive(Clone, Debug)]
-pub struct Tls {
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+/// The three files' contents, as read in one go.
+#[derive(PartialEq, Eq)]
+struct Contents {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl Files {
+    fn read(&self) -> Result<Contents, TlsError> {
+        Ok(Contents { cert: read("certificate", &self.cert)?, key: read("key", &self.key)?, ca: read("CA", &self.ca)? })
+    }
+}
+
+/// One checked reading of the files: everything a connection needs.
+struct Material {
     /// For connections this process dials (tonic's client TLS).
     identity: Identity,
     ca: Certificate,
@@ -113,8 +169,32 @@ pub struct Tls {
     /// a refused handshake is logged with the client's address (tonic logs
     /// it at debug, without one).
     server: Arc<ServerConfig>,
-    cert_path: PathBuf,
-    ca_path: PathBuf,
+    /// What it was built from, to tell whether the files changed since.
+    contents: Contents,
+    /// The leaf certificate's and the earliest CA certificate's end of
+    /// validity (seconds since the Unix epoch), when they can be parsed.
+    cert_expires: Option<i64>,
+    ca_expires: Option<i64>,
+    /// 1 for the files read at start, one more per reload.
+    generation: u64,
+}
+
+/// A process's TLS material: checked at start, re-read by [`Tls::watch`],
+/// cheap to clone (every clone sees the newest material).
+#[derive(Clone)]
+pub struct Tls {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    files: Files,
+    current: RwLock<Arc<Material>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.shared.files).field("generation", &self.generation()).finish()
+    }
 }
 
 impl Tls {
@@ -122,77 +202,79 @@ impl Tls {
     /// configuration, so that a wrong file fails here, at start, naming it,
     /// rather than at the first connection.
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Tls, TlsError> {
-        let cert_pem = read("certificate", cert)?;
-        let key_pem = read("key", key)?;
-        let ca_pem = read("CA", ca)?;
-        let chain = certificates("certificate", cert, &cert_pem)?;
-        let ca_certs = certificates("CA", ca, &ca_pem)?;
-        let private_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
-            Ok(k) => k,
-            Err(tokio_rustls::rustls::pki_types::pem::Error::NoItemsFound) => {
-                return Err(TlsError::NotPem { what: "key", path: key.into(), label: "private key", convert: "pkey" })
-            }
-            Err(e) => return Err(TlsError::BadPem { what: "key", path: key.into(), reason: e.to_string() }),
-        };
-        let mut roots = RootCertStore::empty();
-        for c in ca_certs {
-            roots.add(c).map_err(|e| TlsError::Ca { path: ca.into(), reason: format!("not a usable CA certificate: {e}") })?;
-        }
-        // ring, on purpose (STACK: aws-lc-rs is a slow C build here), as
-        // tonic's `tls-ring` does; rustls deprecates it only to point at
-        // aws-lc-rs's post-quantum key exchange.
-        #[allow(deprecated)]
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Ca { path: ca.into(), reason: e.to_string() })?;
-        let server_err = |e: &dyn std::error::Error| TlsError::Server { cert: cert.into(), key: key.into(), reason: error_chain(e) };
-        let mut server = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| server_err(&e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, private_key)
-            .map_err(|e| server_err(&e))?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = Tls {
-            identity: Identity::from_pem(cert_pem, key_pem),
-            ca: Certificate::from_pem(ca_pem),
-            server: Arc::new(server),
-            cert_path: cert.to_path_buf(),
-            ca_path: ca.to_path_buf(),
-        };
-        tonic::transport::Endpoint::from_static("https://lockstep.invalid")
-            .tls_config(tls.client())
-            .map_err(|e| TlsError::Client { cert: cert.into(), key: key.into(), ca: ca.into(), reason: error_chain(&e) })?;
-        Ok(tls)
+        let files = Files { cert: cert.into(), key: key.into(), ca: ca.into() };
+        let material = Material::build(&files, files.read()?, 1)?;
+        material.export();
+        Ok(Tls { shared: Arc::new(Shared { files, current: RwLock::new(Arc::new(material)) }) })
+    }
+
+    fn current(&self) -> Arc<Material> {
+        self.shared.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Which reading of the files is in use: 1 at start, one more for each
+    /// change taken. Whoever keeps connections open across calls (the raft
+    /// peer channels) dials anew when it moves.
+    pub fn generation(&self) -> u64 {
+        self.current().generation
     }
 
     /// For a connection this process dials: trust only the CA, and present
-    /// this identity. The server's name is checked against the host in the
-    /// URL.
+    /// this identity (the newest the files gave). The server's name is
+    /// checked against the host in the URL.
     pub fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone())
+        let m = self.current();
+        ClientTlsConfig::new().ca_certificate(m.ca.clone()).identity(m.identity.clone())
+    }
+
+    /// Re-reads the files every `every` on a thread of its own, for as long
+    /// as a clone of this `Tls` lives; see the module's comment. Also warns,
+    /// every [`EXPIRY_WARN_EVERY`], about a certificate that expires within
+    /// [`EXPIRY_WARN_WITHIN`] or has expired.
+    pub fn watch(&self, every: Duration) {
+        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+        let mut watcher = Watcher::default();
+        // The first poll at once: it finds the files as read, and warns now
+        // rather than `every` from now if the certificate is about to expire.
+        if let Err(e) = std::thread::Builder::new().name("tls-reload".into()).spawn(move || loop {
+            match shared.upgrade() {
+                Some(shared) => watcher.poll(&Tls { shared }, every),
+                None => return,
+            }
+            std::thread::sleep(every);
+        }) {
+            warn!("cannot start the thread that re-reads the TLS files ({e}): they are read only at start");
+        }
     }
 
     /// Accepts connections on `listener` and completes their handshakes
-    /// (each in its own task, bounded by [`HANDSHAKE_TIMEOUT`]), requiring a
-    /// client certificate the CA signed; a tonic server takes the stream
-    /// with `serve_with_incoming*`. A refused handshake is logged as a
-    /// warning naming the client's address and `what` (the listener), at
-    /// most every [`REFUSAL_LOG_EVERY`] per address and reason, and counted
-    /// (`lockstep_tls_handshakes_refused_total`). The stream ends when it is
-    /// dropped. Must be called inside a tokio runtime.
+    /// (each in its own task, bounded by [`HANDSHAKE_TIMEOUT`], at most
+    /// [`HANDSHAKES_MAX`] at once), requiring a client certificate the CA
+    /// signed; a tonic server takes the stream with `serve_with_incoming*`.
+    /// Each connection gets the newest material. A refused handshake is
+    /// logged as a warning naming the client's address and `what` (the
+    /// listener), at most every [`REFUSAL_LOG_EVERY`] per address and
+    /// reason, and counted (`lockstep_tls_handshakes_refused_total`). The
+    /// stream ends when it is dropped. Must be called inside a tokio runtime.
     pub fn accept(
         &self,
         listener: TcpListener,
         what: &'static str,
     ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
         let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUED_MAX);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
         let refusals: Arc<Mutex<Refusals>> = Arc::default();
-        let ca = self.ca_path.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+        let tls = self.clone();
         tokio::spawn(async move {
+            let mut accept_errors = RateLimit::default();
             loop {
+                let permit = tokio::select! {
+                    _ = tx.closed() => return,
+                    p = handshakes.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
                 let accepted = tokio::select! {
                     _ = tx.closed() => return,
                     a = listener.accept() => a,
@@ -202,15 +284,22 @@ impl Tls {
                     Err(e) => {
                         // Out of descriptors or a connection reset before it
                         // was taken: the listener itself is fine.
-                        warn!(listener = what, "accepting a connection failed: {e}");
+                        if let Some(more) = accept_errors.allow(ACCEPT_ERROR_LOG_EVERY) {
+                            warn!(listener = what, "accepting a connection failed: {e}{more}");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx, refusals, ca) = (acceptor.clone(), tx.clone(), refusals.clone(), ca.clone());
+                let (tx, refusals) = (tx.clone(), refusals.clone());
+                let material = tls.current();
+                let acceptor = tokio_rustls::TlsAcceptor::from(material.server.clone());
+                let ca = tls.shared.files.ca.clone();
                 tokio::spawn(async move {
-                    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    let why = match handshake {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
                             return;
@@ -261,9 +350,208 @@ impl Tls {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
-    /// For logs: which files are in use.
+    /// For logs: which files are in use, and until when the certificate is
+    /// valid.
     pub fn describe(&self) -> String {
-        format!("certificate {}, CA {}", self.cert_path.display(), self.ca_path.display())
+        let files = &self.shared.files;
+        let until = match self.current().cert_expires {
+            Some(t) => format!(", valid until {}", utc(t)),
+            None => String::new(),
+        };
+        format!("certificate {}{until}, CA {}", files.cert.display(), files.ca.display())
+    }
+}
+
+impl Material {
+    fn build(files: &Files, contents: Contents, generation: u64) -> Result<Material, TlsError> {
+        let Files { cert, key, ca } = files;
+        let chain = certificates("certificate", cert, &contents.cert)?;
+        let ca_certs = certificates("CA", ca, &contents.ca)?;
+        let private_key = match PrivateKeyDer::from_pem_slice(&contents.key) {
+            Ok(k) => k,
+            Err(tokio_rustls::rustls::pki_types::pem::Error::NoItemsFound) => {
+                return Err(TlsError::NotPem { what: "key", path: key.clone(), label: "private key", convert: "pkey" })
+            }
+            Err(e) => return Err(TlsError::BadPem { what: "key", path: key.clone(), reason: e.to_string() }),
+        };
+        let cert_expires = not_after(&chain[0]);
+        let ca_expires = ca_certs.iter().filter_map(not_after).min();
+        let mut roots = RootCertStore::empty();
+        for c in ca_certs {
+            roots.add(c).map_err(|e| TlsError::Ca { path: ca.clone(), reason: format!("not a usable CA certificate: {e}") })?;
+        }
+        // ring, on purpose (STACK: aws-lc-rs is a slow C build here), as
+        // tonic's `tls-ring` does; rustls deprecates it only to point at
+        // aws-lc-rs's post-quantum key exchange.
+        #[allow(deprecated)]
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Ca { path: ca.clone(), reason: e.to_string() })?;
+        let server_err = |e: &dyn std::error::Error| TlsError::Server { cert: cert.clone(), key: key.clone(), reason: error_chain(e) };
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| server_err(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, private_key)
+            .map_err(|e| server_err(&e))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let material = Material {
+            identity: Identity::from_pem(&contents.cert, &contents.key),
+            ca: Certificate::from_pem(&contents.ca),
+            server: Arc::new(server),
+            contents,
+            cert_expires,
+            ca_expires,
+            generation,
+        };
+        tonic::transport::Endpoint::from_static("https://lockstep.invalid")
+            .tls_config(ClientTlsConfig::new().ca_certificate(material.ca.clone()).identity(material.identity.clone()))
+            .map_err(|e| TlsError::Client { cert: cert.clone(), key: key.clone(), ca: ca.clone(), reason: error_chain(&e) })?;
+        Ok(material)
+    }
+
+    /// The expiry gauges (`lockstep_tls_not_after_seconds{file}`), for
+    /// alerting ahead of the daemon's own warnings.
+    fn export(&self) {
+        for (file, t) in [("certificate", self.cert_expires), ("ca", self.ca_expires)] {
+            if let Some(t) = t {
+                metrics::gauge!("lockstep_tls_not_after_seconds", "file" => file).set(t as f64);
+            }
+        }
+    }
+}
+
+/// The state of [`Tls::watch`]'s thread between polls.
+#[derive(Default)]
+struct Watcher {
+    /// Why the files' current contents were not taken, as last seen: a
+    /// renewal written file by file fails once in passing, so a failure is
+    /// warned about only when the next poll finds it unchanged.
+    failing: Option<String>,
+    warned: bool,
+    /// When each file's expiry was last warned about.
+    expiry_warned: HashMap<&'static str, Instant>,
+}
+
+impl Watcher {
+    fn poll(&mut self, tls: &Tls, every: Duration) {
+        let files = &tls.shared.files;
+        let current = tls.current();
+        let outcome = files.read().and_then(|contents| {
+            if contents == current.contents {
+                Ok(None)
+            } else {
+                Material::build(files, contents, current.generation + 1).map(Some)
+            }
+        });
+        match outcome {
+            Ok(None) => self.failing = None,
+            Ok(Some(material)) => {
+                self.failing = None;
+                let material = Arc::new(material);
+                material.export();
+                *tls.shared.current.write().unwrap_or_else(|p| p.into_inner()) = material.clone();
+                metrics::counter!("lockstep_tls_reloads_total", "result" => "taken").increment(1);
+                info!(
+                    generation = material.generation,
+                    "TLS files changed and check out; new connections use them from now on ({}; connections \
+                     already open keep theirs)",
+                    tls.describe()
+                );
+                self.expiry_warned.clear();
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.failing.as_deref() != Some(why.as_str()) {
+                    self.failing = Some(why);
+                    self.warned = false;
+                } else if !self.warned {
+                    self.warned = true;
+                    metrics::counter!("lockstep_tls_reloads_total", "result" => "refused").increment(1);
+                    warn!(
+                        "the TLS files changed but cannot be used: {why}. Still using those read {}; they are read \
+                         again every {every:?}",
+                        match current.generation {
+                            1 => "at start".to_string(),
+                            g => format!("at reload {}", g - 1),
+                        }
+                    );
+                }
+            }
+        }
+        let now = now_unix();
+        let current = tls.current();
+        for (file, path, expires) in
+            [("certificate", &files.cert, current.cert_expires), ("CA", &files.ca, current.ca_expires)]
+        {
+            let Some(expires) = expires else { continue };
+            if expires - now > EXPIRY_WARN_WITHIN.as_secs() as i64 {
+                continue;
+            }
+            if self.expiry_warned.get(file).is_some_and(|t| t.elapsed() < EXPIRY_WARN_EVERY) {
+                continue;
+            }
+            self.expiry_warned.insert(file, Instant::now());
+            if expires <= now {
+                warn!(
+                    "the TLS {file} {} expired at {}: connections to and from this process will fail. Write a renewed \
+                     one in its place; it is read again within {every:?}",
+                    path.display(),
+                    utc(expires)
+                );
+            } else {
+                warn!(
+                    "the TLS {file} {} expires at {} ({} hours from now): write a renewed one in its place before then; \
+                     it is read again within {every:?}",
+                    path.display(),
+                    utc(expires),
+                    (expires - now) / 3600
+                );
+            }
+        }
+    }
+}
+
+/// Counts events and says when one may be logged: at most once per
+/// interval, with how many were not.
+#[derive(Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl RateLimit {
+    /// `Some(suffix)` if this event may be logged (the suffix tells how many
+    /// were not since the last), else `None`.
+    fn allow(&mut self, every: Duration) -> Option<String> {
+        if self.last.is_some_and(|t| t.elapsed() < every) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        let more = if self.skipped > 0 { format!(" ({} more since the last warning)", self.skipped) } else { String::new() };
+        self.skipped = 0;
+        Some(more)
+    }
+}
+
+/// A certificate's end of validity, in seconds since the Unix epoch.
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch as a UTC time, for messages.
+fn utc(t: i64) -> String {
+    match x509_parser::time::ASN1Time::from_timestamp(t) {
+        Ok(a) => a.to_string(),
+        Err(_) => format!("{t} (Unix time)"),
     }
 }
 
@@ -285,6 +573,26 @@ pub async fn serve(
             router.serve_with_incoming_shutdown(incoming, signal).await
         }
     }
+}
+
+/// What a failed call's transport error says beyond tonic's "transport
+/// error" (the TLS alert of a server that refused this process's
+/// certificate, say), as ": …", with a hint when it is that; empty when
+/// there is nothing more.
+pub fn transport_detail(status: &tonic::Status) -> String {
+    let Some(source) = std::error::Error::source(status) else { return String::new() };
+    let chain = error_chain(source);
+    let chain = chain.strip_prefix("transport error: ").unwrap_or(&chain);
+    if status.message().contains(chain) {
+        return String::new();
+    }
+    let hint = if chain.contains("received fatal alert") {
+        " (the server refused this process's TLS certificate: it must be signed by a CA in the server's --tls-ca and \
+         allow client authentication; the server's log says why)"
+    } else {
+        ""
+    };
+    format!(": {chain}{hint}")
 }
 
 /// The URL scheme of connections made with (`https`) or without (`http`)
@@ -462,6 +770,67 @@ mod tests {
         assert!(e.contains("presented no client certificate") && e.contains("host-3.hosts.example.com"), "{e}");
         let e = names.check("host-3", Some(&[CertificateDer::from(vec![1u8, 2, 3])])).unwrap_err();
         assert!(e.contains("cannot be parsed"), "{e}");
+    }
+
+    /// A CA's certificate and two leaf certificates it signed (with their
+    /// keys), as PEM.
+    fn ca_and_two_leaves() -> (String, [(String, String); 2]) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        (ca_pem, [leaf(), leaf()])
+    }
+
+    #[test]
+    fn changed_files_are_taken_once_they_check_out_and_a_lasting_failure_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, [(cert_a, key_a), (cert_b, key_b)]) = ca_and_two_leaves();
+        let (cert, key, ca) = (write(dir.path(), "node.pem", &cert_a), write(dir.path(), "node.key", &key_a), write(dir.path(), "ca.pem", &ca));
+        let tls = Tls::load(&cert, &key, &ca).unwrap();
+        assert!(tls.current().cert_expires.is_some_and(|t| t > now_unix()), "the expiry is read");
+        let mut watcher = Watcher::default();
+        let every = Duration::from_secs(1);
+        watcher.poll(&tls, every);
+        assert_eq!(tls.generation(), 1, "unchanged files are not taken again");
+
+        // A renewal half written: the new certificate with the old key.
+        std::fs::write(&cert, &cert_b).unwrap();
+        watcher.poll(&tls, every);
+        assert_eq!((tls.generation(), watcher.warned), (1, false), "kept out, not yet reported");
+        assert!(watcher.failing.as_deref().is_some_and(|w| w.contains("node.key")), "{:?}", watcher.failing);
+        watcher.poll(&tls, every);
+        assert_eq!((tls.generation(), watcher.warned), (1, true), "the same failure a second time is reported");
+        watcher.poll(&tls, every);
+        assert_eq!((tls.generation(), watcher.warned), (1, true));
+
+        // The key follows: taken.
+        std::fs::write(&key, &key_b).unwrap();
+        watcher.poll(&tls, every);
+        assert_eq!((tls.generation(), watcher.failing.is_none()), (2, true));
+        let clone = tls.clone();
+        assert_eq!(clone.generation(), 2, "every clone sees the newest");
+
+        // A file gone missing is a failure like any other; the material stays.
+        std::fs::remove_file(&ca).unwrap();
+        watcher.poll(&tls, every);
+        watcher.poll(&tls, every);
+        assert_eq!((tls.generation(), watcher.warned), (2, true));
+    }
+
+    #[test]
+    fn a_rate_limit_lets_the_first_through_and_counts_the_rest() {
+        let mut limit = RateLimit::default();
+        assert_eq!(limit.allow(Duration::from_secs(60)).as_deref(), Some(""));
+        assert_eq!(limit.allow(Duration::from_secs(60)), None);
+        assert_eq!(limit.allow(Duration::from_secs(60)), None);
+        assert_eq!(limit.allow(Duration::ZERO).as_deref(), Some(" (2 more since the last warning)"));
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl TlsFiles {
 }
 
 impl TestCa {
+    /// The CA's certificate (PEM).
+    pub fn pem_text(&self) -> String {
+        std::fs::read_to_string(&self.pem).expect("read CA")
+    }
+
     /// A new CA, its certificate written to `dir/{name}-ca.pem`.
     pub fn new(dir: &Path, name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -76,7 +81,20 @@ impl TestCa {
 
     /// A certificate valid for exactly `sans` (DNS names or IP addresses).
     pub fn issue_only(&self, dir: &Path, name: &str, sans: &[&str]) -> TlsFiles {
+        self.issue_with(dir, name, sans, None)
+    }
+
+    /// [`TestCa::issue`], expiring `valid_for` from now.
+    pub fn issue_expiring(&self, dir: &Path, name: &str, valid_for: std::time::Duration) -> TlsFiles {
+        self.issue_with(dir, name, &["127.0.0.1", "localhost"], Some(valid_for))
+    }
+
+    fn issue_with(&self, dir: &Path, name: &str, sans: &[&str], valid_for: Option<std::time::Duration>) -> TlsFiles {
         let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        if let Some(d) = valid_for {
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+            params.not_after = time::OffsetDateTime::now_utc() + d;
+        }
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("key");

@@ -2,7 +2,8 @@
 //! of three with their host agents, all on `--tls-cert/--tls-key/--tls-ca`
 //! files made here by a test CA; strangers (plaintext, another CA, no
 //! client certificate) turned away and named in the logs; the plaintext
-//! health-only listener; bad files refused at start, naming them.
+//! health-only listener; bad files refused at start, naming them;
+//! certificates and the CA rotated in place while everything runs.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,6 +28,34 @@ async fn wait_log(proc: &Proc, needle: &str, logs: impl Fn() -> String) -> Strin
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until `proc`'s log contains `needle` at least `n` times (bounded).
+async fn wait_log_times(proc: &Proc, needle: &str, n: usize, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proc.log().matches(needle).count() < n {
+        assert!(Instant::now() < deadline, "{} never logged {needle:?} {n} times\n{}", proc.name, logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `body` to `path` whole, by a rename, as a kubelet updates a
+/// mounted Secret or cert-manager's CSI driver a certificate.
+fn replace(path: &Path, body: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `from`'s three files copied over `to`'s, one by one (certificate, key,
+/// CA), as a hand-run renewal would.
+fn copy_files(from: &Files, to: &Files) {
+    for (a, b) in [(&from.cert, &to.cert), (&from.key, &to.key), (&from.ca, &to.ca)] {
+        replace(b, &std::fs::read(a).unwrap());
+    }
+}
+
+/// What a daemon logs when it takes changed TLS files.
+const RELOADED: &str = "TLS files changed and check out";
 
 /// A host agent calling itself host-0 on a data directory of its own
 /// (`name`), dialing `coordinator` with `flags`: it gets no further than
@@ -90,13 +119,19 @@ async fn a_cluster_over_mutual_tls_commits_and_turns_strangers_away() {
 
     // Host agents that do not fit: one speaking plaintext is told to look at
     // its TLS flags; one with another CA's files cannot verify the
-    // coordinator. Neither gets a session.
+    // coordinator. None gets a session.
     let mut plain_host = stranger_host(&c, "plain-host", format!("http://{}", c.addr), Vec::new());
     wait_log(&plain_host, "if the coordinator serves mutual TLS, give this host agent --tls-cert", || c.logs()).await;
     plain_host.kill();
     let mut foreign_host = stranger_host(&c, "foreign-host", c.addr.clone(), stranger.flags());
     wait_log(&foreign_host, "invalid peer certificate: UnknownIssuer", || c.logs()).await;
     foreign_host.kill();
+    // One whose certificate the coordinator refuses hears why (TLS 1.3
+    // tells the client in an alert after its side of the handshake).
+    let mut refused_host = stranger_host(&c, "refused-host", c.addr.clone(), foreign_cert.flags());
+    let log = wait_log(&refused_host, "the server refused this process's TLS certificate", || c.logs()).await;
+    assert!(log.contains("received fatal alert: UnknownCA"), "{log}");
+    refused_host.kill();
 
     // The plaintext health listener answers without a certificate; the
     // hosts' ingest port (health there too) wants TLS like the rest.
@@ -285,4 +320,148 @@ async fn bad_tls_files_stop_the_daemons_at_start_naming_the_file() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--tls-ca"), "{err}");
+}
+
+/// Certificates are renewed, and the cluster moved to a new CA, by writing
+/// the files in place while everything runs: every daemon takes each
+/// change for its new connections (served and dialed) without a restart,
+/// keeps what it had while the files do not check out, and warns about a
+/// certificate that expires soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
+    let certs = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (TestCa::new(certs.path(), "old"), TestCa::new(certs.path(), "new"));
+    let old = old_ca.issue(certs.path(), "old-node");
+    let new = new_ca.issue_expiring(certs.path(), "new-node", Duration::from_secs(3 * 24 * 3600));
+    // The files every daemon reads, rewritten below.
+    let live = tempfile::tempdir().unwrap();
+    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
+    copy_files(&old, &files);
+    let metrics_port = free_port();
+    let reload = ["--tls-reload-ms".to_string(), "100".into()];
+    let mut flags = vec!["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")];
+    flags.extend(reload.clone());
+    let opts = ClusterOpts { hosts: 2, coordinator_flags: flags, ..ClusterOpts::default() };
+    let mut c = Cluster::start_tls(opts, &files, |_| files.clone(), old.clone(), |_, args| args.extend(reload.clone()));
+    c.wait_for("Running on the old CA", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+
+    // 1. Both CAs trusted.
+    replace(&files.ca, format!("{}{}", old_ca.pem_text(), new_ca.pem_text()).as_bytes());
+    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
+        wait_log_times(p, RELOADED, 1, || c.logs()).await;
+    }
+
+    // 2. A renewal stuck half way (the new certificate, the old key): not
+    // taken, said so, and the daemons go on with what they had.
+    replace(&files.cert, &std::fs::read(&new.cert).unwrap());
+    let log = wait_log(&c.coordinator, "the TLS files changed but cannot be used", || c.logs()).await;
+    assert!(log.contains("node.key") && log.contains("Still using those read at reload 1"), "{log}");
+    status_at_with(&c.addr, Some(&old)).await.expect("served with the old certificate meanwhile");
+
+    // 3. The key follows: the new certificate is served, and expires soon.
+    replace(&files.key, &std::fs::read(&new.key).unwrap());
+    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
+        wait_log_times(p, RELOADED, 2, || c.logs()).await;
+    }
+    let trusting_only_new = Files { ca: new_ca.pem.clone(), ..new.clone() };
+    status_at_with(&c.addr, Some(&trusting_only_new)).await.expect("the renewed certificate served");
+    let log = wait_log(&c.coordinator, "hours from now): write a renewed one", || c.logs()).await;
+    assert!(log.contains(&format!("the TLS certificate {} expires at", files.cert.display())), "{log}");
+
+    // 4. The old CA dropped: its certificates are refused from now on.
+    replace(&files.ca, new_ca.pem_text().as_bytes());
+    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
+        wait_log_times(p, RELOADED, 3, || c.logs()).await;
+    }
+    assert!(status_at_with(&c.addr, Some(&old)).await.is_err(), "a certificate of the dropped CA was taken");
+    let metrics = scrape_metrics(&format!("127.0.0.1:{metrics_port}"));
+    let get = |k: &str| metrics.get(k).copied().unwrap_or(-1.0);
+    assert_eq!(get("lockstep_tls_reloads_total{result=\"taken\"}"), 3.0, "{metrics:?}");
+    assert_eq!(get("lockstep_tls_reloads_total{result=\"refused\"}"), 1.0, "{metrics:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    let expires = get("lockstep_tls_not_after_seconds{file=\"certificate\"}");
+    assert!((expires - (now + 3.0 * 24.0 * 3600.0)).abs() < 7200.0, "certificate expiry exported as {expires}, now {now}");
+
+    // 5. The hosts dial with what they took too: a restarted coordinator,
+    // which knows only the new CA, gets them back.
+    c.client_tls = Some(trusting_only_new);
+    let before = c.wait_for("commits on the new files", LONG, |s| s.pipeline_state == "Running").await;
+    c.coordinator.kill();
+    c.coordinator.start();
+    c.wait_for("Running again, hosts on their renewed files", LONG, |s| {
+        s.pipeline_state == "Running" && s.last_committed_tid >= before.last_committed_tid + 5
+    })
+    .await;
+    c.stop_cleanly_and_check_sinks().await;
+}
+
+/// The raft group's peer connections take renewed files too: a member
+/// restarted after the group moved to a new CA is replicated to and votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
+    let certs = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (TestCa::new(certs.path(), "old"), TestCa::new(certs.path(), "new"));
+    let (old, new) = (old_ca.issue(certs.path(), "old-node"), new_ca.issue(certs.path(), "new-node"));
+    let live = tempfile::tempdir().unwrap();
+    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
+    copy_files(&old, &files);
+    let reload = ["--tls-reload-ms".to_string(), "100".into()];
+    let opts = ClusterOpts { hosts: 2, ..ClusterOpts::default() };
+    let with_files = |args: &mut Vec<String>| {
+        args.extend(files.flags());
+        args.extend(reload.clone());
+    };
+    let mut g = Group::start_nodes_with(3, opts, |_, args| with_files(args), |_, args| {
+        files.apply_to_host(args);
+        args.extend(reload.clone());
+    });
+    let addrs = g.addrs.clone();
+    let (leader, _) = wait_leader_among(&g.nodes, &addrs, Some(&old), "a leader on the old CA", LONG, |s| {
+        s.pipeline_state == "Running" && s.last_committed_tid >= 5
+    }, || g.logs())
+    .await;
+
+    // Both CAs, then the new files (certificate and key in one go, as a
+    // Secret's update), then the new CA alone; every daemon takes each.
+    replace(&files.ca, format!("{}{}", old_ca.pem_text(), new_ca.pem_text()).as_bytes());
+    for p in g.nodes.iter().chain(&g.hosts) {
+        wait_log_times(p, RELOADED, 1, || g.logs()).await;
+    }
+    copy_files(&Files { ca: files.ca.clone(), ..new.clone() }, &files);
+    for p in g.nodes.iter().chain(&g.hosts) {
+        wait_log_times(p, RELOADED, 2, || g.logs()).await;
+    }
+    replace(&files.ca, new_ca.pem_text().as_bytes());
+    for p in g.nodes.iter().chain(&g.hosts) {
+        wait_log_times(p, RELOADED, 3, || g.logs()).await;
+    }
+
+    // A follower restarted now trusts only the new CA: the leader reaches
+    // it only by dialing with its renewed certificate.
+    let follower = (leader + 1) % 3;
+    g.nodes[follower].kill();
+    g.nodes[follower].start();
+    let at_restart = status_at_with(&addrs[leader], Some(&new)).await.expect("leader status").last_committed_tid;
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Ok(f) = status_at_with(&addrs[follower], Some(&new)).await {
+            if f.last_committed_tid >= at_restart + 5 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the restarted follower was not replicated to\n{}", g.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the group elects among the restarted member and the third.
+    g.nodes[leader].kill();
+    let (next, s) = wait_leader_among(&g.nodes, &addrs, Some(&new), "a new leader on the new CA", LONG, |s| {
+        s.pipeline_state == "Running" && s.last_committed_tid >= at_restart + 10
+    }, || g.logs())
+    .await;
+    assert_ne!(next, leader);
+    for h in &mut g.hosts {
+        assert_eq!(h.terminate(), Some(0), "{}", h.log());
+    }
+    let committed = status_at_with(&addrs[next], Some(&new)).await.expect("status").last_committed_tid.max(s.last_committed_tid);
+    check_sinks_of(&g.opts, |i| g.sink(i), committed);
 }

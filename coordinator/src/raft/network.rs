@@ -2,8 +2,10 @@
 //!
 //! - Client side: [`TonicNetwork`] is the `RaftNetworkFactory`. It keeps one
 //!   lazily connected tonic [`Channel`] per peer address (a channel
-//!   reconnects by itself after the peer comes back), and hands openraft a
-//!   [`PeerClient`] per replication stream or vote. Transport failures map
+//!   reconnects by itself after the peer comes back, and is made anew when
+//!   the TLS files change, so that renewed certificates reach the peers),
+//!   and hands openraft a [`PeerClient`] per replication stream or vote,
+//!   which takes the address's channel at each RPC. Transport failures map
 //!   to openraft errors: a peer that cannot be reached (connection refused,
 //!   reset, DNS, a stopped raft node behind a live server) is `Unreachable`,
 //!   so openraft's replication backs off ([`RaftNetwork::backoff`]) instead
@@ -58,8 +60,9 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// member's `BasicNode::addr` (its coordinator gRPC address).
 #[derive(Clone, Default)]
 pub struct TonicNetwork {
-    /// One channel per peer address, shared by every client for that peer.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// One channel per peer address, shared by every client for that peer,
+    /// with the TLS generation it was made with (0 for plaintext).
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Mutual TLS towards every peer, or plaintext.
     tls: Option<lockstep_host_agent::tls::Tls>,
 }
@@ -70,9 +73,12 @@ impl TonicNetwork {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+        if let Some((g, c)) = channels.get(addr) {
+            if *g == generation {
+                return Ok(c.clone());
+            }
         }
         let uri = if addr.contains("://") {
             addr.to_string()
@@ -92,9 +98,10 @@ impl TonicNetwork {
                 .map_err(|e| format!("TLS towards peer {addr} ({}): {}", tls.describe(), lockstep_host_agent::runtime::error_chain(&e)))?;
         }
         // Lazy: nothing is dialed until the first RPC, and a failed dial is
-        // retried on the next one.
+        // retried on the next one. A channel replaced here closes once the
+        // RPCs still using it finish.
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(addr.to_string(), (generation, channel.clone()));
         Ok(channel)
     }
 }
@@ -103,16 +110,7 @@ impl RaftNetworkFactory<TypeConfig> for TonicNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = self.channel(&node.addr).map(|c| {
-            RaftPeerClient::new(c)
-                .max_decoding_message_size(MAX_PEER_MESSAGE)
-                .max_encoding_message_size(MAX_PEER_MESSAGE)
-        });
-        PeerClient {
-            target,
-            node: node.clone(),
-            client,
-        }
+        PeerClient { target, node: node.clone(), network: self.clone() }
     }
 }
 
@@ -120,9 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for TonicNetwork {
 pub struct PeerClient {
     target: NodeId,
     node: BasicNode,
-    /// `Err` when the peer's address cannot even be parsed: every RPC is
-    /// then `Unreachable` with that reason.
-    client: Result<RaftPeerClient<Channel>, String>,
+    network: TonicNetwork,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -150,7 +146,7 @@ impl PeerClient {
     /// as `Unavailable`, and the peer service answers `Unavailable` when its
     /// raft node has stopped) are `Unreachable`; the rest are network errors.
     fn status<E: std::error::Error>(&self, rpc: &str, s: Status) -> RpcErr<E> {
-        let why = format!("{:?}: {}", s.code(), s.message());
+        let why = format!("{:?}: {}{}", s.code(), s.message(), lockstep_host_agent::tls::transport_detail(&s));
         match s.code() {
             Code::Unavailable => self.unreachable(rpc, &why),
             // tonic reports some connection-level failures (a reset stream,
@@ -175,9 +171,13 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let rpc = kind.name();
-        let mut client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(why) => return Err(self.unreachable(rpc, &why.clone())),
+        // Every call asks for the channel: an address that cannot even be
+        // parsed is `Unreachable` with that reason.
+        let mut client = match self.network.channel(&self.node.addr) {
+            Ok(c) => RaftPeerClient::new(c)
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+            Err(why) => return Err(self.unreachable(rpc, &why)),
         };
         let body = serde_json::to_vec(req)
             .map_err(|e| self.network(rpc, &format!("encoding the request: {e}")))?;
