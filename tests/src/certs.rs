@@ -38,6 +38,15 @@ impl TlsFiles {
         args.extend(self.flags());
     }
 
+    /// Copies these three files over `to`'s, each written whole and renamed
+    /// into place (as a kubelet updates a mounted Secret, or cert-manager's
+    /// CSI driver a certificate), in the order certificate, key, CA.
+    pub fn copy_to(&self, to: &TlsFiles) {
+        for (from, into) in [(&self.cert, &to.cert), (&self.key, &to.key), (&self.ca, &to.ca)] {
+            replace_file(into, &std::fs::read(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())));
+        }
+    }
+
     /// A tonic client configuration presenting these files.
     pub fn client(&self) -> ClientTlsConfig {
         let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -45,6 +54,13 @@ impl TlsFiles {
             .ca_certificate(Certificate::from_pem(read(&self.ca)))
             .identity(Identity::from_pem(read(&self.cert), read(&self.key)))
     }
+}
+
+/// Writes `body` to `path` whole, by a rename.
+pub fn replace_file(path: &Path, body: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, body).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 impl TestCa {

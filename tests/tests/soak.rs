@@ -35,13 +35,17 @@
 //! Knobs (environment): `LOCKSTEP_SOAK_CYCLES` (100), `LOCKSTEP_SOAK_MINUTES`
 //! (10; no new cycle starts after that), `LOCKSTEP_SOAK_SEED`,
 //! `LOCKSTEP_SOAK_PIPELINE_DEPTH` (1: one transaction at a time; more runs
-//! the pipelined commit path).
+//! the pipelined commit path), `LOCKSTEP_SOAK_TLS=1` (every daemon on
+//! mutual TLS, reading one set of files every 200 ms, and one more fault:
+//! the certificate renewed in place, which the daemons take without a
+//! restart and every later connection uses).
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use lockstep_proto::v1::Status;
+use lockstep_tests::certs::{TestCa, TlsFiles};
 use lockstep_tests::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -58,6 +62,55 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
+/// `LOCKSTEP_SOAK_TLS=1`: the daemons' files, rewritten by
+/// `Fault::RenewCertificate`, and the CA that signs each renewal.
+struct SoakTls {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    /// What every daemon's flags name.
+    live: TlsFiles,
+    /// What the soak's own status calls present.
+    client: TlsFiles,
+    renewals: u64,
+}
+
+/// How often the daemons re-read their TLS files in the soak.
+const TLS_RELOAD: [&str; 2] = ["--tls-reload-ms", "200"];
+
+impl SoakTls {
+    fn from_env() -> Option<SoakTls> {
+        if env_u64("LOCKSTEP_SOAK_TLS", 0) == 0 {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new(dir.path(), "soak");
+        let first = ca.issue(dir.path(), "node-0");
+        let live = TlsFiles { cert: dir.path().join("node.pem"), key: dir.path().join("node.key"), ca: dir.path().join("ca.pem") };
+        first.copy_to(&live);
+        let client = ca.issue(dir.path(), "operator");
+        Some(SoakTls { dir, ca, live, client, renewals: 0 })
+    }
+
+    /// A coordinator's flags with the live files.
+    fn coordinator(&self, args: &mut Vec<String>) {
+        args.extend(self.live.flags());
+        args.extend(TLS_RELOAD.map(String::from));
+    }
+
+    /// A host's.
+    fn host(&self, args: &mut Vec<String>) {
+        self.live.apply_to_host(args);
+        args.extend(TLS_RELOAD.map(String::from));
+    }
+
+    /// A new certificate and key from the same CA over the live files.
+    fn renew(&mut self) {
+        self.renewals += 1;
+        let fresh = self.ca.issue(self.dir.path(), &format!("node-{}", self.renewals));
+        TlsFiles { ca: self.live.ca.clone(), ..fresh }.copy_to(&self.live);
+    }
+}
+
 fn opts() -> ClusterOpts {
     ClusterOpts {
         commit_interval_ms: 20,
@@ -71,8 +124,21 @@ fn opts() -> ClusterOpts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run with --ignored --nocapture; LOCKSTEP_SOAK_CYCLES, _MINUTES, _SEED, _PIPELINE_DEPTH"]
 async fn single_coordinator_random_faults_always_recover_with_exactly_once_output() {
-    let mut c = Cluster::start(opts());
-    let daemons = Daemons { coordinators: std::slice::from_mut(&mut c.coordinator), addrs: std::slice::from_ref(&c.addr), hosts: &mut c.hosts };
+    let mut tls = SoakTls::from_env();
+    let mut c = match &tls {
+        Some(t) => {
+            let mut opts = opts();
+            opts.coordinator_flags.extend(TLS_RELOAD.map(String::from));
+            Cluster::start_tls(opts, &t.live, |_| t.live.clone(), t.client.clone(), |_, args| args.extend(TLS_RELOAD.map(String::from)))
+        }
+        None => Cluster::start(opts()),
+    };
+    let daemons = Daemons {
+        coordinators: std::slice::from_mut(&mut c.coordinator),
+        addrs: std::slice::from_ref(&c.addr),
+        hosts: &mut c.hosts,
+        tls: tls.as_mut(),
+    };
     let outcome = AssertUnwindSafe(soak(daemons, &c.opts)).catch_unwind().await;
     match outcome {
         Ok(committed) => check_sinks_of(&c.opts, |i| c.sink(i), committed),
@@ -83,8 +149,12 @@ async fn single_coordinator_random_faults_always_recover_with_exactly_once_outpu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run with --ignored --nocapture; LOCKSTEP_SOAK_CYCLES, _MINUTES, _SEED, _PIPELINE_DEPTH"]
 async fn replicated_coordinator_random_faults_always_recover_with_exactly_once_output() {
-    let mut g = Group::start(3, opts());
-    let daemons = Daemons { coordinators: &mut g.nodes, addrs: &g.addrs, hosts: &mut g.hosts };
+    let mut tls = SoakTls::from_env();
+    let mut g = match &tls {
+        Some(t) => Group::start_nodes_with(3, opts(), |_, args| t.coordinator(args), |_, args| t.host(args)),
+        None => Group::start(3, opts()),
+    };
+    let daemons = Daemons { coordinators: &mut g.nodes, addrs: &g.addrs, hosts: &mut g.hosts, tls: tls.as_mut() };
     let outcome = AssertUnwindSafe(soak(daemons, &g.opts)).catch_unwind().await;
     match outcome {
         Ok(committed) => check_sinks_of(&g.opts, |i| g.sink(i), committed),
@@ -109,6 +179,7 @@ struct Daemons<'a> {
     coordinators: &'a mut [Proc],
     addrs: &'a [String],
     hosts: &'a mut [Proc],
+    tls: Option<&'a mut SoakTls>,
 }
 
 impl Daemons<'_> {
@@ -125,7 +196,8 @@ impl Daemons<'_> {
     /// `RECOVERY`.
     async fn wait_leader(&self, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
         let over = |s: &Status| s.pipeline_state == "Failed" || s.pipeline_state == "Stopped";
-        wait_leader_among(self.coordinators, self.addrs, None, what, RECOVERY, |s| over(s) || pred(s), || self.logs()).await
+        let client = self.tls.as_ref().map(|t| &t.client);
+        wait_leader_among(self.coordinators, self.addrs, client, what, RECOVERY, |s| over(s) || pred(s), || self.logs()).await
     }
 }
 
@@ -155,11 +227,18 @@ enum Fault {
     /// once more without the fault, as an orchestrator would once the disk
     /// has room again.
     DiskFull { host: usize, sink: bool, ahead: u64 },
+    /// (With TLS) a new certificate and key from the same CA written over
+    /// the files every daemon reads: taken within a poll, without a
+    /// restart, and used by every connection made after it.
+    RenewCertificate,
 }
 
 impl Fault {
     /// `leader`: the coordinator that led last.
-    fn draw(rng: &mut StdRng, hosts: usize, coordinators: usize, leader: usize) -> Fault {
+    fn draw(rng: &mut StdRng, hosts: usize, coordinators: usize, leader: usize, tls: bool) -> Fault {
+        if tls && rng.random_bool(0.1) {
+            return Fault::RenewCertificate;
+        }
         let host = rng.random_range(0..hosts);
         let other = if coordinators > 1 { (leader + rng.random_range(1..coordinators)) % coordinators } else { leader };
         match rng.random_range(0..100) {
@@ -207,6 +286,7 @@ impl Fault {
 
     async fn inject(&self, d: &mut Daemons<'_>) {
         match self {
+            Fault::RenewCertificate => d.tls.as_mut().expect("drawn only with TLS").renew(),
             Fault::KillHost(i) => {
                 d.hosts[*i].kill();
                 d.hosts[*i].start();
@@ -298,10 +378,11 @@ async fn soak(mut d: Daemons<'_>, opts: &ClusterOpts) -> u64 {
     let budget = Duration::from_secs(60 * env_u64("LOCKSTEP_SOAK_MINUTES", 10));
     let seed = env_u64("LOCKSTEP_SOAK_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
     eprintln!(
-        "soak: {} coordinator(s), {} hosts, seed {seed} (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}, pipeline depth {}",
+        "soak: {} coordinator(s), {} hosts, seed {seed} (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}, pipeline depth {}{}",
         d.coordinators.len(),
         d.hosts.len(),
-        opts.pipeline_depth
+        opts.pipeline_depth,
+        if d.tls.is_some() { ", mutual TLS" } else { "" }
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
@@ -313,14 +394,14 @@ async fn soak(mut d: Daemons<'_>, opts: &ClusterOpts) -> u64 {
         // Anywhere in a transaction (20 ms), a checkpoint or the steps
         // between: the point of the fault is random, not its detection.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
-        let fault = Fault::draw(&mut rng, hosts, coordinators, leader);
+        let fault = Fault::draw(&mut rng, hosts, coordinators, leader, d.tls.is_some());
         let mut new_epoch = fault.needs_new_epoch();
         eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, leader {leader}");
         fault.inject(&mut d).await;
         if rng.random_bool(0.2) {
             // A second fault while the first is being recovered from.
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            let second = Fault::draw(&mut rng, hosts, coordinators, leader);
+            let second = Fault::draw(&mut rng, hosts, coordinators, leader, d.tls.is_some());
             new_epoch |= second.needs_new_epoch();
             eprintln!("soak: cycle {done}: then {second:?} during the recovery");
             second.inject(&mut d).await;
@@ -334,7 +415,8 @@ async fn soak(mut d: Daemons<'_>, opts: &ClusterOpts) -> u64 {
         done += 1;
     }
     let (_, s) = d.wait_leader("a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
-    eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}", started.elapsed(), s.last_committed_tid, s.epoch);
+    let renewals = d.tls.as_ref().map_or(String::new(), |t| format!("; {} certificate renewals", t.renewals));
+    eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}{renewals}", started.elapsed(), s.last_committed_tid, s.epoch);
     for p in d.hosts.iter_mut().chain(d.coordinators.iter_mut()) {
         assert_eq!(p.terminate(), Some(0), "{} exits cleanly on SIGTERM at the end", p.name);
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
 use lockstep_proto::v1::admin_client::AdminClient;
-use lockstep_tests::certs::{TestCa, TlsFiles as Files};
+use lockstep_tests::certs::{replace_file as replace, TestCa, TlsFiles as Files};
 use lockstep_tests::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -35,22 +35,6 @@ async fn wait_log_times(proc: &Proc, needle: &str, n: usize, logs: impl Fn() -> 
     while proc.log().matches(needle).count() < n {
         assert!(Instant::now() < deadline, "{} never logged {needle:?} {n} times\n{}", proc.name, logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Writes `body` to `path` whole, by a rename, as a kubelet updates a
-/// mounted Secret or cert-manager's CSI driver a certificate.
-fn replace(path: &Path, body: &[u8]) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// `from`'s three files copied over `to`'s, one by one (certificate, key,
-/// CA), as a hand-run renewal would.
-fn copy_files(from: &Files, to: &Files) {
-    for (a, b) in [(&from.cert, &to.cert), (&from.key, &to.key), (&from.ca, &to.ca)] {
-        replace(b, &std::fs::read(a).unwrap());
     }
 }
 
@@ -336,7 +320,7 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
     // The files every daemon reads, rewritten below.
     let live = tempfile::tempdir().unwrap();
     let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
-    copy_files(&old, &files);
+    old.copy_to(&files);
     let metrics_port = free_port();
     let reload = ["--tls-reload-ms".to_string(), "100".into()];
     let mut flags = vec!["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")];
@@ -404,7 +388,7 @@ async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
     let (old, new) = (old_ca.issue(certs.path(), "old-node"), new_ca.issue(certs.path(), "new-node"));
     let live = tempfile::tempdir().unwrap();
     let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
-    copy_files(&old, &files);
+    old.copy_to(&files);
     let reload = ["--tls-reload-ms".to_string(), "100".into()];
     let opts = ClusterOpts { hosts: 2, ..ClusterOpts::default() };
     let with_files = |args: &mut Vec<String>| {
@@ -427,7 +411,7 @@ async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
     for p in g.nodes.iter().chain(&g.hosts) {
         wait_log_times(p, RELOADED, 1, || g.logs()).await;
     }
-    copy_files(&Files { ca: files.ca.clone(), ..new.clone() }, &files);
+    Files { ca: files.ca.clone(), ..new.clone() }.copy_to(&files);
     for p in g.nodes.iter().chain(&g.hosts) {
         wait_log_times(p, RELOADED, 2, || g.logs()).await;
     }
