@@ -223,8 +223,7 @@ impl Tls {
     /// this identity (the newest the files gave). The server's name is
     /// checked against the host in the URL.
     pub fn client(&self) -> ClientTlsConfig {
-        let m = self.current();
-        ClientTlsConfig::new().ca_certificate(m.ca.clone()).identity(m.identity.clone())
+        self.current().client()
     }
 
     /// Re-reads the files every `every` on a thread of its own, for as long
@@ -406,9 +405,14 @@ impl Material {
             generation,
         };
         tonic::transport::Endpoint::from_static("https://lockstep.invalid")
-            .tls_config(ClientTlsConfig::new().ca_certificate(material.ca.clone()).identity(material.identity.clone()))
+            .tls_config(material.client())
             .map_err(|e| TlsError::Client { cert: cert.clone(), key: key.clone(), ca: ca.clone(), reason: error_chain(&e) })?;
         Ok(material)
+    }
+
+    /// Tonic's client configuration: trust the CA, present the identity.
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone())
     }
 
     /// The expiry gauges (`lockstep_tls_not_after_seconds{file}`), for
@@ -515,8 +519,8 @@ impl Watcher {
 
 /// Counts events and says when one may be logged: at most once per
 /// interval, with how many were not.
-#[derive(Default)]
-struct RateLimit {
+#[derive(Debug, Default)]
+pub struct RateLimit {
     last: Option<Instant>,
     skipped: u64,
 }
@@ -524,7 +528,7 @@ struct RateLimit {
 impl RateLimit {
     /// `Some(suffix)` if this event may be logged (the suffix tells how many
     /// were not since the last), else `None`.
-    fn allow(&mut self, every: Duration) -> Option<String> {
+    pub fn allow(&mut self, every: Duration) -> Option<String> {
         if self.last.is_some_and(|t| t.elapsed() < every) {
             self.skipped += 1;
             return None;

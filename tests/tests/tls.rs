@@ -16,25 +16,30 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Waits until `proc`'s log contains `needle` (bounded).
+/// Waits until `proc`'s log contains `needle` (bounded); returns the log.
 async fn wait_log(proc: &Proc, needle: &str, logs: impl Fn() -> String) -> String {
+    wait_log_times(proc, needle, 1, logs).await
+}
+
+/// Waits until `proc`'s log contains `needle` at least `n` times
+/// (bounded); returns the log.
+async fn wait_log_times(proc: &Proc, needle: &str, n: usize, logs: impl Fn() -> String) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = proc.log();
-        if log.contains(needle) {
+        if log.matches(needle).count() >= n {
             return log;
         }
-        assert!(Instant::now() < deadline, "{} never logged {needle:?}\n{}", proc.name, logs());
+        assert!(Instant::now() < deadline, "{} never logged {needle:?} {n} times\n{}", proc.name, logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Waits until `proc`'s log contains `needle` at least `n` times (bounded).
-async fn wait_log_times(proc: &Proc, needle: &str, n: usize, logs: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proc.log().matches(needle).count() < n {
-        assert!(Instant::now() < deadline, "{} never logged {needle:?} {n} times\n{}", proc.name, logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until every one of `daemons` has taken changed TLS files `n`
+/// times since it started.
+async fn every_one_reloaded<'p>(daemons: impl IntoIterator<Item = &'p Proc>, n: usize, logs: impl Fn() -> String) {
+    for p in daemons {
+        wait_log_times(p, RELOADED, n, &logs).await;
     }
 }
 
@@ -331,9 +336,7 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
 
     // 1. Both CAs trusted.
     replace(&files.ca, format!("{}{}", old_ca.pem_text(), new_ca.pem_text()).as_bytes());
-    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
-        wait_log_times(p, RELOADED, 1, || c.logs()).await;
-    }
+    every_one_reloaded(std::iter::once(&c.coordinator).chain(&c.hosts), 1, || c.logs()).await;
 
     // 2. A renewal stuck half way (the new certificate, the old key): not
     // taken, said so, and the daemons go on with what they had.
@@ -344,9 +347,7 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
 
     // 3. The key follows: the new certificate is served, and expires soon.
     replace(&files.key, &std::fs::read(&new.key).unwrap());
-    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
-        wait_log_times(p, RELOADED, 2, || c.logs()).await;
-    }
+    every_one_reloaded(std::iter::once(&c.coordinator).chain(&c.hosts), 2, || c.logs()).await;
     let trusting_only_new = Files { ca: new_ca.pem.clone(), ..new.clone() };
     status_at_with(&c.addr, Some(&trusting_only_new)).await.expect("the renewed certificate served");
     let log = wait_log(&c.coordinator, "hours from now): write a renewed one", || c.logs()).await;
@@ -354,9 +355,7 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
 
     // 4. The old CA dropped: its certificates are refused from now on.
     replace(&files.ca, new_ca.pem_text().as_bytes());
-    for p in std::iter::once(&c.coordinator).chain(&c.hosts) {
-        wait_log_times(p, RELOADED, 3, || c.logs()).await;
-    }
+    every_one_reloaded(std::iter::once(&c.coordinator).chain(&c.hosts), 3, || c.logs()).await;
     assert!(status_at_with(&c.addr, Some(&old)).await.is_err(), "a certificate of the dropped CA was taken");
     let metrics = scrape_metrics(&format!("127.0.0.1:{metrics_port}"));
     let get = |k: &str| metrics.get(k).copied().unwrap_or(-1.0);
@@ -408,17 +407,11 @@ async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
     // Both CAs, then the new files (certificate and key in one go, as a
     // Secret's update), then the new CA alone; every daemon takes each.
     replace(&files.ca, format!("{}{}", old_ca.pem_text(), new_ca.pem_text()).as_bytes());
-    for p in g.nodes.iter().chain(&g.hosts) {
-        wait_log_times(p, RELOADED, 1, || g.logs()).await;
-    }
+    every_one_reloaded(g.nodes.iter().chain(&g.hosts), 1, || g.logs()).await;
     Files { ca: files.ca.clone(), ..new.clone() }.copy_to(&files);
-    for p in g.nodes.iter().chain(&g.hosts) {
-        wait_log_times(p, RELOADED, 2, || g.logs()).await;
-    }
+    every_one_reloaded(g.nodes.iter().chain(&g.hosts), 2, || g.logs()).await;
     replace(&files.ca, new_ca.pem_text().as_bytes());
-    for p in g.nodes.iter().chain(&g.hosts) {
-        wait_log_times(p, RELOADED, 3, || g.logs()).await;
-    }
+    every_one_reloaded(g.nodes.iter().chain(&g.hosts), 3, || g.logs()).await;
 
     // A follower restarted now trusts only the new CA: the leader reaches
     // it only by dialing with its renewed certificate.
@@ -426,16 +419,10 @@ async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
     g.nodes[follower].kill();
     g.nodes[follower].start();
     let at_restart = status_at_with(&addrs[leader], Some(&new)).await.expect("leader status").last_committed_tid;
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Ok(f) = status_at_with(&addrs[follower], Some(&new)).await {
-            if f.last_committed_tid >= at_restart + 5 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the restarted follower was not replicated to\n{}", g.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status_with(&addrs[follower], Some(&new), "the restarted follower replicated to", LONG, |f| {
+        f.last_committed_tid >= at_restart + 5
+    }, || g.logs())
+    .await;
     // And the group elects among the restarted member and the third.
     g.nodes[leader].kill();
     let (next, s) = wait_leader_among(&g.nodes, &addrs, Some(&new), "a new leader on the new CA", LONG, |s| {

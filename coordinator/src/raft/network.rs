@@ -253,7 +253,14 @@ pub struct PeerService {
     /// With mutual TLS: a caller must hold a certificate valid for a
     /// member's address ([`PeerService::authorize`]).
     members_only: bool,
+    /// Refusals are logged at most every [`REFUSAL_LOG_EVERY`]: a member
+    /// whose certificate lacks its own address would otherwise log one per
+    /// heartbeat.
+    refusals: Arc<Mutex<lockstep_host_agent::tls::RateLimit>>,
 }
+
+/// See [`PeerService::refusals`].
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl PeerService {
     /// With mutual TLS, a raft RPC is taken only from a certificate valid
@@ -277,7 +284,10 @@ impl PeerService {
         let hosts = || membership.nodes().map(|(_, n)| host_of(&n.addr));
         let certs = req.peer_certs();
         lockstep_host_agent::tls::check_any_name("the caller", hosts(), certs.as_deref().map(|c| c.as_slice())).map_err(|why| {
-            tracing::warn!(peer = ?req.remote_addr(), "raft {what} refused: the caller's certificate names no member of the group ({why})");
+            let logged = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).allow(REFUSAL_LOG_EVERY);
+            if let Some(more) = logged {
+                tracing::warn!(peer = ?req.remote_addr(), "raft {what} refused: the caller's certificate names no member of the group ({why}){more}");
+            }
             Status::permission_denied(format!(
                 "raft {what} is taken only from a member of the coordinator group, whose certificate is valid for its \
                  address ({}); {why}",
@@ -327,7 +337,7 @@ impl Default for LeaderContact {
 
 /// The tonic server for [`PeerService`], with the peer message limit.
 pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>, members_only: bool) -> RaftPeerServer<PeerService> {
-    RaftPeerServer::new(PeerService { raft, contact, members_only })
+    RaftPeerServer::new(PeerService { raft, contact, members_only, refusals: Arc::default() })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
