@@ -559,7 +559,9 @@ fn main() -> anyhow::Result<()> {
             .build()
     }
     .context("starting the async runtime")?;
-    runtime.block_on(run(cli.command))
+    let result = runtime.block_on(run(cli.command));
+    lockstep_host_agent::signals::exit_now(runtime);
+    result
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).

@@ -1644,7 +1644,7 @@ pub async fn serve(
             }
         }
     };
-    let router = tonic::transport::Server::builder()
+    let router = lockstep_host_agent::drain::server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

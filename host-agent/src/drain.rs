@@ -7,6 +7,10 @@
 //! began, the calls still open get `grace` to end; then the server future
 //! is dropped, which closes them, and the daemon goes on stopping. Both
 //! daemons (the coordinator and the host agent) serve through this.
+//!
+//! While they run, [`server`] keeps dead clients from piling up the same
+//! way: a client that vanished without closing its connection is dropped
+//! after a few seconds of unanswered pings.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +20,22 @@ use tracing::warn;
 
 /// How long a stopping daemon's server waits for open calls to end.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a daemon's server pings each client connection, and how long
+/// it waits for the answer before it drops the connection.
+pub const CLIENT_PING: Duration = Duration::from_secs(1);
+pub const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server builder both daemons' gRPC listeners start from: HTTP/2 pings
+/// on every accepted connection. A client that vanished without a FIN (its
+/// node lost power, a partition moved its address, a pod was deleted
+/// mid-call) otherwise stays open on the server until TCP gives up, hours
+/// later, and a call it left half-sent (a raft AppendEntries cut off
+/// mid-body) holds the next stop for the whole drain grace. The clients
+/// already ping the servers the same way.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().http2_keepalive_interval(Some(CLIENT_PING)).http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
+}
 
 /// The shutdown signal `serve` hands to tonic.
 pub type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -205,9 +205,9 @@ fn main() -> anyhow::Result<()> {
         lockstep_host_agent::metrics::install_prometheus(addr).map_err(|e| anyhow::anyhow!("host agent {}: {e}", args.host_id))?;
         tracing::info!(host = %args.host_id, %addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
-    runtime
-        .block_on(run_reference(config, reference, stop))
-        .with_context(|| format!("host agent {} failed", args.host_id))
+    let result = runtime.block_on(run_reference(config, reference, stop));
+    lockstep_host_agent::signals::exit_now(runtime);
+    result.with_context(|| format!("host agent {} failed", args.host_id))
 }
 
 /// `--replay-start-on-stdin`: says it is ready on stdout, then waits for a

@@ -335,7 +335,7 @@ fn spawn_server(
             health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         };
         let served = crate::drain::serve_with_bounded_drain("the ingest API server", stopped, crate::drain::DRAIN_GRACE, |signal| {
-            crate::tls::serve(tonic::transport::Server::builder().add_routes(routes), listener, tls, "ingest", signal)
+            crate::tls::serve(crate::drain::server().add_routes(routes), listener, tls, "ingest", signal)
         })
         .await;
         if let Some(Err(e)) = served {

@@ -17,6 +17,8 @@
 //! a cold page cache) ran on until the orchestrator's SIGKILL: the
 //! container test's `docker stop` right after `docker start` waited out
 //! its 30 s grace.
+//!
+//! At the other end, [`exit_now`] keeps a stopped daemon from lingering.
 
 use std::future::Future;
 
@@ -70,6 +72,23 @@ pub fn stop_requested() -> std::io::Result<impl Future<Output = &'static str> + 
             _ = interrupt.recv() => "SIGINT (Ctrl-C)",
         }
     })
+}
+
+/// How long a stopped daemon waits for its runtime's leftover blocking
+/// work before it exits anyway.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Shuts `runtime` down once the daemon's own stop has finished (everything
+/// it must write is written by then), without waiting for blocking work
+/// nothing awaits any more. That work is a name lookup: dialing a peer or a
+/// coordinator resolves its name on the runtime's blocking pool, and when
+/// the name is gone and DNS cannot be reached (the peer's container
+/// stopped, a partition) the lookup blocks for the resolver's whole
+/// timeout (10 s in the container tests' internal networks, more with
+/// Kubernetes' search domains). Dropping the runtime waits for it: both
+/// daemons logged "stopped" and then took 10 s to exit.
+pub fn exit_now(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(EXIT_GRACE);
 }
 
 #[cfg(test)]

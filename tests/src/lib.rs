@@ -17,6 +17,7 @@ use lockstep_proto::v1::admin_client::AdminClient;
 use lockstep_proto::v1 as pb;
 
 pub mod certs;
+pub mod docker;
 
 /// Builds the daemons once per test binary (a no-op when up to date) and
 /// returns the directory holding them.
@@ -48,6 +49,15 @@ pub fn bin_dir() -> &'static Path {
         assert!(status.success(), "building the daemons failed");
         dir
     })
+}
+
+/// A whole-number knob from the environment (the soaks'), `default` when
+/// unset; panics naming the variable when it is not a number.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
 }
 
 /// A loopback port nothing listens on now, never handed out before in

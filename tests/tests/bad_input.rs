@@ -565,3 +565,47 @@ async fn a_push_to_a_host_no_pipeline_drives_is_refused_after_the_wait_not_left_
         "{err:?}"
     );
 }
+
+/// Opens a TCP connection to `addr`, says the HTTP/2 preface and an empty
+/// SETTINGS frame, and then never answers anything (as a client whose node
+/// vanished would not): reads and discards until the server closes the
+/// connection. Returns how many bytes the server sent, or panics if it is
+/// still open after `LONG`.
+async fn server_drops_a_silent_client(addr: &str) -> usize {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // The client preface, then SETTINGS: length 0, type 4, no flags, stream 0.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface");
+    let mut got = 0;
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(LONG, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("{addr} still holds a connection whose client stopped answering, {LONG:?} later"));
+    got
+}
+
+/// A client that vanished without closing its connection (a node lost, a
+/// partition that moved its address) is dropped by both daemons' servers
+/// once it stops answering their pings, rather than held until TCP gives
+/// up hours later, with any call it left half-sent holding the next stop.
+/// Before, both servers sent no pings and kept such a connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_is_dropped_by_both_daemons() {
+    let c = Cluster::start(ClusterOpts { hosts: 1, ..ClusterOpts::default() });
+    c.wait_for("Running", LONG, |s| s.pipeline_state == "Running").await;
+    let coordinator = server_drops_a_silent_client(&c.addr).await;
+    let ingest = server_drops_a_silent_client(&format!("127.0.0.1:{}", c.ingest_ports[0])).await;
+    // Its SETTINGS and at least one PING (9-byte headers, 8-byte payload).
+    assert!(coordinator > 9 + 17 && ingest > 9 + 17, "sent {coordinator} and {ingest} bytes");
+    // The daemons carry on serving everyone else.
+    let committed = c.status().await.expect("status").last_committed_tid;
+    c.wait_for("commits after the silent clients", LONG, |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
+}

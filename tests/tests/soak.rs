@@ -55,13 +55,6 @@ const RECOVERY: Duration = Duration::from_secs(90);
 /// Short, so that a frozen host is declared lost within a cycle.
 const REPORT_DEADLINE_MS: u64 = 1500;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
-
 /// `LOCKSTEP_SOAK_TLS=1`: the daemons' files, rewritten by
 /// `Fault::RenewCertificate`, and the CA that signs each renewal.
 struct SoakTls {
