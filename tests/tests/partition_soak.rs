@@ -23,13 +23,16 @@
 //! every host's sink must hold every committed tid exactly once, epochs
 //! never going backwards (no deposed leader's commit after its
 //! successor's), with the aggregates an independent computation from the
-//! generator's seed gives.
+//! generator's seed gives. It then prints, per kind of fault, how long
+//! the cluster took from whole again (healed, restarted, woken) to its
+//! first new commit.
 //!
 //! Knobs (environment): `LOCKSTEP_SOAK_CYCLES` (50), `LOCKSTEP_SOAK_MINUTES`
 //! (10; no new cycle starts after that), `LOCKSTEP_SOAK_SEED` (printed at
 //! the start; the same seed draws the same faults). A failed run keeps the
 //! data directories and every container's log and prints where.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -178,6 +181,19 @@ impl Fault {
         matches!(self, Fault::Kill(Victim::Host(_)))
     }
 
+    /// A name for the recovery summary.
+    fn kind(&self) -> String {
+        let cut = |c: &Cut| format!("{c:?}").split('(').next().unwrap_or_default().to_string();
+        match self {
+            Fault::Partition { cut: c, kill: None, .. } => cut(c),
+            Fault::Partition { cut: c, kill: Some(_), .. } => format!("{} + kill", cut(c)),
+            Fault::Flap { cut: c, .. } => format!("Flap {}", cut(c)),
+            Fault::Kill(Victim::Host(_)) => "Kill host".into(),
+            Fault::Kill(Victim::Coordinator(_)) => "Kill leader".into(),
+            Fault::FreezeLeader(_) => "FreezeLeader".into(),
+        }
+    }
+
     async fn inject(&self, c: &mut DockerCluster, leader: usize) {
         match self {
             Fault::Partition { cut, hold, kill } => {
@@ -270,6 +286,9 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     let (mut leader, first) = wait_leader(c, "first commits", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
     let (mut committed, mut epoch) = (first.last_committed_tid, first.epoch);
     let mut done = 0;
+    // Per kind of fault: from the moment the cluster was whole again to the
+    // first new commit (what an operator waits after a partition heals).
+    let mut recoveries: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     while done < cycles && started.elapsed() < budget {
         // Anywhere in a transaction (50 ms), a checkpoint or the steps
         // between.
@@ -277,6 +296,8 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         let fault = Fault::draw(&mut rng, leader);
         eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, leader {}", c.coordinators[leader]);
         fault.inject(c, leader).await;
+        // Healed, restarted or woken: from here the cluster is whole again.
+        let whole = Instant::now();
         let new_epoch = fault.needs_new_epoch();
         let what = format!(
             "cycle {done}: Running{} and committing past tid {committed}",
@@ -285,9 +306,15 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         let (at, s) = wait_leader(c, &what, |s| s.pipeline_state == "Running" && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed).await;
         assert_eq!(s.pipeline_state, "Running", "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, c.logs());
         (leader, committed, epoch) = (at, s.last_committed_tid, s.epoch);
+        recoveries.entry(fault.kind()).or_default().push(whole.elapsed());
         done += 1;
     }
     let (_, s) = wait_leader(c, "a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
     eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}", started.elapsed(), s.last_committed_tid, s.epoch);
+    eprintln!("soak: from whole again to a new commit, per fault (cycles, median, slowest):");
+    for (kind, mut took) in recoveries {
+        took.sort_unstable();
+        eprintln!("soak:   {kind:<28} {:>3}  {:>8.2?}  {:>8.2?}", took.len(), took[took.len() / 2], took[took.len() - 1]);
+    }
     s.last_committed_tid
 }
