@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use lockstep_proto::v1 as pb;
 
 use crate::certs::{TestCa, TlsFiles};
-use crate::{bin_dir, check_sinks_of, host_id, status_at_with, tail, wait_for_status_with, ClusterOpts};
+use crate::{bin_dir, check_sinks_of, host_id, status_at_with, tail, wait_for_status_with, wait_leader_at, ClusterOpts};
 
 /// Host agents in every container cluster.
 pub const HOSTS: usize = 3;
@@ -501,21 +501,7 @@ impl DockerCluster {
         skip: &[usize],
         pred: impl Fn(&pb::Status) -> bool,
     ) -> (usize, pb::Status) {
-        let deadline = Instant::now() + timeout;
-        let mut last = Vec::new();
-        loop {
-            last.clear();
-            for (i, addr) in self.addrs.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
-                if let Ok(s) = status_at_with(addr, self.tls.as_ref()).await {
-                    if s.is_leader && !s.stale && pred(&s) {
-                        return (i, s);
-                    }
-                    last.push((i + 1, s.is_leader, s.pipeline_state.clone(), s.epoch, s.last_committed_tid));
-                }
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; (node, leader, state, epoch, committed): {last:?}\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_leader_at(&self.addrs, self.tls.as_ref(), what, timeout, |i| !skip.contains(&i), pred, || self.logs()).await
     }
 
     /// `role`'s address on the network it was started on.

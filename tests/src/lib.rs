@@ -524,15 +524,26 @@ pub async fn wait_leader_among(
     pred: impl Fn(&pb::Status) -> bool,
     logs: impl Fn() -> String,
 ) -> (usize, pb::Status) {
+    wait_leader_at(addrs, tls, what, timeout, |i| nodes[i].is_running(), pred, logs).await
+}
+
+/// `wait_leader_among` for coordinators wherever they run: asks each
+/// `addrs[i]` for which `ask(i)` holds.
+pub async fn wait_leader_at(
+    addrs: &[String],
+    tls: Option<&certs::TlsFiles>,
+    what: &str,
+    timeout: Duration,
+    ask: impl Fn(usize) -> bool,
+    pred: impl Fn(&pb::Status) -> bool,
+    logs: impl Fn() -> String,
+) -> (usize, pb::Status) {
     let deadline = Instant::now() + timeout;
     let mut last = Vec::new();
     loop {
         last.clear();
-        for (i, node) in nodes.iter().enumerate() {
-            if !node.is_running() {
-                continue;
-            }
-            if let Ok(s) = status_at_with(&addrs[i], tls).await {
+        for (i, addr) in addrs.iter().enumerate().filter(|(i, _)| ask(*i)) {
+            if let Ok(s) = status_at_with(addr, tls).await {
                 if s.is_leader && !s.stale && pred(&s) {
                     return (i, s);
                 }

@@ -19,11 +19,14 @@
 //! Without a usable docker CLI and daemon the tests print a SKIPPED line and
 //! pass. The Kubernetes manifests' offline validation lives here too.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lockstep_proto::v1 as pb;
+use lockstep_tests::certs::{TestCa, TlsFiles};
 use lockstep_tests::docker::{containers_can_run, docker, image, repo_root, running, DockerCluster, Wiring, CLUSTER, HOSTS, LONG};
-use lockstep_tests::{host_id, scrape_metrics, status_at_with, tail, wait_for_status_with};
+use lockstep_tests::{check_sinks_of, free_port, host_id, read_sink, scrape_metrics, status_at_with, tail, wait_for_status_with, wait_leader_at, ClusterOpts};
 
 /// (a) commits; (b) `docker kill` of a host container and `docker start` of
 /// the same container: the pipeline recovers (new epoch, replay), returns to
@@ -262,6 +265,174 @@ async fn containers_replicated_coordinator_over_mutual_tls() {
     let (_, s) = c.wait_leader("commits with the old leader back", &[old], |x| running(x) && x.last_committed_tid > s.last_committed_tid + 2).await;
     c.stop_all();
     c.check_sinks(s.last_committed_tid);
+}
+
+/// deploy/compose as its README runs it: `docker-compose -f … -p … up -d`
+/// of the shipped file (and, with TLS, the shipped `tls.yml` override), the
+/// published ports moved to free ones through the file's own variables.
+/// Drop is `down -v`: containers, network and volumes go.
+struct Compose {
+    project: String,
+    files: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    /// Where the test reaches each coordinator (the published ports).
+    addrs: Vec<String>,
+    tls: Option<TlsFiles>,
+    dir: tempfile::TempDir,
+}
+
+impl Compose {
+    fn up(tls: bool) -> Compose {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let project = format!("lockstep-cp-{}-{nanos:08x}", std::process::id());
+        let compose = repo_root().join("deploy/compose");
+        let mut c = Compose {
+            project,
+            files: vec![compose.join("docker-compose.yml")],
+            env: vec![("LOCKSTEP_IMAGE".into(), image().into())],
+            addrs: Vec::new(),
+            tls: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for n in 1..=3 {
+            let port = free_port();
+            c.env.push((format!("LOCKSTEP_PORT_{n}"), port.to_string()));
+            c.env.push((format!("LOCKSTEP_METRICS_PORT_{n}"), free_port().to_string()));
+            c.addrs.push(format!("127.0.0.1:{port}"));
+        }
+        if tls {
+            // As deploy/README.md's recipe makes them: one certificate naming
+            // the services, in a directory of its own, readable by the
+            // image's user (uid 10001).
+            let made = c.dir.path().join("made");
+            let files = c.dir.path().join("tls");
+            for d in [&made, &files] {
+                std::fs::create_dir_all(d).expect("tls dir");
+            }
+            let ca = TestCa::new(&made, "compose");
+            let node = ca.issue_naming(&made, "node", &["coordinator-1", "coordinator-2", "coordinator-3"]);
+            let mounted = TlsFiles { cert: files.join("tls.crt"), key: files.join("tls.key"), ca: files.join("ca.crt") };
+            node.copy_to(&mounted);
+            use std::os::unix::fs::PermissionsExt as _;
+            for (p, mode) in [(&files, 0o755), (&mounted.key, 0o644), (&mounted.cert, 0o644), (&mounted.ca, 0o644)] {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            }
+            c.files.push(compose.join("tls.yml"));
+            c.env.push(("LOCKSTEP_TLS_DIR".into(), files.display().to_string()));
+            c.tls = Some(node);
+        }
+        c.run(&["up", "-d"]).unwrap_or_else(|e| panic!("{e}"));
+        c
+    }
+
+    /// `docker-compose -f … -p project args…` with the test's variables.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("docker-compose");
+        for f in &self.files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(["-p", &self.project]).args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().map_err(|e| format!("docker-compose {}: {e}", args.join(" ")))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!("docker-compose {} failed ({}): {text}", args.join(" "), out.status))
+        }
+    }
+
+    fn container(&self, service: &str) -> String {
+        let id = self.run(&["ps", "-q", service]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!id.is_empty(), "no container for {service}");
+        id
+    }
+
+    fn logs(&self) -> String {
+        tail(&self.run(&["logs", "--no-color"]).unwrap_or_else(|e| e), 200)
+    }
+
+    async fn wait_leader(&self, what: &str, pred: impl Fn(&pb::Status) -> bool) -> (usize, pb::Status) {
+        wait_leader_at(&self.addrs, self.tls.as_ref(), what, LONG, |_| true, pred, || self.logs()).await
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        if let Err(e) = self.run(&["down", "-v", "--remove-orphans"]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Whether docker-compose runs here; prints SKIPPED when not.
+fn compose_can_run(test: &str) -> bool {
+    if !containers_can_run(test) {
+        return false;
+    }
+    match Command::new("docker-compose").arg("version").output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            println!("SKIPPED: {test}: no docker-compose here");
+            false
+        }
+    }
+}
+
+/// The shipped compose file runs what it promises: a group of three that
+/// elects, commits, and recovers a host killed and started again (new
+/// epoch); every daemon stops cleanly on `docker-compose stop`; and every
+/// sink (read out of its volume) is exactly once, with the generator's
+/// aggregates. With `tls`, through the shipped `tls.yml` override.
+async fn compose_cluster_commits_and_recovers(tls: bool) {
+    let c = Compose::up(tls);
+    let (_, s) = c.wait_leader("a leader committing under compose", |s| running(s) && s.last_committed_tid >= 3).await;
+    assert_eq!(s.hosts.len(), HOSTS, "{s:#?}");
+    if tls {
+        let plaintext = status_at_with(&c.addrs[0], None).await;
+        assert!(plaintext.is_err(), "a coordinator answered plaintext under tls.yml: {plaintext:?}");
+    }
+    let host = c.container("host-1");
+    docker(&["kill", "--signal", "KILL", &host]).unwrap_or_else(|e| panic!("{e}"));
+    let (epoch, committed) = (s.epoch, s.last_committed_tid);
+    c.run(&["start", "host-1"]).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let (_, s) = c
+        .wait_leader(&format!("Running again in an epoch after {epoch}, past tid {committed}"), |s| {
+            running(s) && s.epoch > epoch && s.last_committed_tid > committed
+        })
+        .await;
+
+    c.run(&["stop"]).unwrap_or_else(|e| panic!("{e}"));
+    for service in ["coordinator-1", "coordinator-2", "coordinator-3", "host-0", "host-1", "host-2"] {
+        let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c.container(service)]).expect("inspect");
+        assert_eq!(code, "0", "{service} must exit cleanly on `docker-compose stop`\n{}", c.logs());
+    }
+    let opts = ClusterOpts { hosts: HOSTS, generator_seed: 42, ..ClusterOpts::default() };
+    let sinks = c.dir.path().join("sinks");
+    check_sinks_of(
+        &opts,
+        |i| {
+            let to = sinks.join(host_id(i));
+            std::fs::create_dir_all(to.join("sink")).expect("sink dir");
+            let from = format!("{}:/data/sink/output.jsonl", c.container(&host_id(i)));
+            docker(&["cp", &from, &to.join("sink").display().to_string()]).unwrap_or_else(|e| panic!("{e}"));
+            read_sink(&to)
+        },
+        s.last_committed_tid,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_file_runs_a_group_that_commits_and_recovers() {
+    if compose_can_run("compose_file_runs_a_group_that_commits_and_recovers") {
+        compose_cluster_commits_and_recovers(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_file_with_the_tls_override_runs_over_mutual_tls() {
+    if compose_can_run("compose_file_with_the_tls_override_runs_over_mutual_tls") {
+        compose_cluster_commits_and_recovers(true).await;
+    }
 }
 
 /// The image runs both daemons (their `--help`): the loader and libraries
