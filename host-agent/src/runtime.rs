@@ -379,6 +379,7 @@ struct Failure {
 }
 
 /// How a session ended.
+#[derive(Debug)]
 enum SessionEnd {
     Shutdown,
     /// Could not connect or open the stream; try the next address.
@@ -461,14 +462,58 @@ fn leader_redirect(status: &tonic::Status, tls: bool) -> Option<String> {
     coordinator_url(addr, tls).ok()
 }
 
+/// One coordinator address of a reconnect round that could not be reached.
+struct RoundFailure {
+    addr: String,
+    /// The coordinator whose redirect named `addr` as the leader, if it
+    /// was tried for that reason.
+    named_by: Option<String>,
+    why: String,
+}
+
+/// The round's failures as the warning says them: each address once, in
+/// the order first tried, with every coordinator that named it the leader
+/// and each distinct reason. A host cut off from the leader alone is sent
+/// there by every follower; the warning said "2 of 3 failed" and listed the
+/// leader twice, and nothing said the followers had answered.
+fn round_summary(failed: &[RoundFailure]) -> (Vec<String>, String) {
+    let mut addrs: Vec<String> = Vec::new();
+    for f in failed {
+        if !addrs.contains(&f.addr) {
+            addrs.push(f.addr.clone());
+        }
+    }
+    let parts: Vec<String> = addrs
+        .iter()
+        .map(|addr| {
+            let mine: Vec<&RoundFailure> = failed.iter().filter(|f| &f.addr == addr).collect();
+            let mut named: Vec<&str> = Vec::new();
+            let mut whys: Vec<&str> = Vec::new();
+            for f in &mine {
+                if let Some(n) = f.named_by.as_deref().filter(|n| !named.contains(n)) {
+                    named.push(n);
+                }
+                if !whys.contains(&f.why.as_str()) {
+                    whys.push(&f.why);
+                }
+            }
+            let by = if named.is_empty() { String::new() } else { format!(" (the leader, as {} answered)", named.join(" and ")) };
+            format!("{addr}{by}: {}", whys.join("; then "))
+        })
+        .collect();
+    (addrs, parts.join("; "))
+}
+
 /// How a failed Session call or a stream error ends the session.
 fn status_end(status: &tonic::Status, what: &str, lost: bool, tls: bool) -> SessionEnd {
     let mut why = format!("{what}: {} ({:?}){}", status.message(), status.code(), crate::tls::transport_detail(status));
     // A plaintext HTTP/2 preface sent to a TLS listener dies in the
-    // transport with nothing that says TLS.
+    // transport with nothing that says TLS. Only a session that never got
+    // going can be that: a stream that broke after it was up (a partition,
+    // a coordinator gone) says the same words and has nothing to do with TLS.
     let garbled = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal)
         && (status.message().contains("transport error") || status.message().contains("h2 protocol error"));
-    if garbled && !tls {
+    if garbled && !tls && !lost {
         why.push_str(
             "; if the coordinator serves mutual TLS, give this host agent --tls-cert, --tls-key and --tls-ca (it speaks \
              plaintext now)",
@@ -928,13 +973,15 @@ impl<E: Engine> Agent<E> {
         // Why each coordinator of this round could not be reached: logged
         // together once the whole round failed, so that the warning names
         // every address that is down or refusing, not only the last one.
-        let mut failed_this_round: Vec<(String, String)> = Vec::new();
+        let mut failed_this_round: Vec<RoundFailure> = Vec::new();
+        // The coordinator whose redirect named the address tried next.
+        let mut redirected_by: Option<String> = None;
         loop {
-            let addr = match redirect.take() {
-                Some(leader) => leader,
+            let (addr, named_by) = match redirect.take() {
+                Some(leader) => (leader, redirected_by.take()),
                 None => {
                     attempt += 1;
-                    self.config.coordinators[(attempt - 1) % coordinators].clone()
+                    (self.config.coordinators[(attempt - 1) % coordinators].clone(), None)
                 }
             };
             let end = self.session(&addr, shutdown).await;
@@ -952,13 +999,14 @@ impl<E: Engine> Agent<E> {
                         redirects_in_a_row += 1;
                         info!(host = %self.host(), coordinator = %addr, leader = %leader, "coordinator is not the leader ({why}); connecting to the leader it names");
                         redirect = Some(leader);
+                        redirected_by = Some(addr);
                         continue;
                     }
                     warn!(host = %self.host(), coordinator = %addr, leader = %leader, retry_in_ms = backoff.as_millis() as u64, "redirects between coordinators keep bouncing (election in progress?); backing off: {why}");
                 }
                 SessionEnd::ConnectFailed(why) => {
                     debug!(host = %self.host(), coordinator = %addr, "cannot reach coordinator: {why}");
-                    failed_this_round.push((addr.clone(), why));
+                    failed_this_round.push(RoundFailure { addr: addr.clone(), named_by, why });
                 }
                 SessionEnd::Lost(why) | SessionEnd::Dropped(why) => {
                     warn!(host = %self.host(), coordinator = %addr, state = %self.core.state(), "coordinator stream ended: {why}; reconnecting");
@@ -984,15 +1032,13 @@ impl<E: Engine> Agent<E> {
                 // The addresses also as a field of their own, for JSON log
                 // consumers that filter on it (as on the stream warnings'
                 // `coordinator`).
-                let addrs: Vec<&str> = failed_this_round.iter().map(|(addr, _)| addr.as_str()).collect();
-                let why: Vec<String> = failed_this_round.iter().map(|(addr, why)| format!("{addr}: {why}")).collect();
+                let (addrs, why) = round_summary(&failed_this_round);
                 warn!(
                     host = %self.host(),
                     coordinators = %addrs.join(","),
                     retry_in_ms = backoff.as_millis() as u64,
-                    "cannot reach a coordinator ({} of {coordinators} failed this round): {}",
-                    failed_this_round.len(),
-                    why.join("; ")
+                    "cannot reach a coordinator ({} of {coordinators} failed this round): {why}",
+                    addrs.len(),
                 );
                 failed_this_round.clear();
             }

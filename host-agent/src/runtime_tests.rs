@@ -973,3 +973,44 @@ async fn a_checkpoint_that_cannot_be_written_is_a_disk_write_failure() {
     assert!(h.agent.disk_failure().is_some_and(|why| why.contains("writing checkpoint 1 failed")), "{:?}", h.agent.disk_failure());
     assert!(h.agent.journal.poisoned().is_none(), "the journal is intact");
 }
+
+/// A host cut off from the leader alone is sent there by each follower in
+/// turn: the round's warning names the leader once, says who named it, and
+/// keeps each distinct reason; an address tried on its own stays plain.
+#[test]
+fn the_round_warning_names_each_address_once_with_who_named_it() {
+    let f = |addr: &str, named_by: Option<&str>, why: &str| RoundFailure {
+        addr: addr.into(),
+        named_by: named_by.map(String::from),
+        why: why.into(),
+    };
+    let (addrs, why) = round_summary(&[
+        f("http://c1:50051", Some("http://c2:50051"), "no answer within 2000 ms"),
+        f("http://c1:50051", Some("http://c3:50051"), "no answer within 2000 ms"),
+        f("http://c3:50051", None, "connection refused"),
+        f("http://c1:50051", Some("http://c2:50051"), "connection refused"),
+    ]);
+    assert_eq!(addrs, ["http://c1:50051", "http://c3:50051"]);
+    assert_eq!(
+        why,
+        "http://c1:50051 (the leader, as http://c2:50051 and http://c3:50051 answered): no answer within 2000 ms; then \
+         connection refused; http://c3:50051: connection refused"
+    );
+}
+
+/// The hint to give a plaintext host TLS files is for a session that never
+/// started; a stream that broke once it was up says the same transport words
+/// (a partition, a coordinator gone) and gets no such hint.
+#[test]
+fn the_tls_hint_is_only_for_a_session_that_never_started() {
+    let broken = tonic::Status::unknown("h2 protocol error: error reading a body from connection: stream closed because of a broken pipe");
+    let hint = "if the coordinator serves mutual TLS";
+    match status_end(&broken, "Session refused", false, false) {
+        SessionEnd::ConnectFailed(why) => assert!(why.contains(hint), "{why}"),
+        other => panic!("expected ConnectFailed, got {other:?}"),
+    }
+    match status_end(&broken, "stream ended", true, false) {
+        SessionEnd::Lost(why) => assert!(!why.contains(hint), "{why}"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+}
