@@ -25,7 +25,8 @@
 //! successor's), with the aggregates an independent computation from the
 //! generator's seed gives. It then prints, per kind of fault, how long
 //! the cluster took from whole again (healed, restarted, woken) to its
-//! first new commit.
+//! first new commit; a cycle slower than 3 s prints what the daemons
+//! logged about leadership, recovery and lost hosts since it began.
 //!
 //! Knobs (environment): `LOCKSTEP_SOAK_CYCLES` (50), `LOCKSTEP_SOAK_MINUTES`
 //! (10; no new cycle starts after that), `LOCKSTEP_SOAK_SEED` (printed at
@@ -238,6 +239,27 @@ fn kill_and_start(c: &DockerCluster, victim: Victim) {
     c.docker(&["start", &name]);
 }
 
+/// A recovery slower than this prints the cycle's [`timeline`].
+const SLOW: Duration = Duration::from_secs(3);
+
+/// What the daemons logged since `since` that tells a recovery's story:
+/// leadership, pipeline states, recovery paths and hosts lost (every
+/// coordinator), and warnings (every host); a slow cycle can then be read
+/// without a failed run's kept logs.
+fn timeline(c: &DockerCluster, since: std::time::SystemTime) -> String {
+    let since = format!("{:.3}", since.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+    let telling = ["leads", "host joined", "can no longer lead", "pipeline state", "recovery path", "host lost", "lost host", "elect"];
+    let mut out = String::new();
+    for role in c.coordinators.iter().cloned().chain((0..HOSTS).map(host_id)) {
+        let is_host = role.starts_with("host-");
+        let log = docker(&["logs", "--since", &since, &c.name(&role)]).unwrap_or_else(|e| e);
+        for line in log.lines().filter(|l| if is_host { l.contains(" WARN ") } else { telling.iter().any(|t| l.contains(t)) }) {
+            out.push_str(&format!("soak:   {role}: {}\n", line.chars().take(300).collect::<String>()));
+        }
+    }
+    out
+}
+
 /// The leader (not stale) once its status satisfies `pred` or shows Failed
 /// or Stopped; its index and status.
 async fn wait_leader(c: &DockerCluster, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
@@ -295,6 +317,7 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let fault = Fault::draw(&mut rng, leader);
         eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, leader {}", c.coordinators[leader]);
+        let cycle_began = std::time::SystemTime::now();
         fault.inject(c, leader).await;
         // Healed, restarted or woken: from here the cluster is whole again.
         let whole = Instant::now();
@@ -306,7 +329,12 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         let (at, s) = wait_leader(c, &what, |s| s.pipeline_state == "Running" && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed).await;
         assert_eq!(s.pipeline_state, "Running", "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, c.logs());
         (leader, committed, epoch) = (at, s.last_committed_tid, s.epoch);
-        recoveries.entry(fault.kind()).or_default().push(whole.elapsed());
+        let took = whole.elapsed();
+        if took > SLOW {
+            eprintln!("soak: cycle {done} took {took:?} from whole again to a commit; what the daemons said since it began:");
+            eprint!("{}", timeline(c, cycle_began));
+        }
+        recoveries.entry(fault.kind()).or_default().push(took);
         done += 1;
     }
     let (_, s) = wait_leader(c, "a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
