@@ -95,10 +95,17 @@ pub fn exit_now(runtime: tokio::runtime::Runtime) {
 mod tests {
     use super::*;
 
+    /// One signal test at a time. Tokio hands a signal to every listener of
+    /// it in the process, so while one test waited for the SIGINT it sent,
+    /// the other's SIGTERM reached it too and was the one it reported
+    /// (seen once in CI).
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// A signal that arrives after the call and before the first poll is
     /// not lost (and does not kill the process): the future reports it.
     #[tokio::test]
     async fn a_signal_before_the_first_poll_is_kept() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let stop = stop_requested().expect("listening for signals");
         // SAFETY: kill(2) on our own pid takes no pointers.
         let sent = unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
@@ -111,6 +118,7 @@ mod tests {
     /// this thread only: the other test threads do not hold it.
     #[tokio::test]
     async fn a_held_signal_is_delivered_once_listening() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         hold().expect("holding the signals");
         // SAFETY: pthread_kill on this very thread takes no pointers.
         let sent = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGINT) };
