@@ -27,7 +27,7 @@ pub fn spawn(
     let reflection = || {
         tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let router = tonic::transport::Server::builder()
+    let router = crate::drain::server()
         .add_service(HealthServer::new(HealthService::from_health_reporter(reporter)))
         .add_service(reflection().build_v1().map_err(|e| format!("health reflection: {e}"))?)
         .add_service(reflection().build_v1alpha().map_err(|e| format!("health reflection: {e}"))?);
@@ -37,7 +37,13 @@ pub fn spawn(
         let stopped = async {
             let _ = stop.await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+        // A `Watch` held open here would otherwise hold the daemon's stop
+        // for good (its NOT_SERVING update does not end the call).
+        let served = crate::drain::serve_with_bounded_drain("the plaintext health listener", stopped, crate::drain::DRAIN_GRACE, |signal| {
+            router.serve_with_incoming_shutdown(incoming, signal)
+        })
+        .await;
+        if let Some(Err(e)) = served {
             warn!(who = %who, %addr, "the plaintext health listener failed: {e}; probes on it fail from now on");
         }
     }))

@@ -477,31 +477,32 @@ struct RoundFailure {
 /// there by every follower; the warning said "2 of 3 failed" and listed the
 /// leader twice, and nothing said the followers had answered.
 fn round_summary(failed: &[RoundFailure]) -> (Vec<String>, String) {
-    let mut addrs: Vec<String> = Vec::new();
+    // Per address, in the order first tried: who named it, and why it failed.
+    let mut seen: Vec<(&str, Vec<&str>, Vec<&str>)> = Vec::new();
     for f in failed {
-        if !addrs.contains(&f.addr) {
-            addrs.push(f.addr.clone());
+        let i = match seen.iter().position(|(addr, ..)| *addr == f.addr) {
+            Some(i) => i,
+            None => {
+                seen.push((&f.addr, Vec::new(), Vec::new()));
+                seen.len() - 1
+            }
+        };
+        let (_, named, whys) = &mut seen[i];
+        if let Some(n) = f.named_by.as_deref().filter(|n| !named.contains(n)) {
+            named.push(n);
+        }
+        if !whys.contains(&f.why.as_str()) {
+            whys.push(&f.why);
         }
     }
-    let parts: Vec<String> = addrs
+    let parts: Vec<String> = seen
         .iter()
-        .map(|addr| {
-            let mine: Vec<&RoundFailure> = failed.iter().filter(|f| &f.addr == addr).collect();
-            let mut named: Vec<&str> = Vec::new();
-            let mut whys: Vec<&str> = Vec::new();
-            for f in &mine {
-                if let Some(n) = f.named_by.as_deref().filter(|n| !named.contains(n)) {
-                    named.push(n);
-                }
-                if !whys.contains(&f.why.as_str()) {
-                    whys.push(&f.why);
-                }
-            }
+        .map(|(addr, named, whys)| {
             let by = if named.is_empty() { String::new() } else { format!(" (the leader, as {} answered)", named.join(" and ")) };
             format!("{addr}{by}: {}", whys.join("; then "))
         })
         .collect();
-    (addrs, parts.join("; "))
+    (seen.iter().map(|(addr, ..)| addr.to_string()).collect(), parts.join("; "))
 }
 
 /// How a failed Session call or a stream error ends the session.

@@ -43,16 +43,24 @@ async fn live_run_commits_every_tid_exactly_once_and_matches_the_generator() {
 async fn a_coordinator_stops_on_sigterm_while_hosts_and_watchers_are_connected() {
     use lockstep_proto::v1 as pb;
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let mut c = Cluster::start(ClusterOpts::default());
+    // With the plaintext health-only listener too, which drains the same way.
+    let health_port = free_port();
+    let opts = ClusterOpts { coordinator_flags: vec!["--health-listen".into(), format!("127.0.0.1:{health_port}")], ..ClusterOpts::default() };
+    let mut c = Cluster::start(opts);
     c.wait_for("3 commits", LONG, |s| running(s) && s.last_committed_tid >= 3).await;
     let mut admin = c.admin().await.expect("admin");
     let mut events = admin.watch_events(pb::WatchEventsRequest { without_commits: true }).await.expect("watch").into_inner();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr)).expect("uri").connect().await.expect("connect");
-    let mut health = HealthClient::new(channel);
-    // The whole server ("", what Kubernetes' gRPC probes ask) and a service.
+    let health_at = |addr: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        HealthClient::new(channel)
+    };
+    let (mut health, mut health_only) = (health_at(c.addr.clone()).await, health_at(format!("127.0.0.1:{health_port}")).await);
+    // The whole server ("", what Kubernetes' gRPC probes ask) and a service,
+    // and the whole server on the health-only listener.
     let mut health_watches = Vec::new();
-    for service in ["", "lockstep.v1.Admin"] {
-        let mut watch = health.watch(HealthCheckRequest { service: service.into() }).await.expect("health watch").into_inner();
+    for (service, only) in [("", false), ("lockstep.v1.Admin", false), ("", true)] {
+        let client = if only { &mut health_only } else { &mut health };
+        let mut watch = client.watch(HealthCheckRequest { service: service.into() }).await.expect("health watch").into_inner();
         let first = watch.message().await.expect("health watch ok").expect("a first status");
         assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
         health_watches.push((service, watch));

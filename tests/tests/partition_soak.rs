@@ -88,6 +88,18 @@ impl Cut {
         }
     }
 
+    fn name(&self) -> &'static str {
+        match self {
+            Cut::IsolateHost(_) => "IsolateHost",
+            Cut::HostFromLeader(_) => "HostFromLeader",
+            Cut::LeaderFromPeers => "LeaderFromPeers",
+            Cut::LeaderFromFollower(_) => "LeaderFromFollower",
+            Cut::LeaderFromHosts(_) => "LeaderFromHosts",
+            Cut::IsolateLeader => "IsolateLeader",
+            Cut::IsolateFollower(_) => "IsolateFollower",
+        }
+    }
+
     /// Cuts these links; `leader` is the coordinator that led last.
     fn apply(&self, c: &mut DockerCluster, leader: usize) {
         let lead = c.coordinators[leader].clone();
@@ -184,9 +196,9 @@ impl Fault {
 
     /// A name for the recovery summary.
     fn kind(&self) -> String {
-        let cut = |c: &Cut| format!("{c:?}").split('(').next().unwrap_or_default().to_string();
+        let cut = Cut::name;
         match self {
-            Fault::Partition { cut: c, kill: None, .. } => cut(c),
+            Fault::Partition { cut: c, kill: None, .. } => cut(c).to_string(),
             Fault::Partition { cut: c, kill: Some(_), .. } => format!("{} + kill", cut(c)),
             Fault::Flap { cut: c, .. } => format!("Flap {}", cut(c)),
             Fault::Kill(Victim::Host(_)) => "Kill host".into(),
