@@ -37,6 +37,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 
 fn describe() {
     describe_gauge!("lockstep_leader", "1 while this node leads the coordinator group and drives the pipeline, else 0");
+    describe_gauge!(
+        "lockstep_raft_term",
+        "The coordinator group's raft term as this node last saw it (rises with every election, and only then)"
+    );
     describe_gauge!("lockstep_pipeline_state", "1 for the pipeline's current state (label state), 0 for the others");
     describe_gauge!("lockstep_epoch", "The pipeline's epoch (fencing token; rises with every recovery and leader)");
     describe_gauge!("lockstep_last_committed_tid", "The newest tid the ledger holds as committed");
@@ -66,6 +70,11 @@ fn describe() {
 /// Sets `lockstep_leader`.
 pub fn set_leader(leading: bool) {
     gauge!("lockstep_leader").set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Sets `lockstep_raft_term`.
+pub fn set_raft_term(term: u64) {
+    gauge!("lockstep_raft_term").set(term as f64);
 }
 
 /// Drivers started in this process: a driver that ends after the next one

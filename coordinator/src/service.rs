@@ -622,6 +622,7 @@ pub fn supervise(
                     return Ok(());
                 }
                 let seen = *lead.borrow_and_update();
+                crate::metrics::set_raft_term(seen.term);
                 if seen.leader != Some(me) {
                     tokio::select! {
                         r = lead.changed() => if r.is_err() { return Ok(()) },
@@ -674,6 +675,7 @@ pub fn supervise(
                                 return "the raft node stopped".to_string();
                             }
                             let now = *lead.borrow_and_update();
+                            crate::metrics::set_raft_term(now.term);
                             if now.term != term || now.leader != Some(me) {
                                 return match now.leader {
                                     Some(l) if l != me => format!("node {l} leads term {}", now.term),
@@ -1299,6 +1301,7 @@ impl pb::admin_server::Admin for AdminService {
         let is_leader = self.ledger.is_leader();
         let node_id = self.ledger.node_id();
         let (leader_id, leader_addr) = self.ledger.leader().unwrap_or_default();
+        let raft_term = self.ledger.subscribe_leadership().borrow().term;
         let Some(driver) = self.driver_if_leading() else {
             // A follower (or a leader still catching up): the ledger as this
             // node has applied it; the pipeline lives on the leader.
@@ -1312,6 +1315,7 @@ impl pb::admin_server::Admin for AdminService {
                 node_id,
                 leader_id,
                 leader_addr,
+                raft_term,
                 stale: true,
                 ..Default::default()
             });
@@ -1358,6 +1362,7 @@ impl pb::admin_server::Admin for AdminService {
                     node_id,
                     leader_id,
                     leader_addr,
+                    raft_term,
                     stale: false,
                     last_recovery: core.last_recovery().map(|r| pb::Recovery {
                         path: r.path.as_str().into(),

@@ -112,7 +112,9 @@ async fn kill_the_leader(opts: ClusterOpts, kills: usize, stop: Stop) {
 /// leads and shows the pipeline Running with both hosts connected; the
 /// followers show no pipeline state at all (a pipeline series that is
 /// absent or 0). After the leader is killed, the new leader's endpoint
-/// says so, and the surviving follower's still does not.
+/// says so, and the surviving follower's still does not. The leader's
+/// `lockstep_raft_term` is the term GetStatus reports, and the election
+/// after the kill raised it.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
     let ports: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -120,7 +122,7 @@ async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
     let mut g = Group::start_nodes_with(NODES, opts(), move |i, args| args.extend(["--metrics-listen".into(), flags[i].clone()]), |_, _| {});
     let long = Duration::from_secs(60);
     let (leader, s) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
-    let check = |alive: Vec<usize>, leader: usize, epoch: u64| {
+    let check = |alive: Vec<usize>, leader: usize, epoch: u64, term: u64| {
         let ports = ports.clone();
         async move {
             for i in alive {
@@ -132,6 +134,7 @@ async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
                     assert_eq!((get("lockstep_leader"), running), (1.0, 1.0), "node {}: the leader: {m:#?}", i + 1);
                     assert_eq!(get("lockstep_hosts_connected"), 2.0, "node {}: {m:#?}", i + 1);
                     assert_eq!(get("lockstep_epoch"), epoch as f64, "node {}", i + 1);
+                    assert_eq!(get("lockstep_raft_term"), term as f64, "node {}: {m:#?}", i + 1);
                 } else {
                     assert!(m.contains_key("lockstep_leader"), "node {}: a follower says it does not lead: {m:#?}", i + 1);
                     assert_eq!((get("lockstep_leader"), running), (0.0, 0.0), "node {}: a follower: {m:#?}", i + 1);
@@ -139,13 +142,16 @@ async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
             }
         }
     };
-    check((0..NODES).collect(), leader, s.epoch).await;
+    assert!(s.raft_term >= 1, "{s:#?}");
+    let term = s.raft_term;
+    check((0..NODES).collect(), leader, s.epoch, term).await;
     g.nodes[leader].kill();
     let committed = s.last_committed_tid;
     let (next, s) = g
         .wait_leader("a new leader committing", long, |s| s.pipeline_state == "Running" && s.last_committed_tid > committed)
         .await;
-    check((0..NODES).filter(|i| *i != leader).collect(), next, s.epoch).await;
+    assert!(s.raft_term > term, "the election after the kill did not raise the term: {s:#?}");
+    check((0..NODES).filter(|i| *i != leader).collect(), next, s.epoch, s.raft_term).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
