@@ -325,9 +325,14 @@ impl Compose {
         c
     }
 
-    /// `docker-compose -f … -p project args…` with the test's variables.
+    /// `docker-compose -f … -p project args…` (or `docker compose …`) with
+    /// the test's variables.
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new("docker-compose");
+        let Some((program, first)) = compose_command() else {
+            return Err("neither docker-compose nor the docker compose plugin runs here".into());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(first);
         for f in &self.files {
             cmd.arg("-f").arg(f);
         }
@@ -364,18 +369,29 @@ impl Drop for Compose {
     }
 }
 
-/// Whether docker-compose runs here; prints SKIPPED when not.
+/// How Compose runs here: the standalone `docker-compose` (v1, as Debian
+/// ships it), else the `docker compose` plugin (v2, as Docker's own
+/// packages ship it); both take the same file and commands.
+fn compose_command() -> Option<(&'static str, &'static [&'static str])> {
+    static FOUND: std::sync::OnceLock<Option<(&str, &[&str])>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let candidates: [(&str, &[&str]); 2] = [("docker-compose", &[]), ("docker", &["compose"])];
+        candidates.into_iter().find(|(program, first)| {
+            Command::new(program).args(*first).arg("version").output().is_ok_and(|o| o.status.success())
+        })
+    })
+}
+
+/// Whether Compose runs here; prints SKIPPED when not.
 fn compose_can_run(test: &str) -> bool {
     if !containers_can_run(test) {
         return false;
     }
-    match Command::new("docker-compose").arg("version").output() {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            println!("SKIPPED: {test}: no docker-compose here");
-            false
-        }
+    if compose_command().is_none() {
+        println!("SKIPPED: {test}: neither docker-compose nor the docker compose plugin here");
+        return false;
     }
+    true
 }
 
 /// The shipped compose file runs what it promises: a group of three that
