@@ -384,6 +384,31 @@ pub enum LedgerEntry {
     Batch(Vec<LedgerEntry>),
 }
 
+/// A one-line summary (openraft logs entries with it): the kind and tid,
+/// not the hosts' records.
+impl std::fmt::Display for LedgerEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerEntry::Init { cluster_id, hosts } => write!(f, "Init({cluster_id:?}, {} hosts)", hosts.len()),
+            LedgerEntry::NewEpoch { epoch } => write!(f, "NewEpoch({epoch})"),
+            LedgerEntry::Begin { tid } => write!(f, "Begin({tid})"),
+            LedgerEntry::Commit { tid, begin_next, .. } => match begin_next {
+                Some(next) => write!(f, "Commit({tid}, begin {next})"),
+                None => write!(f, "Commit({tid})"),
+            },
+            LedgerEntry::Fail { tid, .. } => write!(f, "Fail({tid})"),
+            LedgerEntry::CheckpointComplete { tid } => write!(f, "CheckpointComplete({tid})"),
+            LedgerEntry::Batch(entries) => {
+                write!(f, "Batch[")?;
+                for (i, e) in entries.iter().enumerate() {
+                    write!(f, "{}{e}", if i == 0 { "" } else { ", " })?;
+                }
+                write!(f, "]")
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum LedgerError {
     #[error("ledger already initialised for cluster {existing:?}; refusing to re-initialise as {requested:?}")]

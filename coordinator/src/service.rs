@@ -374,8 +374,8 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
     // whatever the core proposes meanwhile queues up and goes as ONE raft
     // entry (`LedgerEntry::Batch`): one log write and one replication round
     // for all of it, which is what lets a commit pipeline commit several
-    // tids per ledger round. (openraft 0.9 appends one raft entry at a time,
-    // waiting for its fsync, so only fewer, larger entries raise the rate.)
+    // tids per ledger round. (openraft 0.9 appended one raft entry at a time,
+    // waiting for its fsync, so only fewer, larger entries raised the rate.)
     // A second task awaits the results in order and reports each ledger
     // entry on its own, so the core sees them in log order exactly as if
     // each had been a raft entry. A write this node cannot commit (deposed,

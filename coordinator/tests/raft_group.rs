@@ -10,8 +10,11 @@ use std::time::Duration;
 use lockstep_coordinator::ledger::{HostTxnRecord, LedgerEntry, LedgerError, LedgerState, Sums, TxnStatus};
 use lockstep_coordinator::raft::network::TonicNetwork;
 use lockstep_coordinator::raft::{peer_service, Ledger, NodeId, ProposeError, RaftTuning};
-use openraft::error::RPCError;
-use openraft::{BasicNode, RaftNetwork as _, RaftNetworkFactory as _, ServerState};
+use openraft::errors::RPCError;
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::vote::RaftVote as _;
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::{BasicNode, RaftNetworkFactory as _, RaftNetworkV2 as _, ServerState};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -269,7 +272,7 @@ async fn leader_failover_keeps_committed_entries_and_tids_increasing() {
     history(&nodes[li].ledger, 5).await;
     let before = converged(&nodes, li).await;
     assert_eq!((before.last_committed, before.tid_high_water), (5, 6));
-    let old_term = nodes[li].ledger.raft().metrics().borrow().current_term;
+    let old_term = nodes[li].ledger.raft().metrics().borrow_watched().current_term;
     let mut watch = nodes[(li + 1) % 3].ledger.subscribe_leadership();
 
     // The leader dies.
@@ -372,10 +375,11 @@ async fn whole_group_restarts_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_and_leave_through_membership_changes() {
     // Small snapshots, so the joining node's history was purged from the
-    // log and it must be caught up by InstallSnapshot.
+    // log and it must be caught up by InstallSnapshot, sent in many chunks.
     let t = RaftTuning {
         snapshot_after_logs: 5,
         logs_kept_after_snapshot: 0,
+        snapshot_chunk_bytes: 100,
         ..tuning()
     };
     let (_dirs, mut nodes) = group(3, t.clone()).await;
@@ -395,7 +399,7 @@ async fn nodes_join_and_leave_through_membership_changes() {
     let m = leader.members();
     assert_eq!(m.learners, BTreeMap::from([(4, addr4.clone())]));
     // Caught up through the snapshot.
-    assert!(nodes[3].ledger.raft().metrics().borrow().snapshot.is_some());
+    assert!(nodes[3].ledger.raft().metrics().borrow_watched().snapshot.is_some());
     leader.change_membership(BTreeSet::from([1, 2, 3, 4]), false).await.unwrap();
     let m = leader.members();
     assert_eq!(m.voters.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
@@ -439,6 +443,73 @@ async fn nodes_join_and_leave_through_membership_changes() {
     }
 }
 
+/// Pre-Vote: a follower cut off from the group long enough to have
+/// campaigned several times (openraft 0.9 raised its term at every election
+/// timeout, and the higher term deposed the healthy leader when the
+/// partition healed) only asks whether it would be elected: its term stays,
+/// and once reconnected it follows the same leader in the same term and
+/// catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_rejoins_without_deposing_the_leader() {
+    let t = tuning();
+    let (_dirs, nodes) = group(3, t.clone()).await;
+    let li = leader_of(&nodes).await;
+    let leader = &nodes[li].ledger;
+    history(leader, 2).await;
+    converged(&nodes, li).await;
+    let leader_id = nodes[li].id;
+    let term = leader.raft().metrics().borrow_watched().current_term;
+    let mut leadership = leader.subscribe_leadership();
+    leadership.borrow_and_update();
+    let fi = (li + 1) % 3;
+    let follower = &nodes[fi].ledger;
+    let mut tried = follower.isolation().campaigns();
+
+    follower.isolation().set(true);
+    let cut_at = tokio::time::Instant::now();
+    // It campaigns (one RPC per peer per round) at least this many times...
+    const ROUNDS: u64 = 5;
+    tokio::time::timeout(BOUND, tried.wait_for(|c| c.pre_votes + c.votes >= 2 * ROUNDS))
+        .await
+        .expect("the isolated follower campaigns within the bound")
+        .unwrap();
+    // ...and stays cut off for at least that many maximal election timeouts
+    // (a bounded wait: the time cut off is what this test is about).
+    tokio::time::sleep_until(cut_at + Duration::from_millis(ROUNDS * t.election_timeout_max_ms)).await;
+    // Meanwhile the others go on.
+    ok(leader, commit(3)).await;
+    let campaigns = *tried.borrow();
+    let cut_off_term = follower.raft().metrics().borrow_watched().current_term;
+    follower.isolation().set(false);
+
+    // Reconnected, it follows the same leader and catches up.
+    let s = converged(&nodes, li).await;
+    assert_eq!(s.last_committed, 3);
+    follower
+        .raft()
+        .wait(Some(BOUND))
+        .metrics(|m| m.current_leader == Some(leader_id), "the follower follows the leader again")
+        .await
+        .unwrap();
+    // One more write round: the leader has heard the follower's answers.
+    ok(leader, commit(4)).await;
+    converged(&nodes, li).await;
+
+    assert!(leader.is_leader(), "the leader was deposed: {:?}", *leadership.borrow());
+    assert!(!leadership.has_changed().unwrap(), "leadership changed: {:?}", *leadership.borrow());
+    for n in &nodes {
+        let m = n.ledger.raft().metrics().borrow_watched().clone();
+        assert_eq!((m.current_term, m.current_leader), (term, Some(leader_id)), "node {}", n.id);
+    }
+    assert_eq!(cut_off_term, term, "the isolated follower's term moved (campaigns: {campaigns:?})");
+    assert_eq!(campaigns.votes, 0, "it started real elections: {campaigns:?}");
+    assert!(campaigns.pre_votes >= 2 * ROUNDS, "{campaigns:?}");
+
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A learner added at an address where nothing answers: the refusal says
 /// what happened and what to do, without openraft's metrics dump; the node
 /// stays a learner, the group keeps committing, and RemoveNode takes it out.
@@ -473,7 +544,7 @@ async fn an_unreachable_peer_is_reported_as_unreachable() {
     let addr = bind().await.local_addr().unwrap().to_string();
     let mut net = TonicNetwork::new(None);
     let mut client = net.new_client(9, &BasicNode::new(addr.clone())).await;
-    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1, 1), None);
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::from_leader_id(LeaderId { term: 1, node_id: 1 }, false), None);
     match client.vote(vote.clone(), openraft::network::RPCOption::new(Duration::from_secs(5))).await {
         Err(RPCError::Unreachable(u)) => assert!(u.to_string().contains(&addr), "{u}"),
         other => panic!("vote to a closed port: {other:?}"),
@@ -505,5 +576,5 @@ async fn purged_past(l: &Ledger, index: u64) {
         // A no-op while a build is running; the next round asks again.
         l.raft().trigger().snapshot().await.unwrap();
     }
-    panic!("the log was never purged past index {index}: {:?}", l.raft().metrics().borrow());
+    panic!("the log was never purged past index {index}: {:?}", l.raft().metrics().borrow_watched());
 }

@@ -47,7 +47,7 @@
 //!
 //! - **Append**: the whole batch is one write at the end of the active
 //!   segment, durable when it returns; only then does [`RaftLog::append`]
-//!   return (openraft's `LogFlushed` is sent after that). The next write
+//!   return (openraft's `IOFlushed` is sent after that). The next write
 //!   starts only after that, so only the *last* batch of the *last* segment
 //!   can be torn by a crash. The write is a direct one through an
 //!   `O_DIRECT | O_DSYNC` descriptor (`lockstep_journal::direct`): it

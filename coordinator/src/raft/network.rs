@@ -4,45 +4,53 @@
 //!   lazily connected tonic [`Channel`] per peer address (a channel
 //!   reconnects by itself after the peer comes back, and is made anew when
 //!   the TLS files change, so that renewed certificates reach the peers),
-//!   and hands openraft a [`PeerClient`] per replication stream or vote,
-//!   which takes the address's channel at each RPC. Transport failures map
-//!   to openraft errors: a peer that cannot be reached (connection refused,
-//!   reset, DNS, a stopped raft node behind a live server) is `Unreachable`,
-//!   so openraft's replication backs off ([`RaftNetwork::backoff`]) instead
-//!   of spinning; anything else that went wrong on the way (an RPC timeout,
-//!   an undecodable reply) is a `NetworkError`, retried at once. An error
-//!   the remote raft node itself returned travels back as a `RemoteError`.
+//!   and hands openraft a [`PeerClient`] (`RaftNetworkV2`) per replication
+//!   stream or election, which takes the address's channel at each RPC.
+//!   Transport failures map to openraft errors: a peer that cannot be
+//!   reached (connection refused, reset, DNS, a stopped raft node behind a
+//!   live server) is `Unreachable`, so openraft's replication backs off
+//!   ([`RaftNetworkV2::backoff`]) instead of spinning; anything else that
+//!   went wrong on the way (an RPC timeout, an undecodable reply, a refusal)
+//!   is a `NetworkError`, retried at once.
 //! - Server side: [`PeerService`] (see [`crate::raft::peer_service`]) feeds
-//!   the requests into the local `Raft::{append_entries, vote,
-//!   install_snapshot}`. It runs on the coordinator's own gRPC port.
-//! - Snapshots go as openraft 0.9 sends them without `generic-snapshot-data`:
-//!   whole, in chunks of `snapshot_max_chunk_size` through `InstallSnapshot`
-//!   (openraft's `Chunked` transport on both ends).
+//!   the requests into the local `Raft::{append_entries, vote, pre_vote,
+//!   install_full_snapshot}`. It runs on the coordinator's own gRPC port.
+//! - Pre-Vote: `PreVote` is its own RPC, answered by `Raft::pre_vote`, which
+//!   changes nothing on the receiver. It must be: openraft's default
+//!   `RaftNetworkV2::pre_vote` grants without asking, which would make
+//!   `Config::enable_pre_vote` a no-op.
+//! - Snapshots: openraft hands the sender the whole snapshot (its file) and
+//!   leaves the transfer to the network. [`PeerClient`] sends it as a series
+//!   of `InstallSnapshot` chunks of `snapshot_max_chunk_size`, read from the
+//!   file one at a time, each bounded by `install_snapshot_timeout`; the
+//!   receiver writes them into a nameless file in its snapshot directory and,
+//!   after the last, hands the file to `Raft::install_full_snapshot` (which
+//!   copies it into place, `store`). Never the whole snapshot in memory.
 //!
 //! Bodies are serde_json of openraft's types; why, see `proto/lockstep/v1/raft.proto`.
 
 use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_proto::v1 as pb;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, BasicNode, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{AnyError, BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2, StorageError};
 use pb::raft_peer_client::RaftPeerClient;
 use pb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use super::{LedgerRaft, NodeId, TypeConfig};
+use super::{LedgerRaft, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer message accepted, both ways. An AppendEntries batch is at
 /// most `max_payload_entries` (300) ledger entries and a snapshot chunk at
@@ -55,6 +63,57 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// HTTP/2 pings detect a peer that vanished without closing its
 /// connection (power loss, SIGSTOP) so the channel reconnects.
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Snapshot chunk size if openraft names none (it always does).
+const DEFAULT_CHUNK: usize = 3 << 20;
+
+/// Test-only fault: cuts one node off from its peers, both ways (its
+/// outgoing peer RPCs fail as unreachable, its `RaftPeer` service answers
+/// `Unavailable`), as a network partition would, and counts the election
+/// RPCs it tried to send meanwhile. Off unless a test turns it on
+/// ([`crate::raft::Ledger::isolation`]).
+#[derive(Debug)]
+pub struct Isolation {
+    on: AtomicBool,
+    tried: watch::Sender<Campaigns>,
+}
+
+/// Election RPCs a node tried to send while it was cut off ([`Isolation`]),
+/// one per peer per round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Campaigns {
+    pub pre_votes: u64,
+    pub votes: u64,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Isolation { on: AtomicBool::new(false), tried: watch::channel(Campaigns::default()).0 }
+    }
+}
+
+impl Isolation {
+    /// Cuts the node off (`true`) or reconnects it (`false`).
+    pub fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+    }
+
+    /// The election RPCs tried while cut off, so far.
+    pub fn campaigns(&self) -> watch::Receiver<Campaigns> {
+        self.tried.subscribe()
+    }
+
+    fn tried(&self, rpc: Rpc) {
+        self.tried.send_modify(|c| match rpc {
+            Rpc::PreVote => c.pre_votes += 1,
+            Rpc::Vote => c.votes += 1,
+            Rpc::AppendEntries | Rpc::InstallSnapshot => {}
+        });
+    }
+}
 
 /// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
 /// member's `BasicNode::addr` (its coordinator gRPC address).
@@ -65,11 +124,19 @@ pub struct TonicNetwork {
     channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Mutual TLS towards every peer, or plaintext.
     tls: Option<lockstep_host_agent::tls::Tls>,
+    isolation: Arc<Isolation>,
 }
 
 impl TonicNetwork {
     pub fn new(tls: Option<lockstep_host_agent::tls::Tls>) -> Self {
-        TonicNetwork { channels: Arc::default(), tls }
+        TonicNetwork { channels: Arc::default(), tls, isolation: Arc::default() }
+    }
+
+    /// With the test-only fault switch `isolation` (shared with the node's
+    /// [`PeerService`]).
+    pub fn with_isolation(mut self, isolation: Arc<Isolation>) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -121,10 +188,25 @@ pub struct PeerClient {
     network: TonicNetwork,
 }
 
-type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+type RpcErr = RPCError<TypeConfig>;
 
 fn io_err(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
     std::io::Error::new(kind, msg)
+}
+
+/// The JSON header of one `InstallSnapshot` chunk (its bytes travel beside
+/// it in `RaftRequest.data`).
+#[derive(Serialize, Deserialize)]
+struct SnapshotChunk {
+    /// The sending leader's vote.
+    vote: Vote,
+    meta: SnapshotMeta,
+    /// Names one transfer: chunks of another, or out of order, are refused
+    /// and the sender starts over.
+    transfer: String,
+    offset: u64,
+    /// The last chunk: the receiver installs the snapshot.
+    done: bool,
 }
 
 impl PeerClient {
@@ -132,12 +214,12 @@ impl PeerClient {
         format!("raft {rpc} to peer {} at {:?}", self.target, self.node.addr)
     }
 
-    fn unreachable<E: std::error::Error>(&self, rpc: &str, why: &str) -> RpcErr<E> {
+    fn unreachable(&self, rpc: &str, why: &str) -> RpcErr {
         let e = io_err(std::io::ErrorKind::NotConnected, format!("{}: {why}", self.what(rpc)));
         RPCError::Unreachable(Unreachable::new(&e))
     }
 
-    fn network<E: std::error::Error>(&self, rpc: &str, why: &str) -> RpcErr<E> {
+    fn network(&self, rpc: &str, why: &str) -> RpcErr {
         let e = AnyError::error(format!("{}: {why}", self.what(rpc)));
         RPCError::Network(NetworkError::new(&e))
     }
@@ -145,32 +227,32 @@ impl PeerClient {
     /// Maps a gRPC failure: transport-level failures (tonic reports them
     /// as `Unavailable`, and the peer service answers `Unavailable` when its
     /// raft node has stopped) are `Unreachable`; the rest are network errors.
-    fn status<E: std::error::Error>(&self, rpc: &str, s: Status) -> RpcErr<E> {
+    fn status(&self, rpc: &str, s: Status) -> RpcErr {
         let why = format!("{:?}: {}{}", s.code(), s.message(), lockstep_host_agent::tls::transport_detail(&s));
         match s.code() {
             Code::Unavailable => self.unreachable(rpc, &why),
             // tonic reports some connection-level failures (a reset stream,
             // a refused HTTP/2 handshake) as Unknown with a transport source.
             Code::Unknown if std::error::Error::source(&s).is_some() => self.unreachable(rpc, &why),
+            Code::Unimplemented => {
+                self.network(rpc, &format!("{why} (the peer does not serve this RPC: is it running an older Lockstep version?)"))
+            }
             _ => self.network(rpc, &why),
         }
     }
 
     /// Sends one request and decodes the reply: the response, or the
-    /// remote raft node's error.
-    async fn call<Req, Resp, E>(
-        &mut self,
-        kind: Rpc,
-        req: &Req,
-        data: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, RpcErr<E>>
+    /// remote node's refusal (as a network error).
+    async fn call<Req, Resp>(&mut self, kind: Rpc, req: &Req, data: Vec<u8>, option: &RPCOption) -> Result<Resp, RpcErr>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
         let rpc = kind.name();
+        if self.network.isolation.is_on() {
+            self.network.isolation.tried(kind);
+            return Err(self.unreachable(rpc, "this node is cut off from its peers (test fault)"));
+        }
         // Every call asks for the channel: an address that cannot even be
         // parsed is `Unreachable` with that reason.
         let mut client = match self.network.channel(&self.node.addr) {
@@ -188,58 +270,114 @@ impl PeerClient {
         let reply = match kind {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|s| self.status(rpc, s))?.into_inner();
         match reply.result {
             Some(pb::raft_reply::Result::Ok(b)) => serde_json::from_slice(&b)
-                .map_err(|e| self.network(rpc, &format!("undecodable reply: {e}"))),
+                .map_err(|e| self.network(rpc, &format!("undecodable reply (is the peer running another Lockstep version?): {e}"))),
             Some(pb::raft_reply::Result::Error(b)) => {
-                let err: RaftError<NodeId, E> = serde_json::from_slice(&b)
-                    .map_err(|e| self.network(rpc, &format!("undecodable error reply: {e}")))?;
-                Err(RPCError::RemoteError(RemoteError::new_with_node(
-                    self.target,
-                    self.node.clone(),
-                    err,
-                )))
+                let why: String = serde_json::from_slice(&b)
+                    .unwrap_or_else(|e| format!("undecodable refusal (is the peer running another Lockstep version?): {e}"));
+                Err(self.network(rpc, &format!("refused: {why}")))
             }
             None => Err(self.network(rpc, "empty reply")),
         }
     }
+
+    /// Sends `snapshot` chunk by chunk (see the module doc); the receiver's
+    /// answer to the last chunk, or to an earlier one if it holds a higher
+    /// vote (the leader then steps down).
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let Snapshot { meta, snapshot: mut file } = snapshot;
+        let read_err = |e: std::io::Error| {
+            let e = AnyError::error(format!("reading the snapshot file to send it: {e}"));
+            StreamingError::StorageError(StorageError::read_snapshot(Some(meta.signature()), <openraft::impls::BoxedErrorSource as openraft::errors::ErrorSource>::from_error(&e)))
+        };
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let transfer = format!("{}-{}-{stamp}", self.target, std::process::id());
+        let chunk = option.snapshot_chunk_size().unwrap_or(DEFAULT_CHUNK).max(1);
+        let end = file.seek(SeekFrom::End(0)).await.map_err(read_err)?;
+        file.seek(SeekFrom::Start(0)).await.map_err(read_err)?;
+        let mut offset = 0u64;
+        loop {
+            let want = chunk.min((end - offset) as usize);
+            let mut data = Vec::with_capacity(want);
+            (&mut file).take(want as u64).read_to_end(&mut data).await.map_err(read_err)?;
+            if data.len() != want {
+                return Err(read_err(io_err(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the file ended at byte {} of {end}", offset + data.len() as u64),
+                )));
+            }
+            let done = offset + want as u64 == end;
+            let header = SnapshotChunk { vote, meta: meta.clone(), transfer: transfer.clone(), offset, done };
+            let ttl = option.hard_ttl();
+            let resp: SnapshotResponse<TypeConfig> =
+                match tokio::time::timeout(ttl, self.call(Rpc::InstallSnapshot, &header, data, option)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(self.network("InstallSnapshot", &format!("no answer within {ttl:?}")).into());
+                    }
+                };
+            if done || resp.vote > vote {
+                return Ok(resp);
+            }
+            offset += want as u64;
+        }
+    }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option).await
     }
 
-    async fn install_snapshot(
-        &mut self,
-        mut rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        let data = std::mem::take(&mut rpc.data);
-        self.call(Rpc::InstallSnapshot, &rpc, data, &option).await
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
     }
 
-    async fn vote(
+    /// Asked for real (openraft's default grants without asking).
+    async fn pre_vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(Rpc::PreVote, &rpc, Vec::new(), &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let cancel = std::pin::pin!(cancel);
+        tokio::select! {
+            closed = cancel => Err(closed.into()),
+            res = self.send_snapshot(vote, snapshot, &option) => res,
+        }
     }
 
     /// After `Unreachable`, replication to that peer pauses 100 ms, then
     /// doubling up to 1 s: a restarted peer is caught up within about a
     /// second, a dead one costs a few RPCs per second.
-    fn backoff(&self) -> Backoff {
+    fn backoff(&self) -> Option<Backoff> {
         let steps = [100u64, 200, 400, 800].into_iter().map(Duration::from_millis);
-        Backoff::new(steps.chain(std::iter::repeat(Duration::from_secs(1))))
+        Some(Backoff::new(steps.chain(std::iter::repeat(Duration::from_secs(1)))))
     }
 }
 
@@ -250,6 +388,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct PeerService {
     raft: LedgerRaft,
     contact: Arc<LeaderContact>,
+    /// The snapshot transfer under way, if any (one at a time: only the
+    /// leader sends, and a new transfer replaces an abandoned one).
+    receiving: Arc<tokio::sync::Mutex<Option<Receiving>>>,
+    isolation: Arc<Isolation>,
     /// With mutual TLS: a caller must hold a certificate valid for a
     /// member's address ([`PeerService::authorize`]).
     members_only: bool,
@@ -272,11 +414,14 @@ impl PeerService {
     /// with --join) takes any certificate of the CA, or it could never be
     /// given one.
     fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        if self.isolation.is_on() {
+            return Err(Status::unavailable(format!("raft {what}: this node is cut off from its peers (test fault)")));
+        }
         if !self.members_only {
             return Ok(());
         }
         let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
         if membership.nodes().next().is_none() {
             return Ok(());
@@ -335,9 +480,22 @@ impl Default for LeaderContact {
     }
 }
 
+/// A snapshot being received: chunks are written into `file` in order.
+struct Receiving {
+    transfer: String,
+    next: u64,
+    file: SnapshotData,
+}
+
 /// The tonic server for [`PeerService`], with the peer message limit.
-pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>, members_only: bool) -> RaftPeerServer<PeerService> {
-    RaftPeerServer::new(PeerService { raft, contact, members_only, refusals: Arc::default() })
+pub fn server(
+    raft: LedgerRaft,
+    contact: Arc<LeaderContact>,
+    isolation: Arc<Isolation>,
+    members_only: bool,
+) -> RaftPeerServer<PeerService> {
+    let receiving = Arc::default();
+    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals: Arc::default() })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
@@ -347,6 +505,7 @@ pub fn server(raft: LedgerRaft, contact: Arc<LeaderContact>, members_only: bool)
 enum Rpc {
     AppendEntries,
     Vote,
+    PreVote,
     InstallSnapshot,
 }
 
@@ -355,6 +514,7 @@ impl Rpc {
         match self {
             Rpc::AppendEntries => "AppendEntries",
             Rpc::Vote => "Vote",
+            Rpc::PreVote => "PreVote",
             Rpc::InstallSnapshot => "InstallSnapshot",
         }
     }
@@ -371,22 +531,71 @@ fn decode<T: DeserializeOwned>(rpc: &str, body: &[u8]) -> Result<T, Status> {
 /// Encodes the local raft's answer. A fatal error (the node is shut down
 /// or its storage failed) answers `Unavailable`, so the caller treats this
 /// node as unreachable and backs off, as if it were down.
-fn reply<T: Serialize, E: Serialize + std::error::Error>(
-    rpc: &str,
-    res: Result<T, RaftError<NodeId, E>>,
-) -> Result<Response<pb::RaftReply>, Status> {
-    let result = match res {
-        Ok(t) => pb::raft_reply::Result::Ok(
-            serde_json::to_vec(&t).map_err(|e| Status::internal(format!("raft {rpc}: encoding the reply: {e}")))?,
-        ),
-        Err(RaftError::Fatal(f)) => {
-            return Err(Status::unavailable(format!("raft {rpc}: this ledger node is not running: {f}")))
+fn reply<T: Serialize>(rpc: &str, res: Result<T, RaftError<TypeConfig>>) -> Result<Response<pb::RaftReply>, Status> {
+    match res {
+        Ok(t) => ok_reply(rpc, &t),
+        Err(RaftError::Fatal(f)) => Err(not_running(rpc, f)),
+        Err(RaftError::APIError(never)) => match never {},
+    }
+}
+
+fn not_running(rpc: &str, f: openraft::errors::Fatal<TypeConfig>) -> Status {
+    Status::unavailable(format!("raft {rpc}: this ledger node is not running: {f}"))
+}
+
+fn ok_reply<T: Serialize>(rpc: &str, t: &T) -> Result<Response<pb::RaftReply>, Status> {
+    let b = serde_json::to_vec(t).map_err(|e| Status::internal(format!("raft {rpc}: encoding the reply: {e}")))?;
+    Ok(Response::new(pb::RaftReply { result: Some(pb::raft_reply::Result::Ok(b)) }))
+}
+
+/// A refusal the caller should act on (start the snapshot over).
+fn refusal(why: String) -> Result<Response<pb::RaftReply>, Status> {
+    let b = serde_json::to_vec(&why).map_err(|e| Status::internal(format!("encoding a refusal: {e}")))?;
+    Ok(Response::new(pb::RaftReply { result: Some(pb::raft_reply::Result::Error(b)) }))
+}
+
+impl PeerService {
+    /// One chunk of a snapshot transfer (see the module doc).
+    async fn snapshot_chunk(&self, header: SnapshotChunk, data: Vec<u8>) -> Result<Response<pb::RaftReply>, Status> {
+        const RPC: &str = "InstallSnapshot";
+        let io = |what: &str, e: std::io::Error| Status::internal(format!("raft {RPC}: {what} the received snapshot: {e}"));
+        let mut receiving = self.receiving.lock().await;
+        if header.offset == 0 {
+            // A new transfer (or the same one started over).
+            let file = self
+                .raft
+                .with_state_machine(|sm| Box::pin(async move { sm.receiving_file().await }))
+                .await
+                .map_err(|f| not_running(RPC, f))?
+                .map_err(|e| io("creating a file for", e))?;
+            *receiving = Some(Receiving { transfer: header.transfer.clone(), next: 0, file });
         }
-        Err(e) => pb::raft_reply::Result::Error(
-            serde_json::to_vec(&e).map_err(|e| Status::internal(format!("raft {rpc}: encoding the error: {e}")))?,
-        ),
-    };
-    Ok(Response::new(pb::RaftReply { result: Some(result) }))
+        let Some(r) = receiving.as_mut().filter(|r| r.transfer == header.transfer && r.next == header.offset) else {
+            let expected = receiving.as_ref().map(|r| format!("byte {} of transfer {}", r.next, r.transfer));
+            return refusal(format!(
+                "snapshot chunk at byte {} of transfer {} does not follow what was received ({}); start over",
+                header.offset,
+                header.transfer,
+                expected.as_deref().unwrap_or("nothing")
+            ));
+        };
+        r.file.write_all(&data).await.map_err(|e| io("writing", e))?;
+        r.next += data.len() as u64;
+        if !header.done {
+            let vote = self.raft.metrics().borrow_watched().vote;
+            return ok_reply(RPC, &SnapshotResponse::<TypeConfig>::new(vote));
+        }
+        let Some(Receiving { mut file, .. }) = receiving.take() else {
+            unreachable!("checked above");
+        };
+        drop(receiving);
+        file.flush().await.map_err(|e| io("writing", e))?;
+        let snapshot = Snapshot { meta: header.meta, snapshot: file };
+        match self.raft.install_full_snapshot(header.vote, snapshot).await {
+            Ok(resp) => ok_reply(RPC, &resp),
+            Err(f) => Err(not_running(RPC, f)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -403,15 +612,20 @@ impl RaftPeer for PeerService {
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         self.authorize(&req, "Vote")?;
-        let rpc: VoteRequest<NodeId> = decode("Vote", &req.get_ref().body)?;
+        let rpc: VoteRequest<TypeConfig> = decode("Vote", &req.get_ref().body)?;
         reply("Vote", self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.authorize(&req, "PreVote")?;
+        let rpc: VoteRequest<TypeConfig> = decode("PreVote", &req.get_ref().body)?;
+        reply("PreVote", self.raft.pre_vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         self.authorize(&req, "InstallSnapshot")?;
         let req = req.into_inner();
-        let mut rpc: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", &req.body)?;
-        rpc.data = req.data;
-        reply("InstallSnapshot", self.raft.install_snapshot(rpc).await)
+        let header: SnapshotChunk = decode("InstallSnapshot", &req.body)?;
+        self.snapshot_chunk(header, req.data).await
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! A snapshot is written and read as a stream, never held whole in memory:
 //! the builder serializes the ledger straight into a temporary file, a
-//! restart decodes the state straight from the file, and openraft sends a
-//! snapshot to a follower by reading the file in chunks. (In `ledger.redb` a
+//! restart decodes the state straight from the file, and the peer network
+//! (`network`) sends a snapshot to a follower by reading the file in chunks. (In `ledger.redb` a
 //! snapshot was one value: redb holds a value being written, or read, whole
 //! in memory, and its page cache kept a copy, so every start and every
 //! snapshot cost several copies of a byte string of hundreds of bytes per
@@ -32,9 +32,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use openraft::LogId;
-
-use super::NodeId;
+use super::LogId;
 
 /// The directory inside the coordinator's data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -62,7 +60,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sna
 }
 
 /// The file name of the snapshot whose last log id is `last`.
-pub fn file_name(last: Option<&LogId<NodeId>>) -> String {
+pub fn file_name(last: Option<&LogId>) -> String {
     match last {
         Some(l) => format!("{:020}-{}-{}{FINAL_SUFFIX}", l.index, l.leader_id.term, l.leader_id.node_id),
         None => format!("empty{FINAL_SUFFIX}"),
@@ -167,7 +165,7 @@ fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
 mod tests {
     use std::io::{Read as _, Write as _};
 
-    use openraft::CommittedLeaderId;
+    use openraft::impls::leader_id_adv::LeaderId;
 
     use super::*;
 
@@ -175,7 +173,7 @@ mod tests {
     fn temp_install_and_cleanup() {
         let d = tempfile::tempdir().unwrap();
         let s = SnapshotDir::open(d.path().join(SNAPSHOT_DIR)).unwrap();
-        let id = LogId::new(CommittedLeaderId::new(2, 1), 7);
+        let id = LogId::new(LeaderId { term: 2, node_id: 1 }, 7);
         let name = file_name(Some(&id));
         assert_eq!(name, "00000000000000000007-2-1.json");
 

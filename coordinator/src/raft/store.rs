@@ -35,7 +35,7 @@
 //! Durability: the vote and snapshot meta writes are redb transactions with
 //! redb's default durability (fsync before `commit` returns), and a snapshot
 //! file is fsynced and in place before the meta naming it commits; an
-//! append is durable before openraft hears `LogFlushed`. The committed id is
+//! append is durable before openraft hears `IOFlushed`. The committed id is
 //! a hint (see `LogStore::save_committed`) kept in memory and written after
 //! the entries of the next append, in the same write. Storage calls do
 //! blocking file I/O, so each runs on tokio's blocking pool, except log
@@ -59,12 +59,9 @@ use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
 
 use anyhow::{anyhow, bail, Context as _};
-use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    AnyError, BasicNode, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    Vote,
-};
+use futures::{Stream, StreamExt as _};
+use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
 use redb::{
     Database, DatabaseError, ReadableDatabase as _, ReadableTable as _,
     TableDefinition, TableError, TableHandle as _,
@@ -74,7 +71,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{RaftLog, DEFAULT_SEGMENT_BYTES};
 use super::snapshot::{self, SnapshotDir, SNAPSHOT_DIR};
-use super::{NodeId, TypeConfig, Verdict};
+use super::{Entry, LogId, Snapshot, SnapshotData, StoredMembership, TypeConfig, Verdict, Vote};
 use crate::ledger::LedgerState;
 
 /// The ledger file inside the coordinator's data directory.
@@ -107,8 +104,8 @@ const K_VOTE: &str = "vote";
 const K_SNAPSHOT_META: &str = "snapshot_meta";
 const K_SNAPSHOT_DATA: &str = "snapshot_data";
 
-type Entry = openraft::Entry<TypeConfig>;
-type SErr = StorageError<NodeId>;
+/// What openraft's storage calls fail with.
+type SErr = std::io::Error;
 
 /// Opens (creating if new) the ledger storage in `dir`: `ledger.redb` first
 /// (its lock keeps other coordinators off the directory), then the raft log.
@@ -137,7 +134,7 @@ pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::s
     }
     let shown = log_dir.display();
     if !fresh && !log_dir.exists() {
-        let has_vote = get_meta::<Vote<NodeId>>(&db, K_VOTE)?.is_some();
+        let has_vote = get_meta::<Vote>(&db, K_VOTE)?.is_some();
         let has_snapshot = get_meta::<Meta>(&db, K_SNAPSHOT_META)?.is_some();
         if has_vote || has_snapshot {
             bail!(
@@ -341,9 +338,9 @@ fn check_format(db: &Database, path: &Path) -> anyhow::Result<Found> {
 
 // ---- small helpers ----------------------------------------------------------
 
-/// Runs blocking redb work on tokio's blocking pool, mapping any failure to
-/// the openraft storage error `wrap` builds.
-async fn blocking<T, F>(wrap: impl FnOnce(AnyError) -> StorageIOError<NodeId>, f: F) -> Result<T, SErr>
+/// Runs blocking storage work on tokio's blocking pool; a failure is an
+/// I/O error carrying the whole context chain.
+async fn blocking<T, F>(f: F) -> Result<T, SErr>
 where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
@@ -352,12 +349,18 @@ where
         Ok(r) => r,
         Err(e) => Err(anyhow!("ledger storage task failed: {e}")),
     };
-    res.map_err(|e| storage_error(wrap, e))
+    res.map_err(storage_error)
 }
 
-/// A storage failure as openraft takes it, with the whole context chain.
-fn storage_error(wrap: impl FnOnce(AnyError) -> StorageIOError<NodeId>, e: anyhow::Error) -> SErr {
-    wrap(AnyError::error(format!("{e:#}"))).into()
+/// A storage failure as openraft takes it: an I/O error with the whole
+/// context chain as its message, and the kind of the I/O error inside, if
+/// any (ENOSPC stays ENOSPC).
+fn storage_error(e: anyhow::Error) -> SErr {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map_or(std::io::ErrorKind::Other, |io| io.kind());
+    std::io::Error::new(kind, format!("{e:#}"))
 }
 
 /// True on a current-thread tokio runtime (the coordinator's default, see
@@ -384,7 +387,7 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> anyhow::Result<Opt
 /// before the hint's next write leaves it. Rewrites the raft log with the
 /// same entries (the test's log has no purge marker).
 #[cfg(test)]
-pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId<NodeId>>) -> anyhow::Result<()> {
+pub fn rewind_committed_hint(dir: &Path, committed: Option<LogId>) -> anyhow::Result<()> {
     let log_dir = dir.join(LOG_DIR);
     let entries = {
         let (db, _, _) = open(dir)?;
@@ -493,7 +496,7 @@ fn read_entries(log: &RaftLog, range: (Bound<u64>, Bound<u64>)) -> anyhow::Resul
 }
 
 fn read_log_state(log: &RaftLog) -> anyhow::Result<LogState<TypeConfig>> {
-    let last_purged: Option<LogId<NodeId>> = match log.purged() {
+    let last_purged: Option<LogId> = match log.purged() {
         Some((i, bytes)) => {
             Some(serde_json::from_slice(&bytes).with_context(|| format!("decoding the purge marker (index {i})"))?)
         }
@@ -521,9 +524,9 @@ pub struct LogStore {
     db: Arc<Db>,
     /// The committed id last given to `save_committed` and not yet written:
     /// `Some(hint)` until the next append carries it to disk.
-    pending_committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    pending_committed: Arc<Mutex<Option<Option<LogId>>>>,
     /// The newest committed id this store knows (saved, written or read).
-    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
     /// The newest entries, as appended: openraft reads each entry back right
     /// after appending it (to apply it, and to send it to followers), and
     /// serving that from memory saves a trip to the blocking pool and a
@@ -616,7 +619,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(hit);
         }
         let db = self.db.clone();
-        blocking(StorageIOError::read_logs, move || read_entries(&db.log, bounds)).await
+        blocking(move || read_entries(&db.log, bounds)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, SErr> {
+        let db = self.db.clone();
+        blocking(move || get_meta(&db, K_VOTE)).await
     }
 }
 
@@ -625,25 +633,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
         let db = self.db.clone();
-        blocking(StorageIOError::read_logs, move || read_log_state(&db.log)).await
+        blocking(move || read_log_state(&db.log)).await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), SErr> {
         let db = self.db.clone();
         let vote = *vote;
-        blocking(StorageIOError::write_vote, move || {
-            put_meta(&db, K_VOTE, &vote)
-        })
-        .await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
-        let db = self.db.clone();
-        blocking(StorageIOError::read_vote, move || get_meta(&db, K_VOTE)).await
+        blocking(move || put_meta(&db, K_VOTE, &vote)).await
     }
 
     /// The committed id is a hint that lets a restarted node re-apply
@@ -653,26 +653,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// see `Ledger::bootstrap`). So it costs no I/O here: it is kept in
     /// memory and written after the entries of the next append, in the same
     /// write, at most one append behind.
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), SErr> {
         *lock(&self.pending_committed) = Some(committed);
         *lock(&self.committed) = Some(committed);
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, SErr> {
         if let Some(c) = *lock(&self.committed) {
             return Ok(c);
         }
-        let c: Option<LogId<NodeId>> = match self.db.log.committed() {
+        let c: Option<LogId> = match self.db.log.committed() {
             Some((_, bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| StorageIOError::read(AnyError::error(format!("decoding the committed hint: {e}"))))?,
+                .map_err(|e| SErr::new(std::io::ErrorKind::InvalidData, format!("decoding the committed hint: {e}")))?,
             None => None,
         };
         lock(&self.committed).get_or_insert(c);
         Ok(c)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), SErr>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -685,22 +685,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     "appending to the raft log in {} (injected by --fault-fail-log-appends-after)",
                     self.db.log.dir().display()
                 ));
-                return Err(storage_error(StorageIOError::write_logs, e));
+                return Err(storage_error(e));
             }
         }
         let mut rows = Vec::new();
         let mut appended = Vec::new();
         for e in entries {
             let bytes = serde_json::to_vec(&e)
-                .map_err(|err| StorageIOError::write_log_entry(e.log_id, AnyError::new(&err)))?;
+                .map_err(|err| SErr::other(format!("encoding raft log entry {}: {err}", e.log_id)))?;
             rows.push((e.log_id.index, bytes));
             appended.push(e);
         }
         let hint = lock(&self.pending_committed).take();
-        let hint = match hint.map(|h| serde_json::to_vec(&h).map(|b| (h.map_or(0, |c| c.index), b))).transpose() {
-            Ok(h) => h,
-            Err(err) => return Err(StorageIOError::write(AnyError::new(&err)).into()),
-        };
+        let hint = hint
+            .map(|h| serde_json::to_vec(&h).map(|b| (h.map_or(0, |c| c.index), b)))
+            .transpose()
+            .map_err(|err| SErr::other(format!("encoding the committed hint: {err}")))?;
         let db = self.db.clone();
         let write = move || -> anyhow::Result<()> {
             // The committed hint rides along: one write, one fdatasync.
@@ -715,32 +715,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // which waits for this append anyway. Appends are the hot path;
             // the rare storage calls (vote, truncate, purge, snapshots) stay
             // on the pool.
-            write().map_err(|e| storage_error(StorageIOError::write_logs, e))
+            write().map_err(storage_error)
         } else {
-            blocking(StorageIOError::write_logs, write).await
+            blocking(write).await
         };
         if res.is_ok() {
             self.remember(appended);
         }
         // Acknowledge only what is on disk.
         match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            Ok(()) => callback.io_completed(Ok(())),
+            Err(e) => callback.io_completed(Err(SErr::new(e.kind(), e.to_string()))),
         }
         res
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+    /// Removes every entry after `last` (all of them if `None`).
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), SErr> {
+        let from = last.map_or(0, |l| l.index + 1);
         // Forget first: meanwhile, readers fall back to the files.
-        lock(&self.recent).retain(|e| e.log_id.index < log_id.index);
+        lock(&self.recent).retain(|e| e.log_id.index < from);
         let db = self.db.clone();
-        blocking(StorageIOError::write_logs, move || Ok(db.log.truncate(log_id.index)?)).await
+        blocking(move || Ok(db.log.truncate(from)?)).await
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), SErr> {
         lock(&self.recent).retain(|e| e.log_id.index > log_id.index);
         let db = self.db.clone();
-        blocking(StorageIOError::write_logs, move || {
+        blocking(move || {
             let marker = serde_json::to_vec(&log_id)?;
             Ok(db.log.purge(log_id.index, &marker)?)
         })
@@ -754,8 +756,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Clone, Debug, Default)]
 pub struct SmData {
     pub state: LedgerState,
-    pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
 }
 
 /// What a snapshot's bytes hold (the meta travels beside it).
@@ -822,7 +824,7 @@ fn decode_snapshot(r: impl std::io::Read) -> anyhow::Result<LedgerState> {
     Ok(p.state)
 }
 
-type Meta = SnapshotMeta<NodeId, BasicNode>;
+type Meta = super::SnapshotMeta;
 
 /// The current snapshot's meta and its open file.
 fn current_snapshot(db: &Db) -> anyhow::Result<Option<(Meta, std::fs::File)>> {
@@ -922,124 +924,105 @@ fn migrate_v2(db: &Database, snapshots: &SnapshotDir, path: &Path) -> anyhow::Re
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, SErr> {
         let (state, last_applied, membership) = {
             let d = read_shared(&self.data);
             (d.state.clone(), d.last_applied, d.membership.clone())
         };
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{stamp}", l.leader_id, l.index),
-            None => format!("none-{stamp}"),
-        };
-        let meta = Meta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
+        let meta = Meta { last_log_id: last_applied, last_membership: membership };
         // Streamed into its file; `state` shares its records with the
         // state machine, so the build holds no second copy of the ledger.
         let (db, m) = (self.db.clone(), meta.clone());
-        let file = blocking(
-            |e| StorageIOError::write_snapshot(None, e),
-            move || {
-                let (temp, file) = write_state_file(&db, &state)?;
-                commit_snapshot(&db, &m, &temp)?;
-                Ok(file)
-            },
-        )
-        .await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        let file = blocking(move || {
+            let (temp, file) = write_state_file(&db, &state)?;
+            commit_snapshot(&db, &m, &temp)?;
+            Ok(file)
         })
+        .await?;
+        Ok(Snapshot { meta, snapshot: tokio::fs::File::from_std(file) })
+    }
+}
+
+impl StateMachine {
+    /// A nameless file in the snapshot directory to receive a snapshot
+    /// into (the peer service writes the chunks a leader sends there, then
+    /// hands it to `install_snapshot`): an abandoned transfer leaves nothing
+    /// behind.
+    pub async fn receiving_file(&mut self) -> Result<SnapshotData, SErr> {
+        let db = self.db.clone();
+        let file = blocking(move || Ok(db.snapshots.anonymous()?)).await?;
+        Ok(tokio::fs::File::from_std(file))
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), SErr> {
         let d = read_shared(&self.data);
         Ok((d.last_applied, d.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Verdict>, SErr>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), SErr>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, SErr>> + Unpin + OptionalSend,
     {
-        let mut d = self.write();
-        let mut out = Vec::new();
-        for e in entries {
-            d.last_applied = Some(e.log_id);
-            let verdict = match e.payload {
-                EntryPayload::Blank => vec![Ok(())],
-                // The ledger's verdict: a rejected entry leaves the state
-                // unchanged, identically on every replica.
-                EntryPayload::Normal(entry) => d.state.apply_all(&entry),
-                EntryPayload::Membership(m) => {
-                    d.membership = StoredMembership::new(Some(e.log_id), m);
-                    vec![Ok(())]
+        while let Some(next) = entries.next().await {
+            let (e, responder) = next?;
+            let verdict = {
+                let mut d = self.write();
+                d.last_applied = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Blank => vec![Ok(())],
+                    // The ledger's verdict: a rejected entry leaves the state
+                    // unchanged, identically on every replica.
+                    EntryPayload::Normal(entry) => d.state.apply_all(&entry),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(e.log_id), m);
+                        vec![Ok(())]
+                    }
                 }
             };
-            out.push(Verdict(verdict));
+            if let Some(r) = responder {
+                r.send(Verdict(verdict));
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    /// A nameless file in the snapshot directory: openraft writes the
-    /// chunks a leader sends into it, and an abandoned transfer leaves
-    /// nothing behind.
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SErr> {
-        let db = self.db.clone();
-        let file = blocking(|e| StorageIOError::write_snapshot(None, e), move || Ok(db.snapshots.anonymous()?)).await?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
     /// Copies the received snapshot into a file of our own (streamed: the
-    /// data may be any file, not only one `begin_receiving_snapshot` made),
-    /// decodes the state from it, makes it current, then the state.
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), SErr> {
+    /// data may be any file, not only one `receiving_file` made), decodes
+    /// the state from it, makes it current, then the state.
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapshotData) -> Result<(), SErr> {
         let received = snapshot.into_std().await;
         let (db, m) = (self.db.clone(), meta.clone());
-        let sig = meta.signature();
-        let state = blocking(
-            move |e| StorageIOError::write_snapshot(Some(sig), e),
-            move || {
-                let (temp, mut file) = db.snapshots.temp()?;
-                let res = (|| {
-                    let mut received = received;
-                    received.seek(SeekFrom::Start(0))?;
-                    std::io::copy(&mut received, &mut file)?;
-                    file.sync_all()?;
-                    file.seek(SeekFrom::Start(0))?;
-                    decode_snapshot(BufReader::new(&mut file))
-                })();
-                let state = match res {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&temp);
-                        return Err(e.context("installing a received snapshot"));
-                    }
-                };
-                commit_snapshot(&db, &m, &temp)?;
-                Ok(state)
-            },
-        )
+        let state = blocking(move || {
+            let (temp, mut file) = db.snapshots.temp()?;
+            let res = (|| {
+                let mut received = received;
+                received.seek(SeekFrom::Start(0))?;
+                std::io::copy(&mut received, &mut file)?;
+                file.sync_all()?;
+                file.seek(SeekFrom::Start(0))?;
+                decode_snapshot(BufReader::new(&mut file))
+            })();
+            let state = match res {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(e.context("installing a received snapshot"));
+                }
+            };
+            commit_snapshot(&db, &m, &temp)?;
+            Ok(state)
+        })
         .await?;
         let mut d = self.write();
         *d = SmData {
@@ -1050,18 +1033,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        // Opened, not read: openraft reads it in chunks when it sends it to
-        // a follower (and on start only looks at the meta).
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, SErr> {
+        // Opened, not read: the network reads it in chunks when it sends it
+        // to a follower (and on start openraft only looks at the meta).
         let db = self.db.clone();
-        let snap = blocking(
-            |e| StorageIOError::read_snapshot(None, e),
-            move || current_snapshot(&db),
-        )
-        .await?;
-        Ok(snap.map(|(meta, file)| Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
+        let snap = blocking(move || current_snapshot(&db)).await?;
+        Ok(snap.map(|(meta, file)| Snapshot { meta, snapshot: tokio::fs::File::from_std(file) }))
     }
 }
