@@ -590,6 +590,10 @@ impl PeerService {
         };
         drop(receiving);
         file.flush().await.map_err(|e| io("writing", e))?;
+        if let Err(why) = super::store::StateMachine::check_received(&file).await {
+            tracing::warn!(transfer = %header.transfer, "refused a snapshot from the leader: it does not decode: {why}");
+            return refusal(format!("the snapshot of transfer {} does not decode ({why}); start over", header.transfer));
+        }
         let snapshot = Snapshot { meta: header.meta, snapshot: file };
         match self.raft.install_full_snapshot(header.vote, snapshot).await {
             Ok(resp) => ok_reply(RPC, &resp),

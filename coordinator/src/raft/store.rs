@@ -950,6 +950,26 @@ impl StateMachine {
     /// into (the peer service writes the chunks a leader sends there, then
     /// hands it to `install_snapshot`): an abandoned transfer leaves nothing
     /// behind.
+    /// Whether a snapshot received from the leader decodes as a ledger
+    /// (format and JSON). Checked before it is handed to openraft: a
+    /// snapshot that fails in `install_snapshot` is a storage error, which
+    /// stops this node's raft for good, while a transfer refused here is
+    /// only sent again. The file is left at any position; the install
+    /// reads it from the start.
+    pub async fn check_received(file: &SnapshotData) -> Result<(), String> {
+        let mut file = file.try_clone().await.map_err(|e| format!("reopening it: {e}"))?.into_std().await;
+        let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            file.seek(SeekFrom::Start(0))?;
+            decode_snapshot(BufReader::new(&mut file)).map(|_| ())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(format!("the check failed: {e}")),
+        }
+    }
+
     pub async fn receiving_file(&mut self) -> Result<SnapshotData, SErr> {
         let db = self.db.clone();
         let file = blocking(move || Ok(db.snapshots.anonymous()?)).await?;
@@ -1039,5 +1059,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let snap = blocking(move || current_snapshot(&db)).await?;
         Ok(snap.map(|(meta, file)| Snapshot { meta, snapshot: tokio::fs::File::from_std(file) }))
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    async fn file_with(bytes: &[u8]) -> SnapshotData {
+        let mut f = tempfile::tempfile().expect("temp file");
+        f.write_all(bytes).expect("write");
+        // Left at its end, as the receiver leaves it after the last chunk.
+        tokio::fs::File::from_std(f)
+    }
+
+    #[tokio::test]
+    async fn a_received_snapshot_is_checked_before_it_is_installed() {
+        let good = serde_json::to_vec(&SnapshotPayloadRef { format: SNAPSHOT_FORMAT, state: &LedgerState::default() }).unwrap();
+        assert_eq!(StateMachine::check_received(&file_with(&good).await).await, Ok(()));
+
+        let cut = StateMachine::check_received(&file_with(&good[..good.len() / 2]).await).await.unwrap_err();
+        assert!(cut.contains("not valid ledger JSON"), "{cut}");
+
+        let foreign = serde_json::to_vec(&SnapshotPayloadRef { format: "lockstep-ledger-snapshot-v0", state: &LedgerState::default() }).unwrap();
+        let foreign = StateMachine::check_received(&file_with(&foreign).await).await.unwrap_err();
+        assert!(foreign.contains("is not the supported"), "{foreign}");
     }
 }
