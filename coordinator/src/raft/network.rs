@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockstep_proto::v1 as pb;
 use openraft::async_runtime::WatchReceiver as _;
@@ -117,11 +117,31 @@ impl Isolation {
 
 /// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
 /// member's `BasicNode::addr` (its coordinator gRPC address).
+/// The channel to one peer address.
+struct PeerChannel {
+    /// The TLS generation it was made with (0 for plaintext).
+    generation: u64,
+    channel: Channel,
+    /// When the first of the RPCs on it that got no answer in time, with
+    /// none answered since, gave up; see [`STALLED_FOR`].
+    silent_since: Option<Instant>,
+}
+
+/// A peer's channel is dropped, and the next RPC dials anew, once RPCs on
+/// it have got no answer in time for this long, none answered in between
+/// (with heartbeats every 20 ms, about a dozen of them). A partition that
+/// healed leaves the channel on a connection whose packets were lost:
+/// nothing tells the client (no FIN or RST ever comes), and HTTP/2
+/// keepalive takes up to two seconds to notice, while the leader may need
+/// that follower for its quorum. A peer that is silent this long is down
+/// for raft's purposes anyway (the election timeout is shorter); if it was
+/// only slow, this costs one reconnect.
+const STALLED_FOR: Duration = Duration::from_millis(250);
+
 #[derive(Clone, Default)]
 pub struct TonicNetwork {
-    /// One channel per peer address, shared by every client for that peer,
-    /// with the TLS generation it was made with (0 for plaintext).
-    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
+    /// One channel per peer address, shared by every client for that peer.
+    channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
     /// Mutual TLS towards every peer, or plaintext.
     tls: Option<lockstep_host_agent::tls::Tls>,
     isolation: Arc<Isolation>,
@@ -142,9 +162,9 @@ impl TonicNetwork {
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((g, c)) = channels.get(addr) {
-            if *g == generation {
-                return Ok(c.clone());
+        if let Some(c) = channels.get(addr) {
+            if c.generation == generation {
+                return Ok(c.channel.clone());
             }
         }
         let uri = if addr.contains("://") {
@@ -168,8 +188,31 @@ impl TonicNetwork {
         // retried on the next one. A channel replaced here closes once the
         // RPCs still using it finish.
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), (generation, channel.clone()));
+        channels.insert(addr.to_string(), PeerChannel { generation, channel: channel.clone(), silent_since: None });
         Ok(channel)
+    }
+
+    /// An RPC to `addr` got an answer (any: a reply, a refusal, an error
+    /// status): its connection carries packets.
+    fn answered(&self, addr: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get_mut(addr) {
+            c.silent_since = None;
+        }
+    }
+
+    /// An RPC to `addr` got no answer in time, seen at `now`. Returns true
+    /// when its channel had been silent for [`STALLED_FOR`] and was
+    /// dropped.
+    fn no_answer(&self, addr: &str, now: Instant) -> bool {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = channels.get_mut(addr) else { return false };
+        let since = *c.silent_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < STALLED_FOR {
+            return false;
+        }
+        channels.remove(addr);
+        true
     }
 }
 
@@ -267,12 +310,30 @@ impl PeerClient {
         // Tells the peer how long the caller waits (openraft bounds the
         // whole call with the same TTL).
         request.set_timeout(option.hard_ttl());
-        let reply = match kind {
-            Rpc::AppendEntries => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::PreVote => client.pre_vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        // Bounded here, a bit inside openraft's own bound (which drops the
+        // call without telling us), so that a call with no answer is seen:
+        // see `STALLED_FOR`. A snapshot chunk keeps its whole time.
+        let budget = match kind {
+            Rpc::InstallSnapshot => option.hard_ttl(),
+            _ => option.soft_ttl(),
         };
+        let sent = async {
+            match kind {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::PreVote => client.pre_vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let Ok(reply) = tokio::time::timeout(budget, sent).await else {
+            let why = if self.network.no_answer(&self.node.addr, Instant::now()) {
+                format!("no answer within {budget:?}, and none for {STALLED_FOR:?}: its connection is dropped and dialed anew")
+            } else {
+                format!("no answer within {budget:?}")
+            };
+            return Err(self.network(rpc, &why));
+        };
+        self.network.answered(&self.node.addr);
         let reply = reply.map_err(|s| self.status(rpc, s))?.into_inner();
         match reply.result {
             Some(pb::raft_reply::Result::Ok(b)) => serde_json::from_slice(&b)
@@ -631,5 +692,38 @@ impl RaftPeer for PeerService {
         let req = req.into_inner();
         let header: SnapshotChunk = decode("InstallSnapshot", &req.body)?;
         self.snapshot_chunk(header, req.data).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silent_since(n: &TonicNetwork, addr: &str) -> Option<Option<Instant>> {
+        n.channels.lock().unwrap().get(addr).map(|c| c.silent_since)
+    }
+
+    #[tokio::test]
+    async fn a_channel_silent_long_enough_is_dialed_anew() {
+        let n = TonicNetwork::new(None);
+        let addr = "127.0.0.1:9";
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        n.channel(addr).expect("a lazy channel");
+        assert!(!n.no_answer(addr, at(0)));
+        assert!(!n.no_answer(addr, at(100)));
+        // An answer in between starts the silence again.
+        n.answered(addr);
+        assert_eq!(silent_since(&n, addr), Some(None));
+        assert!(!n.no_answer(addr, at(200)));
+        assert!(!n.no_answer(addr, at(200) + STALLED_FOR - Duration::from_millis(1)));
+        assert!(n.no_answer(addr, at(200) + STALLED_FOR), "silent for STALLED_FOR: the channel goes");
+        assert_eq!(silent_since(&n, addr), None);
+        // The next call dials a new one; a late answer or timeout for an
+        // address with no channel changes nothing.
+        assert!(!n.no_answer(addr, at(1000)));
+        n.answered(addr);
+        n.channel(addr).expect("a new lazy channel");
+        assert_eq!(silent_since(&n, addr), Some(None));
     }
 }
