@@ -187,7 +187,13 @@ async fn containers_replicated_coordinator_survives_a_partitioned_leader() {
     eprintln!("containers: partitioned-leader test took {} ms", started.elapsed().as_millis());
 }
 
-/// (f) A partial partition, with a network per link: the leader loses
+/// (f) Partial partitions, with a network per link. First a follower is
+/// cut off from every other daemon for several election timeouts and
+/// healed: the leader keeps committing with the other follower, and the
+/// follower, which could win no pre-vote while cut off, comes back at the
+/// term it left with and follows; the leader never changes and the
+/// pipeline keeps its epoch (without pre-vote its raised term would depose
+/// a healthy leader on the heal). Then the leader loses
 /// both its peers but still reaches every host. It cannot commit (its
 /// ledger writes find no quorum), so it must give the hosts up; the other
 /// two elect a leader, and the hosts, still able to dial the old one, must
@@ -202,8 +208,40 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
     let started = Instant::now();
     let mut c = DockerCluster::start_with(3, 1500, false, Wiring::Links).await;
     let (old, s) = c.wait_leader("a leader committing, one network per link", &[], |s| running(s) && s.last_committed_tid >= 3).await;
-    let (epoch, committed) = (s.epoch, s.last_committed_tid);
+    let (epoch, committed, term) = (s.epoch, s.last_committed_tid, s.raft_term);
     let leader = c.coordinators[old].clone();
+
+    let f = (0..c.coordinators.len()).find(|i| *i != old).expect("a follower");
+    let follower = c.coordinators[f].clone();
+    c.isolate(&follower);
+    // The partition itself, not a wait for an event: long enough for the
+    // follower's election timer (300-600 ms) to fire several times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (during, s) = c
+        .wait_leader(&format!("commits past tid {committed} with {follower} cut off"), &[f], |s| {
+            running(s) && s.last_committed_tid > committed + 2
+        })
+        .await;
+    assert_eq!((during, s.epoch), (old, epoch), "the leader changed while only a follower was cut off: {s:#?}");
+    assert_eq!(c.heal(), 2 + HOSTS);
+    let leader_id = s.node_id;
+    let caught_up = s.last_committed_tid;
+    let back = wait_for_status_with(&c.addrs[f], None, &format!("{follower} back in the group, at tid {caught_up} or later"), LONG, |x| {
+        x.leader_id != 0 && x.last_committed_tid >= caught_up
+    }, || c.logs())
+    .await;
+    let (after, s) = c
+        .wait_leader(&format!("commits past tid {caught_up} after the heal"), &[], |s| running(s) && s.last_committed_tid > caught_up + 2)
+        .await;
+    assert_eq!(
+        (after, s.epoch),
+        (old, epoch),
+        "a healed follower deposed the leader (pre-vote should have kept its term): {s:#?}\n{}",
+        tail(&c.log(&follower), 60)
+    );
+    assert_eq!(back.leader_id, leader_id, "{follower} came back following another leader: {back:#?}");
+    assert_eq!((s.raft_term, back.raft_term), (term, term), "an election happened, or {follower} raised its term while cut off");
+    let committed = s.last_committed_tid;
     for peer in c.coordinators.clone().iter().filter(|p| **p != leader) {
         c.cut(&leader, peer);
     }

@@ -19,7 +19,10 @@
 //! Some cycles are a crash with no cut: a host or the leader killed, or the
 //! leader frozen (`docker pause`). The cycle passes when a leader is
 //! Running again and commits past where the cycle began; it fails at once
-//! on Stopped or Failed. At the end every daemon must stop cleanly and
+//! on Stopped or Failed, and when a fault that left the leader a quorum
+//! (every cut but those of the leader from both peers or from everything,
+//! no coordinator killed) moved the raft term: pre-vote must keep a
+//! node that lost the leader from forcing an election. At the end every daemon must stop cleanly and
 //! every host's sink must hold every committed tid exactly once, epochs
 //! never going backwards (no deposed leader's commit after its
 //! successor's), with the aggregates an independent computation from the
@@ -86,6 +89,14 @@ impl Cut {
             65..80 => Cut::IsolateLeader,
             _ => Cut::IsolateFollower(follower),
         }
+    }
+
+    /// Whether the leader keeps a quorum of the group (itself and a
+    /// follower that hears it) through this cut: then no election may
+    /// follow, since pre-vote keeps a node that lost the leader from
+    /// raising the term while a majority still hears one.
+    fn leader_keeps_quorum(&self) -> bool {
+        !matches!(self, Cut::LeaderFromPeers | Cut::IsolateLeader)
     }
 
     fn name(&self) -> &'static str {
@@ -192,6 +203,20 @@ impl Fault {
     /// before anyone notices it.
     fn needs_new_epoch(&self) -> bool {
         matches!(self, Fault::Kill(Victim::Host(_)))
+    }
+
+    /// Whether the group must come through this fault without an
+    /// election: the leader kept a quorum, and no coordinator was killed
+    /// (a follower killed while the other is cut off leaves the leader
+    /// alone, and a restarted one may rightly grant a vote before it hears
+    /// the leader again).
+    fn keeps_the_leader(&self) -> bool {
+        match self {
+            Fault::Partition { cut, kill, .. } => cut.leader_keeps_quorum() && !matches!(kill, Some(Victim::Coordinator(_))),
+            Fault::Flap { cut, .. } => cut.leader_keeps_quorum(),
+            Fault::Kill(victim) => matches!(victim, Victim::Host(_)),
+            Fault::FreezeLeader(_) => false,
+        }
     }
 
     /// A name for the recovery summary.
@@ -318,17 +343,20 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let (mut leader, first) = wait_leader(c, "first commits", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
-    let (mut committed, mut epoch) = (first.last_committed_tid, first.epoch);
+    let (mut committed, mut epoch, mut term) = (first.last_committed_tid, first.epoch, first.raft_term);
     let mut done = 0;
     // Per kind of fault: from the moment the cluster was whole again to the
     // first new commit (what an operator waits after a partition heals).
     let mut recoveries: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    // Per kind of fault: the elections it caused (how far the raft term
+    // moved).
+    let mut elections: BTreeMap<String, u64> = BTreeMap::new();
     while done < cycles && started.elapsed() < budget {
         // Anywhere in a transaction (50 ms), a checkpoint or the steps
         // between.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let fault = Fault::draw(&mut rng, leader);
-        eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, leader {}", c.coordinators[leader]);
+        eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, term {term}, leader {}", c.coordinators[leader]);
         let cycle_began = std::time::SystemTime::now();
         fault.inject(c, leader).await;
         // Healed, restarted or woken: from here the cluster is whole again.
@@ -340,7 +368,17 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         );
         let (at, s) = wait_leader(c, &what, |s| s.pipeline_state == "Running" && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed).await;
         assert_eq!(s.pipeline_state, "Running", "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, c.logs());
-        (leader, committed, epoch) = (at, s.last_committed_tid, s.epoch);
+        if fault.keeps_the_leader() {
+            assert_eq!(
+                (c.coordinators[at].as_str(), s.raft_term),
+                (c.coordinators[leader].as_str(), term),
+                "cycle {done}: {} left the leader its quorum, yet the group elected (leader, term); what the daemons said:\n{}",
+                fault.kind(),
+                timeline(c, cycle_began)
+            );
+        }
+        *elections.entry(fault.kind()).or_default() += s.raft_term.saturating_sub(term);
+        (leader, committed, epoch, term) = (at, s.last_committed_tid, s.epoch, s.raft_term);
         let took = whole.elapsed();
         if took > SLOW {
             eprintln!("soak: cycle {done} took {took:?} from whole again to a commit; what the daemons said since it began:");
@@ -351,10 +389,11 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     }
     let (_, s) = wait_leader(c, "a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
     eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}", started.elapsed(), s.last_committed_tid, s.epoch);
-    eprintln!("soak: from whole again to a new commit, per fault (cycles, median, slowest):");
+    eprintln!("soak: from whole again to a new commit, per fault (cycles, median, slowest; terms the group moved through):");
     for (kind, mut took) in recoveries {
         took.sort_unstable();
-        eprintln!("soak:   {kind:<28} {:>3}  {:>8.2?}  {:>8.2?}", took.len(), took[took.len() / 2], took[took.len() - 1]);
+        let terms = elections.get(&kind).copied().unwrap_or(0);
+        eprintln!("soak:   {kind:<28} {:>3}  {:>8.2?}  {:>8.2?}  {terms:>4}", took.len(), took[took.len() / 2], took[took.len() - 1]);
     }
     s.last_committed_tid
 }
