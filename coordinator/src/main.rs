@@ -286,9 +286,20 @@ fn serve_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter without `RUST_LOG`. openraft logs a line per failed
+/// peer RPC from its heartbeat and replication tasks (50 a second per
+/// unreachable peer with `serve`'s 20 ms heartbeat); those are kept to
+/// errors, and the peer network logs one line when a peer stops answering
+/// and one when it is back (`raft/network.rs`). openraft's other warnings
+/// (elections, votes) stay.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,\
+openraft::replication::snapshot_transmitter=warn,openraft::replication::stream_state=warn,\
+openraft::replication::replication_handle=warn,openraft::engine::handler::replication_handler=error,\
+h2=warn,tower=warn,hyper=warn";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colour only on a terminal: a log file, a pipe into journald or
     // `kubectl logs` would otherwise carry escape codes around every field.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

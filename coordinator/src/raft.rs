@@ -467,11 +467,28 @@ impl Ledger {
         let shared = sm.shared();
         let log_store = LogStore::new(db.clone()).failing_appends_after(tuning.fault_fail_log_appends_after);
         let isolation = Arc::new(network::Isolation::default());
-        let net = TonicNetwork::new(tuning.peer_tls.clone()).with_isolation(isolation.clone());
+        let (answers_again, mut answered_again) = tokio::sync::mpsc::unbounded_channel();
+        let net = TonicNetwork::new(tuning.peer_tls.clone())
+            .with_isolation(isolation.clone())
+            .with_stalled_for(Duration::from_millis(tuning.election_timeout_min_ms))
+            .on_answer_again(answers_again);
         let raft = Raft::new(node_id, config, net, log_store, sm)
             .await
             .with_context(|| format!("starting the raft node on {shown}"))?;
         drop(db);
+        // A peer that answers again (a heartbeat got through after a cut or
+        // a restart) is sent its missing entries now, not when replication's
+        // backoff after the failures ends (up to a second): until it has
+        // them it cannot stand in for the other follower in the leader's
+        // quorum. The task ends with the network, which the raft core owns.
+        let resetter = raft.clone();
+        tokio::spawn(async move {
+            while let Some(peer) = answered_again.recv().await {
+                if resetter.trigger().reset_backoff([peer]).await.is_err() {
+                    break;
+                }
+            }
+        });
 
         // Leadership as a watch of its own, derived from openraft's server
         // metrics, which change only with the vote, the server state, the

@@ -115,41 +115,121 @@ impl Isolation {
     }
 }
 
-/// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
-/// member's `BasicNode::addr` (its coordinator gRPC address).
 /// The channel to one peer address.
 struct PeerChannel {
     /// The TLS generation it was made with (0 for plaintext).
     generation: u64,
     channel: Channel,
     /// When the first of the RPCs on it that got no answer in time, with
-    /// none answered since, gave up; see [`STALLED_FOR`].
+    /// none answered since, gave up; see [`TonicNetwork::stalled_for`].
     silent_since: Option<Instant>,
 }
 
-/// A peer's channel is dropped, and the next RPC dials anew, once RPCs on
-/// it have got no answer in time for this long, none answered in between
-/// (with heartbeats every 20 ms, about a dozen of them). A partition that
-/// healed leaves the channel on a connection whose packets were lost:
-/// nothing tells the client (no FIN or RST ever comes), and HTTP/2
-/// keepalive takes up to two seconds to notice, while the leader may need
-/// that follower for its quorum. A peer that is silent this long is down
-/// for raft's purposes anyway (the election timeout is shorter); if it was
-/// only slow, this costs one reconnect.
+/// Whether a peer answers, for the log: one line when it stops (after
+/// [`QUIET_FOR`]) and one when it is back, instead of openraft's line per
+/// failed RPC (every heartbeat, 50 a second with `serve`'s defaults).
+#[derive(Default)]
+struct Reach {
+    /// The first failed RPC since the last answer.
+    failing_since: Option<Instant>,
+    failed: u64,
+    /// Whether "does not answer" was logged for this run of failures.
+    told: bool,
+}
+
+/// A peer that has not answered for this long is logged as lost.
+const QUIET_FOR: Duration = Duration::from_secs(1);
+
+/// `stalled_for` unless the node's tuning says otherwise.
 const STALLED_FOR: Duration = Duration::from_millis(250);
 
-#[derive(Clone, Default)]
+/// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
+/// member's `BasicNode::addr` (its coordinator gRPC address).
+#[derive(Clone)]
 pub struct TonicNetwork {
     /// One channel per peer address, shared by every client for that peer.
     channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
+    /// Per peer address, whether it answers (kept across new channels).
+    reach: Arc<Mutex<HashMap<String, Reach>>>,
     /// Mutual TLS towards every peer, or plaintext.
     tls: Option<lockstep_host_agent::tls::Tls>,
     isolation: Arc<Isolation>,
+    /// Told the id of a peer that answers again after failed RPCs.
+    answers_again: Option<tokio::sync::mpsc::UnboundedSender<NodeId>>,
+    /// A peer's channel is dropped, and the next RPC dials anew, once RPCs
+    /// on it have got no answer in time for this long, none answered in
+    /// between. A partition that healed can leave the channel on a
+    /// connection whose packets were lost (the peer's address changed when
+    /// it rejoined, or TCP's retransmission backed off to seconds): nothing
+    /// tells the client (no FIN or RST ever comes), and HTTP/2 keepalive
+    /// takes up to two seconds to notice, while the leader may need that
+    /// follower for its quorum, and the follower starts an election once
+    /// the leader's lease and its election timeout have passed. So the
+    /// node sets it to its election timeout's minimum: a fresh connection
+    /// over a healed link then reaches the follower in time. A peer that
+    /// was only slow costs one reconnect.
+    stalled_for: Duration,
 }
 
 impl TonicNetwork {
     pub fn new(tls: Option<lockstep_host_agent::tls::Tls>) -> Self {
-        TonicNetwork { channels: Arc::default(), tls, isolation: Arc::default() }
+        TonicNetwork {
+            channels: Arc::default(),
+            reach: Arc::default(),
+            tls,
+            isolation: Arc::default(),
+            answers_again: None,
+            stalled_for: STALLED_FOR,
+        }
+    }
+
+    /// Sends `tx` the id of every peer that answers again after failed
+    /// RPCs (the node resets replication's backoff towards it).
+    pub fn on_answer_again(mut self, tx: tokio::sync::mpsc::UnboundedSender<NodeId>) -> Self {
+        self.answers_again = Some(tx);
+        self
+    }
+
+    /// See [`TonicNetwork::stalled_for`].
+    pub fn with_stalled_for(mut self, stalled_for: Duration) -> Self {
+        self.stalled_for = stalled_for;
+        self
+    }
+
+    /// Notes whether an RPC to peer `target` at `addr` got an answer, and
+    /// logs the changes (see [`Reach`]).
+    fn reached(&self, target: NodeId, addr: &str, failure: Option<&str>, now: Instant) {
+        let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        let r = reach.entry(addr.to_string()).or_default();
+        match failure {
+            None => {
+                if r.failing_since.is_some() {
+                    if let Some(tx) = &self.answers_again {
+                        let _ = tx.send(target);
+                    }
+                }
+                if r.told {
+                    let down = r.failing_since.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                    tracing::info!(peer = target, %addr, "raft peer answers again after {down:.1?} ({} RPCs failed meanwhile)", r.failed);
+                }
+                *r = Reach::default();
+            }
+            Some(why) => {
+                let since = *r.failing_since.get_or_insert(now);
+                r.failed += 1;
+                let quiet = now.saturating_duration_since(since);
+                if !r.told && quiet >= QUIET_FOR {
+                    r.told = true;
+                    tracing::warn!(
+                        peer = target,
+                        %addr,
+                        "raft peer has not answered for {quiet:.1?} ({} RPCs failed; the last: {why}); this node keeps trying, \
+                         and logs when it answers again",
+                        r.failed
+                    );
+                }
+            }
+        }
     }
 
     /// With the test-only fault switch `isolation` (shared with the node's
@@ -202,13 +282,12 @@ impl TonicNetwork {
     }
 
     /// An RPC to `addr` got no answer in time, seen at `now`. Returns true
-    /// when its channel had been silent for [`STALLED_FOR`] and was
-    /// dropped.
+    /// when its channel had been silent for `stalled_for` and was dropped.
     fn no_answer(&self, addr: &str, now: Instant) -> bool {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let Some(c) = channels.get_mut(addr) else { return false };
         let since = *c.silent_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < STALLED_FOR {
+        if now.saturating_duration_since(since) < self.stalled_for {
             return false;
         }
         channels.remove(addr);
@@ -312,7 +391,8 @@ impl PeerClient {
         request.set_timeout(option.hard_ttl());
         // Bounded here, a bit inside openraft's own bound (which drops the
         // call without telling us), so that a call with no answer is seen:
-        // see `STALLED_FOR`. A snapshot chunk keeps its whole time.
+        // see `TonicNetwork::stalled_for`. A snapshot chunk keeps its whole
+        // time.
         let budget = match kind {
             Rpc::InstallSnapshot => option.hard_ttl(),
             _ => option.soft_ttl(),
@@ -327,14 +407,31 @@ impl PeerClient {
         };
         let Ok(reply) = tokio::time::timeout(budget, sent).await else {
             let why = if self.network.no_answer(&self.node.addr, Instant::now()) {
-                format!("no answer within {budget:?}, and none for {STALLED_FOR:?}: its connection is dropped and dialed anew")
+                format!(
+                    "no answer within {budget:?}, and none for {:?}: its connection is dropped and dialed anew",
+                    self.network.stalled_for
+                )
             } else {
                 format!("no answer within {budget:?}")
             };
+            self.network.reached(self.target, &self.node.addr, Some(&why), Instant::now());
             return Err(self.network(rpc, &why));
         };
         self.network.answered(&self.node.addr);
-        let reply = reply.map_err(|s| self.status(rpc, s))?.into_inner();
+        let reply = match reply {
+            Ok(r) => {
+                self.network.reached(self.target, &self.node.addr, None, Instant::now());
+                r.into_inner()
+            }
+            Err(s) => {
+                let e = self.status(rpc, s);
+                // Unreachable: the peer's server did not answer (refused,
+                // reset, no route); any other status came from it.
+                let failure = matches!(e, RPCError::Unreachable(_)).then(|| e.to_string());
+                self.network.reached(self.target, &self.node.addr, failure.as_deref(), Instant::now());
+                return Err(e);
+            }
+        };
         match reply.result {
             Some(pb::raft_reply::Result::Ok(b)) => serde_json::from_slice(&b)
                 .map_err(|e| self.network(rpc, &format!("undecodable reply (is the peer running another Lockstep version?): {e}"))),
@@ -434,8 +531,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 
     /// After `Unreachable`, replication to that peer pauses 100 ms, then
-    /// doubling up to 1 s: a restarted peer is caught up within about a
-    /// second, a dead one costs a few RPCs per second.
+    /// doubling up to 1 s: a dead one costs a few RPCs per second. The
+    /// heartbeats go on meanwhile, and the first one it answers ends the
+    /// pause (`TonicNetwork::on_answer_again`), so a restarted or healed
+    /// peer is caught up at once.
     fn backoff(&self) -> Option<Backoff> {
         let steps = [100u64, 200, 400, 800].into_iter().map(Duration::from_millis);
         Some(Backoff::new(steps.chain(std::iter::repeat(Duration::from_secs(1)))))
@@ -703,6 +802,36 @@ mod tests {
         n.channels.lock().unwrap().get(addr).map(|c| c.silent_since)
     }
 
+    #[test]
+    fn a_peer_is_logged_lost_once_after_a_quiet_second_and_back_once() {
+        let (tx, mut again) = tokio::sync::mpsc::unbounded_channel();
+        let n = TonicNetwork::new(None).on_answer_again(tx);
+        let addr = "coordinator-2:50051";
+        let t0 = Instant::now();
+        let state = || {
+            let r = n.reach.lock().unwrap();
+            r.get(addr).map(|r| (r.failed, r.told))
+        };
+        n.reached(2, addr, Some("no answer within 15ms"), t0);
+        n.reached(2, addr, Some("no answer within 15ms"), t0 + QUIET_FOR / 2);
+        assert_eq!(state(), Some((2, false)), "quiet for less than QUIET_FOR: nothing told yet");
+        n.reached(2, addr, Some("no answer within 15ms"), t0 + QUIET_FOR);
+        assert_eq!(state(), Some((3, true)));
+        n.reached(2, addr, Some("Unavailable: connection refused"), t0 + QUIET_FOR * 2);
+        assert_eq!(state(), Some((4, true)), "told once per run of failures");
+        assert!(again.try_recv().is_err(), "not back yet");
+        n.reached(2, addr, None, t0 + QUIET_FOR * 3);
+        assert_eq!(state(), Some((0, false)), "an answer ends the run");
+        assert_eq!(again.try_recv().ok(), Some(2), "the node is told it answers again");
+        n.reached(2, addr, None, t0 + QUIET_FOR * 3);
+        assert!(again.try_recv().is_err(), "told once, not at every answer");
+        // A short blip is never logged, but still ends replication's pause.
+        n.reached(2, addr, Some("no answer within 15ms"), t0 + QUIET_FOR * 4);
+        n.reached(2, addr, None, t0 + QUIET_FOR * 4 + Duration::from_millis(20));
+        assert_eq!(state(), Some((0, false)));
+        assert_eq!(again.try_recv().ok(), Some(2));
+    }
+
     #[tokio::test]
     async fn a_channel_silent_long_enough_is_dialed_anew() {
         let n = TonicNetwork::new(None);
@@ -717,7 +846,7 @@ mod tests {
         assert_eq!(silent_since(&n, addr), Some(None));
         assert!(!n.no_answer(addr, at(200)));
         assert!(!n.no_answer(addr, at(200) + STALLED_FOR - Duration::from_millis(1)));
-        assert!(n.no_answer(addr, at(200) + STALLED_FOR), "silent for STALLED_FOR: the channel goes");
+        assert!(n.no_answer(addr, at(200) + STALLED_FOR), "silent for stalled_for: the channel goes");
         assert_eq!(silent_since(&n, addr), None);
         // The next call dials a new one; a late answer or timeout for an
         // address with no channel changes nothing.
