@@ -246,6 +246,9 @@ impl DockerCluster {
         let hosts = (0..HOSTS).map(host_id).collect::<Vec<_>>().join(",");
         let deadline = report_deadline_ms.to_string();
         let peers = (1..=n).map(|i| format!("{i}={}:50051", coordinators[i - 1])).collect::<Vec<_>>().join(",");
+        // A coordinator log filter for a run that needs more than the
+        // default (e.g. `info,openraft=info` to see elections and pre-votes).
+        let coordinator_log = std::env::var("LOCKSTEP_TEST_COORDINATOR_LOG").ok();
         for (i, role) in coordinators.iter().enumerate() {
             let node_id = (i + 1).to_string();
             let mut env = vec![
@@ -259,6 +262,9 @@ impl DockerCluster {
             ];
             if n > 1 {
                 env.extend([("LOCKSTEP_NODE_ID", node_id.as_str()), ("LOCKSTEP_PEERS", peers.as_str())]);
+            }
+            if let Some(filter) = &coordinator_log {
+                env.push(("RUST_LOG", filter.as_str()));
             }
             match wiring {
                 Wiring::Shared => {

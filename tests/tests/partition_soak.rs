@@ -21,8 +21,10 @@
 //! Running again and commits past where the cycle began; it fails at once
 //! on Stopped or Failed, and when a fault that left the leader a quorum
 //! (every cut but those of the leader from both peers or from everything,
-//! no coordinator killed) moved the raft term: pre-vote must keep a
-//! node that lost the leader from forcing an election. At the end every daemon must stop cleanly and
+//! no coordinator killed) moved the raft term although the group was whole
+//! when it began (every follower following the leader, caught up):
+//! pre-vote must keep a node that lost the leader from forcing an
+//! election. At the end every daemon must stop cleanly and
 //! every host's sink must hold every committed tid exactly once, epochs
 //! never going backwards (no deposed leader's commit after its
 //! successor's), with the aggregates an independent computation from the
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use lockstep_proto::v1::Status;
 use lockstep_tests::docker::{containers_can_run, docker, DockerCluster, Wiring, HOSTS};
-use lockstep_tests::{env_u64, host_id};
+use lockstep_tests::{env_u64, host_id, status_at_with};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
@@ -297,6 +299,27 @@ fn timeline(c: &DockerCluster, since: std::time::SystemTime) -> String {
     out
 }
 
+/// Whether every coordinator follows the leader (node `leader_id`) in
+/// `term` and has applied `committed`: the leader reaches both followers.
+/// A fault drawn right after the last one's heal may find a link still on
+/// a dead connection (the peer rejoined the link with a new address) until
+/// the leader dials it anew, and then an election is fair.
+async fn whole(c: &DockerCluster, leader_id: u64, term: u64, committed: u64) -> Result<(), String> {
+    for (addr, role) in c.addrs.iter().zip(&c.coordinators) {
+        match status_at_with(addr, c.tls.as_ref()).await {
+            Ok(s) if s.leader_id == leader_id && s.raft_term == term && s.last_committed_tid >= committed => {}
+            Ok(s) => {
+                return Err(format!(
+                    "{role} follows node {} in term {} at tid {} (the leader: node {leader_id}, term {term}, tid {committed})",
+                    s.leader_id, s.raft_term, s.last_committed_tid
+                ))
+            }
+            Err(e) => return Err(format!("{role} does not answer: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// The leader (not stale) once its status satisfies `pred` or shows Failed
 /// or Stopped; its index and status.
 async fn wait_leader(c: &DockerCluster, what: &str, pred: impl Fn(&Status) -> bool) -> (usize, Status) {
@@ -343,7 +366,10 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let (mut leader, first) = wait_leader(c, "first commits", |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
-    let (mut committed, mut epoch, mut term) = (first.last_committed_tid, first.epoch, first.raft_term);
+    let (mut committed, mut epoch, mut term, mut leader_id) = (first.last_committed_tid, first.epoch, first.raft_term, first.node_id);
+    // Cycles whose fault had to leave the leader alone, and how many of
+    // them found the group whole, so that it was checked.
+    let (mut must_keep, mut checked) = (0, 0);
     let mut done = 0;
     // Per kind of fault: from the moment the cluster was whole again to the
     // first new commit (what an operator waits after a partition heals).
@@ -356,7 +382,13 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         // between.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let fault = Fault::draw(&mut rng, leader);
-        eprintln!("soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, term {term}, leader {}", c.coordinators[leader]);
+        let not_whole = whole(c, leader_id, term, committed).await.err();
+        let was_whole = not_whole.is_none();
+        eprintln!(
+            "soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, term {term}, leader {}{}",
+            c.coordinators[leader],
+            not_whole.map(|why| format!(" (not whole: {why})")).unwrap_or_default()
+        );
         let cycle_began = std::time::SystemTime::now();
         fault.inject(c, leader).await;
         // Healed, restarted or woken: from here the cluster is whole again.
@@ -368,7 +400,9 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         );
         let (at, s) = wait_leader(c, &what, |s| s.pipeline_state == "Running" && (!new_epoch || s.epoch > epoch) && s.last_committed_tid > committed).await;
         assert_eq!(s.pipeline_state, "Running", "cycle {done}: the pipeline must recover, never stop or fail: {}\n{s:#?}\n{}", s.failure, c.logs());
-        if fault.keeps_the_leader() {
+        must_keep += u64::from(fault.keeps_the_leader());
+        if fault.keeps_the_leader() && was_whole {
+            checked += 1;
             assert_eq!(
                 (c.coordinators[at].as_str(), s.raft_term),
                 (c.coordinators[leader].as_str(), term),
@@ -378,7 +412,7 @@ async fn soak(c: &mut DockerCluster) -> u64 {
             );
         }
         *elections.entry(fault.kind()).or_default() += s.raft_term.saturating_sub(term);
-        (leader, committed, epoch, term) = (at, s.last_committed_tid, s.epoch, s.raft_term);
+        (leader, committed, epoch, term, leader_id) = (at, s.last_committed_tid, s.epoch, s.raft_term, s.node_id);
         let took = whole.elapsed();
         if took > SLOW {
             eprintln!("soak: cycle {done} took {took:?} from whole again to a commit; what the daemons said since it began:");
@@ -389,6 +423,10 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     }
     let (_, s) = wait_leader(c, "a last commit", |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
     eprintln!("soak: {done} cycles in {:?}; tid {} committed in epoch {}", started.elapsed(), s.last_committed_tid, s.epoch);
+    eprintln!(
+        "soak: {must_keep} faults left the leader a quorum; {checked} of them began with the group whole and kept the \
+         leader and the term (the others began with a follower not following or not caught up)"
+    );
     eprintln!("soak: from whole again to a new commit, per fault (cycles, median, slowest; terms the group moved through):");
     for (kind, mut took) in recoveries {
         took.sort_unstable();
