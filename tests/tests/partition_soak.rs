@@ -35,8 +35,11 @@
 //!
 //! Knobs (environment): `LOCKSTEP_SOAK_CYCLES` (50), `LOCKSTEP_SOAK_MINUTES`
 //! (10; no new cycle starts after that), `LOCKSTEP_SOAK_SEED` (printed at
-//! the start; the same seed draws the same faults). A failed run keeps the
-//! data directories and every container's log and prints where.
+//! the start; the same seed draws the same faults),
+//! `LOCKSTEP_TEST_COORDINATOR_LOG` (a `RUST_LOG` filter for the
+//! coordinators, e.g. `info,openraft=info` to follow elections). A failed
+//! run keeps the data directories and every container's log and prints
+//! where.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
