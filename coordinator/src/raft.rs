@@ -504,9 +504,12 @@ impl Ledger {
         let server = raft.server_metrics();
         let (lead_tx, lead_rx) = watch::channel(leadership_of(&server.borrow_watched()));
         let mut m_rx = server.clone();
+        crate::metrics::set_raft_term(lead_rx.borrow().term);
         tokio::spawn(async move {
             while m_rx.changed().await.is_ok() {
                 let now = leadership_of(&m_rx.borrow_and_update());
+                // Every change of the term passes here, whoever watches.
+                crate::metrics::set_raft_term(now.term);
                 lead_tx.send_if_modified(|l| std::mem::replace(l, now) != now);
             }
         });

@@ -622,7 +622,6 @@ pub fn supervise(
                     return Ok(());
                 }
                 let seen = *lead.borrow_and_update();
-                crate::metrics::set_raft_term(seen.term);
                 if seen.leader != Some(me) {
                     tokio::select! {
                         r = lead.changed() => if r.is_err() { return Ok(()) },
@@ -675,7 +674,6 @@ pub fn supervise(
                                 return "the raft node stopped".to_string();
                             }
                             let now = *lead.borrow_and_update();
-                            crate::metrics::set_raft_term(now.term);
                             if now.term != term || now.leader != Some(me) {
                                 return match now.leader {
                                     Some(l) if l != me => format!("node {l} leads term {}", now.term),

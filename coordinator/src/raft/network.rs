@@ -476,14 +476,9 @@ impl PeerClient {
             }
             let done = offset + want as u64 == end;
             let header = SnapshotChunk { vote, meta: meta.clone(), transfer: transfer.clone(), offset, done };
-            let ttl = option.hard_ttl();
-            let resp: SnapshotResponse<TypeConfig> =
-                match tokio::time::timeout(ttl, self.call(Rpc::InstallSnapshot, &header, data, option)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(self.network("InstallSnapshot", &format!("no answer within {ttl:?}")).into());
-                    }
-                };
+            // `call` bounds each chunk by the whole `hard_ttl`, and counts
+            // a chunk with no answer towards the channel's silence.
+            let resp: SnapshotResponse<TypeConfig> = self.call(Rpc::InstallSnapshot, &header, data, option).await?;
             if done || resp.vote > vote {
                 return Ok(resp);
             }
