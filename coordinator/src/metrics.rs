@@ -13,12 +13,14 @@
 //! series are live: a follower shows `lockstep_leader 0` and its pipeline
 //! series at 0 (or none, if it never led).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
 
 use crate::core::{Core, Notice, RecoveryPath};
+use crate::raft::progress::MemberProgress;
 
 /// Every value of the `state` label of `lockstep_pipeline_state`, as
 /// `Phase::name` spells them.
@@ -40,6 +42,14 @@ fn describe() {
     describe_gauge!(
         "lockstep_raft_term",
         "The coordinator group's raft term as this node last saw it (rises with every election, and only then)"
+    );
+    describe_gauge!(
+        "lockstep_raft_member_behind_entries",
+        "Leader only: log entries the member (label node) does not hold yet; 0 on the other nodes"
+    );
+    describe_gauge!(
+        "lockstep_raft_member_last_answer_age_seconds",
+        "Leader only: seconds since the leader sent the newest request the member (label node) answered, +Inf if it answered none; 0 on the other nodes"
     );
     describe_gauge!("lockstep_pipeline_state", "1 for the pipeline's current state (label state), 0 for the others");
     describe_gauge!("lockstep_epoch", "The pipeline's epoch (fencing token; rises with every recovery and leader)");
@@ -75,6 +85,37 @@ pub fn set_leader(leading: bool) {
 /// Sets `lockstep_raft_term`.
 pub fn set_raft_term(term: u64) {
     gauge!("lockstep_raft_term").set(term as f64);
+}
+
+/// `lockstep_raft_member_behind_entries` and
+/// `lockstep_raft_member_last_answer_age_seconds`, one series per member
+/// other than the leader, set from the leader's view of the group
+/// (`Ledger::progress`). A node that does not lead (any more) shows 0 in
+/// every series it set, like the pipeline's series, so that an alert over
+/// all nodes sees only the leader's numbers.
+#[derive(Default)]
+pub struct MemberGauges {
+    shown: BTreeSet<u64>,
+}
+
+impl MemberGauges {
+    /// `progress`: `None` when node `me` does not lead.
+    pub fn update(&mut self, me: u64, progress: Option<&[MemberProgress]>) {
+        let mut now = BTreeSet::new();
+        for p in progress.unwrap_or_default().iter().filter(|p| p.node_id != me) {
+            let node = p.node_id.to_string();
+            gauge!("lockstep_raft_member_behind_entries", "node" => node.clone()).set(p.behind as f64);
+            let age = p.silent_for.map_or(f64::INFINITY, |d| d.as_secs_f64());
+            gauge!("lockstep_raft_member_last_answer_age_seconds", "node" => node).set(age);
+            now.insert(p.node_id);
+        }
+        for gone in self.shown.difference(&now) {
+            gauge!("lockstep_raft_member_behind_entries", "node" => gone.to_string()).set(0.0);
+            gauge!("lockstep_raft_member_last_answer_age_seconds", "node" => gone.to_string()).set(0.0);
+        }
+        // Zeroed series stay listed: zeroing them again costs nothing.
+        self.shown.extend(now);
+    }
 }
 
 /// Drivers started in this process: a driver that ends after the next one

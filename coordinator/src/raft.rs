@@ -89,6 +89,7 @@
 mod bench;
 pub mod log;
 pub mod network;
+pub mod progress;
 pub mod snapshot;
 pub mod store;
 
@@ -514,7 +515,7 @@ impl Ledger {
             }
         });
 
-        Ok(Ledger {
+        let ledger = Ledger {
             inner: Arc::new(Inner {
                 metrics,
                 leadership: lead_rx,
@@ -528,7 +529,33 @@ impl Ledger {
                 db_closed,
                 path,
             }),
-        })
+        };
+        ledger.spawn_member_gauges();
+        Ok(ledger)
+    }
+
+    /// Keeps the per-member gauges (`crate::metrics::MemberGauges`) current,
+    /// once a second: how far behind each member is and how long since it
+    /// answered change with every heartbeat, too often to follow change by
+    /// change. The task holds the ledger weakly and ends with it.
+    fn spawn_member_gauges(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut gauges = crate::metrics::MemberGauges::default();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let ledger = Ledger { inner };
+                if ledger.core_failure().is_some() {
+                    // The raft core stopped: nobody leads from here.
+                    gauges.update(ledger.inner.node_id, None);
+                    break;
+                }
+                gauges.update(ledger.inner.node_id, ledger.progress().as_deref());
+            }
+        });
     }
 
     /// Initialises a brand-new group (if this node is the one to), or, for
@@ -716,6 +743,26 @@ impl Ledger {
         let (id, addr) = self.leader()?;
         let window = Duration::from_millis(self.inner.tuning.election_timeout_min_ms);
         (id == self.inner.node_id || self.inner.contact.within(window)).then_some((id, addr))
+    }
+
+    /// Leader only: every member's replication as this leader sees it (the
+    /// matched log index, the entries it lacks, how long since it last
+    /// answered); `None` on a follower or candidate, which does not know.
+    pub fn progress(&self) -> Option<Vec<progress::MemberProgress>> {
+        use openraft::Instant as _;
+        let m = self.inner.metrics.borrow_watched();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.inner.node_id) {
+            return None;
+        }
+        let view = progress::LeaderView {
+            leader: self.inner.node_id,
+            last_log_index: m.last_log_index,
+            matched: m.replication.as_ref()?.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect(),
+            answered_ago: m.heartbeat.as_ref()?.iter().map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed()))).collect(),
+        };
+        let membership = m.membership_config.membership();
+        let members: Vec<NodeId> = membership.voter_ids().chain(membership.learner_ids()).collect();
+        Some(progress::of(&view, members))
     }
 
     /// The address of `id` in the current membership.

@@ -1524,14 +1524,35 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
+/// The group's members; on the leader, each with its replication progress
+/// (`Ledger::progress`).
 fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
     let members = ledger.members();
     let leader = ledger.leader().map(|(id, _)| id);
+    let progress: std::collections::BTreeMap<u64, pb::NodeProgress> = ledger
+        .progress()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let shown = pb::NodeProgress {
+                matched_index: p.matched.unwrap_or(0),
+                behind: p.behind,
+                last_answer_ms_ago: p.silent_for.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+            };
+            (p.node_id, shown)
+        })
+        .collect();
     let voters = members.voters.into_iter().map(|(id, addr)| (id, addr, true));
     let learners = members.learners.into_iter().map(|(id, addr)| (id, addr, false));
     voters
         .chain(learners)
-        .map(|(node_id, addr, voter)| pb::Node { node_id, addr, voter, leader: leader == Some(node_id) })
+        .map(|(node_id, addr, voter)| pb::Node {
+            node_id,
+            addr,
+            voter,
+            leader: leader == Some(node_id),
+            progress: progress.get(&node_id).copied(),
+        })
         .collect()
 }
 

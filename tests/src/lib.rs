@@ -594,6 +594,17 @@ pub async fn status_at_with(addr: &str, tls: Option<&certs::TlsFiles>) -> anyhow
     Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
 }
 
+/// One Admin/ListNodes call to the coordinator at `addr` (host:port),
+/// bounded in time like `status_at`.
+pub async fn nodes_at(addr: &str) -> anyhow::Result<Vec<pb::Node>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    Ok(AdminClient::new(channel).list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes)
+}
+
 /// One plain-HTTP GET of `addr`'s `/metrics` (a daemon's
 /// `--metrics-listen`), parsed: `name{labels}` -> value for every sample
 /// line of the Prometheus text format. Blocking; bounded in time.

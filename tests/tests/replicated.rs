@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use lockstep_tests::{assert_epochs_in_order, free_port, scrape_metrics, sink_tids, ClusterOpts, Group};
+use lockstep_proto::v1 as pb;
+use lockstep_tests::{assert_epochs_in_order, free_port, nodes_at, scrape_metrics, sink_tids, ClusterOpts, Group};
 
 const NODES: usize = 3;
 
@@ -152,6 +153,88 @@ async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
         .await;
     assert!(s.raft_term > term, "the election after the kill did not raise the term: {s:#?}");
     check((0..NODES).filter(|i| *i != leader).collect(), next, s.epoch, s.raft_term).await;
+}
+
+/// The leader's `ListNodes` shows every member's copy of the log (the
+/// matched index, the entries it lacks, how long since it last answered),
+/// and its metrics the same per member; a follower's shows none, since it
+/// does not know. A follower frozen with SIGSTOP is seen falling behind and
+/// going silent while the pipeline commits on, and catching up once it runs
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_shows_how_far_each_member_is_and_a_frozen_one_falls_behind() {
+    let ports: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let flags = ports.clone();
+    let g = Group::start_nodes_with(NODES, opts(), move |i, args| args.extend(["--metrics-listen".into(), flags[i].clone()]), |_, _| {});
+    let long = Duration::from_secs(60);
+    let (leader, _) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
+    let id = |i: usize| i as u64 + 1;
+    let frozen = (leader + 1) % NODES;
+    let other = (leader + 2) % NODES;
+
+    let progress = |nodes: &[pb::Node], i: usize| nodes.iter().find(|n| n.node_id == id(i)).and_then(|n| n.progress);
+
+    // Every member has a progress on the leader: the leader holds its whole
+    // log, each follower has answered and holds some of it.
+    let nodes = await_nodes(&g, leader, "both followers answering", |nodes| {
+        [frozen, other].iter().all(|&f| progress(nodes, f).is_some_and(|p| p.matched_index > 0 && p.last_answer_ms_ago.is_some()))
+    })
+    .await;
+    assert_eq!(nodes.len(), NODES, "{nodes:#?}");
+    let own = progress(&nodes, leader).expect("the leader's own progress");
+    assert_eq!((own.behind, own.last_answer_ms_ago), (0, None), "{nodes:#?}");
+    assert!(own.matched_index > 0, "{nodes:#?}");
+    for f in [frozen, other] {
+        let at_follower = nodes_at(&g.addrs[f]).await.expect("a follower's ListNodes");
+        assert_eq!(at_follower.len(), NODES, "{at_follower:#?}");
+        assert!(at_follower.iter().all(|n| n.progress.is_none()), "a follower does not know the others' progress: {at_follower:#?}");
+    }
+
+    // Frozen: it answers nothing and lacks every entry committed since.
+    g.nodes[frozen].pause(true);
+    let nodes = await_nodes(&g, leader, "the frozen follower silent for 1.5 s and behind", |nodes| {
+        progress(nodes, frozen).is_some_and(|p| p.last_answer_ms_ago.unwrap_or(u64::MAX) >= 1500 && p.behind > 0)
+    })
+    .await;
+    let lacked = progress(&nodes, leader).expect("the leader's own progress").matched_index;
+    let metrics_addr = ports[leader].clone();
+    let node_label = id(frozen);
+    let deadline = std::time::Instant::now() + long;
+    loop {
+        let addr = metrics_addr.clone();
+        let m = tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.expect("scrape");
+        let get = |k: &str| m.get(&format!("{k}{{node=\"{node_label}\"}}")).copied();
+        if get("lockstep_raft_member_last_answer_age_seconds").is_some_and(|s| s >= 1.0) && get("lockstep_raft_member_behind_entries").is_some_and(|b| b > 0.0) {
+            assert!(m.keys().all(|k| !k.starts_with("lockstep_raft_member_") || !k.contains(&format!("node=\"{}\"", id(leader)))), "the leader has no series of its own: {m:#?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the leader's gauges never showed node {node_label} silent and behind: {m:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Running again: it answers and holds what it lacked.
+    g.nodes[frozen].pause(false);
+    await_nodes(&g, leader, "the follower answering again and caught up", |nodes| {
+        progress(nodes, frozen).is_some_and(|p| p.last_answer_ms_ago.is_some_and(|ms| ms < 1000) && p.matched_index >= lacked)
+    })
+    .await;
+}
+
+/// Polls node `at`'s ListNodes until `pred` holds for its answer (bounded);
+/// panics with the last answer and the logs.
+async fn await_nodes(g: &Group, at: usize, what: &str, pred: impl Fn(&[pb::Node]) -> bool) -> Vec<pb::Node> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match nodes_at(&g.addrs[at]).await {
+            Ok(nodes) if pred(&nodes) => return nodes,
+            Ok(nodes) => last = Some(nodes),
+            // A call that failed (the machine busy) is asked again.
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node {}'s ListNodes never showed {what}; its last answer: {last:#?}{}", at + 1, g.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
