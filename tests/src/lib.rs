@@ -605,6 +605,29 @@ pub async fn nodes_at(addr: &str) -> anyhow::Result<Vec<pb::Node>> {
     Ok(AdminClient::new(channel).list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes)
 }
 
+/// Polls `addr`'s ListNodes until `pred` holds for its answer (bounded by
+/// `timeout`); on timeout panics with the last answer and `logs()`.
+pub async fn wait_for_nodes(
+    addr: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[pb::Node]) -> bool,
+    logs: impl Fn() -> String,
+) -> Vec<pb::Node> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match nodes_at(addr).await {
+            Ok(nodes) if pred(&nodes) => return nodes,
+            Ok(nodes) => last = Some(nodes),
+            // A call that failed (the machine busy) is asked again.
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ListNodes at {addr} never showed {what} within {timeout:?}; its last answer: {last:#?}{}", logs());
+}
+
 /// One plain-HTTP GET of `addr`'s `/metrics` (a daemon's
 /// `--metrics-listen`), parsed: `name{labels}` -> value for every sample
 /// line of the Prometheus text format. Blocking; bounded in time.

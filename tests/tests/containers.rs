@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use lockstep_proto::v1 as pb;
 use lockstep_tests::certs::{TestCa, TlsFiles};
 use lockstep_tests::docker::{containers_can_run, docker, image, repo_root, running, DockerCluster, Wiring, CLUSTER, HOSTS, LONG};
-use lockstep_tests::{check_sinks_of, free_port, host_id, read_sink, scrape_metrics, status_at_with, tail, wait_for_status_with, wait_leader_at, ClusterOpts};
+use lockstep_tests::{
+    check_sinks_of, free_port, host_id, read_sink, scrape_metrics, status_at_with, tail, wait_for_nodes, wait_for_status_with, wait_leader_at, ClusterOpts,
+};
 
 /// (a) commits; (b) `docker kill` of a host container and `docker start` of
 /// the same container: the pipeline recovers (new epoch, replay), returns to
@@ -214,9 +216,15 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
     let f = (0..c.coordinators.len()).find(|i| *i != old).expect("a follower");
     let follower = c.coordinators[f].clone();
     c.isolate(&follower);
-    // The partition itself, not a wait for an event: long enough for the
-    // follower's election timer (300-600 ms) to fire several times.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Cut off until the leader has heard nothing from it for 3 s: long
+    // enough for the follower's election timer (300-600 ms) to fire
+    // several times. The leader's ListNodes says so (`progress`).
+    let silent = |ms: u64| {
+        move |nodes: &[pb::Node]| {
+            nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a >= ms)))
+        }
+    };
+    wait_for_nodes(&c.addrs[old], &format!("{follower} silent for 3 s"), LONG, silent(3000), || c.logs()).await;
     let (during, s) = c
         .wait_leader(&format!("commits past tid {committed} with {follower} cut off"), &[f], |s| {
             running(s) && s.last_committed_tid > committed + 2
@@ -240,6 +248,10 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
         tail(&c.log(&follower), 60)
     );
     assert_eq!(back.leader_id, leader_id, "{follower} came back following another leader: {back:#?}");
+    let answering = |nodes: &[pb::Node]| {
+        nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a < 1000)))
+    };
+    wait_for_nodes(&c.addrs[old], &format!("{follower} answering the leader again"), LONG, answering, || c.logs()).await;
     assert_eq!((s.raft_term, back.raft_term), (term, term), "an election happened, or {follower} raised its term while cut off");
     let committed = s.last_committed_tid;
     for peer in c.coordinators.clone().iter().filter(|p| **p != leader) {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use lockstep_proto::v1 as pb;
-use lockstep_tests::{assert_epochs_in_order, free_port, nodes_at, scrape_metrics, sink_tids, ClusterOpts, Group};
+use lockstep_tests::{assert_epochs_in_order, free_port, nodes_at, scrape_metrics, sink_tids, wait_for_nodes, ClusterOpts, Group};
 
 const NODES: usize = 3;
 
@@ -220,21 +220,9 @@ async fn the_leader_shows_how_far_each_member_is_and_a_frozen_one_falls_behind()
     .await;
 }
 
-/// Polls node `at`'s ListNodes until `pred` holds for its answer (bounded);
-/// panics with the last answer and the logs.
+/// Polls node `at`'s ListNodes until `pred` holds for its answer.
 async fn await_nodes(g: &Group, at: usize, what: &str, pred: impl Fn(&[pb::Node]) -> bool) -> Vec<pb::Node> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    while std::time::Instant::now() < deadline {
-        match nodes_at(&g.addrs[at]).await {
-            Ok(nodes) if pred(&nodes) => return nodes,
-            Ok(nodes) => last = Some(nodes),
-            // A call that failed (the machine busy) is asked again.
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node {}'s ListNodes never showed {what}; its last answer: {last:#?}{}", at + 1, g.logs());
+    wait_for_nodes(&g.addrs[at], what, Duration::from_secs(60), pred, || g.logs()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
