@@ -1149,3 +1149,202 @@ fn stop_inside_a_replay_window_drops_every_uncommitted_tid() {
     assert_eq!((core.state(), window(&core)), (Stopped, (vec![], vec![])));
     assert_eq!(core.last_committed(), 4, "nothing awaiting was committed");
 }
+
+/// Random sequences of whatever may reach the core (commands of any kind,
+/// tid and epoch, in and out of sequence, undecodable ones, steps, journal
+/// ends, failed actions, streams closing and opening), from every state of
+/// the table. The table test above pins each single transition; this one
+/// checks what must hold along any path:
+/// - nothing panics;
+/// - the runtime is told to commit (release outputs of) only a tid it was
+///   told to prepare, after its last restore or abandon, once, and in
+///   increasing tid order.
+mod sequences {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum In {
+        /// `seq_ok`: the seq the stream expects; else `bad_seq`.
+        Cmd { seq_ok: bool, bad_seq: u64, epoch: u64, command: Command },
+        Malformed { epoch: u64 },
+        Step { tid: u64, replayed: bool },
+        Exhausted { tid: u64, marker: bool },
+        Failed { tid: u64 },
+        Closed,
+        Opened,
+        /// What a working coordinator (and runtime) would most likely send
+        /// next in the core's current state; `u8` picks among the options.
+        /// Random inputs alone fail the core within a few events, before
+        /// anything commits.
+        Plausible(u8),
+    }
+
+    /// `In::Plausible(pick)` made concrete for `core` as it is now.
+    fn plausible(core: &HostCore, pick: u8, seq: u64) -> Event {
+        let cmd = |command| Event::Command { seq, epoch: EPOCH, command };
+        let next = |tid: u64| match pick % 4 {
+            0 => None,
+            1 | 2 => Some((tid + 1, Mode::Live, false)),
+            _ => Some((tid + 1, Mode::Replay, pick % 8 == 3)),
+        };
+        if !core.welcomed() {
+            return if pick.is_multiple_of(2) { Event::StreamOpened } else { cmd(Command::Welcome { coordinator_id: "c1".into() }) };
+        }
+        if let Some(&oldest) = core.awaiting().front() {
+            if pick.is_multiple_of(3) {
+                return cmd(Command::Commit { tid: oldest, next: None });
+            }
+        }
+        let last = core.last_committed();
+        match core.state() {
+            Stopped => cmd(Command::Restore { checkpoint_tid: if pick.is_multiple_of(2) { last } else { 0 } }),
+            Idle => match pick % 3 {
+                0 => cmd(Command::Checkpoint { tid: last }),
+                1 => cmd(Command::Start { tid: last + 1, mode: Mode::Live, prepare: false }),
+                _ => cmd(Command::Start { tid: last + 1, mode: Mode::Replay, prepare: pick.is_multiple_of(2) }),
+            },
+            OpenLive { tid } | PausedLive { tid } => match pick % 3 {
+                0 => Event::StepFinished { tid, step: 9, checksums: cs(), journaled: None },
+                _ => cmd(Command::Prepare { tid, next: next(tid) }),
+            },
+            OpenReplay { tid, .. } => match pick % 3 {
+                0 => Event::StepFinished { tid, step: 9, checksums: cs(), journaled: Some(cs()) },
+                1 => Event::ReplayExhausted { tid, commit_marker: pick.is_multiple_of(2) },
+                _ => cmd(Command::Prepare { tid, next: next(tid) }),
+            },
+            ReplayDrained { tid } => cmd(Command::Prepare { tid, next: next(tid) }),
+            Prepared { tid } | PausedPrepared { tid } => match pick % 3 {
+                0 => cmd(Command::Prepare { tid, next: None }),
+                _ => cmd(Command::Commit { tid, next: next(tid) }),
+            },
+        }
+    }
+
+    fn tid() -> impl Strategy<Value = u64> {
+        2u64..9
+    }
+
+    fn mode() -> impl Strategy<Value = Mode> {
+        prop_oneof![Just(Mode::Live), Just(Mode::Replay)]
+    }
+
+    fn next() -> impl Strategy<Value = Option<(u64, Mode, bool)>> {
+        proptest::option::of((tid(), mode(), any::<bool>()))
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            1 => Just(Command::Welcome { coordinator_id: "c1".into() }),
+            3 => (tid(), mode(), any::<bool>()).prop_map(|(tid, mode, prepare)| Command::Start { tid, mode, prepare }),
+            3 => (tid(), next()).prop_map(|(tid, next)| Command::Prepare { tid, next }),
+            3 => (tid(), next()).prop_map(|(tid, next)| Command::Commit { tid, next }),
+            1 => tid().prop_map(|tid| Command::Checkpoint { tid }),
+            1 => tid().prop_map(|tid| Command::CheckpointComplete { tid }),
+            1 => (0u64..6).prop_map(|checkpoint_tid| Command::Restore { checkpoint_tid }),
+            1 => Just(Command::Stop { reason: "operator".into() }),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = In> {
+        let epoch = prop_oneof![8 => Just(EPOCH), 1 => Just(EPOCH - 1), 1 => Just(EPOCH + 1)];
+        prop_oneof![
+            8 => (prop_oneof![9 => Just(true), 1 => Just(false)], 0u64..20, epoch.clone(), command())
+                .prop_map(|(seq_ok, bad_seq, epoch, command)| In::Cmd { seq_ok, bad_seq, epoch, command }),
+            1 => epoch.prop_map(|epoch| In::Malformed { epoch }),
+            3 => (tid(), any::<bool>()).prop_map(|(tid, replayed)| In::Step { tid, replayed }),
+            2 => (tid(), any::<bool>()).prop_map(|(tid, marker)| In::Exhausted { tid, marker }),
+            1 => tid().prop_map(|tid| In::Failed { tid }),
+            1 => Just(In::Closed),
+            1 => Just(In::Opened),
+            24 => any::<u8>().prop_map(In::Plausible),
+        ]
+    }
+
+    /// The tids already prepared (outputs held) in a named table state.
+    fn prepared_in(name: &str) -> BTreeSet<u64> {
+        let mut p = BTreeSet::new();
+        if name.contains("Prepared5") {
+            p.insert(5);
+        }
+        if name.contains("Prepared6") {
+            p.insert(6);
+        }
+        if name.contains("Awaiting5") {
+            p.insert(5);
+        }
+        p
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_input_sequence_commits_only_prepared_tids_once_and_in_order(
+            start in 0..STATES.len(),
+            inputs in proptest::collection::vec(input(), 1..40),
+        ) {
+            let name = STATES[start];
+            let mut core = state(name);
+            let mut prepared = prepared_in(name);
+            let mut floor = 4; // the states' last committed tid
+            let mut next_seq = 1;
+            for input in inputs {
+                let event = match input {
+                    In::Cmd { seq_ok, bad_seq, epoch, command } => {
+                        let seq = if seq_ok { next_seq } else { bad_seq };
+                        next_seq += 1;
+                        Event::Command { seq, epoch, command }
+                    }
+                    In::Malformed { epoch } => {
+                        next_seq += 1;
+                        Event::MalformedCommand { seq: next_seq - 1, epoch, reason: "no body".into() }
+                    }
+                    In::Step { tid, replayed } => {
+                        Event::StepFinished { tid, step: 9, checksums: cs(), journaled: replayed.then(cs) }
+                    }
+                    In::Exhausted { tid, marker } => Event::ReplayExhausted { tid, commit_marker: marker },
+                    In::Failed { tid } => Event::ActionFailed { kind: ErrorKind::Engine, tid, message: "disk full".into() },
+                    In::Closed => Event::StreamClosed,
+                    In::Opened => {
+                        next_seq = 1;
+                        Event::StreamOpened
+                    }
+                    In::Plausible(pick) => match plausible(&core, pick, next_seq) {
+                        e @ Event::Command { .. } => {
+                            next_seq += 1;
+                            e
+                        }
+                        e @ Event::StreamOpened => {
+                            next_seq = 1;
+                            e
+                        }
+                        e => e,
+                    },
+                };
+                let shown = format!("{event:?}");
+                for action in core.handle(event) {
+                    match action {
+                        Action::Prepare { tid } => {
+                            prop_assert!(prepared.insert(tid), "{name}: tid {tid} prepared twice (at {shown})");
+                        }
+                        Action::Commit { tid } => {
+                            prop_assert!(prepared.remove(&tid), "{name}: commit of tid {tid}, which was not prepared (at {shown})");
+                            prop_assert!(tid > floor, "{name}: commit of tid {tid} after tid {floor} (at {shown})");
+                            floor = tid;
+                        }
+                        Action::AbandonTxn { .. } => prepared.clear(),
+                        Action::Restore { checkpoint_tid } => {
+                            prepared.clear();
+                            floor = checkpoint_tid;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

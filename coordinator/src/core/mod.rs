@@ -1788,6 +1788,8 @@ fn entry_name(e: &LedgerEntry) -> String {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod pipeline_tests;
 #[cfg(test)]
 mod resume_tests;
