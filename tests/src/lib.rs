@@ -5,7 +5,7 @@
 //! Waiting is always for an observable condition (a status field, a sink
 //! line) with an overall bound; nothing sleeps to synchronise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
@@ -628,6 +628,53 @@ pub async fn wait_for_nodes(
     panic!("ListNodes at {addr} never showed {what} within {timeout:?}; its last answer: {last:#?}{}", logs());
 }
 
+/// The metric names the alerting rules use (`deploy/prometheus/lockstep.rules.yml`),
+/// from each rule's expression parsed as PromQL; panics, naming the rule,
+/// on an expression that does not parse. Each `expr:` must fit on its line
+/// (checked: one per `- alert:`).
+pub fn alert_rule_metrics() -> BTreeSet<String> {
+    let path = docker::repo_root().join("deploy/prometheus/lockstep.rules.yml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let alerts = text.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
+    let exprs: Vec<&str> = text.lines().filter_map(|l| l.trim_start().strip_prefix("expr:")).map(str::trim).collect();
+    assert_eq!(exprs.len(), alerts, "{}: one single-line expr per alert", path.display());
+    assert!(alerts > 0, "{}: no alerts", path.display());
+    let mut names = BTreeSet::new();
+    for e in exprs {
+        let parsed = promql_parser::parser::parse(e).unwrap_or_else(|why| panic!("{}: `{e}` is not PromQL: {why}", path.display()));
+        metric_names(&parsed, &mut names);
+    }
+    names
+}
+
+fn metric_names(e: &promql_parser::parser::Expr, out: &mut BTreeSet<String>) {
+    use promql_parser::parser::Expr as E;
+    match e {
+        E::VectorSelector(v) => out.extend(v.name.clone()),
+        E::MatrixSelector(m) => out.extend(m.vs.name.clone()),
+        E::Aggregate(a) => {
+            metric_names(&a.expr, out);
+            if let Some(p) = &a.param {
+                metric_names(p, out);
+            }
+        }
+        E::Unary(u) => metric_names(&u.expr, out),
+        E::Binary(b) => {
+            metric_names(&b.lhs, out);
+            metric_names(&b.rhs, out);
+        }
+        E::Paren(p) => metric_names(&p.expr, out),
+        E::Subquery(s) => metric_names(&s.expr, out),
+        E::Call(c) => c.args.args.iter().for_each(|a| metric_names(a, out)),
+        E::NumberLiteral(_) | E::StringLiteral(_) | E::Extension(_) => {}
+    }
+}
+
+/// The metric names in a scrape (`scrape_metrics`), labels dropped.
+pub fn series_names(scrape: &BTreeMap<String, f64>) -> BTreeSet<String> {
+    scrape.keys().map(|k| k.split('{').next().unwrap_or(k).to_string()).collect()
+}
+
 /// One plain-HTTP GET of `addr`'s `/metrics` (a daemon's
 /// `--metrics-listen`), parsed: `name{labels}` -> value for every sample
 /// line of the Prometheus text format. Blocking; bounded in time.
@@ -788,5 +835,20 @@ mod tests {
         assert!(slow.exited(Duration::from_millis(50)).await.is_none(), "sleep 600 is still running");
         assert!(slow.child.is_some(), "a process that timed out is still ours to kill");
         slow.kill();
+    }
+}
+
+#[cfg(test)]
+mod rules_tests {
+    /// The alerting rules parse as PromQL and name the metrics they are
+    /// about (whether the daemons export them is checked where they run:
+    /// tests/replicated.rs, tests/tls.rs).
+    #[test]
+    fn the_alerting_rules_parse_and_name_lockstep_metrics() {
+        let names = super::alert_rule_metrics();
+        assert!(names.iter().all(|n| n.starts_with("lockstep_")), "{names:?}");
+        for expected in ["lockstep_pipeline_state", "lockstep_leader", "lockstep_raft_member_last_answer_age_seconds", "lockstep_tls_not_after_seconds"] {
+            assert!(names.contains(expected), "no rule on {expected}: {names:?}");
+        }
     }
 }

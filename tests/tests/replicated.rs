@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use lockstep_proto::v1 as pb;
-use lockstep_tests::{assert_epochs_in_order, free_port, nodes_at, scrape_metrics, sink_tids, wait_for_nodes, ClusterOpts, Group};
+use lockstep_tests::{
+    alert_rule_metrics, assert_epochs_in_order, free_port, nodes_at, scrape_metrics, series_names, sink_tids, wait_for_nodes, ClusterOpts, Group,
+};
 
 const NODES: usize = 3;
 
@@ -160,12 +162,23 @@ async fn metrics_name_the_one_leader_before_and_after_it_is_killed() {
 /// and its metrics the same per member; a follower's shows none, since it
 /// does not know. A follower frozen with SIGSTOP is seen falling behind and
 /// going silent while the pipeline commits on, and catching up once it runs
-/// again.
+/// again. The alerting rules name only metrics the daemons export.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_shows_how_far_each_member_is_and_a_frozen_one_falls_behind() {
     let ports: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let flags = ports.clone();
-    let g = Group::start_nodes_with(NODES, opts(), move |i, args| args.extend(["--metrics-listen".into(), flags[i].clone()]), |_, _| {});
+    let host_metrics = format!("127.0.0.1:{}", free_port());
+    let host_flag = host_metrics.clone();
+    let g = Group::start_nodes_with(
+        NODES,
+        opts(),
+        move |i, args| args.extend(["--metrics-listen".into(), flags[i].clone()]),
+        move |i, args| {
+            if i == 0 {
+                args.extend(["--metrics-listen".into(), host_flag.clone()]);
+            }
+        },
+    );
     let long = Duration::from_secs(60);
     let (leader, _) = g.wait_leader("a leader running the pipeline", long, |s| s.pipeline_state == "Running" && s.last_committed_tid >= 3).await;
     let id = |i: usize| i as u64 + 1;
@@ -206,6 +219,14 @@ async fn the_leader_shows_how_far_each_member_is_and_a_frozen_one_falls_behind()
         let get = |k: &str| m.get(&format!("{k}{{node=\"{node_label}\"}}")).copied();
         if get("lockstep_raft_member_last_answer_age_seconds").is_some_and(|s| s >= 1.0) && get("lockstep_raft_member_behind_entries").is_some_and(|b| b > 0.0) {
             assert!(m.keys().all(|k| !k.starts_with("lockstep_raft_member_") || !k.contains(&format!("node=\"{}\"", id(leader)))), "the leader has no series of its own: {m:#?}");
+            // Every metric the alerting rules name (but the TLS ones, see
+            // tls.rs) is one the leader or a host exports.
+            let addr = host_metrics.clone();
+            let h = tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.expect("scrape");
+            let exported: std::collections::BTreeSet<String> = series_names(&m).union(&series_names(&h)).cloned().collect();
+            let missing: Vec<String> =
+                alert_rule_metrics().into_iter().filter(|n| !n.starts_with("lockstep_tls_") && !exported.contains(n)).collect();
+            assert!(missing.is_empty(), "deploy/prometheus/lockstep.rules.yml names metrics nobody exports: {missing:?}; exported: {exported:?}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the leader's gauges never showed node {node_label} silent and behind: {m:#?}");

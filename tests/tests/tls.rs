@@ -364,6 +364,13 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
     let expires = get("lockstep_tls_not_after_seconds{file=\"certificate\"}");
     assert!((expires - (now + 3.0 * 24.0 * 3600.0)).abs() < 7200.0, "certificate expiry exported as {expires}, now {now}");
+    // The alerting rules' TLS metrics are these.
+    let exported = lockstep_tests::series_names(&metrics);
+    let missing: Vec<String> = lockstep_tests::alert_rule_metrics()
+        .into_iter()
+        .filter(|n| n.starts_with("lockstep_tls_") && !exported.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "deploy/prometheus/lockstep.rules.yml names TLS metrics nobody exports: {missing:?}");
 
     // 5. The hosts dial with what they took too: a restarted coordinator,
     // which knows only the new CA, gets them back.
