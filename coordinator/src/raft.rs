@@ -952,8 +952,31 @@ impl Ledger {
         if voters.is_empty() {
             return Err(ProposeError::Membership("a ledger group needs at least one voter".into()));
         }
-        self.inner.raft.change_membership(voters, retain).await?;
-        Ok(())
+        let resp = self.inner.raft.change_membership(voters, retain).await?;
+        self.membership_shown(resp.log_id).await
+    }
+
+    /// Waits, bounded by `open_timeout`, until this node's metrics (which
+    /// [`Ledger::members`] reads) show the membership written at `log_id`
+    /// or a later one. openraft answers a membership change once its entry
+    /// is applied and updates the metrics a moment later; without the wait,
+    /// a RemoveNode's answer could still list the node it removed.
+    async fn membership_shown(&self, log_id: LogId) -> Result<(), ProposeError> {
+        let timeout = self.inner.tuning.open_timeout;
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.membership_config.log_id().as_ref().is_some_and(|l| *l >= log_id), "the membership change shows")
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => ProposeError::Shutdown,
+                openraft::metrics::WaitError::Timeout(..) => ProposeError::Membership(format!(
+                    "the membership change committed at log index {} but this node's view did not show it within {timeout:?}; \
+                     ListNodes again shortly",
+                    log_id.index
+                )),
+            })
     }
 
     /// Leader only: removes `id` from the group entirely (voter or learner).
@@ -963,11 +986,8 @@ impl Ledger {
             let voters = members.voters.keys().copied().filter(|v| *v != id).collect();
             self.change_membership(voters, false).await
         } else if members.learners.contains_key(&id) {
-            self.inner
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await?;
-            Ok(())
+            let resp = self.inner.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await?;
+            self.membership_shown(resp.log_id).await
         } else {
             Ok(())
         }
