@@ -1303,7 +1303,15 @@ impl Core {
             Ok(c) => c,
             Err(d) => return self.fail(*d, out),
         };
-        for (host, slot) in &self.hosts {
+        // Hosts that lack the newest complete checkpoint are checked first:
+        // one that came back with an empty or another volume pulls the
+        // recovery checkpoint down for everyone, and then a healthy host's
+        // journal, collected up to that checkpoint, no longer reaches back
+        // either. The diagnosis must name the host that lost its data.
+        let newest = self.ledger.checkpoints.iter().next_back().copied().unwrap_or(0);
+        let mut order: Vec<(&HostId, &HostSlot)> = self.hosts.iter().collect();
+        order.sort_by_key(|(_, s)| s.hello.as_ref().is_some_and(|h| newest == 0 || h.checkpoints.contains(&newest)));
+        for (host, slot) in order {
             let hello = slot.hello.as_ref().expect("connected hosts said hello");
             if let Some(mut d) = verify::journal_against_ledger(host, hello, &self.ledger, checkpoint) {
                 if let Some(was) = slot.data_id_was {

@@ -514,6 +514,25 @@ fn a_journal_from_another_data_directory_is_named_in_the_diagnosis() {
     assert!(d.hint.contains("came back with another data directory") && d.hint.contains("000000000000feed"), "{}", d.hint);
 }
 
+/// A host that lost its volume holds none of the complete checkpoints, so
+/// recovery would have to start from the empty state, where the healthy
+/// host's journal (collected up to the checkpoint) no longer reaches. The
+/// diagnosis names the host that lost its data, not the healthy one, even
+/// when the healthy one is checked first by name.
+#[test]
+fn a_host_that_lost_its_checkpoints_is_named_not_the_host_whose_journal_was_collected() {
+    let (mut l, j0, _j1) = recorded_n(6, false);
+    l.apply(&LedgerEntry::CheckpointComplete { tid: 4 }).unwrap();
+    let mut h = Harness::new(cfg(), l);
+    // h0 kept checkpoint 4 and collected its journal up to it.
+    h.hello("h0", j0.into_iter().filter(|j| j.tid > 4).collect(), vec![4]);
+    h.data_ids.insert("h1".into(), 0xfeed);
+    h.hello("h1", vec![], vec![]);
+    let d = h.failure().expect("failed");
+    assert_eq!(d.host.as_deref(), Some("h1"), "{d}");
+    assert!(d.summary.contains("lacks tid 1"), "{d}");
+}
+
 #[test]
 fn hellos_from_strangers_are_rejected_with_a_clear_error() {
     let mut h = Harness::new(cfg(), LedgerState::default());
