@@ -316,6 +316,8 @@ struct Inner {
     contact: Arc<network::LeaderContact>,
     /// Test-only fault switch of the peer network ([`Ledger::isolation`]).
     isolation: Arc<network::Isolation>,
+    /// What this node, leading, knows of the members' logs.
+    peer_logs: Arc<network::PeerLogs>,
     /// Reports (by closing) when the database, held by the raft tasks, has
     /// been dropped and its file lock released.
     db_closed: watch::Receiver<()>,
@@ -469,8 +471,10 @@ impl Ledger {
         let log_store = LogStore::new(db.clone()).failing_appends_after(tuning.fault_fail_log_appends_after);
         let isolation = Arc::new(network::Isolation::default());
         let (answers_again, mut answered_again) = tokio::sync::mpsc::unbounded_channel();
+        let peer_logs = Arc::new(network::PeerLogs::default());
         let net = TonicNetwork::new(tuning.peer_tls.clone())
             .with_isolation(isolation.clone())
+            .with_peer_logs(peer_logs.clone())
             .with_stalled_for(Duration::from_millis(tuning.election_timeout_min_ms))
             .on_answer_again(answers_again);
         let raft = Raft::new(node_id, config, net, log_store, sm)
@@ -526,6 +530,7 @@ impl Ledger {
                 tuning,
                 contact: Arc::new(network::LeaderContact::new()),
                 isolation,
+                peer_logs,
                 db_closed,
                 path,
             }),
@@ -759,9 +764,14 @@ impl Ledger {
             last_log_index: m.last_log_index,
             matched: m.replication.as_ref()?.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect(),
             answered_ago: m.heartbeat.as_ref()?.iter().map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed()))).collect(),
+            problems: BTreeMap::new(),
         };
         let membership = m.membership_config.membership();
         let members: Vec<NodeId> = membership.voter_ids().chain(membership.learner_ids()).collect();
+        let view = progress::LeaderView {
+            problems: members.iter().filter_map(|id| Some((*id, self.inner.peer_logs.problem(*id)?))).collect(),
+            ..view
+        };
         Some(progress::of(&view, members))
     }
 
@@ -952,8 +962,19 @@ impl Ledger {
         if voters.is_empty() {
             return Err(ProposeError::Membership("a ledger group needs at least one voter".into()));
         }
+        let before = self.members();
         let resp = self.inner.raft.change_membership(voters, retain).await?;
-        self.membership_shown(resp.log_id).await
+        self.membership_shown(resp.log_id).await?;
+        // What the peer network knew of a node that left no longer counts:
+        // added back, it starts from an empty log, which is not a log that
+        // went back.
+        let after = self.members();
+        for id in before.voters.keys().chain(before.learners.keys()) {
+            if !after.voters.contains_key(id) && !after.learners.contains_key(id) {
+                self.inner.peer_logs.forget(*id);
+            }
+        }
+        Ok(())
     }
 
     /// Waits, bounded by `open_timeout`, until this node's metrics (which
@@ -987,7 +1008,9 @@ impl Ledger {
             self.change_membership(voters, false).await
         } else if members.learners.contains_key(&id) {
             let resp = self.inner.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await?;
-            self.membership_shown(resp.log_id).await
+            self.membership_shown(resp.log_id).await?;
+            self.inner.peer_logs.forget(id);
+            Ok(())
         } else {
             Ok(())
         }

@@ -1538,6 +1538,7 @@ fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
                 matched_index: p.matched.unwrap_or(0),
                 behind: p.behind,
                 last_answer_ms_ago: p.silent_for.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+                problem: p.problem.unwrap_or_default(),
             };
             (p.node_id, shown)
         })
@@ -1551,7 +1552,7 @@ fn nodes_of(ledger: &Ledger) -> Vec<pb::Node> {
             addr,
             voter,
             leader: leader == Some(node_id),
-            progress: progress.get(&node_id).copied(),
+            progress: progress.get(&node_id).cloned(),
         })
         .collect()
 }

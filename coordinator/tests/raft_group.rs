@@ -372,6 +372,62 @@ async fn whole_group_restarts_from_disk() {
     }
 }
 
+/// A follower restarted on an empty data directory lacks entries it had
+/// confirmed to the leader: it lost its data. The leader names it in its
+/// progress and sends it nothing (openraft alone would wait forever for it
+/// to catch up from the index it confirmed, or assert in a debug build),
+/// keeps committing with the other follower, and once the member is
+/// removed and added back it is caught up from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_its_data_is_named_and_rebuilt_by_remove_and_add() {
+    let (_dirs, mut nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 4).await;
+    converged(&nodes, li).await;
+    let leader_id = nodes[li].id;
+    // Not node 1: with --peers, node 1 initialises a group on an empty
+    // directory (docs/OPERATIONS.md has the procedure for it).
+    let fi = (0..nodes.len()).filter(|i| *i != li).max_by_key(|i| nodes[*i].id).unwrap();
+    let peers: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let (id, addr, dir) = nodes.remove(fi).stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    let leader = nodes.iter().find(|n| n.id == leader_id).unwrap().ledger.clone();
+
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let problem = loop {
+        let p = leader.progress().expect("still the leader");
+        if let Some(why) = p.iter().find(|m| m.node_id == id).and_then(|m| m.problem.clone()) {
+            break why;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the leader never found node {id}'s lost data: {p:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(problem.contains("lost its data") && problem.contains(&format!("RemoveNode {{\"node_id\": {id}}}")), "{problem}");
+    ok(&leader, LedgerEntry::Commit { tid: 5, hosts: hosts(), begin_next: Some(6) }).await;
+
+    leader.remove_node(id).await.unwrap();
+    leader.add_learner(id, addr.clone()).await.unwrap();
+    leader.change_membership(peers.keys().copied().collect(), false).await.unwrap();
+    let last = leader.raft().metrics().borrow_watched().last_log_index;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let p = leader.progress().expect("still the leader");
+        let m = p.iter().find(|m| m.node_id == id).expect("a member again").clone();
+        if m.matched >= last && m.problem.is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {id} was not rebuilt: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let li = nodes.iter().position(|n| n.id == leader_id).unwrap();
+    assert_eq!(converged(&nodes, li).await.last_committed, 5);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_and_leave_through_membership_changes() {
     // Small snapshots, so the joining node's history was purged from the

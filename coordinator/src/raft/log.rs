@@ -153,8 +153,9 @@ pub enum LogError {
     },
     #[error(
         "raft log file {path} is damaged at byte {offset}: {what}; the log cannot be trusted from there on: \
-         restore the data directory from a backup or, in a multi-node group, move the data directory away so \
-         this node catches up from the leader"
+         restore the data directory from a backup or, in a multi-node group, rebuild this member from the others: RemoveNode it on the leader, start it on an empty data \
+         directory with --join instead of --peers, then AddNode it (docs/OPERATIONS.md, \"A coordinator member \
+         that cannot rejoin\")"
     )]
     Corrupt { path: PathBuf, offset: u64, what: String },
     #[error("{path} is not a file of this Lockstep raft log ({what}); move it out of the raft log directory")]

@@ -143,6 +143,37 @@ const QUIET_FOR: Duration = Duration::from_secs(1);
 /// `stalled_for` unless the node's tuning says otherwise.
 const STALLED_FOR: Duration = Duration::from_millis(250);
 
+/// What the leader knows of each peer's log, shared by every client of
+/// this node and by the ledger (`Ledger::progress`, membership changes).
+#[derive(Default)]
+pub struct PeerLogs {
+    /// Per peer, the newest log index it confirmed holding, and the term of
+    /// the leader it confirmed it to: a healthy follower never drops an
+    /// entry it confirmed to its current leader (it would answer a deposed
+    /// leader with its higher vote, not a conflict). Kept here, not per
+    /// client: openraft makes a new client when it restarts replication to
+    /// a peer that was unreachable, which is just when a peer that lost its
+    /// data comes back.
+    acked: Mutex<HashMap<NodeId, (u64, u64)>>,
+    /// Peers whose log went back behind what they had confirmed (they lost
+    /// their data), with what to do; shown in `Admin/ListNodes`.
+    lost: Mutex<HashMap<NodeId, String>>,
+}
+
+impl PeerLogs {
+    /// Why `peer` is sent nothing, if it lost its data.
+    pub fn problem(&self, peer: NodeId) -> Option<String> {
+        self.lost.lock().expect("peer logs").get(&peer).cloned()
+    }
+
+    /// `peer` left the group: what it confirmed no longer counts (added
+    /// back, it starts from an empty log).
+    pub fn forget(&self, peer: NodeId) {
+        self.acked.lock().expect("peer logs").remove(&peer);
+        self.lost.lock().expect("peer logs").remove(&peer);
+    }
+}
+
 /// The `RaftNetworkFactory` of the ledger group: tonic clients dialing each
 /// member's `BasicNode::addr` (its coordinator gRPC address).
 #[derive(Clone)]
@@ -156,6 +187,7 @@ pub struct TonicNetwork {
     isolation: Arc<Isolation>,
     /// Told the id of a peer that answers again after failed RPCs.
     answers_again: Option<tokio::sync::mpsc::UnboundedSender<NodeId>>,
+    peer_logs: Arc<PeerLogs>,
     /// A peer's channel is dropped, and the next RPC dials anew, once RPCs
     /// on it have got no answer in time for this long, none answered in
     /// between. A partition that healed can leave the channel on a
@@ -179,8 +211,15 @@ impl TonicNetwork {
             tls,
             isolation: Arc::default(),
             answers_again: None,
+            peer_logs: Arc::default(),
             stalled_for: STALLED_FOR,
         }
+    }
+
+    /// Shares what it learns of the peers' logs through `logs`.
+    pub fn with_peer_logs(mut self, logs: Arc<PeerLogs>) -> Self {
+        self.peer_logs = logs;
+        self
     }
 
     /// Sends `tx` the id of every peer that answers again after failed
@@ -332,6 +371,47 @@ struct SnapshotChunk {
 }
 
 impl PeerClient {
+    /// The peer confirmed holding the log up to `index` to the leader of
+    /// `term`.
+    fn holds(&self, term: u64, index: Option<u64>) {
+        let Some(index) = index else { return };
+        {
+            let mut acked = self.network.peer_logs.acked.lock().expect("peer logs");
+            let e = acked.entry(self.target).or_insert((term, index));
+            if e.0 != term {
+                *e = (term, index);
+            } else if index > e.1 {
+                e.1 = index;
+            }
+        }
+        if self.network.peer_logs.lost.lock().expect("peer logs").remove(&self.target).is_some() {
+            tracing::info!(peer = self.target, addr = %self.node.addr, "raft peer holds the log again (rebuilt)");
+        }
+    }
+
+    /// The peer answered that it lacks index `lacks`, which it had
+    /// confirmed holding (up to `held`): it lost its data (restarted on an
+    /// empty or restored data directory). openraft's leader cannot go on
+    /// from there (it would wait forever for the peer to catch up from the
+    /// index it confirmed, or, in a debug build, assert), and a member
+    /// without its log must not count towards elections, so the answer is
+    /// turned into an unreachable peer: it is sent nothing, shows as not
+    /// answering (`ListNodes`, the `lockstep_raft_member_*` gauges), and
+    /// this says once what to do.
+    fn lost_data(&self, lacks: u64, held: u64) -> RpcErr {
+        let why = format!(
+            "it lacks log index {lacks} but had confirmed holding the log up to index {held} to this leader: it lost its data \
+             (restarted on an empty or restored data directory?). It is sent nothing more; rebuild it: RemoveNode \
+             {{\"node_id\": {n}}} on the leader, start it on an empty data directory with --join instead of --peers, \
+             then AddNode it (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\")",
+            n = self.target
+        );
+        if self.network.peer_logs.lost.lock().expect("peer logs").insert(self.target, why.clone()).is_none() {
+            tracing::error!(peer = self.target, addr = %self.node.addr, "raft peer lost its data: {why}");
+        }
+        self.unreachable("AppendEntries", &why)
+    }
+
     fn what(&self, rpc: &str) -> String {
         format!("raft {rpc} to peer {} at {:?}", self.target, self.node.addr)
     }
@@ -495,7 +575,24 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
-        self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option).await
+        let term = rpc.vote.leader_id.term;
+        let prev = rpc.prev_log_id.as_ref().map(|l| l.index);
+        let sent = rpc.entries.len() as u64;
+        let resp: AppendEntriesResponse<TypeConfig> = self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option).await?;
+        match &resp {
+            AppendEntriesResponse::Success => self.holds(term, if sent == 0 { prev } else { Some(prev.map_or(0, |p| p + 1) + sent - 1) }),
+            AppendEntriesResponse::PartialSuccess(upto) => self.holds(term, upto.as_ref().map(|l| l.index)),
+            AppendEntriesResponse::Conflict => {
+                let held = self.network.peer_logs.acked.lock().expect("peer logs").get(&self.target).copied();
+                if let (Some(lacks), Some((t, held))) = (prev, held) {
+                    if t == term && lacks <= held {
+                        return Err(self.lost_data(lacks, held));
+                    }
+                }
+            }
+            AppendEntriesResponse::HigherVote(_) => {}
+        }
+        Ok(resp)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RpcErr> {

@@ -29,6 +29,9 @@ pub struct MemberProgress {
     /// entries) this member has answered; `None` on the leader itself and
     /// for a member that has not answered this leader at all.
     pub silent_for: Option<Duration>,
+    /// What the leader found wrong with this member, if anything (it lost
+    /// its data: `network::LostData`).
+    pub problem: Option<String>,
 }
 
 /// The leader's view as plain data: its last log index, and per member
@@ -40,6 +43,7 @@ pub struct LeaderView {
     pub last_log_index: Option<u64>,
     pub matched: BTreeMap<NodeId, Option<u64>>,
     pub answered_ago: BTreeMap<NodeId, Option<Duration>>,
+    pub problems: BTreeMap<NodeId, String>,
 }
 
 /// Every member's progress, in node id order. `members` are the ids of the
@@ -51,7 +55,7 @@ pub fn of(view: &LeaderView, members: impl IntoIterator<Item = NodeId>) -> Vec<M
         .into_iter()
         .map(|node_id| {
             if node_id == view.leader {
-                return MemberProgress { node_id, matched: last, behind: 0, silent_for: None };
+                return MemberProgress { node_id, matched: last, behind: 0, silent_for: None, problem: None };
             }
             let matched = view.matched.get(&node_id).copied().flatten();
             // Entries are numbered from 1 (index 0 is openraft's initial
@@ -63,7 +67,8 @@ pub fn of(view: &LeaderView, members: impl IntoIterator<Item = NodeId>) -> Vec<M
                 (None, _) => 0,
             };
             let silent_for = view.answered_ago.get(&node_id).copied().flatten();
-            MemberProgress { node_id, matched, behind, silent_for }
+            let problem = view.problems.get(&node_id).cloned();
+            MemberProgress { node_id, matched, behind, silent_for, problem }
         })
         .collect();
     out.sort_by_key(|p| p.node_id);
@@ -81,31 +86,33 @@ mod tests {
             last_log_index: Some(120),
             matched: BTreeMap::from([(1, Some(120)), (2, Some(118)), (3, None)]),
             answered_ago: BTreeMap::from([(1, Some(Duration::ZERO)), (2, Some(Duration::from_millis(20))), (3, None)]),
+            problems: BTreeMap::from([(3, "lost its data".to_string())]),
         }
     }
 
     #[test]
     fn the_leader_holds_its_whole_log_and_has_no_answer_age() {
         let p = of(&view(), [1, 2, 3]);
-        assert_eq!(p[0], MemberProgress { node_id: 1, matched: Some(120), behind: 0, silent_for: None });
+        assert_eq!(p[0], MemberProgress { node_id: 1, matched: Some(120), behind: 0, silent_for: None, problem: None });
     }
 
     #[test]
     fn a_follower_lacks_what_lies_past_its_matched_index() {
         let p = of(&view(), [3, 2, 1]);
-        assert_eq!(p[1], MemberProgress { node_id: 2, matched: Some(118), behind: 2, silent_for: Some(Duration::from_millis(20)) });
+        assert_eq!(p[1], MemberProgress { node_id: 2, matched: Some(118), behind: 2, silent_for: Some(Duration::from_millis(20)), problem: None });
     }
 
     #[test]
     fn a_member_that_confirmed_nothing_lacks_the_whole_log_and_never_answered() {
         let p = of(&view(), [1, 2, 3]);
-        assert_eq!(p[2], MemberProgress { node_id: 3, matched: None, behind: 121, silent_for: None });
+        assert_eq!(p[2].problem.as_deref(), Some("lost its data"));
+        assert_eq!(p[2], MemberProgress { node_id: 3, matched: None, behind: 121, silent_for: None, problem: p[2].problem.clone() });
     }
 
     #[test]
     fn a_member_openraft_does_not_track_yet_counts_as_holding_nothing() {
         let p = of(&view(), [1, 2, 3, 4]);
-        assert_eq!(p[3], MemberProgress { node_id: 4, matched: None, behind: 121, silent_for: None });
+        assert_eq!(p[3], MemberProgress { node_id: 4, matched: None, behind: 121, silent_for: None, problem: None });
     }
 
     #[test]

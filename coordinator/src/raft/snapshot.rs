@@ -50,7 +50,9 @@ pub enum SnapshotError {
     },
     #[error(
         "the ledger's current snapshot {path} is missing: restore the data directory from a backup or, in a \
-         multi-node group, move the data directory away so this node catches up from the leader"
+         multi-node group, rebuild this member from the others: RemoveNode it on the leader, start it on an empty data \
+         directory with --join instead of --peers, then AddNode it (docs/OPERATIONS.md, \"A coordinator member \
+         that cannot rejoin\")"
     )]
     Missing { path: PathBuf },
 }

@@ -139,8 +139,9 @@ pub fn open_with(dir: &Path, segment_bytes: u64) -> anyhow::Result<(Db, tokio::s
         if has_vote || has_snapshot {
             bail!(
                 "{} holds a raft vote or snapshot but the raft log directory {shown} is missing: restore it from \
-                 a backup or, in a multi-node group, move the data directory away so this node catches up from the \
-                 leader",
+                 a backup or, in a multi-node group, rebuild this member from the others: RemoveNode it on the \
+                 leader, start it on an empty data directory with --join instead of --peers, then AddNode it \
+                 (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\")",
                 path.display()
             );
         }
@@ -244,11 +245,13 @@ fn open_db(dir: &Path) -> anyhow::Result<(Database, PathBuf, Found)> {
         }
         Ok(Err(e)) => bail!(
             "cannot open the ledger {shown}: {e}; if the file is damaged, restore it from a backup (or, in a \
-             multi-node group, remove it so the node catches up from the leader)"
+             multi-node group, rebuild this member from the others: docs/OPERATIONS.md, \"A coordinator member \
+             that cannot rejoin\")"
         ),
         Err(_) => bail!(
             "the ledger {shown} is damaged (redb failed an internal check while opening it); restore it from a \
-             backup (or, in a multi-node group, remove it so the node catches up from the leader)"
+             backup (or, in a multi-node group, rebuild this member from the others: docs/OPERATIONS.md, \"A \
+             coordinator member that cannot rejoin\")"
         ),
     };
     let found = check_format(&db, &path)?;
