@@ -221,7 +221,7 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
     // several times. The leader's ListNodes says so (`progress`).
     let silent = |ms: u64| {
         move |nodes: &[pb::Node]| {
-            nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a >= ms)))
+            nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.as_ref().is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a >= ms)))
         }
     };
     wait_for_nodes(&c.addrs[old], &format!("{follower} silent for 3 s"), LONG, silent(3000), || c.logs()).await;
@@ -249,7 +249,7 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
     );
     assert_eq!(back.leader_id, leader_id, "{follower} came back following another leader: {back:#?}");
     let answering = |nodes: &[pb::Node]| {
-        nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a < 1000)))
+        nodes.iter().any(|n| n.node_id == f as u64 + 1 && n.progress.as_ref().is_some_and(|p| p.last_answer_ms_ago.is_some_and(|a| a < 1000)))
     };
     wait_for_nodes(&c.addrs[old], &format!("{follower} answering the leader again"), LONG, answering, || c.logs()).await;
     assert_eq!((s.raft_term, back.raft_term), (term, term), "an election happened, or {follower} raised its term while cut off");

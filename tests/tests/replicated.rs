@@ -185,7 +185,7 @@ async fn the_leader_shows_how_far_each_member_is_and_a_frozen_one_falls_behind()
     let frozen = (leader + 1) % NODES;
     let other = (leader + 2) % NODES;
 
-    let progress = |nodes: &[pb::Node], i: usize| nodes.iter().find(|n| n.node_id == id(i)).and_then(|n| n.progress);
+    let progress = |nodes: &[pb::Node], i: usize| nodes.iter().find(|n| n.node_id == id(i)).and_then(|n| n.progress.clone());
 
     // Every member has a progress on the leader: the leader holds its whole
     // log, each follower has answered and holds some of it.
