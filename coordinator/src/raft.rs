@@ -578,6 +578,17 @@ impl Ledger {
                     "new ledger node: waiting for the group's leader to contact it");
                 return Ok(());
             }
+            if let Some((peer, at, term, last)) = network::existing_group(self.inner.tuning.peer_tls.clone(), node_id, peers).await {
+                tracing::error!(
+                    node_id, %addr, peer, peer_addr = %at, term, ?last,
+                    "this node's data directory is empty, but node {peer} at {at} already belongs to a ledger group (term \
+                     {term}, log up to index {last:?}): this node lost its data, or was removed from the group. It starts \
+                     no new group and waits to be added: on the leader, RemoveNode {{\"node_id\": {node_id}}} if it is \
+                     still listed, then AddNode {{\"node_id\": {node_id}, \"addr\": \"{addr}\"}} (docs/OPERATIONS.md, \
+                     \"A coordinator member that cannot rejoin\")"
+                );
+                return Ok(());
+            }
             tracing::info!(node_id, %addr, voters = ?members.keys().collect::<Vec<_>>(),
                 "initialising a new ledger group");
             raft.initialize(members)

@@ -428,6 +428,40 @@ async fn a_follower_that_lost_its_data_is_named_and_rebuilt_by_remove_and_add() 
     }
 }
 
+/// Node 1, which initialises a new group on an empty data directory, comes
+/// back on an empty one while the group runs on: it finds the group among
+/// its peers, starts no second group, and waits; removed and added back,
+/// it holds the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
+    let (_dirs, mut nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 3).await;
+    converged(&nodes, li).await;
+    let peers: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let first = nodes.iter().position(|n| n.id == 1).unwrap();
+    let (id, addr, dir) = nodes.remove(first).stop().await;
+    // The other two elect a leader between them if node 1 led.
+    let li = leader_of(&nodes).await;
+    ok(&nodes[li].ledger, commit(4)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    let back = nodes.last().unwrap();
+    assert!(!back.ledger.raft().is_initialized().await.unwrap(), "node 1 started a group of its own on an empty directory");
+    let leader = nodes[li].ledger.clone();
+    ok(&leader, commit(5)).await;
+
+    leader.remove_node(id).await.unwrap();
+    leader.add_learner(id, addr).await.unwrap();
+    leader.change_membership(peers.keys().copied().collect(), false).await.unwrap();
+    let li = nodes.iter().position(|n| n.ledger.is_leader()).unwrap();
+    assert_eq!(converged(&nodes, li).await.last_committed, 5);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_and_leave_through_membership_changes() {
     // Small snapshots, so the joining node's history was purged from the

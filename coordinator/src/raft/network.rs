@@ -143,6 +143,31 @@ const QUIET_FOR: Duration = Duration::from_secs(1);
 /// `stalled_for` unless the node's tuning says otherwise.
 const STALLED_FOR: Duration = Duration::from_millis(250);
 
+/// Asks each of `peers` (by a pre-vote, which changes nothing on the
+/// peer) whether it already belongs to a ledger group: it holds a log or
+/// has voted in a term. The first one that does, as `(id, addr, term, last
+/// log index)`; `None` if none does or none answers within a second. Asked
+/// by the node that would initialise a new group, on an empty data
+/// directory: a group that already exists means this node lost its data
+/// (or was removed), and a second group of the same members must not start.
+pub async fn existing_group(
+    tls: Option<lockstep_host_agent::tls::Tls>,
+    me: NodeId,
+    peers: &std::collections::BTreeMap<NodeId, String>,
+) -> Option<(NodeId, String, u64, Option<u64>)> {
+    let mut net = TonicNetwork::new(tls);
+    for (id, addr) in peers.iter().filter(|(id, _)| **id != me) {
+        let mut client = net.new_client(*id, &BasicNode::new(addr.clone())).await;
+        let probe = VoteRequest::new(Vote::new(0, me), None);
+        let Ok(resp) = client.pre_vote(probe, RPCOption::new(Duration::from_secs(1))).await else { continue };
+        let term = resp.vote.leader_id.term;
+        if resp.last_log_id.is_some() || term > 0 {
+            return Some((*id, addr.clone(), term, resp.last_log_id.map(|l| l.index)));
+        }
+    }
+    None
+}
+
 /// What the leader knows of each peer's log, shared by every client of
 /// this node and by the ledger (`Ledger::progress`, membership changes).
 #[derive(Default)]
