@@ -770,18 +770,14 @@ impl Ledger {
         if m.state != ServerState::Leader || m.current_leader != Some(self.inner.node_id) {
             return None;
         }
+        let membership = m.membership_config.membership();
+        let members: Vec<NodeId> = membership.voter_ids().chain(membership.learner_ids()).collect();
         let view = progress::LeaderView {
             leader: self.inner.node_id,
             last_log_index: m.last_log_index,
             matched: m.replication.as_ref()?.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect(),
             answered_ago: m.heartbeat.as_ref()?.iter().map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed()))).collect(),
-            problems: BTreeMap::new(),
-        };
-        let membership = m.membership_config.membership();
-        let members: Vec<NodeId> = membership.voter_ids().chain(membership.learner_ids()).collect();
-        let view = progress::LeaderView {
             problems: members.iter().filter_map(|id| Some((*id, self.inner.peer_logs.problem(*id)?))).collect(),
-            ..view
         };
         Some(progress::of(&view, members))
     }

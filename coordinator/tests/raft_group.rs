@@ -372,6 +372,15 @@ async fn whole_group_restarts_from_disk() {
     }
 }
 
+/// The runbook's rebuild of member `id` (at `addr`, on an empty data
+/// directory) through `leader`: removed, added back as a learner that
+/// catches up, and a voter again among `peers`.
+async fn rebuild(leader: &Ledger, id: NodeId, addr: &str, peers: &BTreeMap<NodeId, String>) {
+    leader.remove_node(id).await.unwrap();
+    leader.add_learner(id, addr.to_string()).await.unwrap();
+    leader.change_membership(peers.keys().copied().collect(), false).await.unwrap();
+}
+
 /// A follower restarted on an empty data directory lacks entries it had
 /// confirmed to the leader: it lost its data. The leader names it in its
 /// progress and sends it nothing (openraft alone would wait forever for it
@@ -407,9 +416,7 @@ async fn a_follower_that_lost_its_data_is_named_and_rebuilt_by_remove_and_add() 
     assert!(problem.contains("lost its data") && problem.contains(&format!("RemoveNode {{\"node_id\": {id}}}")), "{problem}");
     ok(&leader, LedgerEntry::Commit { tid: 5, hosts: hosts(), begin_next: Some(6) }).await;
 
-    leader.remove_node(id).await.unwrap();
-    leader.add_learner(id, addr.clone()).await.unwrap();
-    leader.change_membership(peers.keys().copied().collect(), false).await.unwrap();
+    rebuild(&leader, id, &addr, &peers).await;
     let last = leader.raft().metrics().borrow_watched().last_log_index;
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
@@ -452,9 +459,7 @@ async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
     let leader = nodes[li].ledger.clone();
     ok(&leader, commit(5)).await;
 
-    leader.remove_node(id).await.unwrap();
-    leader.add_learner(id, addr).await.unwrap();
-    leader.change_membership(peers.keys().copied().collect(), false).await.unwrap();
+    rebuild(&leader, id, &addr, &peers).await;
     let li = nodes.iter().position(|n| n.ledger.is_leader()).unwrap();
     assert_eq!(converged(&nodes, li).await.last_committed, 5);
     for n in nodes {

@@ -582,6 +582,13 @@ pub async fn status_at(addr: &str) -> anyhow::Result<pb::Status> {
 
 /// `status_at` over mutual TLS with `tls` (`None`: plaintext).
 pub async fn status_at_with(addr: &str, tls: Option<&certs::TlsFiles>) -> anyhow::Result<pb::Status> {
+    Ok(admin_at(addr, tls).await?.get_status(pb::GetStatusRequest {}).await?.into_inner())
+}
+
+/// An Admin client of the coordinator at `addr`, over mutual TLS with
+/// `tls`; its connect and each call bounded in time (a paused process
+/// still accepts TCP connections in the kernel but never answers).
+async fn admin_at(addr: &str, tls: Option<&certs::TlsFiles>) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
@@ -589,20 +596,13 @@ pub async fn status_at_with(addr: &str, tls: Option<&certs::TlsFiles>) -> anyhow
     if let Some(f) = tls {
         endpoint = endpoint.tls_config(f.client())?;
     }
-    let channel = endpoint.connect().await?;
-    let mut admin = AdminClient::new(channel);
-    Ok(admin.get_status(pb::GetStatusRequest {}).await?.into_inner())
+    Ok(AdminClient::new(endpoint.connect().await?))
 }
 
 /// One Admin/ListNodes call to the coordinator at `addr` (host:port),
 /// bounded in time like `status_at`.
 pub async fn nodes_at(addr: &str) -> anyhow::Result<Vec<pb::Node>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
-    Ok(AdminClient::new(channel).list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes)
+    Ok(admin_at(addr, None).await?.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes)
 }
 
 /// Polls `addr`'s ListNodes until `pred` holds for its answer (bounded by

@@ -179,23 +179,61 @@ pub struct PeerLogs {
     /// client: openraft makes a new client when it restarts replication to
     /// a peer that was unreachable, which is just when a peer that lost its
     /// data comes back.
-    acked: Mutex<HashMap<NodeId, (u64, u64)>>,
-    /// Peers whose log went back behind what they had confirmed (they lost
-    /// their data), with what to do; shown in `Admin/ListNodes`.
-    lost: Mutex<HashMap<NodeId, String>>,
+    /// One lock for both parts: every AppendEntries answer takes it.
+    peers: Mutex<HashMap<NodeId, PeerLog>>,
+}
+
+#[derive(Default)]
+struct PeerLog {
+    /// `(term, index)`.
+    acked: Option<(u64, u64)>,
+    /// Set when its log went back behind what it had confirmed (it lost its
+    /// data), with what to do; shown in `Admin/ListNodes`.
+    lost: Option<String>,
 }
 
 impl PeerLogs {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerLog>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Why `peer` is sent nothing, if it lost its data.
     pub fn problem(&self, peer: NodeId) -> Option<String> {
-        self.lost.lock().expect("peer logs").get(&peer).cloned()
+        self.peers().get(&peer).and_then(|p| p.lost.clone())
     }
 
     /// `peer` left the group: what it confirmed no longer counts (added
     /// back, it starts from an empty log).
     pub fn forget(&self, peer: NodeId) {
-        self.acked.lock().expect("peer logs").remove(&peer);
-        self.lost.lock().expect("peer logs").remove(&peer);
+        self.peers().remove(&peer);
+    }
+
+    /// `peer` confirmed holding the log up to `index` to the leader of
+    /// `term`; true if it had been found to have lost its data (it holds
+    /// the log again).
+    fn holds(&self, peer: NodeId, term: u64, index: u64) -> bool {
+        let mut peers = self.peers();
+        let p = peers.entry(peer).or_default();
+        p.acked = match p.acked {
+            Some((t, held)) if t == term => Some((t, held.max(index))),
+            _ => Some((term, index)),
+        };
+        p.lost.take().is_some()
+    }
+
+    /// `peer` answered the leader of `term` that it lacks index `lacks`:
+    /// the index it had confirmed holding, if that is `lacks` or later (it
+    /// lost its data).
+    fn went_back(&self, peer: NodeId, term: u64, lacks: u64) -> Option<u64> {
+        match self.peers().get(&peer)?.acked {
+            Some((t, held)) if t == term && lacks <= held => Some(held),
+            _ => None,
+        }
+    }
+
+    /// Records why `peer` is sent nothing; true the first time.
+    fn lost(&self, peer: NodeId, why: String) -> bool {
+        self.peers().entry(peer).or_default().lost.replace(why).is_none()
     }
 }
 
@@ -400,16 +438,7 @@ impl PeerClient {
     /// `term`.
     fn holds(&self, term: u64, index: Option<u64>) {
         let Some(index) = index else { return };
-        {
-            let mut acked = self.network.peer_logs.acked.lock().expect("peer logs");
-            let e = acked.entry(self.target).or_insert((term, index));
-            if e.0 != term {
-                *e = (term, index);
-            } else if index > e.1 {
-                e.1 = index;
-            }
-        }
-        if self.network.peer_logs.lost.lock().expect("peer logs").remove(&self.target).is_some() {
+        if self.network.peer_logs.holds(self.target, term, index) {
             tracing::info!(peer = self.target, addr = %self.node.addr, "raft peer holds the log again (rebuilt)");
         }
     }
@@ -431,7 +460,7 @@ impl PeerClient {
              then AddNode it (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\")",
             n = self.target
         );
-        if self.network.peer_logs.lost.lock().expect("peer logs").insert(self.target, why.clone()).is_none() {
+        if self.network.peer_logs.lost(self.target, why.clone()) {
             tracing::error!(peer = self.target, addr = %self.node.addr, "raft peer lost its data: {why}");
         }
         self.unreachable("AppendEntries", &why)
@@ -608,11 +637,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             AppendEntriesResponse::Success => self.holds(term, if sent == 0 { prev } else { Some(prev.map_or(0, |p| p + 1) + sent - 1) }),
             AppendEntriesResponse::PartialSuccess(upto) => self.holds(term, upto.as_ref().map(|l| l.index)),
             AppendEntriesResponse::Conflict => {
-                let held = self.network.peer_logs.acked.lock().expect("peer logs").get(&self.target).copied();
-                if let (Some(lacks), Some((t, held))) = (prev, held) {
-                    if t == term && lacks <= held {
-                        return Err(self.lost_data(lacks, held));
-                    }
+                if let Some((lacks, held)) = prev.and_then(|lacks| Some((lacks, self.network.peer_logs.went_back(self.target, term, lacks)?))) {
+                    return Err(self.lost_data(lacks, held));
                 }
             }
             AppendEntriesResponse::HigherVote(_) => {}
