@@ -350,7 +350,17 @@ pub struct TxnRecord {
     /// Epoch in which the transaction was begun.
     pub epoch: Epoch,
     pub hosts: TxnHosts,
+    /// The diagnosis of the failure in this tid, if the pipeline failed in
+    /// it; a tid reopened after it keeps the text, so `ListTransactions`
+    /// still shows why it was replayed.
     pub failure: Option<String>,
+    /// A failed tid that the next recovery reopens and replays
+    /// ([`LedgerEntry::Reopen`]). False for a tid failed by a build before
+    /// reopening existed: that build went on without the tid, and the tids
+    /// it began after it ran on a state without the tid's input, so the tid
+    /// must stay behind. Written only when true, so older JSON reads the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reopen: bool,
 }
 
 impl TxnRecord {
@@ -372,8 +382,21 @@ pub enum LedgerEntry {
     /// Commit of `tid` with each host's record; `begin_next` begins the next
     /// transaction in the same entry (one log write serves both).
     Commit { tid: Tid, hosts: BTreeMap<HostId, HostTxnRecord>, begin_next: Option<Tid> },
-    /// The pipeline failed in `tid` with this diagnosis.
-    Fail { tid: Tid, diagnosis: String },
+    /// The pipeline failed in `tid` with this diagnosis. With `reopen`,
+    /// the tid is not given up: the next recovery reopens it and replays
+    /// its journaled steps (`Reopen`), so input acknowledged in it is not
+    /// lost once the cause is fixed, and an unfixed cause fails it again.
+    /// Old entries lack `reopen` (read as false; see `TxnRecord::reopen`).
+    Fail {
+        tid: Tid,
+        diagnosis: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reopen: bool,
+    },
+    /// A recovery reopens `tid`, failed with `reopen`: it is begun again
+    /// (keeping its failure text) and the recovery replays it as an open
+    /// tid. Repeating it is harmless.
+    Reopen { tid: Tid },
     /// Every host reported checkpoint `tid` durable.
     CheckpointComplete { tid: Tid },
     /// Several entries in one raft entry (one log write and one replication
@@ -397,6 +420,7 @@ impl std::fmt::Display for LedgerEntry {
                 None => write!(f, "Commit({tid})"),
             },
             LedgerEntry::Fail { tid, .. } => write!(f, "Fail({tid})"),
+            LedgerEntry::Reopen { tid } => write!(f, "Reopen({tid})"),
             LedgerEntry::CheckpointComplete { tid } => write!(f, "CheckpointComplete({tid})"),
             LedgerEntry::Batch(entries) => {
                 write!(f, "Batch[")?;
@@ -482,6 +506,15 @@ impl LedgerState {
     /// commit, since commits come in tid order.
     pub fn open_tids(&self) -> impl Iterator<Item = Tid> + '_ {
         self.txns.range(self.last_committed + 1..).filter(|(_, t)| t.status == TxnStatus::Begun).map(|(tid, _)| *tid)
+    }
+
+    /// Failed tids the next recovery reopens (`LedgerEntry::Reopen`),
+    /// ascending: those failed with `reopen`, above the last commit.
+    pub fn reopenable(&self) -> impl Iterator<Item = Tid> + '_ {
+        self.txns
+            .range(self.last_committed + 1..)
+            .filter(|(_, t)| t.status == TxnStatus::Failed && t.reopen)
+            .map(|(tid, _)| *tid)
     }
 
     pub fn txn(&self, tid: Tid) -> Option<&TxnRecord> {
@@ -570,12 +603,31 @@ impl LedgerState {
                 }
                 Ok(())
             }
-            LedgerEntry::Fail { tid, diagnosis } => {
+            LedgerEntry::Fail { tid, diagnosis, reopen } => {
                 self.check_begun(*tid, "failed")?;
                 let rec = Arc::make_mut(self.txns.get_mut(tid).expect("checked by check_begun"));
                 rec.status = TxnStatus::Failed;
                 rec.failure = Some(diagnosis.clone());
+                rec.reopen = *reopen;
                 Ok(())
+            }
+            LedgerEntry::Reopen { tid } => {
+                let state = match self.txns.get(tid) {
+                    Some(t) if t.status == TxnStatus::Begun => return Ok(()),
+                    Some(t) if t.status == TxnStatus::Failed && t.reopen && *tid > self.last_committed => {
+                        let rec = Arc::make_mut(self.txns.get_mut(tid).expect("matched"));
+                        rec.status = TxnStatus::Begun;
+                        rec.reopen = false;
+                        return Ok(());
+                    }
+                    Some(t) if t.status == TxnStatus::Failed && t.reopen => {
+                        format!("failed, and below the last committed tid {}", self.last_committed)
+                    }
+                    Some(t) if t.status == TxnStatus::Failed => "failed by a build that did not reopen tids".into(),
+                    Some(t) => format!("{:?}", t.status),
+                    None => "never begun".into(),
+                };
+                Err(LedgerError::WrongTxnState { tid: *tid, action: "reopened".into(), state })
             }
             LedgerEntry::CheckpointComplete { tid } => {
                 // Invariant 5: checkpoints are taken only between
@@ -607,7 +659,14 @@ impl LedgerState {
         self.tid_high_water = tid;
         self.txns.insert(
             tid,
-            Arc::new(TxnRecord { tid, status: TxnStatus::Begun, epoch: self.epoch, hosts: TxnHosts::default(), failure: None }),
+            Arc::new(TxnRecord {
+                tid,
+                status: TxnStatus::Begun,
+                epoch: self.epoch,
+                hosts: TxnHosts::default(),
+                failure: None,
+                reopen: false,
+            }),
         );
         Ok(())
     }
@@ -681,6 +740,57 @@ mod tests {
 
     fn all_hosts() -> BTreeMap<HostId, HostTxnRecord> {
         ["h0", "h1"].iter().map(|h| (h.to_string(), HostTxnRecord::default())).collect()
+    }
+
+    #[test]
+    fn a_failed_tid_is_reopened_once_and_only_above_the_last_commit() {
+        let mut l = init();
+        l.apply(&LedgerEntry::Begin { tid: 1 }).unwrap();
+        l.apply(&LedgerEntry::Fail { tid: 1, diagnosis: "diverged".into(), reopen: true }).unwrap();
+        assert_eq!(l.reopenable().collect::<Vec<_>>(), [1]);
+        assert_eq!(l.open_tids().count(), 0);
+        l.apply(&LedgerEntry::Reopen { tid: 1 }).unwrap();
+        let t = l.txn(1).unwrap();
+        assert_eq!((t.status, t.reopen, t.failure.as_deref()), (TxnStatus::Begun, false, Some("diverged")));
+        assert_eq!(l.open_tids().collect::<Vec<_>>(), [1]);
+        assert_eq!(l.reopenable().count(), 0);
+        let before = l.clone();
+        l.apply(&LedgerEntry::Reopen { tid: 1 }).unwrap();
+        assert_eq!(l, before, "reopening an open tid again changes nothing");
+        // It commits as any begun tid.
+        l.apply(&LedgerEntry::Commit { tid: 1, hosts: all_hosts(), begin_next: Some(2) }).unwrap();
+        let refused = |l: &mut LedgerState, tid| match l.apply(&LedgerEntry::Reopen { tid }) {
+            Err(LedgerError::WrongTxnState { state, .. }) => state,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(&mut l, 1), "Committed");
+        assert_eq!(refused(&mut l, 9), "never begun");
+        // Failed without `reopen` (an older build's Fail) stays failed.
+        l.apply(&LedgerEntry::Fail { tid: 2, diagnosis: "x".into(), reopen: false }).unwrap();
+        assert_eq!(refused(&mut l, 2), "failed by a build that did not reopen tids");
+        assert_eq!(l.reopenable().count(), 0);
+    }
+
+    #[test]
+    fn fail_entries_and_records_of_older_builds_read_and_write_the_same() {
+        let old = r#"{"Fail":{"tid":3,"diagnosis":"d"}}"#;
+        let entry: LedgerEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(entry, LedgerEntry::Fail { tid: 3, diagnosis: "d".into(), reopen: false });
+        assert_eq!(serde_json::to_string(&entry).unwrap(), old);
+        let new = LedgerEntry::Fail { tid: 3, diagnosis: "d".into(), reopen: true };
+        assert_eq!(serde_json::to_string(&new).unwrap(), r#"{"Fail":{"tid":3,"diagnosis":"d","reopen":true}}"#);
+        let mut l = init();
+        l.apply(&LedgerEntry::Begin { tid: 3 }).unwrap();
+        l.apply(&entry).unwrap();
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(!json.contains("reopen"), "a record without reopen is written as before: {json}");
+        l.apply(&LedgerEntry::Reopen { tid: 3 }).unwrap_err();
+        let mut m = init();
+        m.apply(&LedgerEntry::Begin { tid: 3 }).unwrap();
+        m.apply(&new).unwrap();
+        let back: LedgerState = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m, "a snapshot keeps the flag");
+        assert_eq!(back.reopenable().collect::<Vec<_>>(), [3]);
     }
 
     proptest::proptest! {
@@ -868,14 +978,14 @@ mod tests {
         // A copy shares the records; changing one copy leaves the other.
         let copy = l.clone();
         assert!(Arc::ptr_eq(&copy.txns[&2], &l.txns[&2]));
-        l.apply(&LedgerEntry::Fail { tid: 5, diagnosis: "x".into() }).unwrap();
+        l.apply(&LedgerEntry::Fail { tid: 5, diagnosis: "x".into(), reopen: true }).unwrap();
         assert_eq!(copy.txn(5).unwrap().status, TxnStatus::Begun);
         assert_eq!(l.txn(5).unwrap().status, TxnStatus::Failed);
 
         // Copies that applied the same entries each take one record: equal
         // ones are adopted, a different one is not.
         let mut other = back;
-        other.apply(&LedgerEntry::Fail { tid: 5, diagnosis: "x".into() }).unwrap();
+        other.apply(&LedgerEntry::Fail { tid: 5, diagnosis: "x".into(), reopen: true }).unwrap();
         assert!(!Arc::ptr_eq(&other.txns[&5], &l.txns[&5]));
         other.adopt(l.txns[&5].clone());
         assert!(Arc::ptr_eq(&other.txns[&5], &l.txns[&5]));

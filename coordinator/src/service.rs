@@ -575,7 +575,7 @@ async fn start_driver(cfg: CoreConfig, ledger: Ledger, coordinator_id: String, p
 /// The tids whose ledger records `entry` creates or changes.
 fn entry_tids(entry: &LedgerEntry) -> impl Iterator<Item = u64> {
     let (a, b) = match entry {
-        LedgerEntry::Begin { tid } | LedgerEntry::Fail { tid, .. } => (Some(*tid), None),
+        LedgerEntry::Begin { tid } | LedgerEntry::Fail { tid, .. } | LedgerEntry::Reopen { tid } => (Some(*tid), None),
         LedgerEntry::Commit { tid, begin_next, .. } => (Some(*tid), *begin_next),
         LedgerEntry::Init { .. }
         | LedgerEntry::NewEpoch { .. }

@@ -1410,7 +1410,7 @@ impl<E: Engine> Agent<E> {
                 }),
                 Action::Commit { tid } => self.commit(tid).await,
                 Action::AbandonTxn { tid } => {
-                    warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore, unless the coordinator recorded it failed (then its input is skipped: see its ExplainFailure)");
+                    warn!(host = %self.host(), tid, steps = self.txn.as_ref().map_or(0, |t| t.steps), "abandoning open transaction {tid}; its steps stay in the journal and are replayed after the next restore");
                     if !self.held_outputs.is_empty() {
                         let held: Vec<u64> = self.held_outputs.iter().map(|h| h.tid).collect();
                         warn!(host = %self.host(), tid, "dropping the held outputs of prepared tids {held:?}; nothing of them was released");

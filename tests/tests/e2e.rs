@@ -273,6 +273,106 @@ async fn nondeterministic_replay_is_caught_in_the_first_replayed_transaction() {
     assert_eq!(after, f, "the diagnosis stays after a Stop");
 }
 
+/// A failure in the open tid does not give the tid up: records pushed and
+/// acknowledged in it are journaled, and the next recovery reopens the tid
+/// and replays them. Host-1 comes back from a crash with a replay that
+/// diverges in the open tid 1 (the test-only fault): the pipeline fails
+/// naming tid 1. Resumed with the fault still there, it fails again in
+/// tid 1, as loudly. Resumed once host-1 runs without it, tid 1 is
+/// replayed, continues live and commits with every acknowledged record,
+/// each counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tid_the_pipeline_failed_in_is_replayed_on_resume_and_keeps_its_acknowledged_pushes() {
+    use lockstep_proto::v1::{ingest_client::IngestClient, ListTransactionsRequest, PushRequest, Record, ResumeRequest};
+    const FAULT: &str = "--fault-nondeterministic-replay";
+    // Tid 1 stays open until the hosts ingest 200 000 records: at least
+    // 80 s of generator steps (4000 steps of 20 ms apart, ~50 records per
+    // step of both hosts), or the test's own pushes below.
+    let opts = ClusterOpts {
+        hosts: 2,
+        checkpoint_every_txns: 0,
+        commit_interval_ms: 3_600_000,
+        step_interval_ms: 20,
+        coordinator_flags: ["--txn-steps-max", "1000000000", "--txn-records-max", "200000"].map(String::from).to_vec(),
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(opts);
+    // A few steps of host-1 in tid 1, so its journal has generator records
+    // for the fault to drop on replay.
+    c.wait_for("host-1 to run steps in tid 1", LONG, |s| {
+        running(s) && s.hosts.iter().any(|h| h.host_id == "host-1" && h.last_step >= 5)
+    })
+    .await;
+    let push = |port: u16, round: i64, n: i64| async move {
+        let mut ingest = IngestClient::connect(format!("http://127.0.0.1:{port}")).await.expect("ingest");
+        let records: Vec<Record> = (0..n).map(|k| Record { key: "pushed".into(), value: round * 100_000 + k }).collect();
+        ingest.push(PushRequest { records }).await.expect("push acknowledged").into_inner()
+    };
+    let (mut count, mut sum) = ([0u64; 2], [0i64; 2]);
+    for (i, round) in [(0, 1), (1, 2), (1, 3)] {
+        let ack = push(c.ingest_ports[i], round, 5).await;
+        assert_eq!(ack.tid, 1, "acknowledged in the open tid 1: {ack:?}");
+        count[i] += 5;
+        sum[i] += (0..5).map(|k| round * 100_000 + k).sum::<i64>();
+    }
+    c.hosts[1].kill();
+    c.hosts[1].args.push(FAULT.into());
+    c.hosts[1].start();
+    let failed = c.wait_for("the divergence in tid 1 to fail the pipeline", LONG, |s| s.pipeline_state == "Failed").await;
+    assert_eq!(failed.last_committed_tid, 0, "tid 1 was open when it failed");
+    let mut admin = c.admin().await.unwrap();
+    let f = admin.explain_failure(lockstep_proto::v1::ExplainFailureRequest {}).await.unwrap().into_inner();
+    assert_eq!((f.host_id.as_str(), f.tid), ("host-1", 1), "{f:?}");
+    let tid1 = |admin: &mut lockstep_proto::v1::admin_client::AdminClient<_>| {
+        let mut admin = admin.clone();
+        async move {
+            let list = admin.list_transactions(ListTransactionsRequest { from_tid: 1, limit: 1 }).await.unwrap().into_inner();
+            list.transactions.into_iter().next().expect("tid 1 is on record")
+        }
+    };
+    let t = tid1(&mut admin).await;
+    assert_eq!(t.state, "Failed", "{t:?}");
+
+    // Not fixed (host-1 restarted with the same fault): Resume reopens tid
+    // 1, and its replay fails it again.
+    c.hosts[1].kill();
+    c.hosts[1].start();
+    admin.resume(ResumeRequest::default()).await.expect("resume");
+    let again = c.wait_for("tid 1 to fail again", LONG, |s| s.epoch > failed.epoch && s.pipeline_state == "Failed").await;
+    let f2 = admin.explain_failure(lockstep_proto::v1::ExplainFailureRequest {}).await.unwrap().into_inner();
+    assert_eq!((f2.host_id.as_str(), f2.tid, again.last_committed_tid), ("host-1", 1, 0), "{f2:?}");
+    assert!(c.coordinator.log().contains("are reopened"), "the coordinator log says tid 1 was reopened");
+
+    // Fixed: host-1 runs without the fault. Resume replays tid 1, which
+    // continues live.
+    c.hosts[1].kill();
+    c.hosts[1].args.retain(|a| a != FAULT);
+    c.hosts[1].start();
+    admin.resume(ResumeRequest::default()).await.expect("resume");
+    let resumed = c.wait_for("the pipeline to run again", LONG, |s| s.epoch > again.epoch && running(s)).await;
+    assert_eq!(resumed.last_committed_tid, 0, "{resumed:?}");
+    let t = tid1(&mut admin).await;
+    assert_eq!(t.state, "Begun", "tid 1 is open again: {t:?}");
+    assert!(t.failure.contains("host host-1"), "its failure stays on record: {t:?}");
+    // Pushes now land in tid 1 too, and reach its record limit.
+    for round in 10..30 {
+        let ack = push(c.ingest_ports[0], round, 10_000).await;
+        assert_eq!(ack.tid, 1, "{ack:?}");
+        count[0] += 10_000;
+        sum[0] += (0..10_000).map(|k| round * 100_000 + k).sum::<i64>();
+    }
+    let both_committed = |s: &lockstep_proto::v1::Status| s.hosts.iter().all(|h| h.last_committed_tid >= 1);
+    c.wait_for("tid 1 to commit on both hosts", LONG, |s| running(s) && both_committed(s)).await;
+    for h in &mut c.hosts {
+        h.terminate();
+    }
+    for i in 0..2 {
+        let batches = c.sink(i);
+        assert_eq!(sink_tids(&batches).first(), Some(&1), "host-{i}'s sink starts at tid 1");
+        assert_eq!(sink_final_state(&batches).get("pushed"), Some(&(count[i], sum[i])), "host-{i}: every acknowledged record counted exactly once");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_records_are_acknowledged_once_durable_and_survive_a_crash_exactly_once() {
     use lockstep_proto::v1::{ingest_client::IngestClient, PushRequest, Record};

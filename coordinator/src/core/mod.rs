@@ -1323,6 +1323,18 @@ impl Core {
                 return self.fail(d, out);
             }
         }
+        // A tid the pipeline failed in is reopened, not skipped: its
+        // journaled steps hold input the hosts acknowledged (pushes), so
+        // the recovery replays it as an open tid (invariant 4) once the
+        // ledger has it begun again, which it has before the NewEpoch
+        // below applies. A cause that was fixed (an engine made
+        // deterministic, a disk replaced) then loses nothing; one that was
+        // not fails the tid again, as loudly as the first time.
+        // `note_recovery` names them.
+        let reopen: Vec<Tid> = self.ledger.reopenable().collect();
+        for tid in reopen {
+            out.push(Action::Propose(LedgerEntry::Reopen { tid }));
+        }
         let epoch = self.ledger.epoch + 1;
         out.push(Action::Propose(LedgerEntry::NewEpoch { epoch }));
         self.set_phase(Phase::Bumping { epoch }, "every host joined".into(), out);
@@ -1371,7 +1383,17 @@ impl Core {
         }
     }
 
-    fn note_recovery(&mut self, r: Recovery, out: &mut Vec<Action>) {
+    fn note_recovery(&mut self, mut r: Recovery, out: &mut Vec<Action>) {
+        // Open tids with a failure on record were reopened after it.
+        let reopened: Vec<Tid> =
+            self.ledger.open_tids().filter(|t| self.ledger.txn(*t).is_some_and(|r| r.failure.is_some())).collect();
+        if !reopened.is_empty() {
+            r.why = format!(
+                "tids {reopened:?}, in which the pipeline failed, are reopened: their journaled steps are replayed \
+                 (the earlier diagnosis stays on the tid in ListTransactions); {}",
+                r.why
+            );
+        }
         self.last_recovery = Some(r.clone());
         out.push(Action::Notice(Notice::Recovery(r)));
     }
@@ -1642,15 +1664,16 @@ impl Core {
             return;
         }
         // Record the failure durably when it concerns a transaction the
-        // ledger still has open.
-        // Not while its Commit is in flight: the ledger would apply the
-        // Commit first and then reject the Fail.
+        // ledger still has open, for the next recovery to reopen: its
+        // journaled steps are replayed then (`try_start_recovery`), never
+        // skipped. Not while its Commit is in flight: the ledger would
+        // apply the Commit first and then reject the Fail.
         let committing = |t: Tid| {
             matches!(self.phase, Phase::Running(Txn::Committing { tid, .. }) if tid == t)
                 || self.inflight.iter().any(|e| e.tid == t && e.proposed)
         };
         if let Some(t) = d.tid.filter(|t| self.ledger.open_tids().any(|o| o == *t) && !committing(*t)) {
-            out.push(Action::Propose(LedgerEntry::Fail { tid: t, diagnosis: d.to_string() }));
+            out.push(Action::Propose(LedgerEntry::Fail { tid: t, diagnosis: d.to_string(), reopen: true }));
         }
         self.reset_pipeline();
         self.broadcast(Cmd::Stop { reason: format!("pipeline failed: {}", d.summary) }, out);
@@ -1790,6 +1813,7 @@ fn entry_name(e: &LedgerEntry) -> String {
         LedgerEntry::Begin { tid } => format!("Begin({tid})"),
         LedgerEntry::Commit { tid, .. } => format!("Commit({tid})"),
         LedgerEntry::Fail { tid, .. } => format!("Fail({tid})"),
+        LedgerEntry::Reopen { tid } => format!("Reopen({tid})"),
         LedgerEntry::CheckpointComplete { tid } => format!("CheckpointComplete({tid})"),
         LedgerEntry::Batch(entries) => format!("Batch({})", entries.iter().map(entry_name).collect::<Vec<_>>().join(", ")),
     }

@@ -446,6 +446,102 @@ fn divergent_replay_is_caught_at_the_first_divergent_step_with_a_precise_diagnos
     assert!(d.summary.contains("hash differs"), "{}", d.summary);
 }
 
+/// `recorded()`'s committed tids 1 and 2 replayed exactly as recorded.
+fn replay_recorded_committed(h: &mut Harness) {
+    h.step("h0", 1, 1, agg(&[("gen", 1, 5)]), Some(agg(&[("gen", 1, 5)])));
+    h.step("h0", 1, 2, agg(&[("gen", 1, 15)]), Some(agg(&[("gen", 1, 15)])));
+    h.prepared("h0", 1, 2, agg(&[("gen", 2, 20)]), 100);
+    h.step("h1", 1, 1, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
+    h.prepared("h1", 1, 1, agg(&[("gen", 1, 10)]), 101);
+    h.prepared("h0", 2, 0, agg(&[]), 0);
+    h.step("h1", 2, 2, agg(&[("gen", 1, 10)]), Some(agg(&[("gen", 1, 10)])));
+    h.prepared("h1", 2, 1, agg(&[("gen", 1, 10)]), 102);
+}
+
+fn proposed(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Propose(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pipeline fails in the open tid 3 (its replay diverges on h0). The
+/// tid is recorded failed for reopening, and the next recovery (here an
+/// operator's Resume) begins it again before the new epoch and replays
+/// its journaled steps: input acknowledged in it is not skipped, and the
+/// fixed host commits it normally.
+#[test]
+fn a_tid_the_pipeline_failed_in_is_reopened_and_replayed_by_the_next_recovery() {
+    let (l, j0, j1) = recorded();
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0.clone(), vec![]);
+    h.hello("h1", j1.clone(), vec![]);
+    h.restored_all(0);
+    replay_recorded_committed(&mut h);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 3, mode: Mode::Replay, .. })), "{:?}", h.core.phase());
+    let actions = h.step("h0", 3, 3, agg(&[("gen", 4, 5)]), Some(agg(&[("gen", 5, 5)])));
+    assert_eq!(proposed(&actions), ["Fail(3)"]);
+    let d = h.failure().expect("failed").clone();
+    assert_eq!((d.host.as_deref(), d.tid, d.step), (Some("h0"), Some(3), Some(3)));
+    let failed = h.shadow.txn(3).unwrap().clone();
+    assert_eq!((failed.status, failed.reopen), (TxnStatus::Failed, true));
+
+    // Resume: every host says hello again; tid 3 is begun again first.
+    h.ev(Event::AdminResume);
+    assert_eq!(h.core.phase(), &Phase::Joining);
+    h.hello("h0", j0, vec![]);
+    let actions = h.hello("h1", j1, vec![]);
+    assert_eq!(proposed(&actions), ["Reopen(3)", "NewEpoch(3)"]);
+    let reopened = h.shadow.txn(3).unwrap();
+    assert_eq!((reopened.status, reopened.reopen), (TxnStatus::Begun, false));
+    assert_eq!(reopened.failure, failed.failure, "the failure stays on record");
+    assert!(
+        h.notices.iter().any(|n| matches!(n, Notice::Recovery(r) if r.why.starts_with("tids [3], in which the pipeline failed, are reopened"))),
+        "{:?}",
+        h.notices
+    );
+    h.take_sent();
+    h.restored_all(0);
+    replay_recorded_committed(&mut h);
+    assert_eq!(cmds_for(&h.take_sent(), "h0").last(), Some(&Cmd::Commit { tid: 2, next: Some(Start::replay_open(3)) }));
+
+    // Fixed: h0 replays tid 3 as journaled, then both go on live.
+    h.step("h0", 3, 3, agg(&[("gen", 5, 5)]), Some(agg(&[("gen", 5, 5)])));
+    h.step("h1", 3, 3, agg(&[("gen", 1, 1)]), None);
+    h.now = 1000;
+    h.ev(Event::Heartbeat { host: "h0".into() });
+    h.ev(Event::Heartbeat { host: "h1".into() });
+    h.ev(Event::Tick);
+    h.prepared("h0", 3, 1, agg(&[("gen", 5, 5)]), 7);
+    h.prepared("h1", 3, 1, agg(&[("gen", 1, 1)]), 8);
+    assert!(h.failure().is_none(), "{:?}", h.failure());
+    assert_eq!(h.shadow.txn(3).unwrap().status, TxnStatus::Committed);
+    assert_eq!(h.shadow.txn(3).unwrap().hosts.get("h0").unwrap().aggregate(), agg(&[("gen", 5, 5)]));
+}
+
+/// A tid failed by a build that gave failed tids up (its `Fail` has no
+/// `reopen`) stays failed: that build began the next tids on a state
+/// without the tid's input, so replaying it now would count it twice.
+#[test]
+fn a_tid_failed_by_an_older_build_stays_behind() {
+    let (mut l, j0, j1) = recorded();
+    let old: LedgerEntry = serde_json::from_str(r#"{"Fail":{"tid":3,"diagnosis":"replay diverged"}}"#).unwrap();
+    l.apply(&old).unwrap();
+    assert!(!l.txn(3).unwrap().reopen);
+    assert!(l.apply(&LedgerEntry::Reopen { tid: 3 }).is_err(), "the ledger refuses to reopen it");
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    let actions = h.hello("h1", j1, vec![]);
+    assert_eq!(proposed(&actions), ["NewEpoch(2)"]);
+    h.restored_all(0);
+    replay_recorded_committed(&mut h);
+    assert!(matches!(h.core.phase(), Phase::Running(Txn::Open { tid: 4, mode: Mode::Live, .. })), "{:?}", h.core.phase());
+    assert_eq!(h.shadow.txn(3).unwrap().status, TxnStatus::Failed);
+}
+
 #[test]
 fn replayed_output_digest_must_match_the_ledger() {
     let (l, j0, j1) = recorded();
