@@ -435,6 +435,70 @@ async fn a_follower_that_lost_its_data_is_named_and_rebuilt_by_remove_and_add() 
     }
 }
 
+/// A member back on an empty data directory withholds its vote from a
+/// candidate that holds entries: it may have helped commit entries the
+/// candidate lacks. Here B helped A commit tids 5 and 6 while C was down,
+/// then B lost its data and A went down. C, back with its stale log, asks
+/// B for its vote: granted, C would lead without tids 5 and 6, and the
+/// ledger would forget two commits. B says no, to the pre-vote and to the
+/// vote; once A is back, A leads, and every node holds tid 6 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_on_an_empty_directory_votes_for_no_stale_candidate() {
+    let (_dirs, mut nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 4).await;
+    converged(&nodes, li).await;
+    let peers: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let leader_id = nodes[li].id;
+    let followers: Vec<NodeId> = nodes.iter().map(|n| n.id).filter(|id| *id != leader_id).collect();
+    let (b_id, c_id) = (followers[0], followers[1]);
+    let at = |nodes: &[Node], id: NodeId| nodes.iter().position(|n| n.id == id).unwrap();
+
+    // C goes down with tids up to 4; A and B commit 5 and 6.
+    let c_metrics = nodes[at(&nodes, c_id)].ledger.raft().metrics().borrow_watched().clone();
+    let c_last = c_metrics.last_applied;
+    let c = nodes.remove(at(&nodes, c_id)).stop().await;
+    let li = at(&nodes, leader_id);
+    ok(&nodes[li].ledger, commit(5)).await;
+    ok(&nodes[li].ledger, commit(6)).await;
+    converged(&nodes, li).await;
+
+    // B loses its data; A goes down.
+    let (_, b_addr, b_dir) = nodes.remove(at(&nodes, b_id)).stop().await;
+    let a = nodes.remove(at(&nodes, leader_id)).stop().await;
+    std::fs::remove_dir_all(&b_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let b_listener = TcpListener::bind(&b_addr).await.unwrap();
+    nodes.push(Node::start(b_id, &b_dir, b_listener, Some(peers.clone()), tuning()).await);
+
+    // C's election, asked of B as C would ask it.
+    let mut net = TonicNetwork::new(None);
+    let mut client = net.new_client(b_id, &BasicNode::new(b_addr.clone())).await;
+    let term = c_metrics.current_term + 1;
+    let ask = openraft::raft::VoteRequest::new(
+        openraft::Vote::from_leader_id(LeaderId { term, node_id: c_id }, false),
+        c_last,
+    );
+    let opt = || openraft::network::RPCOption::new(Duration::from_secs(5));
+    let pre = client.pre_vote(ask.clone(), opt()).await.expect("B answers the pre-vote");
+    assert!(!pre.vote_granted, "B granted a pre-vote to a candidate with log {c_last:?}: {pre:?}");
+    let vote = client.vote(ask, opt()).await.expect("B answers the vote");
+    assert!(!vote.vote_granted, "B granted its vote to a candidate with log {c_last:?}: {vote:?}");
+    assert!(vote.vote.leader_id().term < term, "B did not take the candidate's term either: {vote:?}");
+
+    // A and C back: A, with tids 5 and 6, leads; B is sent the log.
+    for (id, addr, dir) in [a, c] {
+        let listener = TcpListener::bind(&addr).await.unwrap();
+        nodes.push(Node::start(id, &dir, listener, Some(peers.clone()), tuning()).await);
+    }
+    let li = leader_of(&nodes).await;
+    assert_ne!(nodes[li].id, c_id, "the stale member leads");
+    assert_eq!(converged(&nodes, li).await.last_committed, 6);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Node 1, which initialises a new group on an empty data directory, comes
 /// back on an empty one while the group runs on: it finds the group among
 /// its peers, starts no second group, and waits; removed and added back,

@@ -702,6 +702,8 @@ pub struct PeerService {
     /// whose certificate lacks its own address would otherwise log one per
     /// heartbeat.
     refusals: Arc<Mutex<lockstep_host_agent::tls::RateLimit>>,
+    /// When this node last logged a vote it withheld ([`PeerService::withheld`]).
+    withheld_told: Arc<Mutex<Option<Instant>>>,
 }
 
 /// See [`PeerService::refusals`].
@@ -798,7 +800,8 @@ pub fn server(
     members_only: bool,
 ) -> RaftPeerServer<PeerService> {
     let receiving = Arc::default();
-    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals: Arc::default() })
+    let (refusals, withheld_told) = (Arc::default(), Arc::default());
+    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals, withheld_told })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
@@ -905,6 +908,48 @@ impl PeerService {
     }
 }
 
+/// How often a withheld vote is logged at most.
+const WITHHELD_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl PeerService {
+    /// The answer to a vote this node must not give: it holds no log entry
+    /// beyond a group's first one (a new member, or one that lost its data
+    /// directory), and the candidate holds more. Raft's safety rests on
+    /// every voter remembering what it accepted; a member back on an empty
+    /// directory remembers nothing, so its vote could elect a candidate
+    /// that lacks entries this member helped commit, and those entries
+    /// would be lost. It votes again once a leader has sent it the log
+    /// (`withholds_vote`). A new group's first election is unaffected: its
+    /// candidate holds only the first entry.
+    fn withheld(&self, rpc: &str, req: &VoteRequest<TypeConfig>) -> Option<VoteResponse<TypeConfig>> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let theirs = req.last_log_id.as_ref().map(|l| l.index);
+        if !withholds_vote(metrics.last_log_index, theirs) {
+            return None;
+        }
+        let mut told = self.withheld_told.lock().unwrap_or_else(|p| p.into_inner());
+        if told.is_none_or(|at| at.elapsed() >= WITHHELD_LOG_EVERY) {
+            *told = Some(Instant::now());
+            tracing::warn!(
+                candidate = %req.vote.leader_id.node_id, candidate_last_index = ?theirs, rpc,
+                "withholding my vote: this node holds no ledger log yet (it is new, or its data directory was lost) \
+                 and the candidate holds entries, some of which this node may once have helped commit; it votes once \
+                 a leader has sent it the log. If this node lost its data, remove it and add it back \
+                 (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\")"
+            );
+        }
+        Some(VoteResponse::new(metrics.vote, None, false))
+    }
+}
+
+/// Whether a node whose log ends at `mine` must refuse its vote to a
+/// candidate whose log ends at `theirs` (indexes; a new group's first
+/// entry, its membership, is index 0): when the node holds nothing past
+/// that first entry and the candidate does. See [`PeerService::withheld`].
+fn withholds_vote(mine: Option<u64>, theirs: Option<u64>) -> bool {
+    mine.unwrap_or(0) == 0 && theirs.is_some_and(|t| t > 0)
+}
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
@@ -920,12 +965,18 @@ impl RaftPeer for PeerService {
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         self.authorize(&req, "Vote")?;
         let rpc: VoteRequest<TypeConfig> = decode("Vote", &req.get_ref().body)?;
+        if let Some(no) = self.withheld("Vote", &rpc) {
+            return ok_reply("Vote", &no);
+        }
         reply("Vote", self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         self.authorize(&req, "PreVote")?;
         let rpc: VoteRequest<TypeConfig> = decode("PreVote", &req.get_ref().body)?;
+        if let Some(no) = self.withheld("PreVote", &rpc) {
+            return ok_reply("PreVote", &no);
+        }
         reply("PreVote", self.raft.pre_vote(rpc).await)
     }
 
@@ -943,6 +994,21 @@ mod tests {
 
     fn silent_since(n: &TonicNetwork, addr: &str) -> Option<Option<Instant>> {
         n.channels.lock().unwrap().get(addr).map(|c| c.silent_since)
+    }
+
+    #[test]
+    fn a_node_without_a_log_votes_only_in_a_new_groups_first_election() {
+        // A new group: the candidate holds only the membership entry.
+        assert!(!withholds_vote(None, Some(0)));
+        assert!(!withholds_vote(Some(0), Some(0)));
+        // The probe of an empty node 1 (`existing_group`) holds nothing.
+        assert!(!withholds_vote(None, None));
+        // An empty node, and the candidate holds more: no.
+        assert!(withholds_vote(None, Some(1)));
+        assert!(withholds_vote(Some(0), Some(40)));
+        // A node with a log decides as raft does.
+        assert!(!withholds_vote(Some(3), Some(40)));
+        assert!(!withholds_vote(Some(40), Some(3)));
     }
 
     #[test]
