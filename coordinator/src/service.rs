@@ -57,6 +57,13 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 /// most (those already received; the reader never waits to fill it).
 const REPORTS_FORWARDED_MAX: usize = 64;
 
+/// A host stream that ends after this long without a report was dropped
+/// for its silence by the server's keepalive (a ping unanswered for
+/// `drain::CLIENT_PING_TIMEOUT` after a quiet `CLIENT_PING`: about 3 s),
+/// not closed by the host, which sends a heartbeat every 500 ms and closes
+/// its stream right after its last report.
+const STREAM_SILENT_END: Duration = lockstep_host_agent::drain::CLIENT_PING_TIMEOUT;
+
 /// The largest host report this coordinator reads (tonic's default is
 /// 4 MiB). A Hello carries a summary of every tid the host journaled since
 /// its newest checkpoint, ~40 bytes each: 4 MiB was ~100 k tids, which a
@@ -1099,6 +1106,11 @@ impl pb::host_session_server::HostSession for HostSessionService {
             async move {
                 let mut expected_seq = 2;
                 let mut clean = false;
+                // When the last burst of reports arrived: a stream that ends
+                // after a silence was closed by this server's HTTP/2
+                // keepalive, not by the host.
+                let mut heard = Instant::now();
+                let silent = |heard: Instant| Some(heard.elapsed()).filter(|s| *s >= STREAM_SILENT_END);
                 let mut events: Vec<Event> = Vec::new();
                 let reason = 'stream: loop {
                     // Wait for one report, then take every report already
@@ -1106,9 +1118,22 @@ impl pb::host_session_server::HostSession for HostSessionService {
                     // the driver as one message, so the driver wakes once
                     // per burst, not once per report. Order is kept.
                     let mut next = reports.next().await;
+                    if matches!(next, Some(Ok(_))) {
+                        heard = Instant::now();
+                    }
                     let mut taken = 0;
                     let end = loop {
                         match next {
+                            // The keepalive ends a stream that carries nothing
+                            // (the host froze, or the network to it failed) the
+                            // same way the host's own close does.
+                            None if let Some(silence) = silent(heard) => {
+                                break Some(format!(
+                                    "connection dropped after {} ms without a report or heartbeat from the host: it is \
+                                     frozen or hung, or the network to it failed (its HTTP/2 pings went unanswered)",
+                                    silence.as_millis()
+                                ));
+                            }
                             None => {
                                 // The host ended its stream itself (e.g. a graceful shutdown).
                                 clean = true;

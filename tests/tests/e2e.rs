@@ -373,6 +373,28 @@ async fn a_tid_the_pipeline_failed_in_is_replayed_on_resume_and_keeps_its_acknow
     }
 }
 
+/// Why the coordinator lost a host (`lastLost`) tells a host that stopped
+/// from one that froze: a stream the host closes itself (SIGTERM) is
+/// "closed by the host"; one the coordinator's keepalive drops because a
+/// frozen host (SIGSTOP) no longer answers says that it went silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_host_is_told_apart_from_one_that_stopped() {
+    // A report deadline past the keepalive's ~3 s, so the keepalive acts.
+    let mut c = Cluster::start(ClusterOpts { hosts: 2, report_deadline_ms: 30_000, ..ClusterOpts::default() });
+    let lost = |name: &'static str| move |s: &lockstep_proto::v1::Status| s.hosts.iter().any(|h| h.host_id == name && !h.last_lost.is_empty());
+    let last_lost = |s: &lockstep_proto::v1::Status, name: &str| s.hosts.iter().find(|h| h.host_id == name).unwrap().last_lost.clone();
+    c.wait_for("running", LONG, |s| running(s) && s.last_committed_tid >= 2).await;
+    c.hosts[1].pause(true);
+    let s = c.wait_for("the frozen host-1 to be lost", LONG, lost("host-1")).await;
+    c.hosts[1].pause(false);
+    let why = last_lost(&s, "host-1");
+    assert!(why.contains("without a report or heartbeat from the host"), "{why}");
+    c.wait_for("running again", LONG, |s| running(s) && s.hosts.iter().all(|h| h.connected)).await;
+    assert_eq!(c.hosts[0].terminate(), Some(0));
+    let s = c.wait_for("the stopped host-0 to be lost", LONG, lost("host-0")).await;
+    assert_eq!(last_lost(&s, "host-0"), "stream closed by the host");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_records_are_acknowledged_once_durable_and_survive_a_crash_exactly_once() {
     use lockstep_proto::v1::{ingest_client::IngestClient, PushRequest, Record};
