@@ -1321,11 +1321,16 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
-        let is_leader = self.ledger.is_leader();
         let node_id = self.ledger.node_id();
         let (leader_id, leader_addr) = self.ledger.leader().unwrap_or_default();
         let raft_term = self.ledger.subscribe_leadership().borrow().term;
-        let Some(driver) = self.driver_if_leading() else {
+        let driver = self.driver_if_leading();
+        // Leading means driving the pipeline, as `lockstep_leader` says: a
+        // leader cut off from its quorum stops driving once a ledger write
+        // times out, while raft may go on calling it leader until it hears
+        // a newer term.
+        let is_leader = driver.is_some();
+        let Some(driver) = driver else {
             // A follower (or a leader still catching up): the ledger as this
             // node has applied it; the pipeline lives on the leader.
             let status = self.ledger.with_state(|l| pb::Status {
