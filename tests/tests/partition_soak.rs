@@ -307,7 +307,7 @@ fn timeline(c: &DockerCluster, since: std::time::SystemTime) -> String {
 /// A fault drawn right after the last one's heal may find a link still on
 /// a dead connection (the peer rejoined the link with a new address) until
 /// the leader dials it anew, and then an election is fair.
-async fn whole(c: &DockerCluster, leader_id: u64, term: u64, committed: u64) -> Result<(), String> {
+async fn group_whole(c: &DockerCluster, leader_id: u64, term: u64, committed: u64) -> Result<(), String> {
     for (addr, role) in c.addrs.iter().zip(&c.coordinators) {
         match status_at_with(addr, c.tls.as_ref()).await {
             Ok(s) if s.leader_id == leader_id && s.raft_term == term && s.last_committed_tid >= committed => {}
@@ -385,7 +385,7 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         // between.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let fault = Fault::draw(&mut rng, leader);
-        let not_whole = whole(c, leader_id, term, committed).await.err();
+        let not_whole = group_whole(c, leader_id, term, committed).await.err();
         let was_whole = not_whole.is_none();
         eprintln!(
             "soak: cycle {done}: {fault:?} at tid {committed}, epoch {epoch}, term {term}, leader {}{}",
@@ -395,7 +395,7 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         let cycle_began = std::time::SystemTime::now();
         fault.inject(c, leader).await;
         // Healed, restarted or woken: from here the cluster is whole again.
-        let whole = Instant::now();
+        let whole_again = Instant::now();
         let new_epoch = fault.needs_new_epoch();
         let what = format!(
             "cycle {done}: Running{} and committing past tid {committed}",
@@ -416,7 +416,7 @@ async fn soak(c: &mut DockerCluster) -> u64 {
         }
         *elections.entry(fault.kind()).or_default() += s.raft_term.saturating_sub(term);
         (leader, committed, epoch, term, leader_id) = (at, s.last_committed_tid, s.epoch, s.raft_term, s.node_id);
-        let took = whole.elapsed();
+        let took = whole_again.elapsed();
         if took > SLOW {
             eprintln!("soak: cycle {done} took {took:?} from whole again to a commit; what the daemons said since it began:");
             eprint!("{}", timeline(c, cycle_began));

@@ -316,8 +316,18 @@ proptest! {
                 "tid {} committed without both hosts' Prepared: {:?}", tid, prepared
             );
         }
-        if let Some(d) = h.failure() {
-            prop_assert!(!d.to_string().is_empty());
+        // A failure is said once, loudly, and the first diagnosis is the
+        // one kept.
+        let said: Vec<&Diagnosis> = h.notices.iter().filter_map(|n| match n {
+            Notice::Failed(d) => Some(d),
+            _ => None,
+        }).collect();
+        match h.failure() {
+            Some(d) => {
+                prop_assert!(!d.summary.is_empty(), "{:?}", d);
+                prop_assert_eq!(said, vec![d]);
+            }
+            None => prop_assert!(said.is_empty(), "{:?}", said),
         }
         // The core still takes ordinary events.
         h.now += 1;
