@@ -305,6 +305,28 @@ pub struct Ledger {
     inner: Arc<Inner>,
 }
 
+/// How often the smallest member on an empty directory asks its peers
+/// again before it initialises a group (`initialise_when_peers_agree`),
+/// and how often it says it waits.
+const PROBE_AGAIN: Duration = Duration::from_millis(250);
+const PROBE_TELL_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a node stands on initialising a new group ([`Ledger::bootstrap_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Not its question: it holds a log, is not the smallest member, or
+    /// was opened to join.
+    NotAsked,
+    /// The smallest member on an empty directory: asked its peers `rounds`
+    /// times, and too few said they hold nothing.
+    Waiting { rounds: u64 },
+    /// A peer holds a group: this node lost its data (or was removed) and
+    /// waits to be added.
+    GroupExists { peer: NodeId },
+    /// It initialised a new group.
+    Initialised,
+}
+
 struct Inner {
     raft: LedgerRaft,
     node_id: NodeId,
@@ -322,6 +344,7 @@ struct Inner {
     /// been dropped and its file lock released.
     db_closed: watch::Receiver<()>,
     path: PathBuf,
+    bootstrap: watch::Sender<Bootstrap>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -384,8 +407,11 @@ impl Ledger {
     /// may be included; its address must then be `addr`).
     ///
     /// A brand-new group is initialised by exactly one node: the one with
-    /// the smallest id among `peers` and itself, with all of them as voters;
-    /// the others wait until that node's leader contacts them. A node whose
+    /// the smallest id among `peers` and itself, with all of them as voters,
+    /// once a majority of them (itself included) answered that they hold
+    /// nothing and none holds a log (in the background; see
+    /// [`Ledger::bootstrap_state`]); the others wait until that node's
+    /// leader contacts them. A node whose
     /// group already exists ignores `peers` (membership lives in the ledger
     /// and changes only through [`Ledger::change_membership`]). A node added
     /// later as a learner is opened with no peers and waits to be contacted.
@@ -533,6 +559,7 @@ impl Ledger {
                 peer_logs,
                 db_closed,
                 path,
+                bootstrap: watch::Sender::new(Bootstrap::NotAsked),
             }),
         };
         ledger.spawn_member_gauges();
@@ -578,22 +605,17 @@ impl Ledger {
                     "new ledger node: waiting for the group's leader to contact it");
                 return Ok(());
             }
-            if let Some((peer, at, term, last)) = network::existing_group(self.inner.tuning.peer_tls.clone(), node_id, peers).await {
-                tracing::error!(
-                    node_id, %addr, peer, peer_addr = %at, term, ?last,
-                    "this node's data directory is empty, but node {peer} at {at} already belongs to a ledger group (term \
-                     {term}, log up to index {last:?}): this node lost its data, or was removed from the group. It starts \
-                     no new group and waits to be added: on the leader, RemoveNode {{\"node_id\": {node_id}}} if it is \
-                     still listed, then AddNode {{\"node_id\": {node_id}, \"addr\": \"{addr}\"}} (docs/OPERATIONS.md, \
-                     \"A coordinator member that cannot rejoin\")"
-                );
+            if members.len() == 1 {
+                tracing::info!(node_id, %addr, "initialising a new single-node ledger group");
+                raft.initialize(members).await.map_err(|e| anyhow!("initialising raft membership: {e}"))?;
+                self.inner.bootstrap.send_replace(Bootstrap::Initialised);
                 return Ok(());
             }
-            tracing::info!(node_id, %addr, voters = ?members.keys().collect::<Vec<_>>(),
-                "initialising a new ledger group");
-            raft.initialize(members)
-                .await
-                .map_err(|e| anyhow!("initialising raft membership: {e}"))?;
+            // Waits for the peers in the background: the node serves (and
+            // can be added to a group) meanwhile. Holds the node weakly and
+            // ends with it.
+            self.inner.bootstrap.send_replace(Bootstrap::Waiting { rounds: 0 });
+            tokio::spawn(Self::initialise_when_peers_agree(Arc::downgrade(&self.inner), members, peers.clone()));
             return Ok(());
         }
         let members = self.members();
@@ -635,6 +657,77 @@ impl Ledger {
                 .map_err(|e| anyhow!("starting a new ledger term: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The smallest member on an empty data directory initialises a new
+    /// group only once a majority of the members (itself included) said
+    /// they hold nothing, and none holds anything. Alone it cannot tell a
+    /// new group from one whose other members are down while its own data
+    /// is lost; a group started then would be a second group of the same
+    /// members. A majority of empty members means any group they had lost
+    /// a quorum's data anyway. Asks again every `PROBE_AGAIN` until then,
+    /// and stops if a leader adds this node or the node shuts down.
+    async fn initialise_when_peers_agree(
+        node: std::sync::Weak<Inner>,
+        members: BTreeMap<NodeId, BasicNode>,
+        peers: BTreeMap<NodeId, String>,
+    ) {
+        let majority = members.len() / 2 + 1;
+        let mut told: Option<tokio::time::Instant> = None;
+        for rounds in 1.. {
+            let Some(inner) = node.upgrade() else { return };
+            let (node_id, addr, raft) = (inner.node_id, inner.addr.clone(), &inner.raft);
+            match raft.is_initialized().await {
+                Ok(false) => {}
+                // Added to a group meanwhile, or shut down.
+                Ok(true) | Err(_) => return,
+            }
+            let answers = network::probe_peers(inner.tuning.peer_tls.clone(), node_id, &peers).await;
+            if let Some((peer, at, term, last)) = answers.iter().find_map(|(id, at, p)| match p {
+                network::Probed::Holds { term, last } => Some((id, at, term, last)),
+                _ => None,
+            }) {
+                tracing::error!(
+                    node_id, %addr, peer, peer_addr = %at, term, ?last,
+                    "this node's data directory is empty, but node {peer} at {at} already belongs to a ledger group (term \
+                     {term}, log up to index {last:?}): this node lost its data, or was removed from the group. It starts \
+                     no new group and waits to be added: on the leader, RemoveNode {{\"node_id\": {node_id}}} if it is \
+                     still listed, then AddNode {{\"node_id\": {node_id}, \"addr\": \"{addr}\"}} (docs/OPERATIONS.md, \
+                     \"A coordinator member that cannot rejoin\")"
+                );
+                inner.bootstrap.send_replace(Bootstrap::GroupExists { peer: *peer });
+                return;
+            }
+            let empty: Vec<NodeId> = answers.iter().filter(|(_, _, p)| *p == network::Probed::Empty).map(|(id, _, _)| *id).collect();
+            if empty.len() + 1 >= majority {
+                tracing::info!(node_id, %addr, voters = ?members.keys().collect::<Vec<_>>(), empty_peers = ?empty,
+                    "initialising a new ledger group");
+                match raft.initialize(members).await {
+                    Ok(()) => {
+                        inner.bootstrap.send_replace(Bootstrap::Initialised);
+                    }
+                    Err(e) => tracing::error!(node_id, "initialising the new ledger group failed: {e}"),
+                }
+                return;
+            }
+            inner.bootstrap.send_replace(Bootstrap::Waiting { rounds });
+            if told.is_none_or(|t| t.elapsed() >= PROBE_TELL_EVERY) {
+                told = Some(tokio::time::Instant::now());
+                let silent: Vec<String> = answers
+                    .iter()
+                    .filter_map(|(id, at, p)| match p {
+                        network::Probed::Silent(why) => Some(format!("node {id} at {at}: {why}")),
+                        _ => None,
+                    })
+                    .collect();
+                tracing::warn!(node_id, %addr, empty_peers = ?empty, ?silent,
+                    "not initialising a new ledger group yet: {majority} of its {} members (this node included) must \
+                     answer that they hold nothing, and too few answer. Start the other members; if they hold a group, \
+                     this node lost its data and waits to be added instead", members.len());
+            }
+            drop(inner);
+            tokio::time::sleep(PROBE_AGAIN).await;
+        }
     }
 
     /// `open_single`'s wait: leader of the current term with its own first
@@ -827,6 +920,12 @@ impl Ledger {
                 None => return None,
             }
         }
+    }
+
+    /// Where this node stands on initialising a new group (a watch: the
+    /// smallest member on an empty directory decides in the background).
+    pub fn bootstrap_state(&self) -> watch::Receiver<Bootstrap> {
+        self.inner.bootstrap.subscribe()
     }
 
     /// A watch of [`Leadership`]: changes whenever the term or the known

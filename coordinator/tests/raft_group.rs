@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lockstep_coordinator::ledger::{HostTxnRecord, LedgerEntry, LedgerError, LedgerState, Sums, TxnStatus};
 use lockstep_coordinator::raft::network::TonicNetwork;
-use lockstep_coordinator::raft::{peer_service, Ledger, NodeId, ProposeError, RaftTuning};
+use lockstep_coordinator::raft::{peer_service, Bootstrap, Ledger, NodeId, ProposeError, RaftTuning};
 use openraft::errors::RPCError;
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::vote::RaftVote as _;
@@ -499,6 +499,57 @@ async fn a_member_back_on_an_empty_directory_votes_for_no_stale_candidate() {
     }
 }
 
+/// Waits until `l` has decided whether to initialise a new group.
+async fn bootstrap_decided(l: &Ledger) -> Bootstrap {
+    let mut rx = l.bootstrap_state();
+    let state = tokio::time::timeout(BOUND, rx.wait_for(|b| !matches!(b, Bootstrap::Waiting { .. })))
+        .await
+        .expect("decided within the bound")
+        .expect("the node runs");
+    state.clone()
+}
+
+/// Node 1 back on an empty data directory while both its peers are down
+/// cannot tell a lost volume from a new group: it waits, asking them
+/// again, instead of initialising a group of its own. When they come back
+/// with the group's log it finds the group and starts none; the group's
+/// leader then sends it the log (this leader never saw it confirm any).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_1_back_on_an_empty_directory_with_its_peers_down_waits_for_them() {
+    let (_dirs, mut nodes) = group(3, tuning()).await;
+    let li = leader_of(&nodes).await;
+    history(&nodes[li].ledger, 3).await;
+    converged(&nodes, li).await;
+    let peers: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let mut down = Vec::new();
+    for n in nodes.drain(..) {
+        down.push(n.stop().await);
+    }
+    let first = down.iter().position(|(id, _, _)| *id == 1).unwrap();
+    let (id, addr, dir) = down.remove(first);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    let mut state = nodes[0].ledger.bootstrap_state();
+    tokio::time::timeout(BOUND, state.wait_for(|b| matches!(b, Bootstrap::Waiting { rounds } if *rounds >= 3)))
+        .await
+        .expect("node 1 asks its peers again and again")
+        .expect("the node runs");
+    assert!(!nodes[0].ledger.raft().is_initialized().await.unwrap(), "node 1 started a group with its peers down");
+
+    for (id, addr, dir) in down {
+        nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    }
+    let li = leader_of(&nodes).await;
+    assert_ne!(nodes[li].id, 1);
+    ok(&nodes[li].ledger, commit(4)).await;
+    assert_eq!(converged(&nodes, li).await.last_committed, 4);
+    assert_ne!(*nodes[0].ledger.bootstrap_state().borrow(), Bootstrap::Initialised);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Node 1, which initialises a new group on an empty data directory, comes
 /// back on an empty one while the group runs on: it finds the group among
 /// its peers, starts no second group, and waits; removed and added back,
@@ -519,7 +570,8 @@ async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
     std::fs::create_dir_all(&dir).unwrap();
     nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
     let back = nodes.last().unwrap();
-    assert!(!back.ledger.raft().is_initialized().await.unwrap(), "node 1 started a group of its own on an empty directory");
+    let decided = bootstrap_decided(&back.ledger).await;
+    assert!(matches!(decided, Bootstrap::GroupExists { .. }), "node 1 on an empty directory: {decided:?}");
     let leader = nodes[li].ledger.clone();
     ok(&leader, commit(5)).await;
 

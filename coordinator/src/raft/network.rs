@@ -143,29 +143,45 @@ const QUIET_FOR: Duration = Duration::from_secs(1);
 /// `stalled_for` unless the node's tuning says otherwise.
 const STALLED_FOR: Duration = Duration::from_millis(250);
 
-/// Asks each of `peers` (by a pre-vote, which changes nothing on the
-/// peer) whether it already belongs to a ledger group: it holds a log or
-/// has voted in a term. The first one that does, as `(id, addr, term, last
-/// log index)`; `None` if none does or none answers within a second. Asked
-/// by the node that would initialise a new group, on an empty data
-/// directory: a group that already exists means this node lost its data
-/// (or was removed), and a second group of the same members must not start.
-pub async fn existing_group(
+/// What a peer said when asked whether it belongs to a ledger group
+/// ([`probe_peers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// No answer within a second (why).
+    Silent(String),
+    /// It holds no log and has voted in no term: a new member.
+    Empty,
+    /// It holds a log, or has voted, in `term`; its log ends at `last`.
+    Holds { term: u64, last: Option<u64> },
+}
+
+/// Asks every one of `peers` but `me` at once, by a pre-vote (which changes
+/// nothing on the peer and which every member answers, in a group or
+/// not), whether it already belongs to a ledger group: it holds a log or
+/// has voted in a term. Asked by the node that would initialise a new
+/// group, on an empty data directory: a group that already exists means
+/// this node lost its data (or was removed), and a second group of the
+/// same members must not start.
+pub async fn probe_peers(
     tls: Option<lockstep_host_agent::tls::Tls>,
     me: NodeId,
     peers: &std::collections::BTreeMap<NodeId, String>,
-) -> Option<(NodeId, String, u64, Option<u64>)> {
+) -> Vec<(NodeId, String, Probed)> {
     let mut net = TonicNetwork::new(tls);
+    let mut asks = Vec::new();
     for (id, addr) in peers.iter().filter(|(id, _)| **id != me) {
         let mut client = net.new_client(*id, &BasicNode::new(addr.clone())).await;
-        let probe = VoteRequest::new(Vote::new(0, me), None);
-        let Ok(resp) = client.pre_vote(probe, RPCOption::new(Duration::from_secs(1))).await else { continue };
-        let term = resp.vote.leader_id.term;
-        if resp.last_log_id.is_some() || term > 0 {
-            return Some((*id, addr.clone(), term, resp.last_log_id.map(|l| l.index)));
-        }
+        asks.push(async move {
+            let probe = VoteRequest::new(Vote::new(0, me), None);
+            let said = match client.pre_vote(probe, RPCOption::new(Duration::from_secs(1))).await {
+                Err(e) => Probed::Silent(e.to_string()),
+                Ok(r) if r.last_log_id.is_none() && r.vote.leader_id.term == 0 => Probed::Empty,
+                Ok(r) => Probed::Holds { term: r.vote.leader_id.term, last: r.last_log_id.map(|l| l.index) },
+            };
+            (*id, addr.clone(), said)
+        });
     }
-    None
+    futures::future::join_all(asks).await
 }
 
 /// What the leader knows of each peer's log, shared by every client of
@@ -1001,7 +1017,7 @@ mod tests {
         // A new group: the candidate holds only the membership entry.
         assert!(!withholds_vote(None, Some(0)));
         assert!(!withholds_vote(Some(0), Some(0)));
-        // The probe of an empty node 1 (`existing_group`) holds nothing.
+        // The probe of an empty node 1 (`probe_peers`) holds nothing.
         assert!(!withholds_vote(None, None));
         // An empty node, and the candidate holds more: no.
         assert!(withholds_vote(None, Some(1)));
