@@ -95,6 +95,31 @@ pub fn exit_now(runtime: tokio::runtime::Runtime) {
 mod tests {
     use super::*;
 
+    /// The blocking pool may hold work nothing awaits (a name lookup that
+    /// waits out the resolver's timeout); `exit_now` returns anyway, where
+    /// dropping the runtime waits for it (here: forever).
+    #[test]
+    fn exit_now_does_not_wait_for_blocking_work() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel();
+        runtime.spawn_blocking(move || {
+            started.send(()).unwrap();
+            let _ = blocked.recv();
+        });
+        running.recv().unwrap();
+        let (done, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            exit_now(runtime);
+            done.send(()).unwrap();
+        });
+        // A liveness bound, not a speed assertion: without the grace the
+        // call never returns.
+        let returned = exited.recv_timeout(std::time::Duration::from_secs(60));
+        drop(release);
+        assert!(returned.is_ok(), "exit_now waited for the blocked work");
+    }
+
     /// One signal test at a time. Tokio hands a signal to every listener of
     /// it in the process, so while one test waited for the SIGINT it sent,
     /// the other's SIGTERM reached it too and was the one it reported
