@@ -323,6 +323,8 @@ pub enum Bootstrap {
     /// A peer holds a group: this node lost its data (or was removed) and
     /// waits to be added.
     GroupExists { peer: NodeId },
+    /// A leader sent it a group's log before it decided.
+    Joined,
     /// It initialised a new group.
     Initialised,
 }
@@ -679,8 +681,12 @@ impl Ledger {
             let (node_id, addr, raft) = (inner.node_id, inner.addr.clone(), &inner.raft);
             match raft.is_initialized().await {
                 Ok(false) => {}
-                // Added to a group meanwhile, or shut down.
-                Ok(true) | Err(_) => return,
+                Ok(true) => {
+                    inner.bootstrap.send_replace(Bootstrap::Joined);
+                    return;
+                }
+                // Shut down.
+                Err(_) => return,
             }
             let answers = network::probe_peers(inner.tuning.peer_tls.clone(), node_id, &peers).await;
             if let Some((peer, at, term, last)) = answers.iter().find_map(|(id, at, p)| match p {

@@ -570,8 +570,10 @@ async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
     std::fs::create_dir_all(&dir).unwrap();
     nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
     let back = nodes.last().unwrap();
+    // It finds the group, unless the group's leader (if it never saw node
+    // 1 confirm anything) sent it the log first.
     let decided = bootstrap_decided(&back.ledger).await;
-    assert!(matches!(decided, Bootstrap::GroupExists { .. }), "node 1 on an empty directory: {decided:?}");
+    assert!(matches!(decided, Bootstrap::GroupExists { .. } | Bootstrap::Joined), "node 1 on an empty directory: {decided:?}");
     let leader = nodes[li].ledger.clone();
     ok(&leader, commit(5)).await;
 
