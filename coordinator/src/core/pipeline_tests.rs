@@ -156,12 +156,19 @@ fn crashed_pipeline() -> (LedgerState, Vec<JournalTid>, Vec<JournalTid>) {
 #[test]
 fn recovery_commits_the_prepared_tids_continues_the_last_journaled_one_and_uses_the_ones_begun_ahead() {
     let (l, j0, j1) = crashed_pipeline();
-    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
     // Even a coordinator restarted without a pipeline recovers it.
     let mut h = Harness::new(cfg(), l);
     h.hello("h0", j0, vec![]);
     h.hello("h1", j1, vec![]);
     h.restored_all(0);
+    replay_crashed_pipeline(&mut h);
+}
+
+/// After `crashed_pipeline`'s restore: tid 1 is replayed, tid 2 (prepared
+/// before the crash) replayed at its journaled boundary and committed, tid
+/// 3 continued and committed, and tid 4 goes next.
+fn replay_crashed_pipeline(h: &mut Harness) {
+    let a = |t: Tid, i: u64| agg(&[("gen", 1, 10 * t + i)]);
     h.take_sent();
     for (host, i) in [("h0", 0), ("h1", 1)] {
         h.step(host, 1, 1, a(1, i), Some(a(1, i)));
@@ -194,6 +201,36 @@ fn recovery_commits_the_prepared_tids_continues_the_last_journaled_one_and_uses_
     );
     assert_eq!(h.shadow.tid_high_water, 4);
     assert!(h.failure().is_none(), "{:?}", h.failure());
+}
+
+/// The pipeline failed in tid 2, prepared with tid 3 running and tid 4
+/// begun ahead. The next recovery reopens 2 before its new epoch, and then
+/// recovers exactly as after a crash: 2 replayed at its journaled boundary
+/// and committed, 3 continued, 4 used next. Nothing journaled is skipped.
+#[test]
+fn a_pipeline_that_failed_in_a_prepared_tid_recovers_it_and_the_tids_after_it() {
+    let (mut l, j0, j1) = crashed_pipeline();
+    l.apply(&LedgerEntry::Fail { tid: 2, diagnosis: "h1's Prepared of tid 2 differs".into(), reopen: true }).unwrap();
+    assert_eq!(l.open_tids().collect::<Vec<_>>(), [3, 4]);
+    let mut h = Harness::new(cfg(), l);
+    h.hello("h0", j0, vec![]);
+    let actions = h.hello("h1", j1, vec![]);
+    let proposed: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Propose(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(proposed, ["Reopen(2)", "NewEpoch(2)"]);
+    h.restored_all(0);
+    assert!(
+        h.notices.iter().any(|n| matches!(n, Notice::Recovering { replay_tids, open_tid: Some(2), .. } if replay_tids[..] == [1])),
+        "{:?}",
+        h.notices
+    );
+    replay_crashed_pipeline(&mut h);
+    assert!(h.shadow.txn(2).unwrap().failure.is_some(), "tid 2 keeps its earlier failure on record");
 }
 
 fn prep(tid: Tid, steps: u64, a: Aggregate, digest: u64) -> PreparedReport {
