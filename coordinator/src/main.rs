@@ -238,7 +238,8 @@ struct PolicyArgs {
     /// Checkpoint after this many commits (0 = only when asked via Admin).
     #[arg(long, env = "LOCKSTEP_CHECKPOINT_EVERY_TXNS", default_value_t = 20)]
     checkpoint_every_txns: u64,
-    /// A host silent for this long is treated as lost.
+    /// A host silent for this long is treated as lost (and a connection
+    /// that leaves this server's HTTP/2 pings unanswered as long is closed).
     #[arg(long, env = "LOCKSTEP_REPORT_DEADLINE_MS", default_value_t = 5000)]
     report_deadline_ms: u64,
     /// Replay: committed tids a host may run ahead of their verification
@@ -458,6 +459,7 @@ async fn run_coordinator(
         host_names: args.tls_host_name.clone(),
         admin_name: args.tls_admin_name.clone(),
         health_listener,
+        ping_timeout: Duration::from_millis(args.policy.report_deadline_ms),
     };
     let mut server = tokio::spawn(service::serve(listener, options, leading, ledger.clone(), server_shutdown));
     tokio::pin!(supervised);

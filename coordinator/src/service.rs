@@ -58,10 +58,11 @@ const DRIVER_QUEUE_MAX: usize = 4096;
 const REPORTS_FORWARDED_MAX: usize = 64;
 
 /// A host stream that ends after this long without a report was dropped
-/// for its silence by the server's keepalive (a ping unanswered for
-/// `drain::CLIENT_PING_TIMEOUT` after a quiet `CLIENT_PING`: about 3 s),
-/// not closed by the host, which sends a heartbeat every 500 ms and closes
-/// its stream right after its last report.
+/// for its silence by the server's keepalive (a ping unanswered for the
+/// report deadline, `ServeOptions::ping_timeout`, after a quiet
+/// `drain::CLIENT_PING`; while the pipeline is active the deadline acts
+/// first), not closed by the host, which sends a heartbeat every 500 ms
+/// and closes its stream right after its last report.
 const STREAM_SILENT_END: Duration = lockstep_host_agent::drain::CLIENT_PING_TIMEOUT;
 
 /// The largest host report this coordinator reads (tonic's default is
@@ -1636,6 +1637,11 @@ pub struct ServeOptions {
     /// (`--health-listen`): Kubernetes' gRPC probes speak no TLS, and a
     /// health answer carries nothing a client could use.
     pub health_listener: Option<tokio::net::TcpListener>,
+    /// How long a client connection may leave an HTTP/2 ping unanswered
+    /// before it is dropped: the report deadline, so that the transport
+    /// does not drop a frozen host before the deadline does (a host
+    /// stalled for less than `--report-deadline-ms` keeps its session).
+    pub ping_timeout: Duration,
 }
 
 /// Serves HostSession, Admin, health and reflection on `listener` until
@@ -1699,7 +1705,7 @@ pub async fn serve(
             }
         }
     };
-    let router = lockstep_host_agent::drain::server()
+    let router = lockstep_host_agent::drain::server_with_ping_timeout(options.ping_timeout)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

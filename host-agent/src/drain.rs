@@ -34,7 +34,17 @@ pub const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// mid-body) holds the next stop for the whole drain grace. The clients
 /// already ping the servers the same way.
 pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().http2_keepalive_interval(Some(CLIENT_PING)).http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
+    server_with_ping_timeout(CLIENT_PING_TIMEOUT)
+}
+
+/// [`server`] with another wait for a ping's answer (at least
+/// `CLIENT_PING_TIMEOUT`): the coordinator waits as long as its report
+/// deadline, so that a host frozen for less than the deadline keeps its
+/// session, as `--report-deadline-ms` promises.
+pub fn server_with_ping_timeout(timeout: Duration) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(CLIENT_PING))
+        .http2_keepalive_timeout(Some(timeout.max(CLIENT_PING_TIMEOUT)))
 }
 
 /// The shutdown signal `serve` hands to tonic.

@@ -385,26 +385,41 @@ async fn a_tid_the_pipeline_failed_in_is_replayed_on_resume_and_keeps_its_acknow
     }
 }
 
-/// Why the coordinator lost a host (`lastLost`) tells a host that stopped
-/// from one that froze: a stream the host closes itself (SIGTERM) is
-/// "closed by the host"; one the coordinator's keepalive drops because a
-/// frozen host (SIGSTOP) no longer answers says that it went silent.
+/// A frozen host (SIGSTOP) keeps its session until the report deadline,
+/// and why the coordinator lost a host (`lastLost`) tells a host that
+/// stopped from one that froze. Running, the deadline drops it (the
+/// transport waits as long, where it used to drop it after ~3 s whatever
+/// the deadline). With the pipeline stopped, no deadline runs, and the
+/// transport's keepalive drops it for its silence, said as such. A host
+/// that closes its own stream (SIGTERM) is "closed by the host".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_host_is_told_apart_from_one_that_stopped() {
-    // A report deadline past the keepalive's ~3 s, so the keepalive acts.
-    let mut c = Cluster::start(ClusterOpts { hosts: 2, report_deadline_ms: 30_000, ..ClusterOpts::default() });
-    let lost = |name: &'static str| move |s: &lockstep_proto::v1::Status| s.hosts.iter().any(|h| h.host_id == name && !h.last_lost.is_empty());
-    let last_lost = |s: &lockstep_proto::v1::Status, name: &str| s.hosts.iter().find(|h| h.host_id == name).unwrap().last_lost.clone();
+async fn a_frozen_host_keeps_its_session_until_the_deadline_and_is_told_apart_from_one_that_stopped() {
+    use lockstep_proto::v1::{ResumeRequest, Status, StopRequest};
+    let mut c = Cluster::start(ClusterOpts { hosts: 2, report_deadline_ms: 6000, ..ClusterOpts::default() });
+    let host = |s: &Status, name: &str| s.hosts.iter().find(|h| h.host_id == name).unwrap().clone();
+    let all_back = |s: &Status| running(s) && s.hosts.iter().all(|h| h.connected);
     c.wait_for("running", LONG, |s| running(s) && s.last_committed_tid >= 2).await;
+
     c.hosts[1].pause(true);
-    let s = c.wait_for("the frozen host-1 to be lost", LONG, lost("host-1")).await;
+    let s = c.wait_for("the frozen host-1 to be lost", LONG, |s| !host(s, "host-1").last_lost.is_empty()).await;
     c.hosts[1].pause(false);
-    let why = last_lost(&s, "host-1");
-    assert!(why.contains("without a report or heartbeat from the host"), "{why}");
-    c.wait_for("running again", LONG, |s| running(s) && s.hosts.iter().all(|h| h.connected)).await;
+    assert_eq!(host(&s, "host-1").last_lost, "no report or heartbeat for over 6000 ms");
+    c.wait_for("running again", LONG, all_back).await;
+
+    let mut admin = c.admin().await.unwrap();
+    admin.stop(StopRequest::default()).await.expect("stop");
+    c.wait_for("stopped", LONG, |s| s.pipeline_state == "Stopped").await;
+    c.hosts[1].pause(true);
+    let s = c.wait_for("the frozen host-1 to be dropped", LONG, |s| !host(s, "host-1").connected).await;
+    c.hosts[1].pause(false);
+    let why = host(&s, "host-1").last_lost;
+    assert!(why.starts_with("connection dropped after") && why.contains("without a report or heartbeat from the host"), "{why}");
+    admin.resume(ResumeRequest::default()).await.expect("resume");
+    c.wait_for("running again", LONG, all_back).await;
+
     assert_eq!(c.hosts[0].terminate(), Some(0));
-    let s = c.wait_for("the stopped host-0 to be lost", LONG, lost("host-0")).await;
-    assert_eq!(last_lost(&s, "host-0"), "stream closed by the host");
+    let s = c.wait_for("the stopped host-0 to be lost", LONG, |s| !host(s, "host-0").connected).await;
+    assert_eq!(host(&s, "host-0").last_lost, "stream closed by the host");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
