@@ -395,7 +395,8 @@ pub enum LedgerEntry {
     },
     /// A recovery reopens `tid`, failed with `reopen`: it is begun again
     /// (keeping its failure text) and the recovery replays it as an open
-    /// tid. Repeating it is harmless.
+    /// tid. Repeating it is harmless; reopening a tid that never failed is
+    /// refused.
     Reopen { tid: Tid },
     /// Every host reported checkpoint `tid` durable.
     CheckpointComplete { tid: Tid },
@@ -613,7 +614,8 @@ impl LedgerState {
             }
             LedgerEntry::Reopen { tid } => {
                 let state = match self.txns.get(tid) {
-                    Some(t) if t.status == TxnStatus::Begun => return Ok(()),
+                    // Reopened already (a recovery proposed it twice).
+                    Some(t) if t.status == TxnStatus::Begun && t.failure.is_some() => return Ok(()),
                     Some(t) if t.status == TxnStatus::Failed && t.reopen && *tid > self.last_committed => {
                         let rec = Arc::make_mut(self.txns.get_mut(tid).expect("matched"));
                         rec.status = TxnStatus::Begun;
@@ -765,6 +767,7 @@ mod tests {
         };
         assert_eq!(refused(&mut l, 1), "Committed");
         assert_eq!(refused(&mut l, 9), "never begun");
+        assert_eq!(refused(&mut l, 2), "Begun", "tid 2, begun with the commit of 1, never failed");
         // Failed without `reopen` (an older build's Fail) stays failed.
         l.apply(&LedgerEntry::Fail { tid: 2, diagnosis: "x".into(), reopen: false }).unwrap();
         assert_eq!(refused(&mut l, 2), "failed by a build that did not reopen tids");

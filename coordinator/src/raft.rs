@@ -676,6 +676,10 @@ impl Ledger {
     ) {
         let majority = members.len() / 2 + 1;
         let mut told: Option<tokio::time::Instant> = None;
+        let mut net = match node.upgrade() {
+            Some(inner) => network::TonicNetwork::new(inner.tuning.peer_tls.clone()),
+            None => return,
+        };
         for rounds in 1.. {
             let Some(inner) = node.upgrade() else { return };
             let (node_id, addr, raft) = (inner.node_id, inner.addr.clone(), &inner.raft);
@@ -688,7 +692,7 @@ impl Ledger {
                 // Shut down.
                 Err(_) => return,
             }
-            let answers = network::probe_peers(inner.tuning.peer_tls.clone(), node_id, &peers).await;
+            let answers = network::probe_peers(&mut net, node_id, &peers).await;
             if let Some((peer, at, term, last)) = answers.iter().find_map(|(id, at, p)| match p {
                 network::Probed::Holds { term, last } => Some((id, at, term, last)),
                 _ => None,
@@ -708,13 +712,18 @@ impl Ledger {
             if empty.len() + 1 >= majority {
                 tracing::info!(node_id, %addr, voters = ?members.keys().collect::<Vec<_>>(), empty_peers = ?empty,
                     "initialising a new ledger group");
-                match raft.initialize(members).await {
+                match raft.initialize(members.clone()).await {
                     Ok(()) => {
                         inner.bootstrap.send_replace(Bootstrap::Initialised);
+                        return;
                     }
-                    Err(e) => tracing::error!(node_id, "initialising the new ledger group failed: {e}"),
+                    // Not a dead end: the next round finds the node added
+                    // to a group meanwhile, or asks and tries again.
+                    Err(e) => tracing::error!(node_id, "initialising the new ledger group failed (trying again): {e}"),
                 }
-                return;
+                drop(inner);
+                tokio::time::sleep(PROBE_AGAIN).await;
+                continue;
             }
             inner.bootstrap.send_replace(Bootstrap::Waiting { rounds });
             if told.is_none_or(|t| t.elapsed() >= PROBE_TELL_EVERY) {

@@ -92,6 +92,16 @@ async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
+/// Starts node `id` again on its old address and directory with `peers`;
+/// with `wipe`, on the directory emptied first (it lost its data).
+async fn restart(id: NodeId, addr: &str, dir: &Path, peers: &BTreeMap<NodeId, String>, wipe: bool) -> Node {
+    if wipe {
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    Node::start(id, dir, TcpListener::bind(addr).await.unwrap(), Some(peers.clone()), tuning()).await
+}
+
 /// A group of `n` nodes with ids 1..=n, each in its own temp dir.
 async fn group(n: u64, tuning: RaftTuning) -> (Vec<tempfile::TempDir>, Vec<Node>) {
     let mut listeners = Vec::new();
@@ -399,9 +409,7 @@ async fn a_follower_that_lost_its_data_is_named_and_rebuilt_by_remove_and_add() 
     let fi = (0..nodes.len()).filter(|i| *i != li).max_by_key(|i| nodes[*i].id).unwrap();
     let peers: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
     let (id, addr, dir) = nodes.remove(fi).stop().await;
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    nodes.push(restart(id, &addr, &dir, &peers, true).await);
     let leader = nodes.iter().find(|n| n.id == leader_id).unwrap().ledger.clone();
 
     let deadline = tokio::time::Instant::now() + BOUND;
@@ -466,10 +474,7 @@ async fn a_member_back_on_an_empty_directory_votes_for_no_stale_candidate() {
     // B loses its data; A goes down.
     let (_, b_addr, b_dir) = nodes.remove(at(&nodes, b_id)).stop().await;
     let a = nodes.remove(at(&nodes, leader_id)).stop().await;
-    std::fs::remove_dir_all(&b_dir).unwrap();
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let b_listener = TcpListener::bind(&b_addr).await.unwrap();
-    nodes.push(Node::start(b_id, &b_dir, b_listener, Some(peers.clone()), tuning()).await);
+    nodes.push(restart(b_id, &b_addr, &b_dir, &peers, true).await);
 
     // C's election, asked of B as C would ask it.
     let mut net = TonicNetwork::new(None);
@@ -488,8 +493,7 @@ async fn a_member_back_on_an_empty_directory_votes_for_no_stale_candidate() {
 
     // A and C back: A, with tids 5 and 6, leads; B is sent the log.
     for (id, addr, dir) in [a, c] {
-        let listener = TcpListener::bind(&addr).await.unwrap();
-        nodes.push(Node::start(id, &dir, listener, Some(peers.clone()), tuning()).await);
+        nodes.push(restart(id, &addr, &dir, &peers, false).await);
     }
     let li = leader_of(&nodes).await;
     assert_ne!(nodes[li].id, c_id, "the stale member leads");
@@ -527,9 +531,7 @@ async fn node_1_back_on_an_empty_directory_with_its_peers_down_waits_for_them() 
     }
     let first = down.iter().position(|(id, _, _)| *id == 1).unwrap();
     let (id, addr, dir) = down.remove(first);
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    nodes.push(restart(id, &addr, &dir, &peers, true).await);
     let mut state = nodes[0].ledger.bootstrap_state();
     tokio::time::timeout(BOUND, state.wait_for(|b| matches!(b, Bootstrap::Waiting { rounds } if *rounds >= 3)))
         .await
@@ -538,7 +540,7 @@ async fn node_1_back_on_an_empty_directory_with_its_peers_down_waits_for_them() 
     assert!(!nodes[0].ledger.raft().is_initialized().await.unwrap(), "node 1 started a group with its peers down");
 
     for (id, addr, dir) in down {
-        nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+        nodes.push(restart(id, &addr, &dir, &peers, false).await);
     }
     let li = leader_of(&nodes).await;
     assert_ne!(nodes[li].id, 1);
@@ -566,9 +568,7 @@ async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
     // The other two elect a leader between them if node 1 led.
     let li = leader_of(&nodes).await;
     ok(&nodes[li].ledger, commit(4)).await;
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    nodes.push(Node::start(id, &dir, TcpListener::bind(&addr).await.unwrap(), Some(peers.clone()), tuning()).await);
+    nodes.push(restart(id, &addr, &dir, &peers, true).await);
     let back = nodes.last().unwrap();
     // It finds the group, unless the group's leader (if it never saw node
     // 1 confirm anything) sent it the log first.

@@ -161,13 +161,13 @@ pub enum Probed {
 /// has voted in a term. Asked by the node that would initialise a new
 /// group, on an empty data directory: a group that already exists means
 /// this node lost its data (or was removed), and a second group of the
-/// same members must not start.
+/// same members must not start. `net` is kept across rounds of asking, so
+/// that each round reuses the peers' channels instead of dialing anew.
 pub async fn probe_peers(
-    tls: Option<lockstep_host_agent::tls::Tls>,
+    net: &mut TonicNetwork,
     me: NodeId,
     peers: &std::collections::BTreeMap<NodeId, String>,
 ) -> Vec<(NodeId, String, Probed)> {
-    let mut net = TonicNetwork::new(tls);
     let mut asks = Vec::new();
     for (id, addr) in peers.iter().filter(|(id, _)| **id != me) {
         let mut client = net.new_client(*id, &BasicNode::new(addr.clone())).await;
@@ -647,10 +647,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         let term = rpc.vote.leader_id.term;
         let prev = rpc.prev_log_id.as_ref().map(|l| l.index);
-        let sent = rpc.entries.len() as u64;
+        // Accepted, the request confirms the peer holds up to its last entry.
+        let last = rpc.entries.last().map(|e| e.log_id.index).or(prev);
         let resp: AppendEntriesResponse<TypeConfig> = self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option).await?;
         match &resp {
-            AppendEntriesResponse::Success => self.holds(term, if sent == 0 { prev } else { Some(prev.map_or(0, |p| p + 1) + sent - 1) }),
+            AppendEntriesResponse::Success => self.holds(term, last),
             AppendEntriesResponse::PartialSuccess(upto) => self.holds(term, upto.as_ref().map(|l| l.index)),
             AppendEntriesResponse::Conflict => {
                 if let Some((lacks, held)) = prev.and_then(|lacks| Some((lacks, self.network.peer_logs.went_back(self.target, term, lacks)?))) {
@@ -718,8 +719,10 @@ pub struct PeerService {
     /// whose certificate lacks its own address would otherwise log one per
     /// heartbeat.
     refusals: Arc<Mutex<lockstep_host_agent::tls::RateLimit>>,
-    /// When this node last logged a vote it withheld ([`PeerService::withheld`]).
-    withheld_told: Arc<Mutex<Option<Instant>>>,
+    /// Withheld votes are logged at most every [`REFUSAL_LOG_EVERY`] too
+    /// ([`PeerService::withheld`]): a candidate asks at every election
+    /// timeout.
+    withheld: Arc<Mutex<lockstep_host_agent::tls::RateLimit>>,
 }
 
 /// See [`PeerService::refusals`].
@@ -816,8 +819,8 @@ pub fn server(
     members_only: bool,
 ) -> RaftPeerServer<PeerService> {
     let receiving = Arc::default();
-    let (refusals, withheld_told) = (Arc::default(), Arc::default());
-    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals, withheld_told })
+    let (refusals, withheld) = (Arc::default(), Arc::default());
+    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals, withheld })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
@@ -924,9 +927,6 @@ impl PeerService {
     }
 }
 
-/// How often a withheld vote is logged at most.
-const WITHHELD_LOG_EVERY: Duration = Duration::from_secs(10);
-
 impl PeerService {
     /// The answer to a vote this node must not give: it holds no log entry
     /// beyond a group's first one (a new member, or one that lost its data
@@ -938,23 +938,25 @@ impl PeerService {
     /// (`withholds_vote`). A new group's first election is unaffected: its
     /// candidate holds only the first entry.
     fn withheld(&self, rpc: &str, req: &VoteRequest<TypeConfig>) -> Option<VoteResponse<TypeConfig>> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
         let theirs = req.last_log_id.as_ref().map(|l| l.index);
-        if !withholds_vote(metrics.last_log_index, theirs) {
-            return None;
-        }
-        let mut told = self.withheld_told.lock().unwrap_or_else(|p| p.into_inner());
-        if told.is_none_or(|at| at.elapsed() >= WITHHELD_LOG_EVERY) {
-            *told = Some(Instant::now());
+        let vote = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            if !withholds_vote(m.last_log_index, theirs) {
+                return None;
+            }
+            m.vote
+        };
+        if let Some(more) = self.withheld.lock().unwrap_or_else(|p| p.into_inner()).allow(REFUSAL_LOG_EVERY) {
             tracing::warn!(
                 candidate = %req.vote.leader_id.node_id, candidate_last_index = ?theirs, rpc,
                 "withholding my vote: this node holds no ledger log yet (it is new, or its data directory was lost) \
                  and the candidate holds entries, some of which this node may once have helped commit; it votes once \
                  a leader has sent it the log. If this node lost its data, remove it and add it back \
-                 (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\")"
+                 (docs/OPERATIONS.md, \"A coordinator member that cannot rejoin\"){more}"
             );
         }
-        Some(VoteResponse::new(metrics.vote, None, false))
+        Some(VoteResponse::new(vote, None, false))
     }
 }
 

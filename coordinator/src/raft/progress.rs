@@ -30,7 +30,7 @@ pub struct MemberProgress {
     /// for a member that has not answered this leader at all.
     pub silent_for: Option<Duration>,
     /// What the leader found wrong with this member, if anything (it lost
-    /// its data: `network::LostData`).
+    /// its data: `network::PeerLogs`).
     pub problem: Option<String>,
 }
 
