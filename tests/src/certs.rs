@@ -19,6 +19,12 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// The name a client built from these files ([`TlsFiles::client`])
+    /// checks the server's certificate against, instead of the host it
+    /// dials: for a test that reaches daemons at addresses their
+    /// certificate does not name (containers on a network of the test's,
+    /// at addresses known only once they run).
+    pub server_name: Option<String>,
 }
 
 impl TlsFiles {
@@ -50,9 +56,13 @@ impl TlsFiles {
     /// A tonic client configuration presenting these files.
     pub fn client(&self) -> ClientTlsConfig {
         let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        ClientTlsConfig::new()
+        let config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.ca)))
-            .identity(Identity::from_pem(read(&self.cert), read(&self.key)))
+            .identity(Identity::from_pem(read(&self.cert), read(&self.key)));
+        match &self.server_name {
+            Some(name) => config.domain_name(name.clone()),
+            None => config,
+        }
     }
 }
 
@@ -115,7 +125,8 @@ impl TestCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        let files = TlsFiles { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")), ca: self.pem.clone() };
+        let files =
+            TlsFiles { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")), ca: self.pem.clone(), server_name: None };
         std::fs::write(&files.cert, cert.pem()).expect("write cert");
         std::fs::write(&files.key, key.serialize_pem()).expect("write key");
         files

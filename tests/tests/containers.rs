@@ -363,7 +363,7 @@ impl Compose {
             }
             let ca = TestCa::new(&made, "compose");
             let node = ca.issue_naming(&made, "node", &["coordinator-1", "coordinator-2", "coordinator-3"]);
-            let mounted = TlsFiles { cert: files.join("tls.crt"), key: files.join("tls.key"), ca: files.join("ca.crt") };
+            let mounted = TlsFiles { cert: files.join("tls.crt"), key: files.join("tls.key"), ca: files.join("ca.crt"), server_name: None };
             node.copy_to(&mounted);
             use std::os::unix::fs::PermissionsExt as _;
             for (p, mode) in [(&files, 0o755), (&mounted.key, 0o644), (&mounted.cert, 0o644), (&mounted.ca, 0o644)] {

@@ -35,7 +35,9 @@
 //!
 //! Knobs (environment): `LOCKSTEP_SOAK_CYCLES` (50), `LOCKSTEP_SOAK_MINUTES`
 //! (10; no new cycle starts after that), `LOCKSTEP_SOAK_SEED` (printed at
-//! the start; the same seed draws the same faults),
+//! the start; the same seed draws the same faults), `LOCKSTEP_SOAK_TLS=1`
+//! (every connection on mutual TLS, as deploy/README.md sets it up: each
+//! heal then opens new connections with a TLS handshake),
 //! `LOCKSTEP_TEST_COORDINATOR_LOG` (a `RUST_LOG` filter for the
 //! coordinators, e.g. `info,openraft=info` to follow elections). A failed
 //! run keeps the data directories and every container's log and prints
@@ -336,7 +338,8 @@ async fn partitions_in_containers_always_recover_with_exactly_once_output() {
     if !containers_can_run("partitions_in_containers_always_recover_with_exactly_once_output") {
         return;
     }
-    let mut c = DockerCluster::start_with(COORDINATORS, REPORT_DEADLINE_MS, false, Wiring::Links).await;
+    let tls = env_u64("LOCKSTEP_SOAK_TLS", 0) != 0;
+    let mut c = DockerCluster::start_with(COORDINATORS, REPORT_DEADLINE_MS, tls, Wiring::Links).await;
     let outcome = AssertUnwindSafe(soak(&mut c)).catch_unwind().await;
     match outcome {
         Ok(committed) => {
@@ -363,8 +366,9 @@ async fn soak(c: &mut DockerCluster) -> u64 {
     let budget = Duration::from_secs(60 * env_u64("LOCKSTEP_SOAK_MINUTES", 10));
     let seed = env_u64("LOCKSTEP_SOAK_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
     eprintln!(
-        "soak: {COORDINATORS} coordinators and {HOSTS} hosts in containers, a network per link, seed {seed} \
-         (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}"
+        "soak: {COORDINATORS} coordinators and {HOSTS} hosts in containers, a network per link{}, seed {seed} \
+         (LOCKSTEP_SOAK_SEED={seed} draws the same faults), up to {cycles} cycles or {budget:?}",
+        if c.tls.is_some() { ", mutual TLS" } else { "" }
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();

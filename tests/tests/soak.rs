@@ -78,7 +78,7 @@ impl SoakTls {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new(dir.path(), "soak");
         let first = ca.issue(dir.path(), "node-0");
-        let live = TlsFiles { cert: dir.path().join("node.pem"), key: dir.path().join("node.key"), ca: dir.path().join("ca.pem") };
+        let live = TlsFiles { cert: dir.path().join("node.pem"), key: dir.path().join("node.key"), ca: dir.path().join("ca.pem"), server_name: None };
         first.copy_to(&live);
         let client = ca.issue(dir.path(), "operator");
         Some(SoakTls { dir, ca, live, client, renewals: 0 })

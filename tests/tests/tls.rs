@@ -324,7 +324,7 @@ async fn renewed_certificates_and_a_new_ca_are_taken_without_a_restart() {
     let new = new_ca.issue_expiring(certs.path(), "new-node", Duration::from_secs(3 * 24 * 3600));
     // The files every daemon reads, rewritten below.
     let live = tempfile::tempdir().unwrap();
-    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
+    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem"), server_name: None };
     old.copy_to(&files);
     let metrics_port = free_port();
     let reload = ["--tls-reload-ms".to_string(), "100".into()];
@@ -393,7 +393,7 @@ async fn a_raft_group_moves_to_a_new_ca_without_a_restart() {
     let (old_ca, new_ca) = (TestCa::new(certs.path(), "old"), TestCa::new(certs.path(), "new"));
     let (old, new) = (old_ca.issue(certs.path(), "old-node"), new_ca.issue(certs.path(), "new-node"));
     let live = tempfile::tempdir().unwrap();
-    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem") };
+    let files = Files { cert: live.path().join("node.pem"), key: live.path().join("node.key"), ca: live.path().join("ca.pem"), server_name: None };
     old.copy_to(&files);
     let reload = ["--tls-reload-ms".to_string(), "100".into()];
     let opts = ClusterOpts { hosts: 2, ..ClusterOpts::default() };
