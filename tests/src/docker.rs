@@ -535,9 +535,7 @@ impl DockerCluster {
     /// generator's seed.
     pub fn check_sinks(&self, committed: u64) {
         let opts = ClusterOpts { hosts: HOSTS, generator_seed: SEED, ..ClusterOpts::default() };
-        check_sinks_of(&opts, |i| self.sink(i), committed);
-        for i in 0..HOSTS {
-            let tids = self.sink(i).len() as u64;
+        for (i, tids) in check_sinks_of(&opts, |i| self.sink(i), committed).into_iter().enumerate() {
             assert!(tids >= committed, "host {i}: sink ends at {tids} but {committed} were committed");
         }
     }

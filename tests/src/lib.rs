@@ -802,8 +802,10 @@ pub fn assert_epochs_in_order(i: usize, batches: &[serde_json::Value]) {
 /// `sink(i)` reads: every committed tid exactly once and in order, epochs
 /// never going backwards along a sink (no commit of a deposed leader after
 /// one of its successor's), and the final aggregates those an independent
-/// computation from the generator's seed gives.
-pub fn check_sinks_of(opts: &ClusterOpts, sink: impl Fn(usize) -> Vec<serde_json::Value>, committed: u64) {
+/// computation from the generator's seed gives. Returns how many tids each
+/// sink holds.
+pub fn check_sinks_of(opts: &ClusterOpts, sink: impl Fn(usize) -> Vec<serde_json::Value>, committed: u64) -> Vec<u64> {
+    let mut lengths = Vec::with_capacity(opts.hosts);
     for i in 0..opts.hosts {
         let batches = sink(i);
         let tids = sink_tids(&batches);
@@ -816,7 +818,9 @@ pub fn check_sinks_of(opts: &ClusterOpts, sink: impl Fn(usize) -> Vec<serde_json
         let got = sink_final_state(&batches);
         let want = independent_state(opts.generator_seed, &host_id(i), offset);
         assert_eq!(got, want, "host {i}: final aggregates differ from the independent computation");
+        lengths.push(tids.len() as u64);
     }
+    lengths
 }
 
 #[cfg(test)]

@@ -134,7 +134,9 @@ async fn single_coordinator_random_faults_always_recover_with_exactly_once_outpu
     };
     let outcome = AssertUnwindSafe(soak(daemons, &c.opts)).catch_unwind().await;
     match outcome {
-        Ok(committed) => check_sinks_of(&c.opts, |i| c.sink(i), committed),
+        Ok(committed) => {
+            check_sinks_of(&c.opts, |i| c.sink(i), committed);
+        }
         Err(panic) => failed(&mut c.dir, std::iter::once(&mut c.coordinator).chain(&mut c.hosts), panic),
     }
 }
@@ -150,7 +152,9 @@ async fn replicated_coordinator_random_faults_always_recover_with_exactly_once_o
     let daemons = Daemons { coordinators: &mut g.nodes, addrs: &g.addrs, hosts: &mut g.hosts, tls: tls.as_mut() };
     let outcome = AssertUnwindSafe(soak(daemons, &g.opts)).catch_unwind().await;
     match outcome {
-        Ok(committed) => check_sinks_of(&g.opts, |i| g.sink(i), committed),
+        Ok(committed) => {
+            check_sinks_of(&g.opts, |i| g.sink(i), committed);
+        }
         Err(panic) => failed(&mut g.dir, g.nodes.iter_mut().chain(&mut g.hosts), panic),
     }
 }
