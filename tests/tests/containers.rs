@@ -12,9 +12,10 @@
 //! so its sink is read directly. Every container and the network are removed
 //! when the test ends, also when it panics ([`DockerCluster`]'s Drop).
 //!
-//! Most tests put every container on one network, as compose does; one
-//! gives every link a network of its own ([`Wiring::Links`]) to cut the
-//! leader off from its peers alone.
+//! Most tests put every container on one network, as compose does; two
+//! give every link a network of its own ([`Wiring::Links`]): one to cut the
+//! leader off from its peers alone, one to cut a host off from the leader
+//! alone with mutual TLS on every connection.
 //!
 //! Without a usable docker CLI and daemon the tests print a SKIPPED line and
 //! pass. The Kubernetes manifests' offline validation lives here too.
@@ -290,33 +291,53 @@ async fn containers_leader_cut_off_from_its_peers_but_not_its_hosts() {
 /// (e) The replicated coordinator in containers with mutual TLS on every
 /// connection, set up as deploy/README.md describes (one certificate naming
 /// the members' DNS aliases, mounted read-only, the three LOCKSTEP_TLS_*
-/// variables, bare host:port for the hosts): it elects and commits, a
-/// killed leader's successor takes over over TLS (raft between the members,
-/// the hosts' redirects), the old one rejoins, and every sink is exactly
-/// once.
+/// variables, bare host:port for the hosts), a network per link: it elects
+/// and commits; a host cut off from the leader is lost and, once the link
+/// heals, reconnects through a new TLS handshake; a killed leader's
+/// successor takes over over TLS (raft between the members, the hosts'
+/// redirects), the old one rejoins, and every sink is exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_replicated_coordinator_over_mutual_tls() {
     if !containers_can_run("containers_replicated_coordinator_over_mutual_tls") {
         return;
     }
-    let c = DockerCluster::start_with(3, 3000, true, Wiring::Shared).await;
+    let started = Instant::now();
+    let mut c = DockerCluster::start_with(3, 3000, true, Wiring::Links).await;
     let (old, s) = c.wait_leader("a leader committing over TLS", &[], |s| running(s) && s.last_committed_tid >= 3).await;
     let plaintext = status_at_with(&c.addrs[old], None).await;
     assert!(plaintext.is_err(), "the leader answered plaintext: {plaintext:?}");
-    let leader_log = c.log(&c.coordinators[old]);
+    let leader = c.coordinators[old].clone();
+    let leader_log = c.log(&leader);
     assert!(leader_log.contains("mutual TLS: certificate /etc/lockstep/tls/node.pem"), "{}", tail(&leader_log, 40));
 
-    c.docker(&["kill", &c.name(&c.coordinators[old])]);
-    let committed = s.last_committed_tid;
+    // A host cut off from the leader (its other links stay up) misses its
+    // report deadline; after the heal its next session is a new connection,
+    // so a new handshake, and the pipeline runs with every host again.
+    let host = host_id(1);
+    let epoch = s.epoch;
+    c.cut(&leader, &host);
+    let (_, lost) = c
+        .wait_leader(&format!("{host} lost by {leader}"), &[], |s| !running(s) && s.hosts.iter().any(|h| h.host_id == host && !h.connected))
+        .await;
+    assert_eq!(c.heal(), 1);
+    let (_, back) = c
+        .wait_leader(&format!("{host} back over TLS after the heal"), &[], |s| {
+            running(s) && s.epoch > epoch && s.hosts.iter().all(|h| h.connected) && s.last_committed_tid > lost.last_committed_tid + 2
+        })
+        .await;
+
+    c.docker(&["kill", &c.name(&leader)]);
+    let committed = back.last_committed_tid;
     let (new, s) = c
         .wait_leader(&format!("a new leader past tid {committed}"), &[old], |s| running(s) && s.last_committed_tid > committed + 2)
         .await;
     assert_ne!(new, old);
     assert!(s.hosts.iter().all(|h| h.connected), "{s:#?}");
-    c.docker(&["start", &c.name(&c.coordinators[old])]);
+    c.docker(&["start", &c.name(&leader)]);
     let (_, s) = c.wait_leader("commits with the old leader back", &[old], |x| running(x) && x.last_committed_tid > s.last_committed_tid + 2).await;
     c.stop_all();
     c.check_sinks(s.last_committed_tid);
+    eprintln!("containers: mutual TLS test took {} ms", started.elapsed().as_millis());
 }
 
 /// deploy/compose as its README runs it: `docker-compose -f … -p … up -d`
