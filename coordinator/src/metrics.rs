@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
 
-use crate::core::{Core, Notice, RecoveryPath};
+use crate::core::{Core, Notice, Phase, RecoveryPath};
 use crate::raft::progress::MemberProgress;
 
 /// Every value of the `state` label of `lockstep_pipeline_state`, as
@@ -56,6 +56,10 @@ fn describe() {
     describe_gauge!("lockstep_last_committed_tid", "The newest tid the ledger holds as committed");
     describe_gauge!("lockstep_newest_complete_checkpoint_tid", "The newest checkpoint complete on every host");
     describe_gauge!("lockstep_hosts_connected", "Hosts with an accepted session");
+    describe_gauge!(
+        "lockstep_replay_tids_remaining",
+        "Committed tids of the replay in progress that not every host has replayed and committed yet; 0 when no replay runs"
+    );
     describe_gauge!("lockstep_host_connected", "1 while the host (label host) has an accepted session");
     describe_counter!("lockstep_tids_committed_total", "Tids committed on every host, by mode (live or replay)");
     describe_counter!("lockstep_records_committed_total", "Input records in the committed tids, by mode (live or replay)");
@@ -131,6 +135,7 @@ pub struct DriverMetrics {
     last_committed_tid: Gauge,
     newest_checkpoint: Gauge,
     hosts_connected: Gauge,
+    replay_remaining: Gauge,
     /// `lockstep_host_connected` of every member host (fixed for a core).
     host_connected: Vec<(String, Gauge)>,
     tids_live: Counter,
@@ -155,6 +160,7 @@ impl DriverMetrics {
             last_committed_tid: gauge!("lockstep_last_committed_tid"),
             newest_checkpoint: gauge!("lockstep_newest_complete_checkpoint_tid"),
             hosts_connected: gauge!("lockstep_hosts_connected"),
+            replay_remaining: gauge!("lockstep_replay_tids_remaining"),
             // Every member host has a series from the start: an alert on a
             // host's absence needs it to exist before the host first joins.
             host_connected: core.hosts().keys().map(|h| (h.clone(), gauge!("lockstep_host_connected", "host" => h.clone()))).collect(),
@@ -187,6 +193,7 @@ impl DriverMetrics {
             gauge.set(if up { 1.0 } else { 0.0 });
         }
         self.hosts_connected.set(connected as f64);
+        self.set_replay_remaining(core);
         let ledger = core.ledger();
         self.epoch.set(ledger.epoch as f64);
         self.last_committed_tid.set(ledger.last_committed as f64);
@@ -203,6 +210,9 @@ impl DriverMetrics {
                 let (tids, recs) = if *replayed { (&self.tids_replayed, &self.records_replayed) } else { (&self.tids_live, &self.records_live) };
                 tids.increment(1);
                 recs.increment(*records);
+                if *replayed {
+                    self.set_replay_remaining(core);
+                }
                 return;
             }
             Notice::HostLost { host, .. } => counter!("lockstep_hosts_lost_total", "host" => host.clone()).increment(1),
@@ -218,6 +228,16 @@ impl DriverMetrics {
             Notice::PipelineState { .. } | Notice::Recovering { .. } | Notice::HostJoined { .. } => {}
         }
         self.refresh(core);
+    }
+
+    /// `lockstep_replay_tids_remaining`: the replay queue's committed tids
+    /// not every host has passed.
+    fn set_replay_remaining(&self, core: &Core) {
+        let remaining = match core.phase() {
+            Phase::Replaying { queue, .. } => queue.len(),
+            _ => 0,
+        };
+        self.replay_remaining.set(remaining as f64);
     }
 
     /// A live tid's commit latency and, when known, its two parts (µs).

@@ -151,11 +151,37 @@ struct Committing {
     proposed: Option<Instant>,
 }
 
+/// A replay in progress, as the shell follows it (`ShellStats::replay`).
+struct ReplayRun {
+    started: Instant,
+    /// The committed tids it replays, in ledger order: how many, the first
+    /// and the last.
+    expected: usize,
+    first_tid: u64,
+    last_tid: u64,
+    /// Committed on every host so far, and their records.
+    tids: u64,
+    records: u64,
+}
+
+impl ReplayRun {
+    fn progress(&self) -> pb::ReplayProgress {
+        pb::ReplayProgress {
+            first_tid: self.first_tid,
+            last_tid: self.last_tid,
+            tids: self.expected as u64,
+            tids_done: self.tids,
+            records: self.records,
+            micros: self.started.elapsed().as_micros() as u64,
+        }
+    }
+}
+
 /// What the shell measures (not the core: it has no clocks). Shared with
 /// Admin/GetStatus.
 struct ShellStats {
-    /// A replay in progress: started at "recovering", expects this many tids.
-    replay: Option<(Instant, usize, u64, u64)>,
+    /// The replay in progress, from "recovering" on.
+    replay: Option<ReplayRun>,
     last_replay: pb::ReplayStats,
     /// Live tids whose Prepare went out and whose Commit has not, oldest
     /// first (more than one with a commit pipeline).
@@ -870,20 +896,30 @@ impl Driver {
         match n {
             Notice::Recovering { replay_tids, .. } => {
                 st.committing.clear();
-                st.replay = Some((Instant::now(), replay_tids.len(), 0, 0));
+                st.replay = Some(ReplayRun {
+                    started: Instant::now(),
+                    expected: replay_tids.len(),
+                    first_tid: replay_tids.first().copied().unwrap_or(0),
+                    last_tid: replay_tids.last().copied().unwrap_or(0),
+                    tids: 0,
+                    records: 0,
+                });
             }
             Notice::Committed { replayed: true, records, .. } => {
-                if let Some((_, _, tids, recs)) = st.replay.as_mut() {
-                    *tids += 1;
-                    *recs += records;
+                if let Some(run) = st.replay.as_mut() {
+                    run.tids += 1;
+                    run.records += records;
                 }
             }
+            // A replay cut short: a host lost, a failure, or an operator's
+            // Stop (each of which leaves Replaying).
             Notice::Failed(_) | Notice::HostLost { .. } => st.replay = None,
+            Notice::PipelineState { to, .. } if to == "Stopped" || to == "Joining" => st.replay = None,
             _ => {}
         }
-        if let Some((started, expected, tids, records)) = st.replay {
-            if tids as usize >= expected {
-                let micros = started.elapsed().as_micros() as u64;
+        if let Some(run) = &st.replay {
+            if run.tids as usize >= run.expected {
+                let (tids, records, micros) = (run.tids, run.records, run.started.elapsed().as_micros() as u64);
                 st.replay = None;
                 st.last_replay = pb::ReplayStats { tids, records, micros };
                 let per_s = if micros == 0 { 0.0 } else { records as f64 * 1e6 / micros as f64 };
@@ -1350,9 +1386,9 @@ impl pb::admin_server::Admin for AdminService {
             });
             return Ok(stale(Response::new(status)));
         };
-        let (last_replay, commit_latency, commit_prepare_latency, commit_ledger_latency) = {
+        let (last_replay, replay, commit_latency, commit_prepare_latency, commit_ledger_latency) = {
             let st = lock(&driver.stats);
-            (st.last_replay, st.commit.to_pb(), st.prepare.to_pb(), st.ledger.to_pb())
+            (st.last_replay, st.replay.as_ref().map(ReplayRun::progress), st.commit.to_pb(), st.prepare.to_pb(), st.ledger.to_pb())
         };
         let coordinator_id = driver.coordinator_id.clone();
         let status = driver
@@ -1385,6 +1421,7 @@ impl pb::admin_server::Admin for AdminService {
                     coordinator_id: coordinator_id.to_string(),
                     is_leader,
                     last_replay: Some(last_replay),
+                    replay,
                     commit_latency: Some(commit_latency),
                     commit_prepare_latency: Some(commit_prepare_latency),
                     commit_ledger_latency: Some(commit_ledger_latency),

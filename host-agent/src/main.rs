@@ -119,6 +119,11 @@ struct Args {
     /// Test only: the sink write of this tid fails as on a full disk.
     #[arg(long, hide = true)]
     fault_fail_sink_write_at_tid: Option<u64>,
+
+    /// Test only: every replayed step waits this many ms first (a replay
+    /// slow enough to watch).
+    #[arg(long, hide = true)]
+    fault_replay_step_delay_ms: Option<u64>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -147,6 +152,10 @@ fn main() -> anyhow::Result<()> {
     config.step_interval = Duration::from_millis(args.step_interval_ms);
     config.fault_fail_journal_write_at_step = args.fault_fail_journal_write_at_step;
     config.fault_fail_sink_write_at_tid = args.fault_fail_sink_write_at_tid;
+    config.fault_replay_step_delay = args.fault_replay_step_delay_ms.map(Duration::from_millis);
+    if let Some(ms) = args.fault_replay_step_delay_ms {
+        tracing::warn!(host = %args.host_id, "fault injection enabled: every replayed step waits {ms} ms (test only)");
+    }
     if !args.replay_alone {
         config.tls = args.tls.load().with_context(|| format!("host agent {}", args.host_id))?;
     }

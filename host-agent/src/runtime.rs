@@ -97,6 +97,9 @@ pub struct HostConfig {
     /// Test only: the sink write of this tid fails as on a full disk
     /// (`--fault-fail-sink-write-at-tid`).
     pub fault_fail_sink_write_at_tid: Option<u64>,
+    /// Test only: every replayed step waits this long first, so that a
+    /// test can watch a replay in progress (`--fault-replay-step-delay-ms`).
+    pub fault_replay_step_delay: Option<Duration>,
     /// Mutual TLS for the coordinator session and the ingest listener
     /// (`--tls-cert`, `--tls-key`, `--tls-ca`); `None` is plaintext.
     pub tls: Option<crate::tls::Tls>,
@@ -122,6 +125,7 @@ impl HostConfig {
             journal_options: JournalOptions::default(),
             fault_fail_journal_write_at_step: None,
             fault_fail_sink_write_at_tid: None,
+            fault_replay_step_delay: None,
             tls: None,
             health_listen: None,
         }
@@ -1570,6 +1574,9 @@ impl<E: Engine> Agent<E> {
             return Event::ActionFailed { kind: ErrorKind::Internal, tid, message: format!("host {host}: replaying tid {tid} without a journal reader") };
         };
         let received = reader.next_step(tid).await;
+        if let Some(delay) = self.config.fault_replay_step_delay {
+            tokio::time::sleep(delay).await;
+        }
         // Lent out of the transaction for the step, so that the step may
         // borrow `self` mutably; it goes back to the same transaction.
         let span = self.txn.as_mut().map(|t| std::mem::replace(&mut t.span, Span::none())).unwrap_or_else(Span::none);

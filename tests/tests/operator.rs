@@ -246,3 +246,53 @@ async fn watch_events_streams_commits_a_checkpoint_and_a_lost_host_in_order() {
     }
     panic!("no HostLost then state change within 1000 events: {seen:?}");
 }
+
+/// A replay under way shows how far it has come: `GetStatus.replay` names
+/// the committed tids it replays and how many every host has replayed and
+/// committed so far, `lockstep_replay_tids_remaining` counts the rest, and
+/// once it is done `replay` is gone and `last_replay` holds it. Host-1
+/// replays slowly (a test-only wait before each replayed step), so that the
+/// replay lasts long enough to be watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_under_way_shows_how_far_it_has_come() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let opts = ClusterOpts { hosts: 2, checkpoint_every_txns: 0, coordinator_flags: vec!["--metrics-listen".into(), metrics.clone()], ..ClusterOpts::default() };
+    let mut c = Cluster::start(opts);
+    c.wait_for("12 commits", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid >= 12).await;
+    for h in &mut c.hosts {
+        assert_eq!(h.terminate(), Some(0));
+    }
+    let committed = c.status().await.expect("status").last_committed_tid;
+    assert_eq!(c.coordinator.terminate(), Some(0));
+
+    c.hosts[1].args.extend(["--fault-replay-step-delay-ms".into(), "20".into()]);
+    c.coordinator.start();
+    for h in &mut c.hosts {
+        h.start();
+    }
+    // No checkpoint was taken: every committed tid is replayed.
+    let s = c.wait_for("a replay under way", Duration::from_secs(60), |s| s.pipeline_state == "Replaying" && s.replay.is_some()).await;
+    let p = s.replay.expect("checked");
+    assert_eq!((p.first_tid, p.last_tid, p.tids), (1, committed, committed), "{p:?}");
+    assert!(p.tids_done < p.tids, "{p:?}");
+    let scrape = |addr: String| async move { tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.expect("scrape") };
+    let m = scrape(metrics.clone()).await;
+    let remaining = *m.get("lockstep_replay_tids_remaining").unwrap_or_else(|| panic!("no lockstep_replay_tids_remaining in {m:#?}"));
+    assert!(remaining >= 1.0 && remaining <= committed as f64, "{remaining} of {committed} left while Replaying");
+
+    let later = c
+        .wait_for("the replay further along", Duration::from_secs(60), |s| {
+            s.replay.as_ref().is_some_and(|q| q.tids_done > p.tids_done && q.micros > p.micros) || s.pipeline_state == "Running"
+        })
+        .await;
+    if let Some(q) = &later.replay {
+        assert_eq!((q.first_tid, q.last_tid, q.tids), (p.first_tid, p.last_tid, p.tids), "the same replay: {q:?}");
+        assert!(q.records > p.records, "{q:?} after {p:?}");
+    }
+    let s = c.wait_for("replayed and running", Duration::from_secs(60), |s| s.pipeline_state == "Running" && s.last_committed_tid > committed).await;
+    assert!(s.replay.is_none(), "no replay under way once Running: {:?}", s.replay);
+    let done = s.last_replay.expect("last_replay");
+    assert_eq!(done.tids, committed, "{done:?}");
+    let m = scrape(metrics).await;
+    assert_eq!(m.get("lockstep_replay_tids_remaining"), Some(&0.0), "{m:#?}");
+}
