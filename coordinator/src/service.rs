@@ -162,7 +162,12 @@ struct ReplayRun {
     /// Committed on every host so far, and their records.
     tids: u64,
     records: u64,
+    /// When the log last said how far the replay is.
+    logged: Instant,
 }
+
+/// How often a replay under way says in the log how far it has come.
+const REPLAY_PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl ReplayRun {
     fn progress(&self) -> pb::ReplayProgress {
@@ -896,8 +901,10 @@ impl Driver {
         match n {
             Notice::Recovering { replay_tids, .. } => {
                 st.committing.clear();
+                let now = Instant::now();
                 st.replay = Some(ReplayRun {
-                    started: Instant::now(),
+                    started: now,
+                    logged: now,
                     expected: replay_tids.len(),
                     first_tid: replay_tids.first().copied().unwrap_or(0),
                     last_tid: replay_tids.last().copied().unwrap_or(0),
@@ -909,6 +916,22 @@ impl Driver {
                 if let Some(run) = st.replay.as_mut() {
                     run.tids += 1;
                     run.records += records;
+                    // A long replay says now and then where it is (a clock
+                    // read every 64 tids, not per tid).
+                    if run.tids % 64 == 0 && run.logged.elapsed() >= REPLAY_PROGRESS_LOG_EVERY && (run.tids as usize) < run.expected {
+                        run.logged = Instant::now();
+                        let secs = run.started.elapsed().as_secs_f64();
+                        info!(
+                            tids_done = run.tids,
+                            tids = run.expected,
+                            records = run.records,
+                            "replaying: {} of {} committed tids done ({}..={}) in {secs:.0} s",
+                            run.tids,
+                            run.expected,
+                            run.first_tid,
+                            run.last_tid
+                        );
+                    }
                 }
             }
             // A replay cut short: a host lost, a failure, or an operator's
