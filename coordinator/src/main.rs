@@ -374,6 +374,7 @@ async fn run_coordinator(
     let mut tuning = args.raft.tuning()?;
     let tls = args.tls.load().context("coordinator")?;
     tuning.peer_tls = tls.clone();
+    tuning.cluster_id = args.cluster_id.clone();
     let health_listener = match &args.health_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a.as_str())

@@ -173,6 +173,11 @@ pub struct RaftTuning {
     /// at `https://` their address, must present a certificate the CA
     /// signed, and are shown this node's. `None` dials `http://`.
     pub peer_tls: Option<lockstep_host_agent::tls::Tls>,
+    /// The cluster this group serves (`--cluster-id`): sent with every raft
+    /// RPC, and an RPC naming another cluster is refused (two groups that
+    /// reach each other's addresses must not vote in or append to each
+    /// other). Empty: neither sent nor checked.
+    pub cluster_id: String,
 }
 
 impl Default for RaftTuning {
@@ -191,6 +196,7 @@ impl Default for RaftTuning {
             snapshot_chunk_bytes: 3 << 20,
             fault_fail_log_appends_after: None,
             peer_tls: None,
+            cluster_id: String::new(),
         }
     }
 }
@@ -364,7 +370,7 @@ impl std::fmt::Debug for Ledger {
 /// `members_only` (mutual TLS on): see `PeerService::authorize`.
 pub fn peer_service(ledger: &Ledger, members_only: bool) -> RaftPeerServer<PeerService> {
     let i = &ledger.inner;
-    network::server(i.raft.clone(), i.contact.clone(), i.isolation.clone(), members_only)
+    network::server(i.raft.clone(), i.contact.clone(), i.isolation.clone(), members_only, i.tuning.cluster_id.clone())
 }
 
 impl Ledger {
@@ -501,6 +507,7 @@ impl Ledger {
         let (answers_again, mut answered_again) = tokio::sync::mpsc::unbounded_channel();
         let peer_logs = Arc::new(network::PeerLogs::default());
         let net = TonicNetwork::new(tuning.peer_tls.clone())
+            .with_cluster_id(&tuning.cluster_id)
             .with_isolation(isolation.clone())
             .with_peer_logs(peer_logs.clone())
             .with_stalled_for(Duration::from_millis(tuning.election_timeout_min_ms))
@@ -677,7 +684,7 @@ impl Ledger {
         let majority = members.len() / 2 + 1;
         let mut told: Option<tokio::time::Instant> = None;
         let mut net = match node.upgrade() {
-            Some(inner) => network::TonicNetwork::new(inner.tuning.peer_tls.clone()),
+            Some(inner) => network::TonicNetwork::new(inner.tuning.peer_tls.clone()).with_cluster_id(&inner.tuning.cluster_id),
             None => return,
         };
         for rounds in 1.. {

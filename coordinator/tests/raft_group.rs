@@ -23,8 +23,14 @@ use tokio::task::JoinHandle;
 const BOUND: Duration = Duration::from_secs(20);
 
 fn tuning() -> RaftTuning {
-    // The production timings (heartbeat 100 ms, election 300-600 ms).
-    RaftTuning::default()
+    // The production timings (heartbeat 100 ms, election 300-600 ms), and
+    // a cluster of this test's own: tests run in parallel in one process,
+    // and a port a test's stopped member freed may be bound by another
+    // test's node while the first test's leader still sends to it. libtest
+    // names the thread that runs a test's body (where every group here is
+    // started) after the test.
+    let cluster_id = std::thread::current().name().unwrap_or("raft-group").to_string();
+    RaftTuning { cluster_id, ..RaftTuning::default() }
 }
 
 struct Node {
@@ -790,4 +796,48 @@ async fn purged_past(l: &Ledger, index: u64) {
         l.raft().trigger().snapshot().await.unwrap();
     }
     panic!("the log was never purged past index {index}: {:?}", l.raft().metrics().borrow_watched());
+}
+
+/// A raft RPC from a node of another cluster is refused, whatever it
+/// carries: here an AppendEntries with the leader's own committed vote, as
+/// when two groups reach each other's addresses (seen in this file: a
+/// test's stopped member freed a port that another test's node took while
+/// the first test's leader still sent to it, and the receiving leader's
+/// raft core panicked in openraft's debug assertions). The refusal names
+/// both clusters; the group commits on; a request of its own cluster is
+/// answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_rpc_from_another_cluster_is_refused() {
+    let t = tuning();
+    let (_dirs, nodes) = group(3, t.clone()).await;
+    let li = leader_of(&nodes).await;
+    let leader = &nodes[li].ledger;
+    history(leader, 2).await;
+    let term = leader.raft().metrics().borrow_watched().current_term;
+    let vote = leader.raft().metrics().borrow_watched().vote;
+    let target = BasicNode::new(nodes[li].addr.clone());
+    let option = || openraft::network::RPCOption::new(Duration::from_secs(5));
+
+    let mut foreign = TonicNetwork::new(None).with_cluster_id("another-cluster");
+    let mut client = foreign.new_client(nodes[li].id, &target).await;
+    let append = openraft::raft::AppendEntriesRequest { vote, prev_log_id: None, entries: Vec::new(), leader_commit: None };
+    let refused = client.append_entries(append, option()).await.expect_err("an AppendEntries from another cluster is refused").to_string();
+    assert!(
+        refused.contains(&format!("this node serves cluster {:?}", t.cluster_id)) && refused.contains(r#"comes from cluster "another-cluster""#),
+        "{refused}"
+    );
+
+    let mut own = TonicNetwork::new(None).with_cluster_id(&t.cluster_id);
+    let mut client = own.new_client(nodes[li].id, &target).await;
+    let stale = openraft::raft::VoteRequest::new(openraft::Vote::from_leader_id(LeaderId { term: 1, node_id: 9 }, false), None);
+    let answer = client.vote(stale, option()).await.expect("a vote request of the node's own cluster is answered");
+    assert!(!answer.vote_granted, "{answer:?}");
+
+    ok(leader, commit(3)).await;
+    converged(&nodes, li).await;
+    assert!(leader.is_leader());
+    assert_eq!(leader.raft().metrics().borrow_watched().current_term, term);
+    for n in nodes {
+        n.stop().await;
+    }
 }

@@ -187,7 +187,7 @@ async fn a_raft_group_over_mutual_tls_elects_replaces_its_leader_and_stays_exact
         let endpoint = Endpoint::from_shared(format!("https://{}", addrs[follower])).unwrap().tls_config(files.client()).unwrap();
         async move {
             let mut peer = pb::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.expect("connect"));
-            peer.vote(pb::RaftRequest { body: b"{}".to_vec(), data: Vec::new() }).await.expect_err("a made-up vote")
+            peer.vote(pb::RaftRequest { body: b"{}".to_vec(), ..Default::default() }).await.expect_err("a made-up vote")
         }
     };
     let refused = vote(&operator).await;

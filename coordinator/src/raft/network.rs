@@ -263,6 +263,8 @@ pub struct TonicNetwork {
     reach: Arc<Mutex<HashMap<String, Reach>>>,
     /// Mutual TLS towards every peer, or plaintext.
     tls: Option<lockstep_host_agent::tls::Tls>,
+    /// Sent with every request (`RaftRequest.cluster_id`).
+    cluster_id: Arc<str>,
     isolation: Arc<Isolation>,
     /// Told the id of a peer that answers again after failed RPCs.
     answers_again: Option<tokio::sync::mpsc::UnboundedSender<NodeId>>,
@@ -288,11 +290,18 @@ impl TonicNetwork {
             channels: Arc::default(),
             reach: Arc::default(),
             tls,
+            cluster_id: Arc::from(""),
             isolation: Arc::default(),
             answers_again: None,
             peer_logs: Arc::default(),
             stalled_for: STALLED_FOR,
         }
+    }
+
+    /// Names `cluster_id` in every request, for the peer to check.
+    pub fn with_cluster_id(mut self, cluster_id: &str) -> Self {
+        self.cluster_id = Arc::from(cluster_id);
+        self
     }
 
     /// Shares what it learns of the peers' logs through `logs`.
@@ -535,7 +544,7 @@ impl PeerClient {
         };
         let body = serde_json::to_vec(req)
             .map_err(|e| self.network(rpc, &format!("encoding the request: {e}")))?;
-        let mut request = Request::new(pb::RaftRequest { body, data });
+        let mut request = Request::new(pb::RaftRequest { body, data, cluster_id: self.network.cluster_id.to_string() });
         // Tells the peer how long the caller waits (openraft bounds the
         // whole call with the same TTL).
         request.set_timeout(option.hard_ttl());
@@ -715,6 +724,12 @@ pub struct PeerService {
     /// With mutual TLS: a caller must hold a certificate valid for a
     /// member's address ([`PeerService::authorize`]).
     members_only: bool,
+    /// This group's cluster: a request naming another is refused
+    /// ([`PeerService::authorize`]); empty: not checked.
+    cluster_id: String,
+    /// Requests from another cluster are logged at most every
+    /// [`REFUSAL_LOG_EVERY`] (its leader sends a heartbeat every few ms).
+    foreign: Arc<Mutex<lockstep_host_agent::tls::RateLimit>>,
     /// Refusals are logged at most every [`REFUSAL_LOG_EVERY`]: a member
     /// whose certificate lacks its own address would otherwise log one per
     /// heartbeat.
@@ -737,9 +752,33 @@ impl PeerService {
     /// membership yet (a new group before its first entry, a node started
     /// with --join) takes any certificate of the CA, or it could never be
     /// given one.
-    fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+    ///
+    /// Whatever the transport, a request that names another cluster than
+    /// this node's is refused: a node of another group reached this one's
+    /// address (a member address reused by another cluster, or a stale
+    /// address in a group's membership). Taken, its vote or entries would
+    /// mix two ledgers.
+    fn authorize(&self, req: &Request<pb::RaftRequest>, what: &str) -> Result<(), Status> {
         if self.isolation.is_on() {
             return Err(Status::unavailable(format!("raft {what}: this node is cut off from its peers (test fault)")));
+        }
+        let theirs = &req.get_ref().cluster_id;
+        if !theirs.is_empty() && !self.cluster_id.is_empty() && *theirs != self.cluster_id {
+            let logged = self.foreign.lock().unwrap_or_else(|p| p.into_inner()).allow(REFUSAL_LOG_EVERY);
+            if let Some(more) = logged {
+                tracing::warn!(
+                    peer = ?req.remote_addr(), cluster = %self.cluster_id, theirs = %theirs,
+                    "raft {what} refused: it comes from a node of cluster {theirs:?}, this node serves cluster {:?}; \
+                     a member of another coordinator group has this node's address in its --peers (an address reused \
+                     by another cluster?){more}",
+                    self.cluster_id
+                );
+            }
+            return Err(Status::failed_precondition(format!(
+                "raft {what} refused: this node serves cluster {:?}, the request comes from cluster {theirs:?}; \
+                 check that the --peers of cluster {theirs:?} name only its own members",
+                self.cluster_id
+            )));
         }
         if !self.members_only {
             return Ok(());
@@ -817,10 +856,11 @@ pub fn server(
     contact: Arc<LeaderContact>,
     isolation: Arc<Isolation>,
     members_only: bool,
+    cluster_id: String,
 ) -> RaftPeerServer<PeerService> {
     let receiving = Arc::default();
-    let (refusals, withheld) = (Arc::default(), Arc::default());
-    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, refusals, withheld })
+    let (refusals, withheld, foreign) = (Arc::default(), Arc::default(), Arc::default());
+    RaftPeerServer::new(PeerService { raft, contact, receiving, isolation, members_only, cluster_id, foreign, refusals, withheld })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE)
 }
