@@ -728,24 +728,22 @@ impl Ledger {
                     // to a group meanwhile, or asks and tries again.
                     Err(e) => tracing::error!(node_id, "initialising the new ledger group failed (trying again): {e}"),
                 }
-                drop(inner);
-                tokio::time::sleep(PROBE_AGAIN).await;
-                continue;
-            }
-            inner.bootstrap.send_replace(Bootstrap::Waiting { rounds });
-            if told.is_none_or(|t| t.elapsed() >= PROBE_TELL_EVERY) {
-                told = Some(tokio::time::Instant::now());
-                let silent: Vec<String> = answers
-                    .iter()
-                    .filter_map(|(id, at, p)| match p {
-                        network::Probed::Silent(why) => Some(format!("node {id} at {at}: {why}")),
-                        _ => None,
-                    })
-                    .collect();
-                tracing::warn!(node_id, %addr, empty_peers = ?empty, ?silent,
-                    "not initialising a new ledger group yet: {majority} of its {} members (this node included) must \
-                     answer that they hold nothing, and too few answer. Start the other members; if they hold a group, \
-                     this node lost its data and waits to be added instead", members.len());
+            } else {
+                inner.bootstrap.send_replace(Bootstrap::Waiting { rounds });
+                if told.is_none_or(|t| t.elapsed() >= PROBE_TELL_EVERY) {
+                    told = Some(tokio::time::Instant::now());
+                    let silent: Vec<String> = answers
+                        .iter()
+                        .filter_map(|(id, at, p)| match p {
+                            network::Probed::Silent(why) => Some(format!("node {id} at {at}: {why}")),
+                            _ => None,
+                        })
+                        .collect();
+                    tracing::warn!(node_id, %addr, empty_peers = ?empty, ?silent,
+                        "not initialising a new ledger group yet: {majority} of its {} members (this node included) must \
+                         answer that they hold nothing, and too few answer. Start the other members; if they hold a group, \
+                         this node lost its data and waits to be added instead", members.len());
+                }
             }
             drop(inner);
             tokio::time::sleep(PROBE_AGAIN).await;

@@ -934,10 +934,10 @@ impl Driver {
                     }
                 }
             }
-            // A replay cut short: a host lost, a failure, or an operator's
-            // Stop (each of which leaves Replaying).
+            // A replay cut short. (GetStatus shows a replay only while the
+            // core replays, so one ended otherwise, e.g. by an operator's
+            // Stop, shows no more; the next Recovering replaces it.)
             Notice::Failed(_) | Notice::HostLost { .. } => st.replay = None,
-            Notice::PipelineState { to, .. } if to == "Stopped" || to == "Joining" => st.replay = None,
             _ => {}
         }
         if let Some(run) = &st.replay {
@@ -1444,7 +1444,9 @@ impl pb::admin_server::Admin for AdminService {
                     coordinator_id: coordinator_id.to_string(),
                     is_leader,
                     last_replay: Some(last_replay),
-                    replay,
+                    // The core's phase says whether a replay is under way;
+                    // the shell keeps its counts and clock.
+                    replay: replay.filter(|_| matches!(core.phase(), Phase::Replaying { .. })),
                     commit_latency: Some(commit_latency),
                     commit_prepare_latency: Some(commit_prepare_latency),
                     commit_ledger_latency: Some(commit_ledger_latency),

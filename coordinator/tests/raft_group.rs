@@ -509,13 +509,10 @@ async fn a_member_back_on_an_empty_directory_votes_for_no_stale_candidate() {
     }
 }
 
-/// Waits until `l` has decided whether to initialise a new group.
-async fn bootstrap_decided(l: &Ledger) -> Bootstrap {
+/// Waits until `l`'s stand on initialising a new group satisfies `pred`.
+async fn bootstrap_reaches(l: &Ledger, what: &str, pred: impl FnMut(&Bootstrap) -> bool) -> Bootstrap {
     let mut rx = l.bootstrap_state();
-    let state = tokio::time::timeout(BOUND, rx.wait_for(|b| !matches!(b, Bootstrap::Waiting { .. })))
-        .await
-        .expect("decided within the bound")
-        .expect("the node runs");
+    let state = tokio::time::timeout(BOUND, rx.wait_for(pred)).await.unwrap_or_else(|_| panic!("{what}")).expect("the node runs");
     state.clone()
 }
 
@@ -538,11 +535,8 @@ async fn node_1_back_on_an_empty_directory_with_its_peers_down_waits_for_them() 
     let first = down.iter().position(|(id, _, _)| *id == 1).unwrap();
     let (id, addr, dir) = down.remove(first);
     nodes.push(restart(id, &addr, &dir, &peers, true).await);
-    let mut state = nodes[0].ledger.bootstrap_state();
-    tokio::time::timeout(BOUND, state.wait_for(|b| matches!(b, Bootstrap::Waiting { rounds } if *rounds >= 3)))
-        .await
-        .expect("node 1 asks its peers again and again")
-        .expect("the node runs");
+    bootstrap_reaches(&nodes[0].ledger, "node 1 asks its peers again and again", |b| matches!(b, Bootstrap::Waiting { rounds } if *rounds >= 3))
+        .await;
     assert!(!nodes[0].ledger.raft().is_initialized().await.unwrap(), "node 1 started a group with its peers down");
 
     for (id, addr, dir) in down {
@@ -578,7 +572,7 @@ async fn node_1_back_on_an_empty_directory_starts_no_second_group() {
     let back = nodes.last().unwrap();
     // It finds the group, unless the group's leader (if it never saw node
     // 1 confirm anything) sent it the log first.
-    let decided = bootstrap_decided(&back.ledger).await;
+    let decided = bootstrap_reaches(&back.ledger, "decided within the bound", |b| !matches!(b, Bootstrap::Waiting { .. })).await;
     assert!(matches!(decided, Bootstrap::GroupExists { .. } | Bootstrap::Joined), "node 1 on an empty directory: {decided:?}");
     let leader = nodes[li].ledger.clone();
     ok(&leader, commit(5)).await;
